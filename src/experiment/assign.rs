@@ -1,0 +1,260 @@
+//! The assignment of DESIGN.md §3.1: which experiment and arm a user sees on a placement.
+//! It is a pure function of the catalog, the user and the clock, so every replica agrees.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::bucket::bucket;
+use super::{Arm, Catalog, Experiment, Placement};
+use crate::store::ModelSpec;
+
+/// Where a user landed and why; borrowed from the catalog so the hot path copies nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Assignment<'c> {
+    /// The placement asked for.
+    pub placement: &'c Placement,
+    /// The covering experiment, `None` for users on the placement default.
+    pub experiment: Option<&'c Arc<Experiment>>,
+    /// The arm served, `None` for the placement default.
+    pub arm: Option<&'c Arm>,
+    /// True for QA overrides, which are never counted in results.
+    pub forced: bool,
+    /// The buckets that decided it, for `recgw assign` and the assignment endpoint.
+    pub reason: Reason,
+}
+
+/// Why an assignment came out the way it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Listed in the experiment's `[overrides]`.
+    Override,
+    /// Placement bucket inside the slice, arm bucket inside the arm's range.
+    Covered {
+        /// `B("placement:" + p, u)`.
+        placement_bucket: u16,
+        /// `B(salt, u)`.
+        arm_bucket: u16,
+    },
+    /// Inside the slice of a completed experiment, which serves its winner.
+    Winner {
+        /// `B("placement:" + p, u)`.
+        placement_bucket: u16,
+    },
+    /// No active experiment's slice holds the placement bucket.
+    Uncovered {
+        /// `B("placement:" + p, u)`.
+        placement_bucket: u16,
+    },
+}
+
+impl<'c> Assignment<'c> {
+    /// The model to serve: the arm's, or the placement default.
+    pub fn model(&self) -> &'c ModelSpec {
+        self.arm.map_or(&self.placement.default_model, |arm| &arm.model)
+    }
+
+    /// Arm name for responses and labels; `"default"` when no experiment covers the user.
+    pub fn arm_name(&self) -> &'c str {
+        self.arm.map_or("default", |arm| arm.name.as_str())
+    }
+
+    /// Whether this exposure belongs in the experiment's results: overrides and winners do not.
+    pub fn counted(&self) -> bool {
+        matches!(self.reason, Reason::Covered { .. })
+    }
+}
+
+impl Catalog {
+    /// Assigns `user` on `placement` at `now`; `None` when the placement does not exist.
+    pub fn assign(&self, placement: &str, user: &str, now: SystemTime) -> Option<Assignment<'_>> {
+        let placement = self.placement(placement)?;
+        Some(placement.assign(user, now))
+    }
+}
+
+impl Placement {
+    /// Steps 1–3 of §3.1 for one user.
+    pub fn assign(&self, user: &str, now: SystemTime) -> Assignment<'_> {
+        let base = Assignment {
+            placement: self,
+            experiment: None,
+            arm: None,
+            forced: false,
+            reason: Reason::Override,
+        };
+        if let Some((experiment, arm)) = self
+            .experiments
+            .iter()
+            .find_map(|e| e.overrides.get(user).map(|&arm| (e, &e.arms[arm])))
+        {
+            return Assignment { experiment: Some(experiment), arm: Some(arm), forced: true, ..base };
+        }
+
+        let placement_bucket = bucket(&self.slice_salt, user);
+        let Some(experiment) = self
+            .experiments
+            .iter()
+            .find(|e| e.slice.contains(&placement_bucket) && e.active_at(now))
+        else {
+            return Assignment { reason: Reason::Uncovered { placement_bucket }, ..base };
+        };
+        if let Some(winner) = experiment.winner {
+            return Assignment {
+                experiment: Some(experiment),
+                arm: Some(&experiment.arms[winner]),
+                reason: Reason::Winner { placement_bucket },
+                ..base
+            };
+        }
+        let arm_bucket = bucket(&experiment.salt, user);
+        Assignment {
+            experiment: Some(experiment),
+            arm: Some(experiment.arm_for_bucket(arm_bucket)),
+            reason: Reason::Covered { placement_bucket, arm_bucket },
+            ..base
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Writes a folder with `placements.toml` (placement `home`, default `popular`) and the
+    /// given experiment files, and loads it.
+    pub(crate) fn catalog(files: &[(&str, &str)]) -> Result<Catalog, crate::experiment::Problems> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_folder(dir.path(), files);
+        Catalog::load_dir(dir.path())
+    }
+
+    pub(crate) fn write_folder(dir: &Path, files: &[(&str, &str)]) {
+        std::fs::write(
+            dir.join("placements.toml"),
+            "[placements.home]\ndefault_model = \"popular\"\n[placements.other]\ndefault_model = \"popular\"\n",
+        )
+        .expect("write placements");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write experiment");
+        }
+    }
+
+    pub(crate) fn experiment(id: &str, extra: &str, arms: &[(&str, f64)]) -> String {
+        let mut text = format!("id = \"{id}\"\nplacement = \"home\"\nstatus = \"running\"\n{extra}\n");
+        for (name, weight) in arms {
+            text.push_str(&format!("[[arms]]\nname = \"{name}\"\nweight = {weight}\nmodel = \"m-{name}\"\n"));
+        }
+        text
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+    }
+
+    fn users(n: usize) -> impl Iterator<Item = String> {
+        (0..n).map(|i| format!("user-{i}"))
+    }
+
+    #[test]
+    fn arm_shares_follow_weights_and_slice_share_follows_traffic() {
+        let text = experiment("split", "traffic = [0.0, 30.0]", &[("a", 20.0), ("b", 30.0), ("c", 50.0)]);
+        let catalog = catalog(&[("split.toml", &text)]).expect("valid");
+        let n = 100_000;
+        let mut covered = 0usize;
+        let mut per_arm = std::collections::HashMap::<&str, usize>::new();
+        let experiment = catalog.experiment("split").expect("loaded");
+        for user in users(n) {
+            if catalog.assign("home", &user, now()).expect("placement").experiment.is_some() {
+                covered += 1;
+            }
+            // Arm shares are measured over everyone: the arm hash is independent of the slice.
+            let arm = experiment.arm_for_bucket(bucket(&experiment.salt, &user));
+            *per_arm.entry(arm.name.as_str()).or_default() += 1;
+        }
+        let share = |count: usize| count as f64 * 100.0 / n as f64;
+        assert!((share(covered) - 30.0).abs() <= 0.7, "slice share {}", share(covered));
+        for (name, weight) in [("a", 20.0), ("b", 30.0), ("c", 50.0)] {
+            let got = share(per_arm[name]);
+            assert!((got - weight).abs() <= 0.7, "arm {name}: {got}% vs {weight}%");
+        }
+    }
+
+    #[test]
+    fn widening_the_slice_moves_no_covered_user() {
+        let arms = [("control", 50.0), ("treatment", 50.0)];
+        let narrow = catalog(&[("e.toml", &experiment("e", "traffic = [0.0, 20.0]", &arms))]).expect("valid");
+        let wide = catalog(&[("e.toml", &experiment("e", "traffic = [0.0, 60.0]", &arms))]).expect("valid");
+        let mut newly_covered = 0;
+        for user in users(20_000) {
+            let before = narrow.assign("home", &user, now()).expect("placement");
+            let after = wide.assign("home", &user, now()).expect("placement");
+            if before.experiment.is_some() {
+                assert_eq!(before.arm_name(), after.arm_name(), "user {user} moved");
+            } else if after.experiment.is_some() {
+                newly_covered += 1;
+            }
+        }
+        assert!(newly_covered > 7_000, "widening should add users, added {newly_covered}");
+    }
+
+    #[test]
+    fn overrides_win_and_are_forced() {
+        let mut text = experiment("e", "traffic = [0.0, 0.01]", &[("control", 50.0), ("treatment", 50.0)]);
+        text.push_str("[overrides]\n\"qa-user-1\" = \"treatment\"\n");
+        let catalog = catalog(&[("e.toml", &text)]).expect("valid");
+        let a = catalog.assign("home", "qa-user-1", now()).expect("placement");
+        assert_eq!(a.arm_name(), "treatment");
+        assert!(a.forced);
+        assert!(!a.counted());
+        assert_eq!(a.reason, Reason::Override);
+    }
+
+    #[test]
+    fn schedule_and_status_decide_coverage() {
+        let arms = [("control", 50.0), ("treatment", 50.0)];
+        let window = "start = 2026-11-01T00:00:00Z\nend = 2026-12-01T00:00:00+01:00";
+        let catalog = catalog(&[("e.toml", &experiment("e", window, &arms))]).expect("valid");
+        let e = catalog.experiment("e").expect("loaded");
+        let start = e.start.expect("start");
+        let end = e.end.expect("end");
+        assert_eq!(end.duration_since(start).expect("ordered"), Duration::from_secs(30 * 86_400 - 3_600));
+        let covered = |t: SystemTime| catalog.assign("home", "42", t).expect("placement").experiment.is_some();
+        assert!(!covered(start - Duration::from_secs(1)));
+        assert!(covered(start));
+        assert!(covered(end - Duration::from_nanos(1)));
+        assert!(!covered(end));
+
+        for (status, expect) in [("paused", false), ("draft", false), ("completed", false)] {
+            let text = experiment("e", "", &arms).replace("running", status);
+            let catalog = super::tests::catalog(&[("e.toml", &text)]).expect("valid");
+            let a = catalog.assign("home", "42", now()).expect("placement");
+            assert_eq!(a.experiment.is_some(), expect, "status {status}");
+            assert_eq!(a.arm_name(), "default");
+        }
+    }
+
+    #[test]
+    fn completed_with_winner_serves_winner_uncounted() {
+        let text = experiment("e", "winner = \"treatment\"\nend = 2020-01-01T00:00:00Z", &[("control", 50.0), ("treatment", 50.0)])
+            .replace("running", "completed");
+        let catalog = catalog(&[("e.toml", &text)]).expect("valid");
+        for user in users(200) {
+            let a = catalog.assign("home", &user, now()).expect("placement");
+            assert_eq!(a.arm_name(), "treatment");
+            assert!(!a.counted());
+            assert!(matches!(a.reason, Reason::Winner { .. }));
+        }
+    }
+
+    #[test]
+    fn unknown_placement_is_none() {
+        let catalog = catalog(&[]).expect("valid");
+        assert!(catalog.assign("nowhere", "42", now()).is_none());
+        let a = catalog.assign("home", "42", now()).expect("placement");
+        assert_eq!(a.model().location, "popular");
+        assert_eq!(a.reason, Reason::Uncovered { placement_bucket: 9211 });
+    }
+}

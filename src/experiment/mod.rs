@@ -1,0 +1,228 @@
+//! Experiments: the TOML product teams write, checked once at load into an immutable
+//! [`Catalog`] that the request path reads without locks or allocation.
+//!
+//! A catalog is all-or-nothing: one bad file rejects the whole folder, so a half-applied change
+//! can never split traffic in a way nobody wrote down.
+
+mod assign;
+mod bucket;
+mod diff;
+mod spec;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use assign::{Assignment, Reason};
+pub use bucket::{BUCKETS, bucket};
+pub use diff::{ArmChange, diff};
+pub use spec::Status;
+
+use crate::store::ModelSpec;
+
+/// The validated set of placements and experiments loaded from one folder.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Placement name → placement, for the request path's lookup by query parameter.
+    placements: BTreeMap<String, Placement>,
+    /// Experiment id → experiment, for the `/experiments/{id}` routes.
+    experiments: BTreeMap<String, Arc<Experiment>>,
+    /// Hash of every file's name and bytes, so operators can tell which set a replica runs.
+    digest: String,
+}
+
+/// A slot in a client app, with the experiments that split its users.
+#[derive(Debug)]
+pub struct Placement {
+    /// The name clients pass as `placement=`.
+    pub name: String,
+    /// Served to users no experiment covers and whenever an arm cannot answer.
+    pub default_model: ModelSpec,
+    /// `"placement:" + name`, the salt of the slice hash, built once instead of per request.
+    slice_salt: String,
+    /// Experiments on this placement ordered by id, so override precedence is deterministic.
+    experiments: Vec<Arc<Experiment>>,
+}
+
+/// One experiment, with percentages already turned into basis-point ranges.
+#[derive(Debug)]
+pub struct Experiment {
+    /// Identifier from the file.
+    pub id: String,
+    /// Placement it splits.
+    pub placement: String,
+    /// Free text for humans.
+    pub description: String,
+    /// Contact.
+    pub owner: String,
+    /// Lifecycle state.
+    pub status: Status,
+    /// Schedule start (inclusive), if any.
+    pub start: Option<SystemTime>,
+    /// Schedule end (exclusive), if any.
+    pub end: Option<SystemTime>,
+    /// Slice of placement buckets this experiment owns, `[lo, hi)` in basis points.
+    pub slice: Range<u16>,
+    /// Seed of the arm hash.
+    pub salt: String,
+    /// Index of the winning arm of a completed experiment.
+    pub winner: Option<usize>,
+    /// The arms, control first.
+    pub arms: Vec<Arm>,
+    /// QA user → forced arm index.
+    pub overrides: BTreeMap<String, usize>,
+    /// File it came from, for messages.
+    pub file: PathBuf,
+}
+
+/// One variant of an experiment.
+#[derive(Debug)]
+pub struct Arm {
+    /// Name in responses, metrics and results.
+    pub name: String,
+    /// Weight in basis points (the integers of §3.1; floats are never compared).
+    pub weight_bp: u16,
+    /// Arm buckets this arm owns, `[C_i, C_i + W_i)`.
+    pub buckets: Range<u16>,
+    /// The model output this arm serves.
+    pub model: ModelSpec,
+    /// Cache lifetime override for this arm's lists.
+    pub cache_ttl: Option<Duration>,
+}
+
+/// One reason a folder was rejected, precise enough to fix without reading code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// 1-based line, where the TOML parser knows it.
+    pub line: Option<usize>,
+    /// Dotted path of the offending field (`arms[1].weight`), or empty for the whole file.
+    pub field: String,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a folder; a catalog is only built when this is empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// User ids are opaque strings of 1–128 characters from `[A-Za-z0-9._:@-]` (DESIGN.md §3.1);
+/// the API rejects anything else with a 400 and the validator rejects such overrides.
+pub fn is_valid_user_id(user: &str) -> bool {
+    (1..=128).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
+impl Catalog {
+    /// Reads and validates every `*.toml` in `dir`; `placements.toml` is required.
+    pub fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
+        validate::load_dir(dir)
+    }
+
+    /// Looks a placement up by name.
+    pub fn placement(&self, name: &str) -> Option<&Placement> {
+        self.placements.get(name)
+    }
+
+    /// Every placement, by name.
+    pub fn placements(&self) -> impl Iterator<Item = &Placement> {
+        self.placements.values()
+    }
+
+    /// Looks an experiment up by id.
+    pub fn experiment(&self, id: &str) -> Option<&Arc<Experiment>> {
+        self.experiments.get(id)
+    }
+
+    /// Every experiment, by id.
+    pub fn experiments(&self) -> impl Iterator<Item = &Arc<Experiment>> {
+        self.experiments.values()
+    }
+
+    /// Content hash of the loaded files (hex), equal on replicas that run the same set.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Every model the catalog can serve (arms and placement defaults), without duplicates, so
+    /// the store knows what to load and `/ready` knows what to wait for.
+    pub fn models(&self) -> Vec<ModelSpec> {
+        let mut models: Vec<ModelSpec> = self
+            .placements
+            .values()
+            .map(|p| p.default_model.clone())
+            .chain(
+                self.experiments
+                    .values()
+                    .flat_map(|e| e.arms.iter().map(|a| a.model.clone())),
+            )
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+}
+
+impl Placement {
+    /// Experiments on this placement, by id.
+    pub fn experiments(&self) -> &[Arc<Experiment>] {
+        &self.experiments
+    }
+}
+
+impl Experiment {
+    /// Whether `t` lies inside `[start, end)`.
+    pub fn scheduled_at(&self, t: SystemTime) -> bool {
+        self.start.is_none_or(|s| s <= t) && self.end.is_none_or(|e| t < e)
+    }
+
+    /// Whether the experiment takes traffic from its slice at `t`: running inside its schedule,
+    /// or completed with a winner (which has no schedule left to respect).
+    pub fn active_at(&self, t: SystemTime) -> bool {
+        match self.status {
+            Status::Running => self.scheduled_at(t),
+            Status::Completed => self.winner.is_some(),
+            Status::Draft | Status::Paused => false,
+        }
+    }
+
+    /// The arm owning arm bucket `ab`; weights sum to exactly [`BUCKETS`], so one always does.
+    pub fn arm_for_bucket(&self, ab: u16) -> &Arm {
+        self.arms
+            .iter()
+            .find(|arm| arm.buckets.contains(&ab))
+            .unwrap_or(&self.arms[self.arms.len() - 1])
+    }
+}

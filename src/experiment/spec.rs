@@ -1,0 +1,110 @@
+//! The TOML files exactly as product teams write them (DESIGN.md §3). These structs only parse;
+//! [`super::validate`] turns them into the checked, integer form the hot path uses.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::store::ColumnNames;
+
+/// `experiments/placements.toml`: every slot a client app may ask for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlacementsFile {
+    /// Placement name → its settings; a `BTreeMap` keeps listings and errors in a stable order.
+    pub placements: BTreeMap<String, PlacementSpec>,
+}
+
+/// One placement as written in `placements.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlacementSpec {
+    /// Served to users no experiment covers, to users missing from their arm's model, and while
+    /// an arm's model is not loaded yet.
+    pub default_model: String,
+    /// Column-name overrides for the default model when it is not in Spark's default naming.
+    #[serde(default)]
+    pub default_columns: ColumnNames,
+}
+
+/// Lifecycle of an experiment; only `running` ones take traffic (and `completed` ones that name
+/// a winner, which keep serving it to their slice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Written but not started: only override users see it.
+    Draft,
+    /// Takes its slice of traffic inside its schedule.
+    Running,
+    /// Stopped for now; its users go back to the placement default.
+    Paused,
+    /// Finished; with a `winner` its slice keeps being served that arm.
+    Completed,
+}
+
+impl Status {
+    /// The lowercase name used in TOML and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Completed => "completed",
+        }
+    }
+}
+
+/// One `experiments/*.toml` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExperimentSpec {
+    /// Stable identifier used in URLs, metrics and the default salt.
+    pub id: String,
+    /// The placement whose users this experiment splits.
+    pub placement: String,
+    /// Free text for the people reading `/experiments`.
+    #[serde(default)]
+    pub description: String,
+    /// Who to ask about this experiment.
+    #[serde(default)]
+    pub owner: String,
+    /// Whether it takes traffic now.
+    pub status: Status,
+    /// Optional start of the schedule (inclusive).
+    pub start: Option<toml::value::Datetime>,
+    /// Optional end of the schedule (exclusive).
+    pub end: Option<toml::value::Datetime>,
+    /// Slice of the placement's users, in percent.
+    #[serde(default = "full_traffic")]
+    pub traffic: [f64; 2],
+    /// Seed of the arm hash; defaults to the id so renaming nothing moves nobody.
+    pub salt: Option<String>,
+    /// With `status = "completed"`: the arm the slice keeps being served.
+    pub winner: Option<String>,
+    /// The variants, the first being the control.
+    pub arms: Vec<ArmSpec>,
+    /// QA users forced into an arm, never counted in results.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+}
+
+fn full_traffic() -> [f64; 2] {
+    [0.0, 100.0]
+}
+
+/// One `[[arms]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ArmSpec {
+    /// Name shown in responses, metrics and results.
+    pub name: String,
+    /// Share of the experiment's slice, in percent.
+    pub weight: f64,
+    /// Model output path under `models.root`, or a full URI.
+    pub model: String,
+    /// Overrides `cache.ttl` for this arm's lists (humantime, e.g. `30m`).
+    pub cache_ttl: Option<String>,
+    /// Column names when the model does not use Spark's defaults.
+    #[serde(default)]
+    pub columns: ColumnNames,
+}

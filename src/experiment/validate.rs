@@ -1,0 +1,426 @@
+//! Turns the parsed TOML of a folder into a [`Catalog`], collecting every problem instead of
+//! stopping at the first, so one `recgw validate` run lists everything a team has to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::bucket::{BUCKETS, percent_to_bp};
+use super::spec::{ArmSpec, ExperimentSpec, PlacementsFile, Status};
+use super::{Arm, Catalog, Experiment, Placement, Problem, Problems, is_valid_user_id};
+use crate::store::ModelSpec;
+
+/// The file naming the placements; every other `*.toml` is one experiment.
+pub(crate) const PLACEMENTS_FILE: &str = "placements.toml";
+
+/// Weights may be written with float noise (`33.33 + 33.33 + 33.34`); §3 allows ±0.01.
+const WEIGHT_SUM_TOLERANCE: f64 = 0.01;
+
+/// Collects problems against one file, so call sites name only the field and the message.
+struct FileProblems<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<Problem>,
+}
+
+impl FileProblems<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Problem {
+            file: self.file.to_path_buf(),
+            line: None,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
+    let mut problems = Vec::new();
+    let files = match read_folder(dir) {
+        Ok(files) => files,
+        Err(problem) => return Err(Problems(vec![problem])),
+    };
+
+    let mut digest = Sha256::new();
+    for (path, text) in &files {
+        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+        digest.update((name.len() as u64).to_be_bytes());
+        digest.update(name);
+        digest.update((text.len() as u64).to_be_bytes());
+        digest.update(text.as_bytes());
+    }
+    let digest = digest.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+
+    let placements_path = dir.join(PLACEMENTS_FILE);
+    let Some((_, placements_text)) = files.iter().find(|(p, _)| *p == placements_path) else {
+        return Err(Problems(vec![Problem {
+            file: placements_path,
+            line: None,
+            field: String::new(),
+            message: "missing: every experiments folder needs a placements.toml".into(),
+        }]));
+    };
+    let mut placements = parse::<PlacementsFile>(&placements_path, placements_text, &mut problems)
+        .map(|file| build_placements(&placements_path, file, &mut problems))
+        .unwrap_or_default();
+
+    let mut experiments: BTreeMap<String, Arc<Experiment>> = BTreeMap::new();
+    for (path, text) in files.iter().filter(|(p, _)| *p != placements_path) {
+        let Some(spec) = parse::<ExperimentSpec>(path, text, &mut problems) else {
+            continue;
+        };
+        let mut out = FileProblems { file: path, out: &mut problems };
+        let Some(experiment) = build_experiment(spec, path, &placements, &mut out) else {
+            continue;
+        };
+        if let Some(first) = experiments.get(&experiment.id) {
+            out.push(
+                "id",
+                format!("duplicate id {:?}, also used by {}", experiment.id, first.file.display()),
+            );
+            continue;
+        }
+        experiments.insert(experiment.id.clone(), Arc::new(experiment));
+    }
+
+    check_overlaps(&experiments, &mut problems);
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    for experiment in experiments.values() {
+        if let Some(placement) = placements.get_mut(&experiment.placement) {
+            placement.experiments.push(Arc::clone(experiment));
+        }
+    }
+    Ok(Catalog { placements, experiments, digest })
+}
+
+/// Reads every `*.toml` directly in `dir`, sorted by name so digests and messages are stable.
+fn read_folder(dir: &Path) -> Result<Vec<(PathBuf, String)>, Problem> {
+    let folder_problem = |message: String| Problem {
+        file: dir.to_path_buf(),
+        line: None,
+        field: String::new(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| folder_problem(format!("cannot read folder: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| folder_problem(format!("cannot list folder: {e}")))?.path();
+        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            Err(e) => Err(Problem {
+                file: path,
+                line: None,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        })
+        .collect()
+}
+
+/// Parses one file, turning the parser's byte span into a line number for the message.
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    match toml::from_str::<T>(text) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line,
+                field: String::new(),
+                message: e.message().trim_end().to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// Names of experiments, arms and placements: safe in URLs, metric labels and cache keys.
+fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+const NAME_RULE: &str = "use 1-64 characters from [a-z0-9_-]";
+
+fn build_placements(
+    path: &Path,
+    file: PlacementsFile,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Placement> {
+    let mut out = FileProblems { file: path, out: problems };
+    let mut placements = BTreeMap::new();
+    for (name, spec) in file.placements {
+        let field = format!("placements.{name}");
+        if !is_valid_name(&name) {
+            out.push(&field, format!("invalid placement name {name:?}: {NAME_RULE}"));
+            continue;
+        }
+        if spec.default_model.trim().is_empty() {
+            out.push(format!("{field}.default_model"), "must name a model");
+            continue;
+        }
+        let placement = Placement {
+            slice_salt: format!("placement:{name}"),
+            name: name.clone(),
+            default_model: ModelSpec::new(spec.default_model, spec.default_columns),
+            experiments: Vec::new(),
+        };
+        placements.insert(name, placement);
+    }
+    if placements.is_empty() && out.out.is_empty() {
+        out.push("placements", "declares no placement");
+    }
+    placements
+}
+
+fn build_experiment(
+    spec: ExperimentSpec,
+    path: &Path,
+    placements: &BTreeMap<String, Placement>,
+    out: &mut FileProblems<'_>,
+) -> Option<Experiment> {
+    let before = out.out.len();
+    if !is_valid_name(&spec.id) || spec.id.contains('_') {
+        out.push("id", format!("invalid id {:?}: use 1-64 characters from [a-z0-9-]", spec.id));
+    }
+    if !placements.contains_key(&spec.placement) {
+        let known: Vec<&str> = placements.keys().map(String::as_str).collect();
+        out.push(
+            "placement",
+            format!("unknown placement {:?}; placements.toml declares {known:?}", spec.placement),
+        );
+    }
+    let start = spec.start.as_ref().and_then(|dt| to_system_time(dt, "start", out));
+    let end = spec.end.as_ref().and_then(|dt| to_system_time(dt, "end", out));
+    if let (Some(s), Some(e)) = (start, end)
+        && e <= s
+    {
+        out.push("end", "must be after start");
+    }
+
+    let [lo, hi] = spec.traffic;
+    if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) {
+        out.push("traffic", format!("[{lo}, {hi}] must lie inside [0, 100]"));
+    } else if percent_to_bp(lo) >= percent_to_bp(hi) {
+        out.push("traffic", format!("[{lo}, {hi}] is empty: the lower bound must be below the upper"));
+    }
+
+    let salt = spec.salt.unwrap_or_else(|| spec.id.clone());
+    if salt.is_empty() {
+        out.push("salt", "must not be empty (leave it out to use the id)");
+    }
+    let arms = build_arms(&spec.arms, out);
+
+    let arm_index = |name: &str| arms.iter().position(|a| a.name == name);
+    let winner = match (&spec.winner, spec.status) {
+        (None, _) => None,
+        (Some(name), Status::Completed) => {
+            let index = arm_index(name);
+            if index.is_none() {
+                out.push("winner", format!("names no arm: {name:?}"));
+            }
+            index
+        }
+        (Some(_), status) => {
+            out.push(
+                "winner",
+                format!("only a completed experiment has a winner (status is {:?})", status.as_str()),
+            );
+            None
+        }
+    };
+
+    let mut overrides = BTreeMap::new();
+    for (user, arm) in &spec.overrides {
+        let field = format!("overrides.{user:?}");
+        if !is_valid_user_id(user) {
+            out.push(&field, "is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])");
+        }
+        match arm_index(arm) {
+            Some(index) => {
+                overrides.insert(user.clone(), index);
+            }
+            None => out.push(&field, format!("names no arm: {arm:?}")),
+        }
+    }
+
+    if out.out.len() > before {
+        return None;
+    }
+    Some(Experiment {
+        id: spec.id,
+        placement: spec.placement,
+        description: spec.description,
+        owner: spec.owner,
+        status: spec.status,
+        start,
+        end,
+        slice: percent_to_bp(lo)..percent_to_bp(hi),
+        salt,
+        winner,
+        arms,
+        overrides,
+        file: path.to_path_buf(),
+    })
+}
+
+fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
+    if specs.len() < 2 {
+        out.push("arms", format!("an experiment needs at least two arms, found {}", specs.len()));
+    }
+    let mut arms: Vec<Arm> = Vec::with_capacity(specs.len());
+    let mut next_bucket: u32 = 0;
+    for (i, spec) in specs.iter().enumerate() {
+        let field = |name: &str| format!("arms[{i}].{name}");
+        if !is_valid_name(&spec.name) {
+            out.push(field("name"), format!("invalid arm name {:?}: {NAME_RULE}", spec.name));
+        } else if spec.name == "default" {
+            out.push(field("name"), "\"default\" is reserved for users no experiment covers");
+        } else if arms.iter().any(|a| a.name == spec.name) {
+            out.push(field("name"), format!("duplicate arm name {:?}", spec.name));
+        }
+        if !(spec.weight > 0.0 && spec.weight <= 100.0) {
+            out.push(field("weight"), format!("{} must be above 0 and at most 100", spec.weight));
+        }
+        if spec.model.trim().is_empty() {
+            out.push(field("model"), "must name a model");
+        }
+        let cache_ttl = spec.cache_ttl.as_deref().and_then(|text| {
+            parse_duration(text)
+                .map_err(|message| out.push(field("cache_ttl"), message))
+                .ok()
+        });
+        let weight_bp = percent_to_bp(spec.weight);
+        let lo = next_bucket.min(u32::from(BUCKETS)) as u16;
+        next_bucket += u32::from(weight_bp);
+        arms.push(Arm {
+            name: spec.name.clone(),
+            weight_bp,
+            buckets: lo..next_bucket.min(u32::from(BUCKETS)) as u16,
+            model: ModelSpec::new(spec.model.clone(), spec.columns.clone()),
+            cache_ttl,
+        });
+    }
+    let sum: f64 = specs.iter().map(|a| a.weight).sum();
+    if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
+        out.push("arms", format!("weights sum to {sum}, they must sum to 100"));
+    } else if next_bucket != u32::from(BUCKETS) {
+        out.push(
+            "arms",
+            format!(
+                "weights round to {next_bucket} basis points, not {BUCKETS}: write them with at most two decimals"
+            ),
+        );
+    }
+    arms
+}
+
+/// Parses a humantime duration (`30m`, `1h`), naming the accepted form when it fails.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30m or 1h: {e}"))
+}
+
+/// Converts a TOML offset date-time to a `SystemTime`; local times and bare dates are refused
+/// because replicas in different zones would start the experiment at different instants.
+fn to_system_time(dt: &toml::value::Datetime, field: &str, out: &mut FileProblems<'_>) -> Option<SystemTime> {
+    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
+        out.push(field, format!("{dt} needs a date, a time and an offset, e.g. 2026-11-01T00:00:00Z"));
+        return None;
+    };
+    let offset_minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    let days = days_from_civil(i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let seconds = days * 86_400
+        + i64::from(time.hour) * 3_600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0))
+        - offset_minutes * 60;
+    let nanos = time.nanosecond.unwrap_or(0);
+    match u64::try_from(seconds) {
+        Ok(secs) => Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)),
+        Err(_) => {
+            out.push(field, format!("{dt} is before 1970"));
+            None
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Two experiments that take traffic on one placement must own disjoint slices while their
+/// schedules overlap, or a user would be in both.
+fn check_overlaps(experiments: &BTreeMap<String, Arc<Experiment>>, problems: &mut Vec<Problem>) {
+    let takes_traffic = |e: &Experiment| {
+        e.status == Status::Running || (e.status == Status::Completed && e.winner.is_some())
+    };
+    let live: Vec<&Arc<Experiment>> = experiments.values().filter(|e| takes_traffic(e)).collect();
+    for (i, a) in live.iter().enumerate() {
+        for b in &live[i + 1..] {
+            let slices_meet = a.slice.start < b.slice.end && b.slice.start < a.slice.end;
+            if a.placement != b.placement || !slices_meet || !schedules_meet(a, b) {
+                continue;
+            }
+            problems.push(Problem {
+                file: b.file.clone(),
+                line: None,
+                field: "traffic".into(),
+                message: format!(
+                    "slice [{}, {}) bp overlaps [{}, {}) bp of {:?} ({}) on placement {:?}",
+                    b.slice.start,
+                    b.slice.end,
+                    a.slice.start,
+                    a.slice.end,
+                    a.id,
+                    a.file.display(),
+                    a.placement
+                ),
+            });
+        }
+    }
+}
+
+/// Whether two schedules share an instant; a completed winner is served for good.
+fn schedules_meet(a: &Experiment, b: &Experiment) -> bool {
+    let window = |e: &Experiment| match e.status {
+        Status::Completed => (None, None),
+        _ => (e.start, e.end),
+    };
+    let (a_start, a_end) = window(a);
+    let (b_start, b_end) = window(b);
+    let a_before_b = matches!((a_end, b_start), (Some(end), Some(start)) if end <= start);
+    let b_before_a = matches!((b_end, a_start), (Some(end), Some(start)) if end <= start);
+    !a_before_b && !b_before_a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_days_match_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 1), 20_758);
+    }
+}

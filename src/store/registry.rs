@@ -1,0 +1,175 @@
+//! Every model the catalog references, each in a slot holding its current version. Readers
+//! take the current version with one atomic load; the poller swaps in new versions and keeps
+//! the old one whenever a new one fails, so a bad Spark run never takes an arm down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use super::layout::committed;
+use super::location::Locator;
+use super::{LoadedModel, ModelSpec, StoreError};
+
+/// One model's current version and what went wrong last.
+#[derive(Debug)]
+struct Slot {
+    /// The version requests read; `None` until a first version loads.
+    current: ArcSwapOption<LoadedModel>,
+    /// Error and failed version, only touched by the poller and `/ready`.
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The last problem, cleared once the model is current again.
+    error: Option<String>,
+    /// A version that failed to load, not retried until the marker changes again.
+    failed_version: Option<String>,
+}
+
+/// What `/ready` and operators see of one model.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    /// The model as experiments name it.
+    pub location: String,
+    /// The version serving, if any.
+    pub version: Option<String>,
+    /// `nested`, `long` or `global`, once loaded.
+    pub shape: Option<&'static str>,
+    /// Users in the index of the serving version.
+    pub users: usize,
+    /// The last problem, e.g. a newer version that failed to load.
+    pub error: Option<String>,
+}
+
+/// All model slots and the resolver of their locations.
+#[derive(Debug)]
+pub struct ModelRegistry {
+    /// Resolves locations against `models.root`.
+    locator: Locator,
+    /// One slot per distinct model spec.
+    slots: HashMap<ModelSpec, Arc<Slot>>,
+}
+
+impl ModelRegistry {
+    /// Creates empty slots for `models`; nothing is read until [`ModelRegistry::refresh`].
+    pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>) -> Result<Self, StoreError> {
+        let slots = models
+            .into_iter()
+            .map(|spec| (spec, Arc::new(Slot { current: ArcSwapOption::empty(), state: Mutex::default() })))
+            .collect();
+        Ok(ModelRegistry { locator: Locator::new(root)?, slots })
+    }
+
+    /// The serving version of `model`, if one is loaded.
+    pub fn get(&self, model: &ModelSpec) -> Option<Arc<LoadedModel>> {
+        self.slots.get(model)?.current.load_full()
+    }
+
+    /// Whether every model has a serving version.
+    pub fn all_loaded(&self) -> bool {
+        self.slots.values().all(|slot| slot.current.load().is_some())
+    }
+
+    /// A snapshot of every model, sorted by location.
+    pub fn status(&self) -> Vec<ModelStatus> {
+        let mut out: Vec<ModelStatus> = self
+            .slots
+            .iter()
+            .map(|(spec, slot)| {
+                let current = slot.current.load_full();
+                let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                ModelStatus {
+                    location: spec.location.clone(),
+                    version: current.as_ref().map(|m| m.version().to_string()),
+                    shape: current.as_ref().map(|m| m.shape()),
+                    users: current.as_ref().map_or(0, |m| m.indexed_users()),
+                    error: state.error.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.location.cmp(&b.location));
+        out
+    }
+
+    /// Checks every model's marker and loads versions that changed, all models concurrently.
+    pub async fn refresh(&self) {
+        futures::future::join_all(self.slots.iter().map(|(spec, slot)| self.refresh_one(spec, slot))).await;
+    }
+
+    /// Polls forever at `interval`; the first tick runs at once.
+    pub fn spawn_polling(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                self.refresh().await;
+            }
+        })
+    }
+
+    async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
+        let record = |error: Option<String>, failed_version: Option<String>| {
+            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.error = error;
+            if failed_version.is_some() {
+                state.failed_version = failed_version;
+            }
+        };
+        let (folder, wildcard) = match spec.location.strip_suffix("/*") {
+            Some(folder) => (folder, true),
+            None => (spec.location.as_str(), false),
+        };
+        let found = match self.locator.resolve(folder) {
+            Ok(place) => committed(&place, wildcard).await.map(|c| (place, c)),
+            Err(e) => Err(e),
+        };
+        let committed = match found {
+            Ok((_, Some(committed))) => committed,
+            Ok((place, None)) => {
+                let message = format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path));
+                if slot.current.load().is_none() {
+                    tracing::warn!(model = %spec.location, "{message}");
+                }
+                return record(Some(message), None);
+            }
+            Err(e) => {
+                tracing::warn!(model = %spec.location, error = %e, "cannot check model version; serving the loaded one");
+                return record(Some(e.to_string()), None);
+            }
+        };
+        let current = slot.current.load();
+        if current.as_ref().is_some_and(|m| m.version() == committed.version) {
+            return record(None, None);
+        }
+        let failed = slot.state.lock().unwrap_or_else(|p| p.into_inner()).failed_version.clone();
+        if failed.as_deref() == Some(committed.version.as_str()) {
+            return;
+        }
+        let version = committed.version.clone();
+        match LoadedModel::load(committed, &spec.columns).await {
+            Ok(model) => {
+                tracing::info!(
+                    model = %spec.location,
+                    version = %model.version(),
+                    uri = %model.uri(),
+                    shape = model.shape(),
+                    users = model.indexed_users(),
+                    index_bytes = model.index_bytes(),
+                    part_files = model.part_files(),
+                    load_ms = model.load_time().as_millis() as u64,
+                    "model version loaded"
+                );
+                slot.current.store(Some(Arc::new(model)));
+                record(None, None);
+            }
+            Err(e) => {
+                tracing::error!(model = %spec.location, version = %version, error = %e, "model version failed to load; the previous one keeps serving");
+                record(Some(format!("version {version} failed to load: {e}")), Some(version));
+            }
+        }
+    }
+}
