@@ -6,3 +6,8 @@
 
 pub mod experiment;
 pub mod store;
+pub mod config;
+pub mod gateway;
+pub mod api;
+pub mod server;
+pub mod cli;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `recgw` binary: everything lives in the library; see `recgw --help`.
+
+fn main() -> std::process::ExitCode {
+    recgw::cli::main()
+}

@@ -90,7 +90,7 @@ impl Placement {
             return Assignment { experiment: Some(experiment), arm: Some(arm), forced: true, ..base };
         }
 
-        let placement_bucket = bucket(&self.slice_salt, user);
+        let placement_bucket = self.slice_bucket(user);
         let Some(experiment) = self
             .experiments
             .iter()
@@ -112,6 +112,70 @@ impl Placement {
             arm: Some(experiment.arm_for_bucket(arm_bucket)),
             reason: Reason::Covered { placement_bucket, arm_bucket },
             ..base
+        }
+    }
+}
+
+/// One user seen from one experiment: what the placement serves them, whether that is this
+/// experiment, and the buckets behind it. `recgw assign` and the assignment endpoint print it.
+#[derive(Debug, Clone, Copy)]
+pub struct Explanation<'c> {
+    /// The experiment asked about.
+    pub experiment: &'c Arc<Experiment>,
+    /// What the placement actually serves the user.
+    pub served: Assignment<'c>,
+    /// Whether `served` is this experiment.
+    pub in_experiment: bool,
+    /// `B("placement:" + p, u)`.
+    pub placement_bucket: u16,
+    /// `B(salt, u)` for this experiment.
+    pub arm_bucket: u16,
+    /// The arm `arm_bucket` falls in, whether or not the user is in the slice.
+    pub arm_for_bucket: &'c Arm,
+}
+
+impl Catalog {
+    /// Explains where `user` lands relative to experiment `id`; `None` for an unknown id.
+    pub fn explain(&self, id: &str, user: &str, now: SystemTime) -> Option<Explanation<'_>> {
+        let experiment = self.experiment(id)?;
+        let placement = self.placement(&experiment.placement)?;
+        let served = placement.assign(user, now);
+        let arm_bucket = bucket(&experiment.salt, user);
+        Some(Explanation {
+            experiment,
+            in_experiment: served.experiment.is_some_and(|e| Arc::ptr_eq(e, experiment)),
+            placement_bucket: placement.slice_bucket(user),
+            arm_bucket,
+            arm_for_bucket: experiment.arm_for_bucket(arm_bucket),
+            served,
+        })
+    }
+}
+
+impl Explanation<'_> {
+    /// The decision in words.
+    pub fn reason(&self) -> String {
+        let e = self.experiment;
+        let slice = format!("[{}, {})", e.slice.start, e.slice.end);
+        if let (false, Some(other)) = (self.in_experiment, self.served.experiment) {
+            return format!("served by experiment {} instead", other.id);
+        }
+        match self.served.reason {
+            Reason::Override => format!("listed in {}'s overrides", e.id),
+            Reason::Covered { placement_bucket, arm_bucket } => format!(
+                "placement bucket {placement_bucket} is inside the slice {slice}; arm bucket {arm_bucket} picks the arm"
+            ),
+            Reason::Winner { placement_bucket } => format!(
+                "placement bucket {placement_bucket} is inside the slice {slice} of a completed experiment serving its winner"
+            ),
+            Reason::Uncovered { placement_bucket } if e.slice.contains(&placement_bucket) => format!(
+                "{} takes no traffic now (status {}, or outside its schedule): placement default",
+                e.id,
+                e.status.as_str()
+            ),
+            Reason::Uncovered { placement_bucket } => {
+                format!("placement bucket {placement_bucket} is outside the slice {slice}: placement default")
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use assign::{Assignment, Reason};
+pub use assign::{Assignment, Explanation, Reason};
 pub use bucket::{BUCKETS, bucket};
 pub use diff::{ArmChange, diff};
 pub use spec::Status;
@@ -196,6 +196,11 @@ impl Catalog {
 }
 
 impl Placement {
+    /// `B("placement:" + name, user)`: which part of the placement's traffic the user is in.
+    pub fn slice_bucket(&self, user: &str) -> u16 {
+        bucket(&self.slice_salt, user)
+    }
+
     /// Experiments on this placement, by id.
     pub fn experiments(&self) -> &[Arc<Experiment>] {
         &self.experiments

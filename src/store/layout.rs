@@ -51,8 +51,12 @@ async fn marker(folder: &Place) -> Result<Option<Committed>, StoreError> {
     match folder.store.head(&path).await {
         Ok(meta) => {
             let leaf = folder.path.filename().unwrap_or_default();
-            let tag = meta.e_tag.unwrap_or_else(|| meta.last_modified.timestamp_millis().to_string());
-            Ok(Some(Committed { version: format!("{leaf}@{tag}"), folder: folder.clone() }))
+            let version = match meta.e_tag {
+                // ETags come quoted (`"inode-mtime-size"`); quotes do not belong in cache keys.
+                Some(tag) => format!("{leaf}@{}", tag.trim_matches('"')),
+                None => format!("{leaf}@{}", meta.last_modified.timestamp_millis()),
+            };
+            Ok(Some(Committed { version, folder: folder.clone() }))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(source) => Err(StoreError::Storage { uri: folder.uri_of(&path), source }),

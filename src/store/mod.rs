@@ -7,7 +7,7 @@
 //! serving.
 
 mod columns;
-// mod synthetic;
+mod synthetic;
 mod index;
 mod layout;
 mod location;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-// pub use synthetic::{GenFormat, GenOptions, generate};
+pub use synthetic::{GenError, GenFormat, GenOptions, generate};
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 

@@ -1,0 +1,187 @@
+//! `GET /experiments…`: what is running, and which arm a given user gets and why, so product
+//! teams and QA can check an experiment without reading hashes by hand.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::ApiTags;
+use super::error::ApiError;
+use crate::experiment::{Experiment, is_valid_user_id};
+use crate::gateway::Gateway;
+
+/// The experiment endpoints.
+pub(crate) struct ExperimentsApi;
+
+/// One arm as configured.
+#[derive(Debug, Object)]
+struct ArmBody {
+    /// Arm name.
+    name: String,
+    /// Share of the experiment's slice, percent.
+    weight: f64,
+    /// Model location it serves.
+    model: String,
+    /// Per-arm cache TTL override, humantime.
+    cache_ttl: Option<String>,
+}
+
+/// One experiment as loaded.
+#[derive(Debug, Object)]
+struct ExperimentBody {
+    /// Identifier.
+    id: String,
+    /// Placement it splits.
+    placement: String,
+    /// Free text.
+    description: String,
+    /// Contact.
+    owner: String,
+    /// `draft`, `running`, `paused` or `completed`.
+    status: String,
+    /// Whether it takes traffic right now (status and schedule).
+    active: bool,
+    /// Schedule start, RFC 3339.
+    start: Option<String>,
+    /// Schedule end (exclusive), RFC 3339.
+    end: Option<String>,
+    /// Slice of the placement's users, percent `[lo, hi)`.
+    traffic: Vec<f64>,
+    /// Seed of the arm hash.
+    salt: String,
+    /// Winning arm of a completed experiment.
+    winner: Option<String>,
+    /// Arms, control first.
+    arms: Vec<ArmBody>,
+    /// QA users forced into an arm (user → arm).
+    overrides: std::collections::BTreeMap<String, String>,
+}
+
+/// Every loaded experiment.
+#[derive(Debug, Object)]
+struct ExperimentsBody {
+    /// Hash of the experiment files in force; equal on replicas running the same set.
+    digest: String,
+    /// Experiments by id.
+    experiments: Vec<ExperimentBody>,
+}
+
+/// Where one user lands, seen from one experiment.
+#[derive(Debug, Object)]
+struct AssignmentBody {
+    /// The experiment asked about.
+    experiment: String,
+    /// The user asked about.
+    user_id: String,
+    /// Whether this experiment serves the user now.
+    in_experiment: bool,
+    /// The arm this experiment serves the user, `null` when it does not.
+    arm: Option<String>,
+    /// True for QA overrides.
+    forced: bool,
+    /// `B("placement:" + placement, user)`, decides the slice.
+    placement_bucket: u16,
+    /// `B(salt, user)`, decides the arm.
+    arm_bucket: u16,
+    /// The arm `arm_bucket` falls in, whether or not the user is in the slice.
+    arm_for_bucket: String,
+    /// The experiment serving this user on the placement (`null`: the placement default).
+    placement_experiment: Option<String>,
+    /// The arm served on the placement (`default` when no experiment covers the user).
+    placement_arm: String,
+    /// The decision in words.
+    reason: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339(t).to_string()
+}
+
+impl ExperimentBody {
+    fn new(e: &Experiment, now: SystemTime) -> Self {
+        let percent = |bp: u16| f64::from(bp) / 100.0;
+        ExperimentBody {
+            id: e.id.clone(),
+            placement: e.placement.clone(),
+            description: e.description.clone(),
+            owner: e.owner.clone(),
+            status: e.status.as_str().to_string(),
+            active: e.active_at(now),
+            start: e.start.map(rfc3339),
+            end: e.end.map(rfc3339),
+            traffic: vec![percent(e.slice.start), percent(e.slice.end)],
+            salt: e.salt.clone(),
+            winner: e.winner.map(|w| e.arms[w].name.clone()),
+            arms: e
+                .arms
+                .iter()
+                .map(|a| ArmBody {
+                    name: a.name.clone(),
+                    weight: percent(a.weight_bp),
+                    model: a.model.location.clone(),
+                    cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
+                })
+                .collect(),
+            overrides: e.overrides.iter().map(|(user, &arm)| (user.clone(), e.arms[arm].name.clone())).collect(),
+        }
+    }
+}
+
+fn unknown_experiment(id: &str) -> ApiError {
+    ApiError::not_found("unknown_experiment", format!("no experiment {id:?} is loaded"))
+}
+
+#[OpenApi(tag = "ApiTags::Experiments")]
+impl ExperimentsApi {
+    /// Every loaded experiment and the digest of the set.
+    #[oai(path = "/experiments", method = "get")]
+    async fn list(&self, gateway: Data<&Arc<Gateway>>) -> Json<ExperimentsBody> {
+        let catalog = gateway.catalog();
+        let now = SystemTime::now();
+        Json(ExperimentsBody {
+            digest: catalog.digest().to_string(),
+            experiments: catalog.experiments().map(|e| ExperimentBody::new(e, now)).collect(),
+        })
+    }
+
+    /// One experiment.
+    #[oai(path = "/experiments/:id", method = "get")]
+    async fn get(&self, gateway: Data<&Arc<Gateway>>, id: Path<String>) -> Result<Json<ExperimentBody>, ApiError> {
+        let catalog = gateway.catalog();
+        let experiment = catalog.experiment(&id).ok_or_else(|| unknown_experiment(&id))?;
+        Ok(Json(ExperimentBody::new(experiment, SystemTime::now())))
+    }
+
+    /// Which arm of this experiment a user gets, with the buckets that decided it.
+    #[oai(path = "/experiments/:id/assignment/:user_id", method = "get")]
+    async fn assignment(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        id: Path<String>,
+        /// Opaque user id: 1-128 characters from `[A-Za-z0-9._:@-]`.
+        user_id: Path<String>,
+    ) -> Result<Json<AssignmentBody>, ApiError> {
+        if !is_valid_user_id(&user_id) {
+            return Err(ApiError::bad_request("invalid_user_id", "user_id must be 1-128 characters from [A-Za-z0-9._:@-]"));
+        }
+        let catalog = gateway.catalog();
+        let x = catalog.explain(&id, &user_id, SystemTime::now()).ok_or_else(|| unknown_experiment(&id))?;
+        Ok(Json(AssignmentBody {
+            experiment: x.experiment.id.clone(),
+            in_experiment: x.in_experiment,
+            arm: x.in_experiment.then(|| x.served.arm_name().to_string()),
+            forced: x.in_experiment && x.served.forced,
+            placement_bucket: x.placement_bucket,
+            arm_bucket: x.arm_bucket,
+            arm_for_bucket: x.arm_for_bucket.name.clone(),
+            placement_experiment: x.served.experiment.map(|e| e.id.clone()),
+            placement_arm: x.served.arm_name().to_string(),
+            reason: x.reason(),
+            user_id: user_id.0,
+        }))
+    }
+}

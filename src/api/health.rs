@@ -1,0 +1,88 @@
+//! `GET /health` (the process answers) and `GET /ready` (it can serve what its experiments
+//! reference), for load balancers and orchestrators.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::ApiTags;
+use crate::gateway::Gateway;
+
+/// The health endpoints.
+pub(crate) struct HealthApi;
+
+/// Liveness.
+#[derive(Debug, Object)]
+struct HealthBody {
+    /// Always `ok` when the process answers.
+    status: String,
+}
+
+/// One model as `/ready` reports it.
+#[derive(Debug, Object)]
+struct ModelBody {
+    /// Location as experiments name it.
+    model: String,
+    /// Serving version, `null` until one loads.
+    version: Option<String>,
+    /// `nested`, `long` or `global`.
+    shape: Option<String>,
+    /// Users in the serving version's index.
+    users: u64,
+    /// Last problem (e.g. a newer version that failed to load while the old one serves).
+    error: Option<String>,
+}
+
+/// Readiness and what it depends on.
+#[derive(Debug, Object)]
+struct ReadyBody {
+    /// True when experiments are loaded and every referenced model has a version.
+    ready: bool,
+    /// Digest of the experiment set in force.
+    experiments_digest: String,
+    /// Every referenced model.
+    models: Vec<ModelBody>,
+}
+
+#[derive(Debug, ApiResponse)]
+enum ReadyResponse {
+    /// Ready to serve.
+    #[oai(status = 200)]
+    Ready(Json<ReadyBody>),
+    /// Not ready yet (a model has no loaded version); the body says which.
+    #[oai(status = 503)]
+    NotReady(Json<ReadyBody>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// The process is alive.
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> Json<HealthBody> {
+        Json(HealthBody { status: "ok".to_string() })
+    }
+
+    /// Experiments and every referenced model are loaded.
+    #[oai(path = "/ready", method = "get")]
+    async fn ready(&self, gateway: Data<&Arc<Gateway>>) -> ReadyResponse {
+        let models = gateway.models();
+        let body = ReadyBody {
+            ready: models.all_loaded(),
+            experiments_digest: gateway.catalog().digest().to_string(),
+            models: models
+                .status()
+                .into_iter()
+                .map(|m| ModelBody {
+                    model: m.location,
+                    version: m.version,
+                    shape: m.shape.map(str::to_string),
+                    users: m.users as u64,
+                    error: m.error,
+                })
+                .collect(),
+        };
+        if body.ready { ReadyResponse::Ready(Json(body)) } else { ReadyResponse::NotReady(Json(body)) }
+    }
+}

@@ -1,0 +1,146 @@
+//! `GET /recommendations/{user_id}`: the request client apps make on every page view.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+
+use super::ApiTags;
+use super::error::ApiError;
+use crate::experiment::is_valid_user_id;
+use crate::gateway::{Gateway, PageRequest, ServeError, Source, page};
+
+/// The recommendation endpoints.
+pub(crate) struct RecommendationsApi;
+
+/// One recommended item.
+#[derive(Debug, Object)]
+struct ItemBody {
+    /// Item id, always a string whatever its type in the model.
+    item_id: String,
+    /// Model score.
+    score: f32,
+    /// 1-based rank in the model's list (kept through filters).
+    rank: u32,
+}
+
+/// Which tier produced the list.
+#[derive(Debug, Enum)]
+#[oai(rename_all = "lowercase")]
+enum SourceBody {
+    /// The model store.
+    Store,
+    /// The placement default, because the arm's model could not answer for this user.
+    Fallback,
+}
+
+/// A page of a user's recommendations and where they came from.
+#[derive(Debug, Object)]
+struct RecommendationsBody {
+    /// The user asked for.
+    user_id: String,
+    /// The placement asked for.
+    placement: String,
+    /// Covering experiment, `null` when the user is on the placement default.
+    experiment: Option<String>,
+    /// Assigned arm; `default` when no experiment covers the user.
+    arm: String,
+    /// True when a QA override forced the arm.
+    forced: bool,
+    /// The model that produced the items (the placement default after a fallback).
+    model: String,
+    /// Version of that model: resolved folder and commit marker.
+    model_version: String,
+    /// This page, best first.
+    items: Vec<ItemBody>,
+    /// Items left after `min_score` and `exclude`, across all pages.
+    total: u64,
+    /// Offset of this page.
+    offset: u32,
+    /// Page size asked for.
+    limit: u32,
+    /// Offset of the next page; `null` on the last page.
+    next_offset: Option<u64>,
+    /// Which tier answered.
+    source: SourceBody,
+}
+
+fn default_placement() -> String {
+    "default".to_string()
+}
+
+fn default_limit() -> u32 {
+    10
+}
+
+#[OpenApi(tag = "ApiTags::Recommendations")]
+impl RecommendationsApi {
+    /// A user's recommendations on a placement.
+    ///
+    /// The user is hashed into an experiment arm (the same on every replica); the arm's model
+    /// answers, or the placement default when the user is missing from it (`source = fallback`).
+    #[oai(path = "/recommendations/:user_id", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn recommendations(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        /// Opaque user id: 1-128 characters from `[A-Za-z0-9._:@-]`.
+        user_id: Path<String>,
+        /// The slot in the client app, as declared in `placements.toml`.
+        #[oai(default = "default_placement")]
+        placement: Query<String>,
+        /// Items per page.
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<u32>,
+        /// Items to skip.
+        #[oai(default)]
+        offset: Query<u32>,
+        /// Drop items scoring below this.
+        min_score: Query<Option<f32>>,
+        /// Comma-separated item ids to leave out (e.g. already shown).
+        exclude: Query<Option<String>>,
+    ) -> Result<Json<RecommendationsBody>, ApiError> {
+        if !is_valid_user_id(&user_id) {
+            return Err(ApiError::bad_request(
+                "invalid_user_id",
+                "user_id must be 1-128 characters from [A-Za-z0-9._:@-]",
+            ));
+        }
+        let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
+            ServeError::UnknownPlacement(_) => ApiError::not_found("unknown_placement", e.to_string()),
+            ServeError::ModelUnavailable { .. } => ApiError::unavailable("model_unavailable", e.to_string()),
+        })?;
+        let excluded: Vec<&str> = exclude.as_deref().map(|s| s.split(',').map(str::trim).collect()).unwrap_or_default();
+        let request = PageRequest {
+            limit: *limit as usize,
+            offset: *offset as usize,
+            min_score: *min_score,
+            exclude: &excluded,
+        };
+        let page = page(&served.list, &request);
+        Ok(Json(RecommendationsBody {
+            items: page
+                .items
+                .iter()
+                .map(|item| ItemBody { item_id: item.id.to_string(), score: item.score, rank: item.rank })
+                .collect(),
+            total: page.total as u64,
+            next_offset: page.next_offset.map(|n| n as u64),
+            user_id: user_id.0,
+            placement: placement.0,
+            experiment: served.experiment,
+            arm: served.arm,
+            forced: served.forced,
+            model: served.model,
+            model_version: served.model_version,
+            offset: *offset,
+            limit: *limit,
+            source: match served.source {
+                Source::Store => SourceBody::Store,
+                Source::Fallback => SourceBody::Fallback,
+            },
+        }))
+    }
+}

@@ -1,0 +1,216 @@
+//! The `recgw` command line: a thin shell over the library, one subcommand per job.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::experiment::{Catalog, diff, is_valid_user_id};
+use crate::server::Server;
+use crate::store::{GenFormat, GenOptions, generate};
+
+/// A/B testing gateway for recommendations.
+#[derive(Debug, Parser)]
+#[command(name = "recgw", version, about)]
+struct Cli {
+    /// Settings file (TOML); `RECGW__SECTION__KEY` environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Check an experiments folder; with --against, say how many users change arm.
+    Validate {
+        /// The folder to check (default: `experiments.dir`).
+        dir: Option<PathBuf>,
+        /// The folder currently deployed, to compare assignments against.
+        #[arg(long, value_name = "OLD_DIR")]
+        against: Option<PathBuf>,
+    },
+    /// Which arm of an experiment a user gets, and why.
+    Assign {
+        /// Experiment id.
+        experiment: String,
+        /// User id.
+        user_id: String,
+    },
+    /// Write deterministic model outputs in Spark's layout.
+    GenModels {
+        /// Model folder to (re)create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of users (ids 0..N).
+        #[arg(long, default_value_t = 2_000)]
+        users: u32,
+        /// Number of distinct items.
+        #[arg(long, default_value_t = 500)]
+        items: u32,
+        /// Recommendations per user.
+        #[arg(long, default_value_t = 20)]
+        k: u32,
+        /// Seed; the same seed writes the same bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Schema to write.
+        #[arg(long, value_enum, default_value_t = GenFormat::Nested)]
+        format: GenFormat,
+        /// Part files, like a Spark job's output partitions.
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Rows per Parquet row group.
+        #[arg(long, default_value_t = 65_536)]
+        row_group_rows: usize,
+    },
+    /// Print the OpenAPI document (YAML).
+    Openapi,
+}
+
+/// Runs the command line; the binary's `main` is this call.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => return fail(e),
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&settings),
+        Command::Validate { dir, against } => validate(dir.as_deref().unwrap_or(&settings.experiments.dir), against.as_deref()),
+        Command::Assign { experiment, user_id } => assign(&settings.experiments.dir, &experiment, &user_id),
+        Command::GenModels { out, users, items, k, seed, format, partitions, row_group_rows } => {
+            let opts = GenOptions { out, users, items, k, seed, format, partitions, row_group_rows };
+            match generate(&opts) {
+                Ok(()) => {
+                    println!("wrote {} ({format:?}, seed {seed})", opts.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Openapi => {
+            print!("{}", crate::api::spec_yaml());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn serve(settings: &Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e),
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(settings).await {
+            Ok(server) => server,
+            Err(e) => return fail(e),
+        };
+        match server.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM, so orchestrators get a clean drain.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::mem::drop(interrupt.await),
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn load(dir: &Path) -> Result<Catalog, ExitCode> {
+    Catalog::load_dir(dir).map_err(|problems| {
+        for problem in &problems.0 {
+            eprintln!("{problem}");
+        }
+        eprintln!("{}: {} problem(s)", dir.display(), problems.0.len());
+        ExitCode::FAILURE
+    })
+}
+
+fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
+    let catalog = match load(dir) {
+        Ok(catalog) => catalog,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: ok, {} placement(s), {} experiment(s), digest {}",
+        dir.display(),
+        catalog.placements().count(),
+        catalog.experiments().count(),
+        catalog.digest()
+    );
+    let Some(old_dir) = against else {
+        return ExitCode::SUCCESS;
+    };
+    let old = match load(old_dir) {
+        Ok(old) => old,
+        Err(code) => return code,
+    };
+    for change in diff(&old, &catalog) {
+        println!(
+            "{:<32} {:<16} {:>8.1} bp ({:.2}% of placement users) change arm{}",
+            change.experiment,
+            change.placement,
+            change.changed_bp,
+            change.changed_bp / 100.0,
+            if change.expected { " (expected: salt changed or winner set)" } else { "" }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {
+    if !is_valid_user_id(user) {
+        return fail(format!("{user:?} is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])"));
+    }
+    let catalog = match load(dir) {
+        Ok(catalog) => catalog,
+        Err(code) => return code,
+    };
+    let Some(x) = catalog.explain(experiment, user, SystemTime::now()) else {
+        return fail(format!("no experiment {experiment:?} in {}", dir.display()));
+    };
+    let e = x.experiment;
+    println!("experiment  {} (placement {}, {})", e.id, e.placement, e.status.as_str());
+    println!("user        {user}");
+    println!("arm         {}", if x.in_experiment { x.served.arm_name() } else { "- (not in this experiment)" });
+    println!("forced      {}", x.in_experiment && x.served.forced);
+    println!(
+        "buckets     placement {} (slice [{}, {})), arm {} -> {}",
+        x.placement_bucket, e.slice.start, e.slice.end, x.arm_bucket, x.arm_for_bucket.name
+    );
+    println!("why         {}", x.reason());
+    println!("served      {} / {}", x.served.experiment.map_or("default", |s| s.id.as_str()), x.served.arm_name());
+    ExitCode::SUCCESS
+}

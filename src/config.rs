@@ -1,0 +1,146 @@
+//! Settings (DESIGN.md §2): built-in defaults that serve the demo with nothing else running,
+//! then an optional TOML file, then `RECGW__SECTION__KEY` environment variables. Unknown keys
+//! are errors that name the key, because a misspelt setting silently ignored is an outage
+//! waiting for its trigger.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Every setting, by section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP listener.
+    pub server: ServerSettings,
+    /// Where experiments come from.
+    pub experiments: ExperimentSettings,
+    /// Where model outputs come from.
+    pub models: ModelSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to bind; loopback by default so a demo never listens on the network.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// `[experiments]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentSettings {
+    /// Folder of experiment TOML files and `placements.toml`.
+    pub dir: PathBuf,
+    /// How often the folder is checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for ExperimentSettings {
+    fn default() -> Self {
+        ExperimentSettings { dir: PathBuf::from("experiments"), reload_interval: Duration::from_secs(5) }
+    }
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Where relative model paths resolve: a folder, `file://…` or `hdfs://host:port/path`.
+    pub root: String,
+    /// How often each model's `_SUCCESS` marker is checked for a new version.
+    #[serde(deserialize_with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings { root: "models".into(), refresh_interval: Duration::from_secs(60) }
+    }
+}
+
+/// Durations are humantime strings (`250ms`, `5s`, `1h`) in files and environment alike.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like 250ms, 5s or 1h: {e}")))
+}
+
+/// Settings could not be read or are invalid.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Layers defaults, the optional `file` and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests must not depend on,
+    /// or change, the process environment).
+    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
+        }
+        let env = env.into_iter().filter(|(key, _)| key.starts_with("RECGW__")).collect();
+        let environment = config::Environment::with_prefix("RECGW")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env));
+        Ok(builder.add_source(environment).build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_the_demo() {
+        let settings = Settings::load_from(None, env(&[])).expect("defaults");
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.experiments.dir, PathBuf::from("experiments"));
+        assert_eq!(settings.experiments.reload_interval, Duration::from_secs(5));
+        assert_eq!(settings.models.root, "models");
+        assert_eq!(settings.models.refresh_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("recgw.toml");
+        std::fs::write(&file, "[models]\nroot = \"hdfs://nn:8020/recs\"\nrefresh_interval = \"30s\"\n").expect("write");
+        let settings = Settings::load_from(
+            Some(&file),
+            env(&[("RECGW__MODELS__REFRESH_INTERVAL", "250ms"), ("RECGW__SERVER__LISTEN", "0.0.0.0:9000")]),
+        )
+        .expect("valid");
+        assert_eq!(settings.models.root, "hdfs://nn:8020/recs");
+        assert_eq!(settings.models.refresh_interval, Duration::from_millis(250));
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Settings::load_from(None, env(&[("RECGW__MODELS__ROOTS", "x")])).expect_err("unknown key");
+        assert!(err.to_string().contains("roots"), "{err}");
+        let err = Settings::load_from(None, env(&[("RECGW__EXPERIMENTS__RELOAD_INTERVAL", "soon")])).expect_err("bad duration");
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+}

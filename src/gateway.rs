@@ -1,0 +1,227 @@
+//! The use case the HTTP layer exposes: assign a user on a placement, read the arm's list, fall
+//! back to the placement default when the arm cannot answer, and cut the requested page. It
+//! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::experiment::Catalog;
+use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
+
+/// Shared state of a running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The experiment set in force; swapped whole on reload so a request sees one version.
+    catalog: ArcSwap<Catalog>,
+    /// Loaded model versions.
+    models: Arc<ModelRegistry>,
+}
+
+/// Which tier produced the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the model store.
+    Store,
+    /// The arm could not answer; the placement default did.
+    Fallback,
+}
+
+impl Source {
+    /// The name used in responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Store => "store",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
+/// Why the arm's model did not answer, for logs now and the `fallbacks_total{reason}` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// No version of the arm's model has loaded yet.
+    ModelNotLoaded,
+    /// The model holds no list for this user (cold start).
+    UserNotInModel,
+    /// Reading the model failed.
+    StoreError,
+}
+
+/// A served list and everything a response says about where it came from.
+#[derive(Debug, Clone)]
+pub struct Recommendation {
+    /// The covering experiment's id, `None` on the placement default.
+    pub experiment: Option<String>,
+    /// The assigned arm (`"default"` when uncovered), kept on fallback so analysts see who
+    /// was assigned where even when the arm could not answer.
+    pub arm: String,
+    /// True for QA overrides.
+    pub forced: bool,
+    /// The model that produced `list` (the placement default after a fallback).
+    pub model: String,
+    /// Its version string.
+    pub model_version: String,
+    /// The whole ranked list; pages are cut by [`page`].
+    pub list: RankedList,
+    /// Which tier answered.
+    pub source: Source,
+    /// Why the arm did not answer, when `source` is `Fallback`.
+    pub fallback: Option<FallbackReason>,
+}
+
+/// Why no list could be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The placement is not in `placements.toml`.
+    #[error("unknown placement {0:?}")]
+    UnknownPlacement(String),
+    /// Neither the arm's model nor the placement default could answer.
+    #[error("model {model:?} is not available: {reason}")]
+    ModelUnavailable {
+        /// The model that failed last (the placement default).
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Filters and paging applied after the cache, on the whole list.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// Items per page.
+    pub limit: usize,
+    /// Items to skip.
+    pub offset: usize,
+    /// Drop items scoring below this.
+    pub min_score: Option<f32>,
+    /// Item ids the client already showed or does not want.
+    pub exclude: &'a [&'a str],
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub struct Page<'l> {
+    /// Items on this page, in rank order.
+    pub items: Vec<&'l Item>,
+    /// Items left after filters, across all pages.
+    pub total: usize,
+    /// Offset of the next page, `None` on the last one.
+    pub next_offset: Option<usize>,
+}
+
+/// Cuts one page out of `list` after the filters.
+pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
+    let keep = |item: &&Item| {
+        request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&&*item.id)
+    };
+    let total = list.iter().filter(keep).count();
+    let items = list.iter().filter(keep).skip(request.offset).take(request.limit).collect();
+    let end = request.offset.saturating_add(request.limit);
+    Page { items, total, next_offset: (end < total).then_some(end) }
+}
+
+impl Gateway {
+    /// A gateway over a loaded catalog and a registry holding its models.
+    pub fn new(catalog: Catalog, models: Arc<ModelRegistry>) -> Self {
+        Gateway { catalog: ArcSwap::from_pointee(catalog), models }
+    }
+
+    /// The experiment set in force.
+    pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
+        self.catalog.load()
+    }
+
+    /// The model registry (shared with the poller).
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.models
+    }
+
+    /// The whole ranked list for `user` on `placement`, with its provenance.
+    pub async fn recommend(&self, user: &str, placement: &str) -> Result<Recommendation, ServeError> {
+        let catalog = self.catalog.load_full();
+        let assignment = catalog
+            .assign(placement, user, SystemTime::now())
+            .ok_or_else(|| ServeError::UnknownPlacement(placement.to_string()))?;
+        let default = &assignment.placement.default_model;
+        let served = |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback| Recommendation {
+            experiment: assignment.experiment.map(|e| e.id.clone()),
+            arm: assignment.arm_name().to_string(),
+            forced: assignment.forced,
+            model: spec.location.clone(),
+            model_version: model.version().to_string(),
+            list,
+            source,
+            fallback,
+        };
+
+        let reason = if assignment.arm.is_some() && assignment.model() != default {
+            let spec = assignment.model();
+            match self.models.get(spec) {
+                None => FallbackReason::ModelNotLoaded,
+                Some(model) => match model.lookup(user).await {
+                    Ok(Some(list)) => return Ok(served(&model, spec, list, Source::Store, None)),
+                    Ok(None) => FallbackReason::UserNotInModel,
+                    Err(e) => {
+                        tracing::warn!(model = %spec.location, error = %e, "model read failed; serving the placement default");
+                        FallbackReason::StoreError
+                    }
+                },
+            }
+        } else {
+            // Users on the default (and arms serving the default model) have no other tier to
+            // fall back to: their primary source is the default itself.
+            let model = self.loaded(default)?;
+            let list = self.read_default(&model, default, user).await?;
+            return Ok(served(&model, default, list, Source::Store, None));
+        };
+
+        let model = self.loaded(default)?;
+        let list = self.read_default(&model, default, user).await?;
+        Ok(served(&model, default, list, Source::Fallback, Some(reason)))
+    }
+
+    fn loaded(&self, spec: &ModelSpec) -> Result<Arc<LoadedModel>, ServeError> {
+        self.models.get(spec).ok_or_else(|| ServeError::ModelUnavailable {
+            model: spec.location.clone(),
+            reason: "no version loaded yet".into(),
+        })
+    }
+
+    /// Reads the placement default; a per-user default that lacks the user yields an empty list
+    /// (a valid answer: there is nothing to recommend), a read error yields 503.
+    async fn read_default(&self, model: &LoadedModel, spec: &ModelSpec, user: &str) -> Result<RankedList, ServeError> {
+        match model.lookup(user).await {
+            Ok(list) => Ok(list.unwrap_or_else(|| Arc::from(Vec::new()))),
+            Err(e) => Err(ServeError::ModelUnavailable { model: spec.location.clone(), reason: e.to_string() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(n: u32) -> Vec<Item> {
+        (1..=n).map(|r| Item { id: format!("i{r}").into(), score: 10.0 - r as f32, rank: r }).collect()
+    }
+
+    #[test]
+    fn pages_after_filters_and_keeps_model_ranks() {
+        let items = list(10);
+        let exclude = ["i2"];
+        let request = PageRequest { limit: 3, offset: 0, min_score: Some(2.5), exclude: &exclude };
+        let first = page(&items, &request);
+        assert_eq!(first.total, 6, "i1..i7 score >= 2.5, minus i2");
+        assert_eq!(first.items.iter().map(|i| &*i.id).collect::<Vec<_>>(), ["i1", "i3", "i4"]);
+        assert_eq!(first.items[1].rank, 3);
+        assert_eq!(first.next_offset, Some(3));
+        let last = page(&items, &PageRequest { offset: 3, ..request });
+        assert_eq!(last.items.iter().map(|i| &*i.id).collect::<Vec<_>>(), ["i5", "i6", "i7"]);
+        assert_eq!(last.next_offset, None);
+        let beyond = page(&items, &PageRequest { offset: 50, ..request });
+        assert!(beyond.items.is_empty());
+        assert_eq!(beyond.next_offset, None);
+    }
+}

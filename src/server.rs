@@ -1,0 +1,92 @@
+//! Start-up and the serving loop: load experiments (a bad set stops start-up, with every
+//! problem listed), create the model slots, bind, then serve while models load in the
+//! background so `/health` answers at once and `/ready` tells when serving is complete.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+
+use crate::api;
+use crate::config::Settings;
+use crate::experiment::{Catalog, Problems};
+use crate::gateway::Gateway;
+use crate::store::{ModelRegistry, StoreError};
+
+/// In-flight requests get this long to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The experiments folder is invalid.
+    #[error("experiments rejected:\n{0}")]
+    Experiments(#[from] Problems),
+    /// `models.root` is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from `server.listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving gateway.
+pub struct Server {
+    /// State shared with every request.
+    gateway: Arc<Gateway>,
+    /// The bound socket.
+    acceptor: TcpAcceptor,
+    /// Where it listens (the real port when `server.listen` asked for port 0).
+    local_addr: SocketAddr,
+    /// How often models are polled.
+    refresh_interval: Duration,
+}
+
+impl Server {
+    /// Loads the experiments, creates the model slots and binds `server.listen`.
+    pub async fn bind(settings: &Settings) -> Result<Server, StartError> {
+        let catalog = Catalog::load_dir(&settings.experiments.dir)?;
+        let models = Arc::new(ModelRegistry::new(&settings.models.root, catalog.models())?);
+        let gateway = Arc::new(Gateway::new(catalog, models));
+        let addr = settings.server.listen;
+        let acceptor = TcpListener::bind(addr)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(addr);
+        Ok(Server { gateway, acceptor, local_addr, refresh_interval: settings.models.refresh_interval })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The shared state, for embedding and tests.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let poller = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
+        tracing::info!(addr = %self.local_addr, "recgw listening");
+        let result = poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(api::app(self.gateway), shutdown, Some(SHUTDOWN_GRACE))
+            .await;
+        poller.abort();
+        result
+    }
+}
