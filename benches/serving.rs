@@ -1,1 +1,123 @@
-fn main() {}
+//! Serving-path benchmarks (not timed tests): assignment of one user, and a store point lookup
+//! on a generated 1,000,000-user × 50-item model, with the index build rate, index bytes per
+//! user and lookup p50/p99 printed beside criterion's figures.
+//!
+//! `cargo bench --bench serving`; the model is generated once under `target/bench-models`.
+//! `RECGW_BENCH_USERS` shrinks it for a quick run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use recgw::experiment::Catalog;
+use recgw::store::{ColumnNames, GenFormat, GenOptions, LoadedModel, ModelRegistry, ModelSpec, generate};
+
+fn users() -> u32 {
+    std::env::var("RECGW_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
+
+fn bench_assignment(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("placements.toml"), "[placements.home]\ndefault_model = \"popular\"\n").expect("write");
+    std::fs::write(
+        dir.path().join("e.toml"),
+        "id = \"home-als\"\nplacement = \"home\"\nstatus = \"running\"\ntraffic = [0.0, 50.0]\n\
+         [[arms]]\nname = \"control\"\nweight = 50.0\nmodel = \"a\"\n\
+         [[arms]]\nname = \"treatment\"\nweight = 50.0\nmodel = \"b\"\n",
+    )
+    .expect("write");
+    let catalog = Catalog::load_dir(dir.path()).expect("valid");
+    let now = SystemTime::now();
+    let ids: Vec<String> = (0..1024).map(|i| format!("user-{i:07}")).collect();
+    let mut i = 0;
+    c.bench_function("assign one user", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            catalog.assign("home", &ids[i], now).map(|a| a.arm_name().len())
+        })
+    });
+}
+
+/// Generates the model once; a `_SUCCESS` marks a complete earlier run.
+fn model_dir(users: u32) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
+    let root = target.join("bench-models");
+    let dir = root.join(format!("nested-{users}x50"));
+    if !dir.join("_SUCCESS").exists() {
+        let started = Instant::now();
+        generate(&GenOptions {
+            out: dir.clone(),
+            users,
+            items: 100_000,
+            k: 50,
+            seed: 7,
+            format: GenFormat::Nested,
+            partitions: 8,
+            row_group_rows: 65_536,
+        })
+        .expect("generate model");
+        eprintln!("generated {} in {:.1?}", dir.display(), started.elapsed());
+    }
+    root
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn bench_lookup(c: &mut Criterion) {
+    let users = users();
+    let root = model_dir(users);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let spec = ModelSpec::new(format!("nested-{users}x50"), ColumnNames::default());
+    let registry = ModelRegistry::new(root.to_str().expect("utf-8 path"), [spec.clone()]).expect("registry");
+    let started = Instant::now();
+    runtime.block_on(registry.refresh());
+    let build = started.elapsed();
+    let model: Arc<LoadedModel> = registry.get(&spec).expect("model loaded");
+    println!(
+        "index: {} users loaded in {:.2?} ({:.2} M users/s, whole load incl. footers), {:.1} bytes/user",
+        model.indexed_users(),
+        build,
+        model.indexed_users() as f64 / build.as_secs_f64() / 1e6,
+        model.index_bytes() as f64 / model.indexed_users() as f64
+    );
+
+    // Percentiles over uniformly drawn users: criterion reports the mean and median only.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next_user = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(users)).to_string()
+    };
+    let mut samples: Vec<Duration> = (0..5_000)
+        .map(|_| {
+            let user = next_user();
+            let t = Instant::now();
+            let list = runtime.block_on(model.lookup(&user)).expect("lookup").expect("user present");
+            assert_eq!(list.len(), 50);
+            t.elapsed()
+        })
+        .collect();
+    samples.sort_unstable();
+    println!(
+        "lookup over {} random users: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+
+    c.bench_function("store point lookup (nested, 50 items)", |b| {
+        b.iter(|| runtime.block_on(model.lookup(&next_user())).expect("lookup"))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(5));
+    targets = bench_assignment, bench_lookup
+}
+criterion_main!(benches);

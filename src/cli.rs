@@ -82,10 +82,30 @@ pub fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&settings),
-        Command::Validate { dir, against } => validate(dir.as_deref().unwrap_or(&settings.experiments.dir), against.as_deref()),
+        Command::Validate { dir, against } => {
+            validate(dir.as_deref().unwrap_or(&settings.experiments.dir), against.as_deref())
+        }
         Command::Assign { experiment, user_id } => assign(&settings.experiments.dir, &experiment, &user_id),
-        Command::GenModels { out, users, items, k, seed, format, partitions, row_group_rows } => {
-            let opts = GenOptions { out, users, items, k, seed, format, partitions, row_group_rows };
+        Command::GenModels {
+            out,
+            users,
+            items,
+            k,
+            seed,
+            format,
+            partitions,
+            row_group_rows,
+        } => {
+            let opts = GenOptions {
+                out,
+                users,
+                items,
+                k,
+                seed,
+                format,
+                partitions,
+                row_group_rows,
+            };
             match generate(&opts) {
                 Ok(()) => {
                     println!("wrote {} ({format:?}, seed {seed})", opts.out.display());
@@ -109,7 +129,10 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 /// Logs go to stderr; `RUST_LOG` filters them (default `info`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn serve(settings: &Settings) -> ExitCode {
@@ -184,7 +207,11 @@ fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
             change.placement,
             change.changed_bp,
             change.changed_bp / 100.0,
-            if change.expected { " (expected: salt changed or winner set)" } else { "" }
+            if change.expected {
+                " (expected: salt changed or winner set)"
+            } else {
+                ""
+            }
         );
     }
     ExitCode::SUCCESS
@@ -192,7 +219,9 @@ fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
 
 fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {
     if !is_valid_user_id(user) {
-        return fail(format!("{user:?} is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])"));
+        return fail(format!(
+            "{user:?} is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])"
+        ));
     }
     let catalog = match load(dir) {
         Ok(catalog) => catalog,
@@ -202,15 +231,31 @@ fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {
         return fail(format!("no experiment {experiment:?} in {}", dir.display()));
     };
     let e = x.experiment;
-    println!("experiment  {} (placement {}, {})", e.id, e.placement, e.status.as_str());
+    println!(
+        "experiment  {} (placement {}, {})",
+        e.id,
+        e.placement,
+        e.status.as_str()
+    );
     println!("user        {user}");
-    println!("arm         {}", if x.in_experiment { x.served.arm_name() } else { "- (not in this experiment)" });
+    println!(
+        "arm         {}",
+        if x.in_experiment {
+            x.served.arm_name()
+        } else {
+            "- (not in this experiment)"
+        }
+    );
     println!("forced      {}", x.in_experiment && x.served.forced);
     println!(
         "buckets     placement {} (slice [{}, {})), arm {} -> {}",
         x.placement_bucket, e.slice.start, e.slice.end, x.arm_bucket, x.arm_for_bucket.name
     );
     println!("why         {}", x.reason());
-    println!("served      {} / {}", x.served.experiment.map_or("default", |s| s.id.as_str()), x.served.arm_name());
+    println!(
+        "served      {} / {}",
+        x.served.experiment.map_or("default", |s| s.id.as_str()),
+        x.served.arm_name()
+    );
     ExitCode::SUCCESS
 }

@@ -31,7 +31,9 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        ServerSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
@@ -48,7 +50,10 @@ pub struct ExperimentSettings {
 
 impl Default for ExperimentSettings {
     fn default() -> Self {
-        ExperimentSettings { dir: PathBuf::from("experiments"), reload_interval: Duration::from_secs(5) }
+        ExperimentSettings {
+            dir: PathBuf::from("experiments"),
+            reload_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -65,7 +70,10 @@ pub struct ModelSettings {
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        ModelSettings { root: "models".into(), refresh_interval: Duration::from_secs(60) }
+        ModelSettings {
+            root: "models".into(),
+            refresh_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -89,7 +97,10 @@ impl Settings {
 
     /// As [`Settings::load`], with the environment given explicitly (tests must not depend on,
     /// or change, the process environment).
-    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, SettingsError> {
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
@@ -125,10 +136,17 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("recgw.toml");
-        std::fs::write(&file, "[models]\nroot = \"hdfs://nn:8020/recs\"\nrefresh_interval = \"30s\"\n").expect("write");
+        std::fs::write(
+            &file,
+            "[models]\nroot = \"hdfs://nn:8020/recs\"\nrefresh_interval = \"30s\"\n",
+        )
+        .expect("write");
         let settings = Settings::load_from(
             Some(&file),
-            env(&[("RECGW__MODELS__REFRESH_INTERVAL", "250ms"), ("RECGW__SERVER__LISTEN", "0.0.0.0:9000")]),
+            env(&[
+                ("RECGW__MODELS__REFRESH_INTERVAL", "250ms"),
+                ("RECGW__SERVER__LISTEN", "0.0.0.0:9000"),
+            ]),
         )
         .expect("valid");
         assert_eq!(settings.models.root, "hdfs://nn:8020/recs");
@@ -140,7 +158,8 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         let err = Settings::load_from(None, env(&[("RECGW__MODELS__ROOTS", "x")])).expect_err("unknown key");
         assert!(err.to_string().contains("roots"), "{err}");
-        let err = Settings::load_from(None, env(&[("RECGW__EXPERIMENTS__RELOAD_INTERVAL", "soon")])).expect_err("bad duration");
+        let err = Settings::load_from(None, env(&[("RECGW__EXPERIMENTS__RELOAD_INTERVAL", "soon")]))
+            .expect_err("bad duration");
         assert!(err.to_string().contains("soon"), "{err}");
     }
 }

@@ -113,19 +113,30 @@ pub struct Page<'l> {
 
 /// Cuts one page out of `list` after the filters.
 pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
-    let keep = |item: &&Item| {
-        request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&&*item.id)
-    };
+    let keep =
+        |item: &&Item| request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&&*item.id);
     let total = list.iter().filter(keep).count();
-    let items = list.iter().filter(keep).skip(request.offset).take(request.limit).collect();
+    let items = list
+        .iter()
+        .filter(keep)
+        .skip(request.offset)
+        .take(request.limit)
+        .collect();
     let end = request.offset.saturating_add(request.limit);
-    Page { items, total, next_offset: (end < total).then_some(end) }
+    Page {
+        items,
+        total,
+        next_offset: (end < total).then_some(end),
+    }
 }
 
 impl Gateway {
     /// A gateway over a loaded catalog and a registry holding its models.
     pub fn new(catalog: Catalog, models: Arc<ModelRegistry>) -> Self {
-        Gateway { catalog: ArcSwap::from_pointee(catalog), models }
+        Gateway {
+            catalog: ArcSwap::from_pointee(catalog),
+            models,
+        }
     }
 
     /// The experiment set in force.
@@ -194,7 +205,10 @@ impl Gateway {
     async fn read_default(&self, model: &LoadedModel, spec: &ModelSpec, user: &str) -> Result<RankedList, ServeError> {
         match model.lookup(user).await {
             Ok(list) => Ok(list.unwrap_or_else(|| Arc::from(Vec::new()))),
-            Err(e) => Err(ServeError::ModelUnavailable { model: spec.location.clone(), reason: e.to_string() }),
+            Err(e) => Err(ServeError::ModelUnavailable {
+                model: spec.location.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 }
@@ -204,21 +218,38 @@ mod tests {
     use super::*;
 
     fn list(n: u32) -> Vec<Item> {
-        (1..=n).map(|r| Item { id: format!("i{r}").into(), score: 10.0 - r as f32, rank: r }).collect()
+        (1..=n)
+            .map(|r| Item {
+                id: format!("i{r}").into(),
+                score: 10.0 - r as f32,
+                rank: r,
+            })
+            .collect()
     }
 
     #[test]
     fn pages_after_filters_and_keeps_model_ranks() {
         let items = list(10);
         let exclude = ["i2"];
-        let request = PageRequest { limit: 3, offset: 0, min_score: Some(2.5), exclude: &exclude };
+        let request = PageRequest {
+            limit: 3,
+            offset: 0,
+            min_score: Some(2.5),
+            exclude: &exclude,
+        };
         let first = page(&items, &request);
         assert_eq!(first.total, 6, "i1..i7 score >= 2.5, minus i2");
-        assert_eq!(first.items.iter().map(|i| &*i.id).collect::<Vec<_>>(), ["i1", "i3", "i4"]);
+        assert_eq!(
+            first.items.iter().map(|i| &*i.id).collect::<Vec<_>>(),
+            ["i1", "i3", "i4"]
+        );
         assert_eq!(first.items[1].rank, 3);
         assert_eq!(first.next_offset, Some(3));
         let last = page(&items, &PageRequest { offset: 3, ..request });
-        assert_eq!(last.items.iter().map(|i| &*i.id).collect::<Vec<_>>(), ["i5", "i6", "i7"]);
+        assert_eq!(
+            last.items.iter().map(|i| &*i.id).collect::<Vec<_>>(),
+            ["i5", "i6", "i7"]
+        );
         assert_eq!(last.next_offset, None);
         let beyond = page(&items, &PageRequest { offset: 50, ..request });
         assert!(beyond.items.is_empty());

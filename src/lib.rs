@@ -4,10 +4,10 @@
 //! [`experiment`] decides who sees what, [`store`] reads model outputs, [`gateway`] answers a
 //! recommendation request from both, and [`api`] puts it on HTTP.
 
-pub mod experiment;
-pub mod store;
-pub mod config;
-pub mod gateway;
 pub mod api;
-pub mod server;
 pub mod cli;
+pub mod config;
+pub mod experiment;
+pub mod gateway;
+pub mod server;
+pub mod store;

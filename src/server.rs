@@ -66,7 +66,12 @@ impl Server {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(addr);
-        Ok(Server { gateway, acceptor, local_addr, refresh_interval: settings.models.refresh_interval })
+        Ok(Server {
+            gateway,
+            acceptor,
+            local_addr,
+            refresh_interval: settings.models.refresh_interval,
+        })
     }
 
     /// The address the server listens on.
@@ -81,12 +86,12 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let poller = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
+        let pollers = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(api::app(self.gateway), shutdown, Some(SHUTDOWN_GRACE))
             .await;
-        poller.abort();
+        pollers.iter().for_each(|poller| poller.abort());
         result
     }
 }

@@ -31,7 +31,10 @@ pub enum ApiError {
 }
 
 fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
-    Json(ErrorBody { error: error.to_string(), message: message.into() })
+    Json(ErrorBody {
+        error: error.to_string(),
+        message: message.into(),
+    })
 }
 
 impl ApiError {
@@ -60,7 +63,11 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
     let status = err.status();
     let code = match status {
         StatusCode::BAD_REQUEST => {
-            if err.is::<poem_openapi::error::ParseParamError>() { "invalid_parameter" } else { "bad_request" }
+            if err.is::<poem_openapi::error::ParseParamError>() {
+                "invalid_parameter"
+            } else {
+                "bad_request"
+            }
         }
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
@@ -73,5 +80,10 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
         m if m.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
         m => m,
     };
-    Json(ErrorBody { error: code.to_string(), message }).with_status(status).into_response()
+    Json(ErrorBody {
+        error: code.to_string(),
+        message,
+    })
+    .with_status(status)
+    .into_response()
 }

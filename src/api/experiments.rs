@@ -126,7 +126,11 @@ impl ExperimentBody {
                     cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
                 })
                 .collect(),
-            overrides: e.overrides.iter().map(|(user, &arm)| (user.clone(), e.arms[arm].name.clone())).collect(),
+            overrides: e
+                .overrides
+                .iter()
+                .map(|(user, &arm)| (user.clone(), e.arms[arm].name.clone()))
+                .collect(),
         }
     }
 }
@@ -166,10 +170,15 @@ impl ExperimentsApi {
         user_id: Path<String>,
     ) -> Result<Json<AssignmentBody>, ApiError> {
         if !is_valid_user_id(&user_id) {
-            return Err(ApiError::bad_request("invalid_user_id", "user_id must be 1-128 characters from [A-Za-z0-9._:@-]"));
+            return Err(ApiError::bad_request(
+                "invalid_user_id",
+                "user_id must be 1-128 characters from [A-Za-z0-9._:@-]",
+            ));
         }
         let catalog = gateway.catalog();
-        let x = catalog.explain(&id, &user_id, SystemTime::now()).ok_or_else(|| unknown_experiment(&id))?;
+        let x = catalog
+            .explain(&id, &user_id, SystemTime::now())
+            .ok_or_else(|| unknown_experiment(&id))?;
         Ok(Json(AssignmentBody {
             experiment: x.experiment.id.clone(),
             in_experiment: x.in_experiment,

@@ -61,7 +61,9 @@ impl HealthApi {
     /// The process is alive.
     #[oai(path = "/health", method = "get")]
     async fn health(&self) -> Json<HealthBody> {
-        Json(HealthBody { status: "ok".to_string() })
+        Json(HealthBody {
+            status: "ok".to_string(),
+        })
     }
 
     /// Experiments and every referenced model are loaded.
@@ -83,6 +85,10 @@ impl HealthApi {
                 })
                 .collect(),
         };
-        if body.ready { ReadyResponse::Ready(Json(body)) } else { ReadyResponse::NotReady(Json(body)) }
+        if body.ready {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::NotReady(Json(body))
+        }
     }
 }

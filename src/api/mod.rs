@@ -26,15 +26,25 @@ enum ApiTags {
     Health,
 }
 
-type Apis = (recommendations::RecommendationsApi, experiments::ExperimentsApi, health::HealthApi);
+type Apis = (
+    recommendations::RecommendationsApi,
+    experiments::ExperimentsApi,
+    health::HealthApi,
+);
 
 fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (recommendations::RecommendationsApi, experiments::ExperimentsApi, health::HealthApi),
+        (
+            recommendations::RecommendationsApi,
+            experiments::ExperimentsApi,
+            health::HealthApi,
+        ),
         "recgw",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("A/B testing gateway for recommendations: assigns users to experiment arms and serves each arm's model output.")
+    .description(
+        "A/B testing gateway for recommendations: assigns users to experiment arms and serves each arm's model output.",
+    )
 }
 
 /// The OpenAPI document as YAML: what `recgw openapi` prints and `openapi.yaml` holds.

@@ -112,7 +112,10 @@ impl RecommendationsApi {
             ServeError::UnknownPlacement(_) => ApiError::not_found("unknown_placement", e.to_string()),
             ServeError::ModelUnavailable { .. } => ApiError::unavailable("model_unavailable", e.to_string()),
         })?;
-        let excluded: Vec<&str> = exclude.as_deref().map(|s| s.split(',').map(str::trim).collect()).unwrap_or_default();
+        let excluded: Vec<&str> = exclude
+            .as_deref()
+            .map(|s| s.split(',').map(str::trim).collect())
+            .unwrap_or_default();
         let request = PageRequest {
             limit: *limit as usize,
             offset: *offset as usize,
@@ -124,7 +127,11 @@ impl RecommendationsApi {
             items: page
                 .items
                 .iter()
-                .map(|item| ItemBody { item_id: item.id.to_string(), score: item.score, rank: item.rank })
+                .map(|item| ItemBody {
+                    item_id: item.id.to_string(),
+                    score: item.score,
+                    rank: item.rank,
+                })
                 .collect(),
             total: page.total as u64,
             next_offset: page.next_offset.map(|n| n as u64),

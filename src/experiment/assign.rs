@@ -87,7 +87,12 @@ impl Placement {
             .iter()
             .find_map(|e| e.overrides.get(user).map(|&arm| (e, &e.arms[arm])))
         {
-            return Assignment { experiment: Some(experiment), arm: Some(arm), forced: true, ..base };
+            return Assignment {
+                experiment: Some(experiment),
+                arm: Some(arm),
+                forced: true,
+                ..base
+            };
         }
 
         let placement_bucket = self.slice_bucket(user);
@@ -96,7 +101,10 @@ impl Placement {
             .iter()
             .find(|e| e.slice.contains(&placement_bucket) && e.active_at(now))
         else {
-            return Assignment { reason: Reason::Uncovered { placement_bucket }, ..base };
+            return Assignment {
+                reason: Reason::Uncovered { placement_bucket },
+                ..base
+            };
         };
         if let Some(winner) = experiment.winner {
             return Assignment {
@@ -110,7 +118,10 @@ impl Placement {
         Assignment {
             experiment: Some(experiment),
             arm: Some(experiment.arm_for_bucket(arm_bucket)),
-            reason: Reason::Covered { placement_bucket, arm_bucket },
+            reason: Reason::Covered {
+                placement_bucket,
+                arm_bucket,
+            },
             ..base
         }
     }
@@ -162,7 +173,10 @@ impl Explanation<'_> {
         }
         match self.served.reason {
             Reason::Override => format!("listed in {}'s overrides", e.id),
-            Reason::Covered { placement_bucket, arm_bucket } => format!(
+            Reason::Covered {
+                placement_bucket,
+                arm_bucket,
+            } => format!(
                 "placement bucket {placement_bucket} is inside the slice {slice}; arm bucket {arm_bucket} picks the arm"
             ),
             Reason::Winner { placement_bucket } => format!(
@@ -209,7 +223,9 @@ pub(crate) mod tests {
     pub(crate) fn experiment(id: &str, extra: &str, arms: &[(&str, f64)]) -> String {
         let mut text = format!("id = \"{id}\"\nplacement = \"home\"\nstatus = \"running\"\n{extra}\n");
         for (name, weight) in arms {
-            text.push_str(&format!("[[arms]]\nname = \"{name}\"\nweight = {weight}\nmodel = \"m-{name}\"\n"));
+            text.push_str(&format!(
+                "[[arms]]\nname = \"{name}\"\nweight = {weight}\nmodel = \"m-{name}\"\n"
+            ));
         }
         text
     }
@@ -224,14 +240,23 @@ pub(crate) mod tests {
 
     #[test]
     fn arm_shares_follow_weights_and_slice_share_follows_traffic() {
-        let text = experiment("split", "traffic = [0.0, 30.0]", &[("a", 20.0), ("b", 30.0), ("c", 50.0)]);
+        let text = experiment(
+            "split",
+            "traffic = [0.0, 30.0]",
+            &[("a", 20.0), ("b", 30.0), ("c", 50.0)],
+        );
         let catalog = catalog(&[("split.toml", &text)]).expect("valid");
         let n = 100_000;
         let mut covered = 0usize;
         let mut per_arm = std::collections::HashMap::<&str, usize>::new();
         let experiment = catalog.experiment("split").expect("loaded");
         for user in users(n) {
-            if catalog.assign("home", &user, now()).expect("placement").experiment.is_some() {
+            if catalog
+                .assign("home", &user, now())
+                .expect("placement")
+                .experiment
+                .is_some()
+            {
                 covered += 1;
             }
             // Arm shares are measured over everyone: the arm hash is independent of the slice.
@@ -261,7 +286,10 @@ pub(crate) mod tests {
                 newly_covered += 1;
             }
         }
-        assert!(newly_covered > 7_000, "widening should add users, added {newly_covered}");
+        assert!(
+            newly_covered > 7_000,
+            "widening should add users, added {newly_covered}"
+        );
     }
 
     #[test]
@@ -284,7 +312,10 @@ pub(crate) mod tests {
         let e = catalog.experiment("e").expect("loaded");
         let start = e.start.expect("start");
         let end = e.end.expect("end");
-        assert_eq!(end.duration_since(start).expect("ordered"), Duration::from_secs(30 * 86_400 - 3_600));
+        assert_eq!(
+            end.duration_since(start).expect("ordered"),
+            Duration::from_secs(30 * 86_400 - 3_600)
+        );
         let covered = |t: SystemTime| catalog.assign("home", "42", t).expect("placement").experiment.is_some();
         assert!(!covered(start - Duration::from_secs(1)));
         assert!(covered(start));
@@ -302,8 +333,12 @@ pub(crate) mod tests {
 
     #[test]
     fn completed_with_winner_serves_winner_uncounted() {
-        let text = experiment("e", "winner = \"treatment\"\nend = 2020-01-01T00:00:00Z", &[("control", 50.0), ("treatment", 50.0)])
-            .replace("running", "completed");
+        let text = experiment(
+            "e",
+            "winner = \"treatment\"\nend = 2020-01-01T00:00:00Z",
+            &[("control", 50.0), ("treatment", 50.0)],
+        )
+        .replace("running", "completed");
         let catalog = catalog(&[("e.toml", &text)]).expect("valid");
         for user in users(200) {
             let a = catalog.assign("home", &user, now()).expect("placement");

@@ -43,7 +43,12 @@ fn split(e: &Experiment) -> Split<'_> {
         Some(w) => vec![(e.arms[w].name.as_str(), 0..BUCKETS)],
         None => e.arms.iter().map(|a| (a.name.as_str(), a.buckets.clone())).collect(),
     };
-    Split { slice, salt: &e.salt, arms, winner: e.winner.is_some() }
+    Split {
+        slice,
+        salt: &e.salt,
+        arms,
+        winner: e.winner.is_some(),
+    }
 }
 
 fn width(r: &Range<u16>) -> f64 {
@@ -51,18 +56,36 @@ fn width(r: &Range<u16>) -> f64 {
 }
 
 fn arm_at<'a>(split: &Split<'a>, bucket: u16) -> Option<&'a str> {
-    split.arms.iter().find(|(_, r)| r.contains(&bucket)).map(|(name, _)| *name)
+    split
+        .arms
+        .iter()
+        .find(|(_, r)| r.contains(&bucket))
+        .map(|(name, _)| *name)
 }
 
 /// Per experiment in either catalog, the share of its placement whose arm changes.
 pub fn diff(old: &Catalog, new: &Catalog) -> Vec<ArmChange> {
-    let ids: BTreeSet<&str> = old.experiments.keys().chain(new.experiments.keys()).map(String::as_str).collect();
-    let absent = || Split { slice: 0..0, salt: "", arms: Vec::new(), winner: false };
+    let ids: BTreeSet<&str> = old
+        .experiments
+        .keys()
+        .chain(new.experiments.keys())
+        .map(String::as_str)
+        .collect();
+    let absent = || Split {
+        slice: 0..0,
+        salt: "",
+        arms: Vec::new(),
+        winner: false,
+    };
     ids.into_iter()
         .map(|id| {
             let o = old.experiment(id).map(|e| split(e)).unwrap_or_else(absent);
             let n = new.experiment(id).map(|e| split(e)).unwrap_or_else(absent);
-            let placement = new.experiment(id).or(old.experiment(id)).map(|e| e.placement.clone()).unwrap_or_default();
+            let placement = new
+                .experiment(id)
+                .or(old.experiment(id))
+                .map(|e| e.placement.clone())
+                .unwrap_or_default();
             let both = o.slice.start.max(n.slice.start)..o.slice.end.min(n.slice.end);
             let only_one = width(&o.slice) + width(&n.slice) - 2.0 * width(&both);
             let independent = o.salt != n.salt || o.winner || n.winner;
@@ -70,7 +93,12 @@ pub fn diff(old: &Catalog, new: &Catalog) -> Vec<ArmChange> {
                 let same: f64 = o
                     .arms
                     .iter()
-                    .filter_map(|(name, ro)| n.arms.iter().find(|(m, _)| m == name).map(|(_, rn)| width(ro) * width(rn)))
+                    .filter_map(|(name, ro)| {
+                        n.arms
+                            .iter()
+                            .find(|(m, _)| m == name)
+                            .map(|(_, rn)| width(ro) * width(rn))
+                    })
                     .sum();
                 f64::from(BUCKETS) - same / f64::from(BUCKETS)
             } else {
@@ -108,7 +136,11 @@ mod tests {
         assert_eq!(change.changed_bp, 500.0, "a tenth of the arm buckets in half the users");
         assert!(!change.expected);
 
-        let resalted = catalog(&[("e.toml", &experiment("e", "traffic = [0.0, 50.0]\nsalt = \"new\"", &even))]).expect("valid");
+        let resalted = catalog(&[(
+            "e.toml",
+            &experiment("e", "traffic = [0.0, 50.0]\nsalt = \"new\"", &even),
+        )])
+        .expect("valid");
         let change = &diff(&old, &resalted)[0];
         assert_eq!(change.changed_bp, 2500.0);
         assert!(change.expected);

@@ -71,14 +71,21 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
         let Some(spec) = parse::<ExperimentSpec>(path, text, &mut problems) else {
             continue;
         };
-        let mut out = FileProblems { file: path, out: &mut problems };
+        let mut out = FileProblems {
+            file: path,
+            out: &mut problems,
+        };
         let Some(experiment) = build_experiment(spec, path, &placements, &mut out) else {
             continue;
         };
         if let Some(first) = experiments.get(&experiment.id) {
             out.push(
                 "id",
-                format!("duplicate id {:?}, also used by {}", experiment.id, first.file.display()),
+                format!(
+                    "duplicate id {:?}, also used by {}",
+                    experiment.id,
+                    first.file.display()
+                ),
             );
             continue;
         }
@@ -94,7 +101,11 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
             placement.experiments.push(Arc::clone(experiment));
         }
     }
-    Ok(Catalog { placements, experiments, digest })
+    Ok(Catalog {
+        placements,
+        experiments,
+        digest,
+    })
 }
 
 /// Reads every `*.toml` directly in `dir`, sorted by name so digests and messages are stable.
@@ -108,7 +119,9 @@ fn read_folder(dir: &Path) -> Result<Vec<(PathBuf, String)>, Problem> {
     let entries = std::fs::read_dir(dir).map_err(|e| folder_problem(format!("cannot read folder: {e}")))?;
     let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| folder_problem(format!("cannot list folder: {e}")))?.path();
+        let path = entry
+            .map_err(|e| folder_problem(format!("cannot list folder: {e}")))?
+            .path();
         if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
             paths.push(path);
         }
@@ -133,7 +146,9 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str, problems: &mut
     match toml::from_str::<T>(text) {
         Ok(value) => Some(value),
         Err(e) => {
-            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
             problems.push(Problem {
                 file: path.to_path_buf(),
                 line,
@@ -148,17 +163,18 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str, problems: &mut
 /// Names of experiments, arms and placements: safe in URLs, metric labels and cache keys.
 fn is_valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 const NAME_RULE: &str = "use 1-64 characters from [a-z0-9_-]";
 
-fn build_placements(
-    path: &Path,
-    file: PlacementsFile,
-    problems: &mut Vec<Problem>,
-) -> BTreeMap<String, Placement> {
-    let mut out = FileProblems { file: path, out: problems };
+fn build_placements(path: &Path, file: PlacementsFile, problems: &mut Vec<Problem>) -> BTreeMap<String, Placement> {
+    let mut out = FileProblems {
+        file: path,
+        out: problems,
+    };
     let mut placements = BTreeMap::new();
     for (name, spec) in file.placements {
         let field = format!("placements.{name}");
@@ -192,13 +208,19 @@ fn build_experiment(
 ) -> Option<Experiment> {
     let before = out.out.len();
     if !is_valid_name(&spec.id) || spec.id.contains('_') {
-        out.push("id", format!("invalid id {:?}: use 1-64 characters from [a-z0-9-]", spec.id));
+        out.push(
+            "id",
+            format!("invalid id {:?}: use 1-64 characters from [a-z0-9-]", spec.id),
+        );
     }
     if !placements.contains_key(&spec.placement) {
         let known: Vec<&str> = placements.keys().map(String::as_str).collect();
         out.push(
             "placement",
-            format!("unknown placement {:?}; placements.toml declares {known:?}", spec.placement),
+            format!(
+                "unknown placement {:?}; placements.toml declares {known:?}",
+                spec.placement
+            ),
         );
     }
     let start = spec.start.as_ref().and_then(|dt| to_system_time(dt, "start", out));
@@ -213,7 +235,10 @@ fn build_experiment(
     if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) {
         out.push("traffic", format!("[{lo}, {hi}] must lie inside [0, 100]"));
     } else if percent_to_bp(lo) >= percent_to_bp(hi) {
-        out.push("traffic", format!("[{lo}, {hi}] is empty: the lower bound must be below the upper"));
+        out.push(
+            "traffic",
+            format!("[{lo}, {hi}] is empty: the lower bound must be below the upper"),
+        );
     }
 
     let salt = spec.salt.unwrap_or_else(|| spec.id.clone());
@@ -235,7 +260,10 @@ fn build_experiment(
         (Some(_), status) => {
             out.push(
                 "winner",
-                format!("only a completed experiment has a winner (status is {:?})", status.as_str()),
+                format!(
+                    "only a completed experiment has a winner (status is {:?})",
+                    status.as_str()
+                ),
             );
             None
         }
@@ -245,7 +273,10 @@ fn build_experiment(
     for (user, arm) in &spec.overrides {
         let field = format!("overrides.{user:?}");
         if !is_valid_user_id(user) {
-            out.push(&field, "is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])");
+            out.push(
+                &field,
+                "is not a valid user id (1-128 characters from [A-Za-z0-9._:@-])",
+            );
         }
         match arm_index(arm) {
             Some(index) => {
@@ -277,7 +308,10 @@ fn build_experiment(
 
 fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
     if specs.len() < 2 {
-        out.push("arms", format!("an experiment needs at least two arms, found {}", specs.len()));
+        out.push(
+            "arms",
+            format!("an experiment needs at least two arms, found {}", specs.len()),
+        );
     }
     let mut arms: Vec<Arm> = Vec::with_capacity(specs.len());
     let mut next_bucket: u32 = 0;
@@ -291,7 +325,10 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
             out.push(field("name"), format!("duplicate arm name {:?}", spec.name));
         }
         if !(spec.weight > 0.0 && spec.weight <= 100.0) {
-            out.push(field("weight"), format!("{} must be above 0 and at most 100", spec.weight));
+            out.push(
+                field("weight"),
+                format!("{} must be above 0 and at most 100", spec.weight),
+            );
         }
         if spec.model.trim().is_empty() {
             out.push(field("model"), "must name a model");
@@ -318,9 +355,7 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
     } else if next_bucket != u32::from(BUCKETS) {
         out.push(
             "arms",
-            format!(
-                "weights round to {next_bucket} basis points, not {BUCKETS}: write them with at most two decimals"
-            ),
+            format!("weights round to {next_bucket} basis points, not {BUCKETS}: write them with at most two decimals"),
         );
     }
     arms
@@ -335,7 +370,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// because replicas in different zones would start the experiment at different instants.
 fn to_system_time(dt: &toml::value::Datetime, field: &str, out: &mut FileProblems<'_>) -> Option<SystemTime> {
     let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
-        out.push(field, format!("{dt} needs a date, a time and an offset, e.g. 2026-11-01T00:00:00Z"));
+        out.push(
+            field,
+            format!("{dt} needs a date, a time and an offset, e.g. 2026-11-01T00:00:00Z"),
+        );
         return None;
     };
     let offset_minutes = match offset {
@@ -371,9 +409,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// Two experiments that take traffic on one placement must own disjoint slices while their
 /// schedules overlap, or a user would be in both.
 fn check_overlaps(experiments: &BTreeMap<String, Arc<Experiment>>, problems: &mut Vec<Problem>) {
-    let takes_traffic = |e: &Experiment| {
-        e.status == Status::Running || (e.status == Status::Completed && e.winner.is_some())
-    };
+    let takes_traffic =
+        |e: &Experiment| e.status == Status::Running || (e.status == Status::Completed && e.winner.is_some());
     let live: Vec<&Arc<Experiment>> = experiments.values().filter(|e| takes_traffic(e)).collect();
     for (i, a) in live.iter().enumerate() {
         for b in &live[i + 1..] {

@@ -67,7 +67,10 @@ impl Shape {
 }
 
 fn is_id(dt: &DataType) -> bool {
-    matches!(dt, DataType::Int32 | DataType::Int64 | DataType::Utf8 | DataType::Utf8View)
+    matches!(
+        dt,
+        DataType::Int32 | DataType::Int64 | DataType::Utf8 | DataType::Utf8View
+    )
 }
 
 fn is_score(dt: &DataType) -> bool {
@@ -88,15 +91,25 @@ fn struct_of_list(dt: &DataType) -> Option<&Fields> {
 const USER_NAMES: [&str; 3] = ["user", "userId", "user_id"];
 
 /// Picks the one field that `wanted` names, or else the only field passing `fits`.
-fn pick(fields: &Fields, wanted: Option<&str>, fits: impl Fn(&DataType) -> bool, skip: &[usize], what: &str) -> Result<usize, String> {
+fn pick(
+    fields: &Fields,
+    wanted: Option<&str>,
+    fits: impl Fn(&DataType) -> bool,
+    skip: &[usize],
+    what: &str,
+) -> Result<usize, String> {
     if let Some(name) = wanted {
-        let (i, field) = fields.find(name).ok_or_else(|| format!("no column {name:?} for the {what}"))?;
+        let (i, field) = fields
+            .find(name)
+            .ok_or_else(|| format!("no column {name:?} for the {what}"))?;
         if !fits(field.data_type()) {
             return Err(format!("column {name:?} ({}) cannot be the {what}", field.data_type()));
         }
         return Ok(i);
     }
-    let candidates: Vec<usize> = (0..fields.len()).filter(|i| !skip.contains(i) && fits(fields[*i].data_type())).collect();
+    let candidates: Vec<usize> = (0..fields.len())
+        .filter(|i| !skip.contains(i) && fits(fields[*i].data_type()))
+        .collect();
     match candidates.as_slice() {
         [one] => Ok(*one),
         [] => Err(format!("no column can be the {what}")),
@@ -110,9 +123,17 @@ fn pick(fields: &Fields, wanted: Option<&str>, fits: impl Fn(&DataType) -> bool,
 /// Detects the shape of a model from its Arrow schema and the arm's overrides.
 pub(crate) fn detect(schema: &Schema, names: &ColumnNames) -> Result<Shape, String> {
     let fields = schema.fields();
-    let lists: Vec<usize> = (0..fields.len()).filter(|i| struct_of_list(fields[*i].data_type()).is_some()).collect();
+    let lists: Vec<usize> = (0..fields.len())
+        .filter(|i| struct_of_list(fields[*i].data_type()).is_some())
+        .collect();
     let items = match (names.items.as_deref(), lists.as_slice()) {
-        (Some(name), _) => Some(pick(fields, Some(name), |dt| struct_of_list(dt).is_some(), &[], "list of recommendations")?),
+        (Some(name), _) => Some(pick(
+            fields,
+            Some(name),
+            |dt| struct_of_list(dt).is_some(),
+            &[],
+            "list of recommendations",
+        )?),
         (None, [one]) => Some(*one),
         (None, []) => None,
         (None, _) => return Err("several list<struct> columns; name one as `columns.items`".into()),
@@ -122,7 +143,12 @@ pub(crate) fn detect(schema: &Schema, names: &ColumnNames) -> Result<Shape, Stri
         let item = pick(inner, names.item.as_deref(), is_id, &[], "item id (struct field)")?;
         let score = pick(inner, names.score.as_deref(), is_score, &[], "score (struct field)")?;
         let user = pick(fields, names.user.as_deref(), is_id, &[items], "user id")?;
-        return Ok(Shape::Nested { user, items, item, score });
+        return Ok(Shape::Nested {
+            user,
+            items,
+            item,
+            score,
+        });
     }
 
     let score = pick(fields, names.score.as_deref(), is_score, &[], "score")?;
@@ -131,10 +157,24 @@ pub(crate) fn detect(schema: &Schema, names: &ColumnNames) -> Result<Shape, Stri
         .filter(|(_, f)| matches!(f.data_type(), DataType::Int32 | DataType::Int64))
         .map(|(i, _)| i);
     let skip: Vec<usize> = rank.into_iter().collect();
-    let ids: Vec<usize> = (0..fields.len()).filter(|i| !skip.contains(i) && is_id(fields[*i].data_type())).collect();
-    let explicit_user = names.user.as_deref().map(|n| pick(fields, Some(n), is_id, &[], "user id")).transpose()?;
-    let explicit_item = names.item.as_deref().map(|n| pick(fields, Some(n), is_id, &[], "item id")).transpose()?;
-    let rest: Vec<usize> = ids.iter().copied().filter(|i| Some(*i) != explicit_user && Some(*i) != explicit_item).collect();
+    let ids: Vec<usize> = (0..fields.len())
+        .filter(|i| !skip.contains(i) && is_id(fields[*i].data_type()))
+        .collect();
+    let explicit_user = names
+        .user
+        .as_deref()
+        .map(|n| pick(fields, Some(n), is_id, &[], "user id"))
+        .transpose()?;
+    let explicit_item = names
+        .item
+        .as_deref()
+        .map(|n| pick(fields, Some(n), is_id, &[], "item id"))
+        .transpose()?;
+    let rest: Vec<usize> = ids
+        .iter()
+        .copied()
+        .filter(|i| Some(*i) != explicit_user && Some(*i) != explicit_item)
+        .collect();
     let (user, item) = match (explicit_user, explicit_item, rest.as_slice()) {
         (Some(u), Some(i), _) => (Some(u), i),
         (Some(u), None, [i]) => (Some(u), *i),
@@ -142,7 +182,9 @@ pub(crate) fn detect(schema: &Schema, names: &ColumnNames) -> Result<Shape, Stri
         (None, Some(i), []) => (None, i),
         (None, None, [i]) => (None, *i),
         (None, None, [a, b]) => {
-            let named_user = [*a, *b].into_iter().find(|i| USER_NAMES.contains(&fields[*i].name().as_str()));
+            let named_user = [*a, *b]
+                .into_iter()
+                .find(|i| USER_NAMES.contains(&fields[*i].name().as_str()));
             let user = named_user.unwrap_or(*a);
             (Some(user), if user == *a { *b } else { *a })
         }
@@ -154,7 +196,12 @@ pub(crate) fn detect(schema: &Schema, names: &ColumnNames) -> Result<Shape, Stri
         }
     };
     Ok(match user {
-        Some(user) => Shape::Long { user, item, score, rank },
+        Some(user) => Shape::Long {
+            user,
+            item,
+            score,
+            rank,
+        },
         None => Shape::Global { item, score, rank },
     })
 }
@@ -173,7 +220,11 @@ impl<'a> UserKey<'a> {
     /// The key a request's user id has in a model whose user column is integer or text;
     /// `None` when an integer model cannot hold this id at all.
     pub fn of_request(user: &'a str, int_users: bool) -> Option<Self> {
-        if int_users { user.parse().ok().map(UserKey::Int) } else { Some(UserKey::Text(user)) }
+        if int_users {
+            user.parse().ok().map(UserKey::Int)
+        } else {
+            Some(UserKey::Text(user))
+        }
     }
 
     /// The 64-bit hash kept in the index. `DefaultHasher::new()` has fixed keys, so index build
@@ -287,16 +338,45 @@ mod tests {
     }
 
     fn recs(item: &str, score: &str, item_type: DataType) -> Field {
-        let inner = Fields::from(vec![Field::new(item, item_type, true), Field::new(score, DataType::Float32, true)]);
-        Field::new("recommendations", DataType::List(Arc::new(Field::new("element", DataType::Struct(inner), true))), true)
+        let inner = Fields::from(vec![
+            Field::new(item, item_type, true),
+            Field::new(score, DataType::Float32, true),
+        ]);
+        Field::new(
+            "recommendations",
+            DataType::List(Arc::new(Field::new("element", DataType::Struct(inner), true))),
+            true,
+        )
     }
 
     #[test]
     fn detects_spark_als_output_with_default_and_renamed_columns() {
-        let default = schema(vec![Field::new("user", DataType::Int32, false), recs("item", "rating", DataType::Int32)]);
-        assert_eq!(detect(&default, &ColumnNames::default()), Ok(Shape::Nested { user: 0, items: 1, item: 0, score: 1 }));
-        let renamed = schema(vec![Field::new("userId", DataType::Int64, false), recs("movieId", "rating", DataType::Utf8)]);
-        assert_eq!(detect(&renamed, &ColumnNames::default()), Ok(Shape::Nested { user: 0, items: 1, item: 0, score: 1 }));
+        let default = schema(vec![
+            Field::new("user", DataType::Int32, false),
+            recs("item", "rating", DataType::Int32),
+        ]);
+        assert_eq!(
+            detect(&default, &ColumnNames::default()),
+            Ok(Shape::Nested {
+                user: 0,
+                items: 1,
+                item: 0,
+                score: 1
+            })
+        );
+        let renamed = schema(vec![
+            Field::new("userId", DataType::Int64, false),
+            recs("movieId", "rating", DataType::Utf8),
+        ]);
+        assert_eq!(
+            detect(&renamed, &ColumnNames::default()),
+            Ok(Shape::Nested {
+                user: 0,
+                items: 1,
+                item: 0,
+                score: 1
+            })
+        );
     }
 
     #[test]
@@ -307,9 +387,27 @@ mod tests {
             Field::new("score", DataType::Float64, false),
             Field::new("rank", DataType::Int32, false),
         ]);
-        assert_eq!(detect(&long, &ColumnNames::default()), Ok(Shape::Long { user: 1, item: 0, score: 2, rank: Some(3) }));
-        let global = schema(vec![Field::new("item", DataType::Utf8, false), Field::new("score", DataType::Float32, false)]);
-        assert_eq!(detect(&global, &ColumnNames::default()), Ok(Shape::Global { item: 0, score: 1, rank: None }));
+        assert_eq!(
+            detect(&long, &ColumnNames::default()),
+            Ok(Shape::Long {
+                user: 1,
+                item: 0,
+                score: 2,
+                rank: Some(3)
+            })
+        );
+        let global = schema(vec![
+            Field::new("item", DataType::Utf8, false),
+            Field::new("score", DataType::Float32, false),
+        ]);
+        assert_eq!(
+            detect(&global, &ColumnNames::default()),
+            Ok(Shape::Global {
+                item: 0,
+                score: 1,
+                rank: None
+            })
+        );
         let three = schema(vec![
             Field::new("a", DataType::Int32, false),
             Field::new("b", DataType::Int32, false),
@@ -318,9 +416,24 @@ mod tests {
         ]);
         let err = detect(&three, &ColumnNames::default()).expect_err("ambiguous");
         assert!(err.contains("columns.user"), "{err}");
-        let named = ColumnNames { user: Some("c".into()), item: Some("a".into()), ..ColumnNames::default() };
-        assert_eq!(detect(&three, &named), Ok(Shape::Long { user: 2, item: 0, score: 3, rank: None }));
-        let missing = ColumnNames { user: Some("nope".into()), ..ColumnNames::default() };
+        let named = ColumnNames {
+            user: Some("c".into()),
+            item: Some("a".into()),
+            ..ColumnNames::default()
+        };
+        assert_eq!(
+            detect(&three, &named),
+            Ok(Shape::Long {
+                user: 2,
+                item: 0,
+                score: 3,
+                rank: None
+            })
+        );
+        let missing = ColumnNames {
+            user: Some("nope".into()),
+            ..ColumnNames::default()
+        };
         assert!(detect(&three, &missing).expect_err("missing").contains("\"nope\""));
     }
 }

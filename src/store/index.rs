@@ -50,7 +50,9 @@ pub(crate) struct IndexBuilder {
 
 impl IndexBuilder {
     pub fn with_capacity(rows: usize) -> Self {
-        IndexBuilder { entries: Vec::with_capacity(rows) }
+        IndexBuilder {
+            entries: Vec::with_capacity(rows),
+        }
     }
 
     /// Adds one row of the user hashing to `hash`.
@@ -64,14 +66,26 @@ impl IndexBuilder {
             last.len += 1;
             return;
         }
-        self.entries.push((hash, Loc { file, row_group, row, len: 1 }));
+        self.entries.push((
+            hash,
+            Loc {
+                file,
+                row_group,
+                row,
+                len: 1,
+            },
+        ));
     }
 
     pub fn finish(mut self) -> UserIndex {
         // Runs of one hash stay in file order, which groups them by row group for the reader.
-        self.entries.sort_unstable_by_key(|(hash, loc)| (*hash, loc.file, loc.row_group, loc.row));
+        self.entries
+            .sort_unstable_by_key(|(hash, loc)| (*hash, loc.file, loc.row_group, loc.row));
         let (hashes, locs): (Vec<u64>, Vec<Loc>) = self.entries.into_iter().unzip();
-        UserIndex { hashes: hashes.into_boxed_slice(), locs: locs.into_boxed_slice() }
+        UserIndex {
+            hashes: hashes.into_boxed_slice(),
+            locs: locs.into_boxed_slice(),
+        }
     }
 }
 
@@ -88,8 +102,32 @@ mod tests {
         builder.push(7, 0, 1, 0);
         let index = builder.finish();
         assert_eq!(index.len(), 3);
-        assert_eq!(index.find(7), &[Loc { file: 0, row_group: 0, row: 0, len: 2 }, Loc { file: 0, row_group: 1, row: 0, len: 1 }]);
-        assert_eq!(index.find(3), &[Loc { file: 0, row_group: 0, row: 2, len: 1 }]);
+        assert_eq!(
+            index.find(7),
+            &[
+                Loc {
+                    file: 0,
+                    row_group: 0,
+                    row: 0,
+                    len: 2
+                },
+                Loc {
+                    file: 0,
+                    row_group: 1,
+                    row: 0,
+                    len: 1
+                }
+            ]
+        );
+        assert_eq!(
+            index.find(3),
+            &[Loc {
+                file: 0,
+                row_group: 0,
+                row: 2,
+                len: 1
+            }]
+        );
         assert!(index.find(5).is_empty());
         assert_eq!(index.heap_bytes(), 3 * 20);
     }

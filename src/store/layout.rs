@@ -31,7 +31,10 @@ pub(crate) async fn committed(place: &Place, wildcard: bool) -> Result<Option<Co
         .store
         .list_with_delimiter(Some(&place.path))
         .await
-        .map_err(|source| StoreError::Storage { uri: place.uri_of(&place.path), source })?;
+        .map_err(|source| StoreError::Storage {
+            uri: place.uri_of(&place.path),
+            source,
+        })?;
     let mut candidates: Vec<Path> = listing
         .common_prefixes
         .into_iter()
@@ -56,10 +59,16 @@ async fn marker(folder: &Place) -> Result<Option<Committed>, StoreError> {
                 Some(tag) => format!("{leaf}@{}", tag.trim_matches('"')),
                 None => format!("{leaf}@{}", meta.last_modified.timestamp_millis()),
             };
-            Ok(Some(Committed { version, folder: folder.clone() }))
+            Ok(Some(Committed {
+                version,
+                folder: folder.clone(),
+            }))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(source) => Err(StoreError::Storage { uri: folder.uri_of(&path), source }),
+        Err(source) => Err(StoreError::Storage {
+            uri: folder.uri_of(&path),
+            source,
+        }),
     }
 }
 
@@ -76,7 +85,10 @@ pub(crate) async fn part_files(folder: &Place) -> Result<Vec<ObjectMeta>, StoreE
         .list(Some(&folder.path))
         .try_collect()
         .await
-        .map_err(|source| StoreError::Storage { uri: uri.clone(), source })?;
+        .map_err(|source| StoreError::Storage {
+            uri: uri.clone(),
+            source,
+        })?;
     let mut parts: Vec<ObjectMeta> = all
         .into_iter()
         .filter(|meta| {
@@ -86,7 +98,10 @@ pub(crate) async fn part_files(folder: &Place) -> Result<Vec<ObjectMeta>, StoreE
         })
         .collect();
     if parts.is_empty() {
-        return Err(StoreError::Invalid { uri, message: "committed (_SUCCESS) but holds no part files".into() });
+        return Err(StoreError::Invalid {
+            uri,
+            message: "committed (_SUCCESS) but holds no part files".into(),
+        });
     }
     parts.sort_unstable_by(|a, b| a.location.cmp(&b.location));
     Ok(parts)

@@ -30,7 +30,11 @@ impl Place {
 
     /// The same store, another folder.
     pub fn at(&self, path: Path) -> Place {
-        Place { store: Arc::clone(&self.store), path, scheme_and_authority: Arc::clone(&self.scheme_and_authority) }
+        Place {
+            store: Arc::clone(&self.store),
+            path,
+            scheme_and_authority: Arc::clone(&self.scheme_and_authority),
+        }
     }
 }
 
@@ -52,7 +56,11 @@ impl Locator {
     pub fn new(root: &str) -> Result<Self, StoreError> {
         let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
         let mut locator = Locator {
-            root: Place { store: Arc::clone(&local), path: Path::default(), scheme_and_authority: "file://".into() },
+            root: Place {
+                store: Arc::clone(&local),
+                path: Path::default(),
+                scheme_and_authority: "file://".into(),
+            },
             local,
             hdfs: Mutex::new(HashMap::new()),
         };
@@ -79,16 +87,25 @@ impl Locator {
     }
 
     fn parse(&self, uri: &str) -> Result<Place, StoreError> {
-        let bad = |message: &str| StoreError::Location { location: uri.into(), message: message.into() };
+        let bad = |message: &str| StoreError::Location {
+            location: uri.into(),
+            message: message.into(),
+        };
         if let Some(rest) = uri.strip_prefix("hdfs://") {
             let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
             if authority.is_empty() {
-                return Err(bad("an hdfs:// URI needs a name node, e.g. hdfs://namenode:8020/models"));
+                return Err(bad(
+                    "an hdfs:// URI needs a name node, e.g. hdfs://namenode:8020/models",
+                ));
             }
             let base = format!("hdfs://{authority}");
             let store = self.hdfs_store(&base).map_err(|e| bad(&e.to_string()))?;
             let path = Path::parse(path).map_err(|e| bad(&e.to_string()))?;
-            return Ok(Place { store, path, scheme_and_authority: base.into() });
+            return Ok(Place {
+                store,
+                path,
+                scheme_and_authority: base.into(),
+            });
         }
         let fs_path = match uri.strip_prefix("file://") {
             Some(path) => std::path::PathBuf::from(path),
@@ -99,7 +116,11 @@ impl Locator {
         };
         let absolute = std::path::absolute(&fs_path).map_err(|e| bad(&e.to_string()))?;
         let path = Path::from_absolute_path(&absolute).map_err(|e| bad(&e.to_string()))?;
-        Ok(Place { store: Arc::clone(&self.local), path, scheme_and_authority: "file://".into() })
+        Ok(Place {
+            store: Arc::clone(&self.local),
+            path,
+            scheme_and_authority: "file://".into(),
+        })
     }
 
     fn hdfs_store(&self, base: &str) -> object_store::Result<Arc<dyn ObjectStore>> {

@@ -7,21 +7,21 @@
 //! serving.
 
 mod columns;
-mod synthetic;
 mod index;
 mod layout;
 mod location;
 mod model;
 mod reader;
 mod registry;
+mod synthetic;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use synthetic::{GenError, GenFormat, GenOptions, generate};
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
+pub use synthetic::{GenError, GenFormat, GenOptions, generate};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.
@@ -37,7 +37,10 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Builds a spec from the strings of an experiment file.
     pub fn new(location: impl Into<String>, columns: ColumnNames) -> Self {
-        ModelSpec { location: location.into(), columns }
+        ModelSpec {
+            location: location.into(),
+            columns,
+        }
     }
 }
 
@@ -100,6 +103,14 @@ pub enum StoreError {
         uri: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// The storage did not answer in time (e.g. an unreachable HDFS name node).
+    #[error("{uri}: no answer within {after:?}")]
+    Timeout {
+        /// What was being read.
+        uri: String,
+        /// How long recgw waited.
+        after: std::time::Duration,
     },
     /// `models.root` or a model location is not a folder, `file://` or `hdfs://` URI.
     #[error("bad model location {location:?}: {message}")]

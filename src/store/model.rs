@@ -55,7 +55,10 @@ impl PartFile {
         if let Some(selection) = selection {
             builder = builder.with_row_selection(selection);
         }
-        builder.build().map_err(|source| StoreError::Parquet { uri: self.uri.clone(), source })
+        builder.build().map_err(|source| StoreError::Parquet {
+            uri: self.uri.clone(),
+            source,
+        })
     }
 }
 
@@ -102,11 +105,17 @@ pub struct LoadedModel {
 }
 
 fn parquet_err(uri: &str) -> impl Fn(parquet::errors::ParquetError) -> StoreError + '_ {
-    move |source| StoreError::Parquet { uri: uri.to_string(), source }
+    move |source| StoreError::Parquet {
+        uri: uri.to_string(),
+        source,
+    }
 }
 
 fn invalid(uri: &str, message: impl Into<String>) -> StoreError {
-    StoreError::Invalid { uri: uri.to_string(), message: message.into() }
+    StoreError::Invalid {
+        uri: uri.to_string(),
+        message: message.into(),
+    }
 }
 
 impl LoadedModel {
@@ -118,7 +127,10 @@ impl LoadedModel {
         let uri = folder.uri_of(&folder.path);
         let parts = part_files(&folder).await?;
         if parts.len() > usize::from(u16::MAX) {
-            return Err(invalid(&uri, format!("{} part files; at most {} are supported", parts.len(), u16::MAX)));
+            return Err(invalid(
+                &uri,
+                format!("{} part files; at most {} are supported", parts.len(), u16::MAX),
+            ));
         }
         let files: Vec<PartFile> = futures::stream::iter(parts)
             .map(|meta| {
@@ -139,13 +151,25 @@ impl LoadedModel {
             if file.meta.schema().fields() != schema.fields() {
                 return Err(invalid(
                     &file.uri,
-                    format!("schema {:?} differs from {}'s", file.meta.schema().fields(), files[0].uri),
+                    format!(
+                        "schema {:?} differs from {}'s",
+                        file.meta.schema().fields(),
+                        files[0].uri
+                    ),
                 ));
             }
         }
         let roots = match shape {
             Shape::Nested { user, items, .. } => vec![user, items],
-            Shape::Long { user, item, score, rank } => [Some(user), Some(item), Some(score), rank].into_iter().flatten().collect(),
+            Shape::Long {
+                user,
+                item,
+                score,
+                rank,
+            } => [Some(user), Some(item), Some(score), rank]
+                .into_iter()
+                .flatten()
+                .collect(),
             Shape::Global { item, score, rank } => [Some(item), Some(score), rank].into_iter().flatten().collect(),
         };
         let int_users = shape.user().is_some_and(|u| Ids::is_int(schema.field(u).data_type()));
@@ -169,7 +193,11 @@ impl LoadedModel {
     }
 
     async fn build_index(&self, user: usize) -> Result<UserIndex, StoreError> {
-        let rows: i64 = self.files.iter().map(|f| f.meta.metadata().file_metadata().num_rows()).sum();
+        let rows: i64 = self
+            .files
+            .iter()
+            .map(|f| f.meta.metadata().file_metadata().num_rows())
+            .sum();
         let mut builder = IndexBuilder::with_capacity(usize::try_from(rows).unwrap_or(0));
         for (file_no, file) in self.files.iter().enumerate() {
             let row_groups = file.meta.metadata().row_groups();
@@ -202,21 +230,35 @@ impl LoadedModel {
         for file in &self.files {
             let mut stream = file.read(&self.projection.roots, None, None, INDEX_BATCH_ROWS)?;
             while let Some(batch) = stream.try_next().await.map_err(parquet_err(&file.uri))? {
-                self.collect_rows(&batch, None, &mut rows).map_err(|m| invalid(&file.uri, m))?;
+                self.collect_rows(&batch, None, &mut rows)
+                    .map_err(|m| invalid(&file.uri, m))?;
             }
         }
         Ok(ranked(rows, self.has_rank()))
     }
 
     fn has_rank(&self) -> bool {
-        matches!(self.shape, Shape::Long { rank: Some(_), .. } | Shape::Global { rank: Some(_), .. })
+        matches!(
+            self.shape,
+            Shape::Long { rank: Some(_), .. } | Shape::Global { rank: Some(_), .. }
+        )
     }
 
     /// Appends `(rank, score, id)` of the flat rows of `batch` (long and global shapes) whose
     /// user is `only` (every row when `None`).
-    fn collect_rows(&self, batch: &RecordBatch, only: Option<UserKey<'_>>, out: &mut Vec<(Option<i64>, f32, Box<str>)>) -> Result<(), String> {
+    fn collect_rows(
+        &self,
+        batch: &RecordBatch,
+        only: Option<UserKey<'_>>,
+        out: &mut Vec<(Option<i64>, f32, Box<str>)>,
+    ) -> Result<(), String> {
         let (user, item, score, rank) = match self.shape {
-            Shape::Long { user, item, score, rank } => (Some(user), item, score, rank),
+            Shape::Long {
+                user,
+                item,
+                score,
+                rank,
+            } => (Some(user), item, score, rank),
             Shape::Global { item, score, rank } => (None, item, score, rank),
             Shape::Nested { .. } => return Err("not a flat model".into()),
         };
@@ -256,12 +298,22 @@ impl LoadedModel {
             let selection = RowSelection::from_consecutive_ranges(ranges, rg_rows);
             let mut stream = file.read(&self.projection.roots, Some(rg), Some(selection), 1024)?;
             while let Some(batch) = stream.try_next().await.map_err(parquet_err(&file.uri))? {
-                if let Shape::Nested { user, items, item, score } = self.shape {
-                    if let Some(list) = self.nested_list(&batch, key, (user, items, item, score)).map_err(|m| invalid(&file.uri, m))? {
+                if let Shape::Nested {
+                    user,
+                    items,
+                    item,
+                    score,
+                } = self.shape
+                {
+                    if let Some(list) = self
+                        .nested_list(&batch, key, (user, items, item, score))
+                        .map_err(|m| invalid(&file.uri, m))?
+                    {
                         return Ok(Some(list));
                     }
                 } else {
-                    self.collect_rows(&batch, Some(key), &mut flat).map_err(|m| invalid(&file.uri, m))?;
+                    self.collect_rows(&batch, Some(key), &mut flat)
+                        .map_err(|m| invalid(&file.uri, m))?;
                 }
             }
         }
@@ -269,7 +321,12 @@ impl LoadedModel {
     }
 
     /// The list of the row of `batch` whose user is `key`, for the nested shape.
-    fn nested_list(&self, batch: &RecordBatch, key: UserKey<'_>, (user, items, item, score): (usize, usize, usize, usize)) -> Result<Option<RankedList>, String> {
+    fn nested_list(
+        &self,
+        batch: &RecordBatch,
+        key: UserKey<'_>,
+        (user, items, item, score): (usize, usize, usize, usize),
+    ) -> Result<Option<RankedList>, String> {
         let p = &self.projection;
         let users = Ids::new(batch.column(p.pos(user)).as_ref())?;
         let Some(row) = (0..batch.num_rows()).find(|&i| users.key(i) == Some(key)) else {
@@ -288,7 +345,11 @@ impl LoadedModel {
             .filter(|&i| entries.is_valid(i))
             .filter_map(|i| Some((ids.text(i)?, scores.at(i)?)))
             .enumerate()
-            .map(|(rank, (id, score))| Item { id, score, rank: rank as u32 + 1 })
+            .map(|(rank, (id, score))| Item {
+                id,
+                score,
+                rank: rank as u32 + 1,
+            })
             .collect();
         Ok(Some(list.into()))
     }
@@ -339,7 +400,11 @@ fn ranked(mut rows: Vec<(Option<i64>, f32, Box<str>)>, by_rank: bool) -> RankedL
     }
     rows.into_iter()
         .enumerate()
-        .map(|(i, (_, score, id))| Item { id, score, rank: i as u32 + 1 })
+        .map(|(i, (_, score, id))| Item {
+            id,
+            score,
+            rank: i as u32 + 1,
+        })
         .collect::<Vec<_>>()
         .into()
 }

@@ -12,6 +12,10 @@ use super::layout::committed;
 use super::location::Locator;
 use super::{LoadedModel, ModelSpec, StoreError};
 
+/// A marker check slower than this is reported as a failure (an unreachable name node makes
+/// the HDFS client retry for minutes), and tried again at the next interval.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One model's current version and what went wrong last.
 #[derive(Debug)]
 struct Slot {
@@ -58,9 +62,20 @@ impl ModelRegistry {
     pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>) -> Result<Self, StoreError> {
         let slots = models
             .into_iter()
-            .map(|spec| (spec, Arc::new(Slot { current: ArcSwapOption::empty(), state: Mutex::default() })))
+            .map(|spec| {
+                (
+                    spec,
+                    Arc::new(Slot {
+                        current: ArcSwapOption::empty(),
+                        state: Mutex::default(),
+                    }),
+                )
+            })
             .collect();
-        Ok(ModelRegistry { locator: Locator::new(root)?, slots })
+        Ok(ModelRegistry {
+            locator: Locator::new(root)?,
+            slots,
+        })
     }
 
     /// The serving version of `model`, if one is loaded.
@@ -99,16 +114,26 @@ impl ModelRegistry {
         futures::future::join_all(self.slots.iter().map(|(spec, slot)| self.refresh_one(spec, slot))).await;
     }
 
-    /// Polls forever at `interval`; the first tick runs at once.
-    pub fn spawn_polling(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                self.refresh().await;
-            }
-        })
+    /// Polls every model at `interval`, each in its own task so a slow name node or a large
+    /// load delays only its own model; the first check runs at once.
+    pub fn spawn_polling(self: Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        self.slots
+            .keys()
+            .map(|spec| {
+                let registry = Arc::clone(&self);
+                let spec = spec.clone();
+                tokio::spawn(async move {
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticker.tick().await;
+                        if let Some(slot) = registry.slots.get(&spec) {
+                            registry.refresh_one(&spec, slot).await;
+                        }
+                    }
+                })
+            })
+            .collect()
     }
 
     async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
@@ -124,7 +149,10 @@ impl ModelRegistry {
             None => (spec.location.as_str(), false),
         };
         let found = match self.locator.resolve(folder) {
-            Ok(place) => committed(&place, wildcard).await.map(|c| (place, c)),
+            Ok(place) => match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
+                Ok(result) => result.map(|c| (place, c)),
+                Err(_) => Err(StoreError::Timeout { uri: place.uri_of(&place.path), after: MARKER_TIMEOUT }),
+            },
             Err(e) => Err(e),
         };
         let committed = match found {
@@ -145,7 +173,12 @@ impl ModelRegistry {
         if current.as_ref().is_some_and(|m| m.version() == committed.version) {
             return record(None, None);
         }
-        let failed = slot.state.lock().unwrap_or_else(|p| p.into_inner()).failed_version.clone();
+        let failed = slot
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed_version
+            .clone();
         if failed.as_deref() == Some(committed.version.as_str()) {
             return;
         }

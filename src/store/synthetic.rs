@@ -9,7 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, Int32Builder, ListBuilder, StructBuilder};
+use arrow_array::{ListArray, StructArray};
+use arrow_buffer::OffsetBuffer;
 use arrow_array::{ArrayRef, Float32Array, Int32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
@@ -109,13 +110,18 @@ fn user_recommendations(seed: u64, user: u32, items: u32, k: u32) -> impl Iterat
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> GenError + '_ {
-    move |source| GenError::Io { path: path.to_path_buf(), source }
+    move |source| GenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes the model folder described by `opts`, replacing any previous content.
 pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
     if opts.items == 0 || opts.k == 0 || opts.k > opts.items || opts.partitions == 0 {
-        return Err(GenError::Options("need items > 0, 0 < k <= items and partitions > 0".into()));
+        return Err(GenError::Options(
+            "need items > 0, 0 < k <= items and partitions > 0".into(),
+        ));
     }
     if opts.out.exists() {
         fs::remove_dir_all(&opts.out).map_err(io_err(&opts.out))?;
@@ -135,7 +141,11 @@ pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
         .set_max_row_group_row_count(Some(opts.row_group_rows))
         .build();
     // A global list is one small table: Spark would coalesce it into a single part file.
-    let partitions = if opts.format == GenFormat::Global { 1 } else { opts.partitions };
+    let partitions = if opts.format == GenFormat::Global {
+        1
+    } else {
+        opts.partitions
+    };
     let per_part = opts.users.div_ceil(partitions).max(1);
     for part in 0..partitions {
         let users = (part * per_part).min(opts.users)..((part + 1) * per_part).min(opts.users);
@@ -166,7 +176,7 @@ fn schema(format: GenFormat) -> Arc<Schema> {
     Arc::new(match format {
         GenFormat::Nested => Schema::new(vec![
             Field::new("user", DataType::Int32, false),
-            Field::new("recommendations", DataType::List(Arc::new(Field::new("element", DataType::Struct(rec_fields()), true))), true),
+            Field::new("recommendations", DataType::List(element()), true),
         ]),
         GenFormat::Long => Schema::new(vec![
             Field::new("user", DataType::Int32, false),
@@ -178,26 +188,37 @@ fn schema(format: GenFormat) -> Arc<Schema> {
     })
 }
 
+/// The list element as Spark names it (`element`, a nullable struct).
+fn element() -> Arc<Field> {
+    Arc::new(Field::new("element", DataType::Struct(rec_fields()), true))
+}
+
 fn rec_fields() -> Fields {
-    Fields::from(vec![Field::new("item", DataType::Int32, true), Field::new("rating", DataType::Float32, true)])
+    Fields::from(vec![
+        Field::new("item", DataType::Int32, true),
+        Field::new("rating", DataType::Float32, true),
+    ])
 }
 
 fn batch(opts: &GenOptions, schema: &Arc<Schema>, users: std::ops::Range<u32>) -> Result<RecordBatch, GenError> {
     let columns: Vec<ArrayRef> = match opts.format {
         GenFormat::Nested => {
-            let mut lists = ListBuilder::new(StructBuilder::from_fields(rec_fields(), opts.k as usize))
-                .with_field(Arc::new(Field::new("element", DataType::Struct(rec_fields()), true)));
+            let (mut items, mut scores) = (Vec::new(), Vec::new());
             for user in users.clone() {
-                let entries = lists.values();
                 for (item, score) in user_recommendations(opts.seed, user, opts.items, opts.k) {
-                    entries.field_builder::<Int32Builder>(0).map(|b| b.append_value(item));
-                    entries.field_builder::<Float32Builder>(1).map(|b| b.append_value(score));
-                    entries.append(true);
+                    items.push(item);
+                    scores.push(score);
                 }
-                lists.append(true);
             }
+            let entries = StructArray::new(
+                rec_fields(),
+                vec![Arc::new(Int32Array::from(items)), Arc::new(Float32Array::from(scores))],
+                None,
+            );
+            let lengths = std::iter::repeat_n(opts.k as usize, users.len());
+            let lists = ListArray::new(element(), OffsetBuffer::from_lengths(lengths), Arc::new(entries), None);
             let user_ids: Int32Array = users.map(|u| u as i32).collect();
-            vec![Arc::new(user_ids), Arc::new(lists.finish())]
+            vec![Arc::new(user_ids), Arc::new(lists)]
         }
         GenFormat::Long => {
             let (mut u, mut i, mut s, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -248,7 +269,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
