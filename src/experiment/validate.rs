@@ -62,7 +62,10 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
             message: "missing: every experiments folder needs a placements.toml".into(),
         }]));
     };
-    let mut placements = parse::<PlacementsFile>(&placements_path, placements_text, &mut problems)
+    let placements_file = parse::<PlacementsFile>(&placements_path, placements_text, &mut problems);
+    // With placements.toml unreadable, "unknown placement" on every experiment would be noise.
+    let check_placements = placements_file.is_some();
+    let mut placements = placements_file
         .map(|file| build_placements(&placements_path, file, &mut problems))
         .unwrap_or_default();
 
@@ -75,7 +78,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
             file: path,
             out: &mut problems,
         };
-        let Some(experiment) = build_experiment(spec, path, &placements, &mut out) else {
+        let Some(experiment) = build_experiment(spec, path, check_placements.then_some(&placements), &mut out) else {
             continue;
         };
         if let Some(first) = experiments.get(&experiment.id) {
@@ -146,13 +149,20 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str, problems: &mut
     match toml::from_str::<T>(text) {
         Ok(value) => Some(value),
         Err(e) => {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let span = e.span().filter(|span| span.end <= text.len() && span.start <= span.end);
+            let line = span.as_ref().map(|span| text[..span.start].matches('\n').count() + 1);
+            // For unknown keys and bad values the span covers the key or value; a short,
+            // single-line key is worth naming as the field.
+            let spanned = span.map(|span| text[span].trim()).unwrap_or_default();
+            let field = if e.message().starts_with("unknown field") && !spanned.contains('\n') && spanned.len() <= 64 {
+                spanned.trim_matches('"').to_string()
+            } else {
+                String::new()
+            };
             problems.push(Problem {
                 file: path.to_path_buf(),
                 line,
-                field: String::new(),
+                field,
                 message: e.message().trim_end().to_string(),
             });
             None
@@ -203,7 +213,7 @@ fn build_placements(path: &Path, file: PlacementsFile, problems: &mut Vec<Proble
 fn build_experiment(
     spec: ExperimentSpec,
     path: &Path,
-    placements: &BTreeMap<String, Placement>,
+    placements: Option<&BTreeMap<String, Placement>>,
     out: &mut FileProblems<'_>,
 ) -> Option<Experiment> {
     let before = out.out.len();
@@ -213,7 +223,9 @@ fn build_experiment(
             format!("invalid id {:?}: use 1-64 characters from [a-z0-9-]", spec.id),
         );
     }
-    if !placements.contains_key(&spec.placement) {
+    if let Some(placements) = placements
+        && !placements.contains_key(&spec.placement)
+    {
         let known: Vec<&str> = placements.keys().map(String::as_str).collect();
         out.push(
             "placement",
@@ -339,6 +351,12 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
                 .ok()
         });
         let weight_bp = percent_to_bp(spec.weight);
+        if spec.weight > 0.0 && weight_bp == 0 {
+            out.push(
+                field("weight"),
+                format!("{} rounds to 0 basis points: the arm would get no users", spec.weight),
+            );
+        }
         let lo = next_bucket.min(u32::from(BUCKETS)) as u16;
         next_bucket += u32::from(weight_bp);
         arms.push(Arm {

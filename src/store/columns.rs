@@ -220,11 +220,20 @@ impl<'a> UserKey<'a> {
     /// The key a request's user id has in a model whose user column is integer or text;
     /// `None` when an integer model cannot hold this id at all.
     pub fn of_request(user: &'a str, int_users: bool) -> Option<Self> {
-        if int_users {
-            user.parse().ok().map(UserKey::Int)
-        } else {
-            Some(UserKey::Text(user))
+        if !int_users {
+            return Some(UserKey::Text(user));
         }
+        // Only the canonical spelling names an integer user: "01" or "+1" is another user
+        // everywhere else (assignment hashes and cache keys use the text), so not user 1 here.
+        let digits = user.strip_prefix('-').unwrap_or(user);
+        let canonical = match digits {
+            "0" => digits.len() == user.len(),
+            _ => !digits.is_empty() && !digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()),
+        };
+        if !canonical {
+            return None;
+        }
+        user.parse().ok().map(UserKey::Int)
     }
 
     /// The 64-bit hash kept in the index. `DefaultHasher::new()` has fixed keys, so index build
@@ -347,6 +356,17 @@ mod tests {
             DataType::List(Arc::new(Field::new("element", DataType::Struct(inner), true))),
             true,
         )
+    }
+
+    #[test]
+    fn integer_users_need_their_canonical_spelling() {
+        assert_eq!(UserKey::of_request("42", true), Some(UserKey::Int(42)));
+        assert_eq!(UserKey::of_request("-7", true), Some(UserKey::Int(-7)));
+        assert_eq!(UserKey::of_request("0", true), Some(UserKey::Int(0)));
+        for other in ["01", "+1", "-0", "-", "1.0", "abc", "99999999999999999999"] {
+            assert_eq!(UserKey::of_request(other, true), None, "{other}");
+        }
+        assert_eq!(UserKey::of_request("01", false), Some(UserKey::Text("01")));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(crate) struct Loc {
 pub(crate) struct UserIndex {
     hashes: Box<[u64]>,
     locs: Box<[Loc]>,
+    /// Distinct users: a long model whose user rows are split has more runs than users.
+    users: usize,
 }
 
 impl UserIndex {
@@ -31,9 +33,9 @@ impl UserIndex {
         &self.locs[start..end]
     }
 
-    /// Runs in the index (≥ users).
-    pub fn len(&self) -> usize {
-        self.hashes.len()
+    /// Distinct users indexed.
+    pub fn users(&self) -> usize {
+        self.users
     }
 
     /// Heap bytes held, reported so the memory cost of a version is visible.
@@ -82,9 +84,11 @@ impl IndexBuilder {
         self.entries
             .sort_unstable_by_key(|(hash, loc)| (*hash, loc.file, loc.row_group, loc.row));
         let (hashes, locs): (Vec<u64>, Vec<Loc>) = self.entries.into_iter().unzip();
+        let users = hashes.chunk_by(|a, b| a == b).count();
         UserIndex {
             hashes: hashes.into_boxed_slice(),
             locs: locs.into_boxed_slice(),
+            users,
         }
     }
 }
@@ -101,7 +105,7 @@ mod tests {
         builder.push(3, 0, 0, 2);
         builder.push(7, 0, 1, 0);
         let index = builder.finish();
-        assert_eq!(index.len(), 3);
+        assert_eq!(index.users(), 2);
         assert_eq!(
             index.find(7),
             &[

@@ -369,9 +369,9 @@ impl LoadedModel {
         self.shape.name()
     }
 
-    /// Users indexed (runs, for long models whose rows are not grouped by user).
+    /// Distinct users indexed (0 for global models).
     pub fn indexed_users(&self) -> usize {
-        self.index.len()
+        self.index.users()
     }
 
     /// Heap bytes of the user index.

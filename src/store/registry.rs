@@ -151,7 +151,10 @@ impl ModelRegistry {
         let found = match self.locator.resolve(folder) {
             Ok(place) => match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
                 Ok(result) => result.map(|c| (place, c)),
-                Err(_) => Err(StoreError::Timeout { uri: place.uri_of(&place.path), after: MARKER_TIMEOUT }),
+                Err(_) => Err(StoreError::Timeout {
+                    uri: place.uri_of(&place.path),
+                    after: MARKER_TIMEOUT,
+                }),
             },
             Err(e) => Err(e),
         };

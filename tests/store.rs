@@ -1,0 +1,649 @@
+//! The store against model folders written in Spark's exact on-disk layout (see
+//! `common/spark.rs`): detection of the three shapes, point lookups, `_SUCCESS` handling,
+//! version swaps, failed loads and `/*` locations, through the public API only.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::spark::{Id, SparkOutput, commit};
+use recgw::store::{ColumnNames, Item, LoadedModel, ModelRegistry, ModelSpec, ModelStatus};
+
+fn spec(location: &str) -> ModelSpec {
+    ModelSpec::new(location, ColumnNames::default())
+}
+
+fn columns(user: &str, items: &str, item: &str, score: &str) -> ColumnNames {
+    let name = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    ColumnNames {
+        user: name(user),
+        items: name(items),
+        item: name(item),
+        score: name(score),
+    }
+}
+
+fn registry(root: &Path, specs: &[ModelSpec]) -> ModelRegistry {
+    ModelRegistry::new(root.to_str().expect("utf-8 temp path"), specs.iter().cloned()).expect("registry")
+}
+
+fn status_of(registry: &ModelRegistry, location: &str) -> ModelStatus {
+    let mut found: Vec<ModelStatus> = registry
+        .status()
+        .into_iter()
+        .filter(|s| s.location == location)
+        .collect();
+    assert_eq!(found.len(), 1, "one status for {location}");
+    found.remove(0)
+}
+
+/// Refreshes and returns the serving version, failing with the status error if none loaded.
+async fn load(registry: &ModelRegistry, spec: &ModelSpec) -> Arc<LoadedModel> {
+    registry.refresh().await;
+    match registry.get(spec) {
+        Some(model) => model,
+        None => panic!(
+            "{} not loaded: {:?}",
+            spec.location,
+            status_of(registry, &spec.location)
+        ),
+    }
+}
+
+/// The list of `user` as `(id, score, rank)`, `None` when the model does not hold the user.
+async fn lookup(model: &LoadedModel, user: &str) -> Option<Vec<(String, f32, u32)>> {
+    let list = model
+        .lookup(user)
+        .await
+        .unwrap_or_else(|e| panic!("lookup {user:?}: {e}"))?;
+    Some(
+        list.iter()
+            .map(|Item { id, score, rank }| (id.to_string(), *score, *rank))
+            .collect(),
+    )
+}
+
+/// `(id, score)` pairs ranked 1, 2, … in the given order.
+fn ranked(items: &[(&str, f32)]) -> Option<Vec<(String, f32, u32)>> {
+    Some(
+        items
+            .iter()
+            .zip(1..)
+            .map(|((id, score), rank)| (id.to_string(), *score, rank))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn nested_int32_spark_defaults() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::nested()
+        .part(vec![
+            (1, vec![(101, 4.5), (205, 4.25), (17, 3.0)]),
+            (2, vec![(205, 5.0), (101, 1.5), (300, 0.5)]),
+            (-7, vec![(1, 2.0), (2, 1.0), (3, 0.75)]),
+        ])
+        .write(&root.path().join("als-v1"));
+    let spec = spec("als-v1");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+
+    assert_eq!(model.shape(), "nested");
+    assert!(model.version().starts_with("als-v1@"), "{}", model.version());
+    assert_eq!(
+        lookup(&model, "1").await,
+        ranked(&[("101", 4.5), ("205", 4.25), ("17", 3.0)])
+    );
+    assert_eq!(
+        lookup(&model, "2").await,
+        ranked(&[("205", 5.0), ("101", 1.5), ("300", 0.5)])
+    );
+    assert_eq!(
+        lookup(&model, "-7").await,
+        ranked(&[("1", 2.0), ("2", 1.0), ("3", 0.75)])
+    );
+    assert_eq!(lookup(&model, "3").await, None, "unknown user");
+    assert_eq!(
+        lookup(&model, "user-1").await,
+        None,
+        "non-numeric id against an int model"
+    );
+    assert_eq!(lookup(&model, "").await, None);
+    assert_eq!(lookup(&model, "99999999999").await, None, "out of int32 range");
+
+    let status = status_of(&registry, "als-v1");
+    assert_eq!(status.version.as_deref(), Some(model.version()));
+    assert_eq!(status.shape, Some("nested"));
+    assert_eq!(status.users, 3);
+    assert_eq!(status.error, None);
+    assert!(registry.all_loaded());
+}
+
+#[tokio::test]
+async fn nested_int64_renamed_columns_with_and_without_overrides() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let big = 9_000_000_000_i64;
+    SparkOutput::nested()
+        .user_id(Id::Int64)
+        .item_id(Id::Int64)
+        .names("userId", "recommendations", "movieId", "rating")
+        .part(vec![
+            (big, vec![(big + 1, 0.9), (5, 0.8)]),
+            (42, vec![(7, 0.7), (big, 0.6)]),
+        ])
+        .part(vec![(43, vec![(8, 0.5)])])
+        .write(&root.path().join("movies"));
+    let detected = spec("movies");
+    let named = ModelSpec::new("movies", columns("userId", "recommendations", "movieId", "rating"));
+    let registry = registry(root.path(), &[detected.clone(), named.clone()]);
+    registry.refresh().await;
+
+    for spec in [&detected, &named] {
+        let model = registry.get(spec).expect("loaded");
+        assert_eq!(model.shape(), "nested");
+        assert_eq!(model.part_files(), 2);
+        assert_eq!(
+            lookup(&model, "9000000000").await,
+            ranked(&[("9000000001", 0.9), ("5", 0.8)])
+        );
+        assert_eq!(lookup(&model, "42").await, ranked(&[("7", 0.7), ("9000000000", 0.6)]));
+        assert_eq!(lookup(&model, "43").await, ranked(&[("8", 0.5)]));
+        assert_eq!(lookup(&model, "44").await, None);
+        assert_eq!(lookup(&model, "movie-42").await, None);
+    }
+}
+
+#[tokio::test]
+async fn nested_string_ids() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::nested()
+        .user_id(Id::Utf8)
+        .item_id(Id::Utf8)
+        .names("userId", "recs", "movieId", "rating")
+        .part(vec![
+            ("user-7f3a", vec![("tt0111161", 0.98), ("tt0068646", 0.97)]),
+            ("42", vec![("tt0468569", 0.5)]),
+            ("qa@example.com", vec![("a", 0.25), ("b", 0.125), ("c", 0.0625)]),
+        ])
+        .write(&root.path().join("str"));
+    let spec = spec("str");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+
+    assert_eq!(
+        lookup(&model, "user-7f3a").await,
+        ranked(&[("tt0111161", 0.98), ("tt0068646", 0.97)])
+    );
+    assert_eq!(lookup(&model, "42").await, ranked(&[("tt0468569", 0.5)]));
+    assert_eq!(
+        lookup(&model, "qa@example.com").await,
+        ranked(&[("a", 0.25), ("b", 0.125), ("c", 0.0625)])
+    );
+    assert_eq!(lookup(&model, "USER-7F3A").await, None, "ids are case-sensitive");
+    assert_eq!(lookup(&model, "042").await, None, "text ids are not numbers");
+}
+
+#[tokio::test]
+async fn ambiguous_columns_need_overrides_and_wrong_overrides_are_reported() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::nested()
+        .names("userId", "recommendations", "movieId", "rating")
+        .extra_column("runId")
+        .part(vec![(5, vec![(50, 0.5), (51, 0.25)]), (6, vec![(60, 1.0)])])
+        .write(&root.path().join("extra"));
+    let detected = spec("extra");
+    let named = ModelSpec::new("extra", columns("userId", "", "", ""));
+    let wrong = ModelSpec::new("extra", columns("userId", "", "itemId", ""));
+    let registry = registry(root.path(), &[detected.clone(), named.clone(), wrong.clone()]);
+    registry.refresh().await;
+
+    let model = registry.get(&named).expect("loads once the user column is named");
+    assert_eq!(lookup(&model, "5").await, ranked(&[("50", 0.5), ("51", 0.25)]));
+    assert_eq!(lookup(&model, "6").await, ranked(&[("60", 1.0)]));
+    assert_eq!(lookup(&model, "20261101").await, None, "the run id is not a user");
+
+    assert!(registry.get(&detected).is_none(), "two int64/int32 columns: ambiguous");
+    assert!(registry.get(&wrong).is_none(), "no struct field itemId");
+    assert!(!registry.all_loaded());
+    let errors: Vec<String> = registry
+        .status()
+        .into_iter()
+        .filter_map(|s| s.error)
+        .collect::<Vec<_>>();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("userId") && e.contains("runId") && e.contains("columns")),
+        "the ambiguity names both candidates and the fix: {errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("\"itemId\"")), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("part-00000-")),
+        "errors name the file: {errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn long_model_with_three_id_columns_needs_user_and_item_named() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::long()
+        .names("customer", "", "sku", "score")
+        .extra_column("runId")
+        .part(vec![(5, vec![(50, 0.5), (51, 0.75)]), (6, vec![(60, 0.1)])])
+        .write(&root.path().join("long-extra"));
+    let detected = spec("long-extra");
+    let named = ModelSpec::new("long-extra", columns("customer", "", "sku", ""));
+    let registry = registry(root.path(), &[detected.clone(), named.clone()]);
+    registry.refresh().await;
+
+    let model = registry.get(&named).expect("loads with user and item named");
+    assert_eq!(model.shape(), "long");
+    assert_eq!(lookup(&model, "5").await, ranked(&[("51", 0.75), ("50", 0.5)]));
+    assert_eq!(lookup(&model, "6").await, ranked(&[("60", 0.1)]));
+    assert_eq!(lookup(&model, "50").await, None, "items are not users");
+
+    assert!(registry.get(&detected).is_none());
+    let error = registry.status().into_iter().find_map(|s| s.error).expect("reported");
+    assert!(
+        error.contains("columns.user") && error.contains("customer") && error.contains("runId"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn long_without_rank_orders_by_score_across_part_files() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::long()
+        .part(vec![
+            (1, vec![(10, 0.5), (11, 0.9)]),
+            (2, vec![(20, 0.1), (21, 0.3)]),
+            (1, vec![(13, 0.2)]),
+        ])
+        .part(vec![(3, vec![(30, 1.0)]), (1, vec![(12, 0.7)])])
+        .write(&root.path().join("long"));
+    let spec = spec("long");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+
+    assert_eq!(model.shape(), "long");
+    assert_eq!(
+        lookup(&model, "1").await,
+        ranked(&[("11", 0.9), ("12", 0.7), ("10", 0.5), ("13", 0.2)]),
+        "rows of user 1 come from two runs in part 0 and one in part 1"
+    );
+    assert_eq!(lookup(&model, "2").await, ranked(&[("21", 0.3), ("20", 0.1)]));
+    assert_eq!(lookup(&model, "3").await, ranked(&[("30", 1.0)]));
+    assert_eq!(lookup(&model, "4").await, None);
+    assert_eq!(lookup(&model, "x").await, None);
+}
+
+#[tokio::test]
+async fn long_with_rank_orders_by_rank_not_score() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Ranks count on per user across parts: user 1 gets 10→1, 11→2, 12→3.
+    SparkOutput::long()
+        .with_rank()
+        .user_id(Id::Utf8)
+        .item_id(Id::Int64)
+        .names("userId", "", "movieId", "score")
+        .part(vec![
+            ("u1", vec![(10, 0.1), (11, 0.9)]),
+            ("u2", vec![(20, 0.2), (21, 0.8)]),
+        ])
+        .part(vec![("u2", vec![(22, 0.5)]), ("u1", vec![(12, 0.5)])])
+        .write(&root.path().join("ranked"));
+    let spec = spec("ranked");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+
+    assert_eq!(model.shape(), "long");
+    assert_eq!(
+        lookup(&model, "u1").await,
+        ranked(&[("10", 0.1), ("11", 0.9), ("12", 0.5)])
+    );
+    assert_eq!(
+        lookup(&model, "u2").await,
+        ranked(&[("20", 0.2), ("21", 0.8), ("22", 0.5)])
+    );
+    assert_eq!(lookup(&model, "u3").await, None);
+}
+
+#[tokio::test]
+async fn global_serves_one_list_to_everyone() {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::global()
+        .item_id(Id::Utf8)
+        .items(vec![("sku-a", 0.3), ("sku-b", 0.9)])
+        .items(vec![("sku-c", 0.5)])
+        .write(&root.path().join("popular"));
+    SparkOutput::global()
+        .with_rank()
+        .items(vec![(3, 0.1), (1, 0.9), (2, 0.5)])
+        .write(&root.path().join("editorial"));
+    let popular = spec("popular");
+    let editorial = spec("editorial");
+    let registry = registry(root.path(), &[popular.clone(), editorial.clone()]);
+    registry.refresh().await;
+
+    let model = registry.get(&popular).expect("popular loaded");
+    assert_eq!(model.shape(), "global");
+    let expected = ranked(&[("sku-b", 0.9), ("sku-c", 0.5), ("sku-a", 0.3)]);
+    for user in ["1", "user-7f3a", "never-seen", ""] {
+        assert_eq!(lookup(&model, user).await, expected, "user {user:?}");
+    }
+    let a = model.lookup("a").await.expect("lookup").expect("list");
+    let b = model.lookup("b").await.expect("lookup").expect("list");
+    assert!(Arc::ptr_eq(&a, &b), "one shared list");
+
+    let model = registry.get(&editorial).expect("editorial loaded");
+    assert_eq!(model.shape(), "global");
+    assert_eq!(lookup(&model, "9").await, ranked(&[("3", 0.1), ("1", 0.9), ("2", 0.5)]));
+
+    let status = status_of(&registry, "popular");
+    assert_eq!((status.shape, status.users, status.error), (Some("global"), 0, None));
+}
+
+/// A global model holds its one list in memory, so it keeps answering even when its folder is
+/// overwritten in place by a run whose output then fails to load.
+#[tokio::test]
+async fn global_version_survives_a_failed_in_place_overwrite() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("popular");
+    SparkOutput::global().items(vec![(1, 0.5), (2, 0.25)]).write(&dir);
+    let spec = spec("popular");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let v1 = load(&registry, &spec).await;
+
+    let written = SparkOutput::global().items(vec![(3, 0.5)]).write(&dir);
+    std::fs::write(&written.parts[0], b"garbage").unwrap();
+    commit(&dir);
+    registry.refresh().await;
+
+    let serving = registry.get(&spec).expect("v1 keeps serving");
+    assert!(Arc::ptr_eq(&serving, &v1));
+    assert!(status_of(&registry, "popular").error.is_some());
+    assert_eq!(lookup(&serving, "anyone").await, ranked(&[("1", 0.5), ("2", 0.25)]));
+}
+
+#[tokio::test]
+async fn partition_folders_crc_files_and_empty_parts() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("als-parts");
+    let written = SparkOutput::nested()
+        .user_id(Id::Int64)
+        .empty_part()
+        .part_in("bucket=0", vec![(0, vec![(1, 0.5)]), (2, vec![(3, 0.25), (4, 0.125)])])
+        .part_in("bucket=1", vec![(1, vec![(5, 1.0)]), (3, vec![(6, 2.0)])])
+        .part_in("bucket=1/day=2026-11-01", vec![(5, vec![(7, 3.0)])])
+        .write(&dir);
+    // The fixture lays things out as Spark does.
+    for part in &written.parts {
+        let name = part.file_name().unwrap().to_string_lossy();
+        assert!(
+            name.starts_with("part-") && name.ends_with("-c000.snappy.parquet"),
+            "{name}"
+        );
+        assert!(part.with_file_name(format!(".{name}.crc")).is_file(), "crc of {name}");
+    }
+    assert!(dir.join("_SUCCESS").is_file() && dir.join("._SUCCESS.crc").is_file());
+    assert_eq!(std::fs::metadata(dir.join("_SUCCESS")).unwrap().len(), 0);
+    // Leftovers Hadoop treats as hidden must be ignored, even when they are not Parquet.
+    std::fs::create_dir_all(dir.join("_temporary/0")).unwrap();
+    std::fs::write(dir.join("_temporary/0/part-00009-x.snappy.parquet"), b"not parquet").unwrap();
+    std::fs::write(dir.join("bucket=0/.part-00009.parquet.swp"), b"not parquet").unwrap();
+
+    let spec = spec("als-parts");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+    assert_eq!(model.part_files(), 4, "the empty part and three data parts");
+    assert_eq!(status_of(&registry, "als-parts").users, 5);
+    assert_eq!(lookup(&model, "0").await, ranked(&[("1", 0.5)]));
+    assert_eq!(lookup(&model, "1").await, ranked(&[("5", 1.0)]));
+    assert_eq!(lookup(&model, "2").await, ranked(&[("3", 0.25), ("4", 0.125)]));
+    assert_eq!(lookup(&model, "3").await, ranked(&[("6", 2.0)]));
+    assert_eq!(lookup(&model, "5").await, ranked(&[("7", 3.0)]));
+    assert_eq!(lookup(&model, "4").await, None);
+}
+
+#[tokio::test]
+async fn folder_without_success_is_not_a_model() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("pending");
+    SparkOutput::nested()
+        .part(vec![(1, vec![(2, 0.5)])])
+        .write_uncommitted(&dir);
+    let pending = spec("pending");
+    let missing = spec("never-written");
+    let registry = registry(root.path(), &[pending.clone(), missing.clone()]);
+    registry.refresh().await;
+
+    assert!(registry.get(&pending).is_none());
+    assert!(registry.get(&missing).is_none());
+    for location in ["pending", "never-written"] {
+        let status = status_of(&registry, location);
+        assert_eq!((status.version, status.shape, status.users), (None, None, 0));
+        let error = status.error.unwrap_or_default();
+        assert!(
+            error.contains("_SUCCESS") && error.contains(location),
+            "{location}: {error:?}"
+        );
+    }
+
+    commit(&dir);
+    let model = load(&registry, &pending).await;
+    assert_eq!(lookup(&model, "1").await, ranked(&[("2", 0.5)]));
+    assert_eq!(status_of(&registry, "pending").error, None);
+}
+
+#[tokio::test]
+async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("als");
+    let v1_rows = vec![(1, vec![(10, 0.5), (11, 0.25)]), (2, vec![(20, 1.0)])];
+    SparkOutput::nested().part(v1_rows).write(&dir);
+    let spec = spec("als");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let v1 = load(&registry, &spec).await;
+
+    // A second job appends a part file that is not Parquet and commits again.
+    let bad = dir.join("part-00000-0b6f5b1e-9c1d-4c7e-8f3a-2d5e6f7a8b9c-c000.snappy.parquet");
+    std::fs::write(&bad, b"PAR1 this is not a parquet file, only its first magic").unwrap();
+    common::spark::write_crc(&bad);
+    commit(&dir);
+    registry.refresh().await;
+
+    let serving = registry.get(&spec).expect("v1 keeps serving");
+    assert!(Arc::ptr_eq(&serving, &v1), "still v1");
+    let status = status_of(&registry, "als");
+    assert_eq!(status.version.as_deref(), Some(v1.version()));
+    let error = status.error.expect("the failure is reported");
+    assert!(error.contains("failed to load"), "{error}");
+    assert!(
+        error.contains("part-00000-0b6f5b1e-9c1d-4c7e-8f3a-2d5e6f7a8b9c"),
+        "names the file: {error}"
+    );
+    assert_eq!(lookup(&serving, "1").await, ranked(&[("10", 0.5), ("11", 0.25)]));
+
+    // Polling the same failed version again changes nothing.
+    registry.refresh().await;
+    assert!(Arc::ptr_eq(&registry.get(&spec).unwrap(), &v1));
+    assert!(status_of(&registry, "als").error.is_some());
+
+    // A good version replaces v1 and clears the error.
+    SparkOutput::nested().part(vec![(1, vec![(12, 0.75)])]).write(&dir);
+    let v3 = load(&registry, &spec).await;
+    assert_ne!(v3.version(), v1.version());
+    assert_eq!(lookup(&v3, "1").await, ranked(&[("12", 0.75)]));
+    assert_eq!(status_of(&registry, "als").error, None);
+}
+
+#[tokio::test]
+async fn truncated_part_in_a_rewritten_folder_is_reported() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("als");
+    SparkOutput::nested().part(vec![(1, vec![(10, 0.5)])]).write(&dir);
+    let spec = spec("als");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let v1 = load(&registry, &spec).await;
+
+    // `mode("overwrite")` with a part file cut short (e.g. a lost executor's upload).
+    let written = SparkOutput::nested()
+        .part(vec![(1, vec![(11, 0.5)])])
+        .part(vec![(2, vec![(21, 0.5)])])
+        .write(&dir);
+    let bad = &written.parts[1];
+    let bytes = std::fs::read(bad).unwrap();
+    std::fs::write(bad, &bytes[..bytes.len() / 2]).unwrap();
+    commit(&dir);
+    registry.refresh().await;
+
+    let serving = registry.get(&spec).expect("v1 stays the serving version");
+    assert_eq!(serving.version(), v1.version());
+    let error = status_of(&registry, "als").error.expect("reported");
+    let bad_name = bad.file_name().unwrap().to_string_lossy();
+    assert!(error.contains(&*bad_name), "names {bad_name}: {error}");
+    assert!(!error.contains(&*written.parts[0].file_name().unwrap().to_string_lossy()));
+}
+
+#[tokio::test]
+async fn new_version_is_picked_up_on_refresh() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("als-v2");
+    SparkOutput::nested()
+        .part(vec![(1, vec![(10, 0.5)]), (2, vec![(20, 0.5)])])
+        .write(&dir);
+    let spec = spec("als-v2");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let v1 = load(&registry, &spec).await;
+    assert_eq!(lookup(&v1, "1").await, ranked(&[("10", 0.5)]));
+
+    // Nothing changed: the same version object keeps serving.
+    registry.refresh().await;
+    assert!(Arc::ptr_eq(&registry.get(&spec).unwrap(), &v1));
+
+    SparkOutput::nested()
+        .part(vec![(1, vec![(11, 0.9), (10, 0.1)]), (3, vec![(30, 0.3)])])
+        .write(&dir);
+    let v2 = load(&registry, &spec).await;
+    assert_ne!(v2.version(), v1.version());
+    assert!(v2.version().starts_with("als-v2@"), "{}", v2.version());
+    assert_eq!(lookup(&v2, "1").await, ranked(&[("11", 0.9), ("10", 0.1)]));
+    assert_eq!(lookup(&v2, "2").await, None, "user 2 left the model");
+    assert_eq!(lookup(&v2, "3").await, ranked(&[("30", 0.3)]));
+    assert_eq!(status_of(&registry, "als-v2").version.as_deref(), Some(v2.version()));
+}
+
+#[tokio::test]
+async fn wildcard_serves_the_newest_committed_folder() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let als = root.path().join("als");
+    for (day, item) in [("2026-11-01", 1), ("2026-11-02", 2)] {
+        SparkOutput::nested()
+            .part(vec![(7, vec![(item, 0.5)])])
+            .write(&als.join(day));
+    }
+    SparkOutput::nested()
+        .part(vec![(7, vec![(3, 0.5)])])
+        .write_uncommitted(&als.join("2026-11-03"));
+    let spec = spec("als/*");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+    assert!(model.version().starts_with("2026-11-02@"), "{}", model.version());
+    assert!(model.uri().ends_with("/als/2026-11-02"), "{}", model.uri());
+    assert_eq!(lookup(&model, "7").await, ranked(&[("2", 0.5)]));
+
+    commit(&als.join("2026-11-03"));
+    let model = load(&registry, &spec).await;
+    assert!(model.version().starts_with("2026-11-03@"), "{}", model.version());
+    assert_eq!(lookup(&model, "7").await, ranked(&[("3", 0.5)]));
+    let status = status_of(&registry, "als/*");
+    assert_eq!((status.version.as_deref(), status.error), (Some(model.version()), None));
+}
+
+#[tokio::test]
+async fn lookups_find_users_in_every_row_group_of_a_large_model() {
+    const USERS: i64 = 20_000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let rows = |range: std::ops::Range<i64>| {
+        range
+            .map(|u| (u * 3, vec![(u % 977, 1.0), (u % 131 + 1000, 0.5), (u, 0.25)]))
+            .collect::<Vec<_>>()
+    };
+    let written = SparkOutput::nested()
+        .user_id(Id::Int64)
+        .row_group_rows(1_500)
+        .part(rows(0..USERS / 2))
+        .part(rows(USERS / 2..USERS))
+        .write(&root.path().join("big"));
+    let groups = |path: &Path| {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        reader.metadata().num_row_groups()
+    };
+    assert_eq!(groups(&written.parts[0]), 7, "10,000 rows in groups of 1,500");
+
+    let spec = spec("big");
+    let registry = registry(root.path(), std::slice::from_ref(&spec));
+    let model = load(&registry, &spec).await;
+    assert_eq!(status_of(&registry, "big").users, USERS as usize);
+    for u in [0, 1, 1_499, 1_500, 9_999, 10_000, 14_321, USERS - 1] {
+        let expected = vec![
+            ((u % 977).to_string(), 1.0, 1),
+            ((u % 131 + 1000).to_string(), 0.5, 2),
+            (u.to_string(), 0.25, 3),
+        ];
+        assert_eq!(
+            lookup(&model, &(u * 3).to_string()).await,
+            Some(expected),
+            "user {}",
+            u * 3
+        );
+    }
+    assert_eq!(lookup(&model, "1").await, None, "user ids are multiples of 3");
+    assert_eq!(lookup(&model, &(USERS * 3).to_string()).await, None);
+}
+
+#[test]
+fn fixture_writes_spark_footers() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let root = tempfile::tempdir().expect("tempdir");
+    let written = SparkOutput::nested()
+        .names("userId", "recommendations", "movieId", "rating")
+        .part(vec![(1, vec![(2, 0.5)])])
+        .write(&root.path().join("m"));
+    let reader = SerializedFileReader::new(std::fs::File::open(&written.parts[0]).unwrap()).unwrap();
+    let meta = reader.metadata().file_metadata();
+    assert!(meta.created_by().unwrap_or_default().starts_with("parquet-mr version"));
+    assert_eq!(meta.schema().name(), "spark_schema");
+    let kv = meta.key_value_metadata().expect("key-value metadata");
+    assert!(
+        kv.iter().all(|kv| kv.key != "ARROW:schema"),
+        "Spark writes no Arrow schema"
+    );
+    let row_meta = kv
+        .iter()
+        .find(|kv| kv.key == "org.apache.spark.sql.parquet.row.metadata")
+        .and_then(|kv| kv.value.clone())
+        .expect("row metadata");
+    let json: serde_json::Value = serde_json::from_str(&row_meta).expect("json");
+    assert_eq!(json["fields"][0]["name"], "userId");
+    assert_eq!(json["fields"][0]["type"], "integer");
+    assert_eq!(json["fields"][1]["type"]["type"], "array");
+    assert_eq!(json["fields"][1]["type"]["elementType"]["fields"][0]["name"], "movieId");
+    assert_eq!(json["fields"][1]["type"]["elementType"]["fields"][1]["type"], "float");
+    let col = reader.metadata().row_group(0).column(0);
+    assert_eq!(col.compression(), parquet::basic::Compression::SNAPPY);
+    // The Parquet schema is the 3-level list Spark writes.
+    let leaf = reader.metadata().file_metadata().schema_descr().column(1);
+    assert_eq!(leaf.path().string(), "recommendations.list.element.movieId");
+    let crc = std::fs::read(written.parts[0].with_file_name(format!(
+        ".{}.crc",
+        written.parts[0].file_name().unwrap().to_string_lossy()
+    )))
+    .unwrap();
+    let size = std::fs::metadata(&written.parts[0]).unwrap().len() as usize;
+    assert_eq!(&crc[..8], b"crc\0\0\0\x02\0");
+    assert_eq!(crc.len(), 8 + 4 * size.div_ceil(512));
+}
