@@ -14,12 +14,19 @@ use recgw::experiment::Catalog;
 use recgw::store::{ColumnNames, GenFormat, GenOptions, LoadedModel, ModelRegistry, ModelSpec, generate};
 
 fn users() -> u32 {
-    std::env::var("RECGW_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("RECGW_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 fn bench_assignment(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("placements.toml"), "[placements.home]\ndefault_model = \"popular\"\n").expect("write");
+    std::fs::write(
+        dir.path().join("placements.toml"),
+        "[placements.home]\ndefault_model = \"popular\"\n",
+    )
+    .expect("write");
     std::fs::write(
         dir.path().join("e.toml"),
         "id = \"home-als\"\nplacement = \"home\"\nstatus = \"running\"\ntraffic = [0.0, 50.0]\n\
@@ -41,7 +48,9 @@ fn bench_assignment(c: &mut Criterion) {
 
 /// Generates the model once; a `_SUCCESS` marks a complete earlier run.
 fn model_dir(users: u32) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target"));
     let root = target.join("bench-models");
     let dir = root.join(format!("nested-{users}x50"));
     if !dir.join("_SUCCESS").exists() {
@@ -69,9 +78,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn bench_lookup(c: &mut Criterion) {
     let users = users();
     let root = model_dir(users);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let spec = ModelSpec::new(format!("nested-{users}x50"), ColumnNames::default());
-    let registry = ModelRegistry::new(root.to_str().expect("utf-8 path"), [spec.clone()]).expect("registry");
+    let registry = ModelRegistry::new(
+        root.to_str().expect("utf-8 path"),
+        [spec.clone()],
+        recgw::metrics::Metrics::new(),
+    )
+    .expect("registry");
     let started = Instant::now();
     runtime.block_on(registry.refresh());
     let build = started.elapsed();
@@ -96,7 +113,10 @@ fn bench_lookup(c: &mut Criterion) {
         .map(|_| {
             let user = next_user();
             let t = Instant::now();
-            let list = runtime.block_on(model.lookup(&user)).expect("lookup").expect("user present");
+            let list = runtime
+                .block_on(model.lookup(&user))
+                .expect("lookup")
+                .expect("user present");
             assert_eq!(list.len(), 50);
             t.elapsed()
         })

@@ -19,6 +19,8 @@ pub struct Settings {
     pub experiments: ExperimentSettings,
     /// Where model outputs come from.
     pub models: ModelSettings,
+    /// The local and Redis cache tiers.
+    pub cache: CacheSettings,
 }
 
 /// `[server]`
@@ -77,6 +79,34 @@ impl Default for ModelSettings {
     }
 }
 
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// `redis://…`, or a comma-separated list of `redis://` nodes for Redis Cluster; empty
+    /// (the default) runs without the Redis tier, so the demo needs no Redis.
+    pub redis_url: String,
+    /// Entries in the in-process tier; 0 disables it (misses are still coalesced).
+    pub local_capacity: u64,
+    /// Default lifetime of a cached list, jittered ±10%; an arm's `cache_ttl` overrides it.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Deadline of each Redis command; past it the request goes on to the store.
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            redis_url: String::new(),
+            local_capacity: 100_000,
+            ttl: Duration::from_secs(3600),
+            redis_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
 /// Durations are humantime strings (`250ms`, `5s`, `1h`) in files and environment alike.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -130,6 +160,24 @@ mod tests {
         assert_eq!(settings.experiments.reload_interval, Duration::from_secs(5));
         assert_eq!(settings.models.root, "models");
         assert_eq!(settings.models.refresh_interval, Duration::from_secs(60));
+        assert_eq!(settings.cache.redis_url, "");
+        assert_eq!(settings.cache.local_capacity, 100_000);
+        assert_eq!(settings.cache.ttl, Duration::from_secs(3600));
+        assert_eq!(settings.cache.redis_timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn redis_url_and_capacity_come_from_the_environment() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001"),
+                ("RECGW__CACHE__LOCAL_CAPACITY", "0"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.cache.redis_url, "redis://127.0.0.1:7001");
+        assert_eq!(settings.cache.local_capacity, 0);
     }
 
     #[test]

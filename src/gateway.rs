@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::cache::{Tier, TieredCache};
 use crate::experiment::Catalog;
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 
@@ -17,23 +18,29 @@ pub struct Gateway {
     catalog: ArcSwap<Catalog>,
     /// Loaded model versions.
     models: Arc<ModelRegistry>,
+    /// Local and Redis tiers in front of the models.
+    cache: Arc<TieredCache>,
 }
 
 /// Which tier produced the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// This replica's memory.
+    Local,
+    /// Redis.
+    Redis,
     /// Read from the model store.
     Store,
     /// The arm could not answer; the placement default did.
     Fallback,
 }
 
-impl Source {
-    /// The name used in responses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Store => "store",
-            Source::Fallback => "fallback",
+impl From<Tier> for Source {
+    fn from(tier: Tier) -> Self {
+        match tier {
+            Tier::Local => Source::Local,
+            Tier::Redis => Source::Redis,
+            Tier::Store => Source::Store,
         }
     }
 }
@@ -131,12 +138,18 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Gateway {
-    /// A gateway over a loaded catalog and a registry holding its models.
-    pub fn new(catalog: Catalog, models: Arc<ModelRegistry>) -> Self {
+    /// A gateway over a loaded catalog, a registry holding its models and the cache tiers.
+    pub fn new(catalog: Catalog, models: Arc<ModelRegistry>, cache: Arc<TieredCache>) -> Self {
         Gateway {
             catalog: ArcSwap::from_pointee(catalog),
             models,
+            cache,
         }
+    }
+
+    /// The cache tiers.
+    pub fn cache(&self) -> &Arc<TieredCache> {
+        &self.cache
     }
 
     /// The experiment set in force.
@@ -167,29 +180,29 @@ impl Gateway {
             fallback,
         };
 
-        let reason = if assignment.arm.is_some() && assignment.model() != default {
-            let spec = assignment.model();
-            match self.models.get(spec) {
-                None => FallbackReason::ModelNotLoaded,
-                Some(model) => match model.lookup(user).await {
-                    Ok(Some(list)) => return Ok(served(&model, spec, list, Source::Store, None)),
-                    Ok(None) => FallbackReason::UserNotInModel,
-                    Err(e) => {
-                        tracing::warn!(model = %spec.location, error = %e, "model read failed; serving the placement default");
-                        FallbackReason::StoreError
-                    }
-                },
-            }
-        } else {
+        let (arm, spec) = match assignment.arm {
+            Some(arm) if arm.model != *default => (arm, &arm.model),
             // Users on the default (and arms serving the default model) have no other tier to
             // fall back to: their primary source is the default itself.
-            let model = self.loaded(default)?;
-            let list = self.read_default(&model, default, user).await?;
-            return Ok(served(&model, default, list, Source::Store, None));
+            _ => {
+                let model = self.loaded(default)?;
+                let (list, tier) = self.read_default(&model, default, user).await?;
+                return Ok(served(&model, default, list, tier.into(), None));
+            }
         };
-
+        let reason = match self.models.get(spec) {
+            None => FallbackReason::ModelNotLoaded,
+            Some(model) => match self.cache.list(&spec.location, &model, user, arm.cache_ttl).await {
+                Ok((Some(list), tier)) => return Ok(served(&model, spec, list, tier.into(), None)),
+                Ok((None, _)) => FallbackReason::UserNotInModel,
+                Err(e) => {
+                    tracing::warn!(model = %spec.location, error = %e, "model read failed; serving the placement default");
+                    FallbackReason::StoreError
+                }
+            },
+        };
         let model = self.loaded(default)?;
-        let list = self.read_default(&model, default, user).await?;
+        let (list, _) = self.read_default(&model, default, user).await?;
         Ok(served(&model, default, list, Source::Fallback, Some(reason)))
     }
 
@@ -200,11 +213,16 @@ impl Gateway {
         })
     }
 
-    /// Reads the placement default; a per-user default that lacks the user yields an empty list
-    /// (a valid answer: there is nothing to recommend), a read error yields 503.
-    async fn read_default(&self, model: &LoadedModel, spec: &ModelSpec, user: &str) -> Result<RankedList, ServeError> {
-        match model.lookup(user).await {
-            Ok(list) => Ok(list.unwrap_or_else(|| Arc::from(Vec::new()))),
+    /// Reads the placement default through the cache; a per-user default that lacks the user
+    /// yields an empty list (a valid answer: there is nothing to recommend), a read error 503.
+    async fn read_default(
+        &self,
+        model: &LoadedModel,
+        spec: &ModelSpec,
+        user: &str,
+    ) -> Result<(RankedList, Tier), ServeError> {
+        match self.cache.list(&spec.location, model, user, None).await {
+            Ok((list, tier)) => Ok((list.unwrap_or_else(|| Arc::from(Vec::new())), tier)),
             Err(e) => Err(ServeError::ModelUnavailable {
                 model: spec.location.clone(),
                 reason: e.to_string(),

@@ -1,13 +1,16 @@
 //! recgw: an A/B testing gateway for recommendations.
 //!
 //! The binary is a thin shell over this library; its modules are the architecture:
-//! [`experiment`] decides who sees what, [`store`] reads model outputs, [`gateway`] answers a
-//! recommendation request from both, and [`api`] puts it on HTTP.
+//! [`experiment`] decides who sees what, [`store`] reads model outputs, [`cache`] keeps lists
+//! close, [`gateway`] answers a recommendation request from all three, [`api`] puts it on
+//! HTTP, [`metrics`] counts what happens, [`server`] and [`cli`] start it.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod experiment;
 pub mod gateway;
+pub mod metrics;
 pub mod server;
 pub mod store;

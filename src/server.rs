@@ -10,9 +10,11 @@ use std::time::Duration;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::api;
+use crate::cache::{CacheError, TieredCache};
 use crate::config::Settings;
 use crate::experiment::{Catalog, Problems};
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::store::{ModelRegistry, StoreError};
 
 /// In-flight requests get this long to finish after a shutdown signal.
@@ -27,6 +29,9 @@ pub enum StartError {
     /// `models.root` is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `cache.redis_url` cannot be parsed.
+    #[error("invalid cache.redis_url: {0}")]
+    Redis(#[from] CacheError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -48,14 +53,22 @@ pub struct Server {
     local_addr: SocketAddr,
     /// How often models are polled.
     refresh_interval: Duration,
+    /// How often cache generations are re-read, for replicas that missed an invalidation.
+    sync_interval: Duration,
+    /// What `/metrics` exports.
+    metrics: Metrics,
 }
 
 impl Server {
     /// Loads the experiments, creates the model slots and binds `server.listen`.
     pub async fn bind(settings: &Settings) -> Result<Server, StartError> {
         let catalog = Catalog::load_dir(&settings.experiments.dir)?;
-        let models = Arc::new(ModelRegistry::new(&settings.models.root, catalog.models())?);
-        let gateway = Arc::new(Gateway::new(catalog, models));
+        let metrics = Metrics::new();
+        let models = catalog.models();
+        let locations = models.iter().map(|m| m.location.clone());
+        let cache = Arc::new(TieredCache::new(&settings.cache, locations, metrics.clone())?);
+        let models = Arc::new(ModelRegistry::new(&settings.models.root, models, metrics.clone())?);
+        let gateway = Arc::new(Gateway::new(catalog, models, cache));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
@@ -71,6 +84,8 @@ impl Server {
             acceptor,
             local_addr,
             refresh_interval: settings.models.refresh_interval,
+            sync_interval: settings.experiments.reload_interval,
+            metrics,
         })
     }
 
@@ -86,12 +101,13 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let pollers = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
+        let mut tasks = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
+        tasks.extend(self.gateway.cache().spawn_sync(self.sync_interval));
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::app(self.gateway), shutdown, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(api::app(self.gateway, self.metrics), shutdown, Some(SHUTDOWN_GRACE))
             .await;
-        pollers.iter().for_each(|poller| poller.abort());
+        tasks.iter().for_each(|task| task.abort());
         result
     }
 }

@@ -25,7 +25,12 @@ fn columns(user: &str, items: &str, item: &str, score: &str) -> ColumnNames {
 }
 
 fn registry(root: &Path, specs: &[ModelSpec]) -> ModelRegistry {
-    ModelRegistry::new(root.to_str().expect("utf-8 temp path"), specs.iter().cloned()).expect("registry")
+    ModelRegistry::new(
+        root.to_str().expect("utf-8 temp path"),
+        specs.iter().cloned(),
+        recgw::metrics::Metrics::new(),
+    )
+    .expect("registry")
 }
 
 fn status_of(registry: &ModelRegistry, location: &str) -> ModelStatus {

@@ -44,6 +44,9 @@ struct ReadyBody {
     experiments_digest: String,
     /// Every referenced model.
     models: Vec<ModelBody>,
+    /// The Redis tier: `up`, `down` (requests go on to the store) or `off` (not configured).
+    /// Reported, never required.
+    redis: String,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -84,6 +87,12 @@ impl HealthApi {
                     error: m.error,
                 })
                 .collect(),
+            redis: match gateway.cache().redis_up() {
+                None => "off",
+                Some(true) => "up",
+                Some(false) => "down",
+            }
+            .to_string(),
         };
         if body.ready {
             ReadyResponse::Ready(Json(body))

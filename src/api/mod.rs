@@ -1,9 +1,11 @@
 //! The HTTP API (DESIGN.md §5): one endpoint group per file, described with poem-openapi so
 //! `/docs`, `/openapi.json` and the committed `openapi.yaml` come from the code itself.
 
+mod admin;
 mod error;
 mod experiments;
 mod health;
+mod metrics;
 mod recommendations;
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use poem_openapi::{OpenApiService, Tags};
 pub use error::{ApiError, ErrorBody};
 
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 
 /// Groups in the generated documentation.
 #[derive(Tags)]
@@ -22,14 +25,18 @@ enum ApiTags {
     Recommendations,
     /// What product teams and QA inspect.
     Experiments,
-    /// What load balancers probe.
+    /// What load balancers and Prometheus probe.
     Health,
+    /// What operators call.
+    Admin,
 }
 
 type Apis = (
     recommendations::RecommendationsApi,
     experiments::ExperimentsApi,
     health::HealthApi,
+    metrics::MetricsApi,
+    admin::AdminApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -38,6 +45,8 @@ fn service() -> OpenApiService<Apis, ()> {
             recommendations::RecommendationsApi,
             experiments::ExperimentsApi,
             health::HealthApi,
+            metrics::MetricsApi,
+            admin::AdminApi,
         ),
         "recgw",
         env!("CARGO_PKG_VERSION"),
@@ -52,8 +61,8 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// The whole HTTP application over `gateway`.
-pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
+/// The whole HTTP application over `gateway`, exporting `metrics`.
+pub fn app(gateway: Arc<Gateway>, metrics: Metrics) -> impl Endpoint {
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
@@ -62,5 +71,6 @@ pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(gateway)
+        .data(metrics)
         .catch_all_error(error::json_errors)
 }

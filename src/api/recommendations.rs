@@ -30,6 +30,10 @@ struct ItemBody {
 #[derive(Debug, Enum)]
 #[oai(rename_all = "lowercase")]
 enum SourceBody {
+    /// This replica's in-process cache.
+    Local,
+    /// The shared Redis cache.
+    Redis,
     /// The model store.
     Store,
     /// The placement default, because the arm's model could not answer for this user.
@@ -145,6 +149,8 @@ impl RecommendationsApi {
             offset: *offset,
             limit: *limit,
             source: match served.source {
+                Source::Local => SourceBody::Local,
+                Source::Redis => SourceBody::Redis,
                 Source::Store => SourceBody::Store,
                 Source::Fallback => SourceBody::Fallback,
             },

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use super::layout::committed;
 use super::location::Locator;
 use super::{LoadedModel, ModelSpec, StoreError};
+use crate::metrics::Metrics;
 
 /// A marker check slower than this is reported as a failure (an unreachable name node makes
 /// the HDFS client retry for minutes), and tried again at the next interval.
@@ -55,11 +56,13 @@ pub struct ModelRegistry {
     locator: Locator,
     /// One slot per distinct model spec.
     slots: HashMap<ModelSpec, Arc<Slot>>,
+    /// Where load failures are counted.
+    metrics: Metrics,
 }
 
 impl ModelRegistry {
     /// Creates empty slots for `models`; nothing is read until [`ModelRegistry::refresh`].
-    pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>) -> Result<Self, StoreError> {
+    pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>, metrics: Metrics) -> Result<Self, StoreError> {
         let slots = models
             .into_iter()
             .map(|spec| {
@@ -75,6 +78,7 @@ impl ModelRegistry {
         Ok(ModelRegistry {
             locator: Locator::new(root)?,
             slots,
+            metrics,
         })
     }
 
@@ -204,6 +208,7 @@ impl ModelRegistry {
             }
             Err(e) => {
                 tracing::error!(model = %spec.location, version = %version, error = %e, "model version failed to load; the previous one keeps serving");
+                self.metrics.model_load_failed(&spec.location);
                 record(Some(format!("version {version} failed to load: {e}")), Some(version));
             }
         }

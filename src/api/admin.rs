@@ -1,0 +1,108 @@
+//! Operator routes. `POST /admin/cache/invalidate` drops cached lists on every replica, e.g.
+//! after a model was re-scored in place or a bad list was served.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::ApiTags;
+use super::error::ApiError;
+use crate::gateway::Gateway;
+
+/// The admin endpoints.
+pub(crate) struct AdminApi;
+
+/// What to invalidate: a model, every model of an experiment, or one arm's model.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+struct InvalidateRequest {
+    /// A model location as experiments name it (e.g. `als-v2`).
+    model: Option<String>,
+    /// An experiment id: every model its arms serve.
+    experiment: Option<String>,
+    /// With `experiment`: only this arm's model.
+    arm: Option<String>,
+}
+
+/// One invalidated model.
+#[derive(Debug, Object)]
+struct InvalidatedModel {
+    /// The model location.
+    model: String,
+    /// Its new cache generation (part of every cache key).
+    generation: u64,
+    /// Whether every replica was told through Redis; `false` without Redis or when Redis did
+    /// not answer, in which case only this replica dropped its entries.
+    propagated: bool,
+}
+
+/// The result of an invalidation.
+#[derive(Debug, Object)]
+struct InvalidateResponse {
+    /// The models whose cached lists are gone.
+    models: Vec<InvalidatedModel>,
+}
+
+#[OpenApi(tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Drops cached lists of a model, an experiment's models or one arm's model, on every
+    /// replica. Cached lists are keyed by model, so other experiments serving the same model
+    /// are refreshed too.
+    #[oai(path = "/admin/cache/invalidate", method = "post")]
+    async fn invalidate(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        body: Json<InvalidateRequest>,
+    ) -> Result<Json<InvalidateResponse>, ApiError> {
+        let catalog = gateway.catalog();
+        let models: Vec<String> = match (&body.model, &body.experiment, &body.arm) {
+            (Some(model), None, None) => {
+                if !catalog.models().iter().any(|m| &m.location == model) {
+                    return Err(ApiError::not_found(
+                        "unknown_model",
+                        format!("no experiment or placement serves {model:?}"),
+                    ));
+                }
+                vec![model.clone()]
+            }
+            (None, Some(id), arm) => {
+                let experiment = catalog.experiment(id).ok_or_else(|| {
+                    ApiError::not_found("unknown_experiment", format!("no experiment {id:?} is loaded"))
+                })?;
+                let arms: Vec<_> = experiment
+                    .arms
+                    .iter()
+                    .filter(|a| arm.as_ref().is_none_or(|n| &a.name == n))
+                    .collect();
+                if arms.is_empty() {
+                    return Err(ApiError::not_found(
+                        "unknown_arm",
+                        format!("experiment {id:?} has no arm {arm:?}"),
+                    ));
+                }
+                let mut models: Vec<String> = arms.iter().map(|a| a.model.location.clone()).collect();
+                models.sort();
+                models.dedup();
+                models
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_target",
+                    "name either `model`, or `experiment` (optionally with `arm`)",
+                ));
+            }
+        };
+        let mut invalidated = Vec::with_capacity(models.len());
+        for model in models {
+            let (generation, propagated) = gateway.cache().invalidate(&model).await;
+            invalidated.push(InvalidatedModel {
+                model,
+                generation,
+                propagated,
+            });
+        }
+        Ok(Json(InvalidateResponse { models: invalidated }))
+    }
+}

@@ -1,0 +1,329 @@
+//! Two cache tiers in front of the model store (DESIGN.md §6): an in-process W-TinyLFU tier
+//! (moka) and Redis, both holding a user's whole ranked list under
+//! `recgw:{model}:{version}:{generation}:{user}`. Pages and filters are cut after the cache.
+//!
+//! A new model version changes the key, so nothing stale is served after a swap; an
+//! invalidation bumps the model's generation (in Redis, published to every replica), which
+//! changes the key too. Concurrent misses for one key are coalesced into one read.
+
+mod codec;
+mod redis;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use moka::Expiry;
+use moka::future::Cache as Moka;
+
+use self::redis::RedisTier;
+use crate::config::CacheSettings;
+use crate::metrics::Metrics;
+use crate::store::{LoadedModel, RankedList, StoreError};
+
+/// The channel invalidations are published on; payload `"{generation} {model}"`.
+const CHANNEL: &str = "recgw:invalidate";
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This process's memory.
+    Local,
+    /// Redis.
+    Redis,
+    /// The model's Parquet files.
+    Store,
+}
+
+/// A cached lookup result: the list (or its absence) and how long to keep it locally.
+#[derive(Debug, Clone)]
+struct Cached {
+    /// `None` when the model has no list for the user (cached so cold users skip the store).
+    list: Option<RankedList>,
+    /// Jittered lifetime of this entry.
+    ttl: Duration,
+    /// Where it was read from, reported to requests that waited for the same read.
+    origin: Tier,
+}
+
+/// Gives each local entry its own jittered TTL.
+struct PerEntryTtl;
+
+impl Expiry<String, Cached> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Cached, _created_at: std::time::Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Per-model invalidation generations; the set of models is fixed by the catalog.
+#[derive(Debug, Default)]
+struct Generations(HashMap<String, AtomicU64>);
+
+impl Generations {
+    fn get(&self, model: &str) -> u64 {
+        self.0.get(model).map_or(0, |g| g.load(Ordering::Relaxed))
+    }
+
+    /// Raises `model`'s generation to `generation`; true when it moved.
+    fn raise(&self, model: &str, generation: u64) -> bool {
+        self.0
+            .get(model)
+            .is_some_and(|g| g.fetch_max(generation, Ordering::Relaxed) < generation)
+    }
+}
+
+/// Both tiers, the generations and the counters.
+#[derive(Debug)]
+pub struct TieredCache {
+    /// The in-process tier (also the coalescer of concurrent misses).
+    local: Moka<String, Cached>,
+    /// Whether `local` is used for hits (`cache.local_capacity > 0`).
+    local_enabled: bool,
+    /// The Redis tier, when configured.
+    redis: Option<Arc<RedisTier>>,
+    /// Invalidation generation per model location.
+    generations: Generations,
+    /// `cache.ttl`.
+    default_ttl: Duration,
+    /// Counters and histograms.
+    metrics: Metrics,
+    /// Randomness for TTL jitter.
+    jitter: RandomState,
+}
+
+/// Why a Redis tier could not be set up.
+pub type CacheError = ::redis::RedisError;
+
+impl TieredCache {
+    /// Builds the tiers for `models` (locations); Redis is not contacted yet.
+    pub fn new(
+        config: &CacheSettings,
+        models: impl IntoIterator<Item = String>,
+        metrics: Metrics,
+    ) -> Result<Self, CacheError> {
+        let local_enabled = config.local_capacity > 0;
+        let local = Moka::builder()
+            .max_capacity(config.local_capacity)
+            .expire_after(PerEntryTtl)
+            .support_invalidation_closures()
+            .build();
+        let redis = match config.redis_url.trim() {
+            "" => None,
+            url => Some(RedisTier::new(url, config.redis_timeout, metrics.clone())?),
+        };
+        Ok(TieredCache {
+            local,
+            local_enabled,
+            redis,
+            generations: Generations(models.into_iter().map(|m| (m, AtomicU64::new(0))).collect()),
+            default_ttl: config.ttl,
+            metrics,
+            jitter: RandomState::new(),
+        })
+    }
+
+    /// `recgw:{model}:{version}:{generation}:{user}`. No `{…}` hash tags: in a cluster the keys
+    /// of one model spread over every node.
+    fn key(&self, model: &str, version: &str, user: &str) -> String {
+        format!("recgw:{model}:{version}:{}:{user}", self.generations.get(model))
+    }
+
+    /// `ttl` ±10%, so lists loaded together do not expire together.
+    fn jittered(&self, ttl: Duration) -> Duration {
+        let unit = (self.jitter.hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64;
+        ttl.mul_f64(0.9 + 0.2 * unit)
+    }
+
+    /// The list of `user` in `model` (a loaded version of the model at `location`), from the
+    /// nearest tier that has it; `ttl` overrides `cache.ttl` (an arm's `cache_ttl`).
+    pub async fn list(
+        &self,
+        location: &str,
+        model: &LoadedModel,
+        user: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Option<RankedList>, Tier), Arc<StoreError>> {
+        let key = self.key(location, model.version(), user);
+        if self.local_enabled {
+            if let Some(hit) = self.local.get(&key).await {
+                self.metrics.cache.local_hit.inc();
+                return Ok((hit.list, Tier::Local));
+            }
+            self.metrics.cache.local_miss.inc();
+        }
+        let ttl = self.jittered(ttl.unwrap_or(self.default_ttl));
+        let entry = self
+            .local
+            .entry(key.clone())
+            .or_try_insert_with(self.load(key, location, model, user, ttl))
+            .await?;
+        let cached = entry.into_value();
+        Ok((cached.list, cached.origin))
+    }
+
+    /// The miss path: Redis, then the store (whose result is written back to Redis without
+    /// delaying the response).
+    async fn load(
+        &self,
+        key: String,
+        location: &str,
+        model: &LoadedModel,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<Cached, StoreError> {
+        // Locally a disabled tier keeps entries for no time: they only serve the coalescing.
+        let local_ttl = if self.local_enabled { ttl } else { Duration::ZERO };
+        if let Some(redis) = &self.redis {
+            match redis.query::<Option<Vec<u8>>>(::redis::cmd("GET").arg(&key)).await {
+                Some(Some(bytes)) => match codec::decode(&bytes) {
+                    Some(list) => {
+                        self.metrics.cache.redis_hit.inc();
+                        return Ok(Cached {
+                            list,
+                            ttl: local_ttl,
+                            origin: Tier::Redis,
+                        });
+                    }
+                    None => self.metrics.cache.redis_error.inc(),
+                },
+                Some(None) => self.metrics.cache.redis_miss.inc(),
+                None => {}
+            }
+        }
+        let timer = self.metrics.store_read(location).start_timer();
+        let list = model.lookup(user).await?;
+        timer.observe_duration();
+        if let Some(redis) = &self.redis {
+            let bytes = codec::encode(list.as_deref());
+            let redis = Arc::clone(redis);
+            let millis = ttl.as_millis().max(1) as u64;
+            tokio::spawn(async move {
+                redis
+                    .query::<()>(::redis::cmd("SET").arg(&key).arg(bytes).arg("PX").arg(millis))
+                    .await;
+            });
+        }
+        Ok(Cached {
+            list,
+            ttl: local_ttl,
+            origin: Tier::Store,
+        })
+    }
+
+    /// Invalidates every cached list of `model` on every replica: bumps its generation in Redis
+    /// and publishes it. Returns the new generation and whether other replicas were told
+    /// (false without Redis, or when Redis did not answer: then only this replica forgets).
+    pub async fn invalidate(&self, model: &str) -> (u64, bool) {
+        if let Some(redis) = &self.redis
+            && let Some(generation) = redis
+                .query::<u64>(::redis::cmd("INCR").arg(generation_key(model)))
+                .await
+        {
+            self.apply(model, generation);
+            let published = redis
+                .query::<i64>(
+                    ::redis::cmd("PUBLISH")
+                        .arg(CHANNEL)
+                        .arg(format!("{generation} {model}")),
+                )
+                .await
+                .is_some();
+            return (generation, published);
+        }
+        let generation = self.generations.get(model) + 1;
+        self.apply(model, generation);
+        (generation, false)
+    }
+
+    /// Adopts a generation and drops the model's local entries, now unreachable.
+    fn apply(&self, model: &str, generation: u64) {
+        if self.generations.raise(model, generation) {
+            let prefix = format!("recgw:{model}:");
+            if let Err(e) = self.local.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
+                tracing::warn!(error = %e, "cannot drop local entries; they expire by TTL");
+            }
+            tracing::info!(model, generation, "cache generation changed");
+        }
+    }
+
+    /// Redis tier state for `/ready`: `None` when no Redis is configured.
+    pub fn redis_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_up())
+    }
+
+    /// Starts the replica side of invalidation: a subscriber applying published generations,
+    /// and a poll every `interval` that catches up on messages missed while disconnected.
+    pub fn spawn_sync(self: &Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(redis) = &self.redis else {
+            return Vec::new();
+        };
+        let poller = {
+            let cache = Arc::clone(self);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                loop {
+                    ticker.tick().await;
+                    cache.poll_generations().await;
+                }
+            })
+        };
+        let subscriber = tokio::spawn(subscribe(Arc::clone(self), redis.nodes().to_vec()));
+        vec![poller, subscriber]
+    }
+
+    async fn poll_generations(&self) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        // One GET per model rather than MGET: in a cluster the keys live on different slots.
+        for model in self.generations.0.keys() {
+            if let Some(Some(generation)) = redis
+                .query::<Option<u64>>(::redis::cmd("GET").arg(generation_key(model)))
+                .await
+            {
+                self.apply(model, generation);
+            }
+        }
+    }
+}
+
+fn generation_key(model: &str) -> String {
+    format!("recgw:generation:{model}")
+}
+
+/// Listens on the invalidation channel, reconnecting (to the next node, in a cluster) with
+/// backoff; every (re)connection first catches up by polling.
+async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<String>) {
+    let mut backoff = Duration::from_millis(100);
+    for node in nodes.iter().cycle() {
+        let connected = async {
+            let mut pubsub = ::redis::Client::open(node.as_str())?.get_async_pubsub().await?;
+            pubsub.subscribe(CHANNEL).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        match connected.await {
+            Ok(mut pubsub) => {
+                backoff = Duration::from_millis(100);
+                cache.poll_generations().await;
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    match payload
+                        .split_once(' ')
+                        .and_then(|(g, m)| Some((g.parse::<u64>().ok()?, m)))
+                    {
+                        Some((generation, model)) => cache.apply(model, generation),
+                        None => tracing::warn!(payload, "ignoring malformed invalidation message"),
+                    }
+                }
+                tracing::warn!(node, "invalidation subscription lost; reconnecting");
+            }
+            Err(e) => tracing::debug!(node, error = %e, "cannot subscribe to invalidations yet"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
