@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Settings;
 use crate::experiment::{Catalog, diff, is_valid_user_id};
 use crate::server::Server;
-use crate::store::{GenFormat, GenOptions, generate};
+use crate::store::{GenOptions, generate};
 
 /// A/B testing gateway for recommendations.
 #[derive(Debug, Parser)]
@@ -42,32 +42,7 @@ enum Command {
         user_id: String,
     },
     /// Write deterministic model outputs in Spark's layout.
-    GenModels {
-        /// Model folder to (re)create.
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of users (ids 0..N).
-        #[arg(long, default_value_t = 2_000)]
-        users: u32,
-        /// Number of distinct items.
-        #[arg(long, default_value_t = 500)]
-        items: u32,
-        /// Recommendations per user.
-        #[arg(long, default_value_t = 20)]
-        k: u32,
-        /// Seed; the same seed writes the same bytes.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Schema to write.
-        #[arg(long, value_enum, default_value_t = GenFormat::Nested)]
-        format: GenFormat,
-        /// Part files, like a Spark job's output partitions.
-        #[arg(long, default_value_t = 2)]
-        partitions: u32,
-        /// Rows per Parquet row group.
-        #[arg(long, default_value_t = 65_536)]
-        row_group_rows: usize,
-    },
+    GenModels(GenOptions),
     /// Print the OpenAPI document (YAML).
     Openapi,
 }
@@ -86,34 +61,13 @@ pub fn main() -> ExitCode {
             validate(dir.as_deref().unwrap_or(&settings.experiments.dir), against.as_deref())
         }
         Command::Assign { experiment, user_id } => assign(&settings.experiments.dir, &experiment, &user_id),
-        Command::GenModels {
-            out,
-            users,
-            items,
-            k,
-            seed,
-            format,
-            partitions,
-            row_group_rows,
-        } => {
-            let opts = GenOptions {
-                out,
-                users,
-                items,
-                k,
-                seed,
-                format,
-                partitions,
-                row_group_rows,
-            };
-            match generate(&opts) {
-                Ok(()) => {
-                    println!("wrote {} ({format:?}, seed {seed})", opts.out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
+        Command::GenModels(opts) => match generate(&opts) {
+            Ok(()) => {
+                println!("wrote {} ({:?}, seed {})", opts.out.display(), opts.format, opts.seed);
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(e),
+        },
         Command::Openapi => {
             print!("{}", crate::api::spec_yaml());
             ExitCode::SUCCESS

@@ -14,7 +14,7 @@ use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 /// Shared state of a running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    /// The experiment set in force; swapped whole on reload so a request sees one version.
+    /// The experiment set in force; each request reads one snapshot of it.
     catalog: ArcSwap<Catalog>,
     /// Loaded model versions.
     models: Arc<ModelRegistry>,

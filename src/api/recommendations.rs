@@ -20,8 +20,8 @@ pub(crate) struct RecommendationsApi;
 struct ItemBody {
     /// Item id, always a string whatever its type in the model.
     item_id: String,
-    /// Model score.
-    score: f32,
+    /// Model score (a 32-bit float, printed at its shortest exact decimal).
+    score: f64,
     /// 1-based rank in the model's list (kept through filters).
     rank: u32,
 }
@@ -112,6 +112,12 @@ impl RecommendationsApi {
                 "user_id must be 1-128 characters from [A-Za-z0-9._:@-]",
             ));
         }
+        if min_score.is_some_and(|m| !m.is_finite()) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "min_score must be a finite number",
+            ));
+        }
         let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
             ServeError::UnknownPlacement(_) => ApiError::not_found("unknown_placement", e.to_string()),
             ServeError::ModelUnavailable { .. } => ApiError::unavailable("model_unavailable", e.to_string()),
@@ -133,7 +139,7 @@ impl RecommendationsApi {
                 .iter()
                 .map(|item| ItemBody {
                     item_id: item.id.to_string(),
-                    score: item.score,
+                    score: shortest(item.score),
                     rank: item.rank,
                 })
                 .collect(),
@@ -156,4 +162,10 @@ impl RecommendationsApi {
             },
         }))
     }
+}
+
+/// The `f64` whose shortest decimal is the `f32`'s (`4.366`, not `4.365995407104492`): JSON
+/// numbers are doubles, and widening an `f32` exposes binary noise to clients.
+fn shortest(score: f32) -> f64 {
+    ryu::Buffer::new().format(score).parse().unwrap_or(f64::from(score))
 }

@@ -28,24 +28,32 @@ pub enum GenFormat {
     Global,
 }
 
-/// What to generate.
-#[derive(Debug, Clone)]
+/// What to generate (also the arguments of `recgw gen-models`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenOptions {
     /// The model folder to (re)create.
+    #[arg(long)]
     pub out: PathBuf,
     /// Users `0..users` (ignored by `global`, which is one list in one part file).
+    #[arg(long, default_value_t = 2_000)]
     pub users: u32,
     /// Item ids are drawn from `0..items`.
+    #[arg(long, default_value_t = 500)]
     pub items: u32,
     /// Recommendations per user (list length of `global`).
+    #[arg(long, default_value_t = 20)]
     pub k: u32,
     /// Seed: equal seeds give byte-identical output.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Schema to write.
+    #[arg(long, value_enum, default_value_t = GenFormat::Nested)]
     pub format: GenFormat,
     /// Number of part files, like a Spark job's output partitions.
+    #[arg(long, default_value_t = 2)]
     pub partitions: u32,
     /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 65_536)]
     pub row_group_rows: usize,
 }
 

@@ -1,0 +1,16 @@
+-- wrk script: GET /recommendations/{user} for users drawn uniformly from [0, USERS).
+-- USERS bounds the set (a small set stays hot in the caches); PLACEMENT names the placement.
+local users = tonumber(os.getenv("USERS") or "1000")
+local placement = os.getenv("PLACEMENT") or "bench"
+
+function setup(thread)
+  thread:set("seed", math.random(1, 2^31 - 1))
+end
+
+function init(args)
+  math.randomseed(seed or os.time())
+end
+
+function request()
+  return wrk.format("GET", "/recommendations/" .. math.random(0, users - 1) .. "?placement=" .. placement)
+end

@@ -1,0 +1,207 @@
+//! Tracking tokens: every recommendation response carries one, and `POST /events` credits an
+//! impression or click to the arm named inside it — not to the user's arm at click time, which
+//! may have changed since. The token is the HMAC-SHA256-signed claim, so a client cannot
+//! credit an arm it was not served.
+//!
+//! Format: `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// What a token asserts: who was served what, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Placement of the request (a metric label).
+    #[serde(rename = "p")]
+    pub placement: String,
+    /// Covering experiment, `None` on the placement default.
+    #[serde(rename = "e")]
+    pub experiment: Option<String>,
+    /// Arm served (`default` when uncovered).
+    #[serde(rename = "a")]
+    pub arm: String,
+    /// Model version that produced the list.
+    #[serde(rename = "v")]
+    pub model_version: String,
+    /// The user.
+    #[serde(rename = "u")]
+    pub user: String,
+    /// Unix seconds at signing.
+    #[serde(rename = "t")]
+    pub issued_at: u64,
+    /// A QA override: events are accepted but not counted for the arm.
+    #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+/// Why a token was refused; the name is the reason `POST /events` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not two base64url parts, or claims that do not parse.
+    #[error("malformed_token")]
+    Malformed,
+    /// The signature does not match (forged, tampered, or signed with another secret).
+    #[error("bad_signature")]
+    BadSignature,
+    /// Older than `tracking.token_max_age`.
+    #[error("expired_token")]
+    Expired,
+}
+
+/// Signs and verifies tokens with one secret.
+#[derive(Clone)]
+pub struct Signer {
+    /// The keyed MAC, cloned per use so the key schedule runs once.
+    mac: Hmac<Sha256>,
+    /// Tokens older than this are refused.
+    max_age: Duration,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unix seconds of `t` (0 before the epoch, which only a broken clock produces).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Signer {
+    /// A signer over `secret`; an empty secret draws a random one, so tokens from this process
+    /// verify only here (set `tracking.secret` when replicas share traffic).
+    pub fn new(secret: &str, max_age: Duration) -> Self {
+        let mut random = [0u8; 32];
+        let key: &[u8] = if secret.is_empty() {
+            if let Err(e) = getrandom::fill(&mut random) {
+                // Without OS randomness the time is the best seed left; tokens still verify
+                // within this process, which is all a random key promises.
+                tracing::error!(error = %e, "no OS randomness for the tracking secret");
+                random[..16].copy_from_slice(
+                    &SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                        .to_le_bytes(),
+                );
+            }
+            &random
+        } else {
+            secret.as_bytes()
+        };
+        let mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Signer { mac, max_age }
+    }
+
+    /// The token for `claims`.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let mut mac = self.mac.clone();
+        mac.update(&payload);
+        let tag = mac.finalize().into_bytes();
+        let mut token = String::with_capacity((payload.len() + tag.len()) * 4 / 3 + 4);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut token);
+        token
+    }
+
+    /// The claims of a token this secret signed and that is not older than the maximum age.
+    /// The signature is compared in constant time.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+        let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac.clone();
+        mac.update(&payload);
+        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        if unix_seconds(now).saturating_sub(claims.issued_at) > self.max_age.as_secs() {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(issued_at: u64) -> Claims {
+        Claims {
+            placement: "home".into(),
+            experiment: Some("home-als-rank".into()),
+            arm: "treatment".into(),
+            model_version: "als-v2@1a-2b-3c".into(),
+            user: "42".into(),
+            issued_at,
+            forced: false,
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn round_trips_and_rejects_tampering() {
+        let signer = Signer::new("s3cret", DAY);
+        let token = signer.sign(&claims(1_000));
+        assert!(!token.contains(['+', '/', '=']), "URL-safe: {token}");
+        assert_eq!(signer.verify(&token, at(1_000)), Ok(claims(1_000)));
+
+        let (payload, tag) = token.split_once('.').expect("two parts");
+        let mut forged = claims(1_000);
+        forged.arm = "control".into();
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).expect("json"));
+        assert_eq!(
+            signer.verify(&format!("{forged_payload}.{tag}"), at(1_000)),
+            Err(TokenError::BadSignature)
+        );
+        let mut flipped = URL_SAFE_NO_PAD.decode(tag).expect("b64");
+        flipped[0] ^= 1;
+        let flipped = URL_SAFE_NO_PAD.encode(flipped);
+        assert_eq!(
+            signer.verify(&format!("{payload}.{flipped}"), at(1_000)),
+            Err(TokenError::BadSignature)
+        );
+
+        assert_eq!(
+            Signer::new("other", DAY).verify(&token, at(1_000)),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            Signer::new("", DAY).verify(&token, at(1_000)),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn rejects_expired_and_malformed_tokens() {
+        let signer = Signer::new("s3cret", DAY);
+        let token = signer.sign(&claims(1_000));
+        assert_eq!(signer.verify(&token, at(1_000 + 86_400)), Ok(claims(1_000)));
+        assert_eq!(signer.verify(&token, at(1_000 + 86_401)), Err(TokenError::Expired));
+        for bad in ["", "abc", "a.b.c", "!!!.???", &token.replace('.', "")] {
+            assert_eq!(signer.verify(bad, at(1_000)), Err(TokenError::Malformed), "{bad:?}");
+        }
+        // A validly signed payload that is not claims is malformed, not trusted.
+        let mut mac = signer.mac.clone();
+        mac.update(b"[1,2]");
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        assert_eq!(
+            signer.verify(&format!("{}.{tag}", URL_SAFE_NO_PAD.encode(b"[1,2]")), at(0)),
+            Err(TokenError::Malformed)
+        );
+    }
+}

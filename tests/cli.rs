@@ -1,0 +1,413 @@
+//! The `recgw` binary (DESIGN.md §2): every subcommand run as a user would, with
+//! `std::process::Command`, checking exit codes and what it prints.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int32Type};
+use common::spark::hadoop_crc;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use recgw::experiment::Catalog;
+use tempfile::TempDir;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `recgw ARGS` in the repository, with no `RECGW__*` variables from the caller's environment
+/// and quiet logs.
+fn recgw(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
+    command.args(args).current_dir(repo()).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("RECGW__") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs `command`, returning exit success, stdout and stderr.
+fn run(command: &mut Command) -> (bool, String, String) {
+    let Output { status, stdout, stderr } = command.output().expect("run recgw");
+    (
+        status.success(),
+        String::from_utf8(stdout).expect("utf-8 stdout"),
+        String::from_utf8(stderr).expect("utf-8 stderr"),
+    )
+}
+
+/// A copy of the repository's `experiments/` folder.
+fn copy_of_experiments() -> TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in fs::read_dir(repo().join("experiments")).expect("experiments folder") {
+        let path = entry.expect("entry").path();
+        fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy");
+    }
+    dir
+}
+
+/// Replaces exactly one occurrence of `from` in `dir/file`.
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = fs::read_to_string(&path).expect("read");
+    assert_eq!(text.matches(from).count(), 1, "{from:?} once in {file}");
+    fs::write(&path, text.replacen(from, to, 1)).expect("write");
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn validate_accepts_the_bundled_experiments() {
+    let (ok, stdout, stderr) = run(&mut recgw(&["validate", "experiments"]));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("ok, 2 placement(s), 1 experiment(s)"), "{stdout}");
+    // Without DIR it checks `experiments.dir`, the same folder by default.
+    let (ok, default_stdout, stderr) = run(&mut recgw(&["validate"]));
+    assert!(ok, "{stderr}");
+    let digest = Catalog::load_dir(&repo().join("experiments"))
+        .expect("valid")
+        .digest()
+        .to_string();
+    assert!(
+        stdout.contains(&digest) && default_stdout.contains(&digest),
+        "{stdout}\n{default_stdout}"
+    );
+}
+
+#[test]
+fn validate_names_file_and_field_of_a_broken_folder() {
+    let dir = copy_of_experiments();
+    edit(
+        dir.path(),
+        "home-als-rank.toml",
+        "cache_ttl = \"30m\"",
+        "cache_ttl = \"soon\"",
+    );
+    let (ok, stdout, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+    assert!(!ok, "a broken folder must fail\nstdout: {stdout}\nstderr: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("home-als-rank.toml"))
+        .unwrap_or_else(|| panic!("no line names the file: {stderr}"));
+    assert!(line.contains("arms[1].cache_ttl") && line.contains("soon"), "{line}");
+    assert!(stderr.contains("1 problem(s)"), "{stderr}");
+
+    // An unknown key: file, line and key.
+    let dir = copy_of_experiments();
+    edit(
+        dir.path(),
+        "home-als-rank.toml",
+        "status = \"running\"\n",
+        "status = \"running\"\ncolour = \"red\"\n",
+    );
+    let text = fs::read_to_string(dir.path().join("home-als-rank.toml")).expect("read");
+    let line_no = text.lines().position(|l| l.starts_with("colour")).expect("edited") + 1;
+    let (ok, _, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains(&format!("home-als-rank.toml:{line_no}")), "{stderr}");
+    assert!(stderr.contains("colour"), "{stderr}");
+}
+
+#[test]
+fn validate_against_reports_the_basis_points_that_change_arm() {
+    // OLD: the slice [0, 50) split 50/50; NEW: the same slice split 40/60.
+    let old = copy_of_experiments();
+    edit(
+        old.path(),
+        "home-als-rank.toml",
+        "traffic = [0.0, 100.0]",
+        "traffic = [0.0, 50.0]",
+    );
+    let new = copy_of_experiments();
+    edit(
+        new.path(),
+        "home-als-rank.toml",
+        "traffic = [0.0, 100.0]",
+        "traffic = [0.0, 50.0]",
+    );
+    edit(
+        new.path(),
+        "home-als-rank.toml",
+        "weight = 50.0\nmodel = \"als-v1\"",
+        "weight = 40.0\nmodel = \"als-v1\"",
+    );
+    edit(
+        new.path(),
+        "home-als-rank.toml",
+        "weight = 50.0\nmodel = \"als-v2\"",
+        "weight = 60.0\nmodel = \"als-v2\"",
+    );
+
+    // Same salt, same slice: arm buckets [4000, 5000) move from control to treatment, i.e. a
+    // tenth of the arm buckets, in a slice holding half the placement.
+    let slice_bp = 5_000.0;
+    let moved_arm_buckets = 5_000.0 - 4_000.0;
+    let expected = slice_bp * moved_arm_buckets / 10_000.0;
+    assert_eq!(expected, 500.0);
+
+    let (ok, stdout, stderr) = run(&mut recgw(&[
+        "validate",
+        path_str(new.path()),
+        "--against",
+        path_str(old.path()),
+    ]));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("home-als-rank "))
+        .unwrap_or_else(|| panic!("no line for the experiment: {stdout}"));
+    assert!(line.contains(&format!("{expected:.1} bp")), "{line}");
+    assert!(line.contains("5.00% of placement users"), "{line}");
+    assert!(
+        !line.contains("expected:"),
+        "same salt: an exact count, not an expectation: {line}"
+    );
+
+    // Unchanged folders move nobody.
+    let (ok, stdout, _) = run(&mut recgw(&[
+        "validate",
+        path_str(old.path()),
+        "--against",
+        path_str(old.path()),
+    ]));
+    assert!(ok);
+    let line = stdout.lines().find(|l| l.starts_with("home-als-rank ")).expect("line");
+    assert!(line.contains(" 0.0 bp"), "{line}");
+}
+
+/// The `arm` line of `recgw assign` output.
+fn assigned_arm(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("arm "))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no arm line: {stdout}"))
+}
+
+#[test]
+fn assign_prints_the_arm_the_gateway_serves() {
+    let catalog = Catalog::load_dir(&repo().join("experiments")).expect("valid");
+    for user in ["42", "1", "7", "user-7f3a"] {
+        let x = catalog
+            .explain("home-als-rank", user, SystemTime::now())
+            .expect("experiment");
+        assert!(x.in_experiment, "the slice is [0, 100)");
+        let (ok, stdout, stderr) = run(&mut recgw(&["assign", "home-als-rank", user]));
+        assert!(ok, "{stderr}");
+        assert_eq!(assigned_arm(&stdout), x.served.arm_name(), "user {user}: {stdout}");
+        assert!(stdout.contains(&format!("arm {}", x.arm_bucket)), "{stdout}");
+        assert!(stdout.contains("forced      false"), "{stdout}");
+    }
+
+    let (ok, stdout, stderr) = run(&mut recgw(&["assign", "home-als-rank", "qa-user-1"]));
+    assert!(ok, "{stderr}");
+    assert_eq!(assigned_arm(&stdout), "treatment");
+    assert!(stdout.contains("forced      true"), "{stdout}");
+
+    // The experiments folder comes from the settings.
+    let moved = copy_of_experiments();
+    edit(
+        moved.path(),
+        "home-als-rank.toml",
+        "\"qa-user-1\" = \"treatment\"",
+        "\"qa-user-1\" = \"control\"",
+    );
+    let (ok, stdout, stderr) = run(recgw(&["assign", "home-als-rank", "qa-user-1"])
+        .current_dir(std::env::temp_dir())
+        .env("RECGW__EXPERIMENTS__DIR", moved.path()));
+    assert!(ok, "{stderr}");
+    assert_eq!(assigned_arm(&stdout), "control", "{stdout}");
+
+    let (ok, _, stderr) = run(&mut recgw(&["assign", "no-such-experiment", "42"]));
+    assert!(!ok);
+    assert!(stderr.contains("no-such-experiment"), "{stderr}");
+    let (ok, _, stderr) = run(&mut recgw(&["assign", "home-als-rank", "a b"]));
+    assert!(!ok);
+    assert!(stderr.contains("not a valid user id"), "{stderr}");
+}
+
+#[test]
+fn openapi_prints_the_committed_spec() {
+    let (ok, stdout, stderr) = run(&mut recgw(&["openapi"]));
+    assert!(ok, "{stderr}");
+    let committed = fs::read_to_string(repo().join("openapi.yaml")).expect("openapi.yaml");
+    if stdout != committed {
+        let line = stdout
+            .lines()
+            .zip(committed.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| stdout.lines().count().min(committed.lines().count()));
+        panic!(
+            "`recgw openapi` differs from openapi.yaml from line {}: printed {:?}, committed {:?}; \
+             regenerate it with `cargo run -- openapi > openapi.yaml`",
+            line + 1,
+            stdout.lines().nth(line),
+            committed.lines().nth(line)
+        );
+    }
+    assert!(stdout.contains("/recommendations/{user_id}"));
+}
+
+/// Every file under `dir` (relative path → bytes), sorted.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            assert!(path.is_file(), "flat layout: {}", path.display());
+            (PathBuf::from(path.file_name().unwrap()), fs::read(&path).expect("read"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn gen_models(out: &Path, seed: &str) {
+    let (ok, stdout, stderr) = run(&mut recgw(&[
+        "gen-models",
+        "--out",
+        path_str(out),
+        "--format",
+        "nested",
+        "--users",
+        "50",
+        "--items",
+        "30",
+        "--k",
+        "5",
+        "--seed",
+        seed,
+    ]));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+}
+
+#[test]
+fn gen_models_is_deterministic_and_writes_spark_layout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    gen_models(&a, "3");
+    gen_models(&b, "3");
+    gen_models(&c, "4");
+    let (first, second) = (files(&a), files(&b));
+    let names: Vec<String> = first.iter().map(|(n, _)| n.to_string_lossy().into_owned()).collect();
+    assert_eq!(first, second, "same seed, same bytes");
+
+    let parts: Vec<&(PathBuf, Vec<u8>)> = first
+        .iter()
+        .filter(|(n, _)| n.to_string_lossy().starts_with("part-"))
+        .collect();
+    assert!(!parts.is_empty(), "{names:?}");
+    for (name, bytes) in &parts {
+        let name = name.to_string_lossy();
+        assert!(name.ends_with("-c000.snappy.parquet"), "{name}");
+        assert!(
+            bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+            "{name} is Parquet"
+        );
+        let crc = first
+            .iter()
+            .find(|(n, _)| n.to_string_lossy() == format!(".{name}.crc"))
+            .unwrap_or_else(|| panic!("no .{name}.crc in {names:?}"));
+        assert_eq!(crc.1, hadoop_crc(bytes), "Hadoop checksum of {name}");
+    }
+    let success = first
+        .iter()
+        .find(|(n, _)| n.as_os_str() == "_SUCCESS")
+        .unwrap_or_else(|| panic!("_SUCCESS in {names:?}"));
+    assert!(success.1.is_empty(), "_SUCCESS is empty");
+    let success_crc = first.iter().find(|(n, _)| n.as_os_str() == "._SUCCESS.crc");
+    assert_eq!(success_crc.map(|c| c.1.clone()), Some(hadoop_crc(&[])), "{names:?}");
+    assert_eq!(
+        names.len(),
+        2 * parts.len() + 2,
+        "only parts, _SUCCESS and checksums: {names:?}"
+    );
+
+    let third = files(&c);
+    let bytes_of_parts = |all: &[(PathBuf, Vec<u8>)]| -> Vec<Vec<u8>> {
+        all.iter()
+            .filter(|(n, _)| n.to_string_lossy().starts_with("part-"))
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    assert_ne!(
+        bytes_of_parts(&first),
+        bytes_of_parts(&third),
+        "another seed, other data"
+    );
+
+    // The output is what was asked for: users 0..50, each with 5 distinct items of 0..30,
+    // best first (read with the parquet crate directly, not through the store).
+    let mut users = Vec::new();
+    for (name, bytes) in parts {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes.clone()))
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{}: {e}", name.display()));
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let user = batch
+                .column_by_name("user")
+                .expect("user column")
+                .as_primitive::<Int32Type>();
+            let lists = batch
+                .column_by_name("recommendations")
+                .expect("recommendations column")
+                .as_list::<i32>();
+            for row in 0..batch.num_rows() {
+                let entries = lists.value(row);
+                let entries = entries.as_struct();
+                let items = entries
+                    .column_by_name("item")
+                    .expect("item")
+                    .as_primitive::<Int32Type>();
+                let scores = entries
+                    .column_by_name("rating")
+                    .expect("rating")
+                    .as_primitive::<Float32Type>();
+                assert_eq!(entries.len(), 5, "k = 5 for user {}", user.value(row));
+                let mut distinct: Vec<i32> = items.values().to_vec();
+                assert!(distinct.iter().all(|i| (0..30).contains(i)), "{distinct:?}");
+                distinct.sort();
+                distinct.dedup();
+                assert_eq!(distinct.len(), 5, "distinct items");
+                assert!(scores.values().windows(2).all(|w| w[0] >= w[1]), "best first");
+                users.push(user.value(row));
+            }
+        }
+    }
+    users.sort();
+    assert_eq!(users, (0..50).collect::<Vec<i32>>());
+}
+
+#[test]
+fn settings_errors_name_the_key() {
+    let (ok, stdout, stderr) = run(recgw(&["validate"]).env("RECGW__MODELS__ROOTS", "x"));
+    assert!(!ok, "an unknown setting must fail\nstdout: {stdout}");
+    assert!(stderr.contains("roots"), "{stderr}");
+
+    let (ok, _, stderr) = run(recgw(&["validate"]).env("RECGW__MODELS__REFRESH_INTERVAL", "soon"));
+    assert!(!ok);
+    assert!(stderr.contains("soon"), "{stderr}");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("recgw.toml");
+    fs::write(&file, "[experiments]\ndirectory = \"experiments\"\n").expect("write");
+    let (ok, _, stderr) = run(&mut recgw(&["--config", path_str(&file), "validate"]));
+    assert!(!ok);
+    assert!(stderr.contains("directory"), "{stderr}");
+
+    // A settings file is honoured: a folder that does not exist fails validation by name.
+    fs::write(&file, "[experiments]\ndir = \"/nonexistent/recgw-experiments\"\n").expect("write");
+    let (ok, _, stderr) = run(&mut recgw(&["validate", "--config", path_str(&file)]));
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/recgw-experiments"), "{stderr}");
+}
