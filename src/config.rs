@@ -21,6 +21,8 @@ pub struct Settings {
     pub models: ModelSettings,
     /// The local and Redis cache tiers.
     pub cache: CacheSettings,
+    /// Tracking tokens for impression and click events.
+    pub tracking: TrackingSettings,
 }
 
 /// `[server]`
@@ -103,6 +105,27 @@ impl Default for CacheSettings {
             local_capacity: 100_000,
             ttl: Duration::from_secs(3600),
             redis_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// `[tracking]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingSettings {
+    /// HMAC key of tracking tokens; empty draws a random one per process (with a warning):
+    /// replicas that share traffic must share a secret.
+    pub secret: String,
+    /// Events whose token is older than this are rejected as expired.
+    #[serde(deserialize_with = "duration")]
+    pub token_max_age: Duration,
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        TrackingSettings {
+            secret: String::new(),
+            token_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -8,8 +8,11 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::cache::{Tier, TieredCache};
+use crate::events::{Event, EventKind, EventLog, Rejection};
 use crate::experiment::Catalog;
+use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
+use crate::tracking::{Claims, unix_seconds};
 
 /// Shared state of a running gateway.
 #[derive(Debug)]
@@ -20,6 +23,12 @@ pub struct Gateway {
     models: Arc<ModelRegistry>,
     /// Local and Redis tiers in front of the models.
     cache: Arc<TieredCache>,
+    /// Every metric family.
+    metrics: Metrics,
+    /// Pre-resolved per-arm handles of the catalog in force.
+    arms: ArmIndex,
+    /// Token signing and event deduplication.
+    events: EventLog,
 }
 
 /// Which tier produced the list.
@@ -138,13 +147,72 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Gateway {
-    /// A gateway over a loaded catalog, a registry holding its models and the cache tiers.
-    pub fn new(catalog: Catalog, models: Arc<ModelRegistry>, cache: Arc<TieredCache>) -> Self {
+    /// A gateway over a loaded catalog, a registry holding its models, the cache tiers, the
+    /// metrics and the event log.
+    pub fn new(
+        catalog: Catalog,
+        models: Arc<ModelRegistry>,
+        cache: Arc<TieredCache>,
+        metrics: Metrics,
+        events: EventLog,
+    ) -> Self {
+        let arms = metrics.arms(&catalog);
         Gateway {
             catalog: ArcSwap::from_pointee(catalog),
             models,
             cache,
+            metrics,
+            arms,
+            events,
         }
+    }
+
+    /// Every metric family.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Handles of one arm: pre-resolved for the catalog in force, resolved now for arms it no
+    /// longer has (an event whose token predates a change of experiments).
+    pub fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> ArmMetrics {
+        let experiment = experiment.unwrap_or(NONE);
+        match self.arms.get(placement, experiment, arm) {
+            Some(handles) => handles.clone(),
+            None => self.metrics.arm(placement, experiment, arm),
+        }
+    }
+
+    /// The tracking token of a served recommendation.
+    pub fn tracking_token(&self, served: &Recommendation, placement: &str, user: &str) -> String {
+        self.events.signer().sign(&Claims {
+            placement: placement.to_string(),
+            experiment: served.experiment.clone(),
+            arm: served.arm.clone(),
+            model_version: served.model_version.clone(),
+            user: user.to_string(),
+            issued_at: unix_seconds(SystemTime::now()),
+            forced: served.forced,
+        })
+    }
+
+    /// Checks a batch of events and counts the accepted ones for the arm in their token.
+    pub fn record_events<'e>(&self, events: impl IntoIterator<Item = Event<'e>>) -> Vec<Result<(), Rejection>> {
+        let now = SystemTime::now();
+        events
+            .into_iter()
+            .map(|event| {
+                let (claims, kind) = self
+                    .events
+                    .accept(&event, now)
+                    .inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
+                let arm = self.arm_metrics(&claims.placement, claims.experiment.as_deref(), &claims.arm);
+                match kind {
+                    EventKind::Impression => arm.impression(),
+                    EventKind::Click => arm.click(),
+                }
+                Ok(())
+            })
+            .collect()
     }
 
     /// The cache tiers.

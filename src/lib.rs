@@ -9,6 +9,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod experiment;
 pub mod gateway;
 pub mod metrics;

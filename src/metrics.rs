@@ -1,29 +1,68 @@
 //! The Prometheus registry (DESIGN.md §7). Families are registered once at start; the hot path
-//! holds pre-resolved handles, so counting a cache hit is an atomic add, not a label lookup.
+//! holds pre-resolved handles ([`ArmMetrics`], [`CacheCounters`]), so counting a served list is
+//! a few atomic adds, not label lookups.
+//!
+//! Per-arm families carry `placement, experiment, arm`, with `experiment="none", arm="default"`
+//! for users no experiment covers; request failures before assignment use `arm="none"`.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::experiment::Catalog;
+use crate::gateway::FallbackReason;
 
 /// Latency buckets for a gateway whose cache hits take well under a millisecond: 100 µs to 2.5 s.
 pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Every metric family recgw exports, with pre-resolved handles for the hot ones.
+/// The label value for "no experiment" and for request failures that never reached an arm.
+pub(crate) const NONE: &str = "none";
+
+/// The per-arm label names.
+const ARM_LABELS: [&str; 3] = ["placement", "experiment", "arm"];
+
+/// Every metric family recgw exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     /// What `/metrics` renders.
     registry: Registry,
+    /// `recommendations_total{placement,experiment,arm}`: responses served.
+    recommendations: IntCounterVec,
+    /// `response_time_seconds{endpoint,placement,experiment,arm}`.
+    response_time: HistogramVec,
+    /// `errors_total{endpoint,placement,experiment,arm,kind}`: failed requests and store errors.
+    errors: IntCounterVec,
+    /// `recommended_items_total{placement,experiment,arm}`: items returned in pages.
+    items: IntCounterVec,
+    /// `impressions_total{placement,experiment,arm}`: accepted impression events.
+    impressions: IntCounterVec,
+    /// `clicks_total{placement,experiment,arm}`: accepted click events.
+    clicks: IntCounterVec,
+    /// `fallbacks_total{placement,experiment,arm,reason}`: arms answered by the default.
+    fallbacks: IntCounterVec,
+    /// `experiment_arm_weight{placement,experiment,arm}`: expected share of the experiment.
+    arm_weight: GaugeVec,
     /// `store_read_duration_seconds{model}`: one observation per model read, so its count is
     /// the number of store reads (what cache coalescing is judged by).
     store_reads: HistogramVec,
-    /// `cache_requests_total{tier,result}`, pre-resolved.
-    pub(crate) cache: CacheCounters,
-    /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure, absent when off.
-    pub(crate) redis_up: IntGauge,
+    /// `model_info{model,version}`: 1 for the version serving.
+    model_info: IntGaugeVec,
     /// `model_load_failures_total{model}`: versions that failed to load.
     model_load_failures: IntCounterVec,
+    /// `events_rejected_total{reason}`: events `POST /events` refused.
+    events_rejected: IntCounterVec,
+    /// `cache_requests_total{tier,result}`, pre-resolved.
+    pub(crate) cache: CacheCounters,
+    /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure; only exported
+    /// when a Redis tier is configured.
+    pub(crate) redis_up: IntGauge,
 }
 
 /// `cache_requests_total` handles, one per (tier, result) the cache can report.
@@ -41,66 +80,298 @@ pub(crate) struct CacheCounters {
     pub redis_skipped: IntCounter,
 }
 
+/// Pre-resolved handles of one (placement, experiment, arm).
+#[derive(Debug, Clone)]
+pub struct ArmMetrics {
+    recommendations: IntCounter,
+    latency: Histogram,
+    items: IntCounter,
+    impressions: IntCounter,
+    clicks: IntCounter,
+    fallback_not_loaded: IntCounter,
+    fallback_not_in_model: IntCounter,
+    fallback_store_error: IntCounter,
+    store_errors: IntCounter,
+}
+
+impl ArmMetrics {
+    /// Counts one served response of `items` items that took `elapsed`.
+    pub fn served(&self, items: usize, fallback: Option<FallbackReason>, elapsed: Duration) {
+        self.recommendations.inc();
+        self.items.inc_by(items as u64);
+        self.latency.observe(elapsed.as_secs_f64());
+        match fallback {
+            None => {}
+            Some(FallbackReason::ModelNotLoaded) => self.fallback_not_loaded.inc(),
+            Some(FallbackReason::UserNotInModel) => self.fallback_not_in_model.inc(),
+            Some(FallbackReason::StoreError) => {
+                self.fallback_store_error.inc();
+                self.store_errors.inc();
+            }
+        }
+    }
+
+    /// Counts an accepted impression.
+    pub fn impression(&self) {
+        self.impressions.inc();
+    }
+
+    /// Counts an accepted click.
+    pub fn click(&self) {
+        self.clicks.inc();
+    }
+}
+
+/// Handles for every arm of a catalog (and each placement's default), looked up by name
+/// without allocating.
+#[derive(Debug, Default)]
+pub struct ArmIndex(HashMap<String, HashMap<String, HashMap<String, ArmMetrics>>>);
+
+impl ArmIndex {
+    /// The handles of an arm the catalog knows.
+    pub fn get(&self, placement: &str, experiment: &str, arm: &str) -> Option<&ArmMetrics> {
+        self.0.get(placement)?.get(experiment)?.get(arm)
+    }
+}
+
+/// Served-traffic figures of one arm (or of everything), as `/stats` reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmStats {
+    /// Placement label.
+    pub placement: String,
+    /// Experiment label (`none` on the default).
+    pub experiment: String,
+    /// Arm label.
+    pub arm: String,
+    /// Responses served.
+    pub recommendations: u64,
+    /// Served responses whose arm failed to read its model (answered by the default).
+    pub errors: u64,
+    /// Sum of response times of served responses, seconds.
+    pub latency_sum: f64,
+    /// Number of timed responses.
+    pub latency_count: u64,
+    /// Accepted impressions.
+    pub impressions: u64,
+    /// Accepted clicks.
+    pub clicks: u64,
+}
+
+impl ArmStats {
+    fn new([placement, experiment, arm]: [String; 3]) -> Self {
+        ArmStats {
+            placement,
+            experiment,
+            arm,
+            recommendations: 0,
+            errors: 0,
+            latency_sum: 0.0,
+            latency_count: 0,
+            impressions: 0,
+            clicks: 0,
+        }
+    }
+
+    /// Mean response time in seconds, `None` before the first response.
+    pub fn mean_response_time(&self) -> Option<f64> {
+        (self.latency_count > 0).then(|| self.latency_sum / self.latency_count as f64)
+    }
+}
+
+/// The `/stats` summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Every arm added up.
+    pub overall: ArmStats,
+    /// Recommendation requests that failed before serving (bad input, unknown placement, 503).
+    pub failed_requests: u64,
+    /// Per placement, experiment and arm.
+    pub arms: Vec<ArmStats>,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("each family is registered once");
+    collector
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histograms(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(registry, HistogramVec::new(opts, labels).expect("valid metric"))
+}
+
 impl Metrics {
     /// Registers every family on a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let store_reads = HistogramVec::new(
-            HistogramOpts::new(
-                "store_read_duration_seconds",
-                "Time to read one user's list from a model's Parquet files.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model"],
-        )
-        .expect("valid metric");
-        let cache_requests = IntCounterVec::new(
-            Opts::new("cache_requests_total", "Cache lookups by tier and result."),
+        let with_kind = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "kind"];
+        let with_reason = [ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "reason"];
+        let with_endpoint = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2]];
+        let r = &registry;
+        let cache_requests = counters(
+            r,
+            "cache_requests_total",
+            "Cache lookups by tier and result.",
             &["tier", "result"],
-        )
-        .expect("valid metric");
-        let redis_up = IntGauge::new(
-            "redis_up",
-            "1 when the last Redis command succeeded, 0 after a failure.",
-        )
-        .expect("valid metric");
-        let model_load_failures = IntCounterVec::new(
-            Opts::new(
+        );
+        Metrics {
+            recommendations: counters(
+                r,
+                "recommendations_total",
+                "Recommendation responses served.",
+                &ARM_LABELS,
+            ),
+            response_time: histograms(r, "response_time_seconds", "Time to answer a request.", &with_endpoint),
+            errors: counters(r, "errors_total", "Failed requests and model read errors.", &with_kind),
+            items: counters(
+                r,
+                "recommended_items_total",
+                "Items returned in recommendation pages.",
+                &ARM_LABELS,
+            ),
+            impressions: counters(r, "impressions_total", "Accepted impression events.", &ARM_LABELS),
+            clicks: counters(r, "clicks_total", "Accepted click events.", &ARM_LABELS),
+            fallbacks: counters(
+                r,
+                "fallbacks_total",
+                "Responses the placement default answered for an arm.",
+                &with_reason,
+            ),
+            arm_weight: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "experiment_arm_weight",
+                        "Expected share of an arm in its experiment (0-1).",
+                    ),
+                    &ARM_LABELS,
+                )
+                .expect("valid metric"),
+            ),
+            store_reads: histograms(
+                r,
+                "store_read_duration_seconds",
+                "Time to read one user's list from a model.",
+                &["model"],
+            ),
+            model_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("model_info", "1 for the model version serving."),
+                    &["model", "version"],
+                )
+                .expect("valid metric"),
+            ),
+            model_load_failures: counters(
+                r,
                 "model_load_failures_total",
                 "Model versions that failed to load (the previous one kept serving).",
+                &["model"],
             ),
-            &["model"],
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(store_reads.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(cache_requests.clone()),
-            Box::new(model_load_failures.clone()),
-        ] {
-            registry.register(collector).expect("registered once");
-        }
-        let cache = CacheCounters {
-            local_hit: cache_requests.with_label_values(&["local", "hit"]),
-            local_miss: cache_requests.with_label_values(&["local", "miss"]),
-            redis_hit: cache_requests.with_label_values(&["redis", "hit"]),
-            redis_miss: cache_requests.with_label_values(&["redis", "miss"]),
-            redis_error: cache_requests.with_label_values(&["redis", "error"]),
-            redis_timeout: cache_requests.with_label_values(&["redis", "timeout"]),
-            redis_skipped: cache_requests.with_label_values(&["redis", "skipped"]),
-        };
-        Metrics {
+            events_rejected: counters(
+                r,
+                "events_rejected_total",
+                "Events refused by POST /events.",
+                &["reason"],
+            ),
+            cache: CacheCounters {
+                local_hit: cache_requests.with_label_values(&["local", "hit"]),
+                local_miss: cache_requests.with_label_values(&["local", "miss"]),
+                redis_hit: cache_requests.with_label_values(&["redis", "hit"]),
+                redis_miss: cache_requests.with_label_values(&["redis", "miss"]),
+                redis_error: cache_requests.with_label_values(&["redis", "error"]),
+                redis_timeout: cache_requests.with_label_values(&["redis", "timeout"]),
+                redis_skipped: cache_requests.with_label_values(&["redis", "skipped"]),
+            },
+            redis_up: IntGauge::new(
+                "redis_up",
+                "1 when the last Redis command succeeded, 0 after a failure.",
+            )
+            .expect("valid metric"),
             registry,
-            store_reads,
-            cache,
-            redis_up,
-            model_load_failures,
         }
+    }
+
+    /// Handles for one (placement, experiment, arm), resolved now.
+    pub fn arm(&self, placement: &str, experiment: &str, arm: &str) -> ArmMetrics {
+        let labels = [placement, experiment, arm];
+        let reason = |r: &str| self.fallbacks.with_label_values(&[placement, experiment, arm, r]);
+        ArmMetrics {
+            recommendations: self.recommendations.with_label_values(&labels),
+            latency: self
+                .response_time
+                .with_label_values(&["recommendations", placement, experiment, arm]),
+            items: self.items.with_label_values(&labels),
+            impressions: self.impressions.with_label_values(&labels),
+            clicks: self.clicks.with_label_values(&labels),
+            fallback_not_loaded: reason("model_not_loaded"),
+            fallback_not_in_model: reason("user_not_in_model"),
+            fallback_store_error: reason("store_error"),
+            store_errors: self.errors.with_label_values(&[
+                "recommendations",
+                placement,
+                experiment,
+                arm,
+                "store_error",
+            ]),
+        }
+    }
+
+    /// Resolves handles for every arm of `catalog` and each placement's default, so their
+    /// series exist (at zero) before traffic arrives, and publishes the expected arm weights.
+    pub fn arms(&self, catalog: &Catalog) -> ArmIndex {
+        let mut index: HashMap<String, HashMap<String, HashMap<String, ArmMetrics>>> = HashMap::new();
+        for placement in catalog.placements() {
+            let by_experiment = index.entry(placement.name.clone()).or_default();
+            by_experiment
+                .entry(NONE.to_string())
+                .or_default()
+                .insert("default".to_string(), self.arm(&placement.name, NONE, "default"));
+            for experiment in placement.experiments() {
+                let arms = by_experiment.entry(experiment.id.clone()).or_default();
+                for arm in &experiment.arms {
+                    arms.insert(arm.name.clone(), self.arm(&placement.name, &experiment.id, &arm.name));
+                    self.arm_weight
+                        .with_label_values(&[&placement.name, &experiment.id, &arm.name])
+                        .set(f64::from(arm.weight_bp) / 10_000.0);
+                }
+            }
+        }
+        ArmIndex(index)
+    }
+
+    /// Counts a request that failed before or instead of serving (`kind` is the error code).
+    pub fn request_failed(&self, endpoint: &str, placement: &str, kind: &str, elapsed: Duration) {
+        self.errors
+            .with_label_values(&[endpoint, placement, NONE, NONE, kind])
+            .inc();
+        self.observe(endpoint, placement, elapsed);
+    }
+
+    /// Records the latency of a request to an endpoint that serves no arm.
+    pub fn observe(&self, endpoint: &str, placement: &str, elapsed: Duration) {
+        self.response_time
+            .with_label_values(&[endpoint, placement, NONE, NONE])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an event `POST /events` refused.
+    pub fn event_rejected(&self, reason: &str) {
+        self.events_rejected.with_label_values(&[reason]).inc();
     }
 
     /// Exports `redis_up`; called only when a Redis tier is configured, so a gateway without
@@ -116,9 +387,80 @@ impl Metrics {
         self.store_reads.with_label_values(&[model])
     }
 
+    /// Marks `version` as the one serving for `model`, replacing `previous`.
+    pub(crate) fn model_version(&self, model: &str, previous: Option<&str>, version: &str) {
+        if let Some(previous) = previous {
+            let _ = self.model_info.remove_label_values(&[model, previous]);
+        }
+        self.model_info.with_label_values(&[model, version]).set(1);
+    }
+
     /// Counts a version of `model` that failed to load.
     pub(crate) fn model_load_failed(&self, model: &str) {
         self.model_load_failures.with_label_values(&[model]).inc();
+    }
+
+    /// The `/stats` summary, computed from the same registry `/metrics` exports.
+    pub fn stats(&self) -> Stats {
+        let mut arms: HashMap<[String; 3], ArmStats> = HashMap::new();
+        let mut failed = 0u64;
+        for family in self.registry.gather() {
+            let name = family.name();
+            let per_endpoint = matches!(name, "errors_total" | "response_time_seconds");
+            if !per_endpoint && !matches!(name, "recommendations_total" | "impressions_total" | "clicks_total") {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let label = |wanted: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == wanted)
+                        .map_or("", |l| l.value())
+                        .to_string()
+                };
+                // Latency and errors cover every endpoint; only recommendations belong here.
+                if per_endpoint && label("endpoint") != "recommendations" {
+                    continue;
+                }
+                let count = metric.get_counter().get_value() as u64;
+                let key = [label("placement"), label("experiment"), label("arm")];
+                if key[2] == NONE {
+                    // Requests that failed before reaching an arm.
+                    if name == "errors_total" {
+                        failed += count;
+                    }
+                    continue;
+                }
+                let arm = arms.entry(key.clone()).or_insert_with(|| ArmStats::new(key));
+                match name {
+                    "errors_total" => arm.errors += count,
+                    "recommendations_total" => arm.recommendations += count,
+                    "impressions_total" => arm.impressions += count,
+                    "clicks_total" => arm.clicks += count,
+                    _ => {
+                        arm.latency_sum += metric.get_histogram().get_sample_sum();
+                        arm.latency_count += metric.get_histogram().get_sample_count();
+                    }
+                }
+            }
+        }
+        let mut arms: Vec<ArmStats> = arms.into_values().collect();
+        arms.sort_by(|a, b| (&a.placement, &a.experiment, &a.arm).cmp(&(&b.placement, &b.experiment, &b.arm)));
+        let mut overall = ArmStats::new([String::new(), String::new(), String::new()]);
+        for arm in &arms {
+            overall.recommendations += arm.recommendations;
+            overall.errors += arm.errors;
+            overall.latency_sum += arm.latency_sum;
+            overall.latency_count += arm.latency_count;
+            overall.impressions += arm.impressions;
+            overall.clicks += arm.clicks;
+        }
+        Stats {
+            overall,
+            failed_requests: failed,
+            arms,
+        }
     }
 
     /// The Prometheus text exposition of every family.

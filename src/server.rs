@@ -12,10 +12,12 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::api;
 use crate::cache::{CacheError, TieredCache};
 use crate::config::Settings;
+use crate::events::EventLog;
 use crate::experiment::{Catalog, Problems};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::{ModelRegistry, StoreError};
+use crate::tracking::Signer;
 
 /// In-flight requests get this long to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -55,8 +57,6 @@ pub struct Server {
     refresh_interval: Duration,
     /// How often cache generations are re-read, for replicas that missed an invalidation.
     sync_interval: Duration,
-    /// What `/metrics` exports.
-    metrics: Metrics,
 }
 
 impl Server {
@@ -68,7 +68,14 @@ impl Server {
         let locations = models.iter().map(|m| m.location.clone());
         let cache = Arc::new(TieredCache::new(&settings.cache, locations, metrics.clone())?);
         let models = Arc::new(ModelRegistry::new(&settings.models.root, models, metrics.clone())?);
-        let gateway = Arc::new(Gateway::new(catalog, models, cache));
+        if settings.tracking.secret.is_empty() {
+            tracing::warn!(
+                "tracking.secret is not set: tokens are signed with a random per-process key, so events \
+                 must come back to this replica; set RECGW__TRACKING__SECRET when replicas share traffic"
+            );
+        }
+        let events = EventLog::new(Signer::new(&settings.tracking.secret, settings.tracking.token_max_age));
+        let gateway = Arc::new(Gateway::new(catalog, models, cache, metrics, events));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
@@ -85,7 +92,6 @@ impl Server {
             local_addr,
             refresh_interval: settings.models.refresh_interval,
             sync_interval: settings.experiments.reload_interval,
-            metrics,
         })
     }
 
@@ -105,7 +111,7 @@ impl Server {
         tasks.extend(self.gateway.cache().spawn_sync(self.sync_interval));
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::app(self.gateway, self.metrics), shutdown, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(api::app(self.gateway), shutdown, Some(SHUTDOWN_GRACE))
             .await;
         tasks.iter().for_each(|task| task.abort());
         result

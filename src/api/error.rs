@@ -38,6 +38,13 @@ fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
 }
 
 impl ApiError {
+    /// The error code, for metrics.
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => &body.error,
+        }
+    }
+
     /// 400 with a code and message.
     pub fn bad_request(error: &str, message: impl Into<String>) -> Self {
         ApiError::BadRequest(body(error, message))

@@ -4,8 +4,10 @@ use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::PlainText;
 
+use std::sync::Arc;
+
 use super::ApiTags;
-use crate::metrics::Metrics;
+use crate::gateway::Gateway;
 
 /// The metrics endpoint.
 pub(crate) struct MetricsApi;
@@ -14,7 +16,7 @@ pub(crate) struct MetricsApi;
 impl MetricsApi {
     /// Prometheus metrics, text format.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self, metrics: Data<&Metrics>) -> PlainText<String> {
-        PlainText(metrics.render())
+    async fn metrics(&self, gateway: Data<&Arc<Gateway>>) -> PlainText<String> {
+        PlainText(gateway.metrics().render())
     }
 }

@@ -3,20 +3,24 @@
 
 mod admin;
 mod error;
+mod events;
 mod experiments;
 mod health;
 mod metrics;
 mod recommendations;
+mod stats;
 
 use std::sync::Arc;
 
-use poem::{Endpoint, EndpointExt, Route};
+use std::time::Instant;
+
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 pub use error::{ApiError, ErrorBody};
 
 use crate::gateway::Gateway;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NONE};
 
 /// Groups in the generated documentation.
 #[derive(Tags)]
@@ -33,7 +37,9 @@ enum ApiTags {
 
 type Apis = (
     recommendations::RecommendationsApi,
+    events::EventsApi,
     experiments::ExperimentsApi,
+    stats::StatsApi,
     health::HealthApi,
     metrics::MetricsApi,
     admin::AdminApi,
@@ -43,7 +49,9 @@ fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             recommendations::RecommendationsApi,
+            events::EventsApi,
             experiments::ExperimentsApi,
+            stats::StatsApi,
             health::HealthApi,
             metrics::MetricsApi,
             admin::AdminApi,
@@ -61,8 +69,9 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// The whole HTTP application over `gateway`, exporting `metrics`.
-pub fn app(gateway: Arc<Gateway>, metrics: Metrics) -> impl Endpoint {
+/// The whole HTTP application over `gateway`.
+pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
+    let metrics = gateway.metrics().clone();
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
@@ -71,6 +80,57 @@ pub fn app(gateway: Arc<Gateway>, metrics: Metrics) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(gateway)
-        .data(metrics)
+        .around(move |endpoint, request| observe(endpoint, request, metrics.clone()))
         .catch_all_error(error::json_errors)
+}
+
+/// The `endpoint` label of a path: a fixed set, so odd URLs cannot grow the label set.
+fn endpoint_label(path: &str) -> &'static str {
+    match path.trim_start_matches('/').split('/').next().unwrap_or_default() {
+        "recommendations" => "recommendations",
+        "events" => "events",
+        "experiments" => "experiments",
+        "stats" => "stats",
+        "metrics" => "metrics",
+        "health" => "health",
+        "ready" => "ready",
+        "admin" => "admin",
+        "docs" => "docs",
+        "openapi.json" => "openapi",
+        _ => "other",
+    }
+}
+
+/// Times every request and counts its failures. `/recommendations` counts its own outcomes
+/// with arm labels; only its parameter errors, raised before the handler runs, are counted here.
+async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, metrics: Metrics) -> poem::Result<Response> {
+    let label = endpoint_label(request.uri().path());
+    let started = Instant::now();
+    let result = endpoint.call(request).await.map(IntoResponse::into_response);
+    let parse_error = result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.is::<poem_openapi::error::ParseParamError>());
+    if label == "recommendations" && !parse_error {
+        return result;
+    }
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    let elapsed = started.elapsed();
+    if status.is_client_error() || status.is_server_error() {
+        let kind = match parse_error {
+            true => "invalid_parameter".to_string(),
+            false => status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+                .replace(' ', "_"),
+        };
+        metrics.request_failed(label, NONE, &kind, elapsed);
+    } else {
+        metrics.observe(label, NONE, elapsed);
+    }
+    result
 }

@@ -1,6 +1,7 @@
 //! `GET /recommendations/{user_id}`: the request client apps make on every page view.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
@@ -10,7 +11,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::ApiTags;
 use super::error::ApiError;
 use crate::experiment::is_valid_user_id;
-use crate::gateway::{Gateway, PageRequest, ServeError, Source, page};
+use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, page};
 
 /// The recommendation endpoints.
 pub(crate) struct RecommendationsApi;
@@ -69,6 +70,22 @@ struct RecommendationsBody {
     next_offset: Option<u64>,
     /// Which tier answered.
     source: SourceBody,
+    /// Why the arm's model did not answer, when `source` is `fallback`.
+    fallback_reason: Option<FallbackBody>,
+    /// Signed proof of what was served: send it back with impression and click events.
+    tracking_token: String,
+}
+
+/// Why the placement default answered instead of the arm's model.
+#[derive(Debug, Enum)]
+#[oai(rename_all = "snake_case")]
+enum FallbackBody {
+    /// The arm's model has no loaded version yet.
+    ModelNotLoaded,
+    /// The model holds no list for this user (cold start).
+    UserNotInModel,
+    /// Reading the model failed.
+    StoreError,
 }
 
 fn default_placement() -> String {
@@ -106,62 +123,101 @@ impl RecommendationsApi {
         /// Comma-separated item ids to leave out (e.g. already shown).
         exclude: Query<Option<String>>,
     ) -> Result<Json<RecommendationsBody>, ApiError> {
-        if !is_valid_user_id(&user_id) {
-            return Err(ApiError::bad_request(
-                "invalid_user_id",
-                "user_id must be 1-128 characters from [A-Za-z0-9._:@-]",
-            ));
+        let started = Instant::now();
+        let query = (*limit, *offset, *min_score);
+        match serve(&gateway, user_id.0, placement.0, query, exclude.as_deref(), started).await {
+            Ok(body) => Ok(Json(body)),
+            Err((placement, e)) => {
+                gateway
+                    .metrics()
+                    .request_failed("recommendations", &placement, e.code(), started.elapsed());
+                Err(e)
+            }
         }
-        if min_score.is_some_and(|m| !m.is_finite()) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "min_score must be a finite number",
-            ));
-        }
-        let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
-            ServeError::UnknownPlacement(_) => ApiError::not_found("unknown_placement", e.to_string()),
-            ServeError::ModelUnavailable { .. } => ApiError::unavailable("model_unavailable", e.to_string()),
-        })?;
-        let excluded: Vec<&str> = exclude
-            .as_deref()
-            .map(|s| s.split(',').map(str::trim).collect())
-            .unwrap_or_default();
-        let request = PageRequest {
-            limit: *limit as usize,
-            offset: *offset as usize,
-            min_score: *min_score,
-            exclude: &excluded,
-        };
-        let page = page(&served.list, &request);
-        Ok(Json(RecommendationsBody {
-            items: page
-                .items
-                .iter()
-                .map(|item| ItemBody {
-                    item_id: item.id.to_string(),
-                    score: shortest(item.score),
-                    rank: item.rank,
-                })
-                .collect(),
-            total: page.total as u64,
-            next_offset: page.next_offset.map(|n| n as u64),
-            user_id: user_id.0,
-            placement: placement.0,
-            experiment: served.experiment,
-            arm: served.arm,
-            forced: served.forced,
-            model: served.model,
-            model_version: served.model_version,
-            offset: *offset,
-            limit: *limit,
-            source: match served.source {
-                Source::Local => SourceBody::Local,
-                Source::Redis => SourceBody::Redis,
-                Source::Store => SourceBody::Store,
-                Source::Fallback => SourceBody::Fallback,
-            },
-        }))
     }
+}
+
+/// The handler's work, counting what it served for the arm; failures carry the placement label
+/// they are counted under (the placement when it exists, else `unknown`, so bad input cannot
+/// grow the label set).
+async fn serve(
+    gateway: &Gateway,
+    user_id: String,
+    placement: String,
+    (limit, offset, min_score): (u32, u32, Option<f32>),
+    exclude: Option<&str>,
+    started: Instant,
+) -> Result<RecommendationsBody, (String, ApiError)> {
+    let label = || {
+        let known = gateway.catalog().placement(&placement).is_some();
+        if known {
+            placement.clone()
+        } else {
+            "unknown".to_string()
+        }
+    };
+    if !is_valid_user_id(&user_id) {
+        let message = "user_id must be 1-128 characters from [A-Za-z0-9._:@-]";
+        return Err((label(), ApiError::bad_request("invalid_user_id", message)));
+    }
+    if min_score.is_some_and(|m| !m.is_finite()) {
+        return Err((
+            label(),
+            ApiError::bad_request("invalid_parameter", "min_score must be a finite number"),
+        ));
+    }
+    let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
+        ServeError::UnknownPlacement(_) => (label(), ApiError::not_found("unknown_placement", e.to_string())),
+        ServeError::ModelUnavailable { .. } => (label(), ApiError::unavailable("model_unavailable", e.to_string())),
+    })?;
+    let excluded: Vec<&str> = exclude
+        .map(|s| s.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let request = PageRequest {
+        limit: limit as usize,
+        offset: offset as usize,
+        min_score,
+        exclude: &excluded,
+    };
+    let page = page(&served.list, &request);
+    let tracking_token = gateway.tracking_token(&served, &placement, &user_id);
+    gateway
+        .arm_metrics(&placement, served.experiment.as_deref(), &served.arm)
+        .served(page.items.len(), served.fallback, started.elapsed());
+    Ok(RecommendationsBody {
+        items: page
+            .items
+            .iter()
+            .map(|item| ItemBody {
+                item_id: item.id.to_string(),
+                score: shortest(item.score),
+                rank: item.rank,
+            })
+            .collect(),
+        total: page.total as u64,
+        next_offset: page.next_offset.map(|n| n as u64),
+        user_id,
+        placement,
+        experiment: served.experiment,
+        arm: served.arm,
+        forced: served.forced,
+        model: served.model,
+        model_version: served.model_version,
+        offset,
+        limit,
+        source: match served.source {
+            Source::Local => SourceBody::Local,
+            Source::Redis => SourceBody::Redis,
+            Source::Store => SourceBody::Store,
+            Source::Fallback => SourceBody::Fallback,
+        },
+        fallback_reason: served.fallback.map(|r| match r {
+            FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
+            FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
+            FallbackReason::StoreError => FallbackBody::StoreError,
+        }),
+        tracking_token,
+    })
 }
 
 /// The `f64` whose shortest decimal is the `f32`'s (`4.366`, not `4.365995407104492`): JSON

@@ -203,6 +203,9 @@ impl ModelRegistry {
                     load_ms = model.load_time().as_millis() as u64,
                     "model version loaded"
                 );
+                let previous = current.as_ref().map(|m| m.version().to_string());
+                self.metrics
+                    .model_version(&spec.location, previous.as_deref(), model.version());
                 slot.current.store(Some(Arc::new(model)));
                 record(None, None);
             }
