@@ -2,14 +2,15 @@
 //! back to the placement default when the arm cannot answer, and cut the requested page. It
 //! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::cache::{Tier, TieredCache};
 use crate::events::{Event, EventKind, EventLog, Rejection};
-use crate::experiment::Catalog;
+use crate::experiment::{Catalog, Problems};
 use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 use crate::tracking::{Claims, unix_seconds};
@@ -25,10 +26,36 @@ pub struct Gateway {
     cache: Arc<TieredCache>,
     /// Every metric family.
     metrics: Metrics,
-    /// Pre-resolved per-arm handles of the catalog in force.
-    arms: ArmIndex,
+    /// Pre-resolved per-arm handles of the catalog in force, replaced with it.
+    arms: ArcSwap<ArmIndex>,
     /// Token signing and event deduplication.
     events: EventLog,
+    /// The folder the catalog is (re)loaded from.
+    experiments_dir: PathBuf,
+    /// Serialises reloads and remembers the last rejected folder, so a broken file is logged
+    /// and counted once rather than at every check.
+    reloading: tokio::sync::Mutex<Option<Problems>>,
+}
+
+/// New models a reloaded catalog brings get this long to load before the catalog is swapped
+/// in anyway (their arms then fall back to the placement default until they load).
+const NEW_MODEL_WAIT: Duration = Duration::from_secs(30);
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The folder has not changed since the catalog in force was loaded.
+    Unchanged {
+        /// Digest of the catalog in force.
+        digest: String,
+    },
+    /// A new catalog is in force.
+    Applied {
+        /// Digest of the old catalog.
+        previous: String,
+        /// Digest of the new one.
+        digest: String,
+    },
 }
 
 /// Which tier produced the list.
@@ -147,24 +174,96 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Gateway {
-    /// A gateway over a loaded catalog, a registry holding its models, the cache tiers, the
-    /// metrics and the event log.
+    /// A gateway over a catalog loaded from `experiments_dir`, a registry holding its models,
+    /// the cache tiers, the metrics and the event log.
     pub fn new(
         catalog: Catalog,
+        experiments_dir: PathBuf,
         models: Arc<ModelRegistry>,
         cache: Arc<TieredCache>,
         metrics: Metrics,
         events: EventLog,
     ) -> Self {
         let arms = metrics.arms(&catalog);
+        metrics.experiments_loaded(None, catalog.digest());
         Gateway {
             catalog: ArcSwap::from_pointee(catalog),
             models,
             cache,
             metrics,
-            arms,
+            arms: ArcSwap::from_pointee(arms),
             events,
+            experiments_dir,
+            reloading: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Re-reads the experiments folder and, when it changed and validates, swaps the new
+    /// catalog in: new models are loaded first, in-flight requests finish on the catalog they
+    /// started with, and models no experiment references any more are dropped. A folder that
+    /// fails validation is rejected whole and the catalog in force keeps serving.
+    pub async fn reload(&self) -> Result<Reload, Problems> {
+        let mut last_rejected = self.reloading.lock().await;
+        let dir = self.experiments_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || Catalog::load_dir(&dir))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Problems(vec![crate::experiment::Problem {
+                    file: self.experiments_dir.clone(),
+                    line: None,
+                    field: String::new(),
+                    message: format!("reload task failed: {e}"),
+                }]))
+            });
+        let catalog = match loaded {
+            Ok(catalog) => catalog,
+            Err(problems) => {
+                if last_rejected.as_ref() != Some(&problems) {
+                    tracing::error!(problems = %problems, "experiments rejected; the loaded set keeps serving");
+                    self.metrics.reload_failed();
+                    *last_rejected = Some(problems.clone());
+                }
+                return Err(problems);
+            }
+        };
+        *last_rejected = None;
+        let previous = self.catalog.load().digest().to_string();
+        if catalog.digest() == previous {
+            return Ok(Reload::Unchanged { digest: previous });
+        }
+        let models = catalog.models();
+        let added = self.models.add(&models);
+        if !added.is_empty() {
+            self.cache.track(added.iter().map(|m| m.location.clone())).await;
+            if tokio::time::timeout(NEW_MODEL_WAIT, self.models.refresh_models(&added))
+                .await
+                .is_err()
+            {
+                tracing::warn!(models = ?added, "new models still loading; their arms fall back until they load");
+            }
+        }
+        let digest = catalog.digest().to_string();
+        self.arms.store(Arc::new(self.metrics.arms(&catalog)));
+        self.catalog.store(Arc::new(catalog));
+        self.models.retain(&models);
+        self.metrics.experiments_loaded(Some(&previous), &digest);
+        tracing::info!(previous = %previous, digest = %digest, "experiments reloaded");
+        Ok(Reload::Applied { previous, digest })
+    }
+
+    /// Reloads every `interval` (the first check after one interval).
+    pub fn spawn_reloading(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let gateway = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                ticker.tick().await;
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                let _ = gateway.reload().await;
+            }
+        })
     }
 
     /// Every metric family.
@@ -176,7 +275,7 @@ impl Gateway {
     /// longer has (an event whose token predates a change of experiments).
     pub fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> ArmMetrics {
         let experiment = experiment.unwrap_or(NONE);
-        match self.arms.get(placement, experiment, arm) {
+        match self.arms.load().get(placement, experiment, arm) {
             Some(handles) => handles.clone(),
             None => self.metrics.arm(placement, experiment, arm),
         }

@@ -58,6 +58,11 @@ pub struct Metrics {
     model_load_failures: IntCounterVec,
     /// `events_rejected_total{reason}`: events `POST /events` refused.
     events_rejected: IntCounterVec,
+    /// `config_reload_failures_total`: experiment folders rejected on reload.
+    reload_failures: IntCounter,
+    /// `experiments_info{digest}`: 1 for the experiment set in force, so every replica's set
+    /// can be compared in one query.
+    experiments_info: IntGaugeVec,
     /// `cache_requests_total{tier,result}`, pre-resolved.
     pub(crate) cache: CacheCounters,
     /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure; only exported
@@ -288,6 +293,19 @@ impl Metrics {
                 "Events refused by POST /events.",
                 &["reason"],
             ),
+            reload_failures: register(
+                r,
+                IntCounter::new("config_reload_failures_total", "Experiment folders rejected on reload.")
+                    .expect("valid metric"),
+            ),
+            experiments_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("experiments_info", "1 for the experiment set in force."),
+                    &["digest"],
+                )
+                .expect("valid metric"),
+            ),
             cache: CacheCounters {
                 local_hit: cache_requests.with_label_values(&["local", "hit"]),
                 local_miss: cache_requests.with_label_values(&["local", "miss"]),
@@ -367,6 +385,19 @@ impl Metrics {
         self.response_time
             .with_label_values(&[endpoint, placement, NONE, NONE])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an experiments folder rejected on reload.
+    pub(crate) fn reload_failed(&self) {
+        self.reload_failures.inc();
+    }
+
+    /// Marks `digest` as the experiment set in force, replacing `previous`.
+    pub(crate) fn experiments_loaded(&self, previous: Option<&str>, digest: &str) {
+        if let Some(previous) = previous {
+            let _ = self.experiments_info.remove_label_values(&[previous]);
+        }
+        self.experiments_info.with_label_values(&[digest]).set(1);
     }
 
     /// Counts an event `POST /events` refused.

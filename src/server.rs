@@ -55,7 +55,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// How often models are polled.
     refresh_interval: Duration,
-    /// How often cache generations are re-read, for replicas that missed an invalidation.
+    /// `experiments.reload_interval`: how often the experiments folder is re-read, and cache
+    /// generations with it (for replicas that missed an invalidation).
     sync_interval: Duration,
 }
 
@@ -75,7 +76,8 @@ impl Server {
             );
         }
         let events = EventLog::new(Signer::new(&settings.tracking.secret, settings.tracking.token_max_age));
-        let gateway = Arc::new(Gateway::new(catalog, models, cache, metrics, events));
+        let dir = settings.experiments.dir.clone();
+        let gateway = Arc::new(Gateway::new(catalog, dir, models, cache, metrics, events));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
@@ -107,13 +109,15 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let mut tasks = Arc::clone(self.gateway.models()).spawn_polling(self.refresh_interval);
-        tasks.extend(self.gateway.cache().spawn_sync(self.sync_interval));
+        self.gateway.models().spawn_polling(self.refresh_interval);
+        let mut tasks = self.gateway.cache().spawn_sync(self.sync_interval);
+        tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::app(self.gateway), shutdown, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(api::app(Arc::clone(&self.gateway)), shutdown, Some(SHUTDOWN_GRACE))
             .await;
         tasks.iter().for_each(|task| task.abort());
+        self.gateway.models().stop_polling();
         result
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Reload};
 
 /// The admin endpoints.
 pub(crate) struct AdminApi;
@@ -45,8 +45,63 @@ struct InvalidateResponse {
     models: Vec<InvalidatedModel>,
 }
 
+/// The result of `POST /admin/reload`.
+#[derive(Debug, Object)]
+struct ReloadBody {
+    /// `applied` (a new experiment set is in force) or `unchanged`.
+    status: String,
+    /// Digest of the set in force now.
+    digest: String,
+    /// Digest of the set it replaced, when applied.
+    previous: Option<String>,
+}
+
+/// A rejected experiments folder.
+#[derive(Debug, Object)]
+struct RejectedBody {
+    /// `experiments_rejected`.
+    error: String,
+    /// Every problem on one line each.
+    message: String,
+    /// The problems, one per entry (`file:line: field: message`).
+    problems: Vec<String>,
+}
+
+#[derive(Debug, ApiResponse)]
+enum ReloadResponse {
+    /// The folder was read; see `status`.
+    #[oai(status = 200)]
+    Done(Json<ReloadBody>),
+    /// The folder failed validation; the previous set keeps serving.
+    #[oai(status = 422)]
+    Rejected(Json<RejectedBody>),
+}
+
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
+    /// Re-reads the experiments folder now and answers with the validation result. A folder
+    /// that fails validation is rejected whole; the experiments in force keep serving.
+    #[oai(path = "/admin/reload", method = "post")]
+    async fn reload(&self, gateway: Data<&Arc<Gateway>>) -> ReloadResponse {
+        match gateway.reload().await {
+            Ok(Reload::Unchanged { digest }) => ReloadResponse::Done(Json(ReloadBody {
+                status: "unchanged".into(),
+                digest,
+                previous: None,
+            })),
+            Ok(Reload::Applied { previous, digest }) => ReloadResponse::Done(Json(ReloadBody {
+                status: "applied".into(),
+                digest,
+                previous: Some(previous),
+            })),
+            Err(problems) => ReloadResponse::Rejected(Json(RejectedBody {
+                error: "experiments_rejected".into(),
+                message: problems.to_string(),
+                problems: problems.0.iter().map(ToString::to_string).collect(),
+            })),
+        }
+    }
+
     /// Drops cached lists of a model, an experiment's models or one arm's model, on every
     /// replica. Cached lists are keyed by model, so other experiments serving the same model
     /// are refreshed too.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
 use moka::Expiry;
 use moka::future::Cache as Moka;
@@ -58,20 +59,35 @@ impl Expiry<String, Cached> for PerEntryTtl {
     }
 }
 
-/// Per-model invalidation generations; the set of models is fixed by the catalog.
+/// Per-model invalidation generations. The map is replaced whole when a catalog brings new
+/// models, so the per-request read takes no lock.
 #[derive(Debug, Default)]
-struct Generations(HashMap<String, AtomicU64>);
+struct Generations(ArcSwap<HashMap<String, Arc<AtomicU64>>>);
 
 impl Generations {
     fn get(&self, model: &str) -> u64 {
-        self.0.get(model).map_or(0, |g| g.load(Ordering::Relaxed))
+        self.0.load().get(model).map_or(0, |g| g.load(Ordering::Relaxed))
     }
 
     /// Raises `model`'s generation to `generation`; true when it moved.
     fn raise(&self, model: &str, generation: u64) -> bool {
         self.0
+            .load()
             .get(model)
             .is_some_and(|g| g.fetch_max(generation, Ordering::Relaxed) < generation)
+    }
+
+    /// Starts tracking `models` (at generation 0 until Redis says otherwise).
+    fn track(&self, models: impl IntoIterator<Item = String>) {
+        let mut map = HashMap::clone(&self.0.load());
+        for model in models {
+            map.entry(model).or_default();
+        }
+        self.0.store(Arc::new(map));
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.0.load().keys().cloned().collect()
     }
 }
 
@@ -118,7 +134,11 @@ impl TieredCache {
             local,
             local_enabled,
             redis,
-            generations: Generations(models.into_iter().map(|m| (m, AtomicU64::new(0))).collect()),
+            generations: {
+                let generations = Generations::default();
+                generations.track(models);
+                generations
+            },
             default_ttl: config.ttl,
             metrics,
             jitter: RandomState::new(),
@@ -249,6 +269,13 @@ impl TieredCache {
         }
     }
 
+    /// Starts keying lists of `models` (new in a reloaded catalog) by their generation, which
+    /// is read from Redis at once so this replica agrees with the others.
+    pub async fn track(&self, models: impl IntoIterator<Item = String>) {
+        self.generations.track(models);
+        self.poll_generations().await;
+    }
+
     /// Redis tier state for `/ready`: `None` when no Redis is configured.
     pub fn redis_up(&self) -> Option<bool> {
         self.redis.as_ref().map(|r| r.is_up())
@@ -279,7 +306,7 @@ impl TieredCache {
             return;
         };
         // One GET per model rather than MGET: in a cluster the keys live on different slots.
-        for model in self.generations.0.keys() {
+        for model in &self.generations.models() {
             if let Some(Some(generation)) = redis
                 .query::<Option<u64>>(::redis::cmd("GET").arg(generation_key(model)))
                 .await

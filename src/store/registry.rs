@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::layout::committed;
 use super::location::Locator;
@@ -18,12 +18,22 @@ use crate::metrics::Metrics;
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One model's current version and what went wrong last.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Slot {
     /// The version requests read; `None` until a first version loads.
     current: ArcSwapOption<LoadedModel>,
     /// Error and failed version, only touched by the poller and `/ready`.
     state: Mutex<SlotState>,
+    /// The slot's poller, stopped when the model leaves the catalog.
+    poller: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(poller) = self.poller.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            poller.abort();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,13 +59,21 @@ pub struct ModelStatus {
     pub error: Option<String>,
 }
 
+type Slots = HashMap<ModelSpec, Arc<Slot>>;
+
 /// All model slots and the resolver of their locations.
 #[derive(Debug)]
 pub struct ModelRegistry {
     /// Resolves locations against `models.root`.
     locator: Locator,
-    /// One slot per distinct model spec.
-    slots: HashMap<ModelSpec, Arc<Slot>>,
+    /// One slot per model the catalog in force references; replaced whole when the catalog
+    /// changes, so readers never lock.
+    slots: ArcSwap<Slots>,
+    /// Serialises changes to `slots`.
+    changing: Mutex<()>,
+    /// The polling interval once [`ModelRegistry::spawn_polling`] ran: models added later are
+    /// polled too.
+    polling: Mutex<Option<Duration>>,
     /// Where load failures are counted.
     metrics: Metrics,
 }
@@ -63,39 +81,31 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// Creates empty slots for `models`; nothing is read until [`ModelRegistry::refresh`].
     pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>, metrics: Metrics) -> Result<Self, StoreError> {
-        let slots = models
-            .into_iter()
-            .map(|spec| {
-                (
-                    spec,
-                    Arc::new(Slot {
-                        current: ArcSwapOption::empty(),
-                        state: Mutex::default(),
-                    }),
-                )
-            })
-            .collect();
+        let slots = models.into_iter().map(|spec| (spec, Arc::default())).collect();
         Ok(ModelRegistry {
             locator: Locator::new(root)?,
-            slots,
+            slots: ArcSwap::from_pointee(slots),
+            changing: Mutex::default(),
+            polling: Mutex::default(),
             metrics,
         })
     }
 
     /// The serving version of `model`, if one is loaded.
     pub fn get(&self, model: &ModelSpec) -> Option<Arc<LoadedModel>> {
-        self.slots.get(model)?.current.load_full()
+        self.slots.load().get(model)?.current.load_full()
     }
 
     /// Whether every model has a serving version.
     pub fn all_loaded(&self) -> bool {
-        self.slots.values().all(|slot| slot.current.load().is_some())
+        self.slots.load().values().all(|slot| slot.current.load().is_some())
     }
 
     /// A snapshot of every model, sorted by location.
     pub fn status(&self) -> Vec<ModelStatus> {
         let mut out: Vec<ModelStatus> = self
             .slots
+            .load()
             .iter()
             .map(|(spec, slot)| {
                 let current = slot.current.load_full();
@@ -115,29 +125,86 @@ impl ModelRegistry {
 
     /// Checks every model's marker and loads versions that changed, all models concurrently.
     pub async fn refresh(&self) {
-        futures::future::join_all(self.slots.iter().map(|(spec, slot)| self.refresh_one(spec, slot))).await;
+        let slots = self.slots.load_full();
+        futures::future::join_all(slots.iter().map(|(spec, slot)| self.refresh_one(spec, slot))).await;
+    }
+
+    /// Adds slots for models not tracked yet (polled from now on when polling runs) and
+    /// returns them; slots already tracked keep their loaded versions.
+    pub fn add(self: &Arc<Self>, models: &[ModelSpec]) -> Vec<ModelSpec> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load_full();
+        let added: Vec<ModelSpec> = models.iter().filter(|m| !current.contains_key(*m)).cloned().collect();
+        if added.is_empty() {
+            return added;
+        }
+        let mut slots = Slots::clone(&current);
+        let interval = *self.polling.lock().unwrap_or_else(|p| p.into_inner());
+        for spec in &added {
+            let slot: Arc<Slot> = Arc::default();
+            if let Some(interval) = interval {
+                self.poll(spec.clone(), &slot, interval);
+            }
+            slots.insert(spec.clone(), slot);
+        }
+        self.slots.store(Arc::new(slots));
+        added
+    }
+
+    /// Stops tracking models outside `models` (they left the catalog).
+    pub fn retain(&self, models: &[ModelSpec]) {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = Slots::clone(&self.slots.load_full());
+        slots.retain(|spec, _| models.contains(spec));
+        self.slots.store(Arc::new(slots));
+    }
+
+    /// Loads the given tracked models now (e.g. models a new catalog brings), concurrently.
+    pub async fn refresh_models(&self, models: &[ModelSpec]) {
+        let slots = self.slots.load_full();
+        let wanted = models
+            .iter()
+            .filter_map(|spec| slots.get(spec).map(|slot| (spec, slot)));
+        futures::future::join_all(wanted.map(|(spec, slot)| self.refresh_one(spec, slot))).await;
     }
 
     /// Polls every model at `interval`, each in its own task so a slow name node or a large
-    /// load delays only its own model; the first check runs at once.
-    pub fn spawn_polling(self: Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
-        self.slots
-            .keys()
-            .map(|spec| {
-                let registry = Arc::clone(&self);
-                let spec = spec.clone();
-                tokio::spawn(async move {
-                    let mut ticker = tokio::time::interval(interval);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        ticker.tick().await;
-                        if let Some(slot) = registry.slots.get(&spec) {
-                            registry.refresh_one(&spec, slot).await;
-                        }
-                    }
-                })
-            })
-            .collect()
+    /// load delays only its own model; the first check runs at once. Models added later are
+    /// polled from when they are added; a model's poller stops when it leaves the catalog.
+    pub fn spawn_polling(self: &Arc<Self>, interval: Duration) {
+        *self.polling.lock().unwrap_or_else(|p| p.into_inner()) = Some(interval);
+        for (spec, slot) in self.slots.load().iter() {
+            self.poll(spec.clone(), slot, interval);
+        }
+    }
+
+    /// Stops every poller (shutdown).
+    pub fn stop_polling(&self) {
+        *self.polling.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        for slot in self.slots.load().values() {
+            if let Some(poller) = slot.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                poller.abort();
+            }
+        }
+    }
+
+    fn poll(self: &Arc<Self>, spec: ModelSpec, slot: &Arc<Slot>, interval: Duration) {
+        // The task holds the slot weakly: once the catalog drops the model, the slot goes and
+        // the task ends with it.
+        let registry = Arc::downgrade(self);
+        let weak_slot = Arc::downgrade(slot);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let (Some(registry), Some(slot)) = (registry.upgrade(), weak_slot.upgrade()) else {
+                    return;
+                };
+                registry.refresh_one(&spec, &slot).await;
+            }
+        });
+        *slot.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
     async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
