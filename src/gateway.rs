@@ -71,6 +71,18 @@ pub enum Source {
     Fallback,
 }
 
+impl Source {
+    /// The name used in responses and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Redis => "redis",
+            Source::Store => "store",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
 impl From<Tier> for Source {
     fn from(tier: Tier) -> Self {
         match tier {

@@ -12,7 +12,10 @@ mod stats;
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use tracing::Instrument;
 
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
@@ -82,6 +85,73 @@ pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
         .data(gateway)
         .around(move |endpoint, request| observe(endpoint, request, metrics.clone()))
         .catch_all_error(error::json_errors)
+        .around(log_request)
+}
+
+/// The header carrying a request's id, accepted from the caller or generated.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Generated request ids: a random per-process prefix and a counter, unique across replicas
+/// without coordination.
+fn next_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| getrandom::u32().unwrap_or_else(|_| std::process::id()));
+    format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The route a path belongs to, as logged (`/experiments/{id}`), from a fixed set.
+fn route_template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["recommendations", _] => "/recommendations/{user_id}",
+        ["experiments"] => "/experiments",
+        ["experiments", _] => "/experiments/{id}",
+        ["experiments", _, "assignment", _] => "/experiments/{id}/assignment/{user_id}",
+        ["events"] => "/events",
+        ["stats"] => "/stats",
+        ["metrics"] => "/metrics",
+        ["health"] => "/health",
+        ["ready"] => "/ready",
+        ["admin", "reload"] => "/admin/reload",
+        ["admin", "cache", "invalidate"] => "/admin/cache/invalidate",
+        ["openapi.json"] => "/openapi.json",
+        ["docs", ..] => "/docs",
+        _ => "other",
+    }
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
+/// echoes it, and logs one line per request with method, route, status and latency; the
+/// recommendation handler adds experiment, arm and source to the same line.
+async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(next_request_id, str::to_string);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        route = route_template(request.uri().path()),
+        experiment = tracing::field::Empty,
+        arm = tracing::field::Empty,
+        source = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = endpoint.call(request).instrument(span.clone()).await;
+    let mut response = match result {
+        Ok(response) => response.into_response(),
+        Err(e) => e.into_response(),
+    };
+    if let Ok(value) = poem::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), latency_ms, "request"));
+    Ok(response)
 }
 
 /// The `endpoint` label of a path: a fixed set, so odd URLs cannot grow the label set.

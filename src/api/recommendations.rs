@@ -12,6 +12,7 @@ use super::ApiTags;
 use super::error::ApiError;
 use crate::experiment::is_valid_user_id;
 use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, page};
+use crate::metrics::NONE;
 
 /// The recommendation endpoints.
 pub(crate) struct RecommendationsApi;
@@ -181,6 +182,10 @@ async fn serve(
     };
     let page = page(&served.list, &request);
     let tracking_token = gateway.tracking_token(&served, &placement, &user_id);
+    let span = tracing::Span::current();
+    span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
+    span.record("arm", served.arm.as_str());
+    span.record("source", served.source.as_str());
     gateway
         .arm_metrics(&placement, served.experiment.as_deref(), &served.arm)
         .served(page.items.len(), served.fallback, started.elapsed());
