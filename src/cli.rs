@@ -45,6 +45,8 @@ enum Command {
     GenModels(GenOptions),
     /// Print the OpenAPI document (YAML).
     Openapi,
+    /// Read an API key on stdin and print the SHA-256 digest that `auth.keys` holds.
+    HashKey,
 }
 
 /// Runs the command line; the binary's `main` is this call.
@@ -68,6 +70,18 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::HashKey => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut key) {
+                return fail(e);
+            }
+            let key = key.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                return fail("no key on stdin");
+            }
+            println!("{}", crate::auth::hash_key(key));
+            ExitCode::SUCCESS
+        }
         Command::Openapi => {
             print!("{}", crate::api::spec_yaml());
             ExitCode::SUCCESS

@@ -23,6 +23,17 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Tracking tokens for impression and click events.
     pub tracking: TrackingSettings,
+    /// API keys.
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `[[auth.keys]]` entries (`sha256`, `role`, `name`); none turns auth off, with a loud
+    /// warning at start and admin routes answering loopback callers only.
+    pub keys: Vec<crate::auth::KeySettings>,
 }
 
 /// `[server]`
@@ -31,12 +42,20 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address to bind; loopback by default so a demo never listens on the network.
     pub listen: SocketAddr,
+    /// A request still running after this gets a 504 JSON error instead of hanging.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -70,6 +89,9 @@ pub struct ModelSettings {
     /// How often each model's `_SUCCESS` marker is checked for a new version.
     #[serde(deserialize_with = "duration")]
     pub refresh_interval: Duration,
+    /// Store reads in flight at most; more wait their turn, so a burst of cold users cannot
+    /// exhaust memory or file handles.
+    pub max_concurrent_reads: usize,
 }
 
 impl Default for ModelSettings {
@@ -77,6 +99,7 @@ impl Default for ModelSettings {
         ModelSettings {
             root: "models".into(),
             refresh_interval: Duration::from_secs(60),
+            max_concurrent_reads: 64,
         }
     }
 }

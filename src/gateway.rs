@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::auth::Keys;
 use crate::cache::{Tier, TieredCache};
 use crate::events::{Event, EventKind, EventLog, Rejection};
 use crate::experiment::{Catalog, Problems};
@@ -32,6 +33,8 @@ pub struct Gateway {
     events: EventLog,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
+    /// API keys; empty when auth is off.
+    keys: Keys,
     /// Serialises reloads and remembers the last rejected folder, so a broken file is logged
     /// and counted once rather than at every check.
     reloading: tokio::sync::Mutex<Option<Problems>>,
@@ -186,11 +189,13 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Gateway {
-    /// A gateway over a catalog loaded from `experiments_dir`, a registry holding its models,
-    /// the cache tiers, the metrics and the event log.
+    /// A gateway over a catalog loaded from `experiments_dir`, checking `keys`, with a
+    /// registry holding its models, the cache tiers, the metrics and the event log.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         catalog: Catalog,
         experiments_dir: PathBuf,
+        keys: Keys,
         models: Arc<ModelRegistry>,
         cache: Arc<TieredCache>,
         metrics: Metrics,
@@ -206,6 +211,7 @@ impl Gateway {
             arms: ArcSwap::from_pointee(arms),
             events,
             experiments_dir,
+            keys,
             reloading: tokio::sync::Mutex::new(None),
         }
     }
@@ -276,6 +282,11 @@ impl Gateway {
                 let _ = gateway.reload().await;
             }
         })
+    }
+
+    /// The configured API keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Every metric family.

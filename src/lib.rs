@@ -6,6 +6,7 @@
 //! HTTP, [`metrics`] counts what happens, [`server`] and [`cli`] start it.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::api;
+use crate::auth::Keys;
 use crate::cache::{CacheError, TieredCache};
 use crate::config::Settings;
 use crate::events::EventLog;
@@ -18,9 +19,6 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::{ModelRegistry, StoreError};
 use crate::tracking::Signer;
-
-/// In-flight requests get this long to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +29,9 @@ pub enum StartError {
     /// `models.root` is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `auth.keys` holds a malformed digest.
+    #[error("invalid settings: {0}")]
+    Auth(String),
     /// `cache.redis_url` cannot be parsed.
     #[error("invalid cache.redis_url: {0}")]
     Redis(#[from] CacheError),
@@ -55,6 +56,10 @@ pub struct Server {
     local_addr: SocketAddr,
     /// How often models are polled.
     refresh_interval: Duration,
+    /// `server.request_timeout`: past it a request gets a 504.
+    request_timeout: Duration,
+    /// `server.shutdown_grace`: how long in-flight requests get after a shutdown signal.
+    shutdown_grace: Duration,
     /// `experiments.reload_interval`: how often the experiments folder is re-read, and cache
     /// generations with it (for replicas that missed an invalidation).
     sync_interval: Duration,
@@ -67,7 +72,12 @@ impl Server {
         let metrics = Metrics::new();
         let models = catalog.models();
         let locations = models.iter().map(|m| m.location.clone());
-        let cache = Arc::new(TieredCache::new(&settings.cache, locations, metrics.clone())?);
+        let cache = Arc::new(TieredCache::new(
+            &settings.cache,
+            settings.models.max_concurrent_reads,
+            locations,
+            metrics.clone(),
+        )?);
         let models = Arc::new(ModelRegistry::new(&settings.models.root, models, metrics.clone())?);
         if settings.tracking.secret.is_empty() {
             tracing::warn!(
@@ -76,8 +86,16 @@ impl Server {
             );
         }
         let events = EventLog::new(Signer::new(&settings.tracking.secret, settings.tracking.token_max_age));
+        let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
+        if keys.is_off() {
+            tracing::warn!(
+                "AUTH IS OFF: no auth.keys are configured, so every client route is open to anyone who can \
+                 reach {} and admin routes answer loopback callers only",
+                settings.server.listen
+            );
+        }
         let dir = settings.experiments.dir.clone();
-        let gateway = Arc::new(Gateway::new(catalog, dir, models, cache, metrics, events));
+        let gateway = Arc::new(Gateway::new(catalog, dir, keys, models, cache, metrics, events));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
@@ -94,6 +112,8 @@ impl Server {
             local_addr,
             refresh_interval: settings.models.refresh_interval,
             sync_interval: settings.experiments.reload_interval,
+            shutdown_grace: settings.server.shutdown_grace,
+            request_timeout: settings.server.request_timeout,
         })
     }
 
@@ -114,7 +134,11 @@ impl Server {
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::app(Arc::clone(&self.gateway)), shutdown, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(
+                api::app(Arc::clone(&self.gateway), self.request_timeout),
+                shutdown,
+                Some(self.shutdown_grace),
+            )
             .await;
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();

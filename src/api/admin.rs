@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use poem::web::Data;
+use poem::web::{Data, RemoteAddr};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use super::auth::Auth;
 use super::error::ApiError;
+use crate::auth::Role;
 use crate::gateway::{Gateway, Reload};
 
 /// The admin endpoints.
@@ -82,8 +84,14 @@ impl AdminApi {
     /// Re-reads the experiments folder now and answers with the validation result. A folder
     /// that fails validation is rejected whole; the experiments in force keep serving.
     #[oai(path = "/admin/reload", method = "post")]
-    async fn reload(&self, gateway: Data<&Arc<Gateway>>) -> ReloadResponse {
-        match gateway.reload().await {
+    async fn reload(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<ReloadResponse, ApiError> {
+        auth.require(&gateway, remote, Role::Admin)?;
+        Ok(match gateway.reload().await {
             Ok(Reload::Unchanged { digest }) => ReloadResponse::Done(Json(ReloadBody {
                 status: "unchanged".into(),
                 digest,
@@ -99,7 +107,7 @@ impl AdminApi {
                 message: problems.to_string(),
                 problems: problems.0.iter().map(ToString::to_string).collect(),
             })),
-        }
+        })
     }
 
     /// Drops cached lists of a model, an experiment's models or one arm's model, on every
@@ -110,7 +118,10 @@ impl AdminApi {
         &self,
         gateway: Data<&Arc<Gateway>>,
         body: Json<InvalidateRequest>,
+        auth: Auth,
+        remote: &RemoteAddr,
     ) -> Result<Json<InvalidateResponse>, ApiError> {
+        auth.require(&gateway, remote, Role::Admin)?;
         let catalog = gateway.catalog();
         let models: Vec<String> = match (&body.model, &body.experiment, &body.arm) {
             (Some(model), None, None) => {

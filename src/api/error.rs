@@ -22,6 +22,12 @@ pub enum ApiError {
     /// The request is malformed: bad user id or parameter.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No valid `X-API-Key` (auth is on).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The key's role may not call this route.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// The placement, experiment or route does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -41,13 +47,27 @@ impl ApiError {
     /// The error code, for metrics.
     pub fn code(&self) -> &str {
         match self {
-            ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => &body.error,
+            ApiError::BadRequest(body)
+            | ApiError::Unauthorized(body)
+            | ApiError::Forbidden(body)
+            | ApiError::NotFound(body)
+            | ApiError::Unavailable(body) => &body.error,
         }
     }
 
     /// 400 with a code and message.
     pub fn bad_request(error: &str, message: impl Into<String>) -> Self {
         ApiError::BadRequest(body(error, message))
+    }
+
+    /// 401 with a code and message.
+    pub fn unauthorized(error: &str, message: impl Into<String>) -> Self {
+        ApiError::Unauthorized(body(error, message))
+    }
+
+    /// 403 with a code and message.
+    pub fn forbidden(error: &str, message: impl Into<String>) -> Self {
+        ApiError::Forbidden(body(error, message))
     }
 
     /// 404 with a code and message.
@@ -80,6 +100,7 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::GATEWAY_TIMEOUT => "timeout",
         s if s.is_server_error() => "internal",
         _ => "error",
     };

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use poem::middleware::SizeLimit;
-use poem::web::Data;
+use poem::web::{Data, RemoteAddr};
 use poem::{Endpoint, EndpointExt};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
-use super::error::ErrorBody;
+use super::auth::Auth;
+use super::error::{ApiError, ErrorBody};
+use crate::auth::Role;
 use crate::events::Event;
 use crate::gateway::Gateway;
 
@@ -89,12 +91,19 @@ impl EventsApi {
     /// Each event carries the `tracking_token` of the response that showed the item, so it is
     /// credited to the arm that served it even if the user's arm has changed since.
     #[oai(path = "/events", method = "post", transform = "limit_body")]
-    async fn events(&self, gateway: Data<&Arc<Gateway>>, batch: Json<EventBatch>) -> EventsResponse {
+    async fn events(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        batch: Json<EventBatch>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<EventsResponse, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
         if batch.events.len() > MAX_BATCH {
-            return EventsResponse::TooLarge(Json(ErrorBody {
+            return Ok(EventsResponse::TooLarge(Json(ErrorBody {
                 error: "batch_too_large".into(),
                 message: format!("{} events in one batch; send at most {MAX_BATCH}", batch.events.len()),
-            }));
+            })));
         }
         let results = gateway.record_events(batch.events.iter().map(|e| Event {
             kind: &e.kind,
@@ -115,10 +124,10 @@ impl EventsApi {
                 })
             })
             .collect();
-        EventsResponse::Accepted(Json(EventsOutcome {
+        Ok(EventsResponse::Accepted(Json(EventsOutcome {
             accepted: (results.len() - rejections.len()) as u32,
             rejected: rejections.len() as u32,
             rejections,
-        }))
+        })))
     }
 }

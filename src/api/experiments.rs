@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use poem::web::Data;
+use poem::web::{Data, RemoteAddr};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::ApiTags;
+use super::auth::Auth;
 use super::error::ApiError;
+use crate::auth::Role;
 use crate::experiment::{Experiment, is_valid_user_id};
 use crate::gateway::Gateway;
 
@@ -143,18 +145,31 @@ fn unknown_experiment(id: &str) -> ApiError {
 impl ExperimentsApi {
     /// Every loaded experiment and the digest of the set.
     #[oai(path = "/experiments", method = "get")]
-    async fn list(&self, gateway: Data<&Arc<Gateway>>) -> Json<ExperimentsBody> {
+    async fn list(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<Json<ExperimentsBody>, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
         let catalog = gateway.catalog();
         let now = SystemTime::now();
-        Json(ExperimentsBody {
+        Ok(Json(ExperimentsBody {
             digest: catalog.digest().to_string(),
             experiments: catalog.experiments().map(|e| ExperimentBody::new(e, now)).collect(),
-        })
+        }))
     }
 
     /// One experiment.
     #[oai(path = "/experiments/:id", method = "get")]
-    async fn get(&self, gateway: Data<&Arc<Gateway>>, id: Path<String>) -> Result<Json<ExperimentBody>, ApiError> {
+    async fn get(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        id: Path<String>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<Json<ExperimentBody>, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
         let catalog = gateway.catalog();
         let experiment = catalog.experiment(&id).ok_or_else(|| unknown_experiment(&id))?;
         Ok(Json(ExperimentBody::new(experiment, SystemTime::now())))
@@ -168,7 +183,10 @@ impl ExperimentsApi {
         id: Path<String>,
         /// Opaque user id: 1-128 characters from `[A-Za-z0-9._:@-]`.
         user_id: Path<String>,
+        auth: Auth,
+        remote: &RemoteAddr,
     ) -> Result<Json<AssignmentBody>, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
         if !is_valid_user_id(&user_id) {
             return Err(ApiError::bad_request(
                 "invalid_user_id",

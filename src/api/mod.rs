@@ -2,6 +2,7 @@
 //! `/docs`, `/openapi.json` and the committed `openapi.yaml` come from the code itself.
 
 mod admin;
+mod auth;
 mod error;
 mod events;
 mod experiments;
@@ -13,10 +14,11 @@ mod stats;
 use std::sync::Arc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -72,8 +74,8 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// The whole HTTP application over `gateway`.
-pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
+/// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504.
+pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
     let metrics = gateway.metrics().clone();
     let service = service();
     let docs = service.swagger_ui();
@@ -83,6 +85,12 @@ pub fn app(gateway: Arc<Gateway>) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(gateway)
+        .around(move |endpoint, request| async move {
+            match tokio::time::timeout(timeout, endpoint.call(request)).await {
+                Ok(result) => result.map(IntoResponse::into_response),
+                Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
+            }
+        })
         .around(move |endpoint, request| observe(endpoint, request, metrics.clone()))
         .catch_all_error(error::json_errors)
         .around(log_request)
@@ -139,6 +147,7 @@ async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::R
         experiment = tracing::field::Empty,
         arm = tracing::field::Empty,
         source = tracing::field::Empty,
+        key = tracing::field::Empty,
     );
     let started = Instant::now();
     let result = endpoint.call(request).instrument(span.clone()).await;
@@ -172,7 +181,8 @@ fn endpoint_label(path: &str) -> &'static str {
 }
 
 /// Times every request and counts its failures. `/recommendations` counts its own outcomes
-/// with arm labels; only its parameter errors, raised before the handler runs, are counted here.
+/// with arm labels; only what never reached its handler (parameter errors, timeouts) is
+/// counted here.
 async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, metrics: Metrics) -> poem::Result<Response> {
     let label = endpoint_label(request.uri().path());
     let started = Instant::now();
@@ -181,7 +191,12 @@ async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, metrics: Metri
         .as_ref()
         .err()
         .is_some_and(|e| e.is::<poem_openapi::error::ParseParamError>());
-    if label == "recommendations" && !parse_error {
+    // The handler counted what it answered itself (successes and the errors it built).
+    let counted_by_handler = match &result {
+        Ok(_) => true,
+        Err(e) => e.is_from_response(),
+    };
+    if label == "recommendations" && counted_by_handler {
         return result;
     }
     let status = match &result {

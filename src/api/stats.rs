@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use poem::web::Data;
+use poem::web::{Data, RemoteAddr};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::ApiTags;
+use super::auth::Auth;
+use super::error::ApiError;
+use crate::auth::Role;
 use crate::gateway::Gateway;
 use crate::metrics::ArmStats;
 
@@ -67,12 +70,18 @@ impl TrafficBody {
 impl StatsApi {
     /// Recommendations served, mean response time and error rate, overall and per arm.
     #[oai(path = "/stats", method = "get")]
-    async fn stats(&self, gateway: Data<&Arc<Gateway>>) -> Json<StatsBody> {
+    async fn stats(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<Json<StatsBody>, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
         let stats = gateway.metrics().stats();
-        Json(StatsBody {
+        Ok(Json(StatsBody {
             overall: TrafficBody::new(&stats.overall, stats.failed_requests),
             failed_requests: stats.failed_requests,
             arms: stats.arms.iter().map(|arm| TrafficBody::new(arm, 0)).collect(),
-        })
+        }))
     }
 }

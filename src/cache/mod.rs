@@ -108,15 +108,19 @@ pub struct TieredCache {
     metrics: Metrics,
     /// Randomness for TTL jitter.
     jitter: RandomState,
+    /// Bounds store reads in flight (`models.max_concurrent_reads`).
+    store_reads: tokio::sync::Semaphore,
 }
 
 /// Why a Redis tier could not be set up.
 pub type CacheError = ::redis::RedisError;
 
 impl TieredCache {
-    /// Builds the tiers for `models` (locations); Redis is not contacted yet.
+    /// Builds the tiers for `models` (locations), letting at most `max_concurrent_reads` store
+    /// reads run at once; Redis is not contacted yet.
     pub fn new(
         config: &CacheSettings,
+        max_concurrent_reads: usize,
         models: impl IntoIterator<Item = String>,
         metrics: Metrics,
     ) -> Result<Self, CacheError> {
@@ -142,6 +146,7 @@ impl TieredCache {
             default_ttl: config.ttl,
             metrics,
             jitter: RandomState::new(),
+            store_reads: tokio::sync::Semaphore::new(max_concurrent_reads.max(1)),
         })
     }
 
@@ -213,9 +218,12 @@ impl TieredCache {
                 None => {}
             }
         }
-        let timer = self.metrics.store_read(location).start_timer();
-        let list = model.lookup(user).await?;
-        timer.observe_duration();
+        let list = {
+            // Closed only when the cache is dropped, which no request outlives.
+            let _permit = self.store_reads.acquire().await;
+            let _timer = self.metrics.store_read(location).start_timer();
+            model.lookup(user).await?
+        };
         if let Some(redis) = &self.redis {
             let bytes = codec::encode(list.as_deref());
             let redis = Arc::clone(redis);
