@@ -245,35 +245,42 @@ impl TieredCache {
     /// and publishes it. Returns the new generation and whether other replicas were told
     /// (false without Redis, or when Redis did not answer: then only this replica forgets).
     pub async fn invalidate(&self, model: &str) -> (u64, bool) {
+        let local = self.generations.get(model);
         if let Some(redis) = &self.redis
-            && let Some(generation) = redis
+            && let Some(mut generation) = redis
                 .query::<u64>(::redis::cmd("INCR").arg(generation_key(model)))
                 .await
         {
-            self.apply(model, generation);
+            // Redis may be behind this replica (it restarted without persistence, or an
+            // invalidation happened while it was down): the generation must still move on.
+            if generation <= local {
+                generation = local + 1;
+                redis
+                    .query::<()>(::redis::cmd("SET").arg(generation_key(model)).arg(generation))
+                    .await;
+            }
+            self.apply(model, generation, Forget::Always);
+            let message = format!("{generation} {model}");
             let published = redis
-                .query::<i64>(
-                    ::redis::cmd("PUBLISH")
-                        .arg(CHANNEL)
-                        .arg(format!("{generation} {model}")),
-                )
+                .query::<i64>(::redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
                 .await
                 .is_some();
             return (generation, published);
         }
-        let generation = self.generations.get(model) + 1;
-        self.apply(model, generation);
-        (generation, false)
+        self.apply(model, local + 1, Forget::Always);
+        (local + 1, false)
     }
 
-    /// Adopts a generation and drops the model's local entries, now unreachable.
-    fn apply(&self, model: &str, generation: u64) {
-        if self.generations.raise(model, generation) {
+    /// Adopts a generation (never going back) and drops the model's local entries: always for
+    /// an invalidation, only when the generation moved for a catch-up poll.
+    fn apply(&self, model: &str, generation: u64, forget: Forget) {
+        let moved = self.generations.raise(model, generation);
+        if moved || forget == Forget::Always {
             let prefix = format!("recgw:{model}:");
             if let Err(e) = self.local.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
                 tracing::warn!(error = %e, "cannot drop local entries; they expire by TTL");
             }
-            tracing::info!(model, generation, "cache generation changed");
+            tracing::info!(model, generation, "cache entries of the model dropped");
         }
     }
 
@@ -319,10 +326,19 @@ impl TieredCache {
                 .query::<Option<u64>>(::redis::cmd("GET").arg(generation_key(model)))
                 .await
             {
-                self.apply(model, generation);
+                self.apply(model, generation, Forget::IfMoved);
             }
         }
     }
+}
+
+/// When [`TieredCache::apply`] drops a model's local entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forget {
+    /// An invalidation: drop whatever the generation does.
+    Always,
+    /// A catch-up poll: drop only if the generation moved.
+    IfMoved,
 }
 
 fn generation_key(model: &str) -> String {
@@ -350,7 +366,7 @@ async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<String>) {
                         .split_once(' ')
                         .and_then(|(g, m)| Some((g.parse::<u64>().ok()?, m)))
                     {
-                        Some((generation, model)) => cache.apply(model, generation),
+                        Some((generation, model)) => cache.apply(model, generation, Forget::Always),
                         None => tracing::warn!(payload, "ignoring malformed invalidation message"),
                     }
                 }

@@ -4,7 +4,7 @@
 //! their own (the connection manager and the cluster client reconnect in the background).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -72,6 +72,8 @@ pub(crate) struct RedisTier {
     timeout: Duration,
     /// Failure backoff.
     breaker: Breaker,
+    /// Whether any command succeeded yet: until then Redis is not reported up.
+    answered: AtomicBool,
     /// Where failures are counted.
     metrics: Metrics,
 }
@@ -92,7 +94,9 @@ impl RedisTier {
             let client = redis::Client::open(url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-                .set_response_timeout(Some(timeout))
+                // The per-command deadline is ours (below); the client's own only guards
+                // against a reply that never comes.
+                .set_response_timeout(Some(timeout * 4))
                 .set_number_of_retries(1)
                 .set_min_delay(BACKOFF_MIN)
                 .set_max_delay(BACKOFF_MAX);
@@ -103,6 +107,7 @@ impl RedisTier {
             connection,
             nodes,
             timeout,
+            answered: AtomicBool::new(false),
             breaker: Breaker {
                 epoch: Instant::now(),
                 open_until_ms: AtomicU64::new(0),
@@ -126,7 +131,7 @@ impl RedisTier {
             let attempt = async {
                 ClusterClient::builder(self.nodes.clone())
                     .connection_timeout(self.timeout.max(Duration::from_millis(250)))
-                    .response_timeout(self.timeout)
+                    .response_timeout(self.timeout * 4)
                     .build()?
                     .get_async_connection()
                     .await
@@ -151,9 +156,9 @@ impl RedisTier {
         &self.nodes
     }
 
-    /// Whether the last command succeeded (the breaker is closed).
+    /// Whether Redis answered the last command (and has answered at all).
     pub fn is_up(&self) -> bool {
-        self.breaker.allows() && self.breaker.backoff_ms.load(Ordering::Relaxed) == 0
+        self.answered.load(Ordering::Relaxed) && self.breaker.backoff_ms.load(Ordering::Relaxed) == 0
     }
 
     /// Runs one command under the deadline and the breaker; `None` when Redis did not answer
@@ -179,8 +184,13 @@ impl RedisTier {
         match answer {
             Ok(Ok(value)) => {
                 self.breaker.succeeded();
+                self.answered.store(true, Ordering::Relaxed);
                 self.metrics.redis_up.set(1);
                 return Some(value);
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                self.metrics.cache.redis_timeout.inc();
+                tracing::debug!(error = %e, "redis command timed out; going on without it");
             }
             Ok(Err(e)) => {
                 self.metrics.cache.redis_error.inc();

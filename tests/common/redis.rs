@@ -1,0 +1,361 @@
+//! Real Redis for the cache tests: [`RedisServer::start`] runs a private `redis-server` on a
+//! free loopback port (never 6379, which belongs to the machine's own Redis) with nothing
+//! persisted, and [`RedisCluster::start`] runs a Redis Cluster of such nodes. Every process is
+//! killed when its handle is dropped; every wait is bounded and panics with the server's log.
+//!
+//! Included with `#[path = "common/redis.rs"] mod redis_harness;` by the tests that need it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The binaries of the Debian `redis-server` package (in `/usr/bin`), found on `PATH`.
+const REDIS_SERVER: &str = "redis-server";
+const REDIS_CLI: &str = "redis-cli";
+/// The machine's own Redis; tests must never touch it.
+const RESERVED_PORT: u16 = 6379;
+/// How long a server gets to answer PING, and a cluster to report `cluster_state:ok`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often bounded waits poll.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A port nothing listens on right now (bound on 127.0.0.1:0, then released).
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if port != RESERVED_PORT {
+            return port;
+        }
+    }
+}
+
+/// One `redis-server` process on a fixed port; killed on drop.
+pub struct RedisServer {
+    port: u16,
+    /// `--dir`, and where `redis.log` goes.
+    dir: TempDir,
+    /// Arguments beyond the common ones (cluster mode).
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A stand-alone server on a free port, persisting nothing; returns once PING answers.
+    pub fn start() -> RedisServer {
+        Self::launch(free_port(), Vec::new())
+    }
+
+    fn launch(port: u16, extra: Vec<String>) -> RedisServer {
+        assert_ne!(port, RESERVED_PORT, "never the machine's own Redis");
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("tempdir for redis"),
+            extra,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server on {} already runs", self.port);
+        let dir = self.dir.path().to_str().expect("utf-8 path").to_string();
+        let log = self.log_path().to_str().expect("utf-8 path").to_string();
+        let port = self.port.to_string();
+        let mut args: Vec<&str> = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--logfile",
+            &log,
+            "--daemonize",
+            "no",
+            // `DEBUG SLEEP` simulates a slow server; Redis 7 refuses DEBUG unless enabled.
+            "--enable-debug-command",
+            "local",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let child = Command::new(REDIS_SERVER)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {REDIS_SERVER}: {e}"));
+        self.child = Some(child);
+        self.wait_for_ping();
+    }
+
+    fn wait_for_ping(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                panic!(
+                    "redis-server on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            let last = match self.try_query::<String>(&["PING"]) {
+                Ok(pong) if pong == "PONG" => return,
+                Ok(other) => other,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "redis-server on port {} does not answer PING within {START_TIMEOUT:?} ({last}); log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `--dir`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the process (SIGKILL, as a crash would) and reaps it. Its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (stopping it first when it runs), empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A new synchronous connection (1 s connect and I/O timeouts).
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        let connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        connection.set_read_timeout(Some(Duration::from_secs(5)))?;
+        connection.set_write_timeout(Some(Duration::from_secs(1)))?;
+        Ok(connection)
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn try_query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut connection = self.connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut connection)
+    }
+
+    /// [`RedisServer::try_query`], panicking on failure.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_query(args)
+            .unwrap_or_else(|e| panic!("redis {} {args:?}: {e}", self.port))
+    }
+
+    /// Keys matching `pattern` (`KEYS`; test data sets are small), sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.query(&["KEYS", pattern]);
+        keys.sort();
+        keys
+    }
+
+    /// `DBSIZE`.
+    pub fn dbsize(&self) -> u64 {
+        self.query(&["DBSIZE"])
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `command` to completion within `timeout`, returning its stdout; panics with its output
+/// when it fails or hangs.
+fn run_bounded(command: &mut Command, timeout: Duration) -> String {
+    let out = tempfile::tempfile().expect("temp file for stdout");
+    let err = tempfile::tempfile().expect("temp file for stderr");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(POLL);
+    };
+    let read = |mut file: fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        file.rewind().expect("rewind");
+        file.read_to_string(&mut text).expect("read output");
+        text
+    };
+    let (stdout, stderr) = (read(out), read(err));
+    match status {
+        Some(status) if status.success() => stdout,
+        Some(status) => panic!("{command:?} exited with {status}:\n{stdout}\n{stderr}"),
+        None => panic!("{command:?} did not finish within {timeout:?}:\n{stdout}\n{stderr}"),
+    }
+}
+
+/// A Redis Cluster of masters without replicas, each node its own process and folder.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` cluster-enabled nodes, joins them with `redis-cli --cluster create` and
+    /// waits until every node reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                // The cluster bus gets its own free port rather than port + 10000, which may
+                // be taken or beyond 65535.
+                let bus = free_port().to_string();
+                let extra = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                RedisServer::launch(free_port(), extra.map(String::from).to_vec())
+            })
+            .collect();
+        let mut create = Command::new(REDIS_CLI);
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port()));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_bounded(&mut create, START_TIMEOUT);
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        for node in &cluster.nodes {
+            loop {
+                let info = node.try_query::<String>(&["CLUSTER", "INFO"]);
+                if info.as_deref().is_ok_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "node {} not cluster_state:ok within {START_TIMEOUT:?}: {info:?}; log:\n{}",
+                        node.port(),
+                        node.log()
+                    );
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        cluster
+    }
+
+    /// The nodes, in start order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:P1,redis://127.0.0.1:P2,…`, as `cache.redis_url` takes a cluster.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Keys matching `pattern` on every node, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.nodes.iter().flat_map(|n| n.keys(pattern)).collect();
+        keys.sort();
+        keys
+    }
+
+    /// `DBSIZE` of each node.
+    pub fn dbsizes(&self) -> Vec<u64> {
+        self.nodes.iter().map(RedisServer::dbsize).collect()
+    }
+
+    /// Runs a command on the node owning `key` (`CLUSTER KEYSLOT`, then that node's slots).
+    pub fn query_key<T: redis::FromRedisValue>(&self, args: &[&str], key: &str) -> T {
+        let slot: u16 = self.nodes[0].query(&["CLUSTER", "KEYSLOT", key]);
+        let slots: Vec<Vec<redis::Value>> = self.nodes[0].query(&["CLUSTER", "SLOTS"]);
+        for range in &slots {
+            let bound = |i: usize| match range.get(i) {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("CLUSTER SLOTS entry {other:?}"),
+            };
+            if (bound(0)..=bound(1)).contains(&i64::from(slot)) {
+                let port = match range.get(2) {
+                    Some(redis::Value::Array(master)) => match master.get(1) {
+                        Some(redis::Value::Int(port)) => *port,
+                        other => panic!("CLUSTER SLOTS master {other:?}"),
+                    },
+                    other => panic!("CLUSTER SLOTS master {other:?}"),
+                };
+                let node = self
+                    .nodes
+                    .iter()
+                    .find(|n| i64::from(n.port()) == port)
+                    .unwrap_or_else(|| panic!("slot {slot} on unknown port {port}"));
+                return node.query(args);
+            }
+        }
+        panic!("slot {slot} of {key:?} is not served: {slots:?}")
+    }
+}
