@@ -15,5 +15,6 @@ pub mod experiment;
 pub mod gateway;
 pub mod metrics;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tracking;

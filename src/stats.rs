@@ -1,0 +1,190 @@
+//! The statistics analysts read in `/experiments/{id}/results`: CTR intervals, lift, p-values
+//! and the sample-ratio-mismatch test. Pure functions over counts; an undefined statistic is an
+//! `Err` carrying the reason, never a NaN.
+//!
+//! Choices (standard for A/B tests on proportions):
+//! - CTR interval: Wilson score, 95%.
+//! - Lift: relative, `ctr_arm / ctr_control − 1`, with a 95% interval from the delta method on
+//!   the log of the ratio (Katz): `Var(ln r) ≈ (1−p₁)/(n₁p₁) + (1−p₀)/(n₀p₀)`.
+//! - p-value: two-sided two-proportion z-test with the pooled proportion.
+//! - Sample-ratio mismatch: Pearson chi-square of users per arm against the configured
+//!   weights, `k − 1` degrees of freedom.
+
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
+
+/// The 0.975 quantile of the standard normal: two-sided 95%.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// A two-sided interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+}
+
+/// The Wilson score interval (95%) of `successes` in `trials`.
+pub fn wilson(successes: u64, trials: u64) -> Result<Interval, &'static str> {
+    if trials == 0 {
+        return Err("no impressions");
+    }
+    let n = trials as f64;
+    let p = successes as f64 / n;
+    let z2 = Z95 * Z95;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Ok(Interval { low: (centre - half).max(0.0), high: (centre + half).min(1.0) })
+}
+
+fn standard_normal() -> Normal {
+    Normal::standard()
+}
+
+/// Two-sided p-value of the pooled two-proportion z-test of `c1/n1` against `c0/n0`.
+pub fn two_proportion_p(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<f64, &'static str> {
+    if n1 == 0 || n0 == 0 {
+        return Err("an arm has no impressions");
+    }
+    let (n1f, n0f) = (n1 as f64, n0 as f64);
+    let pooled = (c1 + c0) as f64 / (n1f + n0f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n0f)).sqrt();
+    if se == 0.0 {
+        return Err("no variation: no clicks, or clicks on every impression, in both arms");
+    }
+    let z = (c1 as f64 / n1f - c0 as f64 / n0f) / se;
+    Ok((2.0 * standard_normal().sf(z.abs())).min(1.0))
+}
+
+/// Relative lift of `c1/n1` over `c0/n0` and its 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lift {
+    /// `ctr₁ / ctr₀ − 1`.
+    pub value: f64,
+    /// Delta-method interval on the log ratio; `Err` when an arm has no clicks.
+    pub interval: Result<Interval, &'static str>,
+}
+
+/// The relative lift of an arm over the control.
+pub fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, &'static str> {
+    if n1 == 0 || n0 == 0 {
+        return Err("an arm has no impressions");
+    }
+    if c0 == 0 {
+        return Err("the control has no clicks");
+    }
+    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
+    let value = p1 / p0 - 1.0;
+    let interval = if c1 == 0 {
+        Err("the arm has no clicks")
+    } else {
+        let se = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
+        let ln = (p1 / p0).ln();
+        Ok(Interval { low: (ln - Z95 * se).exp() - 1.0, high: (ln + Z95 * se).exp() - 1.0 })
+    };
+    Ok(Lift { value, interval })
+}
+
+/// p-value of the chi-square test of `observed` users per arm against `weights` (any scale).
+pub fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &'static str> {
+    if observed.len() < 2 || observed.len() != weights.len() {
+        return Err("needs at least two arms");
+    }
+    let total: f64 = observed.iter().map(|&o| o as f64).sum();
+    let weight_sum: f64 = weights.iter().sum();
+    if total == 0.0 {
+        return Err("no users yet");
+    }
+    if weights.iter().any(|&w| w <= 0.0) || weight_sum <= 0.0 {
+        return Err("an arm has no expected share");
+    }
+    let chi2: f64 = observed
+        .iter()
+        .zip(weights)
+        .map(|(&o, &w)| {
+            let expected = total * w / weight_sum;
+            (o as f64 - expected).powi(2) / expected
+        })
+        .sum();
+    let dist = ChiSquared::new((observed.len() - 1) as f64).map_err(|_| "invalid degrees of freedom")?;
+    Ok(dist.sf(chi2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative closeness, for reference values computed once with scipy/statsmodels.
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= 1e-9 * want.abs().max(1e-12)
+    }
+
+    #[test]
+    fn wilson_matches_statsmodels() {
+        // statsmodels.stats.proportion.proportion_confint(c, n, alpha=0.05, method="wilson")
+        let reference = [
+            (30, 1000, 0.021093738828834696, 0.042503414147587126),
+            (0, 1000, 0.0, 0.003826758485555125),
+            (1000, 1000, 0.996173241514445, 1.0),
+            (5, 7, 0.3589344518326191, 0.9177810759959432),
+            (123_456_789, 1_000_000_000, 0.12343640161927887, 0.12347717927367156),
+        ];
+        for (c, n, low, high) in reference {
+            let got = wilson(c, n).expect("defined");
+            assert!((got.low - low).abs() < 1e-12 && close(got.high, high), "{c}/{n}: {got:?}");
+        }
+        assert_eq!(wilson(0, 0), Err("no impressions"));
+    }
+
+    #[test]
+    fn z_test_matches_statsmodels() {
+        // statsmodels.stats.proportion.proportions_ztest([c1, c0], [n1, n0])
+        let reference = [
+            (60, 1000, 40, 1000, 0.04017387028851211),
+            (120, 5000, 100, 5000, 0.1727308326331427),
+            (0, 1000, 3, 1000, 0.08303324629912977),
+            (123_456_789, 1_000_000_000, 123_400_000, 1_000_000_000, 0.00011313701574892927),
+        ];
+        for (c1, n1, c0, n0, p) in reference {
+            let got = two_proportion_p(c1, n1, c0, n0).expect("defined");
+            assert!(close(got, p), "{c1}/{n1} vs {c0}/{n0}: {got} != {p}");
+        }
+        assert!(two_proportion_p(0, 10, 0, 10).is_err(), "no clicks anywhere");
+        assert!(two_proportion_p(5, 0, 1, 10).is_err(), "one arm only with data");
+    }
+
+    #[test]
+    fn lift_uses_the_delta_method_on_the_log_ratio() {
+        // exp(ln(p1/p0) ± 1.96·sqrt((1−p1)/(n1·p1) + (1−p0)/(n0·p0))) − 1, computed in Python.
+        let lift = relative_lift(60, 1000, 40, 1000).expect("defined");
+        assert!(close(lift.value, 0.5));
+        let interval = lift.interval.expect("defined");
+        assert!(close(interval.low, 0.015223749937738784) && close(interval.high, 1.216260208784504));
+        let lift = relative_lift(120, 5000, 100, 5000).expect("defined");
+        let interval = lift.interval.expect("defined");
+        assert!(close(interval.low, -0.07702007707124314) && close(interval.high, 0.5601639474785747));
+
+        let no_arm_clicks = relative_lift(0, 1000, 3, 1000).expect("point estimate defined");
+        assert_eq!(no_arm_clicks.value, -1.0);
+        assert_eq!(no_arm_clicks.interval, Err("the arm has no clicks"));
+        assert_eq!(relative_lift(3, 1000, 0, 1000), Err("the control has no clicks"));
+        assert_eq!(relative_lift(3, 0, 1, 1000), Err("an arm has no impressions"));
+    }
+
+    #[test]
+    fn sample_ratio_matches_scipy_chisquare() {
+        // scipy.stats.chisquare(observed, expected_from_weights).pvalue
+        let reference: [(&[u64], &[f64], f64); 4] = [
+            (&[5050, 4950], &[50.0, 50.0], 0.31731050786291115),
+            (&[5200, 4800], &[50.0, 50.0], 6.334248366623988e-05),
+            (&[3000, 3000, 4200], &[30.0, 30.0, 40.0], 0.0528035703343005),
+            (&[1_000_000_000, 999_900_000], &[50.0, 50.0], 0.02534365752336276),
+        ];
+        for (observed, weights, p) in reference {
+            let got = sample_ratio_p(observed, weights).expect("defined");
+            assert!((got - p).abs() <= 1e-9 * p.max(1e-6), "{observed:?}: {got} != {p}");
+        }
+        assert_eq!(sample_ratio_p(&[0, 0], &[50.0, 50.0]), Err("no users yet"));
+        assert_eq!(sample_ratio_p(&[10], &[100.0]), Err("needs at least two arms"));
+    }
+}
