@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
 use crate::experiment::{Catalog, diff, is_valid_user_id};
+use crate::report::{Format, fetch, render};
 use crate::server::Server;
 use crate::store::{GenOptions, generate};
 
@@ -47,6 +48,20 @@ enum Command {
     Openapi,
     /// Read an API key on stdin and print the SHA-256 digest that `auth.keys` holds.
     HashKey,
+    /// Print an experiment's results from a running gateway.
+    Report {
+        /// Experiment id.
+        experiment: String,
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// API key, when the gateway requires one.
+        #[arg(long, env = "RECGW_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
 }
 
 /// Runs the command line; the binary's `main` is this call.
@@ -70,6 +85,24 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Report {
+            experiment,
+            url,
+            format,
+            key,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(e),
+            };
+            match runtime.block_on(fetch(&url, &experiment, key.as_deref())) {
+                Ok(results) => {
+                    print!("{}", render(&results, format));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::HashKey => {
             let mut key = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut key) {

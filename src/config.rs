@@ -25,6 +25,22 @@ pub struct Settings {
     pub tracking: TrackingSettings,
     /// API keys.
     pub auth: AuthSettings,
+    /// The analysts' results.
+    pub results: ResultsSettings,
+}
+
+/// `[results]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsSettings {
+    /// Impressions an arm needs before its comparison is worth reading (`min_sample_reached`).
+    pub min_sample_size: u64,
+}
+
+impl Default for ResultsSettings {
+    fn default() -> Self {
+        ResultsSettings { min_sample_size: 1000 }
+    }
 }
 
 /// `[auth]`

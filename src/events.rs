@@ -3,10 +3,13 @@
 //! served it; forged, expired and repeated events are refused one by one with a reason, and
 //! never fail the rest of the batch.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use moka::sync::Cache;
 
+use crate::cache::RedisTier;
 use crate::tracking::{Claims, Signer, TokenError};
 
 /// How long an event id is remembered: a client retrying a batch within this window is not
@@ -70,19 +73,28 @@ impl Rejection {
 pub struct EventLog {
     /// Verifies tracking tokens (and signs them for responses).
     signer: Signer,
-    /// Event ids seen within the window.
+    /// Event ids seen within the window by this process: the whole record without Redis,
+    /// the fallback while Redis does not answer.
     seen: Cache<String, ()>,
+    /// Where event ids are claimed for every replica (`SET NX` with expiry), when configured.
+    redis: Option<Arc<RedisTier>>,
+}
+
+/// The Redis key claiming one event id.
+fn claim_key(id: &str) -> String {
+    format!("recgw:event:{id}")
 }
 
 impl EventLog {
-    /// An event log verifying with `signer`.
-    pub fn new(signer: Signer) -> Self {
+    /// An event log verifying with `signer`, deduplicating through `redis` when given.
+    pub(crate) fn new(signer: Signer, redis: Option<Arc<RedisTier>>) -> Self {
         EventLog {
             signer,
             seen: Cache::builder()
                 .max_capacity(DEDUPE_CAPACITY)
                 .time_to_live(DEDUPE_WINDOW)
                 .build(),
+            redis,
         }
     }
 
@@ -91,8 +103,9 @@ impl EventLog {
         &self.signer
     }
 
-    /// Checks one event; on success its id is remembered and the claims and kind returned.
-    pub fn accept(&self, event: &Event<'_>, now: SystemTime) -> Result<(Claims, EventKind), Rejection> {
+    /// Verifies one event and names it: the client's id, or (without one) what it says — one
+    /// impression or click of one item per served response.
+    fn check(&self, event: &Event<'_>, now: SystemTime) -> Result<(Claims, EventKind, String), Rejection> {
         let kind = match event.kind {
             "impression" => EventKind::Impression,
             "click" => EventKind::Click,
@@ -102,8 +115,6 @@ impl EventLog {
             return Err(Rejection::MissingItem);
         }
         let claims = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
-        // Without a client id, the event is identified by what it says: one impression (or
-        // click) of one item per served response.
         let id = match event.event_id {
             Some(id) => format!("id:{id}"),
             None => {
@@ -111,11 +122,72 @@ impl EventLog {
                 format!("{}:{}:{signature}", event.kind, event.item_id)
             }
         };
-        if self.seen.contains_key(&id) {
-            return Err(Rejection::Duplicate);
+        Ok((claims, kind, id))
+    }
+
+    /// Checks a batch: every event is verified, then its id is claimed for 24 h — in Redis
+    /// with one pipelined `SET NX EX` per batch, shared by every replica, or in this process
+    /// when there is no Redis or it does not answer. An id claimed before (or earlier in the
+    /// batch) is a duplicate.
+    pub async fn accept(&self, events: &[Event<'_>], now: SystemTime) -> Vec<Result<(Claims, EventKind), Rejection>> {
+        let mut checked: Vec<Result<(Claims, EventKind, String), Rejection>> =
+            events.iter().map(|event| self.check(event, now)).collect();
+        let mut in_batch = HashSet::new();
+        for result in &mut checked {
+            if let Ok((_, _, id)) = result
+                && !in_batch.insert(id.clone())
+            {
+                *result = Err(Rejection::Duplicate);
+            }
         }
-        self.seen.insert(id, ());
-        Ok((claims, kind))
+        let ids: Vec<&str> = checked
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|(_, _, id)| id.as_str()))
+            .collect();
+        let fresh = self.claim(&ids).await;
+        let mut fresh = fresh.into_iter();
+        checked
+            .into_iter()
+            .map(|result| {
+                let (claims, kind, _) = result?;
+                if fresh.next().unwrap_or(false) {
+                    Ok((claims, kind))
+                } else {
+                    Err(Rejection::Duplicate)
+                }
+            })
+            .collect()
+    }
+
+    /// Claims `ids`; true for each id not claimed before.
+    async fn claim(&self, ids: &[&str]) -> Vec<bool> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        if let Some(redis) = &self.redis {
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.cmd("SET")
+                    .arg(claim_key(id))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(DEDUPE_WINDOW.as_secs());
+            }
+            if let Some(replies) = redis.query::<Vec<Option<String>>>(&pipe).await {
+                for id in ids {
+                    self.seen.insert(id.to_string(), ());
+                }
+                return replies.into_iter().map(|reply| reply.is_some()).collect();
+            }
+        }
+        ids.iter()
+            .map(|id| {
+                let fresh = !self.seen.contains_key(*id);
+                self.seen.insert(id.to_string(), ());
+                fresh
+            })
+            .collect()
     }
 }
 
@@ -132,53 +204,64 @@ mod tests {
             model_version: "v".into(),
             user: "42".into(),
             issued_at: unix_seconds(now),
-            forced: false,
+            uncounted: false,
         }
     }
 
-    #[test]
-    fn accepts_once_and_names_every_rejection() {
+    #[tokio::test]
+    async fn accepts_once_and_names_every_rejection() {
         let now = SystemTime::now();
-        let log = EventLog::new(Signer::new("k", Duration::from_secs(60)));
+        let log = EventLog::new(Signer::new("k", Duration::from_secs(60)), None);
         let token = log.signer().sign(&claims(now));
+        async fn one(log: &EventLog, event: Event<'_>, now: SystemTime) -> Result<(String, EventKind), Rejection> {
+            log.accept(&[event], now).await.remove(0).map(|(c, k)| (c.arm, k))
+        }
         let event = Event {
             kind: "click",
             token: &token,
             item_id: "7",
             event_id: None,
         };
-        assert_eq!(
-            log.accept(&event, now).map(|(c, k)| (c.arm, k)),
-            Ok(("treatment".into(), EventKind::Click))
-        );
-        assert_eq!(log.accept(&event, now).map(|_| ()), Err(Rejection::Duplicate));
-        let impression = Event {
-            kind: "impression",
-            ..event
-        };
+        assert_eq!(one(&log, event, now).await, Ok(("treatment".into(), EventKind::Click)));
+        assert_eq!(one(&log, event, now).await, Err(Rejection::Duplicate));
         assert!(
-            log.accept(&impression, now).is_ok(),
-            "another type of the same item is another event"
+            one(
+                &log,
+                Event {
+                    kind: "impression",
+                    ..event
+                },
+                now
+            )
+            .await
+            .is_ok(),
+            "another type is another event"
         );
         let with_id = Event {
             event_id: Some("e-1"),
             item_id: "8",
             ..event
         };
-        assert!(log.accept(&with_id, now).is_ok());
+        assert!(one(&log, with_id, now).await.is_ok());
         assert_eq!(
-            log.accept(
-                &Event {
+            one(
+                &log,
+                Event {
                     item_id: "9",
                     ..with_id
                 },
                 now
             )
-            .map(|_| ()),
+            .await,
             Err(Rejection::Duplicate)
         );
 
-        let reasons: Vec<&str> = [
+        let twice = [Event { item_id: "10", ..event }, Event { item_id: "10", ..event }];
+        let results: Vec<bool> = log.accept(&twice, now).await.iter().map(Result::is_ok).collect();
+        assert_eq!(results, [true, false], "a duplicate within one batch");
+
+        let other = Signer::new("other", Duration::from_secs(60)).sign(&claims(now));
+        let batch = [
             Event { kind: "view", ..event },
             Event { item_id: "", ..event },
             Event {
@@ -187,22 +270,27 @@ mod tests {
                 ..event
             },
             Event {
-                token: &Signer::new("other", Duration::from_secs(60)).sign(&claims(now)),
+                token: &other,
                 item_id: "1",
                 ..event
             },
-        ]
-        .iter()
-        .map(|e| log.accept(e, now).map(|_| ()).expect_err("rejected").as_str())
-        .collect();
+        ];
+        let reasons: Vec<&str> = log
+            .accept(&batch, now)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()).expect_err("rejected").as_str())
+            .collect();
         assert_eq!(
             reasons,
             ["unknown_type", "missing_item_id", "malformed_token", "bad_signature"]
         );
         let later = now + Duration::from_secs(120);
-        assert_eq!(
-            log.accept(&Event { item_id: "2", ..event }, later).map(|_| ()),
-            Err(Rejection::Token(TokenError::Expired))
-        );
+        let expired = log
+            .accept(&[Event { item_id: "2", ..event }], later)
+            .await
+            .remove(0)
+            .map(|_| ());
+        assert_eq!(expired, Err(Rejection::Token(TokenError::Expired)));
     }
 }

@@ -14,6 +14,7 @@ use crate::events::{Event, EventKind, EventLog, Rejection};
 use crate::experiment::{Catalog, Problems};
 use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
+use crate::tally::{Count, Tally};
 use crate::tracking::{Claims, unix_seconds};
 
 /// Shared state of a running gateway.
@@ -31,6 +32,8 @@ pub struct Gateway {
     arms: ArcSwap<ArmIndex>,
     /// Token signing and event deduplication.
     events: EventLog,
+    /// Durable per-arm counts for the results.
+    tally: Arc<Tally>,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
     /// API keys; empty when auth is off.
@@ -117,6 +120,9 @@ pub struct Recommendation {
     pub arm: String,
     /// True for QA overrides.
     pub forced: bool,
+    /// Whether the experiment's results count this response (not a QA override, not a
+    /// completed experiment's winner); events carrying its token are counted alike.
+    pub counted: bool,
     /// The model that produced `list` (the placement default after a fallback).
     pub model: String,
     /// Its version string.
@@ -200,6 +206,7 @@ impl Gateway {
         cache: Arc<TieredCache>,
         metrics: Metrics,
         events: EventLog,
+        tally: Arc<Tally>,
     ) -> Self {
         let arms = metrics.arms(&catalog);
         metrics.experiments_loaded(None, catalog.digest());
@@ -210,6 +217,7 @@ impl Gateway {
             metrics,
             arms: ArcSwap::from_pointee(arms),
             events,
+            tally,
             experiments_dir,
             keys,
             reloading: tokio::sync::Mutex::new(None),
@@ -284,6 +292,11 @@ impl Gateway {
         })
     }
 
+    /// The results counters.
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
+
     /// The configured API keys.
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -313,24 +326,30 @@ impl Gateway {
             model_version: served.model_version.clone(),
             user: user.to_string(),
             issued_at: unix_seconds(SystemTime::now()),
-            forced: served.forced,
+            uncounted: !served.counted,
         })
     }
 
     /// Checks a batch of events and counts the accepted ones for the arm in their token.
-    pub fn record_events<'e>(&self, events: impl IntoIterator<Item = Event<'e>>) -> Vec<Result<(), Rejection>> {
-        let now = SystemTime::now();
-        events
+    pub async fn record_events(&self, events: &[Event<'_>]) -> Vec<Result<(), Rejection>> {
+        let results = self.events.accept(events, SystemTime::now()).await;
+        results
             .into_iter()
-            .map(|event| {
-                let (claims, kind) = self
-                    .events
-                    .accept(&event, now)
-                    .inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
+            .map(|result| {
+                let (claims, kind) = result.inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
                 let arm = self.arm_metrics(&claims.placement, claims.experiment.as_deref(), &claims.arm);
-                match kind {
-                    EventKind::Impression => arm.impression(),
-                    EventKind::Click => arm.click(),
+                let count = match kind {
+                    EventKind::Impression => {
+                        arm.impression();
+                        Count::Impression
+                    }
+                    EventKind::Click => {
+                        arm.click();
+                        Count::Click
+                    }
+                };
+                if let (Some(experiment), false) = (&claims.experiment, claims.uncounted) {
+                    self.tally.record(experiment, &claims.arm, &claims.user, count);
                 }
                 Ok(())
             })
@@ -359,15 +378,24 @@ impl Gateway {
             .assign(placement, user, SystemTime::now())
             .ok_or_else(|| ServeError::UnknownPlacement(placement.to_string()))?;
         let default = &assignment.placement.default_model;
-        let served = |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback| Recommendation {
-            experiment: assignment.experiment.map(|e| e.id.clone()),
-            arm: assignment.arm_name().to_string(),
-            forced: assignment.forced,
-            model: spec.location.clone(),
-            model_version: model.version().to_string(),
-            list,
-            source,
-            fallback,
+        let served = |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback| {
+            // An exposure of the assigned arm, even when the default answered for it: results
+            // compare arms as assigned (intent to treat).
+            if let (true, Some(experiment)) = (assignment.counted(), assignment.experiment) {
+                self.tally
+                    .record(&experiment.id, assignment.arm_name(), user, Count::Exposure);
+            }
+            Recommendation {
+                experiment: assignment.experiment.map(|e| e.id.clone()),
+                arm: assignment.arm_name().to_string(),
+                forced: assignment.forced,
+                counted: assignment.counted(),
+                model: spec.location.clone(),
+                model_version: model.version().to_string(),
+                list,
+                source,
+                fallback,
+            }
         };
 
         let (arm, spec) = match assignment.arm {

@@ -63,6 +63,10 @@ pub struct Metrics {
     /// `experiments_info{digest}`: 1 for the experiment set in force, so every replica's set
     /// can be compared in one query.
     experiments_info: IntGaugeVec,
+    /// `results_pending_updates`: result counts waiting to be flushed to Redis.
+    pub(crate) results_pending: IntGauge,
+    /// `results_dropped_updates_total`: result counts lost to a full buffer.
+    pub(crate) results_dropped: IntCounter,
     /// `cache_requests_total{tier,result}`, pre-resolved.
     pub(crate) cache: CacheCounters,
     /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure; only exported
@@ -305,6 +309,19 @@ impl Metrics {
                     &["digest"],
                 )
                 .expect("valid metric"),
+            ),
+            results_pending: register(
+                r,
+                IntGauge::new(
+                    "results_pending_updates",
+                    "Result counts waiting to be flushed to Redis.",
+                )
+                .expect("valid metric"),
+            ),
+            results_dropped: register(
+                r,
+                IntCounter::new("results_dropped_updates_total", "Result counts lost to a full buffer.")
+                    .expect("valid metric"),
             ),
             cache: CacheCounters {
                 local_hit: cache_requests.with_label_values(&["local", "hit"]),

@@ -18,6 +18,7 @@ use crate::experiment::{Catalog, Problems};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::{ModelRegistry, StoreError};
+use crate::tally::Tally;
 use crate::tracking::Signer;
 
 /// Why the gateway could not start.
@@ -85,7 +86,14 @@ impl Server {
                  must come back to this replica; set RECGW__TRACKING__SECRET when replicas share traffic"
             );
         }
-        let events = EventLog::new(Signer::new(&settings.tracking.secret, settings.tracking.token_max_age));
+        let signer = Signer::new(&settings.tracking.secret, settings.tracking.token_max_age);
+        let events = EventLog::new(signer, cache.redis().cloned());
+        let tally = Arc::new(Tally::new(
+            cache.redis().cloned(),
+            metrics.results_pending.clone(),
+            metrics.results_dropped.clone(),
+            settings.results.min_sample_size,
+        ));
         let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
         if keys.is_off() {
             tracing::warn!(
@@ -95,7 +103,7 @@ impl Server {
             );
         }
         let dir = settings.experiments.dir.clone();
-        let gateway = Arc::new(Gateway::new(catalog, dir, keys, models, cache, metrics, events));
+        let gateway = Arc::new(Gateway::new(catalog, dir, keys, models, cache, metrics, events, tally));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
@@ -132,6 +140,7 @@ impl Server {
         self.gateway.models().spawn_polling(self.refresh_interval);
         let mut tasks = self.gateway.cache().spawn_sync(self.sync_interval);
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
+        tasks.extend(self.gateway.tally().spawn_flushing());
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
@@ -142,6 +151,9 @@ impl Server {
             .await;
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();
+        if !self.gateway.tally().flush().await {
+            tracing::error!("result counts could not be flushed to Redis before exit");
+        }
         result
     }
 }

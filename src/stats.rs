@@ -34,7 +34,10 @@ pub fn wilson(successes: u64, trials: u64) -> Result<Interval, &'static str> {
     let z2 = Z95 * Z95;
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    Ok(Interval { low: (centre - half).max(0.0), high: (centre + half).min(1.0) })
+    Ok(Interval {
+        low: (centre - half).max(0.0),
+        high: (centre + half).min(1.0),
+    })
 }
 
 fn standard_normal() -> Normal {
@@ -80,7 +83,10 @@ pub fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, &'stati
     } else {
         let se = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
         let ln = (p1 / p0).ln();
-        Ok(Interval { low: (ln - Z95 * se).exp() - 1.0, high: (ln + Z95 * se).exp() - 1.0 })
+        Ok(Interval {
+            low: (ln - Z95 * se).exp() - 1.0,
+            high: (ln + Z95 * se).exp() - 1.0,
+        })
     };
     Ok(Lift { value, interval })
 }
@@ -131,7 +137,10 @@ mod tests {
         ];
         for (c, n, low, high) in reference {
             let got = wilson(c, n).expect("defined");
-            assert!((got.low - low).abs() < 1e-12 && close(got.high, high), "{c}/{n}: {got:?}");
+            assert!(
+                (got.low - low).abs() < 1e-12 && close(got.high, high),
+                "{c}/{n}: {got:?}"
+            );
         }
         assert_eq!(wilson(0, 0), Err("no impressions"));
     }
@@ -143,7 +152,13 @@ mod tests {
             (60, 1000, 40, 1000, 0.04017387028851211),
             (120, 5000, 100, 5000, 0.1727308326331427),
             (0, 1000, 3, 1000, 0.08303324629912977),
-            (123_456_789, 1_000_000_000, 123_400_000, 1_000_000_000, 0.00011313701574892927),
+            (
+                123_456_789,
+                1_000_000_000,
+                123_400_000,
+                1_000_000_000,
+                0.00011313701574892927,
+            ),
         ];
         for (c1, n1, c0, n0, p) in reference {
             let got = two_proportion_p(c1, n1, c0, n0).expect("defined");

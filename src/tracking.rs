@@ -34,9 +34,10 @@ pub struct Claims {
     /// Unix seconds at signing.
     #[serde(rename = "t")]
     pub issued_at: u64,
-    /// A QA override: events are accepted but not counted for the arm.
+    /// Not counted in the experiment's results (a QA override, or a completed experiment's
+    /// winner): its events are accepted and in the metrics, but not in the results.
     #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
-    pub forced: bool,
+    pub uncounted: bool,
 }
 
 /// Why a token was refused; the name is the reason `POST /events` reports.
@@ -143,7 +144,7 @@ mod tests {
             model_version: "als-v2@1a-2b-3c".into(),
             user: "42".into(),
             issued_at,
-            forced: false,
+            uncounted: false,
         }
     }
 

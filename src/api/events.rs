@@ -105,12 +105,17 @@ impl EventsApi {
                 message: format!("{} events in one batch; send at most {MAX_BATCH}", batch.events.len()),
             })));
         }
-        let results = gateway.record_events(batch.events.iter().map(|e| Event {
-            kind: &e.kind,
-            token: &e.tracking_token,
-            item_id: &e.item_id,
-            event_id: e.event_id.as_deref(),
-        }));
+        let events: Vec<Event<'_>> = batch
+            .events
+            .iter()
+            .map(|e| Event {
+                kind: &e.kind,
+                token: &e.tracking_token,
+                item_id: &e.item_id,
+                event_id: e.event_id.as_deref(),
+            })
+            .collect();
+        let results = gateway.record_events(&events).await;
         let rejections: Vec<Rejected> = results
             .iter()
             .zip(&batch.events)

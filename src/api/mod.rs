@@ -9,6 +9,7 @@ mod experiments;
 mod health;
 mod metrics;
 mod recommendations;
+mod results;
 mod stats;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ type Apis = (
     recommendations::RecommendationsApi,
     events::EventsApi,
     experiments::ExperimentsApi,
+    results::ResultsApi,
     stats::StatsApi,
     health::HealthApi,
     metrics::MetricsApi,
@@ -56,6 +58,7 @@ fn service() -> OpenApiService<Apis, ()> {
             recommendations::RecommendationsApi,
             events::EventsApi,
             experiments::ExperimentsApi,
+            results::ResultsApi,
             stats::StatsApi,
             health::HealthApi,
             metrics::MetricsApi,
@@ -116,6 +119,7 @@ fn route_template(path: &str) -> &'static str {
         ["experiments"] => "/experiments",
         ["experiments", _] => "/experiments/{id}",
         ["experiments", _, "assignment", _] => "/experiments/{id}/assignment/{user_id}",
+        ["experiments", _, "results"] => "/experiments/{id}/results",
         ["events"] => "/events",
         ["stats"] => "/stats",
         ["metrics"] => "/metrics",

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use moka::Expiry;
 use moka::future::Cache as Moka;
 
-use self::redis::RedisTier;
+pub(crate) use self::redis::RedisTier;
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
 use crate::store::{LoadedModel, RankedList, StoreError};
@@ -289,6 +289,11 @@ impl TieredCache {
     pub async fn track(&self, models: impl IntoIterator<Item = String>) {
         self.generations.track(models);
         self.poll_generations().await;
+    }
+
+    /// The Redis tier, shared with the results counters.
+    pub(crate) fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
     }
 
     /// Redis tier state for `/ready`: `None` when no Redis is configured.

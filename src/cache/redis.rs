@@ -161,18 +161,25 @@ impl RedisTier {
         self.answered.load(Ordering::Relaxed) && self.breaker.backoff_ms.load(Ordering::Relaxed) == 0
     }
 
-    /// Runs one command under the deadline and the breaker; `None` when Redis did not answer
-    /// (skipped, timed out or failed — each counted), so callers go on without it.
-    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Option<T> {
+    /// Runs one command or pipeline under `cache.redis_timeout` and the breaker; `None` when
+    /// Redis did not answer (skipped, timed out or failed — each counted), so callers go on
+    /// without it.
+    pub async fn query<T: FromRedisValue>(&self, request: &impl Ask) -> Option<T> {
+        self.query_within(request, self.timeout).await
+    }
+
+    /// As [`RedisTier::query`] with another deadline, for background batches that are larger
+    /// than a request's single command.
+    pub async fn query_within<T: FromRedisValue>(&self, request: &impl Ask, deadline: Duration) -> Option<T> {
         if !self.breaker.allows() {
             self.metrics.cache.redis_skipped.inc();
             return None;
         }
-        let answer = tokio::time::timeout(self.timeout, async {
+        let answer = tokio::time::timeout(deadline, async {
             match &self.connection {
-                Connection::Single(manager) => run(cmd, &mut manager.clone()).await,
+                Connection::Single(manager) => request.ask(&mut manager.clone()).await,
                 Connection::Cluster(slot) => match slot.load_full() {
-                    Some(connection) => run(cmd, &mut (*connection).clone()).await,
+                    Some(connection) => request.ask(&mut (*connection).clone()).await,
                     None => Err(redis::RedisError::from((
                         redis::ErrorKind::Io,
                         "cluster not connected yet",
@@ -207,8 +214,25 @@ impl RedisTier {
     }
 }
 
-async fn run<T: FromRedisValue, C: ConnectionLike>(cmd: &Cmd, connection: &mut C) -> redis::RedisResult<T> {
-    cmd.query_async(connection).await
+/// What Redis answers: one command or a pipeline of them.
+pub(crate) trait Ask: Sync {
+    /// Sends it on `connection` and decodes the reply.
+    fn ask<T: FromRedisValue, C: ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Ask for Cmd {
+    async fn ask<T: FromRedisValue, C: ConnectionLike + Send>(&self, connection: &mut C) -> redis::RedisResult<T> {
+        self.query_async(connection).await
+    }
+}
+
+impl Ask for redis::Pipeline {
+    async fn ask<T: FromRedisValue, C: ConnectionLike + Send>(&self, connection: &mut C) -> redis::RedisResult<T> {
+        self.query_async(connection).await
+    }
 }
 
 impl std::fmt::Debug for RedisTier {

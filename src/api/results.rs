@@ -1,0 +1,159 @@
+//! `GET /experiments/{id}/results`: what analysts read to compare arms.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use poem::web::{Data, RemoteAddr};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::ApiTags;
+use super::auth::Auth;
+use super::error::ApiError;
+use crate::auth::Role;
+use crate::gateway::Gateway;
+use crate::results::{self, ArmResults, ExperimentResults};
+
+/// The results endpoint.
+pub(crate) struct ResultsApi;
+
+/// One arm's counts and statistics. Every statistic is a number or `null`; a `null` has its
+/// reason in `undefined`.
+#[derive(Debug, Object)]
+struct ArmResultsBody {
+    /// Arm name.
+    name: String,
+    /// Configured share, percent.
+    weight: f64,
+    /// True for the control (the first arm), which the others are compared with.
+    control: bool,
+    /// Distinct users served (HyperLogLog with Redis: ±0.81%).
+    users: u64,
+    /// Responses served to counted users (QA overrides excluded).
+    exposures: u64,
+    /// Impressions reported.
+    impressions: u64,
+    /// Clicks reported.
+    clicks: u64,
+    /// Distinct users who clicked.
+    clicking_users: u64,
+    /// Clicks / impressions.
+    ctr: Option<f64>,
+    /// 95% Wilson interval of the CTR, low end.
+    ctr_low: Option<f64>,
+    /// 95% Wilson interval of the CTR, high end.
+    ctr_high: Option<f64>,
+    /// Relative lift of the CTR over the control (`0.05` is +5%).
+    lift: Option<f64>,
+    /// 95% interval of the lift (delta method on the log ratio), low end.
+    lift_low: Option<f64>,
+    /// 95% interval of the lift, high end.
+    lift_high: Option<f64>,
+    /// Two-sided two-proportion z-test against the control.
+    p_value: Option<f64>,
+    /// Whether the arm has `min_sample_size` impressions.
+    min_sample_reached: bool,
+    /// Why a statistic is `null`, by field name.
+    undefined: BTreeMap<String, String>,
+}
+
+/// An experiment's results.
+#[derive(Debug, Object)]
+struct ResultsBody {
+    /// Experiment id.
+    experiment: String,
+    /// Lifecycle state.
+    status: String,
+    /// Seconds since the schedule started; `null` without a start.
+    age_seconds: Option<u64>,
+    /// `redis`: counts shared by every replica; `memory`: this process's only.
+    counts: String,
+    /// Chi-square p-value of users per arm against the weights.
+    srm_p_value: Option<f64>,
+    /// `srm_p_value < 0.001`: the split is broken; do not trust the comparison.
+    srm_detected: bool,
+    /// Impressions each arm needs before its comparison is worth reading.
+    min_sample_size: u64,
+    /// Arms, control first.
+    arms: Vec<ArmResultsBody>,
+    /// Why an experiment-level statistic is `null`, by field name.
+    undefined: BTreeMap<String, String>,
+}
+
+/// Splits a statistic into its value and, when undefined, the reason recorded under `field`.
+fn value<T>(result: Result<T, &'static str>, field: &str, undefined: &mut BTreeMap<String, String>) -> Option<T> {
+    result
+        .map_err(|reason| undefined.insert(field.to_string(), reason.to_string()))
+        .ok()
+}
+
+impl From<&ArmResults> for ArmResultsBody {
+    fn from(arm: &ArmResults) -> Self {
+        let mut undefined = BTreeMap::new();
+        let ctr = value(arm.ctr, "ctr", &mut undefined);
+        let interval = value(arm.ctr_interval, "ctr_low", &mut undefined);
+        let lift = value(arm.lift, "lift", &mut undefined);
+        let lift_interval = lift.and_then(|l| value(l.interval, "lift_low", &mut undefined));
+        ArmResultsBody {
+            name: arm.name.clone(),
+            weight: arm.weight,
+            control: arm.control,
+            users: arm.counts.users,
+            exposures: arm.counts.exposures,
+            impressions: arm.counts.impressions,
+            clicks: arm.counts.clicks,
+            clicking_users: arm.counts.clickers,
+            ctr,
+            ctr_low: interval.map(|i| i.low),
+            ctr_high: interval.map(|i| i.high),
+            lift: lift.map(|l| l.value),
+            lift_low: lift_interval.map(|i| i.low),
+            lift_high: lift_interval.map(|i| i.high),
+            p_value: value(arm.p_value, "p_value", &mut undefined),
+            min_sample_reached: arm.min_sample_reached,
+            undefined,
+        }
+    }
+}
+
+impl From<&ExperimentResults> for ResultsBody {
+    fn from(results: &ExperimentResults) -> Self {
+        let mut undefined = BTreeMap::new();
+        ResultsBody {
+            experiment: results.experiment.clone(),
+            status: results.status.as_str().to_string(),
+            age_seconds: value(results.age_seconds, "age_seconds", &mut undefined),
+            counts: if results.shared { "redis" } else { "memory" }.to_string(),
+            srm_p_value: value(results.srm_p_value, "srm_p_value", &mut undefined),
+            srm_detected: results.srm_detected,
+            min_sample_size: results.min_sample_size,
+            arms: results.arms.iter().map(ArmResultsBody::from).collect(),
+            undefined,
+        }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Experiments")]
+impl ResultsApi {
+    /// Per-arm counts, CTR with a 95% Wilson interval, relative lift and p-value against the
+    /// control, and the sample-ratio-mismatch test.
+    #[oai(path = "/experiments/:id/results", method = "get")]
+    async fn results(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        id: Path<String>,
+        auth: Auth,
+        remote: &RemoteAddr,
+    ) -> Result<Json<ResultsBody>, ApiError> {
+        auth.require(&gateway, remote, Role::Client)?;
+        let catalog = gateway.catalog();
+        let experiment = catalog
+            .experiment(&id)
+            .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
+        let results = results::compute(experiment, gateway.tally())
+            .await
+            .ok_or_else(|| ApiError::unavailable("counts_unavailable", "Redis does not answer; retry shortly"))?;
+        Ok(Json(ResultsBody::from(&results)))
+    }
+}

@@ -1,0 +1,280 @@
+//! `recgw report EXPERIMENT --url URL`: the results endpoint of a running gateway as a terminal
+//! table with a bar chart of the CTR intervals, or as JSON or CSV for notebooks.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table and a bar chart of CTR intervals.
+    Table,
+    /// The results as the API returns them.
+    Json,
+    /// One row per arm.
+    Csv,
+}
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The gateway could not be reached or answered with an error.
+    #[error("{0}")]
+    Http(String),
+}
+
+/// Fetches `/experiments/{experiment}/results` from `url` (with `key` as `X-API-Key`).
+pub async fn fetch(url: &str, experiment: &str, key: Option<&str>) -> Result<Value, ReportError> {
+    let endpoint = format!("{}/experiments/{experiment}/results", url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().get(&endpoint);
+    if let Some(key) = key {
+        request = request.header("X-API-Key", key);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ReportError::Http(format!("{endpoint}: {e}")))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| ReportError::Http(format!("{endpoint}: {e}")))?;
+    if !status.is_success() {
+        let message = body["message"].as_str().unwrap_or("no message");
+        return Err(ReportError::Http(format!("{endpoint}: {status}: {message}")));
+    }
+    Ok(body)
+}
+
+fn percent(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn signed_percent(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |x| format!("{:+.1}%", x * 100.0))
+}
+
+fn interval(low: &Value, high: &Value, show: fn(&Value) -> String) -> String {
+    match (low.is_number(), high.is_number()) {
+        (true, true) => format!("[{}, {}]", show(low), show(high)),
+        _ => "-".into(),
+    }
+}
+
+fn count(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
+}
+
+/// Renders fetched results in `format`.
+pub fn render(results: &Value, format: Format) -> String {
+    let arms = results["arms"].as_array().cloned().unwrap_or_default();
+    match format {
+        Format::Json => serde_json::to_string_pretty(results).unwrap_or_default() + "\n",
+        Format::Csv => {
+            let columns = [
+                "name",
+                "weight",
+                "users",
+                "exposures",
+                "impressions",
+                "clicks",
+                "clicking_users",
+                "ctr",
+                "ctr_low",
+                "ctr_high",
+                "lift",
+                "lift_low",
+                "lift_high",
+                "p_value",
+                "min_sample_reached",
+            ];
+            let mut out = format!("experiment,{}\n", columns.join(","));
+            for arm in &arms {
+                let cells: Vec<String> = columns
+                    .iter()
+                    .map(|c| match &arm[c] {
+                        Value::Null => String::new(),
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{},{}",
+                    results["experiment"].as_str().unwrap_or_default(),
+                    cells.join(",")
+                );
+            }
+            out
+        }
+        Format::Table => table(results, &arms),
+    }
+}
+
+fn table(results: &Value, arms: &[Value]) -> String {
+    let mut out = String::new();
+    let srm = match results["srm_p_value"].as_f64() {
+        Some(p) if results["srm_detected"].as_bool() == Some(true) => {
+            format!("SRM p={p:.2e}  MISMATCH: do not trust this comparison")
+        }
+        Some(p) => format!("SRM p={p:.3} (ok)"),
+        None => format!("SRM: {}", results["undefined"]["srm_p_value"].as_str().unwrap_or("-")),
+    };
+    let age = results["age_seconds"]
+        .as_u64()
+        .map_or_else(|| "no start".into(), |s| format!("{:.1} days", s as f64 / 86_400.0));
+    let _ = writeln!(
+        out,
+        "{} ({}, {age}, counts: {})  {srm}",
+        results["experiment"].as_str().unwrap_or("?"),
+        results["status"].as_str().unwrap_or("?"),
+        results["counts"].as_str().unwrap_or("?"),
+    );
+    let header = [
+        "arm",
+        "weight",
+        "users",
+        "exposures",
+        "impr.",
+        "clicks",
+        "CTR",
+        "CTR 95% CI",
+        "lift",
+        "lift 95% CI",
+        "p-value",
+        "enough",
+    ];
+    let rows: Vec<Vec<String>> = arms
+        .iter()
+        .map(|a| {
+            vec![
+                a["name"].as_str().unwrap_or("?").to_string(),
+                a["weight"].as_f64().map_or_else(|| "-".into(), |w| format!("{w:.1}%")),
+                count(&a["users"]),
+                count(&a["exposures"]),
+                count(&a["impressions"]),
+                count(&a["clicks"]),
+                percent(&a["ctr"]),
+                interval(&a["ctr_low"], &a["ctr_high"], percent),
+                signed_percent(&a["lift"]),
+                interval(&a["lift_low"], &a["lift_high"], signed_percent),
+                a["p_value"].as_f64().map_or_else(|| "-".into(), |p| format!("{p:.2e}")),
+                if a["min_sample_reached"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header.to_vec()));
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    out.push_str(&chart(arms, widths[0]));
+    out
+}
+
+/// One bar per arm: the 95% interval as `[====]` with the CTR as `|`, on a common scale.
+fn chart(arms: &[Value], name_width: usize) -> String {
+    const WIDTH: usize = 50;
+    let top = arms
+        .iter()
+        .filter_map(|a| a["ctr_high"].as_f64())
+        .fold(0.0f64, f64::max);
+    if top <= 0.0 {
+        return String::new();
+    }
+    let col = |x: f64| ((x / top) * (WIDTH - 1) as f64).round() as usize;
+    let mut out = format!("\nCTR, 95% interval (scale 0 .. {:.2}%)\n", top * 100.0);
+    for arm in arms {
+        let mut bar = vec![' '; WIDTH];
+        if let (Some(low), Some(high), Some(ctr)) =
+            (arm["ctr_low"].as_f64(), arm["ctr_high"].as_f64(), arm["ctr"].as_f64())
+        {
+            let (l, h) = (col(low), col(high));
+            for cell in &mut bar[l..=h] {
+                *cell = '=';
+            }
+            bar[l] = '[';
+            bar[h] = ']';
+            bar[col(ctr)] = '|';
+        }
+        let _ = writeln!(
+            out,
+            "{:<name_width$}  {}",
+            arm["name"].as_str().unwrap_or("?"),
+            bar.into_iter().collect::<String>()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        serde_json::json!({
+            "experiment": "e", "status": "running", "age_seconds": 86400, "counts": "redis",
+            "srm_p_value": 0.5, "srm_detected": false, "min_sample_size": 1000, "undefined": {},
+            "arms": [
+                {"name": "control", "weight": 50.0, "users": 100, "exposures": 120, "impressions": 1000, "clicks": 40,
+                 "clicking_users": 30, "ctr": 0.04, "ctr_low": 0.0295, "ctr_high": 0.0541, "lift": null, "lift_low": null,
+                 "lift_high": null, "p_value": null, "min_sample_reached": true, "undefined": {"lift": "this is the control"}},
+                {"name": "treatment", "weight": 50.0, "users": 98, "exposures": 118, "impressions": 1000, "clicks": 60,
+                 "clicking_users": 41, "ctr": 0.06, "ctr_low": 0.0468, "ctr_high": 0.0766, "lift": 0.5, "lift_low": 0.0152,
+                 "lift_high": 1.2163, "p_value": 0.0402, "min_sample_reached": true, "undefined": {}}
+            ]
+        })
+    }
+
+    #[test]
+    fn renders_aligned_table_chart_and_csv() {
+        let table = render(&sample(), Format::Table);
+        assert!(
+            table.starts_with("e (running, 1.0 days, counts: redis)  SRM p=0.500 (ok)"),
+            "{table}"
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("arm") && lines[2].starts_with("control") && lines[3].starts_with("treatment"));
+        assert_eq!(lines[2].find("4.00%").is_some(), true, "{table}");
+        assert!(lines[3].contains("+50.0%") && lines[3].contains("[+1.5%, +121.6%]") && lines[3].contains("4.02e-2"));
+        let bars: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains('[') && l.contains(']') && l.contains('|'))
+            .collect();
+        assert_eq!(bars.len(), 2, "{table}");
+        let csv = render(&sample(), Format::Csv);
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].starts_with("experiment,name,weight,users"));
+        assert!(rows[1].starts_with("e,control,50.0,100,120,1000,40,30,0.04,"), "{csv}");
+        assert!(rows[2].ends_with(",0.0402,true"), "{csv}");
+    }
+}

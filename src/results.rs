@@ -1,0 +1,123 @@
+//! `GET /experiments/{id}/results`: per-arm counts from [`crate::tally`] turned into what an
+//! analyst reads — CTR with its interval, lift and p-value against the control (the first arm),
+//! and the experiment's sample-ratio-mismatch test. Every statistic that is undefined for the
+//! data at hand is an `Err` with the reason, which the API renders as `null` plus the reason.
+
+use std::time::SystemTime;
+
+use crate::experiment::{Experiment, Status};
+use crate::stats::{self, Interval, Lift};
+use crate::tally::{ArmCounts, Tally};
+
+/// A sample-ratio mismatch is flagged below this p-value (DESIGN.md §5).
+pub const SRM_THRESHOLD: f64 = 0.001;
+
+/// One arm's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmResults {
+    /// Arm name.
+    pub name: String,
+    /// Configured share, percent.
+    pub weight: f64,
+    /// Whether this is the control (the first arm).
+    pub control: bool,
+    /// The counts.
+    pub counts: ArmCounts,
+    /// Clicks / impressions.
+    pub ctr: Result<f64, &'static str>,
+    /// 95% Wilson interval of the CTR.
+    pub ctr_interval: Result<Interval, &'static str>,
+    /// Relative lift over the control (`Err` for the control itself).
+    pub lift: Result<Lift, &'static str>,
+    /// Two-sided two-proportion z-test against the control.
+    pub p_value: Result<f64, &'static str>,
+    /// Whether the arm has `min_sample_size` impressions.
+    pub min_sample_reached: bool,
+}
+
+/// An experiment's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentResults {
+    /// Experiment id.
+    pub experiment: String,
+    /// Lifecycle state.
+    pub status: Status,
+    /// Seconds since the schedule started (`Err` without a `start`).
+    pub age_seconds: Result<u64, &'static str>,
+    /// Whether the counts are shared by every replica (Redis) or this process's only.
+    pub shared: bool,
+    /// Chi-square p-value of distinct users per arm against the weights.
+    pub srm_p_value: Result<f64, &'static str>,
+    /// `srm_p_value < 0.001`: the split is broken, the comparison untrustworthy.
+    pub srm_detected: bool,
+    /// Impressions each arm needs before its comparison is worth reading.
+    pub min_sample_size: u64,
+    /// Arms, control first.
+    pub arms: Vec<ArmResults>,
+}
+
+/// Computes the results of `experiment`; `None` when the counts cannot be read (Redis down).
+pub async fn compute(experiment: &Experiment, tally: &Tally) -> Option<ExperimentResults> {
+    let names: Vec<&str> = experiment.arms.iter().map(|a| a.name.as_str()).collect();
+    let counts = tally.read(&experiment.id, &names).await?;
+    Some(from_counts(
+        experiment,
+        &counts,
+        tally.is_shared(),
+        tally.min_sample_size(),
+        SystemTime::now(),
+    ))
+}
+
+/// The statistics of already-read counts (one per arm, in arm order).
+pub fn from_counts(
+    experiment: &Experiment,
+    counts: &[ArmCounts],
+    shared: bool,
+    min_sample_size: u64,
+    now: SystemTime,
+) -> ExperimentResults {
+    let control = counts.first().copied().unwrap_or_default();
+    let arms = experiment
+        .arms
+        .iter()
+        .zip(counts)
+        .enumerate()
+        .map(|(i, (arm, c))| {
+            let is_control = if i == 0 { Err("this is the control") } else { Ok(()) };
+            ArmResults {
+                name: arm.name.clone(),
+                weight: f64::from(arm.weight_bp) / 100.0,
+                control: i == 0,
+                counts: *c,
+                ctr: match c.impressions {
+                    0 => Err("no impressions"),
+                    n => Ok(c.clicks as f64 / n as f64),
+                },
+                ctr_interval: stats::wilson(c.clicks, c.impressions),
+                lift: is_control
+                    .and_then(|()| stats::relative_lift(c.clicks, c.impressions, control.clicks, control.impressions)),
+                p_value: is_control.and_then(|()| {
+                    stats::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
+                }),
+                min_sample_reached: c.impressions >= min_sample_size,
+            }
+        })
+        .collect();
+    let users: Vec<u64> = counts.iter().map(|c| c.users).collect();
+    let weights: Vec<f64> = experiment.arms.iter().map(|a| f64::from(a.weight_bp)).collect();
+    let srm_p_value = stats::sample_ratio_p(&users, &weights);
+    ExperimentResults {
+        experiment: experiment.id.clone(),
+        status: experiment.status,
+        age_seconds: match experiment.start {
+            Some(start) => Ok(now.duration_since(start).map_or(0, |d| d.as_secs())),
+            None => Err("the experiment has no start"),
+        },
+        shared,
+        srm_detected: srm_p_value.is_ok_and(|p| p < SRM_THRESHOLD),
+        srm_p_value,
+        min_sample_size,
+        arms,
+    }
+}
