@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# Load benchmark of the serving path with wrk, one gateway per scenario, all on this machine.
-# Prints a table (requests/s, p50, p99) and writes it to bench/RESULTS.md.
+# Load benchmark of the serving path with wrk, everything on this machine. Each scenario runs a
+# fresh process; throughput is reported as a ratio of a baseline measured in the same run (a
+# minimal poem server returning a pre-serialized response of the same size), because absolute
+# numbers on shared machines drift. Prints one table and writes it to bench/RESULTS.md.
 #
-#   bench/run.sh [--users N] [--duration 10s]
+#   bench/run.sh [--users N] [--duration 10s] [--replicas 2]
 #
-# Scenarios (each against a generated N-user × 50-item nested model, uncovered users served
-# the placement default through the cache):
+# Scenarios, against a generated N-user x 50-item nested model served as the default of
+# placement `bench`:
+#   baseline    the minimal server
 #   local hit   1,000 hot users, local tier on
 #   redis hit   1,000 hot users, local tier off (cache.local_capacity = 0), Redis on
 #   store read  users uniform over N, both tiers off
+#   mixed       Zipf-like users over N, both tiers on, 5% of requests are POST /events
+# With --replicas 2 the mixed scenario also runs on two gateways sharing one Redis, wrk split
+# over both ports, and the aggregate is compared with the single gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 USERS=1000000
 DURATION=10s
+REPLICAS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
-    *) echo "usage: bench/run.sh [--users N] [--duration 10s]" >&2; exit 2 ;;
+    --replicas) REPLICAS=$2; shift 2 ;;
+    *) echo "usage: bench/run.sh [--users N] [--duration 10s] [--replicas 2]" >&2; exit 2 ;;
   esac
 done
 
@@ -31,67 +39,144 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bin recgw --example baseline
 BIN="$CARGO_TARGET_DIR/release/recgw"
+BASELINE="$CARGO_TARGET_DIR/release/examples/baseline"
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 MODEL="bench-${USERS}x50"
 MODELS="$CARGO_TARGET_DIR/bench-models"
 if [ ! -f "$MODELS/$MODEL/_SUCCESS" ]; then
   "$BIN" gen-models --out "$MODELS/$MODEL" --format nested --users "$USERS" --items 100000 --k 50 --seed 7 --partitions 8 >/dev/null
 fi
-mkdir -p "$WORK/experiments"
+"$BIN" gen-models --out "$MODELS/bench-empty" --format global --items 100 --k 50 --seed 7 >/dev/null
+mkdir -p "$WORK/experiments" "$WORK/empty"
 printf '[placements.bench]\ndefault_model = "%s"\n' "$MODEL" > "$WORK/experiments/placements.toml"
+printf '[placements.bench]\ndefault_model = "bench-empty"\n' > "$WORK/empty/placements.toml"
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" --logfile "$WORK/redis.log" &
 PIDS+=($!)
+REDIS="redis://127.0.0.1:$REDIS_PORT"
 
 CORES=$(nproc)
 CONNECTIONS=$((2 * CORES))
 ROWS=()
+BASE_RPS=""
+BASE_P99=""
 
-# scenario NAME HOT_USERS LOCAL_CAPACITY REDIS_URL
-scenario() {
-  local name=$1 hot=$2 capacity=$3 redis=$4 port pid
-  port=$(free_port)
-  RECGW__SERVER__LISTEN="127.0.0.1:$port" RECGW__EXPERIMENTS__DIR="$WORK/experiments" \
-    RECGW__MODELS__ROOT="$MODELS" RECGW__CACHE__LOCAL_CAPACITY="$capacity" RECGW__CACHE__REDIS_URL="$redis" \
+# start_gateway EXPERIMENTS_DIR LOCAL_CAPACITY REDIS_URL -> sets PORT, PID, READY_MS
+start_gateway() {
+  PORT=$(free_port)
+  local started
+  started=$(date +%s%N)
+  RECGW__SERVER__LISTEN="127.0.0.1:$PORT" RECGW__EXPERIMENTS__DIR="$1" RECGW__MODELS__ROOT="$MODELS" \
+    RECGW__CACHE__LOCAL_CAPACITY="$2" RECGW__CACHE__REDIS_URL="$3" RECGW__TRACKING__SECRET=bench \
     RUST_LOG=warn "$BIN" serve &
-  pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/ready" >/dev/null && break; sleep 0.1; done
-  curl -sf "127.0.0.1:$port/ready" >/dev/null || { echo "gateway for $name never got ready" >&2; exit 1; }
-  # Warm the caches with the hot set before measuring.
-  USERS=$hot wrk -t1 -c"$CONNECTIONS" -d2s -s bench/users.lua "http://127.0.0.1:$port" >/dev/null
-  local out
-  out=$(USERS=$hot wrk -t"$CORES" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/users.lua "http://127.0.0.1:$port")
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errors=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-  ROWS+=("| $name | $rps | $p50 | $p99 | ${errors:-0} |")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 600); do curl -sf "127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.05; done
+  curl -sf "127.0.0.1:$PORT/ready" >/dev/null || { echo "gateway never got ready" >&2; exit 1; }
+  READY_MS=$(( ($(date +%s%N) - started) / 1000000 ))
 }
 
-scenario "local hit" 1000 100000 ""
-scenario "redis hit" 1000 0 "redis://127.0.0.1:$REDIS_PORT"
-scenario "store read" "$USERS" 0 ""
+to_ms() { # wrk latency (e.g. 1.23ms, 456.00us, 1.02s) -> milliseconds
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+# measure NAME PORT SCRIPT USERS [RSS_PID]
+measure() {
+  local name=$1 port=$2 script=$3 users=$4 pid=${5:-}
+  USERS=$users wrk -t1 -c"$CONNECTIONS" -d2s -s "$script" "http://127.0.0.1:$port" >/dev/null
+  local out rps p50 p99 p999 errors ratio p99ratio rss
+  out=$(USERS=$users wrk -t"$CORES" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "http://127.0.0.1:$port")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  p999=$(to_ms "$(awk '$1=="99.900%" || $1=="99.9%" {print $2}' <<<"$out")")
+  [ -n "$p999" ] && [ "$p999" != "0.000" ] || p999="-"
+  errors=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  rss="-"; [ -n "$pid" ] && rss="$(rss_mb "$pid") MB"
+  if [ -z "$BASE_RPS" ]; then BASE_RPS=$rps; BASE_P99=$p99; fi
+  ratio=$(awk -v a="$rps" -v b="$BASE_RPS" 'BEGIN { printf "%.2f", a / b }')
+  p99ratio=$(awk -v a="$p99" -v b="$BASE_P99" 'BEGIN { printf "%.1f", a / b }')
+  ROWS+=("| $name | $rps | $ratio | $p50 | $p99 | $p99ratio | $p999 | $rss | ${errors:-0} |")
+  LAST_RPS=$rps
+}
+
+# The baseline answers with a real response body of the same size.
+start_gateway "$WORK/experiments" 100000 ""
+curl -sf "127.0.0.1:$PORT/recommendations/1?placement=bench" > "$WORK/body.json"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+BPORT=$(free_port)
+"$BASELINE" "127.0.0.1:$BPORT" "$WORK/body.json" &
+BPID=$!; PIDS+=("$BPID")
+for _ in $(seq 100); do curl -sf "127.0.0.1:$BPORT/recommendations/1" >/dev/null && break; sleep 0.05; done
+measure "baseline" "$BPORT" bench/users.lua 1000 "$BPID"
+kill "$BPID"
+
+start_gateway "$WORK/empty" 100000 ""
+EMPTY_RSS=$(rss_mb "$PID")
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+start_gateway "$WORK/experiments" 100000 ""
+STARTUP_MS=$READY_MS
+LOADED_RSS=$(rss_mb "$PID")
+measure "local hit" "$PORT" bench/users.lua 1000 "$PID"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+start_gateway "$WORK/experiments" 0 "$REDIS"
+measure "redis hit" "$PORT" bench/users.lua 1000 "$PID"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+start_gateway "$WORK/experiments" 0 ""
+measure "store read" "$PORT" bench/users.lua "$USERS" "$PID"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+start_gateway "$WORK/experiments" 100000 "$REDIS"
+measure "mixed" "$PORT" bench/mixed.lua "$USERS" "$PID"
+SINGLE_RPS=$LAST_RPS
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+SCALE=""
+if [ "$REPLICAS" -ge 2 ]; then
+  start_gateway "$WORK/experiments" 100000 "$REDIS"; PORT_A=$PORT
+  start_gateway "$WORK/experiments" 100000 "$REDIS"; PORT_B=$PORT
+  half=$((CONNECTIONS / 2)); [ "$half" -ge 1 ] || half=1
+  threads=$((CORES / 2)); [ "$threads" -ge 1 ] || threads=1
+  WARM=()
+  for port in "$PORT_A" "$PORT_B"; do
+    USERS=$USERS wrk -t1 -c"$half" -d2s -s bench/mixed.lua "http://127.0.0.1:$port" >/dev/null &
+    WARM+=($!)
+  done
+  wait "${WARM[@]}"
+  USERS=$USERS wrk -t"$threads" -c"$half" -d"$DURATION" -s bench/mixed.lua "http://127.0.0.1:$PORT_A" > "$WORK/a.txt" &
+  WA=$!
+  USERS=$USERS wrk -t"$threads" -c"$half" -d"$DURATION" -s bench/mixed.lua "http://127.0.0.1:$PORT_B" > "$WORK/b.txt" &
+  WB=$!
+  wait "$WA" "$WB"
+  AGG=$(awk '/Requests\/sec/ {s += $2} END {printf "%.2f", s}' "$WORK/a.txt" "$WORK/b.txt")
+  SCALE="Two replicas sharing one Redis (mixed, wrk split over both ports): $AGG requests/s in all, $(awk -v a="$AGG" -v b="$SINGLE_RPS" 'BEGIN { printf "%.2f", a / b }') x the single gateway's $SINGLE_RPS."
+fi
 
 {
   echo "# Benchmark results"
   echo
-  echo "\`bench/run.sh --users $USERS --duration $DURATION\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
-  echo "$CORES cores, wrk with $CORES threads and $CONNECTIONS connections."
+  echo "\`bench/run.sh --users $USERS --duration $DURATION --replicas $REPLICAS\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
+  echo "$CORES cores, wrk with $CORES threads and $CONNECTIONS connections; latencies in ms; ratios against the baseline of this run."
   echo
-  echo "| scenario | requests/s | p50 | p99 | non-2xx |"
-  echo "| --- | --- | --- | --- | --- |"
+  echo "| scenario | requests/s | x baseline | p50 | p99 | p99 x baseline | p99.9 | RSS | non-2xx |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Gateway RSS: $EMPTY_RSS MB with a 100-item global model only, $LOADED_RSS MB with the $USERS-user model loaded ($((LOADED_RSS - EMPTY_RSS)) MB more)."
+  echo "Start-up to ready with the $USERS-user model: $STARTUP_MS ms."
+  [ -z "$SCALE" ] || echo "$SCALE"
 } > bench/RESULTS.md
 cat bench/RESULTS.md
