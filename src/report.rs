@@ -263,7 +263,7 @@ mod tests {
         );
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[1].starts_with("arm") && lines[2].starts_with("control") && lines[3].starts_with("treatment"));
-        assert_eq!(lines[2].find("4.00%").is_some(), true, "{table}");
+        assert!(lines[2].contains("4.00%"), "{table}");
         assert!(lines[3].contains("+50.0%") && lines[3].contains("[+1.5%, +121.6%]") && lines[3].contains("4.02e-2"));
         let bars: Vec<&&str> = lines
             .iter()

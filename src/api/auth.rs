@@ -1,77 +1,95 @@
-//! The `X-API-Key` security scheme of the API. A valid key names a caller; no key (or a wrong
-//! one) falls back to an anonymous caller, which [`Auth::require`] admits only while auth is
-//! off — and then to admin routes only from loopback.
+//! API keys on the HTTP layer. [`authorize`] runs before any route parses its parameters or
+//! body, so a caller without a valid key learns nothing but 401 (or 403 for a lesser role).
+//! [`Auth`] only declares the `X-API-Key` scheme on the routes that need it, for the OpenAPI
+//! document and Swagger UI.
 
 use std::sync::Arc;
 
-use poem::Request;
-use poem::web::RemoteAddr;
+use poem::http::StatusCode;
+use poem::{Endpoint, Request, Response};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::ApiKey;
 
-use super::error::ApiError;
-use crate::auth::{Caller, Role};
+use crate::auth::Role;
 use crate::gateway::Gateway;
 
-/// A caller identified by a configured key.
+/// A configured key, sent as `X-API-Key`.
 #[derive(SecurityScheme)]
-#[oai(
-    rename = "ApiKey",
-    ty = "api_key",
-    key_name = "X-API-Key",
-    key_in = "header",
-    checker = "identify"
-)]
-pub(crate) struct KeyAuth(Caller);
+#[oai(rename = "ApiKey", ty = "api_key", key_name = "X-API-Key", key_in = "header")]
+pub(crate) struct KeyAuth(#[expect(dead_code, reason = "checked by `authorize` before the route runs")] ApiKey);
 
-/// The caller of an authenticated route.
+/// Declares that a route takes an API key; optional in the document because a gateway may run
+/// with auth off. The key is checked by [`authorize`], before the route runs.
 #[derive(SecurityScheme)]
 pub(crate) enum Auth {
     /// A configured key.
-    Key(KeyAuth),
-    /// No valid key; allowed only while auth is off.
+    Key(#[expect(dead_code, reason = "checked by `authorize` before the route runs")] KeyAuth),
+    /// No key: accepted only while auth is off.
     #[oai(fallback)]
     Anonymous,
 }
 
-async fn identify(request: &Request, key: ApiKey) -> Option<Caller> {
-    request.data::<Arc<Gateway>>()?.keys().check(&key.key)
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Denied {
+    /// No key, or not a configured one, while auth is on.
+    #[error("send a valid key in the X-API-Key header")]
+    Unauthorized,
+    /// A client key on an admin route.
+    #[error("key {0:?} may not call admin routes")]
+    Forbidden(String),
+    /// Auth is off and an admin route was called from another host.
+    #[error("auth is off (no auth.keys): admin routes answer loopback callers only")]
+    LoopbackOnly,
 }
 
-impl Auth {
-    /// The caller, if it may use a route needing `role`: 401 without a valid key (auth on),
-    /// 403 for a key of a lesser role, or for an admin route called from another host while
-    /// auth is off. The key's name (never the key) goes into the request's log line.
-    pub fn require(self, gateway: &Gateway, remote: &RemoteAddr, role: Role) -> Result<Caller, ApiError> {
-        let caller = match self {
-            Auth::Key(KeyAuth(caller)) => caller,
-            Auth::Anonymous if gateway.keys().is_off() => {
-                let loopback = remote.as_socket_addr().is_some_and(|a| a.ip().is_loopback());
-                if role == Role::Admin && !loopback {
-                    return Err(ApiError::forbidden(
-                        "admin_loopback_only",
-                        "auth is off (no auth.keys): admin routes answer loopback callers only",
-                    ));
-                }
-                Caller {
-                    name: "anonymous".into(),
-                    role: Role::Admin,
-                }
-            }
-            Auth::Anonymous => {
-                return Err(ApiError::unauthorized(
-                    "unauthorized",
-                    "send a valid key in the X-API-Key header",
-                ));
-            }
-        };
-        tracing::Span::current().record("key", caller.name.as_str());
-        if caller.role < role {
-            return Err(ApiError::forbidden(
-                "forbidden",
-                format!("key {:?} may not call admin routes", caller.name),
-            ));
+impl poem::error::ResponseError for Denied {
+    fn status(&self) -> StatusCode {
+        match self {
+            Denied::Unauthorized => StatusCode::UNAUTHORIZED,
+            Denied::Forbidden(_) | Denied::LoopbackOnly => StatusCode::FORBIDDEN,
         }
-        Ok(caller)
     }
+}
+
+/// The role a route needs, by its first path segment; `None` for open routes (probes,
+/// metrics, the API documents, and unknown paths, which answer 404).
+fn required_role(path: &str) -> Option<Role> {
+    match path.trim_start_matches('/').split('/').next().unwrap_or_default() {
+        "admin" => Some(Role::Admin),
+        "recommendations" | "events" | "experiments" | "stats" => Some(Role::Client),
+        _ => None,
+    }
+}
+
+/// Checks the caller's key against the route's role, then runs the route. The key's name
+/// (never the key) goes into the request's log line.
+pub(crate) async fn authorize<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: Request,
+    gateway: Arc<Gateway>,
+) -> poem::Result<Response> {
+    if let Some(role) = required_role(request.uri().path()) {
+        let keys = gateway.keys();
+        let presented = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        let name = if keys.is_off() {
+            let loopback = request
+                .remote_addr()
+                .as_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback());
+            if role == Role::Admin && !loopback {
+                return Err(Denied::LoopbackOnly.into());
+            }
+            "anonymous".to_string()
+        } else {
+            let caller = presented.and_then(|key| keys.check(key)).ok_or(Denied::Unauthorized)?;
+            if caller.role < role {
+                tracing::Span::current().record("key", caller.name.as_str());
+                return Err(Denied::Forbidden(caller.name).into());
+            }
+            caller.name
+        };
+        tracing::Span::current().record("key", name.as_str());
+    }
+    endpoint.call(request).await.map(poem::IntoResponse::into_response)
 }

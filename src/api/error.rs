@@ -22,10 +22,10 @@ pub enum ApiError {
     /// The request is malformed: bad user id or parameter.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// No valid `X-API-Key` (auth is on).
+    /// No valid `X-API-Key` (auth is on). Raised before the route runs.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// The key's role may not call this route.
+    /// The key's role may not call this route. Raised before the route runs.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// The placement, experiment or route does not exist.
@@ -60,16 +60,6 @@ impl ApiError {
         ApiError::BadRequest(body(error, message))
     }
 
-    /// 401 with a code and message.
-    pub fn unauthorized(error: &str, message: impl Into<String>) -> Self {
-        ApiError::Unauthorized(body(error, message))
-    }
-
-    /// 403 with a code and message.
-    pub fn forbidden(error: &str, message: impl Into<String>) -> Self {
-        ApiError::Forbidden(body(error, message))
-    }
-
     /// 404 with a code and message.
     pub fn not_found(error: &str, message: impl Into<String>) -> Self {
         ApiError::NotFound(body(error, message))
@@ -98,6 +88,9 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
         }
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::LENGTH_REQUIRED => "length_required",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::GATEWAY_TIMEOUT => "timeout",

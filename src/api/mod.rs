@@ -80,6 +80,7 @@ pub fn spec_yaml() -> String {
 /// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504.
 pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
     let metrics = gateway.metrics().clone();
+    let keys_gateway = Arc::clone(&gateway);
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
@@ -94,6 +95,7 @@ pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
                 Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
             }
         })
+        .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&keys_gateway)))
         .around(move |endpoint, request| observe(endpoint, request, metrics.clone()))
         .catch_all_error(error::json_errors)
         .around(log_request)

@@ -1,0 +1,1233 @@
+//! Operating the gateway safely (issue 6; DESIGN.md §2 and §5): API keys and roles on every
+//! route, hot reload of the experiments folder, request ids, the per-request timeout and a
+//! graceful shutdown of the real binary on SIGTERM.
+//!
+//! Gateways run in this process on free loopback ports (except the shutdown test, which runs
+//! the `recgw` binary as a child process), over copies of the repository's own `experiments/`
+//! and its `models/`. Redis, where a test needs a slow one, is a private `redis-server` made
+//! slow with `DEBUG SLEEP` from a second client. Every wait is bounded.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+#[path = "common/redis.rs"]
+mod redis_harness;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway::{READY_TIMEOUT, eventually};
+use recgw::auth::{KeySettings, Role, hash_key};
+use recgw::config::Settings;
+use recgw::experiment::bucket;
+use recgw::server::Server;
+use redis_harness::{RedisServer, free_port};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The demo experiment (`experiments/home-als-rank.toml`, 50/50, salt = id).
+const EXPERIMENT: &str = "home-als-rank";
+const EXPERIMENT_FILE: &str = "home-als-rank.toml";
+/// Keys of the auth matrix; settings hold only their digests.
+const CLIENT_KEY: &str = "web-app-key-5e1f0c";
+const ADMIN_KEY: &str = "ops-team-key-9a7b22";
+const WRONG_KEY: &str = "nobody-configured-this-key";
+/// Bound of the waits for something that should happen within a reload interval or two.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// One HTTP answer, read whole, with its `X-Request-Id`.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    request_id: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.body))
+    }
+}
+
+/// Sends one request to `url` with `headers` and an optional JSON `body`.
+async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Result<Answer, String> {
+    let mut request = client.request(method.clone(), url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header(reqwest::header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    let request_id = header("x-request-id");
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("{method} {url}: body: {e}"))?;
+    Ok(Answer {
+        status,
+        content_type,
+        request_id,
+        body,
+    })
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus exposition (0 when absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Settings over the repository's demo models and `experiments`, on a free loopback port.
+fn settings_over(experiments: &Path) -> Settings {
+    gateway::settings(experiments, &repo().join("models"), "100ms")
+}
+
+/// A gateway in this process with any settings (`TestGateway` only takes folders).
+struct Gw {
+    base: String,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Gw {
+    /// Binds and serves `settings`, then waits until `/ready` is 200.
+    async fn start(settings: &Settings) -> Gw {
+        let server = Server::bind(settings)
+            .await
+            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            rx.await.ok();
+        }));
+        let gw = Gw {
+            base: format!("http://{addr}"),
+            client: http_client(),
+            shutdown: Some(tx),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        eventually(READY_TIMEOUT, "GET /ready = 200", async || {
+            let answer = self.get("/ready").await;
+            if answer.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", answer.status, answer.body))
+            }
+        })
+        .await;
+    }
+
+    /// `method path` with an optional `X-API-Key` and JSON body.
+    async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Answer {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+        send(&self.client, method, &format!("{}{path}", self.base), &headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    /// `GET path`, expecting 200 and JSON.
+    async fn ok(&self, path: &str) -> Value {
+        let answer = self.get(path).await;
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+        answer.json()
+    }
+
+    async fn metrics(&self) -> String {
+        let answer = self.get("/metrics").await;
+        assert_eq!(answer.status, 200, "GET /metrics: {}", answer.body);
+        answer.body
+    }
+
+    /// `POST /admin/reload` (no key: these gateways run with auth off, called from loopback).
+    async fn reload(&self) -> Answer {
+        self.call(Method::POST, "/admin/reload", None, None).await
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Makes `redis` sleep `seconds` (`DEBUG SLEEP`) from a client of its own, on a thread.
+fn debug_sleep(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<redis::RedisResult<String>> {
+    let mut connection = redis.connection().expect("second redis client");
+    std::thread::spawn(move || redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut connection))
+}
+
+/// Asserts `answer` is a JSON error `{error, message}` and returns the code.
+fn error_code(answer: &Answer, what: &str) -> String {
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{what}: {} with content type {:?}: {}",
+        answer.status,
+        answer.content_type,
+        answer.body
+    );
+    let body = answer.json();
+    let code = body["error"].as_str().unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        !code.is_empty() && !message.is_empty(),
+        "{what}: {} body is not {{error, message}}: {body}",
+        answer.status
+    );
+    code.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Auth matrix
+// ---------------------------------------------------------------------------------------------
+
+/// Who may call a route (DESIGN.md §5, README "Security").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Probes and docs: anyone.
+    Open,
+    /// Client apps: a client or admin key.
+    Client,
+    /// Operators: an admin key.
+    Admin,
+}
+
+/// The documented access of every route; a route missing here fails the test, so a new route
+/// cannot ship without a decision.
+fn access(template: &str) -> Access {
+    match template {
+        "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs" => Access::Open,
+        "/recommendations/{user_id}"
+        | "/events"
+        | "/experiments"
+        | "/experiments/{id}"
+        | "/experiments/{id}/assignment/{user_id}"
+        | "/experiments/{id}/results"
+        | "/stats" => Access::Client,
+        "/admin/reload" | "/admin/cache/invalidate" => Access::Admin,
+        other => panic!("route {other} has no documented access: add it to the auth matrix"),
+    }
+}
+
+/// One route of the API: method and path template.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Route {
+    method: String,
+    template: String,
+}
+
+impl Route {
+    /// A valid concrete request for the route: path with parameters and query, and body.
+    fn request(&self) -> (Method, String, Option<Value>) {
+        let path = self.template.replace("{user_id}", "42").replace("{id}", EXPERIMENT);
+        let path = match self.template.as_str() {
+            "/recommendations/{user_id}" => format!("{path}?placement=home&limit=5"),
+            _ => path,
+        };
+        let body = match (self.method.as_str(), self.template.as_str()) {
+            ("post", "/events") => Some(json!({ "events": [] })),
+            ("post", "/admin/cache/invalidate") => Some(json!({ "experiment": EXPERIMENT })),
+            ("post", "/admin/reload") => None,
+            ("post", other) => panic!("no valid body known for POST {other}: add one"),
+            _ => None,
+        };
+        let method = Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).expect("method");
+        (method, path, body)
+    }
+}
+
+/// Every operation in `/openapi.json`, checking its security requirement against [`access`],
+/// plus `/openapi.json` and `/docs` themselves; also checks every path of the committed
+/// `openapi.yaml` is served.
+fn routes(spec: &Value) -> Vec<Route> {
+    let paths = spec["paths"].as_object().expect("paths in /openapi.json");
+    let mut routes = Vec::new();
+    for (template, operations) in paths {
+        let operations = operations.as_object().expect("operations");
+        for (method, operation) in operations {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let declares_key = operation["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("ApiKey").is_some()));
+            let route = Route {
+                method: method.clone(),
+                template: template.clone(),
+            };
+            assert_eq!(
+                declares_key,
+                access(template) != Access::Open,
+                "{method} {template}: the spec's ApiKey security requirement does not match its access"
+            );
+            routes.push(route);
+        }
+    }
+    let committed = std::fs::read_to_string(repo().join("openapi.yaml")).expect("openapi.yaml");
+    let committed: BTreeSet<&str> = committed
+        .lines()
+        .filter(|l| l.starts_with("  /") && l.ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':'))
+        .collect();
+    let served: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+    // Equality of the two is another test's job (the spec may be regenerated separately); the
+    // matrix only needs every committed route to be served and covered.
+    let missing: Vec<&&str> = committed.difference(&served).collect();
+    assert!(missing.is_empty(), "openapi.yaml routes not served: {missing:?}");
+    for template in ["/openapi.json", "/docs"] {
+        routes.push(Route {
+            method: "get".into(),
+            template: template.into(),
+        });
+    }
+    routes.sort();
+    routes
+}
+
+fn keyed_settings() -> Settings {
+    let mut settings = settings_over(&repo().join("experiments"));
+    settings.auth.keys = vec![
+        KeySettings {
+            sha256: hash_key(CLIENT_KEY),
+            role: Role::Client,
+            name: "web".into(),
+        },
+        KeySettings {
+            sha256: hash_key(ADMIN_KEY),
+            role: Role::Admin,
+            name: "ops".into(),
+        },
+    ];
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_kind_of_caller_as_documented() {
+    let gw = Gw::start(&keyed_settings()).await;
+    let spec = gw.ok("/openapi.json").await;
+    let routes = routes(&spec);
+    for expected in [
+        "/recommendations/{user_id}",
+        "/events",
+        "/experiments",
+        "/experiments/{id}",
+        "/experiments/{id}/assignment/{user_id}",
+        "/stats",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/admin/reload",
+        "/admin/cache/invalidate",
+    ] {
+        assert!(
+            routes.iter().any(|r| r.template == expected),
+            "{expected} is missing from /openapi.json: {routes:?}"
+        );
+    }
+
+    let callers = [
+        ("no key", None),
+        ("client key", Some(CLIENT_KEY)),
+        ("admin key", Some(ADMIN_KEY)),
+        ("wrong key", Some(WRONG_KEY)),
+    ];
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for route in &routes {
+        let (method, path, body) = route.request();
+        let access = access(&route.template);
+        for (caller, key) in callers {
+            let answer = gw.call(method.clone(), &path, key, body.as_ref()).await;
+            let status = answer.status;
+            let fits = match (access, caller) {
+                (Access::Open, _) => status == 200,
+                (Access::Client, "client key" | "admin key") => (200..300).contains(&status),
+                (Access::Client, _) => status == 401,
+                (Access::Admin, "admin key") => status == 200,
+                (Access::Admin, "client key") => status == 403,
+                (Access::Admin, _) => status == 401,
+            };
+            let what = format!("{method} {path} with {caller}");
+            if !fits {
+                wrong.push(format!("{what} ({access:?} route): {status} {}", answer.body));
+            }
+            if status == 401 || status == 403 {
+                error_code(&answer, &what);
+                assert!(!answer.body.contains(CLIENT_KEY) && !answer.body.contains(WRONG_KEY));
+            }
+            checked += 1;
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected statuses:\n{}", wrong.join("\n"));
+    assert!(checked >= 13 * 4, "{checked} calls");
+
+    // The admin key reloads for real (the folder is unchanged) and invalidates the models.
+    let reload = gw
+        .call(Method::POST, "/admin/reload", Some(ADMIN_KEY), None)
+        .await
+        .json();
+    assert_eq!(reload["status"], "unchanged", "{reload}");
+    let listed = gw
+        .call(Method::GET, "/experiments", Some(CLIENT_KEY), None)
+        .await
+        .json();
+    assert_eq!(reload["digest"], listed["digest"], "{reload} vs {listed}");
+    let invalidated = gw
+        .call(
+            Method::POST,
+            "/admin/cache/invalidate",
+            Some(ADMIN_KEY),
+            Some(&json!({ "experiment": EXPERIMENT })),
+        )
+        .await
+        .json();
+    let models: Vec<&str> = invalidated["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["model"].as_str())
+        .collect();
+    assert_eq!(models, ["als-v1", "als-v2"], "{invalidated}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_only() {
+    let mut settings = settings_over(&repo().join("experiments"));
+    settings.auth.keys.clear();
+    let gw = Gw::start(&settings).await;
+    let spec = gw.ok("/openapi.json").await;
+    let mut wrong = Vec::new();
+    for route in routes(&spec) {
+        let (method, path, body) = route.request();
+        let answer = gw.call(method.clone(), &path, None, body.as_ref()).await;
+        if !(200..300).contains(&answer.status) {
+            wrong.push(format!(
+                "{method} {path} from loopback: {} {}",
+                answer.status, answer.body
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "with auth off:\n{}", wrong.join("\n"));
+
+    // From a non-loopback address of this machine, admin routes are refused (403, JSON) while
+    // client routes stay open. Skipped where the machine has no such address.
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("no non-loopback IPv4 address: the remote-caller half of this test is skipped");
+        return;
+    };
+    settings.server.listen = SocketAddr::new(ip, 0);
+    let remote = Gw::start(&settings).await;
+    let answer = remote.get(&format!("/experiments/{EXPERIMENT}")).await;
+    assert_eq!(answer.status, 200, "client route from {ip}: {}", answer.body);
+    for (path, body) in [
+        ("/admin/reload", None),
+        ("/admin/cache/invalidate", Some(json!({ "experiment": EXPERIMENT }))),
+    ] {
+        let answer = remote.call(Method::POST, path, None, body.as_ref()).await;
+        assert_eq!(
+            answer.status, 403,
+            "POST {path} from {ip} with auth off: {}",
+            answer.body
+        );
+        error_code(&answer, path);
+    }
+}
+
+/// Auth comes before input validation: a caller without a valid key learns nothing about the
+/// API's parameters or body schema (issue 6: "Missing key → 401, wrong role → 403").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_checked_before_bodies_and_parameters_are_validated() {
+    let gw = Gw::start(&keyed_settings()).await;
+    let bogus = json!({ "bogus": 1 });
+    let cases = [
+        (Method::POST, "/events", None, Some(&bogus), 401),
+        (Method::POST, "/admin/cache/invalidate", None, Some(&bogus), 401),
+        (
+            Method::POST,
+            "/admin/cache/invalidate",
+            Some(WRONG_KEY),
+            Some(&bogus),
+            401,
+        ),
+        (
+            Method::POST,
+            "/admin/cache/invalidate",
+            Some(CLIENT_KEY),
+            Some(&bogus),
+            403,
+        ),
+        (
+            Method::GET,
+            "/recommendations/42?placement=home&limit=1000",
+            None,
+            None,
+            401,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, key, body, status) in cases {
+        let answer = gw.call(method.clone(), path, key, body).await;
+        if answer.status != status {
+            wrong.push(format!(
+                "{method} {path} key {key:?}: want {status}, got {} {}",
+                answer.status, answer.body
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// An IPv4 address of this machine other than loopback (the one its default route uses).
+fn non_loopback_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the local address of the route.
+    socket
+        .connect("192.0.2.1:9")
+        .or_else(|_| socket.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Runs the `recgw` binary with `args` and `stdin`; returns (success, stdout) within 20 s.
+fn run_recgw(args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recgw"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run recgw");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("recgw {args:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn hash_key_prints_the_digest_settings_hold() {
+    for (stdin, key) in [
+        ("s3cret-key\n", "s3cret-key"),
+        ("no-newline", "no-newline"),
+        ("windows\r\n", "windows"),
+    ] {
+        let (ok, stdout) = run_recgw(&["hash-key"], stdin);
+        assert!(ok, "hash-key with {stdin:?} failed: {stdout}");
+        assert_eq!(stdout.trim_end(), hash_key(key), "hash-key with {stdin:?}");
+        assert_eq!(stdout.trim_end().len(), 64);
+    }
+    let (ok, stdout) = run_recgw(&["hash-key"], "");
+    assert!(!ok, "an empty stdin is refused, not hashed: {stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Hot reload
+// ---------------------------------------------------------------------------------------------
+
+/// A copy of the demo experiments folder that the test rewrites atomically (write a sibling
+/// staging file, then rename), so the reloader never reads a half-written file.
+struct Folder {
+    root: TempDir,
+    original: String,
+}
+
+impl Folder {
+    fn new() -> Folder {
+        let root = tempfile::tempdir().expect("tempdir");
+        for sub in ["experiments", "staging"] {
+            std::fs::create_dir(root.path().join(sub)).expect("mkdir");
+        }
+        for entry in std::fs::read_dir(repo().join("experiments")).expect("read experiments") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name");
+            std::fs::copy(&path, root.path().join("experiments").join(name)).expect("copy");
+        }
+        let original = std::fs::read_to_string(repo().join("experiments").join(EXPERIMENT_FILE)).expect("read");
+        assert_eq!(
+            original.matches("weight = 50.0").count(),
+            2,
+            "the demo experiment is 50/50:\n{original}"
+        );
+        assert!(!original.contains("salt"), "the demo salt is the id");
+        Folder { root, original }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("experiments")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let staged = self.root.path().join("staging").join(name);
+        std::fs::write(&staged, text).expect("write staged file");
+        std::fs::rename(&staged, self.dir().join(name)).expect("rename into the folder");
+    }
+
+    /// The demo experiment with weights `control`/`treatment` (percent).
+    fn with_weights(&self, control: u16, treatment: u16) -> String {
+        self.original
+            .replacen("weight = 50.0", "weight = @C", 1)
+            .replacen("weight = 50.0", "weight = @T", 1)
+            .replace("@C", &format!("{control}.0"))
+            .replace("@T", &format!("{treatment}.0"))
+    }
+
+    fn set_weights(&self, control: u16, treatment: u16) {
+        self.write(EXPERIMENT_FILE, &self.with_weights(control, treatment));
+    }
+}
+
+/// The arm §3.1 gives `user` when the control owns `control` percent.
+fn arm_of(user: &str, control: u16) -> &'static str {
+    if bucket(EXPERIMENT, user) < control * 100 {
+        "control"
+    } else {
+        "treatment"
+    }
+}
+
+fn users() -> Vec<String> {
+    (0..200).map(|i| format!("user-{i}")).collect()
+}
+
+/// Asserts the assignment endpoint gives every user of `users` the arm of a `control`/`…`
+/// split, with the bucket §3.1 computes.
+async fn assert_assignments(gw: &Gw, users: &[String], control: u16, context: &str) {
+    for user in users {
+        let body = gw.ok(&format!("/experiments/{EXPERIMENT}/assignment/{user}")).await;
+        assert_eq!(body["arm_bucket"], bucket(EXPERIMENT, user), "{context}: {body}");
+        assert_eq!(body["in_experiment"], true, "{context}: {body}");
+        assert_eq!(
+            body["arm"],
+            arm_of(user, control),
+            "{context}: {user} with control at {control}%: {body}"
+        );
+        assert_eq!(body["arm_for_bucket"], arm_of(user, control), "{context}: {body}");
+    }
+}
+
+/// The weights `/experiments/home-als-rank` shows.
+async fn shown_weights(gw: &Gw) -> Vec<f64> {
+    let body = gw.ok(&format!("/experiments/{EXPERIMENT}")).await;
+    body["arms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("arms: {body}"))
+        .iter()
+        .map(|a| a["weight"].as_f64().expect("weight"))
+        .collect()
+}
+
+async fn wait_weights(gw: &Gw, control: u16, treatment: u16) -> Duration {
+    let started = Instant::now();
+    let want = vec![f64::from(control), f64::from(treatment)];
+    eventually(WAIT, &format!("weights {want:?} in force"), async || {
+        let shown = shown_weights(gw).await;
+        if shown == want {
+            Ok(())
+        } else {
+            Err(format!("{shown:?}"))
+        }
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing() {
+    let folder = Folder::new();
+    let mut settings = settings_over(&folder.dir());
+    settings.experiments.reload_interval = Duration::from_millis(200);
+    let gw = Gw::start(&settings).await;
+    let users = users();
+    let moving = users.iter().filter(|u| arm_of(u, 50) != arm_of(u, 90)).count();
+    assert!(
+        moving >= 20,
+        "only {moving} of the users change arm from 50/50 to 90/10"
+    );
+
+    // (a) An edit is picked up by the interval, without any call.
+    let d0 = gw.ok("/experiments").await["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    assert_assignments(&gw, &users, 50, "the demo set").await;
+    folder.set_weights(90, 10);
+    let took = wait_weights(&gw, 90, 10).await;
+    eprintln!("90/10 in force {took:?} after the edit (reload_interval 200ms)");
+    assert_assignments(&gw, &users, 90, "after the edit to 90/10").await;
+    for user in users.iter().take(20) {
+        let body = gw.ok(&format!("/recommendations/{user}?placement=home")).await;
+        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
+        assert_eq!(body["arm"], arm_of(user, 90), "{user}: {body}");
+    }
+    let d1 = gw.ok("/experiments").await["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    assert_ne!(d0, d1, "the digest names the set in force");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!("experiments_info{{digest=\"{d1}\"}} 1")),
+        "experiments_info shows {d1}:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("experiments_info"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !metrics.contains(&format!("experiments_info{{digest=\"{d0}\"}} 1")),
+        "old digest still 1"
+    );
+    let answer = gw.reload().await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["status"], "unchanged", "{}", answer.body);
+    assert_eq!(answer.json()["digest"], d1.as_str(), "{}", answer.body);
+
+    // (b) A broken file (an unknown key, and weights that would move users) is rejected
+    // whole, once, with the file named; the set in force keeps serving.
+    let failures = sample(&gw.metrics().await, "config_reload_failures_total");
+    folder.write(
+        EXPERIMENT_FILE,
+        &format!("colour = \"blue\"\n{}", folder.with_weights(50, 50)),
+    );
+    let answer = gw.reload().await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let (message, problems) = rejection(&answer);
+    assert!(
+        message.contains(EXPERIMENT_FILE) && message.contains("colour"),
+        "the message names the file and the key: {}",
+        answer.body
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(EXPERIMENT_FILE) && p.contains("colour")),
+        "a problem names the file and the key: {}",
+        answer.body
+    );
+    assert_eq!(
+        sample(&gw.metrics().await, "config_reload_failures_total"),
+        failures + 1.0
+    );
+    // Several reload intervals go by with the broken file in place.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(gw.reload().await.status, 422);
+    assert_assignments(&gw, &users, 90, "with a broken file in the folder").await;
+    assert_eq!(shown_weights(&gw).await, [90.0, 10.0]);
+    assert_eq!(gw.ok("/experiments").await["digest"], d1.as_str());
+    let after = sample(&gw.metrics().await, "config_reload_failures_total");
+    assert_eq!(
+        after,
+        failures + 1.0,
+        "config_reload_failures_total counts the rejected folder once, not at every check"
+    );
+
+    // A different breakage (invalid TOML, replacing the file in one step) counts once more, and
+    // its problem carries the parser's line.
+    folder.write(EXPERIMENT_FILE, &format!("{}\n[[arms]\n", folder.with_weights(50, 50)));
+    let answer = gw.reload().await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let (_, problems) = rejection(&answer);
+    let with_line = format!("{EXPERIMENT_FILE}:");
+    assert!(
+        problems.iter().any(|p| p
+            .split_once(&with_line)
+            .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))),
+        "a problem names the file and the line: {}",
+        answer.body
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_assignments(&gw, &users, 90, "with invalid TOML in the folder").await;
+    assert_eq!(
+        sample(&gw.metrics().await, "config_reload_failures_total"),
+        failures + 2.0,
+        "a new set of problems is counted once"
+    );
+
+    // Fixing the file applies it (by the interval or the call, whichever comes first).
+    folder.set_weights(70, 30);
+    let answer = gw.reload().await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let fixed = answer.json();
+    let d2 = fixed["digest"].as_str().expect("digest").to_string();
+    assert_ne!(d2, d1, "{fixed}");
+    match fixed["status"].as_str() {
+        Some("applied") => assert_eq!(fixed["previous"], d1.as_str(), "{fixed}"),
+        Some("unchanged") => {}
+        _ => panic!("status applied|unchanged: {fixed}"),
+    }
+    assert_eq!(shown_weights(&gw).await, [70.0, 30.0]);
+    assert_eq!(gw.ok("/experiments").await["digest"], d2.as_str());
+    assert_assignments(&gw, &users, 70, "after fixing the file at 70/30").await;
+    assert_eq!(
+        sample(&gw.metrics().await, "config_reload_failures_total"),
+        failures + 2.0
+    );
+
+    // (c) 2,000 requests from 12 concurrent tasks while 20 reloads alternate 30/70 and 70/30.
+    reloads_drop_no_request(&gw, &folder).await;
+}
+
+/// `(message, problems)` of a 422 `experiments_rejected` from `/admin/reload`.
+fn rejection(answer: &Answer) -> (String, Vec<String>) {
+    assert!(answer.content_type.starts_with("application/json"), "{answer:?}");
+    let body = answer.json();
+    assert_eq!(body["error"], "experiments_rejected", "{body}");
+    let problems: Vec<String> = body["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("problems: {body}"))
+        .iter()
+        .map(|p| p.as_str().expect("problem string").to_string())
+        .collect();
+    assert!(!problems.is_empty(), "{body}");
+    (body["message"].as_str().expect("message").to_string(), problems)
+}
+
+const REQUESTS: usize = 2_000;
+const WORKERS: usize = 12;
+const RELOADS: usize = 20;
+
+async fn reloads_drop_no_request(gw: &Gw, folder: &Folder) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (next, done, failures) = (next.clone(), done.clone(), failures.clone());
+        let (client, base) = (gw.client.clone(), gw.base.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= REQUESTS {
+                    return;
+                }
+                let user = format!("user-{}", n % 300);
+                let (path, recommendation) = match n % 2 {
+                    0 => (format!("/recommendations/{user}?placement=home"), true),
+                    _ => (format!("/experiments/{EXPERIMENT}/assignment/{user}"), false),
+                };
+                let failure = match send(&client, Method::GET, &format!("{base}{path}"), &[], None).await {
+                    Ok(answer) if answer.status == 200 => {
+                        // Either split (30/70 or 70/30) may be in force; nothing else may be.
+                        let body = answer.json();
+                        let arm = body["arm"].as_str().unwrap_or_default();
+                        let expected = [arm_of(&user, 30), arm_of(&user, 70)];
+                        let experiment_ok = !recommendation || body["experiment"] == EXPERIMENT;
+                        (!expected.contains(&arm) || !experiment_ok).then(|| format!("GET {path}: {body}"))
+                    }
+                    Ok(answer) => Some(format!("GET {path}: {} {}", answer.status, answer.body)),
+                    Err(e) => Some(e),
+                };
+                if let Some(failure) = failure {
+                    failures.lock().expect("lock").push(failure);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Reload i starts once i * 90 requests are done, so all 20 land among the requests.
+    let mut digests = [BTreeSet::new(), BTreeSet::new()];
+    let mut outcomes = Vec::new();
+    let started = Instant::now();
+    for i in 0..RELOADS {
+        while done.load(Ordering::Relaxed) < i * 90 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "requests stalled at {done:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let in_flight_at = done.load(Ordering::Relaxed);
+        let (control, treatment) = if i % 2 == 0 { (30, 70) } else { (70, 30) };
+        folder.set_weights(control, treatment);
+        let answer = gw.reload().await;
+        assert_eq!(answer.status, 200, "reload {i}: {}", answer.body);
+        let body = answer.json();
+        digests[i % 2].insert(body["digest"].as_str().expect("digest").to_string());
+        outcomes.push((in_flight_at, body["status"].as_str().unwrap_or_default().to_string()));
+    }
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(20), worker)
+            .await
+            .expect("requests finish within 20 s")
+            .expect("worker");
+    }
+    let failures = failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} of {REQUESTS} requests failed during {RELOADS} reloads; first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(done.load(Ordering::Relaxed), REQUESTS);
+    assert!(
+        outcomes.iter().all(|(at, _)| *at < REQUESTS),
+        "every reload started while requests were still being sent: {outcomes:?}"
+    );
+    assert!(
+        digests[0].len() == 1 && digests[1].len() == 1 && digests[0] != digests[1],
+        "each reload answers the digest of the split just written: {digests:?}"
+    );
+    let applied = outcomes.iter().filter(|(_, s)| s == "applied").count();
+    eprintln!(
+        "{REQUESTS} requests, {RELOADS} reloads ({applied} applied by the call, {} already by the interval) in {:?}",
+        RELOADS - applied,
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Request ids
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_or_generated() {
+    let gw = Gw::start(&settings_over(&repo().join("experiments"))).await;
+    let url = |path: &str| format!("{}{path}", gw.base);
+    for path in ["/health", "/recommendations/42?placement=home", "/no-such-route"] {
+        let answer = send(
+            &gw.client,
+            Method::GET,
+            &url(path),
+            &[("X-Request-Id", "req-7f3a-0001")],
+            None,
+        )
+        .await
+        .expect("request");
+        assert_eq!(
+            answer.request_id.as_deref(),
+            Some("req-7f3a-0001"),
+            "GET {path} ({})",
+            answer.status
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for path in [
+        "/health",
+        "/health",
+        "/ready",
+        "/recommendations/42?placement=home",
+        "/nope",
+    ] {
+        let answer = send(&gw.client, Method::GET, &url(path), &[], None)
+            .await
+            .expect("request");
+        let id = answer
+            .request_id
+            .unwrap_or_else(|| panic!("GET {path}: no X-Request-Id in the response"));
+        assert!(!id.is_empty() && id.len() <= 128, "{id:?}");
+        assert!(seen.insert(id.clone()), "id {id} given twice: {seen:?}");
+    }
+    // An unreasonable id (too long) is replaced rather than echoed.
+    let long = "x".repeat(300);
+    let answer = send(
+        &gw.client,
+        Method::GET,
+        &url("/health"),
+        &[("X-Request-Id", &long)],
+        None,
+    )
+    .await
+    .expect("request");
+    let id = answer.request_id.expect("an id");
+    assert!(id != long && id.len() <= 128, "{id:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Request timeout
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_timeout_gets_a_504_json_error() {
+    let redis = RedisServer::start();
+    let mut settings = settings_over(&repo().join("experiments"));
+    settings.server.request_timeout = Duration::from_millis(100);
+    settings.cache.redis_url = redis.url();
+    settings.cache.redis_timeout = Duration::from_secs(2);
+    settings.cache.local_capacity = 0;
+    let gw = Gw::start(&settings).await;
+    eventually(WAIT, "a first request served with Redis up", async || {
+        let metrics = gw.metrics().await;
+        let answer = gw.get("/recommendations/1?placement=home").await;
+        let up = sample(&metrics, "redis_up");
+        if answer.status == 200 && up == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("redis_up {up}, {} {}", answer.status, answer.body))
+        }
+    })
+    .await;
+
+    let sleeper = debug_sleep(&redis, 1.0);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let sent = Instant::now();
+    let answer = send(
+        &gw.client,
+        Method::GET,
+        &format!("{}/recommendations/2?placement=home", gw.base),
+        &[("X-Request-Id", "slow-one")],
+        None,
+    )
+    .await
+    .expect("request");
+    let took = sent.elapsed();
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert_eq!(error_code(&answer, "timed out request"), "timeout");
+    assert_eq!(answer.request_id.as_deref(), Some("slow-one"));
+    assert!(took < Duration::from_millis(700), "the 504 came after {took:?}");
+    let slept = tokio::task::spawn_blocking(move || sleeper.join().expect("sleeper"))
+        .await
+        .expect("join");
+    assert_eq!(slept.expect("DEBUG SLEEP"), "OK");
+    eventually(WAIT, "requests served again once Redis answers", async || {
+        let answer = gw.get("/recommendations/3?placement=home").await;
+        if answer.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", answer.status, answer.body))
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Graceful shutdown of the binary
+// ---------------------------------------------------------------------------------------------
+
+/// The `recgw serve` child process; killed on drop if still running.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let toml_path = |p: &Path| p.to_str().expect("utf-8 path").replace('\\', "\\\\");
+    let config = dir.path().join("recgw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\nrequest_timeout = \"8s\"\n\n\
+             [experiments]\ndir = \"{}\"\n\n[models]\nroot = \"{}\"\n\n\
+             [cache]\nredis_url = \"{}\"\nredis_timeout = \"3s\"\nlocal_capacity = 0\n\n\
+             [[auth.keys]]\nsha256 = \"{}\"\nrole = \"client\"\nname = \"web\"\n",
+            toml_path(&repo().join("experiments")),
+            toml_path(&repo().join("models")),
+            redis.url(),
+            hash_key(CLIENT_KEY),
+        ),
+    )
+    .expect("write settings");
+    let log = dir.path().join("recgw.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_recgw"))
+        .args(["--config", config.to_str().expect("utf-8"), "serve"])
+        .env("RUST_LOG", "info")
+        .env("RUST_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("run recgw serve");
+    let mut process = Process { child, log };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = http_client();
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let ready = send(&client, Method::GET, &format!("{base}/ready"), &[], None).await;
+        let metrics = send(&client, Method::GET, &format!("{base}/metrics"), &[], None).await;
+        if let (Ok(ready), Ok(metrics)) = (&ready, &metrics)
+            && ready.status == 200
+            && sample(&metrics.body, "redis_up") == 1.0
+        {
+            break;
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!("recgw exited with {status} before serving:\n{}", process.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recgw not ready with Redis up within {READY_TIMEOUT:?}: {ready:?}\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis sleeps 1 s: every request below waits on its Redis lookup (3 s deadline).
+    let sleeper = debug_sleep(&redis, 1.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (
+                client.clone(),
+                format!("{base}/recommendations/{}?placement=home", 100 + i),
+            );
+            tokio::spawn(async move {
+                let answer = send(&client, Method::GET, &url, &[("X-API-Key", CLIENT_KEY)], None).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = process.child.id().to_string();
+    let sigterm_at = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(kill.success(), "kill -TERM {pid}");
+    // Once the signal is handled, new connections are refused (not queued, not served).
+    let refused = eventually(WAIT, "new connections refused after SIGTERM", async || {
+        let fresh = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("client");
+        match send(&fresh, Method::GET, &format!("{base}/health"), &[], None).await {
+            Err(e) => Ok(e),
+            Ok(answer) => Err(format!("still served: {} {}", answer.status, answer.body)),
+        }
+    })
+    .await;
+    eprintln!("after SIGTERM: {refused}");
+
+    let mut failures = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        let (answer, finished) = tokio::time::timeout(Duration::from_secs(15), request)
+            .await
+            .unwrap_or_else(|_| panic!("request {i} still running 15 s after SIGTERM"))
+            .expect("request task");
+        match answer {
+            Ok(answer) if answer.status == 200 => {
+                if finished < sigterm_at {
+                    failures.push(format!("request {i} finished before SIGTERM: it was not in flight"));
+                }
+            }
+            Ok(answer) => failures.push(format!("request {i}: {} {}", answer.status, answer.body)),
+            Err(e) => failures.push(format!("request {i}: {e}")),
+        }
+    }
+    let exit = loop {
+        if let Some(status) = process.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            sigterm_at.elapsed() < Duration::from_secs(15),
+            "recgw still running 15 s after SIGTERM:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = sigterm_at.elapsed();
+    let _ = tokio::task::spawn_blocking(move || sleeper.join()).await;
+    assert!(
+        failures.is_empty(),
+        "in-flight requests during shutdown:\n{}\nlog:\n{}",
+        failures.join("\n"),
+        process.log()
+    );
+    assert_eq!(exit.code(), Some(0), "exit status {exit}; log:\n{}", process.log());
+
+    // One JSON log line per request, naming the key by its name, never the key itself.
+    let log = process.log();
+    assert!(!log.contains(CLIENT_KEY), "the key itself is in the log:\n{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "request" && l["span"]["route"] == "/recommendations/{user_id}")
+        .collect();
+    assert_eq!(lines.len(), 20, "request lines:\n{log}");
+    for line in &lines {
+        assert_eq!(line["span"]["key"], "web", "{line}");
+        assert_eq!(line["fields"]["status"], 200, "{line}");
+        assert!(
+            line["span"]["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{line}"
+        );
+    }
+    eprintln!("recgw exited 0 {exited_after:?} after SIGTERM");
+}
