@@ -43,6 +43,23 @@ pub struct Gateway {
     reloading: tokio::sync::Mutex<Option<Problems>>,
 }
 
+/// The services a gateway is assembled from (see `server::Server::bind`).
+#[derive(Debug)]
+pub struct Parts {
+    /// API keys; empty when auth is off.
+    pub keys: Keys,
+    /// Model slots of the catalog.
+    pub models: Arc<ModelRegistry>,
+    /// Cache tiers.
+    pub cache: Arc<TieredCache>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Token signing and event deduplication.
+    pub events: EventLog,
+    /// Results counters.
+    pub tally: Arc<Tally>,
+}
+
 /// New models a reloaded catalog brings get this long to load before the catalog is swapped
 /// in anyway (their arms then fall back to the placement default until they load).
 const NEW_MODEL_WAIT: Duration = Duration::from_secs(30);
@@ -195,19 +212,17 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Gateway {
-    /// A gateway over a catalog loaded from `experiments_dir`, checking `keys`, with a
-    /// registry holding its models, the cache tiers, the metrics and the event log.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        catalog: Catalog,
-        experiments_dir: PathBuf,
-        keys: Keys,
-        models: Arc<ModelRegistry>,
-        cache: Arc<TieredCache>,
-        metrics: Metrics,
-        events: EventLog,
-        tally: Arc<Tally>,
-    ) -> Self {
+    /// A gateway over a catalog loaded from `experiments_dir` (re-read on reload) and the
+    /// services it uses.
+    pub fn new(catalog: Catalog, experiments_dir: PathBuf, parts: Parts) -> Self {
+        let Parts {
+            keys,
+            models,
+            cache,
+            metrics,
+            events,
+            tally,
+        } = parts;
         let arms = metrics.arms(&catalog);
         metrics.experiments_loaded(None, catalog.digest());
         Gateway {

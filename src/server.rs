@@ -15,7 +15,7 @@ use crate::cache::{CacheError, TieredCache};
 use crate::config::Settings;
 use crate::events::EventLog;
 use crate::experiment::{Catalog, Problems};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Parts};
 use crate::metrics::Metrics;
 use crate::store::{ModelRegistry, StoreError};
 use crate::tally::Tally;
@@ -103,7 +103,18 @@ impl Server {
             );
         }
         let dir = settings.experiments.dir.clone();
-        let gateway = Arc::new(Gateway::new(catalog, dir, keys, models, cache, metrics, events, tally));
+        let gateway = Arc::new(Gateway::new(
+            catalog,
+            dir,
+            Parts {
+                keys,
+                models,
+                cache,
+                metrics,
+                events,
+                tally,
+            },
+        ));
         let addr = settings.server.listen;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
