@@ -115,7 +115,9 @@ impl EventLog {
             return Err(Rejection::MissingItem);
         }
         let claims = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
-        let id = match event.event_id {
+        // An empty id is no id: clients that send "" would otherwise lose every such event
+        // after the first.
+        let id = match event.event_id.filter(|id| !id.is_empty()) {
             Some(id) => format!("id:{id}"),
             None => {
                 let signature = event.token.rsplit('.').next().unwrap_or_default();
@@ -204,6 +206,7 @@ mod tests {
             model_version: "v".into(),
             user: "42".into(),
             issued_at: unix_seconds(now),
+            nonce: 1,
             uncounted: false,
         }
     }

@@ -15,7 +15,7 @@ use crate::experiment::{Catalog, Problems};
 use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 use crate::tally::{Count, Tally};
-use crate::tracking::{Claims, unix_seconds};
+use crate::tracking::{Claims, next_nonce, unix_seconds};
 
 /// Shared state of a running gateway.
 #[derive(Debug)]
@@ -341,6 +341,7 @@ impl Gateway {
             model_version: served.model_version.clone(),
             user: user.to_string(),
             issued_at: unix_seconds(SystemTime::now()),
+            nonce: next_nonce(),
             uncounted: !served.counted,
         })
     }

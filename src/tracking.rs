@@ -34,6 +34,11 @@ pub struct Claims {
     /// Unix seconds at signing.
     #[serde(rename = "t")]
     pub issued_at: u64,
+    /// Unique per token (a random per-process prefix and a counter), so two responses to one
+    /// user within a second carry different tokens and their events are not taken for
+    /// duplicates of each other.
+    #[serde(rename = "n", default)]
+    pub nonce: u64,
     /// Not counted in the experiment's results (a QA override, or a completed experiment's
     /// winner): its events are accepted and in the metrics, but not in the results.
     #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
@@ -69,6 +74,14 @@ impl std::fmt::Debug for Signer {
             .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
+}
+
+/// A fresh token nonce: a random per-process prefix in the high half, a counter in the low.
+pub fn next_nonce() -> u64 {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let prefix = *PREFIX.get_or_init(|| u64::from(getrandom::u32().unwrap_or_else(|_| std::process::id())) << 32);
+    prefix | u64::from(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Unix seconds of `t` (0 before the epoch, which only a broken clock produces).
@@ -144,6 +157,7 @@ mod tests {
             model_version: "als-v2@1a-2b-3c".into(),
             user: "42".into(),
             issued_at,
+            nonce: 7,
             uncounted: false,
         }
     }
@@ -185,6 +199,16 @@ mod tests {
             Signer::new("", DAY).verify(&token, at(1_000)),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn nonces_differ_so_identical_claims_give_distinct_tokens() {
+        let (a, b) = (next_nonce(), next_nonce());
+        assert_ne!(a, b);
+        assert_eq!(a >> 32, b >> 32, "one process prefix");
+        let signer = Signer::new("k", DAY);
+        let token = |nonce| signer.sign(&Claims { nonce, ..claims(1_000) });
+        assert_ne!(token(a), token(b));
     }
 
     #[test]

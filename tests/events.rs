@@ -1,0 +1,1070 @@
+//! Tracking tokens, `POST /events`, `/stats` and `/metrics` end to end (DESIGN.md §5, §7;
+//! issue 4): real `recgw` servers in this process on free loopback ports, over the repository's
+//! own `experiments/` and `models/`, spoken to with `reqwest`.
+//!
+//! Every gateway a test starts has its own metric registry, so counts are exact: each test
+//! knows every request it made. Tokens are decoded (and, where a test needs a forgery or a
+//! token of its own, signed) by the test itself from the documented format
+//! `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gateway::{READY_TIMEOUT, Reply, eventually};
+use hmac::{Hmac, Mac};
+use recgw::config::Settings;
+use recgw::server::Server;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------------------------
+// A gateway with settings of the test's choosing
+// ---------------------------------------------------------------------------------------------
+
+const EXPERIMENT: &str = "home-als-rank";
+const ARMS: [&str; 2] = ["control", "treatment"];
+
+/// The demo's settings: the repository's `experiments/` and `models/`, auth off.
+fn demo_settings() -> Settings {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    gateway::settings(&repo.join("experiments"), &repo.join("models"), "100ms")
+}
+
+/// The demo's settings with a tracking secret.
+fn settings_with_secret(secret: &str) -> Settings {
+    let mut settings = demo_settings();
+    settings.tracking.secret = secret.to_string();
+    settings
+}
+
+/// A running gateway; dropping it signals shutdown.
+struct Gw {
+    addr: SocketAddr,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    _task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Gw {
+    /// Binds and serves a gateway over `settings`, then waits until `/ready` is 200.
+    async fn start(settings: &Settings) -> Gw {
+        let server = Server::bind(settings)
+            .await
+            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            rx.await.ok();
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let gw = Gw {
+            addr,
+            client,
+            shutdown: Some(tx),
+            _task: task,
+        };
+        eventually(READY_TIMEOUT, "GET /ready = 200", async || {
+            let reply = gw.get("/ready").await;
+            if reply.status == 200 { Ok(()) } else { Err(reply.body) }
+        })
+        .await;
+        gw
+    }
+
+    /// The demo gateway with a random (per-process) tracking secret.
+    async fn demo() -> Gw {
+        Self::start(&demo_settings()).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn read(what: &str, response: reqwest::Result<reqwest::Response>) -> Reply {
+        let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.text().await.unwrap_or_else(|e| panic!("{what}: body: {e}"));
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        Self::read(&format!("GET {path}"), self.client.get(self.url(path)).send().await).await
+    }
+
+    /// `GET path`, expecting 200 JSON.
+    async fn ok(&self, path: &str) -> Value {
+        let reply = self.get(path).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        assert_json(&reply, &format!("GET {path}"));
+        reply.json()
+    }
+
+    /// `POST /events` with `body` as given (a `Content-Length` is always sent).
+    async fn post_events_raw(&self, body: impl Into<reqwest::Body>) -> Reply {
+        let request = self
+            .client
+            .post(self.url("/events"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        Self::read("POST /events", request.send().await).await
+    }
+
+    /// `POST /events` with a JSON batch of `events`, expecting 202; returns the outcome.
+    async fn post_events(&self, events: &[Value]) -> Value {
+        let body = serde_json::to_vec(&json!({ "events": events })).expect("json");
+        let reply = self.post_events_raw(body).await;
+        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
+        assert_json(&reply, "POST /events");
+        reply.json()
+    }
+
+    /// A recommendation response for `user` on `placement`.
+    async fn recommend(&self, user: &str, placement: &str) -> Value {
+        self.ok(&format!("/recommendations/{user}?placement={placement}")).await
+    }
+
+    /// `/metrics`, parsed.
+    async fn metrics(&self) -> Metrics {
+        let reply = self.get("/metrics").await;
+        assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
+        Metrics::parse(&reply.body)
+    }
+}
+
+fn assert_json(reply: &Reply, what: &str) {
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "{what}: content type {:?}, body {}",
+        reply.content_type,
+        reply.body
+    );
+}
+
+/// Asserts an error reply: `status`, JSON `{error, message}` with the given code (any code
+/// when `code` is `None`) and a non-empty message.
+fn assert_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.body);
+    assert_json(reply, what);
+    let body = reply.json();
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error code: {body}"));
+    if let Some(code) = code {
+        assert_eq!(error, code, "{what}: {body}");
+    }
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: no message: {body}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens, events and metrics, as a client and Prometheus see them
+// ---------------------------------------------------------------------------------------------
+
+/// The claims of a token, decoded by hand: the base64url JSON part before the dot.
+fn claims(token: &str) -> Value {
+    let (payload, signature) = token
+        .split_once('.')
+        .unwrap_or_else(|| panic!("token has no '.': {token}"));
+    assert!(!signature.contains('.'), "two parts exactly: {token}");
+    assert!(!token.contains(['+', '/', '=']), "URL-safe without padding: {token}");
+    let mac = URL_SAFE_NO_PAD.decode(signature).expect("signature is base64url");
+    assert_eq!(mac.len(), 32, "an HMAC-SHA256 tag: {token}");
+    let json = URL_SAFE_NO_PAD.decode(payload).expect("payload is base64url");
+    serde_json::from_slice(&json).unwrap_or_else(|e| panic!("claims are not JSON ({e}): {token}"))
+}
+
+/// A token over `claims` signed with `secret` exactly as the format says.
+fn sign(secret: &str, claims: &Value) -> String {
+    let payload = serde_json::to_vec(claims).expect("json");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(&payload);
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// An event without `event_id`.
+fn event(kind: &str, token: &str, item: &str) -> Value {
+    json!({ "type": kind, "tracking_token": token, "item_id": item })
+}
+
+/// An event with `event_id`.
+fn event_with_id(kind: &str, token: &str, item: &str, id: &str) -> Value {
+    json!({ "type": kind, "tracking_token": token, "item_id": item, "event_id": id })
+}
+
+/// The item ids of a recommendations body.
+fn item_ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {body}"))
+        .iter()
+        .map(|i| i["item_id"].as_str().expect("string item_id").to_string())
+        .collect()
+}
+
+/// Asserts a 202 outcome: counts and the exact `(index, event_id, reason)` of each rejection.
+fn assert_outcome(outcome: &Value, accepted: u64, rejections: &[(u64, Option<&str>, &str)]) {
+    let expected: Vec<Value> = rejections
+        .iter()
+        .map(|(index, id, reason)| json!({ "index": index, "event_id": id, "reason": reason }))
+        .collect();
+    let mut got = outcome["rejections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rejections array: {outcome}"))
+        .clone();
+    // `event_id` is optional in the schema: an absent one means null.
+    for r in &mut got {
+        if r.get("event_id").is_none() {
+            r["event_id"] = Value::Null;
+        }
+    }
+    assert_eq!(
+        (outcome["accepted"].as_u64(), outcome["rejected"].as_u64()),
+        (Some(accepted), Some(rejections.len() as u64)),
+        "{outcome}"
+    );
+    assert_eq!(got, expected, "{outcome}");
+}
+
+/// A `/metrics` body: every sample by family name and label set.
+struct Metrics {
+    text: String,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("sample without value: {line}"));
+            let value: f64 = value.parse().unwrap_or_else(|e| panic!("bad value ({e}): {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}').expect("closing brace")),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label {pair:?}: {line}"));
+                    (k.to_string(), v.trim_end_matches('"').to_string())
+                })
+                .collect();
+            samples.push((name.to_string(), labels, value));
+        }
+        Metrics {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// The sum of the samples of `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// The value of the exact series `name{labels}` as rendered, which must be present once.
+    fn exact(&self, series: &str) -> f64 {
+        let values: Vec<f64> = self
+            .text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .collect();
+        assert_eq!(values.len(), 1, "series {series} once in:\n{}", self.text);
+        values[0]
+    }
+
+    /// A per-arm counter of the home experiment.
+    fn arm(&self, name: &str, arm: &str) -> f64 {
+        self.exact(&format!(
+            "{name}{{arm=\"{arm}\",experiment=\"{EXPERIMENT}\",placement=\"home\"}}"
+        ))
+    }
+}
+
+/// One user of each arm of the home experiment (the first found among `1`, `2`, … whose list
+/// comes from the arm's model), with their responses. Every probe is a served recommendation:
+/// the returned count says how many were made per arm.
+async fn users_of_each_arm(gw: &Gw) -> ([Value; 2], [u64; 2]) {
+    let mut found: [Option<Value>; 2] = [None, None];
+    let mut served = [0u64; 2];
+    for user in 1..=200 {
+        let body = gw.recommend(&user.to_string(), "home").await;
+        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
+        let arm = ARMS
+            .iter()
+            .position(|a| body["arm"] == *a)
+            .unwrap_or_else(|| panic!("unknown arm: {body}"));
+        served[arm] += 1;
+        if found[arm].is_none() && body["source"] != "fallback" {
+            found[arm] = Some(body);
+        }
+        if found.iter().all(Option::is_some) {
+            let [control, treatment] = found;
+            return ([control.expect("control"), treatment.expect("treatment")], served);
+        }
+    }
+    panic!("no user of each arm among 1..=200: {found:?}");
+}
+
+/// The `/stats` entry of one arm.
+fn stats_arm<'a>(stats: &'a Value, placement: &str, experiment: &str, arm: &str) -> &'a Value {
+    stats["arms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no arms: {stats}"))
+        .iter()
+        .find(|a| a["placement"] == placement && a["experiment"] == experiment && a["arm"] == arm)
+        .unwrap_or_else(|| panic!("no arm {placement}/{experiment}/{arm}: {stats}"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// Every response carries a token whose claims name exactly what was served: placement,
+/// experiment (null on the default), arm, model version (the default's after a fallback),
+/// user, and the signing time; `f` marks events outside any experiment's results (a QA
+/// override, a user no experiment covers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_name_what_was_served() {
+    let gw = Gw::demo().await;
+    let before = unix_now();
+    let ([control, treatment], _) = users_of_each_arm(&gw).await;
+    let mut bodies = vec![control, treatment];
+    bodies.push(gw.recommend("7", "default").await);
+    bodies.push(gw.recommend("no-such-user-in-any-model", "home").await);
+    bodies.push(gw.recommend("qa-user-1", "home").await);
+    bodies.push(
+        gw.ok(&format!(
+            "/recommendations/{}?placement=home&limit=3&offset=4",
+            bodies[0]["user_id"].as_str().expect("user")
+        ))
+        .await,
+    );
+    let after = unix_now();
+
+    let default = &bodies[2];
+    assert_eq!(
+        (&default["experiment"], &default["arm"]),
+        (&Value::Null, &json!("default")),
+        "{default}"
+    );
+    let fallback = &bodies[3];
+    assert_eq!(
+        (&fallback["source"], &fallback["fallback_reason"]),
+        (&json!("fallback"), &json!("user_not_in_model")),
+        "{fallback}"
+    );
+    let qa = &bodies[4];
+    assert_eq!((&qa["arm"], &qa["forced"]), (&json!("treatment"), &json!(true)), "{qa}");
+
+    let mut tokens = Vec::new();
+    for body in &bodies {
+        let token = body["tracking_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no tracking_token: {body}"));
+        let c = claims(token);
+        let t = c["t"].as_u64().unwrap_or_else(|| panic!("t: {c}"));
+        assert!(
+            (before..=after).contains(&t),
+            "issued at {t}, not in [{before}, {after}]: {c}"
+        );
+        // Uncounted (`f`): a QA override, and users no experiment covers (no results to count in).
+        let uncounted = body["forced"] == true || body["experiment"].is_null();
+        let mut expected = json!({
+            "p": body["placement"],
+            "e": body["experiment"],
+            "a": body["arm"],
+            "v": body["model_version"],
+            "u": body["user_id"],
+            "t": t,
+            "n": c["n"],
+        });
+        assert!(c["n"].is_u64(), "a nonce: {c}");
+        if uncounted {
+            expected["f"] = json!(true);
+        }
+        assert_eq!(c, expected, "claims of {body}");
+        let keys: Vec<&str> = c.as_object().expect("object").keys().map(String::as_str).collect();
+        assert!(
+            keys.iter().all(|k| ["p", "e", "a", "v", "u", "t", "n", "f"].contains(k)),
+            "{c}"
+        );
+        tokens.push(token.to_string());
+    }
+    assert_eq!(
+        (&bodies[0]["arm"], &bodies[1]["arm"]),
+        (&json!("control"), &json!("treatment"))
+    );
+    assert_ne!(
+        bodies[0]["model_version"], bodies[1]["model_version"],
+        "each arm has its own model"
+    );
+    // Fallback tokens name the model that answered, under the assigned arm.
+    assert!(
+        fallback["model_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("popular@")),
+        "{fallback}"
+    );
+
+    // Every one of those tokens is accepted by the gateway that issued it (one item each: two
+    // pages for one user within a second carry the same token).
+    let batch: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| event("impression", t, &format!("item-{i}")))
+        .collect();
+    let outcome = gw.post_events(&batch).await;
+    assert_outcome(&outcome, tokens.len() as u64, &[]);
+}
+
+/// Accepted impressions and clicks are counted for the arm named in their token, exactly, in
+/// `/metrics` and `/stats`; nothing else moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_count_for_the_token_arm() {
+    let gw = Gw::demo().await;
+    let ([control, treatment], _) = users_of_each_arm(&gw).await;
+    let (ct, tt) = (
+        control["tracking_token"].as_str().expect("token"),
+        treatment["tracking_token"].as_str().expect("token"),
+    );
+    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+
+    let before = gw.metrics().await;
+    for arm in ARMS {
+        assert_eq!(before.arm("impressions_total", arm), 0.0);
+        assert_eq!(before.arm("clicks_total", arm), 0.0);
+    }
+
+    // Control: 3 impressions, 1 click. Treatment: 2 impressions, 2 clicks.
+    let batch = [
+        event("impression", ct, &ci[0]),
+        event("impression", ct, &ci[1]),
+        event("impression", tt, &ti[0]),
+        event("impression", ct, &ci[2]),
+        event("click", ct, &ci[1]),
+        event("impression", tt, &ti[1]),
+        event_with_id("click", tt, &ti[0], "t-click-1"),
+        event_with_id("click", tt, &ti[1], "t-click-2"),
+    ];
+    assert_outcome(&gw.post_events(&batch).await, 8, &[]);
+
+    let after = gw.metrics().await;
+    let expected = [("control", 3.0, 1.0), ("treatment", 2.0, 2.0)];
+    for (arm, impressions, clicks) in expected {
+        assert_eq!(after.arm("impressions_total", arm), impressions, "{arm}");
+        assert_eq!(after.arm("clicks_total", arm), clicks, "{arm}");
+    }
+    for placement in ["home", "default"] {
+        let labels = [("placement", placement), ("experiment", "none")];
+        assert_eq!(after.sum("impressions_total", &labels), 0.0, "{placement} default");
+        assert_eq!(after.sum("clicks_total", &labels), 0.0, "{placement} default");
+    }
+    assert_eq!(after.sum("events_rejected_total", &[]), 0.0);
+
+    // A second batch adds exactly its own counts.
+    let batch = [
+        event("click", ct, &ci[0]),
+        event("click", ct, &ci[2]),
+        event("impression", tt, &ti[2]),
+    ];
+    assert_outcome(&gw.post_events(&batch).await, 3, &[]);
+    let after = gw.metrics().await;
+    let expected = [("control", 3.0, 3.0), ("treatment", 3.0, 2.0)];
+    for (arm, impressions, clicks) in expected {
+        assert_eq!(after.arm("impressions_total", arm), impressions, "{arm}");
+        assert_eq!(after.arm("clicks_total", arm), clicks, "{arm}");
+    }
+
+    // `/stats` agrees, per arm and overall.
+    let stats = gw.ok("/stats").await;
+    for (arm, impressions, clicks) in expected {
+        let entry = stats_arm(&stats, "home", EXPERIMENT, arm);
+        assert_eq!(
+            (entry["impressions"].as_u64(), entry["clicks"].as_u64()),
+            (Some(impressions as u64), Some(clicks as u64)),
+            "{arm}: {stats}"
+        );
+    }
+    assert_eq!(
+        (
+            stats["overall"]["impressions"].as_u64(),
+            stats["overall"]["clicks"].as_u64()
+        ),
+        (Some(6), Some(5)),
+        "{stats}"
+    );
+}
+
+/// Replicas sharing `tracking.secret` credit each other's tokens to the arm that served them;
+/// a replica with another secret (or the default random one) refuses them as forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_secret_credit_the_serving_arm() {
+    let (shared, another) = (
+        settings_with_secret("shared-s3cret"),
+        settings_with_secret("another-secret"),
+    );
+    let (a, b, other, random) = tokio::join!(Gw::start(&shared), Gw::start(&shared), Gw::start(&another), Gw::demo());
+    let ([control, treatment], _) = users_of_each_arm(&a).await;
+    let (ct, tt) = (
+        control["tracking_token"].as_str().expect("token"),
+        treatment["tracking_token"].as_str().expect("token"),
+    );
+    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+
+    // B never served these users, yet credits A's tokens to their arms.
+    let batch = [
+        event("impression", ct, &ci[0]),
+        event("click", ct, &ci[0]),
+        event("impression", tt, &ti[0]),
+        event("impression", tt, &ti[1]),
+        event("click", tt, &ti[1]),
+        event("click", tt, &ti[0]),
+    ];
+    assert_outcome(&b.post_events(&batch).await, 6, &[]);
+    let on_b = b.metrics().await;
+    assert_eq!(on_b.arm("impressions_total", "control"), 1.0);
+    assert_eq!(on_b.arm("clicks_total", "control"), 1.0);
+    assert_eq!(on_b.arm("impressions_total", "treatment"), 2.0);
+    assert_eq!(on_b.arm("clicks_total", "treatment"), 2.0);
+    assert_eq!(on_b.sum("recommendations_total", &[]), 0.0, "B served nothing");
+    let on_a = a.metrics().await;
+    assert_eq!(on_a.sum("impressions_total", &[]) + on_a.sum("clicks_total", &[]), 0.0);
+
+    // A token the test signs itself with the shared secret is as good as the gateway's: the
+    // signature is HMAC-SHA256 over the exact claim bytes, and the arm in it is credited.
+    let mut forged = claims(ct);
+    forged["a"] = json!("treatment");
+    let own = sign("shared-s3cret", &forged);
+    assert_outcome(&b.post_events(&[event("click", &own, &ci[3])]).await, 1, &[]);
+    let on_b = b.metrics().await;
+    assert_eq!(
+        on_b.arm("clicks_total", "treatment"),
+        3.0,
+        "the token's arm, not the user's"
+    );
+    assert_eq!(on_b.arm("clicks_total", "control"), 1.0);
+
+    // Another secret, or none configured: every token is forged there.
+    for gw in [&other, &random] {
+        let outcome = gw.post_events(&batch).await;
+        let reasons: Vec<(u64, Option<&str>, &str)> =
+            (0..batch.len() as u64).map(|i| (i, None, "bad_signature")).collect();
+        assert_outcome(&outcome, 0, &reasons);
+        let m = gw.metrics().await;
+        assert_eq!(m.exact("events_rejected_total{reason=\"bad_signature\"}"), 6.0);
+        assert_eq!(m.sum("impressions_total", &[]) + m.sum("clicks_total", &[]), 0.0);
+    }
+    let outcome = b
+        .post_events(&[event("click", &sign("another-secret", &forged), "9")])
+        .await;
+    assert_outcome(&outcome, 0, &[(0, None, "bad_signature")]);
+}
+
+/// Every reason, with the right index and event id, counted in `events_rejected_total`; only
+/// the accepted events count for the arm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_rejected_one_by_one() {
+    let gw = Gw::start(&settings_with_secret("k3y")).await;
+    let ([control, _], _) = users_of_each_arm(&gw).await;
+    let token = control["tracking_token"].as_str().expect("token");
+    let items = item_ids(&control);
+    let (payload, signature) = token.split_once('.').expect("two parts");
+
+    // One character of the payload flipped (inside the base64, so it still decodes).
+    let mut chars: Vec<char> = payload.chars().collect();
+    let middle = chars.len() / 2;
+    chars[middle] = if chars[middle] == 'A' { 'B' } else { 'A' };
+    let flipped = format!("{}.{signature}", chars.into_iter().collect::<String>());
+    assert_ne!(flipped, token);
+    // Changed claims re-encoded with the old signature.
+    let mut changed = claims(token);
+    changed["a"] = json!("treatment");
+    let reencoded = format!(
+        "{}.{signature}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&changed).expect("json"))
+    );
+    // A signature cut short.
+    let truncated = &token[..token.len() - 3];
+
+    let batch = [
+        event_with_id("impression", token, &items[0], "e-1"), // 0: accepted
+        event_with_id("impression", &flipped, &items[0], "e-2"), // 1
+        event("click", &reencoded, &items[0]),                // 2
+        event_with_id("click", "not-a-token", &items[0], "e-3"), // 3
+        event("click", "", &items[0]),                        // 4
+        event("click", "a.b.c", &items[0]),                   // 5
+        event_with_id("view", token, &items[0], "e-4"),       // 6
+        event_with_id("click", token, "", "e-5"),             // 7
+        event_with_id("click", token, &items[1], "e-1"),      // 8: id of 0
+        event("click", token, &items[2]),                     // 9: accepted
+        event("click", token, &items[2]),                     // 10: same as 9
+        event("impression", token, &items[2]),                // 11: accepted, another type
+        event("click", truncated, &items[3]),                 // 12
+    ];
+    let outcome = gw.post_events(&batch).await;
+    assert_outcome(
+        &outcome,
+        3,
+        &[
+            (1, Some("e-2"), "bad_signature"),
+            (2, None, "bad_signature"),
+            (3, Some("e-3"), "malformed_token"),
+            (4, None, "malformed_token"),
+            (5, None, "malformed_token"),
+            (6, Some("e-4"), "unknown_type"),
+            (7, Some("e-5"), "missing_item_id"),
+            (8, Some("e-1"), "duplicate_event_id"),
+            (10, None, "duplicate_event_id"),
+            (12, None, "bad_signature"),
+        ],
+    );
+
+    // Across batches: the same event id, and the same (type, item, token) without one.
+    let batch = [
+        event_with_id("click", token, &items[4], "e-1"),
+        event("click", token, &items[2]),
+        event_with_id("click", token, &items[4], "e-6"),
+        event("impression", token, &items[5]),
+        event_with_id("impression", token, &items[6], "e-2"), // refused before: still free
+    ];
+    assert_outcome(
+        &gw.post_events(&batch).await,
+        3,
+        &[(0, Some("e-1"), "duplicate_event_id"), (1, None, "duplicate_event_id")],
+    );
+
+    let m = gw.metrics().await;
+    let expected = [
+        ("bad_signature", 3.0),
+        ("malformed_token", 3.0),
+        ("unknown_type", 1.0),
+        ("missing_item_id", 1.0),
+        ("duplicate_event_id", 4.0),
+    ];
+    for (reason, count) in expected {
+        assert_eq!(
+            m.exact(&format!("events_rejected_total{{reason=\"{reason}\"}}")),
+            count,
+            "{reason}"
+        );
+    }
+    assert_eq!(m.sum("events_rejected_total", &[]), 12.0, "no other reason");
+    // Accepted: impressions 0, 11, batch-2 #3 and #4; clicks 9 and batch-2 #2.
+    assert_eq!(m.arm("impressions_total", "control"), 4.0);
+    assert_eq!(m.arm("clicks_total", "control"), 2.0);
+    assert_eq!(
+        m.arm("impressions_total", "treatment"),
+        0.0,
+        "the tampered arm gets nothing"
+    );
+    assert_eq!(m.arm("clicks_total", "treatment"), 0.0);
+}
+
+/// Tokens older than `tracking.token_max_age` are refused as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_are_rejected() {
+    let mut settings = settings_with_secret("k3y");
+    settings.tracking.token_max_age = Duration::from_secs(1);
+    let gw = Gw::start(&settings).await;
+    let body = gw.recommend("42", "home").await;
+    let issued = Instant::now();
+    let token = body["tracking_token"].as_str().expect("token");
+    let items = item_ids(&body);
+    assert_outcome(&gw.post_events(&[event("impression", token, &items[0])]).await, 1, &[]);
+    assert!(issued.elapsed() < Duration::from_secs(1), "the fresh check ran in time");
+
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let batch = [
+        event_with_id("click", token, &items[0], "late-1"),
+        event("impression", token, &items[1]),
+    ];
+    assert_outcome(
+        &gw.post_events(&batch).await,
+        0,
+        &[(0, Some("late-1"), "expired_token"), (1, None, "expired_token")],
+    );
+    // A fresh token for the same user is fine again.
+    let fresh = gw.recommend("42", "home").await;
+    let fresh = fresh["tracking_token"].as_str().expect("token");
+    assert_outcome(&gw.post_events(&[event("click", fresh, &items[0])]).await, 1, &[]);
+
+    let m = gw.metrics().await;
+    assert_eq!(m.exact("events_rejected_total{reason=\"expired_token\"}"), 2.0);
+    let arm = body["arm"].as_str().expect("arm");
+    assert_eq!(m.arm("impressions_total", arm), 1.0);
+    assert_eq!(m.arm("clicks_total", arm), 1.0);
+}
+
+/// Batch and body limits, malformed and unexpected bodies: JSON errors with fitting statuses,
+/// and nothing counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_limits_and_malformed_bodies() {
+    let gw = Gw::demo().await;
+    let body = gw.recommend("42", "home").await;
+    let token = body["tracking_token"].as_str().expect("token");
+    let arm = body["arm"].as_str().expect("arm");
+
+    // 1001 events: refused whole.
+    let events: Vec<Value> = (0..1001)
+        .map(|i| event("impression", token, &format!("item-{i}")))
+        .collect();
+    let bytes = serde_json::to_vec(&json!({ "events": events })).expect("json");
+    assert!(bytes.len() < 1 << 20, "under the body limit: {}", bytes.len());
+    let reply = gw.post_events_raw(bytes).await;
+    assert_error(&reply, 413, Some("batch_too_large"), "1001 events");
+    assert_eq!(gw.metrics().await.arm("impressions_total", arm), 0.0);
+
+    // 1000 events: all counted.
+    assert_outcome(&gw.post_events(&events[..1000]).await, 1000, &[]);
+    assert_eq!(gw.metrics().await.arm("impressions_total", arm), 1000.0);
+
+    // Exactly 1 MiB is read; one byte more is refused before reading.
+    let sized = |len: usize, item: &str| {
+        let head = format!(r#"{{"events":[{{"type":"click","tracking_token":"{token}","item_id":""#);
+        let tail = r#""}]}"#;
+        let pad = len - head.len() - tail.len() - item.len();
+        format!("{head}{item}{}{tail}", "x".repeat(pad))
+    };
+    let exact = sized(1 << 20, "a");
+    assert_eq!(exact.len(), 1 << 20);
+    let reply = gw.post_events_raw(exact).await;
+    assert_eq!(reply.status, 202, "a body of exactly 1 MiB: {}", reply.body);
+    assert_outcome(&reply.json(), 1, &[]);
+    let over = sized((1 << 20) + 1, "b");
+    let reply = gw.post_events_raw(over).await;
+    assert_error(&reply, 413, Some("payload_too_large"), "a body of 1 MiB + 1 byte");
+    let m = gw.metrics().await;
+    assert_eq!(m.arm("clicks_total", arm), 1.0, "the oversized click is not counted");
+
+    // Malformed JSON, an unknown top-level field, a non-array: 400 JSON.
+    for bad in [
+        r#"{"events":["#,
+        "not json",
+        r#"{"events":[],"extra":1}"#,
+        r#"{"events":{}}"#,
+    ] {
+        let reply = gw.post_events_raw(bad).await;
+        assert_error(&reply, 400, None, bad);
+    }
+
+    // An empty batch is fine.
+    let empty = gw.post_events(&[]).await;
+    assert_eq!(empty, json!({ "accepted": 0, "rejected": 0, "rejections": [] }));
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.sum("events_rejected_total", &[]),
+        0.0,
+        "whole-batch refusals are not events"
+    );
+    assert_eq!(m.arm("impressions_total", arm), 1000.0);
+    assert_eq!(m.arm("clicks_total", arm), 1.0);
+}
+
+/// `/stats` after a known traffic mix: N served (split across arms and the default), M failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_summarise_served_and_failed_requests() {
+    let gw = Gw::demo().await;
+
+    let empty = gw.ok("/stats").await;
+    assert_eq!(empty["overall"]["recommendations_served"], 0, "{empty}");
+    assert_eq!(empty["failed_requests"], 0, "{empty}");
+    assert_eq!(empty["overall"]["mean_response_time_seconds"], Value::Null, "{empty}");
+    assert_eq!(empty["overall"]["error_rate"], Value::Null, "{empty}");
+
+    let ([control, treatment], mut served) = users_of_each_arm(&gw).await;
+    for _ in 0..3 {
+        gw.recommend(control["user_id"].as_str().expect("user"), "home").await;
+        gw.recommend(treatment["user_id"].as_str().expect("user"), "home").await;
+    }
+    served[0] += 3;
+    served[1] += 3;
+    let default_served = 2u64;
+    for user in ["7", "8"] {
+        gw.recommend(user, "default").await;
+    }
+    let failed = 3u64;
+    for _ in 0..failed {
+        let reply = gw.get("/recommendations/bad%20user?placement=home").await;
+        assert_error(&reply, 400, Some("invalid_user_id"), "bad user id");
+    }
+    let n = served[0] + served[1] + default_served;
+
+    let stats = gw.ok("/stats").await;
+    let overall = &stats["overall"];
+    assert_eq!(overall["recommendations_served"].as_u64(), Some(n), "{stats}");
+    assert_eq!(stats["failed_requests"].as_u64(), Some(failed), "{stats}");
+    let rate = overall["error_rate"].as_f64().expect("error_rate");
+    let want = failed as f64 / (n + failed) as f64;
+    assert!((rate - want).abs() < 1e-12, "error rate {rate}, want {want}: {stats}");
+    let mean = overall["mean_response_time_seconds"].as_f64().expect("mean");
+    assert!(mean > 0.0 && mean < 10.0, "{stats}");
+    assert_eq!(
+        (&overall["placement"], &overall["experiment"], &overall["arm"]),
+        (&json!(""), &json!(""), &json!("")),
+        "{stats}"
+    );
+
+    let arms: Vec<(String, String, String)> = stats["arms"]
+        .as_array()
+        .expect("arms")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().expect("label").to_string();
+            (s("placement"), s("experiment"), s("arm"))
+        })
+        .collect();
+    let label = |p: &str, e: &str, a: &str| (p.to_string(), e.to_string(), a.to_string());
+    assert_eq!(
+        arms,
+        [
+            label("default", "none", "default"),
+            label("home", EXPERIMENT, "control"),
+            label("home", EXPERIMENT, "treatment"),
+            label("home", "none", "default"),
+        ],
+        "every arm of the catalog, sorted: {stats}"
+    );
+    let sum: u64 = stats["arms"]
+        .as_array()
+        .expect("arms")
+        .iter()
+        .map(|a| a["recommendations_served"].as_u64().expect("served"))
+        .sum();
+    assert_eq!(sum, n, "{stats}");
+    let expected = [
+        (("home", EXPERIMENT, "control"), served[0]),
+        (("home", EXPERIMENT, "treatment"), served[1]),
+        (("default", "none", "default"), default_served),
+    ];
+    for ((p, e, a), count) in expected {
+        let entry = stats_arm(&stats, p, e, a);
+        assert_eq!(entry["recommendations_served"].as_u64(), Some(count), "{entry}");
+        let mean = entry["mean_response_time_seconds"].as_f64().expect("mean");
+        assert!(mean > 0.0 && mean < 10.0, "{entry}");
+        assert_eq!(entry["error_rate"].as_f64(), Some(0.0), "{entry}");
+    }
+    let idle = stats_arm(&stats, "home", "none", "default");
+    assert_eq!(
+        (
+            &idle["recommendations_served"],
+            &idle["mean_response_time_seconds"],
+            &idle["error_rate"]
+        ),
+        (&json!(0), &Value::Null, &Value::Null),
+        "{idle}"
+    );
+}
+
+/// Runs `promtool check metrics` on `text`; returns (success, stdout + stderr).
+fn promtool_check(text: String) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("promtool check metrics: no answer within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().expect("writer").expect("stdin written");
+    let output = child.wait_with_output().expect("promtool output");
+    let mut said = String::from_utf8_lossy(&output.stdout).into_owned();
+    said.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
+
+/// `/metrics` passes `promtool check metrics` silently and counts a known traffic mix exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_count_exactly() {
+    let gw = Gw::demo().await;
+    let ([control, treatment], mut served) = users_of_each_arm(&gw).await;
+    let (cu, tu) = (
+        control["user_id"].as_str().expect("user"),
+        treatment["user_id"].as_str().expect("user"),
+    );
+    let mut items = [0u64; 2];
+    for _ in 0..2 {
+        items[0] += item_ids(&gw.recommend(cu, "home").await).len() as u64;
+    }
+    for _ in 0..4 {
+        items[1] += item_ids(&gw.recommend(tu, "home").await).len() as u64;
+    }
+    served[0] += 2;
+    served[1] += 4;
+    for _ in 0..3 {
+        gw.recommend("7", "default").await;
+    }
+    for _ in 0..2 {
+        let reply = gw.get("/recommendations/bad%20user?placement=home").await;
+        assert_error(&reply, 400, Some("invalid_user_id"), "bad user id");
+    }
+    let reply = gw.get("/recommendations/42?placement=home&limit=0").await;
+    assert_error(&reply, 400, Some("invalid_parameter"), "limit=0");
+    let (ct, tt) = (
+        control["tracking_token"].as_str().expect("token"),
+        treatment["tracking_token"].as_str().expect("token"),
+    );
+    let batch = [
+        event("impression", ct, "1"),
+        event("click", ct, "1"),
+        event("impression", tt, "1"),
+        event("click", "garbage", "1"),
+    ];
+    assert_outcome(&gw.post_events(&batch).await, 3, &[(3, None, "malformed_token")]);
+
+    let reply = gw.get("/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.content_type.starts_with("text/plain"),
+        "content type {:?}",
+        reply.content_type
+    );
+    let text = reply.body.clone();
+    let (ok, said) = tokio::task::spawn_blocking(move || promtool_check(text))
+        .await
+        .expect("promtool task");
+    assert!(ok && said.is_empty(), "promtool check metrics said:\n{said}");
+
+    let m = Metrics::parse(&reply.body);
+    assert_eq!(
+        m.exact(r#"recommendations_total{arm="control",experiment="home-als-rank",placement="home"}"#),
+        served[0] as f64
+    );
+    assert_eq!(
+        m.exact(r#"recommendations_total{arm="treatment",experiment="home-als-rank",placement="home"}"#),
+        served[1] as f64
+    );
+    assert_eq!(
+        m.exact(r#"recommendations_total{arm="default",experiment="none",placement="default"}"#),
+        3.0
+    );
+    assert_eq!(
+        m.exact(r#"recommendations_total{arm="default",experiment="none",placement="home"}"#),
+        0.0
+    );
+    assert_eq!(m.sum("recommendations_total", &[]), (served[0] + served[1] + 3) as f64);
+    for (i, arm) in ARMS.iter().enumerate() {
+        let labels = [
+            ("endpoint", "recommendations"),
+            ("placement", "home"),
+            ("experiment", EXPERIMENT),
+            ("arm", arm),
+        ];
+        assert_eq!(m.sum("response_time_seconds_count", &labels), served[i] as f64, "{arm}");
+        assert!(m.sum("response_time_seconds_sum", &labels) > 0.0, "{arm}");
+        assert_eq!(
+            m.exact(&format!(
+                "experiment_arm_weight{{arm=\"{arm}\",experiment=\"{EXPERIMENT}\",placement=\"home\"}}"
+            )),
+            0.5
+        );
+    }
+    // Items of the pages this test counted (the arm probes added more; at least these).
+    for (i, arm) in ARMS.iter().enumerate() {
+        assert!(m.arm("recommended_items_total", arm) >= items[i] as f64, "{arm}");
+    }
+
+    let errors = |kind: &str| m.sum("errors_total", &[("endpoint", "recommendations"), ("kind", kind)]);
+    assert_eq!(errors("invalid_user_id"), 2.0);
+    assert_eq!(errors("invalid_parameter"), 1.0);
+    assert_eq!(
+        m.exact(r#"errors_total{arm="none",endpoint="recommendations",experiment="none",kind="invalid_user_id",placement="home"}"#),
+        2.0
+    );
+    assert_eq!(
+        m.sum("errors_total", &[("endpoint", "recommendations")]),
+        3.0,
+        "no other errors"
+    );
+
+    assert_eq!(m.arm("impressions_total", "control"), 1.0);
+    assert_eq!(m.arm("clicks_total", "control"), 1.0);
+    assert_eq!(m.arm("impressions_total", "treatment"), 1.0);
+    assert_eq!(m.arm("clicks_total", "treatment"), 0.0);
+    assert_eq!(m.exact(r#"events_rejected_total{reason="malformed_token"}"#), 1.0);
+
+    // Every family of DESIGN.md §7 that needs no Redis is exported.
+    for family in [
+        "recommendations_total",
+        "response_time_seconds",
+        "errors_total",
+        "recommended_items_total",
+        "impressions_total",
+        "clicks_total",
+        "fallbacks_total",
+        "cache_requests_total",
+        "store_read_duration_seconds",
+        "model_info",
+        "experiment_arm_weight",
+    ] {
+        assert!(
+            reply.body.contains(&format!("# TYPE {family} ")),
+            "no family {family} in:\n{}",
+            reply.body
+        );
+    }
+}
