@@ -55,6 +55,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every rejection, so each reason's counter exists from the start.
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Token(TokenError::Malformed),
+        Rejection::Token(TokenError::BadSignature),
+        Rejection::Token(TokenError::Expired),
+        Rejection::UnknownType,
+        Rejection::MissingItem,
+        Rejection::Duplicate,
+    ];
+
     /// The reason code.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -49,6 +49,9 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     /// `experiment_arm_weight{placement,experiment,arm}`: expected share of the experiment.
     arm_weight: GaugeVec,
+    /// `experiment_arm_info{placement,experiment,arm,model}`: 1 per arm, naming its model, so
+    /// model-level series can be joined to arms.
+    arm_info: IntGaugeVec,
     /// `store_read_duration_seconds{model}`: one observation per model read, so its count is
     /// the number of store reads (what cache coalescing is judged by).
     store_reads: HistogramVec,
@@ -226,6 +229,14 @@ fn histograms(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> H
 impl Metrics {
     /// Registers every family on a fresh registry.
     pub fn new() -> Self {
+        let metrics = Self::families();
+        for rejection in crate::events::Rejection::ALL {
+            metrics.events_rejected.with_label_values(&[rejection.as_str()]);
+        }
+        metrics
+    }
+
+    fn families() -> Self {
         let registry = Registry::new();
         let with_kind = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "kind"];
         let with_reason = [ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "reason"];
@@ -259,6 +270,17 @@ impl Metrics {
                 "fallbacks_total",
                 "Responses the placement default answered for an arm.",
                 &with_reason,
+            ),
+            arm_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "experiment_arm_info",
+                        "1 per experiment arm, naming the model it serves.",
+                    ),
+                    &["placement", "experiment", "arm", "model"],
+                )
+                .expect("valid metric"),
             ),
             arm_weight: register(
                 r,
@@ -369,6 +391,10 @@ impl Metrics {
     /// Resolves handles for every arm of `catalog` and each placement's default, so their
     /// series exist (at zero) before traffic arrives, and publishes the expected arm weights.
     pub fn arms(&self, catalog: &Catalog) -> ArmIndex {
+        // Experiments and arms a reload removed must not linger in the weights (they would skew
+        // sample-ratio checks) nor in the arm → model map.
+        self.arm_weight.reset();
+        self.arm_info.reset();
         let mut index: HashMap<String, HashMap<String, HashMap<String, ArmMetrics>>> = HashMap::new();
         for placement in catalog.placements() {
             let by_experiment = index.entry(placement.name.clone()).or_default();
@@ -378,15 +404,30 @@ impl Metrics {
                 .insert("default".to_string(), self.arm(&placement.name, NONE, "default"));
             for experiment in placement.experiments() {
                 let arms = by_experiment.entry(experiment.id.clone()).or_default();
-                for arm in &experiment.arms {
-                    arms.insert(arm.name.clone(), self.arm(&placement.name, &experiment.id, &arm.name));
-                    self.arm_weight
-                        .with_label_values(&[&placement.name, &experiment.id, &arm.name])
-                        .set(f64::from(arm.weight_bp) / 10_000.0);
+                for (i, arm) in experiment.arms.iter().enumerate() {
+                    let labels = [placement.name.as_str(), experiment.id.as_str(), arm.name.as_str()];
+                    arms.insert(arm.name.clone(), self.arm(labels[0], labels[1], labels[2]));
+                    // The share the arm is expected to get: a completed experiment's slice all
+                    // goes to its winner.
+                    let share = match experiment.winner {
+                        Some(winner) => f64::from(u8::from(winner == i)),
+                        None => f64::from(arm.weight_bp) / 10_000.0,
+                    };
+                    self.arm_weight.with_label_values(&labels).set(share);
+                    self.arm_info
+                        .with_label_values(&[labels[0], labels[1], labels[2], arm.model.location.as_str()])
+                        .set(1);
                 }
             }
         }
         ArmIndex(index)
+    }
+
+    /// Creates the per-model series at zero, so a model's first store read or load failure is
+    /// an increase Prometheus can see.
+    pub(crate) fn track_model(&self, model: &str) {
+        self.store_reads.with_label_values(&[model]);
+        self.model_load_failures.with_label_values(&[model]);
     }
 
     /// Counts a request that failed before or instead of serving (`kind` is the error code).

@@ -81,7 +81,10 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// Creates empty slots for `models`; nothing is read until [`ModelRegistry::refresh`].
     pub fn new(root: &str, models: impl IntoIterator<Item = ModelSpec>, metrics: Metrics) -> Result<Self, StoreError> {
-        let slots = models.into_iter().map(|spec| (spec, Arc::default())).collect();
+        let slots: Slots = models.into_iter().map(|spec| (spec, Arc::default())).collect();
+        for spec in slots.keys() {
+            metrics.track_model(&spec.location);
+        }
         Ok(ModelRegistry {
             locator: Locator::new(root)?,
             slots: ArcSwap::from_pointee(slots),
@@ -141,6 +144,7 @@ impl ModelRegistry {
         let mut slots = Slots::clone(&current);
         let interval = *self.polling.lock().unwrap_or_else(|p| p.into_inner());
         for spec in &added {
+            self.metrics.track_model(&spec.location);
             let slot: Arc<Slot> = Arc::default();
             if let Some(interval) = interval {
                 self.poll(spec.clone(), &slot, interval);
