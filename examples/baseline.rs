@@ -10,7 +10,9 @@ use poem::{EndpointExt, Response, Route, Server, get, handler};
 
 #[handler]
 fn recommendations(Path(_user): Path<String>, body: poem::web::Data<&bytes::Bytes>) -> Response {
-    Response::builder().content_type("application/json; charset=utf-8").body(body.0.clone())
+    Response::builder()
+        .content_type("application/json; charset=utf-8")
+        .body(body.0.clone())
 }
 
 #[tokio::main]
@@ -21,6 +23,8 @@ async fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     let body = bytes::Bytes::from(std::fs::read(body)?);
-    let app = Route::new().at("/recommendations/:user_id", get(recommendations)).data(body);
+    let app = Route::new()
+        .at("/recommendations/:user_id", get(recommendations))
+        .data(body);
     Server::new(TcpListener::bind(addr)).run(app).await
 }

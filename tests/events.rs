@@ -438,7 +438,8 @@ async fn tokens_name_what_was_served() {
         assert_eq!(c, expected, "claims of {body}");
         let keys: Vec<&str> = c.as_object().expect("object").keys().map(String::as_str).collect();
         assert!(
-            keys.iter().all(|k| ["p", "e", "a", "v", "u", "t", "n", "f"].contains(k)),
+            keys.iter()
+                .all(|k| ["p", "e", "a", "v", "u", "t", "n", "f"].contains(k)),
             "{c}"
         );
         tokens.push(token.to_string());
