@@ -99,8 +99,7 @@ measure() {
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-  p999=$(to_ms "$(awk '$1=="99.900%" || $1=="99.9%" {print $2}' <<<"$out")")
-  [ -n "$p999" ] && [ "$p999" != "0.000" ] || p999="-"
+  p999=$(awk '$1=="p999" {print $2}' <<<"$out")
   errors=$(awk '/Non-2xx/ {print $5}' <<<"$out")
   rss="-"; [ -n "$pid" ] && rss="$(rss_mb "$pid") MB"
   if [ -z "$BASE_RPS" ]; then BASE_RPS=$rps; BASE_P99=$p99; fi

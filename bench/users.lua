@@ -14,3 +14,8 @@ end
 function request()
   return wrk.format("GET", "/recommendations/" .. math.random(0, users - 1) .. "?placement=" .. placement)
 end
+
+-- wrk's --latency table stops at 99%; the script reports 99.9% itself, in milliseconds.
+function done(summary, latency, requests)
+  io.write(string.format("p999 %.3f\n", latency:percentile(99.9) / 1000))
+end

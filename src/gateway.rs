@@ -324,11 +324,11 @@ impl Gateway {
 
     /// Handles of one arm: pre-resolved for the catalog in force, resolved now for arms it no
     /// longer has (an event whose token predates a change of experiments).
-    pub fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> ArmMetrics {
+    pub fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> Arc<ArmMetrics> {
         let experiment = experiment.unwrap_or(NONE);
         match self.arms.load().get(placement, experiment, arm) {
-            Some(handles) => handles.clone(),
-            None => self.metrics.arm(placement, experiment, arm),
+            Some(handles) => Arc::clone(handles),
+            None => Arc::new(self.metrics.arm(placement, experiment, arm)),
         }
     }
 

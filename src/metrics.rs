@@ -6,6 +6,7 @@
 //! for users no experiment covers; request failures before assignment use `arm="none"`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -137,11 +138,11 @@ impl ArmMetrics {
 /// Handles for every arm of a catalog (and each placement's default), looked up by name
 /// without allocating.
 #[derive(Debug, Default)]
-pub struct ArmIndex(HashMap<String, HashMap<String, HashMap<String, ArmMetrics>>>);
+pub struct ArmIndex(HashMap<String, HashMap<String, HashMap<String, Arc<ArmMetrics>>>>);
 
 impl ArmIndex {
     /// The handles of an arm the catalog knows.
-    pub fn get(&self, placement: &str, experiment: &str, arm: &str) -> Option<&ArmMetrics> {
+    pub fn get(&self, placement: &str, experiment: &str, arm: &str) -> Option<&Arc<ArmMetrics>> {
         self.0.get(placement)?.get(experiment)?.get(arm)
     }
 }
@@ -395,18 +396,18 @@ impl Metrics {
         // sample-ratio checks) nor in the arm → model map.
         self.arm_weight.reset();
         self.arm_info.reset();
-        let mut index: HashMap<String, HashMap<String, HashMap<String, ArmMetrics>>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, HashMap<String, Arc<ArmMetrics>>>> = HashMap::new();
         for placement in catalog.placements() {
             let by_experiment = index.entry(placement.name.clone()).or_default();
-            by_experiment
-                .entry(NONE.to_string())
-                .or_default()
-                .insert("default".to_string(), self.arm(&placement.name, NONE, "default"));
+            by_experiment.entry(NONE.to_string()).or_default().insert(
+                "default".to_string(),
+                Arc::new(self.arm(&placement.name, NONE, "default")),
+            );
             for experiment in placement.experiments() {
                 let arms = by_experiment.entry(experiment.id.clone()).or_default();
                 for (i, arm) in experiment.arms.iter().enumerate() {
                     let labels = [placement.name.as_str(), experiment.id.as_str(), arm.name.as_str()];
-                    arms.insert(arm.name.clone(), self.arm(labels[0], labels[1], labels[2]));
+                    arms.insert(arm.name.clone(), Arc::new(self.arm(labels[0], labels[1], labels[2])));
                     // The share the arm is expected to get: a completed experiment's slice all
                     // goes to its winner.
                     let share = match experiment.winner {

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod events;
 mod experiments;
+mod fast_json;
 mod health;
 mod metrics;
 mod recommendations;
@@ -26,7 +27,7 @@ use poem_openapi::{OpenApiService, Tags};
 pub use error::{ApiError, ErrorBody};
 
 use crate::gateway::Gateway;
-use crate::metrics::{Metrics, NONE};
+use crate::metrics::NONE;
 
 /// Groups in the generated documentation.
 #[derive(Tags)]
@@ -79,8 +80,7 @@ pub fn spec_yaml() -> String {
 
 /// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504.
 pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
-    let metrics = gateway.metrics().clone();
-    let keys_gateway = Arc::clone(&gateway);
+    let (for_auth, for_metrics) = (Arc::clone(&gateway), Arc::clone(&gateway));
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
@@ -95,8 +95,8 @@ pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
                 Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
             }
         })
-        .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&keys_gateway)))
-        .around(move |endpoint, request| observe(endpoint, request, metrics.clone()))
+        .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&for_auth)))
+        .around(move |endpoint, request| observe(endpoint, request, Arc::clone(&for_metrics)))
         .catch_all_error(error::json_errors)
         .around(log_request)
 }
@@ -189,7 +189,8 @@ fn endpoint_label(path: &str) -> &'static str {
 /// Times every request and counts its failures. `/recommendations` counts its own outcomes
 /// with arm labels; only what never reached its handler (parameter errors, timeouts) is
 /// counted here.
-async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, metrics: Metrics) -> poem::Result<Response> {
+async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, gateway: Arc<Gateway>) -> poem::Result<Response> {
+    let metrics = gateway.metrics();
     let label = endpoint_label(request.uri().path());
     let started = Instant::now();
     let result = endpoint.call(request).await.map(IntoResponse::into_response);

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
+use serde::Serialize;
 
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
+use super::fast_json::FastJson;
 use crate::experiment::is_valid_user_id;
 use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, page};
 use crate::metrics::NONE;
@@ -19,7 +20,7 @@ use crate::metrics::NONE;
 pub(crate) struct RecommendationsApi;
 
 /// One recommended item.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 struct ItemBody {
     /// Item id, always a string whatever its type in the model.
     item_id: String,
@@ -30,8 +31,9 @@ struct ItemBody {
 }
 
 /// Which tier produced the list.
-#[derive(Debug, Enum)]
+#[derive(Debug, Enum, Serialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 enum SourceBody {
     /// This replica's in-process cache.
     Local,
@@ -44,7 +46,7 @@ enum SourceBody {
 }
 
 /// A page of a user's recommendations and where they came from.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 struct RecommendationsBody {
     /// The user asked for.
     user_id: String,
@@ -79,8 +81,9 @@ struct RecommendationsBody {
 }
 
 /// Why the placement default answered instead of the arm's model.
-#[derive(Debug, Enum)]
+#[derive(Debug, Enum, Serialize)]
 #[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum FallbackBody {
     /// The arm's model has no loaded version yet.
     ModelNotLoaded,
@@ -125,11 +128,11 @@ impl RecommendationsApi {
         /// Comma-separated item ids to leave out (e.g. already shown).
         exclude: Query<Option<String>>,
         _auth: Auth,
-    ) -> Result<Json<RecommendationsBody>, ApiError> {
+    ) -> Result<FastJson<RecommendationsBody>, ApiError> {
         let started = Instant::now();
         let query = (*limit, *offset, *min_score);
         match serve(&gateway, user_id.0, placement.0, query, exclude.as_deref(), started).await {
-            Ok(body) => Ok(Json(body)),
+            Ok(body) => Ok(FastJson(body)),
             Err((placement, e)) => {
                 gateway
                     .metrics()
