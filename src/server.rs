@@ -162,7 +162,8 @@ impl Server {
             .await;
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();
-        if !self.gateway.tally().flush().await {
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        if !self.gateway.tally().drain(deadline).await {
             tracing::error!("result counts could not be flushed to Redis before exit");
         }
         result

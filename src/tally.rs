@@ -107,6 +107,8 @@ pub struct Tally {
     local: Mutex<Local>,
     /// Wakes the flusher early when a batch is full.
     wake: tokio::sync::Notify,
+    /// Held while a batch is out of the buffer.
+    flushing: tokio::sync::Mutex<()>,
     /// `results_pending_updates`: the buffer's depth.
     depth: IntGauge,
     /// `results_dropped_updates_total`: updates lost to a full buffer.
@@ -132,6 +134,7 @@ impl Tally {
             pending: Mutex::default(),
             local: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
             depth,
             dropped,
             min_sample_size,
@@ -205,6 +208,9 @@ impl Tally {
         let Some(redis) = &self.redis else {
             return true;
         };
+        // One flush at a time: a batch taken out of the buffer is either written or put back
+        // before another flush (or the shutdown drain) looks at the buffer.
+        let _flushing = self.flushing.lock().await;
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.updates == 0 {
             return true;
@@ -254,6 +260,20 @@ impl Tally {
         }
         self.depth.set(pending.updates as i64);
         false
+    }
+
+    /// Flushes until the buffer is empty or `deadline` passes (a graceful shutdown): Redis may
+    /// have just come back with its failure backoff still running, so failed flushes retry.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.flush().await && self.pending.lock().unwrap_or_else(|p| p.into_inner()).updates == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Flushes every 250 ms, or as soon as a batch fills.

@@ -80,20 +80,25 @@ struct ResultsBody {
     undefined: BTreeMap<String, String>,
 }
 
-/// Splits a statistic into its value and, when undefined, the reason recorded under `field`.
-fn value<T>(result: Result<T, &'static str>, field: &str, undefined: &mut BTreeMap<String, String>) -> Option<T> {
+/// Splits a statistic into its value and, when undefined, the reason recorded under each of
+/// the `fields` it fills.
+fn value<T>(result: Result<T, &'static str>, fields: &[&str], undefined: &mut BTreeMap<String, String>) -> Option<T> {
     result
-        .map_err(|reason| undefined.insert(field.to_string(), reason.to_string()))
+        .map_err(|reason| {
+            for field in fields {
+                undefined.insert(field.to_string(), reason.to_string());
+            }
+        })
         .ok()
 }
 
 impl From<&ArmResults> for ArmResultsBody {
     fn from(arm: &ArmResults) -> Self {
         let mut undefined = BTreeMap::new();
-        let ctr = value(arm.ctr, "ctr", &mut undefined);
-        let interval = value(arm.ctr_interval, "ctr_low", &mut undefined);
-        let lift = value(arm.lift, "lift", &mut undefined);
-        let lift_interval = lift.and_then(|l| value(l.interval, "lift_low", &mut undefined));
+        let ctr = value(arm.ctr, &["ctr"], &mut undefined);
+        let interval = value(arm.ctr_interval, &["ctr_low", "ctr_high"], &mut undefined);
+        let lift = value(arm.lift, &["lift", "lift_low", "lift_high"], &mut undefined);
+        let lift_interval = lift.and_then(|l| value(l.interval, &["lift_low", "lift_high"], &mut undefined));
         ArmResultsBody {
             name: arm.name.clone(),
             weight: arm.weight,
@@ -109,7 +114,7 @@ impl From<&ArmResults> for ArmResultsBody {
             lift: lift.map(|l| l.value),
             lift_low: lift_interval.map(|i| i.low),
             lift_high: lift_interval.map(|i| i.high),
-            p_value: value(arm.p_value, "p_value", &mut undefined),
+            p_value: value(arm.p_value, &["p_value"], &mut undefined),
             min_sample_reached: arm.min_sample_reached,
             undefined,
         }
@@ -122,9 +127,9 @@ impl From<&ExperimentResults> for ResultsBody {
         ResultsBody {
             experiment: results.experiment.clone(),
             status: results.status.as_str().to_string(),
-            age_seconds: value(results.age_seconds, "age_seconds", &mut undefined),
+            age_seconds: value(results.age_seconds, &["age_seconds"], &mut undefined),
             counts: if results.shared { "redis" } else { "memory" }.to_string(),
-            srm_p_value: value(results.srm_p_value, "srm_p_value", &mut undefined),
+            srm_p_value: value(results.srm_p_value, &["srm_p_value"], &mut undefined),
             srm_detected: results.srm_detected,
             min_sample_size: results.min_sample_size,
             arms: results.arms.iter().map(ArmResultsBody::from).collect(),

@@ -1,0 +1,1448 @@
+//! The analysts' results end to end (issue 5, DESIGN.md §5 `GET /experiments/{id}/results`):
+//! real `recgw` gateways in this process on free loopback ports over copies of the repository's
+//! own `experiments/` and `models/` (experiment `home-als-rank`: control/treatment 50/50 on
+//! placement `home`, QA override `qa-user-1` → treatment), each test with its own
+//! `redis-server` from `common/redis.rs` where Redis is involved.
+//!
+//! 1. two replicas on one Redis agree and count exactly (QA overrides excluded);
+//! 2. a retried batch is counted once, whichever replica it reaches;
+//! 3. a replica restarted mid-way loses nothing (its graceful shutdown flushes);
+//! 4. a ~2 s Redis outage while events flow: every event 202, counts delivered on recovery;
+//! 5. without Redis, exact counts in memory;
+//! 6. `recgw report` as a table, CSV and JSON, with the endpoint's numbers;
+//! 7. undefined statistics are `null` with a reason;
+//! 8. a graceful shutdown soon after Redis came back still delivers the buffer.
+//!
+//! Every test keeps its own ledger of what the gateways served and accepted (from the
+//! recommendation responses and the 202 answers of `POST /events`) and compares the results
+//! endpoint with it exactly: exposures, impressions and clicks to the unit; distinct users
+//! exactly in memory and within the HyperLogLog error (±2%) with Redis.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+#[path = "common/redis.rs"]
+mod redis_harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway::{Reply, eventually};
+use recgw::config::Settings;
+use recgw::server::Server;
+use redis_harness::RedisServer;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const EXPERIMENT: &str = "home-als-rank";
+const PLACEMENT: &str = "home";
+const CONTROL: &str = "control";
+const TREATMENT: &str = "treatment";
+/// The QA override of `home-als-rank` (forced into the treatment, never counted).
+const QA_USER: &str = "qa-user-1";
+/// The tracking secret every replica shares, so tokens verify on each of them.
+const SECRET: &str = "results-tests-shared-secret";
+/// How long a background effect (a flush, a reconnection) gets before a test fails.
+const WAIT: Duration = Duration::from_secs(10);
+/// A flush happens every 250 ms; waits for one start after this.
+const FLUSH: Duration = Duration::from_millis(300);
+/// The results path.
+const RESULTS: &str = "/experiments/home-als-rank/results";
+/// The 0.975 quantile of the standard normal.
+const Z95: f64 = 1.959_963_984_540_054;
+
+// ---------------------------------------------------------------------------------------------
+// The demo, copied, and gateways with any settings
+// ---------------------------------------------------------------------------------------------
+
+/// Copies of the repository's `experiments/` and `models/`.
+struct Demo {
+    dir: TempDir,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+impl Demo {
+    fn new() -> Demo {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(&repo.join("experiments"), &dir.path().join("experiments"));
+        copy_dir(&repo.join("models"), &dir.path().join("models"));
+        Demo { dir }
+    }
+
+    fn experiments(&self) -> PathBuf {
+        self.dir.path().join("experiments")
+    }
+
+    fn models(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    /// Settings of one replica: `redis_url` (empty: no Redis), the shared tracking secret, a
+    /// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
+    fn settings(&self, redis_url: &str) -> Settings {
+        let mut settings = gateway::settings(&self.experiments(), &self.models(), "1s");
+        settings.cache.redis_url = redis_url.to_string();
+        settings.cache.redis_timeout = Duration::from_millis(500);
+        settings.tracking.secret = SECRET.to_string();
+        settings.server.shutdown_grace = Duration::from_secs(3);
+        settings
+    }
+}
+
+/// A gateway serving in this process; [`Gw::stop`] shuts it down gracefully and waits.
+struct Gw {
+    addr: SocketAddr,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gw {
+    /// Binds and serves, waits for `/ready` and, with Redis configured, for `redis_up 1`.
+    async fn start(settings: &Settings) -> Gw {
+        let server = Server::bind(settings)
+            .await
+            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            rx.await.ok();
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let gw = Gw {
+            addr,
+            client,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        eventually(gateway::READY_TIMEOUT, "GET /ready = 200", async || {
+            let reply = gw.get("/ready").await;
+            if reply.status == 200 { Ok(()) } else { Err(reply.body) }
+        })
+        .await;
+        if !settings.cache.redis_url.is_empty() {
+            eventually(WAIT, "redis_up 1", async || {
+                let up = gw.metric("redis_up").await;
+                if up == 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("redis_up {up}"))
+                }
+            })
+            .await;
+        }
+        gw
+    }
+
+    /// Signals a graceful shutdown and waits (bounded) until `Server::run` returned, which is
+    /// after its final flush of the result counters.
+    async fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("gateway stops within 15 s")
+            .expect("gateway task")
+            .expect("gateway ran");
+        started.elapsed()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn read(what: &str, response: reqwest::Result<reqwest::Response>) -> Reply {
+        let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.text().await.unwrap_or_else(|e| panic!("{what}: body: {e}"));
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        Self::read(path, self.client.get(self.url(path)).send().await).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Reply {
+        Self::read(path, self.client.post(self.url(path)).json(body).send().await).await
+    }
+
+    /// The unlabelled sample `name` of `/metrics` (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let reply = self.get("/metrics").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{name} {v}: {e}")))
+    }
+
+    /// `GET /recommendations/{user}?placement=home`, expecting 200.
+    async fn recommend(&self, user: &str, serial: usize, first: bool) -> Served {
+        let path = format!("/recommendations/{user}?placement={PLACEMENT}");
+        let reply = self.get(&path).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        let body = reply.json();
+        let items: Vec<String> = body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {body}"))
+            .iter()
+            .map(|i| i["item_id"].as_str().expect("string item_id").to_string())
+            .collect();
+        assert!(!items.is_empty(), "{body}");
+        assert_eq!(
+            body["experiment"], EXPERIMENT,
+            "the experiment covers the whole placement: {body}"
+        );
+        let forced = body["forced"].as_bool().expect("forced");
+        Served {
+            user: user.to_string(),
+            arm: body["arm"].as_str().expect("arm").to_string(),
+            counted: !forced,
+            items,
+            token: body["tracking_token"].as_str().expect("token").to_string(),
+            serial,
+            first,
+        }
+    }
+
+    /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
+    async fn post_events(&self, events: &[Event]) -> Vec<Option<String>> {
+        let body = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
+        let reply = self.post("/events", &body).await;
+        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
+        let outcome = reply.json();
+        let mut results = vec![None; events.len()];
+        for rejection in outcome["rejections"].as_array().expect("rejections") {
+            let index = rejection["index"].as_u64().expect("index") as usize;
+            assert_eq!(
+                rejection["event_id"].as_str(),
+                events[index].id.as_deref(),
+                "the rejection names the event: {outcome}"
+            );
+            results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
+        }
+        let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
+        assert_eq!(outcome["rejected"], rejected, "{outcome}");
+        assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
+        results
+    }
+
+    /// `GET /experiments/home-als-rank/results`, expecting 200 and JSON.
+    async fn results(&self) -> Value {
+        let reply = self.get(RESULTS).await;
+        assert_eq!(reply.status, 200, "GET {RESULTS}: {}", reply.body);
+        assert!(
+            reply.content_type.starts_with("application/json"),
+            "{}",
+            reply.content_type
+        );
+        parse_exact(&reply.body)
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger: what was served and accepted, per arm
+// ---------------------------------------------------------------------------------------------
+
+/// One recommendation response.
+#[derive(Debug, Clone)]
+struct Served {
+    user: String,
+    arm: String,
+    /// False for the QA override (forced): neither it nor its events are counted.
+    counted: bool,
+    items: Vec<String>,
+    token: String,
+    /// Position among the test's responses, for unique event ids.
+    serial: usize,
+    /// The user's first response in this test.
+    first: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Impression,
+    Click,
+}
+
+/// One event, with what the ledger needs to credit it.
+#[derive(Debug, Clone)]
+struct Event {
+    kind: Kind,
+    arm: String,
+    counted: bool,
+    user: String,
+    item: String,
+    token: String,
+    /// `None`: the gateway derives the id from token, item and type.
+    id: Option<String>,
+}
+
+impl Event {
+    fn to_json(&self) -> Value {
+        let kind = match self.kind {
+            Kind::Impression => "impression",
+            Kind::Click => "click",
+        };
+        let mut event = json!({ "type": kind, "tracking_token": self.token, "item_id": self.item });
+        if let Some(id) = &self.id {
+            event["event_id"] = json!(id);
+        }
+        event
+    }
+}
+
+/// Impressions of every item of every response and `clicks(i)` clicks (on its first items) of
+/// the i-th response. Event ids are derived by the gateway for a user's first response when
+/// `derive` allows it (a repeated response may carry the same token within one second, so
+/// its events get explicit ids), explicit `{prefix}-…` otherwise.
+fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, derive: bool) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (i, s) in served.iter().enumerate() {
+        let explicit = !(derive && s.first && s.serial % 2 == 0);
+        let mut push = |kind: Kind, item: &String| {
+            let tag = if kind == Kind::Click { "c" } else { "i" };
+            events.push(Event {
+                kind,
+                arm: s.arm.clone(),
+                counted: s.counted,
+                user: s.user.clone(),
+                item: item.clone(),
+                token: s.token.clone(),
+                id: explicit.then(|| format!("{prefix}-{}-{tag}-{item}", s.serial)),
+            });
+        };
+        for item in &s.items {
+            push(Kind::Impression, item);
+        }
+        for item in s.items.iter().take(clicks(i)) {
+            push(Kind::Click, item);
+        }
+    }
+    events
+}
+
+/// What one arm should show.
+#[derive(Debug, Default, Clone)]
+struct ArmLedger {
+    exposures: u64,
+    impressions: u64,
+    clicks: u64,
+    users: BTreeSet<String>,
+    clickers: BTreeSet<String>,
+}
+
+/// What the results should show, per arm.
+#[derive(Debug, Default, Clone)]
+struct Ledger {
+    arms: BTreeMap<String, ArmLedger>,
+    /// Responses served (counted or not) and events accepted (counted or not).
+    responses: u64,
+    accepted: u64,
+    rejected: u64,
+}
+
+impl Ledger {
+    fn served(&mut self, s: &Served) {
+        self.responses += 1;
+        if s.counted {
+            let arm = self.arms.entry(s.arm.clone()).or_default();
+            arm.exposures += 1;
+            arm.users.insert(s.user.clone());
+        }
+    }
+
+    fn outcome(&mut self, event: &Event, outcome: &Option<String>) {
+        if outcome.is_some() {
+            self.rejected += 1;
+            return;
+        }
+        self.accepted += 1;
+        if !event.counted {
+            return;
+        }
+        let arm = self.arms.entry(event.arm.clone()).or_default();
+        match event.kind {
+            Kind::Impression => arm.impressions += 1,
+            Kind::Click => {
+                arm.clicks += 1;
+                arm.clickers.insert(event.user.clone());
+            }
+        }
+    }
+
+    fn arm(&self, name: &str) -> ArmLedger {
+        self.arms.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Whether `body` shows exactly this ledger (distinct users within ±2% when `approx`); the
+    /// differences otherwise.
+    fn matches(&self, body: &Value, approx: bool) -> Result<(), String> {
+        let mut diffs = Vec::new();
+        let arms = body["arms"].as_array().ok_or_else(|| format!("no arms: {body}"))?;
+        let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
+        if names != [CONTROL, TREATMENT] {
+            diffs.push(format!("arms {names:?}"));
+        }
+        for arm in arms {
+            let name = arm["name"].as_str().unwrap_or("?");
+            let want = self.arm(name);
+            for (field, want) in [
+                ("exposures", want.exposures),
+                ("impressions", want.impressions),
+                ("clicks", want.clicks),
+            ] {
+                if arm[field].as_u64() != Some(want) {
+                    diffs.push(format!("{name}.{field} = {} (want {want})", arm[field]));
+                }
+            }
+            for (field, want) in [
+                ("users", want.users.len() as u64),
+                ("clicking_users", want.clickers.len() as u64),
+            ] {
+                let got = arm[field].as_u64();
+                let ok = match (got, approx) {
+                    (Some(got), true) => got.abs_diff(want) <= (want as f64 * 0.02).ceil() as u64,
+                    (got, false) => got == Some(want),
+                    (None, true) => false,
+                };
+                if !ok {
+                    diffs.push(format!(
+                        "{name}.{field} = {got:?} (want {want}{})",
+                        if approx { " ±2%" } else { "" }
+                    ));
+                }
+            }
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(diffs.join("; "))
+        }
+    }
+}
+
+/// Serves `users` round-robin over `gateways`, crediting the ledger.
+async fn serve_all(gateways: &[&Gw], users: &[String], first: bool, ledger: &mut Ledger) -> Vec<Served> {
+    let mut served = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let s = gateways[i % gateways.len()]
+            .recommend(user, ledger.responses as usize, first)
+            .await;
+        ledger.served(&s);
+        served.push(s);
+    }
+    served
+}
+
+/// Posts `events` in batches of `batch`, round-robin over `gateways`, crediting the ledger
+/// with what each 202 says was accepted.
+async fn post_all(gateways: &[&Gw], events: &[Event], batch: usize, ledger: &mut Ledger) {
+    for (i, chunk) in events.chunks(batch).enumerate() {
+        let outcomes = gateways[i % gateways.len()].post_events(chunk).await;
+        for (event, outcome) in chunk.iter().zip(&outcomes) {
+            ledger.outcome(event, outcome);
+        }
+    }
+}
+
+/// Users `from..=to` as ids.
+fn users(from: u32, to: u32) -> Vec<String> {
+    (from..=to).map(|u| u.to_string()).collect()
+}
+
+/// Clicks of the i-th response: none, one or two, so both arms get some.
+fn clicks(i: usize) -> usize {
+    match i % 6 {
+        0 => 1,
+        3 => 2,
+        _ => 0,
+    }
+}
+
+/// Waits (at least one flush period, at most `WAIT`) until `gw`'s results match `ledger`.
+async fn settled(gw: &Gw, ledger: &Ledger, approx: bool) -> Value {
+    tokio::time::sleep(FLUSH).await;
+    eventually(WAIT, "results equal what was accepted", async || {
+        let reply = gw.get(RESULTS).await;
+        if reply.status != 200 {
+            return Err(format!("{} {}", reply.status, reply.body));
+        }
+        let body = parse_exact(&reply.body);
+        ledger.matches(&body, approx).map(|()| body)
+    })
+    .await
+}
+
+/// Waits until `gw` has no result counts waiting for Redis.
+async fn wait_flushed(gw: &Gw) {
+    eventually(WAIT, "results_pending_updates 0", async || {
+        let pending = gw.metric("results_pending_updates").await;
+        if pending == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{pending} pending"))
+        }
+    })
+    .await;
+}
+
+/// The body without `age_seconds`, which may tick between two reads.
+fn ageless(mut body: Value) -> Value {
+    assert!(body["age_seconds"].is_u64(), "{body}");
+    body.as_object_mut().expect("object").remove("age_seconds");
+    body
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON with exact numbers
+// ---------------------------------------------------------------------------------------------
+
+/// JSON text to a `Value` with every number parsed exactly (`str::parse::<f64>` rounds
+/// correctly). serde_json as this crate builds it (without its `float_roundtrip` feature) may
+/// parse a float one ULP off — `0.09090909090909091` becomes `0.09090909090909093` — which
+/// would make exact comparisons of what the gateway printed meaningless.
+fn parse_exact(text: &str) -> Value {
+    let mut parser = ExactParser { text, at: 0 };
+    let value = parser.value();
+    parser.blank();
+    assert_eq!(parser.at, text.len(), "trailing text after JSON: {text}");
+    value
+}
+
+struct ExactParser<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl ExactParser<'_> {
+    fn peek(&self) -> u8 {
+        *self
+            .text
+            .as_bytes()
+            .get(self.at)
+            .unwrap_or_else(|| panic!("JSON ends early: {}", self.text))
+    }
+
+    fn blank(&mut self) {
+        while self.at < self.text.len() && self.peek().is_ascii_whitespace() {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) {
+        self.blank();
+        assert_eq!(self.peek(), byte, "JSON at {}: {}", self.at, self.text);
+        self.at += 1;
+    }
+
+    /// After an element of a container: true when another follows, false at `close`.
+    fn more(&mut self, close: u8) -> bool {
+        self.blank();
+        let byte = self.peek();
+        self.at += 1;
+        match byte {
+            b',' => true,
+            b if b == close => false,
+            _ => panic!("JSON at {}: {}", self.at - 1, self.text),
+        }
+    }
+
+    fn value(&mut self) -> Value {
+        self.blank();
+        match self.peek() {
+            b'{' => {
+                self.at += 1;
+                let mut map = serde_json::Map::new();
+                self.blank();
+                if self.peek() == b'}' {
+                    self.at += 1;
+                    return Value::Object(map);
+                }
+                loop {
+                    self.blank();
+                    let key = self.string();
+                    self.expect(b':');
+                    map.insert(key, self.value());
+                    if !self.more(b'}') {
+                        return Value::Object(map);
+                    }
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                let mut items = Vec::new();
+                self.blank();
+                if self.peek() == b']' {
+                    self.at += 1;
+                    return Value::Array(items);
+                }
+                loop {
+                    items.push(self.value());
+                    if !self.more(b']') {
+                        return Value::Array(items);
+                    }
+                }
+            }
+            b'"' => Value::String(self.string()),
+            _ => {
+                let start = self.at;
+                while self.at < self.text.len()
+                    && matches!(self.peek(), b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9' | b'a'..=b'z')
+                {
+                    self.at += 1;
+                }
+                let token = &self.text[start..self.at];
+                match token {
+                    "true" => Value::Bool(true),
+                    "false" => Value::Bool(false),
+                    "null" => Value::Null,
+                    _ if token.contains(['.', 'e', 'E']) => {
+                        let x: f64 = token.parse().unwrap_or_else(|e| panic!("{token}: {e}"));
+                        json!(x)
+                    }
+                    _ if token.starts_with('-') => json!(token.parse::<i64>().expect("integer")),
+                    _ => json!(token.parse::<u64>().unwrap_or_else(|e| panic!("{token:?}: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// A string literal, decoded by serde_json (strings have no precision to lose).
+    fn string(&mut self) -> String {
+        let start = self.at;
+        assert_eq!(self.peek(), b'"', "JSON at {}: {}", self.at, self.text);
+        self.at += 1;
+        loop {
+            match self.peek() {
+                b'\\' => self.at += 2,
+                b'"' => break,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        serde_json::from_str(&self.text[start..self.at]).expect("JSON string")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics, recomputed independently
+// ---------------------------------------------------------------------------------------------
+
+fn close(got: &Value, want: f64) -> bool {
+    got.as_f64()
+        .is_some_and(|g| (g - want).abs() <= 1e-9 * want.abs().max(1e-12))
+}
+
+fn wilson(c: u64, n: u64) -> (f64, f64) {
+    let (n, p) = (n as f64, c as f64 / n as f64);
+    let z2 = Z95 * Z95;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Checks every statistic of a results body against its counts: CTR exactly clicks /
+/// impressions, the Wilson interval, lift and its delta-method interval, p-values in range, and
+/// `min_sample_reached`; every `null` has its reason.
+fn check_statistics(body: &Value) {
+    let min = body["min_sample_size"].as_u64().expect("min_sample_size");
+    let arms = body["arms"].as_array().expect("arms");
+    assert_eq!(arms.len(), 2, "{body}");
+    let (c0, n0) = (
+        arms[0]["clicks"].as_u64().unwrap(),
+        arms[0]["impressions"].as_u64().unwrap(),
+    );
+    for (i, arm) in arms.iter().enumerate() {
+        let why = |field: &str| arm["undefined"][field].as_str().map(str::to_string);
+        assert_eq!(arm["control"], i == 0, "{arm}");
+        assert_eq!(arm["weight"], 50.0, "{arm}");
+        let (c, n) = (arm["clicks"].as_u64().unwrap(), arm["impressions"].as_u64().unwrap());
+        assert_eq!(arm["min_sample_reached"], n >= min, "{arm}");
+        if n == 0 {
+            for field in ["ctr", "ctr_low", "ctr_high"] {
+                assert!(arm[field].is_null(), "{field}: {arm}");
+            }
+            assert_eq!(why("ctr").as_deref(), Some("no impressions"), "{arm}");
+        } else {
+            assert_eq!(
+                arm["ctr"].as_f64(),
+                Some(c as f64 / n as f64),
+                "CTR = clicks / impressions: {arm}"
+            );
+            let (low, high) = wilson(c, n);
+            assert!(
+                close(&arm["ctr_low"], low) && close(&arm["ctr_high"], high),
+                "Wilson ({low}, {high}): {arm}"
+            );
+            assert!(why("ctr").is_none() && why("ctr_low").is_none(), "{arm}");
+        }
+        if i == 0 {
+            for field in ["lift", "lift_low", "lift_high", "p_value"] {
+                assert!(arm[field].is_null(), "{field} of the control: {arm}");
+            }
+            assert_eq!(why("lift").as_deref(), Some("this is the control"), "{arm}");
+            assert_eq!(why("p_value").as_deref(), Some("this is the control"), "{arm}");
+            continue;
+        }
+        if n == 0 || n0 == 0 {
+            assert!(arm["lift"].is_null() && arm["p_value"].is_null(), "{arm}");
+            assert_eq!(why("lift").as_deref(), Some("an arm has no impressions"), "{arm}");
+            assert_eq!(why("p_value").as_deref(), Some("an arm has no impressions"), "{arm}");
+            continue;
+        }
+        if c0 == 0 {
+            assert!(arm["lift"].is_null() && arm["lift_low"].is_null(), "{arm}");
+            assert_eq!(why("lift").as_deref(), Some("the control has no clicks"), "{arm}");
+        } else {
+            let (p1, p0) = (c as f64 / n as f64, c0 as f64 / n0 as f64);
+            assert!(close(&arm["lift"], p1 / p0 - 1.0), "lift {}: {arm}", p1 / p0 - 1.0);
+            if c == 0 {
+                assert!(arm["lift_low"].is_null() && arm["lift_high"].is_null(), "{arm}");
+                assert_eq!(why("lift_low").as_deref(), Some("the arm has no clicks"), "{arm}");
+            } else {
+                let se = ((1.0 - p1) / (n as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
+                let ln = (p1 / p0).ln();
+                let (low, high) = ((ln - Z95 * se).exp() - 1.0, (ln + Z95 * se).exp() - 1.0);
+                assert!(
+                    close(&arm["lift_low"], low) && close(&arm["lift_high"], high),
+                    "lift CI: {arm}"
+                );
+            }
+        }
+        if c + c0 == 0 || c + c0 == n + n0 {
+            assert!(arm["p_value"].is_null(), "{arm}");
+            assert!(why("p_value").is_some_and(|r| r.starts_with("no variation")), "{arm}");
+        } else {
+            let p = arm["p_value"].as_f64().unwrap_or_else(|| panic!("p_value: {arm}"));
+            assert!((0.0..=1.0).contains(&p), "{arm}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Two replicas on one Redis
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_exact_counts_and_agree() {
+    let demo = Demo::new();
+    let redis = RedisServer::start();
+    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let mut ledger = Ledger::default();
+
+    // 400 distinct users alternating over A and B, every 5th one again on the other replica.
+    let all = users(1, 400);
+    let mut served = serve_all(&[&a, &b], &all, true, &mut ledger).await;
+    let again: Vec<String> = all.iter().step_by(5).cloned().collect();
+    served.extend(serve_all(&[&b, &a], &again, false, &mut ledger).await);
+    assert_eq!(ledger.responses, 480);
+    let exposures: u64 = ledger.arms.values().map(|a| a.exposures).sum();
+    assert_eq!(exposures, 480, "every response counted: {:?}", ledger.arms.keys());
+
+    // Impressions of every item and clicks of a known subset, batches alternating over A and B.
+    let events = events_for(&served, "r1", clicks, true);
+    post_all(&[&a, &b], &events, 40, &mut ledger).await;
+    assert_eq!(
+        (ledger.accepted, ledger.rejected),
+        (events.len() as u64, 0),
+        "fresh events are all accepted"
+    );
+    for arm in [CONTROL, TREATMENT] {
+        let l = ledger.arm(arm);
+        assert!(l.impressions > 0 && l.clicks > 0, "{arm}: {l:?}");
+    }
+
+    let from_a = settled(&a, &ledger, true).await;
+    let from_b = settled(&b, &ledger, true).await;
+    assert_eq!(
+        ageless(from_a.clone()),
+        ageless(from_b),
+        "both replicas report the same"
+    );
+    assert_eq!(from_a["experiment"], EXPERIMENT);
+    assert_eq!(from_a["status"], "running");
+    assert_eq!(from_a["counts"], "redis");
+    assert_eq!(from_a["min_sample_size"], 1000);
+    // 2026-11-01T00:00:00Z: the age is measured from the schedule's start.
+    let start = 1_793_491_200u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let age = from_a["age_seconds"].as_u64().expect("age");
+    assert!(age.abs_diff(now - start) <= 2, "age {age}, want {}", now - start);
+    // A fair 50/50 split of 400 hashed ids: no mismatch.
+    let srm = from_a["srm_p_value"].as_f64().expect("srm_p_value defined");
+    assert!(srm > 0.001 && srm <= 1.0, "{from_a}");
+    assert_eq!(from_a["srm_detected"], false);
+    assert!(
+        from_a["undefined"].as_object().expect("undefined").is_empty(),
+        "{from_a}"
+    );
+    check_statistics(&from_a);
+    for (gw, name) in [(&a, "A"), (&b, "B")] {
+        assert_eq!(gw.metric("results_pending_updates").await, 0.0, "{name}: buffer empty");
+        assert_eq!(gw.metric("results_dropped_updates_total").await, 0.0, "{name}");
+    }
+
+    // The QA override is served (forced, treatment) and its events are accepted, but nothing
+    // of it is counted.
+    let mut qa = Vec::new();
+    for gw in [&a, &b] {
+        let s = gw.recommend(QA_USER, ledger.responses as usize, false).await;
+        assert_eq!((s.arm.as_str(), s.counted), (TREATMENT, false), "forced: {s:?}");
+        ledger.served(&s);
+        qa.push(s);
+    }
+    let qa_events = events_for(&qa, "qa", |_| 2, false);
+    let accepted_before = ledger.accepted;
+    post_all(&[&a, &b], &qa_events, qa_events.len() / 2, &mut ledger).await;
+    assert_eq!(
+        ledger.accepted - accepted_before,
+        qa_events.len() as u64,
+        "202 and accepted"
+    );
+    tokio::time::sleep(FLUSH * 2).await;
+    for gw in [&a, &b] {
+        wait_flushed(gw).await;
+        assert_eq!(
+            ageless(gw.results().await),
+            ageless(from_a.clone()),
+            "the QA override changes nothing"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A retried batch is counted once, whichever replica it reaches
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_batch_is_counted_once_across_replicas() {
+    let demo = Demo::new();
+    let redis = RedisServer::start();
+    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let mut ledger = Ledger::default();
+    let served = serve_all(&[&a, &b], &users(1001, 1040), true, &mut ledger).await;
+    // Explicit ids for some events, derived ones (token + item + type) for the others.
+    let batch = events_for(&served, "retry", clicks, true);
+    assert!(batch.iter().any(|e| e.id.is_none()) && batch.iter().any(|e| e.id.is_some()));
+    assert!(batch.len() <= 1000, "one batch");
+
+    let first = a.post_events(&batch).await;
+    assert!(first.iter().all(Option::is_none), "first delivery accepted: {first:?}");
+    for (event, outcome) in batch.iter().zip(&first) {
+        ledger.outcome(event, outcome);
+    }
+    for (gw, name) in [(&b, "B"), (&a, "A")] {
+        let again = gw.post_events(&batch).await;
+        assert!(
+            again.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
+            "retry to {name}: {again:?}"
+        );
+    }
+    // A batch mixing retried and new events: only the new ones count.
+    let more = serve_all(&[&b], &users(1041, 1045), true, &mut ledger).await;
+    let fresh = events_for(&more, "retry2", |_| 1, false);
+    let mixed: Vec<Event> = batch.iter().take(7).chain(&fresh).cloned().collect();
+    let outcomes = b.post_events(&mixed).await;
+    assert_eq!(
+        outcomes[..7],
+        vec![Some("duplicate_event_id".to_string()); 7][..],
+        "retried part"
+    );
+    assert!(outcomes[7..].iter().all(Option::is_none), "new part: {outcomes:?}");
+    for (event, outcome) in mixed.iter().zip(&outcomes) {
+        ledger.outcome(event, outcome);
+    }
+    let body = settled(&a, &ledger, true).await;
+    assert_eq!(ageless(body), ageless(settled(&b, &ledger, true).await));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. One replica restarts mid-way
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_restart_loses_nothing() {
+    let demo = Demo::new();
+    let redis = RedisServer::start();
+    let settings = demo.settings(&redis.url());
+    let a = Gw::start(&settings).await;
+    let b = Gw::start(&settings).await;
+    let mut ledger = Ledger::default();
+
+    let mut served = serve_all(&[&a, &b], &users(2001, 2150), true, &mut ledger).await;
+    post_all(&[&a, &b], &events_for(&served, "p1", clicks, true), 50, &mut ledger).await;
+    // The last traffic before the stop goes to A only, so A holds unflushed updates when it
+    // is told to stop: only its shutdown flush can deliver them.
+    let last = serve_all(&[&a], &users(2151, 2170), true, &mut ledger).await;
+    post_all(&[&a], &events_for(&last, "p1-last", clicks, true), 500, &mut ledger).await;
+    let pending = a.metric("results_pending_updates").await;
+    let took = a.stop().await;
+    eprintln!("replica A stopped in {took:?} with {pending} updates pending just before");
+    served.extend(last);
+
+    // B (and Redis) have everything A accepted.
+    settled(&b, &ledger, true).await;
+    assert_eq!(ledger.rejected, 0);
+
+    // A new A on the same Redis; traffic goes on over both, and old A's responses get clicks
+    // through the new A (same secret, so its tokens still verify).
+    let a = Gw::start(&settings).await;
+    let more = serve_all(&[&a, &b], &users(2171, 2300), true, &mut ledger).await;
+    post_all(&[&b, &a], &events_for(&more, "p2", clicks, true), 50, &mut ledger).await;
+    let late = events_for(&served, "late", |i| usize::from(i % 4 == 1), false);
+    let late: Vec<Event> = late.into_iter().filter(|e| e.kind == Kind::Click).collect();
+    assert!(!late.is_empty());
+    post_all(&[&a], &late, 100, &mut ledger).await;
+    assert_eq!(ledger.rejected, 0, "every event is new");
+
+    let from_a = settled(&a, &ledger, true).await;
+    let from_b = settled(&b, &ledger, true).await;
+    assert_eq!(ageless(from_a.clone()), ageless(from_b));
+    check_statistics(&from_a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Redis goes away for ~2 s while events flow
+// ---------------------------------------------------------------------------------------------
+
+/// Serves a handful of new users on `gw` and posts their events; every post must be a 202.
+async fn burst(gw: &Gw, next_user: &mut u32, ledger: &mut Ledger) {
+    let ids = users(*next_user, *next_user + 4);
+    *next_user += 5;
+    let served = serve_all(&[gw], &ids, true, ledger).await;
+    post_all(&[gw], &events_for(&served, "outage", clicks, true), 100, ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
+    // The harness runs Redis without persistence (`--save "" --appendonly no`, fixed in
+    // `common/redis.rs`), so a restarted Redis is empty: whatever was flushed before the stop
+    // would be lost with it, by the test's own doing. So nothing is counted before Redis
+    // stops: every count is made while it is down (held in the gateway's buffer) or after it
+    // is back, and the final results must equal everything accepted.
+    let demo = Demo::new();
+    let mut redis = RedisServer::start();
+    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let mut ledger = Ledger::default();
+    assert!(ledger.matches(&a.results().await, false).is_ok(), "nothing counted yet");
+
+    redis.stop();
+    let mut next_user = 3001;
+    let down = Instant::now();
+    let mut unavailable = None;
+    while down.elapsed() < Duration::from_secs(2) {
+        burst(&a, &mut next_user, &mut ledger).await;
+        if unavailable.is_none() && down.elapsed() > Duration::from_millis(500) {
+            unavailable = Some(a.get(RESULTS).await);
+            let pending = a.metric("results_pending_updates").await;
+            assert!(
+                pending > 0.0,
+                "the buffer holds the updates while Redis is down: {pending}"
+            );
+        }
+    }
+    let reply = unavailable.expect("checked during the outage");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "counts_unavailable", "{}", reply.body);
+    let during = (ledger.responses, ledger.accepted);
+    assert!(
+        during.0 >= 10 && during.1 > 0,
+        "traffic flowed during the outage: {during:?}"
+    );
+
+    tokio::task::block_in_place(|| redis.restart());
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(1) {
+        burst(&a, &mut next_user, &mut ledger).await;
+    }
+    assert_eq!(
+        ledger.rejected, 0,
+        "every event posted during and after the outage accepted"
+    );
+    eprintln!(
+        "outage: {} responses / {} events during, {} / {} in total",
+        during.0, during.1, ledger.responses, ledger.accepted
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = settled(&a, &ledger, true).await;
+    assert_eq!(body["counts"], "redis");
+    check_statistics(&body);
+    wait_flushed(&a).await;
+    assert_eq!(a.metric("results_dropped_updates_total").await, 0.0);
+    // And nothing is flushed twice later on.
+    tokio::time::sleep(FLUSH * 2).await;
+    ledger.matches(&a.results().await, true).expect("stable");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Without Redis
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_counts_exactly_in_memory() {
+    let demo = Demo::new();
+    let gw = Gw::start(&demo.settings("")).await;
+    let mut ledger = Ledger::default();
+    let all = users(4001, 4120);
+    let mut served = serve_all(&[&gw], &all, true, &mut ledger).await;
+    let again: Vec<String> = all.iter().step_by(3).cloned().collect();
+    served.extend(serve_all(&[&gw], &again, false, &mut ledger).await);
+    served.push(gw.recommend(QA_USER, ledger.responses as usize, false).await);
+    ledger.served(served.last().expect("qa"));
+    let events = events_for(&served, "mem", clicks, true);
+    post_all(&[&gw], &events, 100, &mut ledger).await;
+    // A retry of the first batch is refused by the local dedupe set.
+    let retry = gw.post_events(&events[..100]).await;
+    assert!(
+        retry.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
+        "{retry:?}"
+    );
+    assert_eq!(ledger.rejected, 0);
+
+    // No flush in memory: the counts are exact at once, distinct users included.
+    let body = gw.results().await;
+    ledger
+        .matches(&body, false)
+        .unwrap_or_else(|diff| panic!("{diff}: {body}"));
+    assert_eq!(body["counts"], "memory");
+    assert_eq!(ledger.arm(CONTROL).users.len() + ledger.arm(TREATMENT).users.len(), 120);
+    assert_eq!(body["srm_detected"], false, "{body}");
+    check_statistics(&body);
+    assert_eq!(gw.metric("results_pending_updates").await, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. `recgw report`
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `recgw report home-als-rank --url URL [--format F]` (bounded: 20 s); its stdout.
+fn report(url: &str, format: Option<&str>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
+    command.args(["report", EXPERIMENT, "--url", url]);
+    if let Some(format) = format {
+        command.args(["--format", format]);
+    }
+    // Neither settings nor a proxy from the environment: `recgw report` sends even loopback
+    // URLs to `http_proxy` when one is set.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RECGW") || key.to_ascii_lowercase().ends_with("_proxy") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run recgw report");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("recgw report {format:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let (stdout, stderr) = (
+        String::from_utf8(output.stdout).expect("utf-8"),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    );
+    assert!(
+        output.status.success(),
+        "report {format:?}: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+async fn report_async(url: String, format: Option<&'static str>) -> String {
+    tokio::task::spawn_blocking(move || report(&url, format))
+        .await
+        .expect("report thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_prints_table_csv_and_json_of_the_endpoint() {
+    let demo = Demo::new();
+    let gw = Gw::start(&demo.settings("")).await;
+    let mut ledger = Ledger::default();
+    let served = serve_all(&[&gw], &users(5001, 5080), true, &mut ledger).await;
+    post_all(&[&gw], &events_for(&served, "rep", clicks, true), 200, &mut ledger).await;
+    let body = gw.results().await;
+    ledger.matches(&body, false).expect("counted");
+    let url = format!("http://{}", gw.addr);
+    let arms = body["arms"].as_array().expect("arms").clone();
+
+    // The table: a header naming the experiment, one row per arm with its numbers, and a bar
+    // chart line per arm.
+    let table = report_async(url.clone(), None).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("home-als-rank (running, ") && lines[0].contains("counts: memory"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("arm") && lines[1].contains("CTR 95% CI"),
+        "{table}"
+    );
+    for (arm, line) in arms.iter().zip(&lines[2..4]) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let want = [
+            arm["name"].as_str().unwrap().to_string(),
+            "50.0%".to_string(),
+            arm["users"].to_string(),
+            arm["exposures"].to_string(),
+            arm["impressions"].to_string(),
+            arm["clicks"].to_string(),
+            format!("{:.2}%", arm["ctr"].as_f64().unwrap() * 100.0),
+        ];
+        assert_eq!(cells[..7], want[..], "{table}");
+    }
+    assert!(table.contains("\nCTR, 95% interval (scale 0 .. "), "{table}");
+    for name in [CONTROL, TREATMENT] {
+        let bars: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.starts_with(name) && l.contains('|') && !l.contains('%'))
+            .collect();
+        assert_eq!(bars.len(), 1, "one bar for {name}:\n{table}");
+    }
+
+    // CSV: a header and one row per arm, with the endpoint's numbers.
+    let csv = report_async(url.clone(), Some("csv")).await;
+    let rows: Vec<&str> = csv.lines().collect();
+    let columns = [
+        "name",
+        "weight",
+        "users",
+        "exposures",
+        "impressions",
+        "clicks",
+        "clicking_users",
+        "ctr",
+        "ctr_low",
+        "ctr_high",
+        "lift",
+        "lift_low",
+        "lift_high",
+        "p_value",
+        "min_sample_reached",
+    ];
+    let mut differences = Vec::new();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!(rows[0], format!("experiment,{}", columns.join(",")));
+    for (arm, row) in arms.iter().zip(&rows[1..]) {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), columns.len() + 1, "{row}");
+        assert_eq!(cells[0], EXPERIMENT);
+        for (column, cell) in columns.iter().zip(&cells[1..]) {
+            let same = match &arm[column] {
+                Value::Null => cell.is_empty(),
+                Value::String(s) => cell == s,
+                Value::Bool(b) => *cell == b.to_string(),
+                // Both sides parsed exactly: the digits must be the endpoint's.
+                Value::Number(n) => cell.parse::<f64>().ok() == n.as_f64(),
+                other => panic!("{column}: {other}"),
+            };
+            if !same {
+                differences.push(format!(
+                    "csv {}.{column}: {cell:?}, endpoint {}",
+                    arm["name"], arm[column]
+                ));
+            }
+        }
+    }
+
+    // JSON: the endpoint's body.
+    let printed = report_async(url, Some("json")).await;
+    let printed = parse_exact(&printed);
+    let (printed, body) = (ageless(printed), ageless(body));
+    diff_values("json", &printed, &body, &mut differences);
+    assert!(
+        differences.is_empty(),
+        "recgw report does not reproduce the endpoint's numbers:\n{}",
+        differences.join("\n")
+    );
+    assert_eq!(printed, body);
+}
+
+/// Paths where `got` and `want` differ, with both values.
+fn diff_values(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            let keys: BTreeSet<&String> = g.keys().chain(w.keys()).collect();
+            for key in keys {
+                let (g, w) = (g.get(key).unwrap_or(&Value::Null), w.get(key).unwrap_or(&Value::Null));
+                diff_values(&format!("{path}.{key}"), g, w, out);
+            }
+        }
+        (Value::Array(g), Value::Array(w)) if g.len() == w.len() => {
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                diff_values(&format!("{path}[{i}]"), g, w, out);
+            }
+        }
+        _ if got != want => out.push(format!("{path}: {got}, endpoint {want}")),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Undefined statistics through the API
+// ---------------------------------------------------------------------------------------------
+
+/// Users of `home-als-rank` in `arm` among `candidates`, asked of the assignment endpoint
+/// (which counts nothing).
+async fn in_arm(gw: &Gw, arm: &str, candidates: impl Iterator<Item = u32>, want: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for user in candidates {
+        let reply = gw.get(&format!("/experiments/{EXPERIMENT}/assignment/{user}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.json()["arm"] == arm {
+            found.push(user.to_string());
+            if found.len() == want {
+                return found;
+            }
+        }
+    }
+    panic!("fewer than {want} users in {arm}");
+}
+
+/// The statistics of an arm that may be `null`, each with the fields whose reason also covers
+/// it (an interval's reason may be recorded once, under its low end or its point estimate).
+const NULLABLE: [(&str, &[&str]); 7] = [
+    ("ctr", &[]),
+    ("ctr_low", &["ctr"]),
+    ("ctr_high", &["ctr_low", "ctr"]),
+    ("lift", &[]),
+    ("lift_low", &["lift"]),
+    ("lift_high", &["lift_low", "lift"]),
+    ("p_value", &[]),
+];
+
+/// Each `(field, reason)` is in the arm's `undefined`; every `null` statistic has a reason (its
+/// own or its interval's), and no statistic with a value has one.
+fn assert_reasons(arm: &Value, expected: &[(&str, &str)]) {
+    let undefined = arm["undefined"].as_object().expect("undefined");
+    for (field, reason) in expected {
+        assert_eq!(
+            undefined.get(*field).and_then(Value::as_str),
+            Some(*reason),
+            "{field}: {arm}"
+        );
+    }
+    for (field, covered_by) in NULLABLE {
+        if arm[field].is_null() {
+            assert!(
+                std::iter::once(&field)
+                    .chain(covered_by)
+                    .any(|f| undefined.contains_key(*f)),
+                "null {field} without a reason: {arm}"
+            );
+        } else {
+            assert!(
+                !undefined.contains_key(field),
+                "{field} has a value and a reason: {arm}"
+            );
+        }
+    }
+    for key in undefined.keys() {
+        assert!(
+            NULLABLE.iter().any(|(f, _)| f == key),
+            "reason for an unknown field {key}: {arm}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undefined_statistics_are_null_with_reasons() {
+    let demo = Demo::new();
+
+    // No traffic at all.
+    let gw = Gw::start(&demo.settings("")).await;
+    let unknown = gw.get("/experiments/no-such-experiment/results").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.json()["error"], "unknown_experiment");
+    let body = gw.results().await;
+    assert_eq!(body["srm_p_value"], Value::Null, "{body}");
+    assert_eq!(body["srm_detected"], false);
+    assert_eq!(body["undefined"], json!({ "srm_p_value": "no users yet" }), "{body}");
+    let arms = body["arms"].as_array().expect("arms");
+    for (arm, own) in arms.iter().zip(["this is the control", "an arm has no impressions"]) {
+        for field in ["users", "exposures", "impressions", "clicks", "clicking_users"] {
+            assert_eq!(arm[field], 0, "{field}: {arm}");
+        }
+        for field in ["ctr", "ctr_low", "ctr_high", "lift", "lift_low", "lift_high", "p_value"] {
+            assert_eq!(arm[field], Value::Null, "{field}: {arm}");
+        }
+        assert_eq!(arm["min_sample_reached"], false);
+        assert_reasons(
+            arm,
+            &[
+                ("ctr", "no impressions"),
+                ("ctr_low", "no impressions"),
+                ("lift", own),
+                ("p_value", own),
+            ],
+        );
+    }
+    check_statistics(&body);
+
+    // Only the control has data: the treatment's CTR, lift and p-value are undefined, and a
+    // split of n users to 0 is a sample-ratio mismatch.
+    let mut ledger = Ledger::default();
+    let control_users = in_arm(&gw, CONTROL, 6001..6200, 20).await;
+    let served = serve_all(&[&gw], &control_users, true, &mut ledger).await;
+    post_all(&[&gw], &events_for(&served, "one", clicks, true), 200, &mut ledger).await;
+    let body = gw.results().await;
+    ledger.matches(&body, false).expect("counted");
+    check_statistics(&body);
+    let (control, treatment) = (&body["arms"][0], &body["arms"][1]);
+    assert!(control["ctr"].is_f64() && control["ctr_low"].is_f64(), "{control}");
+    assert_eq!(treatment["impressions"], 0);
+    assert_eq!(treatment["ctr"], Value::Null);
+    assert_eq!(treatment["lift"], Value::Null);
+    assert_reasons(
+        treatment,
+        &[
+            ("ctr", "no impressions"),
+            ("lift", "an arm has no impressions"),
+            ("p_value", "an arm has no impressions"),
+        ],
+    );
+    assert_reasons(
+        control,
+        &[("lift", "this is the control"), ("p_value", "this is the control")],
+    );
+    let srm = body["srm_p_value"].as_f64().expect("defined with users");
+    assert!(srm < 0.001, "{body}");
+    assert_eq!(body["srm_detected"], true);
+    assert_eq!(body["undefined"], json!({}));
+
+    // Both arms shown, nobody clicks: CTR 0 with an interval, lift and p-value undefined.
+    let gw = Gw::start(&demo.settings("")).await;
+    let mut ledger = Ledger::default();
+    let served = serve_all(&[&gw], &users(7001, 7040), true, &mut ledger).await;
+    post_all(&[&gw], &events_for(&served, "zero", |_| 0, true), 500, &mut ledger).await;
+    let body = gw.results().await;
+    ledger.matches(&body, false).expect("counted");
+    check_statistics(&body);
+    let treatment = &body["arms"][1];
+    assert_eq!(
+        (treatment["ctr"].as_f64(), treatment["ctr_low"].as_f64()),
+        (Some(0.0), Some(0.0))
+    );
+    assert_reasons(
+        treatment,
+        &[
+            ("lift", "the control has no clicks"),
+            (
+                "p_value",
+                "no variation: no clicks, or clicks on every impression, in both arms",
+            ),
+        ],
+    );
+
+    // Then clicks in the treatment only: a p-value, still no lift over a control without clicks.
+    let treated: Vec<Served> = served.into_iter().filter(|s| s.arm == TREATMENT).collect();
+    let clicks_only: Vec<Event> = events_for(&treated, "zero-click", |_| 1, false)
+        .into_iter()
+        .filter(|e| e.kind == Kind::Click)
+        .collect();
+    post_all(&[&gw], &clicks_only, 500, &mut ledger).await;
+    assert_eq!(ledger.rejected, 0);
+    let body = gw.results().await;
+    ledger.matches(&body, false).expect("counted");
+    check_statistics(&body);
+    let treatment = &body["arms"][1];
+    assert!(treatment["p_value"].is_f64(), "{treatment}");
+    assert_reasons(treatment, &[("lift", "the control has no clicks")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A graceful shutdown soon after Redis came back still delivers the buffer
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_after_redis_recovered_flushes_the_buffer() {
+    // As in the outage test, nothing is counted before Redis stops (it restarts empty).
+    let demo = Demo::new();
+    let mut redis = RedisServer::start();
+    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let mut ledger = Ledger::default();
+    redis.stop();
+    let mut next_user = 8001;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_millis(1500) {
+        burst(&a, &mut next_user, &mut ledger).await;
+    }
+    assert_eq!(ledger.rejected, 0);
+    tokio::task::block_in_place(|| redis.restart());
+    // Redis answers again; a deploy now stops the replica gracefully.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(redis.query::<String>(&["PING"]), "PONG");
+    let pending = a.metric("results_pending_updates").await;
+    assert!(pending > 0.0, "A still holds the outage's updates");
+    a.stop().await;
+    // Whatever A held must have reached Redis: another replica reads it.
+    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let body = b.results().await;
+    if let Err(diff) = ledger.matches(&body, true) {
+        panic!(
+            "a graceful shutdown 200 ms after Redis came back lost the {pending} buffered updates: {diff}; \
+             keys in Redis: {:?}",
+            redis.keys("recgw:results:*")
+        );
+    }
+}
