@@ -229,7 +229,7 @@ fn chart(arms: &[Value], name_width: usize) -> String {
             out,
             "{:<name_width$}  {}",
             arm["name"].as_str().unwrap_or("?"),
-            bar.into_iter().collect::<String>()
+            bar.into_iter().collect::<String>().trim_end()
         );
     }
     out
