@@ -12,21 +12,17 @@ mod gateway;
 mod redis_harness;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::spark::SparkOutput;
-use gateway::{Reply, eventually};
+use gateway::{Reply, TestGateway, eventually, sample};
 use recgw::config::Settings;
-use recgw::server::Server;
 use redis_harness::{RedisCluster, RedisServer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------------
 // The world: one placement, one experiment whose arms serve two models
@@ -183,111 +179,13 @@ impl World {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A gateway with any settings (`TestGateway` only takes folders)
+// What the tests ask a gateway
 // ---------------------------------------------------------------------------------------------
 
-struct Gw {
-    addr: SocketAddr,
-    client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Gw {
-    /// Binds and serves a gateway, then waits until `/ready` is 200 and, with Redis
-    /// configured, until a Redis command succeeded (`redis_up 1`).
-    async fn start(settings: &Settings) -> Gw {
-        let gw = Self::start_ready(settings).await;
-        if !settings.cache.redis_url.is_empty() {
-            gw.wait_redis_up().await;
-        }
-        gw
-    }
-
-    /// Binds and serves a gateway, then waits until `/ready` is 200 (Redis may be down).
-    async fn start_ready(settings: &Settings) -> Gw {
-        let server = Server::bind(settings)
-            .await
-            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            rx.await.ok();
-        }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
-        let gw = Gw {
-            addr,
-            client,
-            shutdown: Some(tx),
-            task: Some(task),
-        };
-        eventually(gateway::READY_TIMEOUT, "GET /ready = 200", async || {
-            let reply = gw.get("/ready").await;
-            if reply.status == 200 { Ok(()) } else { Err(reply.body) }
-        })
-        .await;
-        gw
-    }
-
-    /// Shuts the gateway down and waits until it stopped (its background tasks are gone).
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("gateway stops")
-                .expect("gateway task")
-                .expect("gateway ran");
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response.text().await.expect("body");
-        Reply {
-            status,
-            content_type,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        Self::read(response).await
-    }
-
+impl TestGateway {
     /// `POST /admin/cache/invalidate` with `body` as it is (JSON content type).
     async fn invalidate_raw(&self, body: &str) -> Reply {
-        let response = self
-            .client
-            .post(self.url("/admin/cache/invalidate"))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST invalidate: {e}"));
-        Self::read(response).await
+        self.post_raw("/admin/cache/invalidate", body.to_string()).await
     }
 
     /// Invalidates `target`, expecting 200; returns the `models` array.
@@ -316,74 +214,12 @@ impl Gw {
         body
     }
 
-    async fn metrics(&self) -> String {
-        let reply = self.get("/metrics").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.body
-    }
-
-    /// The value of the sample `name{labels}` (0 when absent).
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        sample(&self.metrics().await, name, labels)
-    }
-
-    /// Waits until `/metrics` says `redis_up 1`.
-    async fn wait_redis_up(&self) {
-        eventually(WAIT * 2, "redis_up 1", async || {
-            let text = self.metrics().await;
-            if sample(&text, "redis_up", &[]) == 1.0 {
-                Ok(())
-            } else {
-                Err(text
-                    .lines()
-                    .filter(|l| l.contains("redis"))
-                    .collect::<Vec<_>>()
-                    .join("\n"))
-            }
-        })
-        .await;
-    }
-
     /// `/ready`: status and `redis` field.
     async fn ready_redis(&self) -> (u16, String) {
         let reply = self.get("/ready").await;
         let redis = reply.json()["redis"].as_str().unwrap_or_default().to_string();
         (reply.status, redis)
     }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// The value of `name{labels}` in a Prometheus text exposition, labels in any order; 0 when
-/// the sample is absent.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let wanted: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, found): (&str, BTreeSet<String>) = match series.split_once('{') {
-            Some((metric, rest)) => (
-                metric,
-                rest.trim_end_matches('}')
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(String::from)
-                    .collect(),
-            ),
-            None => (series, BTreeSet::new()),
-        };
-        if metric == name && found == wanted {
-            return value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-        }
-    }
-    0.0
 }
 
 /// Waits until `key` exists in `redis`; returns its PTTL in ms.
@@ -431,7 +267,7 @@ fn assert_ttl(pttl: i64, ttl: Duration, what: &str) {
 
 /// Polls `user` on `gw` until the answer is not `local` (the local entry was dropped); the
 /// answer must then come from Redis or the store.
-async fn wait_not_local(gw: &Gw, user: u32, what: &str) -> Value {
+async fn wait_not_local(gw: &TestGateway, user: u32, what: &str) -> Value {
     let body = eventually(WAIT, what, async || {
         let body = gw.rec(user).await;
         if source(&body) == "local" {
@@ -479,7 +315,7 @@ async fn lists_come_from_local_then_from_redis_after_a_restart_with_the_arm_ttl(
     let redis = RedisServer::start();
     let world = World::new();
     let settings = world.settings(&redis.url());
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
 
     let a = users_of(MODEL_A).next().expect("a control user");
     let b = users_of(MODEL_B).next().expect("a treatment user");
@@ -502,7 +338,7 @@ async fn lists_come_from_local_then_from_redis_after_a_restart_with_the_arm_ttl(
     );
 
     gw.stop().await;
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
     for user in [a, b] {
         let third = gw.rec_checked(user, &expected(user)).await;
         assert_eq!(source(&third), "redis", "after a restart: {third}");
@@ -526,7 +362,7 @@ async fn lists_come_from_local_then_from_redis_after_a_restart_with_the_arm_ttl(
 async fn concurrent_misses_for_one_user_read_the_store_once() {
     let redis = RedisServer::start();
     let world = World::new();
-    let gw = Gw::start(&world.settings(&redis.url())).await;
+    let gw = TestGateway::launch_up(&world.settings(&redis.url())).await;
 
     let known = users_of(MODEL_A).next().expect("a control user");
     // Not in any model: the arm answers "no list" (cached too), then the default answers.
@@ -584,7 +420,7 @@ async fn concurrent_misses_for_one_user_read_the_store_once() {
 async fn a_new_model_version_is_read_from_the_store_not_from_the_old_key() {
     let redis = RedisServer::start();
     let world = World::new();
-    let gw = Gw::start(&world.settings(&redis.url())).await;
+    let gw = TestGateway::launch_up(&world.settings(&redis.url())).await;
 
     let user = users_of(MODEL_A).next().expect("a control user");
     let first = gw.rec_checked(user, &a_v1(user)).await;
@@ -640,8 +476,8 @@ async fn an_invalidation_reaches_every_replica() {
     // Generations are polled only every minute: within the test, only pub/sub can tell B.
     let mut settings = world.settings(&redis.url());
     settings.experiments.reload_interval = Duration::from_secs(60);
-    let a = Gw::start(&settings).await;
-    let b = Gw::start(&settings).await;
+    let a = TestGateway::launch_up(&settings).await;
+    let b = TestGateway::launch_up(&settings).await;
     wait_subscribers(&redis, 2, WAIT).await;
 
     let ua = users_of(MODEL_A).next().expect("a control user");
@@ -741,7 +577,7 @@ async fn a_replica_that_missed_the_message_polls_the_generation() {
     let world = World::new();
     let settings = world.settings(&redis.url());
     assert_eq!(settings.experiments.reload_interval, Duration::from_millis(300));
-    let b = Gw::start(&settings).await;
+    let b = TestGateway::launch_up(&settings).await;
 
     let user = users_of(MODEL_A).next().expect("a control user");
     let first = b.rec_checked(user, &a_v1(user)).await;
@@ -778,7 +614,7 @@ async fn redis_dying_costs_no_request_and_redis_hits_resume_by_themselves() {
     // No local tier: a repeated request shows `redis` whenever Redis serves it.
     settings.cache.local_capacity = 0;
     settings.cache.redis_timeout = Duration::from_millis(200);
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
 
     let mut users = users_of(MODEL_A);
     let hot = users.next().expect("a control user");
@@ -953,7 +789,7 @@ async fn a_slow_redis_does_not_slow_requests_down() {
     let world = World::new();
     let mut settings = world.settings(&redis.url());
     settings.cache.redis_timeout = Duration::from_millis(50);
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
     let mut users = users_of(MODEL_A).chain(users_of(MODEL_B));
     let user = users.next().expect("a user");
     assert_eq!(source(&gw.rec_checked(user, &expected(user)).await), "store");
@@ -1008,7 +844,7 @@ async fn a_redis_command_past_the_deadline_is_counted_as_a_timeout() {
     let world = World::new();
     let mut settings = world.settings(&redis.url());
     settings.cache.redis_timeout = Duration::from_millis(50);
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
     let mut users = users_of(MODEL_A);
     assert_eq!(source(&gw.rec(users.next().unwrap()).await), "store");
     let (timeouts, _, errors) = redis_failures(&gw.metrics().await);
@@ -1034,7 +870,7 @@ async fn without_a_local_tier_repeated_requests_come_from_redis() {
     let world = World::new();
     let mut settings = world.settings(&redis.url());
     settings.cache.local_capacity = 0;
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
 
     for user in [users_of(MODEL_A).next().unwrap(), users_of(MODEL_B).next().unwrap()] {
         let first = gw.rec_checked(user, &expected(user)).await;
@@ -1096,7 +932,7 @@ async fn a_redis_cluster_spreads_lists_over_its_nodes_and_invalidates() {
     let cluster = RedisCluster::start(3);
     let world = World::new();
     let settings = world.settings(&cluster.url());
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
 
     let users: Vec<u32> = (1..=50).collect();
     let mut versions = std::collections::HashMap::new();
@@ -1126,7 +962,7 @@ async fn a_redis_cluster_spreads_lists_over_its_nodes_and_invalidates() {
     );
 
     gw.stop().await;
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_up(&settings).await;
     for &user in &users {
         let body = gw.rec_checked(user, &expected(user)).await;
         assert_eq!(source(&body), "redis", "after a restart: {body}");
@@ -1135,7 +971,7 @@ async fn a_redis_cluster_spreads_lists_over_its_nodes_and_invalidates() {
     // polled once a minute. Subscribers listen on the first node; PUBLISH may land on any.
     let mut slow_poll = settings.clone();
     slow_poll.experiments.reload_interval = Duration::from_secs(60);
-    let replica = Gw::start_ready(&slow_poll).await;
+    let replica = TestGateway::launch_ready(&slow_poll).await;
     wait_subscribers(&cluster.nodes()[0], 2, WAIT).await;
     let watched = users[0];
     let first = replica.rec_checked(watched, &expected(watched)).await;
@@ -1180,7 +1016,7 @@ async fn a_redis_cluster_spreads_lists_over_its_nodes_and_invalidates() {
 async fn an_invalidation_after_redis_lost_its_data_still_drops_cached_lists() {
     let mut redis = RedisServer::start();
     let world = World::new();
-    let gw = Gw::start(&world.settings(&redis.url())).await;
+    let gw = TestGateway::launch_up(&world.settings(&redis.url())).await;
     let user = users_of(MODEL_A).next().expect("a control user");
 
     assert_eq!(source(&gw.rec(user).await), "store");
@@ -1214,7 +1050,7 @@ async fn a_gateway_started_while_redis_is_down_serves_and_uses_redis_once_it_is_
     let world = World::new();
     let mut settings = world.settings(&redis.url());
     settings.cache.local_capacity = 0;
-    let gw = Gw::start_ready(&settings).await;
+    let gw = TestGateway::launch_ready(&settings).await;
     eventually(WAIT, "/ready says redis down", async || match gw.ready_redis().await {
         (200, redis) if redis == "down" => Ok(()),
         other => Err(format!("{other:?}")),
@@ -1246,8 +1082,8 @@ async fn replicas_subscribe_again_after_redis_restarts() {
     // Generations are polled once a minute: only pub/sub can tell B within the test.
     let mut settings = world.settings(&redis.url());
     settings.experiments.reload_interval = Duration::from_secs(60);
-    let a = Gw::start(&settings).await;
-    let b = Gw::start(&settings).await;
+    let a = TestGateway::launch_up(&settings).await;
+    let b = TestGateway::launch_up(&settings).await;
     wait_subscribers(&redis, 2, WAIT).await;
     let mut users = users_of(MODEL_A);
     let user = users.next().expect("a control user");

@@ -11,20 +11,15 @@
 mod gateway;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway::{READY_TIMEOUT, Reply, eventually};
+use gateway::{Reply, TestGateway, demo_settings};
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
-use recgw::server::Server;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------------
 // A gateway with settings of the test's choosing
@@ -33,12 +28,6 @@ use tokio::task::JoinHandle;
 const EXPERIMENT: &str = "home-als-rank";
 const ARMS: [&str; 2] = ["control", "treatment"];
 
-/// The demo's settings: the repository's `experiments/` and `models/`, auth off.
-fn demo_settings() -> Settings {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    gateway::settings(&repo.join("experiments"), &repo.join("models"), "100ms")
-}
-
 /// The demo's settings with a tracking secret.
 fn settings_with_secret(secret: &str) -> Settings {
     let mut settings = demo_settings();
@@ -46,98 +35,10 @@ fn settings_with_secret(secret: &str) -> Settings {
     settings
 }
 
-/// A running gateway; dropping it signals shutdown.
-struct Gw {
-    addr: SocketAddr,
-    client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    _task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Gw {
-    /// Binds and serves a gateway over `settings`, then waits until `/ready` is 200.
-    async fn start(settings: &Settings) -> Gw {
-        let server = Server::bind(settings)
-            .await
-            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            rx.await.ok();
-        }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
-        let gw = Gw {
-            addr,
-            client,
-            shutdown: Some(tx),
-            _task: task,
-        };
-        eventually(READY_TIMEOUT, "GET /ready = 200", async || {
-            let reply = gw.get("/ready").await;
-            if reply.status == 200 { Ok(()) } else { Err(reply.body) }
-        })
-        .await;
-        gw
-    }
-
-    /// The demo gateway with a random (per-process) tracking secret.
-    async fn demo() -> Gw {
-        Self::start(&demo_settings()).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn read(what: &str, response: reqwest::Result<reqwest::Response>) -> Reply {
-        let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response.text().await.unwrap_or_else(|e| panic!("{what}: body: {e}"));
-        Reply {
-            status,
-            content_type,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        Self::read(&format!("GET {path}"), self.client.get(self.url(path)).send().await).await
-    }
-
-    /// `GET path`, expecting 200 JSON.
-    async fn ok(&self, path: &str) -> Value {
-        let reply = self.get(path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        assert_json(&reply, &format!("GET {path}"));
-        reply.json()
-    }
-
+impl TestGateway {
     /// `POST /events` with `body` as given (a `Content-Length` is always sent).
     async fn post_events_raw(&self, body: impl Into<reqwest::Body>) -> Reply {
-        let request = self
-            .client
-            .post(self.url("/events"))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        Self::read("POST /events", request.send().await).await
+        self.post_raw("/events", body).await
     }
 
     /// `POST /events` with a JSON batch of `events`, expecting 202; returns the outcome.
@@ -155,10 +56,8 @@ impl Gw {
     }
 
     /// `/metrics`, parsed.
-    async fn metrics(&self) -> Metrics {
-        let reply = self.get("/metrics").await;
-        assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
-        Metrics::parse(&reply.body)
+    async fn scrape(&self) -> Metrics {
+        Metrics::parse(&self.metrics().await)
     }
 }
 
@@ -329,7 +228,7 @@ impl Metrics {
 /// One user of each arm of the home experiment (the first found among `1`, `2`, … whose list
 /// comes from the arm's model), with their responses. Every probe is a served recommendation:
 /// the returned count says how many were made per arm.
-async fn users_of_each_arm(gw: &Gw) -> ([Value; 2], [u64; 2]) {
+async fn users_of_each_arm(gw: &TestGateway) -> ([Value; 2], [u64; 2]) {
     let mut found: [Option<Value>; 2] = [None, None];
     let mut served = [0u64; 2];
     for user in 1..=200 {
@@ -378,7 +277,7 @@ fn unix_now() -> u64 {
 /// override, a user no experiment covers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_name_what_was_served() {
-    let gw = Gw::demo().await;
+    let gw = TestGateway::demo().await;
     let before = unix_now();
     let ([control, treatment], _) = users_of_each_arm(&gw).await;
     let mut bodies = vec![control, treatment];
@@ -475,7 +374,7 @@ async fn tokens_name_what_was_served() {
 /// `/metrics` and `/stats`; nothing else moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_count_for_the_token_arm() {
-    let gw = Gw::demo().await;
+    let gw = TestGateway::demo().await;
     let ([control, treatment], _) = users_of_each_arm(&gw).await;
     let (ct, tt) = (
         control["tracking_token"].as_str().expect("token"),
@@ -483,7 +382,7 @@ async fn accepted_events_count_for_the_token_arm() {
     );
     let (ci, ti) = (item_ids(&control), item_ids(&treatment));
 
-    let before = gw.metrics().await;
+    let before = gw.scrape().await;
     for arm in ARMS {
         assert_eq!(before.arm("impressions_total", arm), 0.0);
         assert_eq!(before.arm("clicks_total", arm), 0.0);
@@ -502,7 +401,7 @@ async fn accepted_events_count_for_the_token_arm() {
     ];
     assert_outcome(&gw.post_events(&batch).await, 8, &[]);
 
-    let after = gw.metrics().await;
+    let after = gw.scrape().await;
     let expected = [("control", 3.0, 1.0), ("treatment", 2.0, 2.0)];
     for (arm, impressions, clicks) in expected {
         assert_eq!(after.arm("impressions_total", arm), impressions, "{arm}");
@@ -522,7 +421,7 @@ async fn accepted_events_count_for_the_token_arm() {
         event("impression", tt, &ti[2]),
     ];
     assert_outcome(&gw.post_events(&batch).await, 3, &[]);
-    let after = gw.metrics().await;
+    let after = gw.scrape().await;
     let expected = [("control", 3.0, 3.0), ("treatment", 3.0, 2.0)];
     for (arm, impressions, clicks) in expected {
         assert_eq!(after.arm("impressions_total", arm), impressions, "{arm}");
@@ -557,7 +456,12 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         settings_with_secret("shared-s3cret"),
         settings_with_secret("another-secret"),
     );
-    let (a, b, other, random) = tokio::join!(Gw::start(&shared), Gw::start(&shared), Gw::start(&another), Gw::demo());
+    let (a, b, other, random) = tokio::join!(
+        TestGateway::launch_ready(&shared),
+        TestGateway::launch_ready(&shared),
+        TestGateway::launch_ready(&another),
+        TestGateway::demo()
+    );
     let ([control, treatment], _) = users_of_each_arm(&a).await;
     let (ct, tt) = (
         control["tracking_token"].as_str().expect("token"),
@@ -575,13 +479,13 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         event("click", tt, &ti[0]),
     ];
     assert_outcome(&b.post_events(&batch).await, 6, &[]);
-    let on_b = b.metrics().await;
+    let on_b = b.scrape().await;
     assert_eq!(on_b.arm("impressions_total", "control"), 1.0);
     assert_eq!(on_b.arm("clicks_total", "control"), 1.0);
     assert_eq!(on_b.arm("impressions_total", "treatment"), 2.0);
     assert_eq!(on_b.arm("clicks_total", "treatment"), 2.0);
     assert_eq!(on_b.sum("recommendations_total", &[]), 0.0, "B served nothing");
-    let on_a = a.metrics().await;
+    let on_a = a.scrape().await;
     assert_eq!(on_a.sum("impressions_total", &[]) + on_a.sum("clicks_total", &[]), 0.0);
 
     // A token the test signs itself with the shared secret is as good as the gateway's: the
@@ -590,7 +494,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
     forged["a"] = json!("treatment");
     let own = sign("shared-s3cret", &forged);
     assert_outcome(&b.post_events(&[event("click", &own, &ci[3])]).await, 1, &[]);
-    let on_b = b.metrics().await;
+    let on_b = b.scrape().await;
     assert_eq!(
         on_b.arm("clicks_total", "treatment"),
         3.0,
@@ -604,7 +508,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         let reasons: Vec<(u64, Option<&str>, &str)> =
             (0..batch.len() as u64).map(|i| (i, None, "bad_signature")).collect();
         assert_outcome(&outcome, 0, &reasons);
-        let m = gw.metrics().await;
+        let m = gw.scrape().await;
         assert_eq!(m.exact("events_rejected_total{reason=\"bad_signature\"}"), 6.0);
         assert_eq!(m.sum("impressions_total", &[]) + m.sum("clicks_total", &[]), 0.0);
     }
@@ -618,7 +522,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
 /// the accepted events count for the arm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_rejected_one_by_one() {
-    let gw = Gw::start(&settings_with_secret("k3y")).await;
+    let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
     let ([control, _], _) = users_of_each_arm(&gw).await;
     let token = control["tracking_token"].as_str().expect("token");
     let items = item_ids(&control);
@@ -687,7 +591,7 @@ async fn invalid_events_are_rejected_one_by_one() {
         &[(0, Some("e-1"), "duplicate_event_id"), (1, None, "duplicate_event_id")],
     );
 
-    let m = gw.metrics().await;
+    let m = gw.scrape().await;
     let expected = [
         ("bad_signature", 3.0),
         ("malformed_token", 3.0),
@@ -719,7 +623,7 @@ async fn invalid_events_are_rejected_one_by_one() {
 async fn expired_tokens_are_rejected() {
     let mut settings = settings_with_secret("k3y");
     settings.tracking.token_max_age = Duration::from_secs(1);
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_ready(&settings).await;
     let body = gw.recommend("42", "home").await;
     let issued = Instant::now();
     let token = body["tracking_token"].as_str().expect("token");
@@ -742,7 +646,7 @@ async fn expired_tokens_are_rejected() {
     let fresh = fresh["tracking_token"].as_str().expect("token");
     assert_outcome(&gw.post_events(&[event("click", fresh, &items[0])]).await, 1, &[]);
 
-    let m = gw.metrics().await;
+    let m = gw.scrape().await;
     assert_eq!(m.exact("events_rejected_total{reason=\"expired_token\"}"), 2.0);
     let arm = body["arm"].as_str().expect("arm");
     assert_eq!(m.arm("impressions_total", arm), 1.0);
@@ -753,7 +657,7 @@ async fn expired_tokens_are_rejected() {
 /// and nothing counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_limits_and_malformed_bodies() {
-    let gw = Gw::demo().await;
+    let gw = TestGateway::demo().await;
     let body = gw.recommend("42", "home").await;
     let token = body["tracking_token"].as_str().expect("token");
     let arm = body["arm"].as_str().expect("arm");
@@ -766,11 +670,11 @@ async fn batch_limits_and_malformed_bodies() {
     assert!(bytes.len() < 1 << 20, "under the body limit: {}", bytes.len());
     let reply = gw.post_events_raw(bytes).await;
     assert_error(&reply, 413, Some("batch_too_large"), "1001 events");
-    assert_eq!(gw.metrics().await.arm("impressions_total", arm), 0.0);
+    assert_eq!(gw.scrape().await.arm("impressions_total", arm), 0.0);
 
     // 1000 events: all counted.
     assert_outcome(&gw.post_events(&events[..1000]).await, 1000, &[]);
-    assert_eq!(gw.metrics().await.arm("impressions_total", arm), 1000.0);
+    assert_eq!(gw.scrape().await.arm("impressions_total", arm), 1000.0);
 
     // Exactly 1 MiB is read; one byte more is refused before reading.
     let sized = |len: usize, item: &str| {
@@ -787,7 +691,7 @@ async fn batch_limits_and_malformed_bodies() {
     let over = sized((1 << 20) + 1, "b");
     let reply = gw.post_events_raw(over).await;
     assert_error(&reply, 413, Some("payload_too_large"), "a body of 1 MiB + 1 byte");
-    let m = gw.metrics().await;
+    let m = gw.scrape().await;
     assert_eq!(m.arm("clicks_total", arm), 1.0, "the oversized click is not counted");
 
     // Malformed JSON, an unknown top-level field, a non-array: 400 JSON.
@@ -805,7 +709,7 @@ async fn batch_limits_and_malformed_bodies() {
     let empty = gw.post_events(&[]).await;
     assert_eq!(empty, json!({ "accepted": 0, "rejected": 0, "rejections": [] }));
 
-    let m = gw.metrics().await;
+    let m = gw.scrape().await;
     assert_eq!(
         m.sum("events_rejected_total", &[]),
         0.0,
@@ -818,7 +722,7 @@ async fn batch_limits_and_malformed_bodies() {
 /// `/stats` after a known traffic mix: N served (split across arms and the default), M failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_summarise_served_and_failed_requests() {
-    let gw = Gw::demo().await;
+    let gw = TestGateway::demo().await;
 
     let empty = gw.ok("/stats").await;
     assert_eq!(empty["overall"]["recommendations_served"], 0, "{empty}");
@@ -941,7 +845,7 @@ fn promtool_check(text: String) -> (bool, String) {
 /// `/metrics` passes `promtool check metrics` silently and counts a known traffic mix exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_count_exactly() {
-    let gw = Gw::demo().await;
+    let gw = TestGateway::demo().await;
     let ([control, treatment], mut served) = users_of_each_arm(&gw).await;
     let (cu, tu) = (
         control["user_id"].as_str().expect("user"),

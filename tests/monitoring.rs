@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gateway::TestGateway;
+use gateway::{TestGateway, http_client, repo};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -44,10 +44,6 @@ const DATASOURCE_UID: &str = "recgw-prometheus";
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often waits on Prometheus poll.
 const POLL: Duration = Duration::from_millis(200);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn dashboard() -> Value {
     let path = repo().join("grafana/dashboards/recgw-experiments.json");
@@ -145,16 +141,11 @@ impl Prometheus {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run prometheus ({e}): install the Debian package `prometheus`"));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
         let mut prometheus = Prometheus {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-            client,
+            client: http_client(),
             _dir: dir,
         };
         let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
@@ -299,16 +290,9 @@ async fn recommend(gw: &TestGateway, user: &str) -> Served {
 }
 
 async fn post_events(gw: &TestGateway, events: &[Value]) -> Value {
-    let response = gw
-        .client
-        .post(gw.url("/events"))
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .expect("POST /events");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON body");
-    assert_eq!(status, 202, "POST /events: {body}");
+    let reply = gw.post_json("/events", &json!({ "events": events })).await;
+    let body = reply.json();
+    assert_eq!(reply.status, 202, "POST /events: {body}");
     body
 }
 

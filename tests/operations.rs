@@ -21,16 +21,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::{READY_TIMEOUT, eventually};
+use gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
 use recgw::auth::{KeySettings, Role, hash_key};
 use recgw::config::Settings;
 use recgw::experiment::bucket;
-use recgw::server::Server;
 use redis_harness::{RedisServer, free_port};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -46,160 +44,15 @@ const WRONG_KEY: &str = "nobody-configured-this-key";
 /// Bound of the waits for something that should happen within a reload interval or two.
 const WAIT: Duration = Duration::from_secs(5);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-/// One HTTP answer, read whole, with its `X-Request-Id`.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    request_id: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.body))
-    }
-}
-
-/// Sends one request to `url` with `headers` and an optional JSON `body`.
-async fn send(
-    client: &reqwest::Client,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-) -> Result<Answer, String> {
-    let mut request = client.request(method.clone(), url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let content_type = header(reqwest::header::CONTENT_TYPE.as_str()).unwrap_or_default();
-    let request_id = header("x-request-id");
-    let status = response.status().as_u16();
-    let body = response
-        .text()
-        .await
-        .map_err(|e| format!("{method} {url}: body: {e}"))?;
-    Ok(Answer {
-        status,
-        content_type,
-        request_id,
-        body,
-    })
-}
-
-/// The value of the unlabelled sample `name` in a Prometheus exposition (0 when absent).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Settings over the repository's demo models and `experiments`, on a free loopback port.
 fn settings_over(experiments: &Path) -> Settings {
     gateway::settings(experiments, &repo().join("models"), "100ms")
 }
 
-/// A gateway in this process with any settings (`TestGateway` only takes folders).
-struct Gw {
-    base: String,
-    client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-}
-
-impl Gw {
-    /// Binds and serves `settings`, then waits until `/ready` is 200.
-    async fn start(settings: &Settings) -> Gw {
-        let server = Server::bind(settings)
-            .await
-            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            rx.await.ok();
-        }));
-        let gw = Gw {
-            base: format!("http://{addr}"),
-            client: http_client(),
-            shutdown: Some(tx),
-        };
-        gw.wait_ready().await;
-        gw
-    }
-
-    async fn wait_ready(&self) {
-        eventually(READY_TIMEOUT, "GET /ready = 200", async || {
-            let answer = self.get("/ready").await;
-            if answer.status == 200 {
-                Ok(())
-            } else {
-                Err(format!("{} {}", answer.status, answer.body))
-            }
-        })
-        .await;
-    }
-
-    /// `method path` with an optional `X-API-Key` and JSON body.
-    async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Answer {
-        let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
-        send(&self.client, method, &format!("{}{path}", self.base), &headers, body)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, path, None, None).await
-    }
-
-    /// `GET path`, expecting 200 and JSON.
-    async fn ok(&self, path: &str) -> Value {
-        let answer = self.get(path).await;
-        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
-        answer.json()
-    }
-
-    async fn metrics(&self) -> String {
-        let answer = self.get("/metrics").await;
-        assert_eq!(answer.status, 200, "GET /metrics: {}", answer.body);
-        answer.body
-    }
-
+impl TestGateway {
     /// `POST /admin/reload` (no key: these gateways run with auth off, called from loopback).
-    async fn reload(&self) -> Answer {
+    async fn reload(&self) -> Reply {
         self.call(Method::POST, "/admin/reload", None, None).await
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -210,7 +63,7 @@ fn debug_sleep(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<red
 }
 
 /// Asserts `answer` is a JSON error `{error, message}` and returns the code.
-fn error_code(answer: &Answer, what: &str) -> String {
+fn error_code(answer: &Reply, what: &str) -> String {
     assert!(
         answer.content_type.starts_with("application/json"),
         "{what}: {} with content type {:?}: {}",
@@ -355,7 +208,7 @@ fn keyed_settings() -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_each_kind_of_caller_as_documented() {
-    let gw = Gw::start(&keyed_settings()).await;
+    let gw = TestGateway::launch_ready(&keyed_settings()).await;
     let spec = gw.ok("/openapi.json").await;
     let routes = routes(&spec);
     for expected in [
@@ -446,7 +299,7 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
 async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_only() {
     let mut settings = settings_over(&repo().join("experiments"));
     settings.auth.keys.clear();
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_ready(&settings).await;
     let spec = gw.ok("/openapi.json").await;
     let mut wrong = Vec::new();
     for route in routes(&spec) {
@@ -468,7 +321,7 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
         return;
     };
     settings.server.listen = SocketAddr::new(ip, 0);
-    let remote = Gw::start(&settings).await;
+    let remote = TestGateway::launch_ready(&settings).await;
     let answer = remote.get(&format!("/experiments/{EXPERIMENT}")).await;
     assert_eq!(answer.status, 200, "client route from {ip}: {}", answer.body);
     for (path, body) in [
@@ -489,7 +342,7 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
 /// API's parameters or body schema (issue 6: "Missing key → 401, wrong role → 403").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_checked_before_bodies_and_parameters_are_validated() {
-    let gw = Gw::start(&keyed_settings()).await;
+    let gw = TestGateway::launch_ready(&keyed_settings()).await;
     let bogus = json!({ "bogus": 1 });
     let cases = [
         (Method::POST, "/events", None, Some(&bogus), 401),
@@ -602,14 +455,8 @@ struct Folder {
 impl Folder {
     fn new() -> Folder {
         let root = tempfile::tempdir().expect("tempdir");
-        for sub in ["experiments", "staging"] {
-            std::fs::create_dir(root.path().join(sub)).expect("mkdir");
-        }
-        for entry in std::fs::read_dir(repo().join("experiments")).expect("read experiments") {
-            let path = entry.expect("entry").path();
-            let name = path.file_name().expect("name");
-            std::fs::copy(&path, root.path().join("experiments").join(name)).expect("copy");
-        }
+        std::fs::create_dir(root.path().join("staging")).expect("mkdir");
+        copy_dir(&repo().join("experiments"), &root.path().join("experiments"));
         let original = std::fs::read_to_string(repo().join("experiments").join(EXPERIMENT_FILE)).expect("read");
         assert_eq!(
             original.matches("weight = 50.0").count(),
@@ -659,7 +506,7 @@ fn users() -> Vec<String> {
 
 /// Asserts the assignment endpoint gives every user of `users` the arm of a `control`/`…`
 /// split, with the bucket §3.1 computes.
-async fn assert_assignments(gw: &Gw, users: &[String], control: u16, context: &str) {
+async fn assert_assignments(gw: &TestGateway, users: &[String], control: u16, context: &str) {
     for user in users {
         let body = gw.ok(&format!("/experiments/{EXPERIMENT}/assignment/{user}")).await;
         assert_eq!(body["arm_bucket"], bucket(EXPERIMENT, user), "{context}: {body}");
@@ -674,7 +521,7 @@ async fn assert_assignments(gw: &Gw, users: &[String], control: u16, context: &s
 }
 
 /// The weights `/experiments/home-als-rank` shows.
-async fn shown_weights(gw: &Gw) -> Vec<f64> {
+async fn shown_weights(gw: &TestGateway) -> Vec<f64> {
     let body = gw.ok(&format!("/experiments/{EXPERIMENT}")).await;
     body["arms"]
         .as_array()
@@ -684,7 +531,7 @@ async fn shown_weights(gw: &Gw) -> Vec<f64> {
         .collect()
 }
 
-async fn wait_weights(gw: &Gw, control: u16, treatment: u16) -> Duration {
+async fn wait_weights(gw: &TestGateway, control: u16, treatment: u16) -> Duration {
     let started = Instant::now();
     let want = vec![f64::from(control), f64::from(treatment)];
     eventually(WAIT, &format!("weights {want:?} in force"), async || {
@@ -704,7 +551,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
     let folder = Folder::new();
     let mut settings = settings_over(&folder.dir());
     settings.experiments.reload_interval = Duration::from_millis(200);
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_ready(&settings).await;
     let users = users();
     let moving = users.iter().filter(|u| arm_of(u, 50) != arm_of(u, 90)).count();
     assert!(
@@ -753,7 +600,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
 
     // (b) A broken file (an unknown key, and weights that would move users) is rejected
     // whole, once, with the file named; the set in force keeps serving.
-    let failures = sample(&gw.metrics().await, "config_reload_failures_total");
+    let failures = sample(&gw.metrics().await, "config_reload_failures_total", &[]);
     folder.write(
         EXPERIMENT_FILE,
         &format!("colour = \"blue\"\n{}", folder.with_weights(50, 50)),
@@ -774,7 +621,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
         answer.body
     );
     assert_eq!(
-        sample(&gw.metrics().await, "config_reload_failures_total"),
+        sample(&gw.metrics().await, "config_reload_failures_total", &[]),
         failures + 1.0
     );
     // Several reload intervals go by with the broken file in place.
@@ -783,7 +630,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
     assert_assignments(&gw, &users, 90, "with a broken file in the folder").await;
     assert_eq!(shown_weights(&gw).await, [90.0, 10.0]);
     assert_eq!(gw.ok("/experiments").await["digest"], d1.as_str());
-    let after = sample(&gw.metrics().await, "config_reload_failures_total");
+    let after = sample(&gw.metrics().await, "config_reload_failures_total", &[]);
     assert_eq!(
         after,
         failures + 1.0,
@@ -807,7 +654,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_assignments(&gw, &users, 90, "with invalid TOML in the folder").await;
     assert_eq!(
-        sample(&gw.metrics().await, "config_reload_failures_total"),
+        sample(&gw.metrics().await, "config_reload_failures_total", &[]),
         failures + 2.0,
         "a new set of problems is counted once"
     );
@@ -828,7 +675,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
     assert_eq!(gw.ok("/experiments").await["digest"], d2.as_str());
     assert_assignments(&gw, &users, 70, "after fixing the file at 70/30").await;
     assert_eq!(
-        sample(&gw.metrics().await, "config_reload_failures_total"),
+        sample(&gw.metrics().await, "config_reload_failures_total", &[]),
         failures + 2.0
     );
 
@@ -837,7 +684,7 @@ async fn edited_weights_apply_broken_files_are_rejected_and_reloads_drop_nothing
 }
 
 /// `(message, problems)` of a 422 `experiments_rejected` from `/admin/reload`.
-fn rejection(answer: &Answer) -> (String, Vec<String>) {
+fn rejection(answer: &Reply) -> (String, Vec<String>) {
     assert!(answer.content_type.starts_with("application/json"), "{answer:?}");
     let body = answer.json();
     assert_eq!(body["error"], "experiments_rejected", "{body}");
@@ -855,14 +702,14 @@ const REQUESTS: usize = 2_000;
 const WORKERS: usize = 12;
 const RELOADS: usize = 20;
 
-async fn reloads_drop_no_request(gw: &Gw, folder: &Folder) {
+async fn reloads_drop_no_request(gw: &TestGateway, folder: &Folder) {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let (next, done, failures) = (next.clone(), done.clone(), failures.clone());
-        let (client, base) = (gw.client.clone(), gw.base.clone());
+        let (client, base) = (gw.client.clone(), gw.base());
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -951,8 +798,8 @@ async fn reloads_drop_no_request(gw: &Gw, folder: &Folder) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_generated() {
-    let gw = Gw::start(&settings_over(&repo().join("experiments"))).await;
-    let url = |path: &str| format!("{}{path}", gw.base);
+    let gw = TestGateway::launch_ready(&settings_over(&repo().join("experiments"))).await;
+    let url = |path: &str| format!("{}{path}", gw.base());
     for path in ["/health", "/recommendations/42?placement=home", "/no-such-route"] {
         let answer = send(
             &gw.client,
@@ -1014,11 +861,11 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     settings.cache.redis_url = redis.url();
     settings.cache.redis_timeout = Duration::from_secs(2);
     settings.cache.local_capacity = 0;
-    let gw = Gw::start(&settings).await;
+    let gw = TestGateway::launch_ready(&settings).await;
     eventually(WAIT, "a first request served with Redis up", async || {
         let metrics = gw.metrics().await;
         let answer = gw.get("/recommendations/1?placement=home").await;
-        let up = sample(&metrics, "redis_up");
+        let up = sample(&metrics, "redis_up", &[]);
         if answer.status == 200 && up == 1.0 {
             Ok(())
         } else {
@@ -1033,7 +880,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     let answer = send(
         &gw.client,
         Method::GET,
-        &format!("{}/recommendations/2?placement=home", gw.base),
+        &format!("{}/recommendations/2?placement=home", gw.base()),
         &[("X-Request-Id", "slow-one")],
         None,
     )
@@ -1125,7 +972,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         let metrics = send(&client, Method::GET, &format!("{base}/metrics"), &[], None).await;
         if let (Ok(ready), Ok(metrics)) = (&ready, &metrics)
             && ready.status == 200
-            && sample(&metrics.body, "redis_up") == 1.0
+            && sample(&metrics.body, "redis_up", &[]) == 1.0
         {
             break;
         }

@@ -24,19 +24,13 @@ mod gateway;
 mod redis_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway::{Reply, eventually};
+use gateway::{DemoCopy, TestGateway, eventually};
 use recgw::config::Settings;
-use recgw::server::Server;
 use redis_harness::RedisServer;
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const EXPERIMENT: &str = "home-als-rank";
 const PLACEMENT: &str = "home";
@@ -56,44 +50,10 @@ const RESULTS: &str = "/experiments/home-als-rank/results";
 const Z95: f64 = 1.959_963_984_540_054;
 
 // ---------------------------------------------------------------------------------------------
-// The demo, copied, and gateways with any settings
+// Replicas over a copy of the demo, and what the tests ask them
 // ---------------------------------------------------------------------------------------------
 
-/// Copies of the repository's `experiments/` and `models/`.
-struct Demo {
-    dir: TempDir,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-        }
-    }
-}
-
-impl Demo {
-    fn new() -> Demo {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(&repo.join("experiments"), &dir.path().join("experiments"));
-        copy_dir(&repo.join("models"), &dir.path().join("models"));
-        Demo { dir }
-    }
-
-    fn experiments(&self) -> PathBuf {
-        self.dir.path().join("experiments")
-    }
-
-    fn models(&self) -> PathBuf {
-        self.dir.path().join("models")
-    }
-
+impl DemoCopy {
     /// Settings of one replica: `redis_url` (empty: no Redis), the shared tracking secret, a
     /// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
     fn settings(&self, redis_url: &str) -> Settings {
@@ -106,112 +66,7 @@ impl Demo {
     }
 }
 
-/// A gateway serving in this process; [`Gw::stop`] shuts it down gracefully and waits.
-struct Gw {
-    addr: SocketAddr,
-    client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Gw {
-    /// Binds and serves, waits for `/ready` and, with Redis configured, for `redis_up 1`.
-    async fn start(settings: &Settings) -> Gw {
-        let server = Server::bind(settings)
-            .await
-            .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            rx.await.ok();
-        }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
-        let gw = Gw {
-            addr,
-            client,
-            shutdown: Some(tx),
-            task: Some(task),
-        };
-        eventually(gateway::READY_TIMEOUT, "GET /ready = 200", async || {
-            let reply = gw.get("/ready").await;
-            if reply.status == 200 { Ok(()) } else { Err(reply.body) }
-        })
-        .await;
-        if !settings.cache.redis_url.is_empty() {
-            eventually(WAIT, "redis_up 1", async || {
-                let up = gw.metric("redis_up").await;
-                if up == 1.0 {
-                    Ok(())
-                } else {
-                    Err(format!("redis_up {up}"))
-                }
-            })
-            .await;
-        }
-        gw
-    }
-
-    /// Signals a graceful shutdown and waits (bounded) until `Server::run` returned, which is
-    /// after its final flush of the result counters.
-    async fn stop(mut self) -> Duration {
-        let started = Instant::now();
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("gateway stops within 15 s")
-            .expect("gateway task")
-            .expect("gateway ran");
-        started.elapsed()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn read(what: &str, response: reqwest::Result<reqwest::Response>) -> Reply {
-        let response = response.unwrap_or_else(|e| panic!("{what}: {e}"));
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response.text().await.unwrap_or_else(|e| panic!("{what}: body: {e}"));
-        Reply {
-            status,
-            content_type,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        Self::read(path, self.client.get(self.url(path)).send().await).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Reply {
-        Self::read(path, self.client.post(self.url(path)).json(body).send().await).await
-    }
-
-    /// The unlabelled sample `name` of `/metrics` (0 when absent).
-    async fn metric(&self, name: &str) -> f64 {
-        let reply = self.get("/metrics").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply
-            .body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{name} {v}: {e}")))
-    }
-
+impl TestGateway {
     /// `GET /recommendations/{user}?placement=home`, expecting 200.
     async fn recommend(&self, user: &str, serial: usize, first: bool) -> Served {
         let path = format!("/recommendations/{user}?placement={PLACEMENT}");
@@ -244,7 +99,7 @@ impl Gw {
     /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
     async fn post_events(&self, events: &[Event]) -> Vec<Option<String>> {
         let body = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
-        let reply = self.post("/events", &body).await;
+        let reply = self.post_json("/events", &body).await;
         assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
         let outcome = reply.json();
         let mut results = vec![None; events.len()];
@@ -273,14 +128,6 @@ impl Gw {
             reply.content_type
         );
         parse_exact(&reply.body)
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -467,7 +314,7 @@ impl Ledger {
 }
 
 /// Serves `users` round-robin over `gateways`, crediting the ledger.
-async fn serve_all(gateways: &[&Gw], users: &[String], first: bool, ledger: &mut Ledger) -> Vec<Served> {
+async fn serve_all(gateways: &[&TestGateway], users: &[String], first: bool, ledger: &mut Ledger) -> Vec<Served> {
     let mut served = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let s = gateways[i % gateways.len()]
@@ -481,7 +328,7 @@ async fn serve_all(gateways: &[&Gw], users: &[String], first: bool, ledger: &mut
 
 /// Posts `events` in batches of `batch`, round-robin over `gateways`, crediting the ledger
 /// with what each 202 says was accepted.
-async fn post_all(gateways: &[&Gw], events: &[Event], batch: usize, ledger: &mut Ledger) {
+async fn post_all(gateways: &[&TestGateway], events: &[Event], batch: usize, ledger: &mut Ledger) {
     for (i, chunk) in events.chunks(batch).enumerate() {
         let outcomes = gateways[i % gateways.len()].post_events(chunk).await;
         for (event, outcome) in chunk.iter().zip(&outcomes) {
@@ -505,7 +352,7 @@ fn clicks(i: usize) -> usize {
 }
 
 /// Waits (at least one flush period, at most `WAIT`) until `gw`'s results match `ledger`.
-async fn settled(gw: &Gw, ledger: &Ledger, approx: bool) -> Value {
+async fn settled(gw: &TestGateway, ledger: &Ledger, approx: bool) -> Value {
     tokio::time::sleep(FLUSH).await;
     eventually(WAIT, "results equal what was accepted", async || {
         let reply = gw.get(RESULTS).await;
@@ -519,9 +366,9 @@ async fn settled(gw: &Gw, ledger: &Ledger, approx: bool) -> Value {
 }
 
 /// Waits until `gw` has no result counts waiting for Redis.
-async fn wait_flushed(gw: &Gw) {
+async fn wait_flushed(gw: &TestGateway) {
     eventually(WAIT, "results_pending_updates 0", async || {
-        let pending = gw.metric("results_pending_updates").await;
+        let pending = gw.metric("results_pending_updates", &[]).await;
         if pending == 0.0 {
             Ok(())
         } else {
@@ -770,10 +617,10 @@ fn check_statistics(body: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_exact_counts_and_agree() {
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
     let redis = RedisServer::start();
-    let a = Gw::start(&demo.settings(&redis.url())).await;
-    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
+    let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
 
     // 400 distinct users alternating over A and B, every 5th one again on the other replica.
@@ -827,8 +674,12 @@ async fn two_replicas_share_exact_counts_and_agree() {
     );
     check_statistics(&from_a);
     for (gw, name) in [(&a, "A"), (&b, "B")] {
-        assert_eq!(gw.metric("results_pending_updates").await, 0.0, "{name}: buffer empty");
-        assert_eq!(gw.metric("results_dropped_updates_total").await, 0.0, "{name}");
+        assert_eq!(
+            gw.metric("results_pending_updates", &[]).await,
+            0.0,
+            "{name}: buffer empty"
+        );
+        assert_eq!(gw.metric("results_dropped_updates_total", &[]).await, 0.0, "{name}");
     }
 
     // The QA override is served (forced, treatment) and its events are accepted, but nothing
@@ -865,10 +716,10 @@ async fn two_replicas_share_exact_counts_and_agree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_batch_is_counted_once_across_replicas() {
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
     let redis = RedisServer::start();
-    let a = Gw::start(&demo.settings(&redis.url())).await;
-    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
+    let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
     let served = serve_all(&[&a, &b], &users(1001, 1040), true, &mut ledger).await;
     // Explicit ids for some events, derived ones (token + item + type) for the others.
@@ -912,11 +763,11 @@ async fn retried_batch_is_counted_once_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_restart_loses_nothing() {
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
     let redis = RedisServer::start();
     let settings = demo.settings(&redis.url());
-    let a = Gw::start(&settings).await;
-    let b = Gw::start(&settings).await;
+    let a = TestGateway::launch_up(&settings).await;
+    let b = TestGateway::launch_up(&settings).await;
     let mut ledger = Ledger::default();
 
     let mut served = serve_all(&[&a, &b], &users(2001, 2150), true, &mut ledger).await;
@@ -925,7 +776,7 @@ async fn replica_restart_loses_nothing() {
     // is told to stop: only its shutdown flush can deliver them.
     let last = serve_all(&[&a], &users(2151, 2170), true, &mut ledger).await;
     post_all(&[&a], &events_for(&last, "p1-last", clicks, true), 500, &mut ledger).await;
-    let pending = a.metric("results_pending_updates").await;
+    let pending = a.metric("results_pending_updates", &[]).await;
     let took = a.stop().await;
     eprintln!("replica A stopped in {took:?} with {pending} updates pending just before");
     served.extend(last);
@@ -936,7 +787,7 @@ async fn replica_restart_loses_nothing() {
 
     // A new A on the same Redis; traffic goes on over both, and old A's responses get clicks
     // through the new A (same secret, so its tokens still verify).
-    let a = Gw::start(&settings).await;
+    let a = TestGateway::launch_up(&settings).await;
     let more = serve_all(&[&a, &b], &users(2171, 2300), true, &mut ledger).await;
     post_all(&[&b, &a], &events_for(&more, "p2", clicks, true), 50, &mut ledger).await;
     let late = events_for(&served, "late", |i| usize::from(i % 4 == 1), false);
@@ -956,7 +807,7 @@ async fn replica_restart_loses_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 /// Serves a handful of new users on `gw` and posts their events; every post must be a 202.
-async fn burst(gw: &Gw, next_user: &mut u32, ledger: &mut Ledger) {
+async fn burst(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger) {
     let ids = users(*next_user, *next_user + 4);
     *next_user += 5;
     let served = serve_all(&[gw], &ids, true, ledger).await;
@@ -970,9 +821,9 @@ async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
     // would be lost with it, by the test's own doing. So nothing is counted before Redis
     // stops: every count is made while it is down (held in the gateway's buffer) or after it
     // is back, and the final results must equal everything accepted.
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
     let mut redis = RedisServer::start();
-    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
     assert!(ledger.matches(&a.results().await, false).is_ok(), "nothing counted yet");
 
@@ -984,7 +835,7 @@ async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
         burst(&a, &mut next_user, &mut ledger).await;
         if unavailable.is_none() && down.elapsed() > Duration::from_millis(500) {
             unavailable = Some(a.get(RESULTS).await);
-            let pending = a.metric("results_pending_updates").await;
+            let pending = a.metric("results_pending_updates", &[]).await;
             assert!(
                 pending > 0.0,
                 "the buffer holds the updates while Redis is down: {pending}"
@@ -1018,7 +869,7 @@ async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
     assert_eq!(body["counts"], "redis");
     check_statistics(&body);
     wait_flushed(&a).await;
-    assert_eq!(a.metric("results_dropped_updates_total").await, 0.0);
+    assert_eq!(a.metric("results_dropped_updates_total", &[]).await, 0.0);
     // And nothing is flushed twice later on.
     tokio::time::sleep(FLUSH * 2).await;
     ledger.matches(&a.results().await, true).expect("stable");
@@ -1030,8 +881,8 @@ async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_counts_exactly_in_memory() {
-    let demo = Demo::new();
-    let gw = Gw::start(&demo.settings("")).await;
+    let demo = DemoCopy::new();
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
     let mut ledger = Ledger::default();
     let all = users(4001, 4120);
     let mut served = serve_all(&[&gw], &all, true, &mut ledger).await;
@@ -1058,7 +909,7 @@ async fn without_redis_counts_exactly_in_memory() {
     assert_eq!(ledger.arm(CONTROL).users.len() + ledger.arm(TREATMENT).users.len(), 120);
     assert_eq!(body["srm_detected"], false, "{body}");
     check_statistics(&body);
-    assert_eq!(gw.metric("results_pending_updates").await, 0.0);
+    assert_eq!(gw.metric("results_pending_updates", &[]).await, 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1116,8 +967,8 @@ async fn report_async(url: String, format: Option<&'static str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_prints_table_csv_and_json_of_the_endpoint() {
-    let demo = Demo::new();
-    let gw = Gw::start(&demo.settings("")).await;
+    let demo = DemoCopy::new();
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
     let mut ledger = Ledger::default();
     let served = serve_all(&[&gw], &users(5001, 5080), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "rep", clicks, true), 200, &mut ledger).await;
@@ -1244,7 +1095,7 @@ fn diff_values(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
 
 /// Users of `home-als-rank` in `arm` among `candidates`, asked of the assignment endpoint
 /// (which counts nothing).
-async fn in_arm(gw: &Gw, arm: &str, candidates: impl Iterator<Item = u32>, want: usize) -> Vec<String> {
+async fn in_arm(gw: &TestGateway, arm: &str, candidates: impl Iterator<Item = u32>, want: usize) -> Vec<String> {
     let mut found = Vec::new();
     for user in candidates {
         let reply = gw.get(&format!("/experiments/{EXPERIMENT}/assignment/{user}")).await;
@@ -1307,10 +1158,10 @@ fn assert_reasons(arm: &Value, expected: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undefined_statistics_are_null_with_reasons() {
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
 
     // No traffic at all.
-    let gw = Gw::start(&demo.settings("")).await;
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
     let unknown = gw.get("/experiments/no-such-experiment/results").await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
     assert_eq!(unknown.json()["error"], "unknown_experiment");
@@ -1371,7 +1222,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     assert_eq!(body["undefined"], json!({}));
 
     // Both arms shown, nobody clicks: CTR 0 with an interval, lift and p-value undefined.
-    let gw = Gw::start(&demo.settings("")).await;
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
     let mut ledger = Ledger::default();
     let served = serve_all(&[&gw], &users(7001, 7040), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "zero", |_| 0, true), 500, &mut ledger).await;
@@ -1417,9 +1268,9 @@ async fn undefined_statistics_are_null_with_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_after_redis_recovered_flushes_the_buffer() {
     // As in the outage test, nothing is counted before Redis stops (it restarts empty).
-    let demo = Demo::new();
+    let demo = DemoCopy::new();
     let mut redis = RedisServer::start();
-    let a = Gw::start(&demo.settings(&redis.url())).await;
+    let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
     redis.stop();
     let mut next_user = 8001;
@@ -1432,11 +1283,11 @@ async fn graceful_shutdown_after_redis_recovered_flushes_the_buffer() {
     // Redis answers again; a deploy now stops the replica gracefully.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(redis.query::<String>(&["PING"]), "PONG");
-    let pending = a.metric("results_pending_updates").await;
+    let pending = a.metric("results_pending_updates", &[]).await;
     assert!(pending > 0.0, "A still holds the outage's updates");
     a.stop().await;
     // Whatever A held must have reached Redis: another replica reads it.
-    let b = Gw::start(&demo.settings(&redis.url())).await;
+    let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let body = b.results().await;
     if let Err(diff) = ledger.matches(&body, true) {
         panic!(

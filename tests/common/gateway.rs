@@ -1,33 +1,88 @@
-//! A real gateway in the test process: [`TestGateway::start`] binds `recgw::server::Server` on
-//! a free loopback port over the given experiments folder and models root, serves it on the
-//! test's runtime, and speaks HTTP to it with `reqwest`. Every wait is bounded and fails with
-//! the last thing the server said.
+//! A real gateway in the test process: [`TestGateway::launch`] binds `recgw::server::Server`
+//! with the given settings on a free loopback port (or [`TestGateway::start`] over a given
+//! experiments folder and models root), serves it on the test's runtime, and speaks HTTP to it
+//! with `reqwest`. Every wait is bounded and fails with the last thing the server said.
 //!
 //! Included with `#[path = "common/gateway.rs"] mod gateway;` (not through `common/mod.rs`),
-//! so only the tests that start servers compile it.
+//! so only the tests that start servers compile it. The module is part of each test's crate, so
+//! a test adds helpers of its own domain (recommending, posting events, …) with an
+//! `impl gateway::TestGateway { … }` block of its own.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use recgw::config::Settings;
 use recgw::server::Server;
+use reqwest::Method;
 use serde_json::Value;
+use tempfile::TempDir;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// How long a server gets to load its models and report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server with Redis configured gets to report `redis_up 1` once ready.
+pub const REDIS_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`TestGateway::stop`] waits for the server to finish.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A running gateway; dropping it signals shutdown.
-pub struct TestGateway {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// HTTP client without proxies (a proxy from the environment must not see loopback calls).
-    pub client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
+/// The repository (the crate's manifest folder).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An HTTP client without proxies (a proxy from the environment must not see loopback calls)
+/// and with a 10 s timeout.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// Copies the folder `from` into `to`, recursively (creating `to`).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// Copies of the repository's `experiments/` and `models/` in a temporary folder, for tests
+/// that change them or must not share them.
+pub struct DemoCopy {
+    dir: TempDir,
+}
+
+impl DemoCopy {
+    pub fn new() -> DemoCopy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(&repo().join("experiments"), &dir.path().join("experiments"));
+        copy_dir(&repo().join("models"), &dir.path().join("models"));
+        DemoCopy { dir }
+    }
+
+    /// The copy of `experiments/`.
+    pub fn experiments(&self) -> PathBuf {
+        self.dir.path().join("experiments")
+    }
+
+    /// The copy of `models/`.
+    pub fn models(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
 }
 
 /// One HTTP answer, read whole.
@@ -37,6 +92,8 @@ pub struct Reply {
     pub status: u16,
     /// `Content-Type`, empty when absent.
     pub content_type: String,
+    /// `X-Request-Id`, when present.
+    pub request_id: Option<String>,
     /// Body as text.
     pub body: String,
 }
@@ -47,6 +104,48 @@ impl Reply {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.body))
     }
+
+    /// Reads `response` whole; `what` names the request in errors.
+    pub async fn read(what: &str, response: reqwest::Response) -> Result<Reply, String> {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE.as_str()).unwrap_or_default();
+        let request_id = header("x-request-id");
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| format!("{what}: body: {e}"))?;
+        Ok(Reply {
+            status,
+            content_type,
+            request_id,
+            body,
+        })
+    }
+}
+
+/// Sends one request to `url` with `headers` and an optional JSON `body`, and reads the whole
+/// answer; `Err` says what failed (no connection, a timeout, a broken body).
+pub async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Result<Reply, String> {
+    let mut request = client.request(method.clone(), url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let what = format!("{method} {url}");
+    let response = request.send().await.map_err(|e| format!("{what}: {e}"))?;
+    Reply::read(&what, response).await
 }
 
 /// Settings for a gateway over `experiments` and `models`, as the environment would give them.
@@ -58,6 +157,12 @@ pub fn settings(experiments: &Path, models: &Path, refresh: &str) -> Settings {
         ("RECGW__MODELS__REFRESH_INTERVAL", refresh),
     ];
     Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).expect("settings")
+}
+
+/// [`settings`] over the repository's own `experiments/` and `models/` (models polled every
+/// 100 ms, auth off, no Redis).
+pub fn demo_settings() -> Settings {
+    settings(&repo().join("experiments"), &repo().join("models"), "100ms")
 }
 
 /// Polls `check` until it yields a value, or panics after `timeout` with the last `Err` it gave.
@@ -72,29 +177,84 @@ pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncF
     }
 }
 
+/// The value of the sample `name{labels}` in a Prometheus text exposition, labels in any
+/// order (none for an unlabelled sample); 0 when the sample is absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, found): (&str, BTreeSet<String>) = match series.split_once('{') {
+            Some((metric, rest)) => (
+                metric,
+                rest.trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+            None => (series, BTreeSet::new()),
+        };
+        if metric == name && found == wanted {
+            return value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+    0.0
+}
+
+/// A running gateway; [`TestGateway::stop`] shuts it down gracefully and waits, dropping it
+/// only signals shutdown.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// HTTP client of [`http_client`].
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
 impl TestGateway {
-    /// Binds and serves a gateway over `experiments` and `models`, polling models every
-    /// `refresh`; does not wait for the models to load.
-    pub async fn start(experiments: &Path, models: &Path, refresh: &str) -> TestGateway {
-        let server = Server::bind(&settings(experiments, models, refresh))
+    /// Binds and serves a gateway with `settings`; does not wait for anything.
+    pub async fn launch(settings: &Settings) -> TestGateway {
+        let server = Server::bind(settings)
             .await
             .unwrap_or_else(|e| panic!("gateway does not start: {e}"));
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0, "bound to a real port");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
+        let task = tokio::spawn(server.run(async {
             rx.await.ok();
         }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
         TestGateway {
             addr,
-            client,
+            client: http_client(),
             shutdown: Some(tx),
+            task: Some(task),
         }
+    }
+
+    /// [`TestGateway::launch`], then waits until `/ready` answers 200 (Redis may be down).
+    pub async fn launch_ready(settings: &Settings) -> TestGateway {
+        let gateway = Self::launch(settings).await;
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// [`TestGateway::launch_ready`], then, when the settings configure Redis, waits until a
+    /// Redis command succeeded (`redis_up 1`).
+    pub async fn launch_up(settings: &Settings) -> TestGateway {
+        let gateway = Self::launch_ready(settings).await;
+        if !settings.cache.redis_url.is_empty() {
+            gateway.wait_redis_up().await;
+        }
+        gateway
+    }
+
+    /// Binds and serves a gateway over `experiments` and `models`, polling models every
+    /// `refresh`; does not wait for the models to load.
+    pub async fn start(experiments: &Path, models: &Path, refresh: &str) -> TestGateway {
+        Self::launch(&settings(experiments, models, refresh)).await
     }
 
     /// [`TestGateway::start`], then waits until `/ready` answers 200.
@@ -106,8 +266,28 @@ impl TestGateway {
 
     /// The bundled demo: the repository's own `experiments/` and `models/`.
     pub async fn demo() -> TestGateway {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        Self::start_ready(&repo.join("experiments"), &repo.join("models")).await
+        Self::launch_ready(&demo_settings()).await
+    }
+
+    /// Signals a graceful shutdown and waits (bounded) until `Server::run` returned, which is
+    /// after its final flushes; returns how long that took.
+    pub async fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(STOP_TIMEOUT, task)
+            .await
+            .unwrap_or_else(|_| panic!("gateway stops within {STOP_TIMEOUT:?}"))
+            .expect("gateway task")
+            .expect("gateway ran");
+        started.elapsed()
+    }
+
+    /// `http://addr`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// `http://addr` + `path`.
@@ -115,35 +295,46 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends `method path` with `headers` and an optional JSON `body`; reads the whole answer.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+        send(&self.client, method, &self.url(path), headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `method path` with an optional `X-API-Key` and JSON body.
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+        self.send(method, path, &headers, body).await
+    }
+
     /// Sends `method path` and reads the whole answer.
-    pub async fn request(&self, method: reqwest::Method, path: &str) -> Reply {
-        let response = self
-            .client
-            .request(method.clone(), self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: body: {e}"));
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+    pub async fn request(&self, method: Method, path: &str) -> Reply {
+        self.send(method, path, &[], None).await
     }
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Reply {
-        self.request(reqwest::Method::GET, path).await
+        self.request(Method::GET, path).await
+    }
+
+    /// `POST path` with `body` as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    /// `POST path` with `body` as it is, declared JSON (a `Content-Length` is always sent).
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        let what = format!("POST {path}");
+        let response = self
+            .client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        Reply::read(&what, response).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `GET path`, expecting `status` and a JSON body, which it returns.
@@ -163,6 +354,18 @@ impl TestGateway {
         self.get_json(path, 200).await
     }
 
+    /// `GET /metrics`, expecting 200; the exposition text.
+    pub async fn metrics(&self) -> String {
+        let reply = self.get("/metrics").await;
+        assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
+        reply.body
+    }
+
+    /// The value of the sample `name{labels}` of `/metrics` (0 when absent); see [`sample`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sample(&self.metrics().await, name, labels)
+    }
+
     /// Waits until `/ready` answers 200 and returns its body; panics with the last body.
     pub async fn wait_ready(&self) -> Value {
         eventually(READY_TIMEOUT, "GET /ready = 200", async || {
@@ -174,6 +377,23 @@ impl TestGateway {
             }
         })
         .await
+    }
+
+    /// Waits until `/metrics` says `redis_up 1`; panics with the Redis lines of the last one.
+    pub async fn wait_redis_up(&self) {
+        eventually(REDIS_UP_TIMEOUT, "redis_up 1", async || {
+            let text = self.metrics().await;
+            if sample(&text, "redis_up", &[]) == 1.0 {
+                Ok(())
+            } else {
+                Err(text
+                    .lines()
+                    .filter(|l| l.contains("redis"))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        })
+        .await;
     }
 
     /// Waits until the `/ready` entry of `model` satisfies `check`; returns the status code and
