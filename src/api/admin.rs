@@ -13,6 +13,7 @@ use super::error::ApiError;
 use crate::gateway::{Gateway, Reload};
 
 /// The admin endpoints.
+#[derive(Default)]
 pub(crate) struct AdminApi;
 
 /// What to invalidate: a model, every model of an experiment, or one arm's model.

@@ -26,6 +26,7 @@ fn limit_body(endpoint: impl Endpoint) -> impl Endpoint {
 }
 
 /// The events endpoint.
+#[derive(Default)]
 pub(crate) struct EventsApi;
 
 /// One event.

@@ -16,6 +16,7 @@ use crate::experiment::{Experiment, is_valid_user_id};
 use crate::gateway::Gateway;
 
 /// The experiment endpoints.
+#[derive(Default)]
 pub(crate) struct ExperimentsApi;
 
 /// One arm as configured.

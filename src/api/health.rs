@@ -11,6 +11,7 @@ use super::ApiTags;
 use crate::gateway::Gateway;
 
 /// The health endpoints.
+#[derive(Default)]
 pub(crate) struct HealthApi;
 
 /// Liveness.

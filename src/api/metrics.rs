@@ -10,6 +10,7 @@ use super::ApiTags;
 use crate::gateway::Gateway;
 
 /// The metrics endpoint.
+#[derive(Default)]
 pub(crate) struct MetricsApi;
 
 #[OpenApi(tag = "ApiTags::Health")]

@@ -54,21 +54,7 @@ type Apis = (
 );
 
 fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        (
-            recommendations::RecommendationsApi,
-            events::EventsApi,
-            experiments::ExperimentsApi,
-            results::ResultsApi,
-            stats::StatsApi,
-            health::HealthApi,
-            metrics::MetricsApi,
-            admin::AdminApi,
-        ),
-        "recgw",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
+    OpenApiService::new(Apis::default(), "recgw", env!("CARGO_PKG_VERSION")).description(
         "A/B testing gateway for recommendations: assigns users to experiment arms and serves each arm's model output.",
     )
 }

@@ -17,6 +17,7 @@ use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, p
 use crate::metrics::NONE;
 
 /// The recommendation endpoints.
+#[derive(Default)]
 pub(crate) struct RecommendationsApi;
 
 /// One recommended item.

@@ -15,6 +15,7 @@ use crate::gateway::Gateway;
 use crate::results::{self, ArmResults, ExperimentResults};
 
 /// The results endpoint.
+#[derive(Default)]
 pub(crate) struct ResultsApi;
 
 /// One arm's counts and statistics. Every statistic is a number or `null`; a `null` has its

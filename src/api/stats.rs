@@ -14,6 +14,7 @@ use crate::gateway::Gateway;
 use crate::metrics::ArmStats;
 
 /// The stats endpoint.
+#[derive(Default)]
 pub(crate) struct StatsApi;
 
 /// Served traffic of one arm, or of everything.
