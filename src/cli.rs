@@ -142,6 +142,12 @@ fn init_tracing() {
 }
 
 fn serve(settings: &Settings) -> ExitCode {
+    // Each loaded part file holds a descriptor (see `store::reader`) and each client a socket:
+    // the soft limit (often 1024) goes up to the hard one, as Go's runtime does for its servers.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(e),

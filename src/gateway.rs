@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::Keys;
 use crate::cache::{Tier, TieredCache};
@@ -38,9 +38,11 @@ pub struct Gateway {
     experiments_dir: PathBuf,
     /// API keys; empty when auth is off.
     keys: Keys,
-    /// Serialises reloads and remembers the last rejected folder, so a broken file is logged
-    /// and counted once rather than at every check.
-    reloading: tokio::sync::Mutex<Option<Problems>>,
+    /// Serialises reloads.
+    reloading: tokio::sync::Mutex<()>,
+    /// Why the folder on disk is not the set in force, if it was rejected: shown by `/ready`,
+    /// and compared so a broken file is logged and counted once rather than at every check.
+    rejected: ArcSwapOption<Problems>,
 }
 
 /// The services a gateway is assembled from (see `server::Server::bind`).
@@ -235,7 +237,8 @@ impl Gateway {
             tally,
             experiments_dir,
             keys,
-            reloading: tokio::sync::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            rejected: ArcSwapOption::empty(),
         }
     }
 
@@ -244,7 +247,7 @@ impl Gateway {
     /// started with, and models no experiment references any more are dropped. A folder that
     /// fails validation is rejected whole and the catalog in force keeps serving.
     pub async fn reload(&self) -> Result<Reload, Problems> {
-        let mut last_rejected = self.reloading.lock().await;
+        let _reloading = self.reloading.lock().await;
         let dir = self.experiments_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || Catalog::load_dir(&dir))
             .await
@@ -259,15 +262,15 @@ impl Gateway {
         let catalog = match loaded {
             Ok(catalog) => catalog,
             Err(problems) => {
-                if last_rejected.as_ref() != Some(&problems) {
+                if self.rejected.load().as_deref() != Some(&problems) {
                     tracing::error!(problems = %problems, "experiments rejected; the loaded set keeps serving");
                     self.metrics.reload_failed();
-                    *last_rejected = Some(problems.clone());
+                    self.rejected.store(Some(Arc::new(problems.clone())));
                 }
                 return Err(problems);
             }
         };
-        *last_rejected = None;
+        self.rejected.store(None);
         let previous = self.catalog.load().digest().to_string();
         if catalog.digest() == previous {
             return Ok(Reload::Unchanged { digest: previous });
@@ -380,6 +383,11 @@ impl Gateway {
     /// The experiment set in force.
     pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
         self.catalog.load()
+    }
+
+    /// Why the experiments folder was last rejected, while it stays rejected.
+    pub fn rejected(&self) -> Option<Arc<Problems>> {
+        self.rejected.load_full()
     }
 
     /// The model registry (shared with the poller).

@@ -192,14 +192,14 @@ fn unknown_key_names_file_and_line() {
         "{shown}"
     );
 
-    // Inside an array of tables, and inside an inline `columns` table.
+    // Inside an array of tables, and inside an inline `columns` table: the field is the path.
     let text = edit(
         EXPERIMENT,
         "weight = 50.0\nmodel = \"als-v2\"",
         "wieght = 50.0\nmodel = \"als-v2\"",
     );
     let dir = folder(&[("exp.toml", &text)]);
-    let problem = only_problem(&dir, "exp.toml", "wieght");
+    let problem = only_problem(&dir, "exp.toml", "arms[1].wieght");
     assert_eq!(problem.line, Some(line_of(&text, "wieght")), "{problem}");
     assert!(problem.message.contains("wieght"), "{problem}");
 
@@ -209,7 +209,7 @@ fn unknown_key_names_file_and_line() {
         "model = \"als-v1\"\ncolumns = { usr = \"userId\" }",
     );
     let dir = folder(&[("exp.toml", &text)]);
-    let problem = only_problem(&dir, "exp.toml", "usr");
+    let problem = only_problem(&dir, "exp.toml", "arms[0].columns.usr");
     assert_eq!(problem.line, Some(line_of(&text, "columns")), "{problem}");
     assert!(problem.message.contains("usr"), "{problem}");
 }
@@ -219,7 +219,7 @@ fn unknown_key_in_placements_names_the_line() {
     let dir = folder(&[]);
     let text = "[placements.home]\ndefault_model = \"popular\"\ndefault_ttl = \"1h\"\n";
     std::fs::write(dir.path().join("placements.toml"), text).unwrap();
-    let problem = only_problem(&dir, "placements.toml", "default_ttl");
+    let problem = only_problem(&dir, "placements.toml", "placements.home.default_ttl");
     assert_eq!(problem.line, Some(3), "{problem}");
     assert!(problem.message.contains("default_ttl"), "{problem}");
 }

@@ -43,6 +43,11 @@ struct ReadyBody {
     ready: bool,
     /// Digest of the experiment set in force.
     experiments_digest: String,
+    /// Why the experiments folder on disk was rejected (file, line, field and problem per
+    /// line), while the set in force keeps serving; `null` when the folder is the set in
+    /// force. Not a readiness condition: every replica reads the same folder, and taking them
+    /// all out of the load balancer over a typo would turn it into an outage.
+    experiments_error: Option<String>,
     /// Every referenced model.
     models: Vec<ModelBody>,
     /// The Redis tier: `up`, `down` (requests go on to the store) or `off` (not configured).
@@ -77,6 +82,7 @@ impl HealthApi {
         let body = ReadyBody {
             ready: models.all_loaded(),
             experiments_digest: gateway.catalog().digest().to_string(),
+            experiments_error: gateway.rejected().map(|problems| problems.to_string()),
             models: models
                 .status()
                 .into_iter()

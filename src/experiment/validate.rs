@@ -144,30 +144,33 @@ fn read_folder(dir: &Path) -> Result<Vec<(PathBuf, String)>, Problem> {
         .collect()
 }
 
-/// Parses one file, turning the parser's byte span into a line number for the message.
+/// Parses one file. The parser's byte span becomes the line, and the path of keys down to the
+/// value (`arms[1].weight`, or an unknown key's own path) the field; a syntax error has a line
+/// but no field.
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<T> {
-    match toml::from_str::<T>(text) {
-        Ok(value) => Some(value),
-        Err(e) => {
-            let span = e.span().filter(|span| span.end <= text.len() && span.start <= span.end);
-            let line = span.as_ref().map(|span| text[..span.start].matches('\n').count() + 1);
-            // For unknown keys and bad values the span covers the key or value; a short,
-            // single-line key is worth naming as the field.
-            let spanned = span.map(|span| text[span].trim()).unwrap_or_default();
-            let field = if e.message().starts_with("unknown field") && !spanned.contains('\n') && spanned.len() <= 64 {
-                spanned.trim_matches('"').to_string()
-            } else {
-                String::new()
-            };
-            problems.push(Problem {
-                file: path.to_path_buf(),
-                line,
-                field,
-                message: e.message().trim_end().to_string(),
-            });
-            None
-        }
-    }
+    let (error, field) = match toml::Deserializer::parse(text) {
+        Err(e) => (e, String::new()),
+        Ok(document) => match serde_path_to_error::deserialize::<_, T>(document) {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                let field = e.path().to_string();
+                (e.into_inner(), field)
+            }
+        },
+    };
+    let span = error
+        .span()
+        .filter(|span| span.end <= text.len() && span.start <= span.end);
+    let line = span.as_ref().map(|span| text[..span.start].matches('\n').count() + 1);
+    // `.` is the document itself (e.g. a missing top-level key, which the message names).
+    let field = if field == "." { String::new() } else { field };
+    problems.push(Problem {
+        file: path.to_path_buf(),
+        line,
+        field,
+        message: error.message().trim_end().to_string(),
+    });
+    None
 }
 
 /// Names of experiments, arms and placements: safe in URLs, metric labels and cache keys.

@@ -2,6 +2,7 @@
 //! a path in it. One store is kept per HDFS name node, so arms on one cluster share connections.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use hdfs_native_object_store::HdfsObjectStoreBuilder;
@@ -16,6 +17,9 @@ use super::StoreError;
 pub(crate) struct Place {
     /// The store holding the folder.
     pub store: Arc<dyn ObjectStore>,
+    /// The same store when it is the local file system, which can name the file behind a
+    /// path: part files are then read through handles opened once per version.
+    local: Option<Arc<LocalFileSystem>>,
     /// The folder inside the store.
     pub path: Path,
     /// `file:///…` or `hdfs://host:port`, the prefix that turns `path` back into a URI.
@@ -28,10 +32,20 @@ impl Place {
         format!("{}/{}", self.scheme_and_authority, path)
     }
 
+    /// The file behind `path` when this place is on the local file system.
+    pub fn local_file(&self, path: &Path) -> Option<Result<PathBuf, StoreError>> {
+        let local = self.local.as_ref()?;
+        Some(local.path_to_filesystem(path).map_err(|e| StoreError::Location {
+            location: self.uri_of(path),
+            message: e.to_string(),
+        }))
+    }
+
     /// The same store, another folder.
     pub fn at(&self, path: Path) -> Place {
         Place {
             store: Arc::clone(&self.store),
+            local: self.local.clone(),
             path,
             scheme_and_authority: Arc::clone(&self.scheme_and_authority),
         }
@@ -44,7 +58,7 @@ pub(crate) struct Locator {
     /// The resolved `models.root`.
     root: Place,
     /// The local file system, shared by every local location.
-    local: Arc<dyn ObjectStore>,
+    local: Arc<LocalFileSystem>,
     /// One client per `hdfs://authority`, created on first use.
     hdfs: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
@@ -54,10 +68,11 @@ impl Locator {
     /// `hdfs://host:port/path`. Building an HDFS client does not contact the name node, so an
     /// unreachable cluster fails the models on it, not start-up.
     pub fn new(root: &str) -> Result<Self, StoreError> {
-        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let local = Arc::new(LocalFileSystem::new());
         let mut locator = Locator {
             root: Place {
-                store: Arc::clone(&local),
+                store: local.clone(),
+                local: Some(Arc::clone(&local)),
                 path: Path::default(),
                 scheme_and_authority: "file://".into(),
             },
@@ -103,6 +118,7 @@ impl Locator {
             let path = Path::parse(path).map_err(|e| bad(&e.to_string()))?;
             return Ok(Place {
                 store,
+                local: None,
                 path,
                 scheme_and_authority: base.into(),
             });
@@ -117,7 +133,8 @@ impl Locator {
         let absolute = std::path::absolute(&fs_path).map_err(|e| bad(&e.to_string()))?;
         let path = Path::from_absolute_path(&absolute).map_err(|e| bad(&e.to_string()))?;
         Ok(Place {
-            store: Arc::clone(&self.local),
+            store: self.local.clone(),
+            local: Some(Arc::clone(&self.local)),
             path,
             scheme_and_authority: "file://".into(),
         })

@@ -134,9 +134,10 @@ impl LoadedModel {
         }
         let files: Vec<PartFile> = futures::stream::iter(parts)
             .map(|meta| {
-                let mut reader = ObjectReader::new(folder.store.clone(), meta.location.clone(), meta.size);
                 let uri = folder.uri_of(&meta.location);
+                let folder = &folder;
                 async move {
+                    let mut reader = ObjectReader::open(folder, meta.location, meta.size).await?;
                     let meta = reader.load_metadata().await.map_err(parquet_err(&uri))?;
                     Ok::<_, StoreError>(PartFile { reader, meta, uri })
                 }

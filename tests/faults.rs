@@ -1,0 +1,435 @@
+//! Faults injected into a gateway while it serves (issue 8): model folders deleted, truncated
+//! or replaced by a wrong schema, the models disk gone for a moment, an HDFS name node that
+//! does not answer, and an experiments folder made invalid, emptied or unreadable. Each test
+//! keeps clients sending requests through the fault and asserts that none of them failed, then
+//! that `/ready` and the metrics said what was wrong, and that everything clears once the fault
+//! is repaired.
+//!
+//! Redis faults have their own tests next to what they protect: `tests/cache.rs` (Redis killed
+//! and restarted under load, Redis slowed down with `DEBUG SLEEP`) and `tests/results.rs`
+//! (counts and events through a Redis outage, exact afterwards).
+//!
+//! Tests run as root here, where file permissions do not deny reads, so "unreadable" is made
+//! the ways that do fail for root: a folder that is gone, and a file that is not text.
+
+mod common;
+#[path = "common/gateway.rs"]
+mod gateway;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::spark::SparkOutput;
+use gateway::{DemoCopy, READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, model_status, send, settings};
+use reqwest::Method;
+use serde_json::Value;
+
+/// Users of the demo models (`0..2000` in both ALS models).
+const USERS: usize = 2000;
+/// Concurrent clients of a [`Load`].
+const CLIENTS: usize = 4;
+/// Requests a fault must at least overlap, so a test cannot pass by serving nothing.
+const DURING: usize = 200;
+
+/// Checks one answer; `Err` says what was wrong with it.
+type Check = dyn Fn(&Reply) -> Result<(), String> + Send + Sync;
+
+/// Clients sending `GET /recommendations/{user}?placement=home` over every demo user, as fast
+/// as answers come, until [`Load::finish`]; every answer goes through a [`Check`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gw: &TestGateway, check: Arc<Check>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..CLIENTS)
+            .map(|client| {
+                let (stop, done, failures, check) = (stop.clone(), done.clone(), failures.clone(), check.clone());
+                let (http, base) = (gw.client.clone(), gw.base());
+                tokio::spawn(async move {
+                    let mut user = client * USERS / CLIENTS;
+                    while !stop.load(Ordering::Relaxed) {
+                        user = (user + 1) % USERS;
+                        let url = format!("{base}/recommendations/{user}?placement=home");
+                        let outcome = match send(&http, Method::GET, &url, &[], None).await {
+                            Ok(reply) if reply.status == 200 => check(&reply),
+                            Ok(reply) => Err(format!("{} {}", reply.status, reply.body)),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = outcome {
+                            failures.lock().expect("lock").push(format!("user {user}: {e}"));
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            failures,
+            clients,
+        }
+    }
+
+    /// Waits until `n` more answers came (the fault overlapped them).
+    async fn overlap(&self, n: usize, what: &str) {
+        let target = self.done.load(Ordering::Relaxed) + n;
+        let started = Instant::now();
+        while self.done.load(Ordering::Relaxed) < target {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{what}: requests stalled at {:?}",
+                self.done
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the clients; asserts no answer failed its check and returns how many came.
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            tokio::time::timeout(Duration::from_secs(20), client)
+                .await
+                .expect("clients stop")
+                .expect("client");
+        }
+        let failures = self.failures.lock().expect("lock");
+        let done = self.done.load(Ordering::Relaxed);
+        assert!(
+            failures.is_empty(),
+            "{} of {done} requests failed; first: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        done
+    }
+}
+
+/// The demo copy's settings with the local tier off, so every request reads its model.
+fn uncached(demo: &DemoCopy, experiments: &Path) -> recgw::config::Settings {
+    let mut settings = settings(experiments, &demo.models(), "100ms");
+    settings.cache.local_capacity = 0;
+    settings
+}
+
+/// An answer from the arm's own model: never the placement default standing in for it.
+fn not_a_fallback(reply: &Reply) -> Result<(), String> {
+    let body = reply.json();
+    match body["source"].as_str() {
+        Some("fallback") | None => Err(body.to_string()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Waits until the `/ready` entry of `model` shows an error containing every one of `parts`;
+/// returns the error.
+async fn wait_error(gw: &TestGateway, model: &str, parts: &[&str]) -> String {
+    let what = format!("/ready shows an error of {model} naming {parts:?}");
+    let (_, body) = gw
+        .wait_model(model, &what, |m| {
+            m["error"].as_str().is_some_and(|e| parts.iter().all(|p| e.contains(p)))
+        })
+        .await;
+    model_status(&body, model).expect("listed")["error"]
+        .as_str()
+        .expect("error")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_folder_deleted_truncated_or_given_a_wrong_schema_keeps_its_loaded_version_serving() {
+    let demo = DemoCopy::new();
+    let gw = TestGateway::launch_ready(&uncached(&demo, &demo.experiments())).await;
+    let ready = gw.wait_ready().await;
+    let v1 = model_status(&ready, "als-v1").expect("als-v1")["version"]
+        .as_str()
+        .expect("loaded")
+        .to_string();
+    let folder = demo.models().join("als-v1");
+    let original = tempfile::tempdir().expect("tempdir");
+    copy_dir(&folder, original.path());
+
+    // Every als-v1 answer comes from version v1, whatever happens to its folder.
+    let expected = v1.clone();
+    let load = Load::start(
+        &gw,
+        Arc::new(move |reply: &Reply| {
+            not_a_fallback(reply)?;
+            let body = reply.json();
+            match (body["model"].as_str(), body["model_version"].as_str()) {
+                (Some("als-v1"), Some(version)) if version != expected => Err(body.to_string()),
+                _ => Ok(()),
+            }
+        }),
+    );
+    load.overlap(DURING, "before the faults").await;
+
+    // 1. The folder deleted (a retention job, an operator's mistake).
+    std::fs::remove_dir_all(&folder).expect("delete");
+    wait_error(&gw, "als-v1", &["als-v1", "_SUCCESS"]).await;
+    load.overlap(DURING, "folder deleted").await;
+
+    // 2. A new run whose second part file is cut short.
+    copy_dir(original.path(), &folder);
+    let part = std::fs::read_dir(&folder)
+        .expect("folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-00001"))
+        })
+        .next()
+        .expect("part-00001");
+    let bytes = std::fs::read(&part).expect("part");
+    std::fs::write(&part, &bytes[..bytes.len() / 3]).expect("truncate");
+    common::spark::commit(&folder);
+    let part_name = part.file_name().expect("name").to_string_lossy().to_string();
+    wait_error(&gw, "als-v1", &["failed to load", &part_name]).await;
+    load.overlap(DURING, "truncated version").await;
+
+    // 3. A new run with a different schema: an extra id column makes the user column ambiguous.
+    SparkOutput::nested()
+        .names("userId", "recommendations", "movieId", "rating")
+        .extra_column("runId")
+        .part(vec![(1, vec![(50, 0.5)])])
+        .write(&folder);
+    wait_error(&gw, "als-v1", &["failed to load", "runId"]).await;
+    load.overlap(DURING, "wrong schema").await;
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        gateway::sample(&metrics, "model_load_failures_total", &[("model", "als-v1")]),
+        2.0,
+        "the truncated and the wrong-schema versions"
+    );
+    assert_eq!(
+        gateway::sample(&metrics, "model_info", &[("model", "als-v1"), ("version", &v1)]),
+        1.0,
+        "model_info still names the serving version"
+    );
+    let ready = gw.get("/ready").await;
+    assert_eq!(ready.status, 200, "v1 is loaded: still ready: {}", ready.body);
+    let served = load.finish().await;
+
+    // 4. A good run again: it loads and the error clears.
+    std::fs::remove_dir_all(&folder).expect("delete");
+    copy_dir(original.path(), &folder);
+    common::spark::commit(&folder);
+    let (_, body) = gw
+        .wait_model("als-v1", "a repaired als-v1 loads", |m| {
+            m["error"].is_null() && m["version"].as_str().is_some_and(|v| v != v1)
+        })
+        .await;
+    let v2 = model_status(&body, "als-v1").expect("listed")["version"].clone();
+    let control = (0..USERS)
+        .find(|u| recgw::experiment::bucket("home-als-rank", &u.to_string()) < 5000)
+        .expect("a control user");
+    let answer = gw.ok(&format!("/recommendations/{control}?placement=home")).await;
+    assert_eq!(
+        (&answer["model"], &answer["model_version"]),
+        (&"als-v1".into(), &v2),
+        "{answer}"
+    );
+    eprintln!("{served} requests through the faults; als-v1 {v1} -> {v2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_disk_gone_for_a_moment_costs_no_request() {
+    let demo = DemoCopy::new();
+    let gw = TestGateway::launch_ready(&uncached(&demo, &demo.experiments())).await;
+    let before = gw.wait_ready().await;
+    let load = Load::start(&gw, Arc::new(not_a_fallback));
+    load.overlap(DURING, "before").await;
+
+    // The mount point empty for a moment (an NFS or disk remount): every path under it fails.
+    let models = demo.models();
+    let away = models.with_extension("away");
+    std::fs::rename(&models, &away).expect("unmount");
+    for model in ["als-v1", "als-v2", "popular"] {
+        wait_error(&gw, model, &[model]).await;
+    }
+    load.overlap(DURING, "disk gone").await;
+    std::fs::rename(&away, &models).expect("mount again");
+    for model in ["als-v1", "als-v2", "popular"] {
+        gw.wait_model(model, "the error clears", |m| m["error"].is_null()).await;
+    }
+    load.overlap(DURING, "after").await;
+    let served = load.finish().await;
+
+    let after = gw.get("/ready").await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    for model in ["als-v1", "als-v2", "popular"] {
+        assert_eq!(
+            model_status(&after.json(), model).expect("listed")["version"],
+            model_status(&before, model).expect("listed")["version"],
+            "{model}: the same files, the same version"
+        );
+    }
+    eprintln!("{served} requests while the models folder came and went");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_hdfs_name_node_fails_only_its_model() {
+    // A port nothing listens on: the name node refuses every connection.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let uri = format!("hdfs://127.0.0.1:{port}/recs/als-v2");
+    let demo = DemoCopy::new();
+    let file = demo.experiments().join("home-als-rank.toml");
+    let text = std::fs::read_to_string(&file).expect("experiment");
+    std::fs::write(&file, text.replace("model = \"als-v2\"", &format!("model = \"{uri}\""))).expect("write");
+
+    let started = Instant::now();
+    let gw = TestGateway::launch(&uncached(&demo, &demo.experiments())).await;
+    let bound = started.elapsed();
+    // Every other model serves at once; the HDFS arm's users get the placement default.
+    let (status, body) = gw
+        .wait_model("als-v1", "als-v1 loads beside the unreachable name node", |m| {
+            m["version"].is_string()
+        })
+        .await;
+    let loaded = started.elapsed();
+    assert_eq!(status, 503, "a referenced model has no version: not ready: {body}");
+    let mut arms = std::collections::BTreeMap::<String, usize>::new();
+    for user in 0..200 {
+        let answer = gw.ok(&format!("/recommendations/{user}?placement=home")).await;
+        let arm = answer["arm"].as_str().expect("arm").to_string();
+        match arm.as_str() {
+            "control" => assert_eq!(answer["source"], "store", "{answer}"),
+            _ => {
+                assert_eq!(answer["source"], "fallback", "{answer}");
+                assert_eq!(answer["fallback_reason"], "model_not_loaded", "{answer}");
+                assert_eq!(answer["model"], "popular", "{answer}");
+            }
+        }
+        *arms.entry(arm).or_default() += 1;
+    }
+    assert_eq!(arms.len(), 2, "both arms were asked: {arms:?}");
+    let other = gw.ok("/recommendations/7?placement=default").await;
+    assert_eq!(other["model"], "popular", "{other}");
+
+    let error = wait_error(&gw, &uri, &[&format!("hdfs://127.0.0.1:{port}")]).await;
+    let reported = started.elapsed();
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        gateway::sample(
+            &metrics,
+            "fallbacks_total",
+            &[
+                ("placement", "home"),
+                ("experiment", "home-als-rank"),
+                ("arm", "treatment"),
+                ("reason", "model_not_loaded")
+            ]
+        ),
+        arms["treatment"] as f64
+    );
+    eprintln!("bound in {bound:?}, als-v1 served after {loaded:?}, HDFS error after {reported:?}: {error}");
+}
+
+/// `/ready`'s `experiments_error` once it contains every one of `parts`.
+async fn wait_rejected(gw: &TestGateway, parts: &[&str]) -> String {
+    eventually(
+        READY_TIMEOUT,
+        &format!("experiments_error naming {parts:?}"),
+        async || {
+            let body: Value = gw.get("/ready").await.json();
+            match body["experiments_error"].as_str() {
+                Some(e) if parts.iter().all(|p| e.contains(p)) => Ok(e.to_string()),
+                _ => Err(body.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiments_folder_made_invalid_emptied_or_unreadable_keeps_the_set_in_force() {
+    let demo = DemoCopy::new();
+    let experiments = demo.experiments();
+    let mut settings = uncached(&demo, &experiments);
+    settings.experiments.reload_interval = Duration::from_millis(100);
+    let gw = TestGateway::launch_ready(&settings).await;
+    let digest = gw.wait_ready().await["experiments_digest"].clone();
+    let original = tempfile::tempdir().expect("tempdir");
+    copy_dir(&experiments, original.path());
+    let load = Load::start(
+        &gw,
+        Arc::new(|reply: &Reply| {
+            let body = reply.json();
+            // `qa-user-1` aside, users of `home` are all in the demo experiment.
+            (body["experiment"] == "home-als-rank")
+                .then_some(())
+                .ok_or(body.to_string())
+        }),
+    );
+    load.overlap(DURING, "before").await;
+    let rejections = async || gw.metric("config_reload_failures_total", &[]).await;
+    let restore = || {
+        std::fs::remove_dir_all(&experiments).ok();
+        copy_dir(original.path(), &experiments);
+    };
+
+    // 1. A typo in the experiment.
+    let file = experiments.join("home-als-rank.toml");
+    let text = std::fs::read_to_string(&file).expect("experiment");
+    std::fs::write(&file, text.replace("weight = 50.0", "weight = \"fifty\"")).expect("write");
+    let error = wait_rejected(&gw, &["home-als-rank.toml", "weight"]).await;
+    load.overlap(DURING, "invalid").await;
+    assert_eq!(rejections().await, 1.0, "{error}");
+
+    // 2. Emptied (a deploy that cleared the folder before copying).
+    for entry in std::fs::read_dir(&experiments).expect("folder") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    wait_rejected(&gw, &["placements.toml", "missing"]).await;
+    load.overlap(DURING, "emptied").await;
+    assert_eq!(rejections().await, 2.0);
+
+    // 3. Unreadable: the folder gone, then a file that is not text.
+    std::fs::remove_dir(&experiments).expect("remove folder");
+    wait_rejected(&gw, &["cannot read folder"]).await;
+    load.overlap(DURING, "folder gone").await;
+    restore();
+    std::fs::write(experiments.join("home-als-rank.toml"), [0xff, 0xfe, 0x00, 0x9f]).expect("write");
+    wait_rejected(&gw, &["home-als-rank.toml", "cannot read"]).await;
+    load.overlap(DURING, "file not text").await;
+    assert_eq!(rejections().await, 4.0);
+
+    let reload = gw.request(Method::POST, "/admin/reload").await;
+    assert_eq!(reload.status, 422, "{}", reload.body);
+    let ready = gw.get("/ready").await;
+    assert_eq!(
+        ready.status, 200,
+        "the set in force serves: still ready: {}",
+        ready.body
+    );
+    assert_eq!(ready.json()["experiments_digest"], digest, "{}", ready.body);
+
+    // Repaired: the same set, so nothing changes but the error clears.
+    restore();
+    eventually(READY_TIMEOUT, "experiments_error clears", async || {
+        let body: Value = gw.get("/ready").await.json();
+        body["experiments_error"]
+            .is_null()
+            .then_some(())
+            .ok_or(body.to_string())
+    })
+    .await;
+    let served = load.finish().await;
+    assert_eq!(gw.wait_ready().await["experiments_digest"], digest);
+    assert_eq!(rejections().await, 4.0, "each broken state counted once");
+    eprintln!("{served} requests through four broken experiment folders");
+}
