@@ -64,6 +64,12 @@ pub struct ServerSettings {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// A connection that sends and receives nothing for this long is closed: a client that
+    /// stalls in its headers or between requests cannot hold a socket forever (nginx's
+    /// `client_header_timeout` and `keepalive_timeout` play this part). Longer than
+    /// `request_timeout`, so it never cuts a request the gateway is still answering.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -72,6 +78,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -202,7 +209,15 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .source(Some(env));
-        Ok(builder.add_source(environment).build()?.try_deserialize()?)
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        if settings.server.idle_timeout <= settings.server.request_timeout {
+            return Err(SettingsError(config::ConfigError::Message(format!(
+                "server.idle_timeout ({:?}) must be longer than server.request_timeout ({:?}), or idle connections \
+                 would be cut while their request is still being answered",
+                settings.server.idle_timeout, settings.server.request_timeout
+            ))));
+        }
+        Ok(settings)
     }
 }
 
@@ -226,6 +241,21 @@ mod tests {
         assert_eq!(settings.cache.local_capacity, 100_000);
         assert_eq!(settings.cache.ttl, Duration::from_secs(3600));
         assert_eq!(settings.cache.redis_timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn an_idle_timeout_within_the_request_timeout_is_refused() {
+        let refused = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__SERVER__REQUEST_TIMEOUT", "5s"),
+                ("RECGW__SERVER__IDLE_TIMEOUT", "5s"),
+            ]),
+        )
+        .expect_err("refused");
+        assert!(refused.to_string().contains("server.idle_timeout"), "{refused}");
+        let accepted = Settings::load_from(None, env(&[("RECGW__SERVER__IDLE_TIMEOUT", "6s")])).expect("accepted");
+        assert_eq!(accepted.server.idle_timeout, Duration::from_secs(6));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::{LocalAddr, RemoteAddr};
+use tokio_io_timeout::TimeoutStream;
 
 use crate::api;
 use crate::auth::Keys;
@@ -57,8 +60,10 @@ pub struct Server {
     local_addr: SocketAddr,
     /// How often models are polled.
     refresh_interval: Duration,
-    /// `server.request_timeout`: past it a request gets a 504.
+    /// `server.request_timeout`: past it a request gets a 504 (408 when its body is late).
     request_timeout: Duration,
+    /// `server.idle_timeout`: a connection silent this long is closed.
+    idle_timeout: Duration,
     /// `server.shutdown_grace`: how long in-flight requests get after a shutdown signal.
     shutdown_grace: Duration,
     /// `experiments.reload_interval`: how often the experiments folder is re-read, and cache
@@ -133,6 +138,7 @@ impl Server {
             sync_interval: settings.experiments.reload_interval,
             shutdown_grace: settings.server.shutdown_grace,
             request_timeout: settings.server.request_timeout,
+            idle_timeout: settings.server.idle_timeout,
         })
     }
 
@@ -153,7 +159,11 @@ impl Server {
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tasks.extend(self.gateway.tally().spawn_flushing());
         tracing::info!(addr = %self.local_addr, "recgw listening");
-        let result = poem::Server::new_with_acceptor(self.acceptor)
+        let acceptor = IdleClosing {
+            inner: self.acceptor,
+            timeout: self.idle_timeout,
+        };
+        let result = poem::Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(
                 api::app(Arc::clone(&self.gateway), self.request_timeout),
                 shutdown,
@@ -167,5 +177,32 @@ impl Server {
             tracing::error!("result counts could not be flushed to Redis before exit");
         }
         result
+    }
+}
+
+/// Closes connections that stay silent for `server.idle_timeout`: a read or a write waiting
+/// that long fails, and hyper drops the connection. This bounds a client stalled in its
+/// headers (which poem's own idle timeout lets wait, since a request is under way), one idle
+/// between keep-alive requests, and one that stops reading its answer.
+struct IdleClosing<A> {
+    /// The listening socket.
+    inner: A,
+    /// How long a read or a write may wait.
+    timeout: Duration,
+}
+
+impl<A: Acceptor> Acceptor for IdleClosing<A> {
+    type Io = std::pin::Pin<Box<TimeoutStream<A::Io>>>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        let mut io = TimeoutStream::new(io);
+        io.set_read_timeout(Some(self.timeout));
+        io.set_write_timeout(Some(self.timeout));
+        Ok((Box::pin(io), local, remote, scheme))
     }
 }

@@ -94,6 +94,8 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::GATEWAY_TIMEOUT => "timeout",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
         s if s.is_server_error() => "internal",
         _ => "error",
     };

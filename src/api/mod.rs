@@ -15,12 +15,13 @@ mod stats;
 
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use poem::http::StatusCode;
+use futures::StreamExt;
+use poem::http::{StatusCode, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -64,7 +65,8 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504.
+/// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504
+/// (408 while their body has not arrived).
 pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
     let (for_auth, for_metrics) = (Arc::clone(&gateway), Arc::clone(&gateway));
     let service = service();
@@ -75,16 +77,52 @@ pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(gateway)
-        .around(move |endpoint, request| async move {
-            match tokio::time::timeout(timeout, endpoint.call(request)).await {
-                Ok(result) => result.map(IntoResponse::into_response),
-                Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
-            }
-        })
         .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&for_auth)))
+        .around(move |endpoint, request| limits(endpoint, request, timeout))
         .around(move |endpoint, request| observe(endpoint, request, Arc::clone(&for_metrics)))
         .catch_all_error(error::json_errors)
         .around(log_request)
+}
+
+/// Request headers larger than this in all (names and values) get a 431 JSON error. Real
+/// clients send well under 2 KiB; nginx's default buffers allow 32 KiB. Past hyper's own
+/// limit (a 400 KiB read buffer, 100 headers) the connection gets hyper's bare 431 instead.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Bounds what one request may hold: its headers' size, and its time (`server.request_timeout`).
+/// A request past its time gets 504, or 408 when it is still waiting for its own body (a client
+/// that stalls mid-body is the client's fault, not the gateway's); either way hyper then closes
+/// the connection, since the body was not read to its end.
+async fn limits<E: Endpoint>(endpoint: Arc<E>, mut request: Request, timeout: Duration) -> poem::Result<Response> {
+    let header_bytes: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(poem::Error::from_string(
+            format!("request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ));
+    }
+    // Only requests that carry a body pay for knowing whether it arrived.
+    let body_read = (request.headers().contains_key(header::CONTENT_LENGTH)
+        || request.headers().contains_key(header::TRANSFER_ENCODING))
+    .then(|| {
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&read);
+        let end = futures::stream::poll_fn(move |_| {
+            flag.store(true, Ordering::Relaxed);
+            std::task::Poll::Ready(None)
+        });
+        let body = request.take_body().into_bytes_stream().chain(end);
+        request.set_body(poem::Body::from_bytes_stream(body));
+        read
+    });
+    match tokio::time::timeout(timeout, endpoint.call(request)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) if body_read.is_some_and(|read| !read.load(Ordering::Relaxed)) => Err(poem::Error::from_string(
+            format!("the request body did not arrive within {timeout:?}"),
+            StatusCode::REQUEST_TIMEOUT,
+        )),
+        Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
+    }
 }
 
 /// The header carrying a request's id, accepted from the caller or generated.
