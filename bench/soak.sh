@@ -42,21 +42,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v redis-server >/dev/null; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
-fi
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked --quiet --bin recgw --example soak_load
-BIN="$CARGO_TARGET_DIR/release/recgw"
-LOAD="$CARGO_TARGET_DIR/release/examples/soak_load"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/common.sh redis-server:redis-server -- soak_load
+LOAD="$EXAMPLES/soak_load"
 now_ms() { date +%s%3N; }
 
 # Models in Spark's layout: a global default and one folder per run for each arm.

@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             let item_id = format!("{client}-{item}");
                             let mut events =
                                 vec![json!({"type": "impression", "tracking_token": token, "item_id": item_id})];
-                            click = item % 10 == 0;
+                            click = item.is_multiple_of(10);
                             if click {
                                 events.push(json!({"type": "click", "tracking_token": token, "item_id": item_id}));
                             }

@@ -184,11 +184,10 @@ async fn a_model_folder_deleted_truncated_or_given_a_wrong_schema_keeps_its_load
     let part = std::fs::read_dir(&folder)
         .expect("folder")
         .map(|e| e.expect("entry").path())
-        .filter(|p| {
+        .find(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("part-00001"))
         })
-        .next()
         .expect("part-00001");
     let bytes = std::fs::read(&part).expect("part");
     std::fs::write(&part, &bytes[..bytes.len() / 3]).expect("truncate");

@@ -323,7 +323,8 @@ impl TestGateway {
         self.send(Method::POST, path, &[], Some(body)).await
     }
 
-    /// `POST path` with `body` as it is, declared JSON (a `Content-Length` is always sent).
+    /// `POST path` with `body` as it is, declared JSON. reqwest sends a `Content-Length` for a
+    /// non-empty body and none for an empty one (which the gateway answers with 411).
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
         let what = format!("POST {path}");
         let response = self
