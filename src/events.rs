@@ -254,6 +254,7 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracking::unix_seconds;
 
     #[test]
     fn recent_ids_are_remembered_for_half_the_capacity_at_least_and_then_forgotten() {
@@ -277,7 +278,6 @@ mod tests {
         assert!(aged.claim("c"));
         assert!(aged.claim("b"), "two turns forget it");
     }
-    use crate::tracking::unix_seconds;
 
     fn claims(now: SystemTime) -> Claims {
         Claims {
