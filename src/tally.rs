@@ -204,7 +204,9 @@ impl Tally {
 
     /// Sends buffered updates to Redis, one pipeline per experiment; what Redis does not take
     /// goes back into the buffer for the next flush. Returns whether everything was written.
-    pub async fn flush(&self) -> bool {
+    /// With `drain_until` (the shutdown drain), Redis is tried even in the breaker's backoff
+    /// window, and no pipeline waits past that instant.
+    pub async fn flush(&self, drain_until: Option<tokio::time::Instant>) -> bool {
         let Some(redis) = &self.redis else {
             return true;
         };
@@ -233,7 +235,14 @@ impl Tally {
         }
         let mut failed: HashSet<String> = HashSet::new();
         for (experiment, pipe) in &by_experiment {
-            if redis.query_within::<()>(pipe, FLUSH_DEADLINE).await.is_none() {
+            let written = match drain_until {
+                Some(until) => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    redis.query_now::<()>(pipe, left.min(FLUSH_DEADLINE)).await
+                }
+                None => redis.query_within::<()>(pipe, FLUSH_DEADLINE).await,
+            };
+            if written.is_none() {
                 failed.insert(experiment.to_string());
             }
         }
@@ -262,11 +271,12 @@ impl Tally {
         false
     }
 
-    /// Flushes until the buffer is empty or `deadline` passes (a graceful shutdown): Redis may
-    /// have just come back with its failure backoff still running, so failed flushes retry.
+    /// Flushes until the buffer is empty or `deadline` passes (a graceful shutdown). Redis may
+    /// have just come back while the breaker still waits out its backoff (up to 5 s, which can
+    /// outlast the grace), so each try goes past the breaker, and a failed one is retried.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
         loop {
-            if self.flush().await && self.pending.lock().unwrap_or_else(|p| p.into_inner()).updates == 0 {
+            if self.flush(Some(deadline)).await && self.pending.lock().unwrap_or_else(|p| p.into_inner()).updates == 0 {
                 return true;
             }
             if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
@@ -286,7 +296,7 @@ impl Tally {
                     return;
                 };
                 let _ = tokio::time::timeout(FLUSH_EVERY, strong.wake.notified()).await;
-                strong.flush().await;
+                strong.flush(None).await;
             }
         }))
     }

@@ -1270,21 +1270,28 @@ async fn graceful_shutdown_after_redis_recovered_flushes_the_buffer() {
     // As in the outage test, nothing is counted before Redis stops (it restarts empty).
     let demo = DemoCopy::new();
     let mut redis = RedisServer::start();
-    let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
+    let mut settings = demo.settings(&redis.url());
+    // A grace shorter than the breaker's window after a 4 s outage: the gateway's breaker,
+    // failing at about 0, 50, 150, 350, 750, 1550 and 3150 ms, then waits 3.2 s more, so
+    // a drain that waited for it would give up before trying.
+    settings.server.shutdown_grace = Duration::from_secs(1);
+    let a = TestGateway::launch_up(&settings).await;
     let mut ledger = Ledger::default();
     redis.stop();
     let mut next_user = 8001;
     let down = Instant::now();
-    while down.elapsed() < Duration::from_millis(1500) {
+    while down.elapsed() < Duration::from_secs(4) {
         burst(&a, &mut next_user, &mut ledger).await;
     }
     assert_eq!(ledger.rejected, 0);
     tokio::task::block_in_place(|| redis.restart());
-    // Redis answers again; a deploy now stops the replica gracefully.
+    // Redis answers again; a deploy now stops the replica gracefully, before the gateway has
+    // seen Redis back.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(redis.query::<String>(&["PING"]), "PONG");
     let pending = a.metric("results_pending_updates", &[]).await;
     assert!(pending > 0.0, "A still holds the outage's updates");
+    assert_eq!(a.metric("redis_up", &[]).await, 0.0, "A's breaker is still open");
     a.stop().await;
     // Whatever A held must have reached Redis: another replica reads it.
     let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;

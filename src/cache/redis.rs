@@ -175,6 +175,13 @@ impl RedisTier {
             self.metrics.cache.redis_skipped.inc();
             return None;
         }
+        self.query_now(request, deadline).await
+    }
+
+    /// As [`RedisTier::query_within`], but tried even while the breaker is open: for a
+    /// shutdown drain, which has no request whose latency the breaker would protect, and whose
+    /// own deadline is shorter than the breaker's longest window. A failure still counts.
+    pub async fn query_now<T: FromRedisValue>(&self, request: &impl Ask, deadline: Duration) -> Option<T> {
         let answer = tokio::time::timeout(deadline, async {
             match &self.connection {
                 Connection::Single(manager) => request.ask(&mut manager.clone()).await,
