@@ -158,6 +158,12 @@ async fn a_model_folder_deleted_truncated_or_given_a_wrong_schema_keeps_its_load
     let folder = demo.models().join("als-v1");
     let original = tempfile::tempdir().expect("tempdir");
     copy_dir(&folder, original.path());
+    // Kept without its marker: each run below is written as Spark writes one, part files first
+    // and `_SUCCESS` last (`commit`), so the poller never sees a marker over half-copied parts
+    // (a load failure the test did not cause on purpose).
+    for marker in ["_SUCCESS", "._SUCCESS.crc"] {
+        std::fs::remove_file(original.path().join(marker)).expect("marker");
+    }
 
     // Every als-v1 answer comes from version v1, whatever happens to its folder.
     let expected = v1.clone();
@@ -376,9 +382,20 @@ async fn an_experiments_folder_made_invalid_emptied_or_unreadable_keeps_the_set_
     );
     load.overlap(DURING, "before").await;
     let rejections = async || gw.metric("config_reload_failures_total", &[]).await;
+    // Put back as a deploy tool would, so that no reload sees a half-copied folder (a rejection
+    // the test did not cause on purpose): staged beside it, then renamed into place, the whole
+    // folder when it is gone, else file by file (each step a complete set).
     let restore = || {
-        std::fs::remove_dir_all(&experiments).ok();
-        copy_dir(original.path(), &experiments);
+        let staged = tempfile::tempdir_in(experiments.parent().expect("parent")).expect("tempdir");
+        copy_dir(original.path(), staged.path());
+        if !experiments.exists() {
+            std::fs::rename(staged.path(), &experiments).expect("rename folder");
+            return;
+        }
+        for entry in std::fs::read_dir(staged.path()).expect("staged") {
+            let entry = entry.expect("entry");
+            std::fs::rename(entry.path(), experiments.join(entry.file_name())).expect("rename file");
+        }
     };
 
     // 1. A typo in the experiment.
