@@ -180,7 +180,7 @@ impl RedisTier {
 
     /// As [`RedisTier::query_within`], but tried even while the breaker is open: for a
     /// shutdown drain, which has no request whose latency the breaker would protect, and whose
-    /// own deadline is shorter than the breaker's longest window. A failure still counts.
+    /// deadline may come before the breaker's window ends. A failure still counts and backs off.
     pub async fn query_now<T: FromRedisValue>(&self, request: &impl Ask, deadline: Duration) -> Option<T> {
         let answer = tokio::time::timeout(deadline, async {
             match &self.connection {
