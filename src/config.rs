@@ -35,11 +35,18 @@ pub struct Settings {
 pub struct ResultsSettings {
     /// Impressions an arm needs before its comparison is worth reading (`min_sample_reached`).
     pub min_sample_size: u64,
+    /// Where counts and event claims live; empty (the default) means `cache.redis_url`. A
+    /// cache wants `maxmemory-policy allkeys-lru`, and counts must never be evicted
+    /// (`noeviction`), so a large deployment gives them a Redis of their own.
+    pub redis_url: String,
 }
 
 impl Default for ResultsSettings {
     fn default() -> Self {
-        ResultsSettings { min_sample_size: 1000 }
+        ResultsSettings {
+            min_sample_size: 1000,
+            redis_url: String::new(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! back to the placement default when the arm cannot answer, and cut the requested page. It
 //! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,12 +11,18 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::Keys;
 use crate::cache::{Tier, TieredCache};
-use crate::events::{Event, EventKind, EventLog, Rejection};
-use crate::experiment::{Catalog, Problems};
+use crate::experiment::{Arm, Catalog, Experiment, Problems};
+use crate::feedback::counts::{ArmCounter, Tally};
+use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
+use crate::feedback::token::{Claims, item_tag, next_nonce, unix_seconds};
 use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
+use crate::redis::Health;
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
-use crate::tally::{Count, Tally};
-use crate::tracking::{Claims, next_nonce, unix_seconds};
+
+/// Exposure counters of the catalog in force, by experiment id: the experiment they were
+/// resolved for (a request may still hold the catalog before a swap) and one per arm, in arm
+/// order.
+type Counters = HashMap<String, (Arc<Experiment>, Vec<Arc<ArmCounter>>)>;
 
 /// Shared state of a running gateway.
 #[derive(Debug)]
@@ -34,6 +41,10 @@ pub struct Gateway {
     events: EventLog,
     /// Durable per-arm counts for the results.
     tally: Arc<Tally>,
+    /// Exposure counters resolved for the catalog in force, replaced with it.
+    counters: ArcSwap<Counters>,
+    /// Whether every configured Redis answers; `None` without Redis.
+    redis: Option<Arc<Health>>,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
     /// API keys; empty when auth is off.
@@ -47,7 +58,7 @@ pub struct Gateway {
 
 /// The services a gateway is assembled from (see `server::Server::bind`).
 #[derive(Debug)]
-pub struct Parts {
+pub(crate) struct Parts {
     /// API keys; empty when auth is off.
     pub keys: Keys,
     /// Model slots of the catalog.
@@ -60,6 +71,8 @@ pub struct Parts {
     pub events: EventLog,
     /// Results counters.
     pub tally: Arc<Tally>,
+    /// The state of the Redis connections, when any is configured.
+    pub redis: Option<Arc<Health>>,
 }
 
 /// New models a reloaded catalog brings get this long to load before the catalog is swapped
@@ -216,7 +229,7 @@ pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 impl Gateway {
     /// A gateway over a catalog loaded from `experiments_dir` (re-read on reload) and the
     /// services it uses.
-    pub fn new(catalog: Catalog, experiments_dir: PathBuf, parts: Parts) -> Self {
+    pub(crate) fn new(catalog: Catalog, experiments_dir: PathBuf, parts: Parts) -> Self {
         let Parts {
             keys,
             models,
@@ -224,10 +237,12 @@ impl Gateway {
             metrics,
             events,
             tally,
+            redis,
         } = parts;
         let arms = metrics.arms(&catalog);
         metrics.experiments_loaded(None, catalog.digest());
         Gateway {
+            counters: ArcSwap::from_pointee(counters(&tally, &catalog)),
             catalog: ArcSwap::from_pointee(catalog),
             models,
             cache,
@@ -235,6 +250,7 @@ impl Gateway {
             arms: ArcSwap::from_pointee(arms),
             events,
             tally,
+            redis,
             experiments_dir,
             keys,
             reloading: tokio::sync::Mutex::new(()),
@@ -288,6 +304,7 @@ impl Gateway {
         }
         let digest = catalog.digest().to_string();
         self.arms.store(Arc::new(self.metrics.arms(&catalog)));
+        self.counters.store(Arc::new(counters(&self.tally, &catalog)));
         self.catalog.store(Arc::new(catalog));
         self.models.retain(&models);
         self.metrics.experiments_loaded(Some(&previous), &digest);
@@ -315,6 +332,11 @@ impl Gateway {
         &self.tally
     }
 
+    /// Whether every configured Redis answers (`None`: no Redis configured).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|h| h.up())
+    }
+
     /// The configured API keys.
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -335,8 +357,8 @@ impl Gateway {
         }
     }
 
-    /// The tracking token of a served recommendation.
-    pub fn tracking_token(&self, served: &Recommendation, placement: &str, user: &str) -> String {
+    /// The tracking token of a served recommendation, binding the `page` of items it showed.
+    pub fn tracking_token(&self, served: &Recommendation, placement: &str, user: &str, page: &[&Item]) -> String {
         self.events.signer().sign(&Claims {
             placement: placement.to_string(),
             experiment: served.experiment.clone(),
@@ -346,29 +368,40 @@ impl Gateway {
             issued_at: unix_seconds(SystemTime::now()),
             nonce: next_nonce(),
             uncounted: !served.counted,
+            items: page.iter().map(|item| item_tag(&item.id)).collect(),
         })
     }
 
-    /// Checks a batch of events and counts the accepted ones for the arm in their token.
+    /// Counts an exposure of `user` to an arm: through the counter resolved with the catalog,
+    /// or (a request that began on a catalog since replaced) the arm's counter found by name.
+    fn expose(&self, experiment: &Arc<Experiment>, arm: &Arm, user: &str) {
+        let counters = self.counters.load();
+        let resolved = counters
+            .get(&experiment.id)
+            .filter(|(resolved_for, _)| Arc::ptr_eq(resolved_for, experiment))
+            .and_then(|(_, arms)| arms.get(experiment.arms.iter().position(|a| std::ptr::eq(a, arm))?));
+        match resolved {
+            Some(counter) => self.tally.expose(counter, user),
+            None => self.tally.expose(&self.tally.arm(&experiment.id, &arm.name), user),
+        }
+    }
+
+    /// Checks a batch of events and counts the accepted ones for the arm in their token: in the
+    /// results (see [`EventLog::accept`]) and, unless a retry of one counted before, in the
+    /// metrics.
     pub async fn record_events(&self, events: &[Event<'_>]) -> Vec<Result<(), Rejection>> {
-        let results = self.events.accept(events, SystemTime::now()).await;
+        let results = self.events.accept(events, SystemTime::now(), &self.tally).await;
         results
             .into_iter()
             .map(|result| {
-                let (claims, kind) = result.inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
-                let arm = self.arm_metrics(&claims.placement, claims.experiment.as_deref(), &claims.arm);
-                let count = match kind {
-                    EventKind::Impression => {
-                        arm.impression();
-                        Count::Impression
+                let accepted = result.inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
+                if accepted.fresh {
+                    let claims = &accepted.claims;
+                    let arm = self.arm_metrics(&claims.placement, claims.experiment.as_deref(), &claims.arm);
+                    match accepted.kind {
+                        EventKind::Impression => arm.impression(),
+                        EventKind::Click => arm.click(),
                     }
-                    EventKind::Click => {
-                        arm.click();
-                        Count::Click
-                    }
-                };
-                if let (Some(experiment), false) = (&claims.experiment, claims.uncounted) {
-                    self.tally.record(experiment, &claims.arm, &claims.user, count);
                 }
                 Ok(())
             })
@@ -405,9 +438,8 @@ impl Gateway {
         let served = |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback| {
             // An exposure of the assigned arm, even when the default answered for it: results
             // compare arms as assigned (intent to treat).
-            if let (true, Some(experiment)) = (assignment.counted(), assignment.experiment) {
-                self.tally
-                    .record(&experiment.id, assignment.arm_name(), user, Count::Exposure);
+            if let (true, Some(experiment), Some(arm)) = (assignment.counted(), assignment.experiment, assignment.arm) {
+                self.expose(experiment, arm, user);
             }
             Recommendation {
                 experiment: assignment.experiment.map(|e| e.id.clone()),
@@ -471,6 +503,17 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// Resolves the exposure counter of every arm of `catalog`.
+fn counters(tally: &Tally, catalog: &Catalog) -> Counters {
+    catalog
+        .experiments()
+        .map(|experiment| {
+            let arms = experiment.arms.iter().map(|arm| tally.arm(&experiment.id, &arm.name)).collect();
+            (experiment.id.clone(), (Arc::clone(experiment), arms))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -67,10 +67,11 @@ pub struct Metrics {
     /// `experiments_info{digest}`: 1 for the experiment set in force, so every replica's set
     /// can be compared in one query.
     experiments_info: IntGaugeVec,
-    /// `results_pending_updates`: result counts waiting to be flushed to Redis.
+    /// `results_pending_updates`: exposures counted here and not yet confirmed by Redis.
     pub(crate) results_pending: IntGauge,
-    /// `results_dropped_updates_total`: result counts lost to a full buffer.
-    pub(crate) results_dropped: IntCounter,
+    /// `redis_commands_total{client,result}`: every Redis command by caller (`cache`,
+    /// `invalidation`, `counts`, `events`) and outcome (`ok`, `error`, `timeout`, `skipped`).
+    pub(crate) redis_commands: IntCounterVec,
     /// `cache_requests_total{tier,result}`, pre-resolved.
     pub(crate) cache: CacheCounters,
     /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure; only exported
@@ -85,11 +86,11 @@ pub(crate) struct CacheCounters {
     pub local_miss: IntCounter,
     pub redis_hit: IntCounter,
     pub redis_miss: IntCounter,
-    /// The command failed (connection refused, protocol error) or its reply did not decode.
+    /// The lookup failed (connection refused, protocol error) or its reply did not decode.
     pub redis_error: IntCounter,
-    /// The command did not answer within `cache.redis_timeout`.
+    /// The lookup did not answer within `cache.redis_timeout`.
     pub redis_timeout: IntCounter,
-    /// Redis was skipped because it failed recently (the breaker is open).
+    /// Redis was skipped because lookups failed recently (the breaker is open).
     pub redis_skipped: IntCounter,
 }
 
@@ -231,7 +232,7 @@ impl Metrics {
     /// Registers every family on a fresh registry.
     pub fn new() -> Self {
         let metrics = Self::families();
-        for rejection in crate::events::Rejection::ALL {
+        for rejection in crate::feedback::events::Rejection::ALL {
             metrics.events_rejected.with_label_values(&[rejection.as_str()]);
         }
         metrics
@@ -337,14 +338,15 @@ impl Metrics {
                 r,
                 IntGauge::new(
                     "results_pending_updates",
-                    "Result counts waiting to be flushed to Redis.",
+                    "Exposures counted here and not yet confirmed by Redis.",
                 )
                 .expect("valid metric"),
             ),
-            results_dropped: register(
+            redis_commands: counters(
                 r,
-                IntCounter::new("results_dropped_updates_total", "Result counts lost to a full buffer.")
-                    .expect("valid metric"),
+                "redis_commands_total",
+                "Redis commands by caller and outcome.",
+                &["client", "result"],
             ),
             cache: CacheCounters {
                 local_hit: cache_requests.with_label_values(&["local", "hit"]),

@@ -14,15 +14,16 @@ use tokio_io_timeout::TimeoutStream;
 
 use crate::api;
 use crate::auth::Keys;
-use crate::cache::{CacheError, TieredCache};
+use crate::cache::TieredCache;
 use crate::config::Settings;
-use crate::events::EventLog;
 use crate::experiment::{Catalog, Problems};
+use crate::feedback::counts::Tally;
+use crate::feedback::events::EventLog;
+use crate::feedback::token::Signer;
 use crate::gateway::{Gateway, Parts};
 use crate::metrics::Metrics;
+use crate::redis::{Health, Redis, RedisUrlError};
 use crate::store::{ModelRegistry, StoreError};
-use crate::tally::Tally;
-use crate::tracking::Signer;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +37,15 @@ pub enum StartError {
     /// `auth.keys` holds a malformed digest.
     #[error("invalid settings: {0}")]
     Auth(String),
-    /// `cache.redis_url` cannot be parsed.
-    #[error("invalid cache.redis_url: {0}")]
-    Redis(#[from] CacheError),
+    /// `cache.redis_url` or `results.redis_url` cannot be parsed.
+    #[error("invalid {setting}: {source}")]
+    Redis {
+        /// The setting holding the URL.
+        setting: &'static str,
+        /// Why it cannot be used.
+        #[source]
+        source: RedisUrlError,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -78,12 +85,14 @@ impl Server {
         let metrics = Metrics::new();
         let models = catalog.models();
         let locations = models.iter().map(|m| m.location.clone());
+        let (health, cache_redis, results_redis) = redis_connections(settings, &metrics)?;
         let cache = Arc::new(TieredCache::new(
             &settings.cache,
+            cache_redis.as_ref(),
             settings.models.max_concurrent_reads,
             locations,
             metrics.clone(),
-        )?);
+        ));
         let models = Arc::new(ModelRegistry::new(&settings.models.root, models, metrics.clone())?);
         if settings.tracking.secret.is_empty() {
             tracing::warn!(
@@ -92,11 +101,11 @@ impl Server {
             );
         }
         let signer = Signer::new(&settings.tracking.secret, settings.tracking.token_max_age);
-        let events = EventLog::new(signer, cache.redis().cloned());
+        let timeout = settings.cache.redis_timeout;
+        let events = EventLog::new(signer, results_redis.as_ref().map(|r| r.client("events", timeout)));
         let tally = Arc::new(Tally::new(
-            cache.redis().cloned(),
+            results_redis.as_ref().map(|r| r.client("counts", timeout)),
             metrics.results_pending.clone(),
-            metrics.results_dropped.clone(),
             settings.results.min_sample_size,
         ));
         let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
@@ -118,6 +127,7 @@ impl Server {
                 metrics,
                 events,
                 tally,
+                redis: health,
             },
         ));
         let addr = settings.server.listen;
@@ -178,6 +188,34 @@ impl Server {
         }
         result
     }
+}
+
+/// The Redis of the cache and that of the counts and event claims (`results.redis_url`, by
+/// default the cache's, then one connection serves both), and their shared health.
+#[allow(clippy::type_complexity)]
+fn redis_connections(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(Option<Arc<Health>>, Option<Arc<Redis>>, Option<Arc<Redis>>), StartError> {
+    let cache_url = settings.cache.redis_url.trim();
+    let results_url = match settings.results.redis_url.trim() {
+        "" => cache_url,
+        url => url,
+    };
+    if cache_url.is_empty() && results_url.is_empty() {
+        return Ok((None, None, None));
+    }
+    let health = Health::new(metrics);
+    let timeout = settings.cache.redis_timeout;
+    let open = |url: &str, setting| {
+        Redis::open(url, timeout, &health, metrics).map_err(|source| StartError::Redis { setting, source })
+    };
+    let cache = (!cache_url.is_empty()).then(|| open(cache_url, "cache.redis_url")).transpose()?;
+    let results = match &cache {
+        Some(cache) if results_url == cache_url => Some(Arc::clone(cache)),
+        _ => Some(open(results_url, "results.redis_url")?),
+    };
+    Ok((Some(health), cache, results))
 }
 
 /// Closes connections that stay silent for `server.idle_timeout`: a read or a write waiting

@@ -25,7 +25,7 @@ use gateway::{Reply, TestGateway};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use recgw::experiment::{BUCKETS, Catalog, Problem, is_valid_user_id};
-use recgw::tracking::{Claims, Signer, TokenError};
+use recgw::feedback::token::{Claims, Signer, TokenError};
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 
@@ -815,9 +815,10 @@ fn claims() -> impl Strategy<Value = Claims> {
         any::<u64>(),
         any::<u64>(),
         any::<bool>(),
+        prop::collection::vec(any::<u32>(), 0..100),
     )
         .prop_map(
-            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted)| Claims {
+            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted, items)| Claims {
                 placement,
                 experiment,
                 arm,
@@ -826,6 +827,7 @@ fn claims() -> impl Strategy<Value = Claims> {
                 issued_at,
                 nonce,
                 uncounted,
+                items,
             },
         )
 }
@@ -877,10 +879,10 @@ proptest! {
         prop_assert!(!token.contains(['+', '/', '=']), "URL-safe: {}", token);
         prop_assert_eq!(token.matches('.').count(), 1);
         // Before issue (a client clock ahead) is fine: only age expires a token.
-        prop_assert_eq!(signer.verify(&token, UNIX_EPOCH), Ok(claims.clone()));
+        prop_assert_eq!(signer.verify(&token, UNIX_EPOCH).map(|(c, _)| c), Ok(claims.clone()));
         if let Some(now) = claims.issued_at.checked_add(max_age).filter(|s| *s < (1 << 40)) {
             let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
-            prop_assert_eq!(signer.verify(&token, at(now)), Ok(claims.clone()));
+            prop_assert_eq!(signer.verify(&token, at(now)).map(|(c, _)| c), Ok(claims.clone()));
             prop_assert_eq!(signer.verify(&token, at(now + 1)), Err(TokenError::Expired));
         }
         if other != secret {

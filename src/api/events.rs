@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::{ApiError, ErrorBody};
-use crate::events::Event;
+use crate::feedback::events::{Event, Rejection};
 use crate::gateway::Gateway;
 
 /// Events accepted in one batch at most.
@@ -39,7 +39,9 @@ struct EventBody {
     tracking_token: String,
     /// The item shown or clicked.
     item_id: String,
-    /// Optional client id; a retried event with the same id is not counted twice.
+    /// Optional client id, at most 64 characters of `[A-Za-z0-9._:@-]`: an event sent again
+    /// with the same id (a retry after a lost answer) is accepted again without a second count.
+    /// Each item of a page takes one impression and one click whatever the id.
     event_id: Option<String>,
 }
 
@@ -58,8 +60,10 @@ struct Rejected {
     index: u32,
     /// The client's event id, if it sent one.
     event_id: Option<String>,
-    /// `bad_signature`, `expired_token`, `malformed_token`, `unknown_type`, `missing_item_id`
-    /// or `duplicate_event_id`.
+    /// `bad_signature`, `expired_token`, `malformed_token`, `unknown_type`, `missing_item_id`,
+    /// `invalid_item_id`, `invalid_event_id`, `item_not_served` (not on the token's page),
+    /// `duplicate_event_id` (this type of event was already counted for this item of this
+    /// page) or `counts_unavailable` (Redis did not answer: send the event again later).
     reason: String,
 }
 
@@ -82,6 +86,10 @@ enum EventsResponse {
     /// More than 1000 events in one batch.
     #[oai(status = 413)]
     TooLarge(Json<ErrorBody>),
+    /// Redis, which counts the events, did not answer and none was accepted: nothing was
+    /// counted that a retry would count again (with `event_id`s a retry is always safe).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 #[OpenApi(tag = "ApiTags::Recommendations")]
@@ -127,6 +135,16 @@ impl EventsApi {
                 })
             })
             .collect();
+        let unavailable = results.iter().filter(|r| **r == Err(Rejection::Unavailable)).count();
+        if unavailable > 0 && rejections.len() == results.len() {
+            return Ok(EventsResponse::Unavailable(Json(ErrorBody {
+                error: "counts_unavailable".into(),
+                message: format!(
+                    "the results store did not answer for {unavailable} of {} events; none was counted, send the batch again later",
+                    results.len()
+                ),
+            })));
+        }
         Ok(EventsResponse::Accepted(Json(EventsOutcome {
             accepted: (results.len() - rejections.len()) as u32,
             rejected: rejections.len() as u32,

@@ -94,7 +94,7 @@ impl HealthApi {
                     error: m.error,
                 })
                 .collect(),
-            redis: match gateway.cache().redis_up() {
+            redis: match gateway.redis_up() {
                 None => "off",
                 Some(true) => "up",
                 Some(false) => "down",

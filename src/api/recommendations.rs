@@ -187,7 +187,7 @@ async fn serve(
         exclude: &excluded,
     };
     let page = page(&served.list, &request);
-    let tracking_token = gateway.tracking_token(&served, &placement, &user_id);
+    let tracking_token = gateway.tracking_token(&served, &placement, &user_id, &page.items);
     let span = tracing::Span::current();
     span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
     span.record("arm", served.arm.as_str());

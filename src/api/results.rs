@@ -12,7 +12,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use crate::gateway::Gateway;
-use crate::results::{self, ArmResults, ExperimentResults};
+use crate::feedback::results::{self, ArmResults, ExperimentResults};
 
 /// The results endpoint.
 #[derive(Default)]

@@ -5,9 +5,12 @@
 //! A new model version changes the key, so nothing stale is served after a swap; an
 //! invalidation bumps the model's generation (in Redis, published to every replica), which
 //! changes the key too. Concurrent misses for one key are coalesced into one read.
+//!
+//! A global list (a model without a user column, such as `popular`) is held once per loaded
+//! version by the model itself, so neither tier keeps copies of it per user: it is served from
+//! memory (`source = local`) and counts as no cache lookup.
 
 mod codec;
-mod redis;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -20,9 +23,9 @@ use futures::StreamExt;
 use moka::Expiry;
 use moka::future::Cache as Moka;
 
-pub(crate) use self::redis::RedisTier;
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
+use crate::redis::{Failure, Redis, RedisClient};
 use crate::store::{LoadedModel, RankedList, StoreError};
 
 /// The channel invalidations are published on; payload `"{generation} {model}"`.
@@ -98,8 +101,11 @@ pub struct TieredCache {
     local: Moka<String, Cached>,
     /// Whether `local` is used for hits (`cache.local_capacity > 0`).
     local_enabled: bool,
-    /// The Redis tier, when configured.
-    redis: Option<Arc<RedisTier>>,
+    /// The Redis tier's lookups and write-backs, when configured.
+    redis: Option<Arc<RedisClient>>,
+    /// Generation bumps, polls and publishes: their own client, so a failed invalidation does
+    /// not make lookups skip Redis, nor the reverse.
+    invalidation: Option<RedisClient>,
     /// Invalidation generation per model location.
     generations: Generations,
     /// `cache.ttl`.
@@ -112,32 +118,27 @@ pub struct TieredCache {
     store_reads: tokio::sync::Semaphore,
 }
 
-/// Why a Redis tier could not be set up.
-pub type CacheError = ::redis::RedisError;
-
 impl TieredCache {
-    /// Builds the tiers for `models` (locations), letting at most `max_concurrent_reads` store
-    /// reads run at once; Redis is not contacted yet.
-    pub fn new(
+    /// Builds the tiers for `models` (locations) over `redis` (none: local tier only), letting
+    /// at most `max_concurrent_reads` store reads run at once; Redis is not contacted yet.
+    pub(crate) fn new(
         config: &CacheSettings,
+        redis: Option<&Arc<Redis>>,
         max_concurrent_reads: usize,
         models: impl IntoIterator<Item = String>,
         metrics: Metrics,
-    ) -> Result<Self, CacheError> {
+    ) -> Self {
         let local_enabled = config.local_capacity > 0;
         let local = Moka::builder()
             .max_capacity(config.local_capacity)
             .expire_after(PerEntryTtl)
             .support_invalidation_closures()
             .build();
-        let redis = match config.redis_url.trim() {
-            "" => None,
-            url => Some(RedisTier::new(url, config.redis_timeout, metrics.clone())?),
-        };
-        Ok(TieredCache {
+        TieredCache {
             local,
             local_enabled,
-            redis,
+            redis: redis.map(|r| Arc::new(r.client("cache", config.redis_timeout))),
+            invalidation: redis.map(|r| r.client("invalidation", config.redis_timeout)),
             generations: {
                 let generations = Generations::default();
                 generations.track(models);
@@ -147,7 +148,7 @@ impl TieredCache {
             metrics,
             jitter: RandomState::new(),
             store_reads: tokio::sync::Semaphore::new(max_concurrent_reads.max(1)),
-        })
+        }
     }
 
     /// `recgw:{model}:{version}:{generation}:{user}`. No `{…}` hash tags: in a cluster the keys
@@ -171,6 +172,9 @@ impl TieredCache {
         user: &str,
         ttl: Option<Duration>,
     ) -> Result<(Option<RankedList>, Tier), Arc<StoreError>> {
+        if let Some(list) = model.global_list() {
+            return Ok((Some(list), Tier::Local));
+        }
         let key = self.key(location, model.version(), user);
         if self.local_enabled {
             if let Some(hit) = self.local.get(&key).await {
@@ -203,7 +207,7 @@ impl TieredCache {
         let local_ttl = if self.local_enabled { ttl } else { Duration::ZERO };
         if let Some(redis) = &self.redis {
             match redis.query::<Option<Vec<u8>>>(::redis::cmd("GET").arg(&key)).await {
-                Some(Some(bytes)) => match codec::decode(&bytes) {
+                Ok(Some(bytes)) => match codec::decode(&bytes) {
                     Some(list) => {
                         self.metrics.cache.redis_hit.inc();
                         return Ok(Cached {
@@ -214,8 +218,10 @@ impl TieredCache {
                     }
                     None => self.metrics.cache.redis_error.inc(),
                 },
-                Some(None) => self.metrics.cache.redis_miss.inc(),
-                None => {}
+                Ok(None) => self.metrics.cache.redis_miss.inc(),
+                Err(Failure::Skipped) => self.metrics.cache.redis_skipped.inc(),
+                Err(Failure::Timeout) => self.metrics.cache.redis_timeout.inc(),
+                Err(Failure::Error) => self.metrics.cache.redis_error.inc(),
             }
         }
         let list = {
@@ -225,14 +231,14 @@ impl TieredCache {
             model.lookup(user).await?
         };
         if let Some(redis) = &self.redis {
-            let bytes = codec::encode(list.as_deref());
+            let set = ::redis::cmd("SET")
+                .arg(&key)
+                .arg(codec::encode(list.as_deref()))
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .to_owned();
             let redis = Arc::clone(redis);
-            let millis = ttl.as_millis().max(1) as u64;
-            tokio::spawn(async move {
-                redis
-                    .query::<()>(::redis::cmd("SET").arg(&key).arg(bytes).arg("PX").arg(millis))
-                    .await;
-            });
+            tokio::spawn(async move { redis.query::<()>(&set).await });
         }
         Ok(Cached {
             list,
@@ -246,8 +252,8 @@ impl TieredCache {
     /// (false without Redis, or when Redis did not answer: then only this replica forgets).
     pub async fn invalidate(&self, model: &str) -> (u64, bool) {
         let local = self.generations.get(model);
-        if let Some(redis) = &self.redis
-            && let Some(mut generation) = redis
+        if let Some(redis) = &self.invalidation
+            && let Ok(mut generation) = redis
                 .query::<u64>(::redis::cmd("INCR").arg(generation_key(model)))
                 .await
         {
@@ -255,7 +261,7 @@ impl TieredCache {
             // invalidation happened while it was down): the generation must still move on.
             if generation <= local {
                 generation = local + 1;
-                redis
+                let _ = redis
                     .query::<()>(::redis::cmd("SET").arg(generation_key(model)).arg(generation))
                     .await;
             }
@@ -264,7 +270,7 @@ impl TieredCache {
             let published = redis
                 .query::<i64>(::redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
                 .await
-                .is_some();
+                .is_ok();
             return (generation, published);
         }
         self.apply(model, local + 1, Forget::Always);
@@ -291,20 +297,11 @@ impl TieredCache {
         self.poll_generations().await;
     }
 
-    /// The Redis tier, shared with the results counters.
-    pub(crate) fn redis(&self) -> Option<&Arc<RedisTier>> {
-        self.redis.as_ref()
-    }
-
-    /// Redis tier state for `/ready`: `None` when no Redis is configured.
-    pub fn redis_up(&self) -> Option<bool> {
-        self.redis.as_ref().map(|r| r.is_up())
-    }
 
     /// Starts the replica side of invalidation: a subscriber applying published generations,
     /// and a poll every `interval` that catches up on messages missed while disconnected.
     pub fn spawn_sync(self: &Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(redis) = &self.redis else {
+        let Some(redis) = &self.invalidation else {
             return Vec::new();
         };
         let poller = {
@@ -317,17 +314,17 @@ impl TieredCache {
                 }
             })
         };
-        let subscriber = tokio::spawn(subscribe(Arc::clone(self), redis.nodes().to_vec()));
+        let subscriber = tokio::spawn(subscribe(Arc::clone(self), redis.redis().nodes().to_vec()));
         vec![poller, subscriber]
     }
 
     async fn poll_generations(&self) {
-        let Some(redis) = &self.redis else {
+        let Some(redis) = &self.invalidation else {
             return;
         };
         // One GET per model rather than MGET: in a cluster the keys live on different slots.
         for model in &self.generations.models() {
-            if let Some(Some(generation)) = redis
+            if let Ok(Some(generation)) = redis
                 .query::<Option<u64>>(::redis::cmd("GET").arg(generation_key(model)))
                 .await
             {

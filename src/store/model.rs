@@ -281,6 +281,11 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The one list of a global model (no user column), which every user gets.
+    pub fn global_list(&self) -> Option<RankedList> {
+        self.global.clone()
+    }
+
     /// The ranked list of `user`, `None` when the model does not hold the user.
     pub async fn lookup(&self, user: &str) -> Result<Option<RankedList>, StoreError> {
         if let Some(global) = &self.global {

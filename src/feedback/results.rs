@@ -1,4 +1,4 @@
-//! `GET /experiments/{id}/results`: per-arm counts from [`crate::tally`] turned into what an
+//! `GET /experiments/{id}/results`: per-arm counts from [`crate::feedback::counts`] turned into what an
 //! analyst reads — CTR with its interval, lift and p-value against the control (the first arm),
 //! and the experiment's sample-ratio-mismatch test. Every statistic that is undefined for the
 //! data at hand is an `Err` with the reason, which the API renders as `null` plus the reason.
@@ -6,8 +6,8 @@
 use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Status};
-use crate::stats::{self, Interval, Lift};
-use crate::tally::{ArmCounts, Tally};
+use crate::feedback::stats::{self, Interval, Lift};
+use crate::feedback::counts::{ArmCounts, Tally};
 
 /// A sample-ratio mismatch is flagged below this p-value (DESIGN.md §5).
 pub const SRM_THRESHOLD: f64 = 0.001;

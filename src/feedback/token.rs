@@ -3,6 +3,10 @@
 //! may have changed since. The token is the HMAC-SHA256-signed claim, so a client cannot
 //! credit an arm it was not served.
 //!
+//! The token also binds the page it came with: a 32-bit tag of each item served, so an event
+//! can credit only an item the response showed, and its position in the page is what
+//! deduplication keys on (see [`crate::feedback::events`]).
+//!
 //! Format: `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// What a token asserts: who was served what, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +47,51 @@ pub struct Claims {
     /// winner): its events are accepted and in the metrics, but not in the results.
     #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
     pub uncounted: bool,
+    /// [`item_tag`] of each item of the page, in page order: what events may credit. Tokens
+    /// signed before pages were bound have none, so their events credit nothing.
+    #[serde(rename = "i", default, with = "tags")]
+    pub items: Vec<u32>,
 }
+
+/// 32 bits of SHA-256 of an item id: 4 bytes a served item in the token. Two items of one page
+/// sharing a tag (about one page in 10^8 of 10 items) share one position, so the second cannot
+/// be credited; a forger who finds an id colliding with a served item can only stand in for
+/// that item, whose position counts once anyway.
+pub fn item_tag(item: &str) -> u32 {
+    let digest = Sha256::digest(item.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// The tags as one base64url string of big-endian u32s: a third of the JSON numbers' size.
+mod tags {
+    use std::borrow::Cow;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tags: &[u32], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = tags.iter().flat_map(|t| t.to_be_bytes()).collect();
+        serializer.serialize_str(&URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+        let text = Cow::<str>::deserialize(deserializer)?;
+        let bytes = URL_SAFE_NO_PAD.decode(text.as_bytes()).map_err(D::Error::custom)?;
+        if bytes.len() % 4 != 0 {
+            return Err(D::Error::custom("item tags are 4 bytes each"));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+/// What identifies one token among all others: the first 12 bytes of its signature (distinct
+/// claims give independent tags, so a collision needs 2^48 tokens alive at once).
+pub type TokenId = [u8; 12];
 
 /// Why a token was refused; the name is the reason `POST /events` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -128,9 +176,9 @@ impl Signer {
         token
     }
 
-    /// The claims of a token this secret signed and that is not older than the maximum age.
-    /// The signature is compared in constant time.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+    /// The claims and id of a token this secret signed and that is not older than the maximum
+    /// age. The signature is compared in constant time.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<(Claims, TokenId), TokenError> {
         let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
@@ -141,7 +189,16 @@ impl Signer {
         if unix_seconds(now).saturating_sub(claims.issued_at) > self.max_age.as_secs() {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        let id = tag
+            .get(..12)
+            .and_then(|id| TokenId::try_from(id).ok())
+            .ok_or(TokenError::BadSignature)?;
+        Ok((claims, id))
+    }
+
+    /// How long tokens are accepted.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
     }
 }
 
@@ -159,6 +216,7 @@ mod tests {
             issued_at,
             nonce: 7,
             uncounted: false,
+            items: vec![item_tag("5"), item_tag("68")],
         }
     }
 
@@ -173,7 +231,7 @@ mod tests {
         let signer = Signer::new("s3cret", DAY);
         let token = signer.sign(&claims(1_000));
         assert!(!token.contains(['+', '/', '=']), "URL-safe: {token}");
-        assert_eq!(signer.verify(&token, at(1_000)), Ok(claims(1_000)));
+        assert_eq!(signer.verify(&token, at(1_000)).map(|(c, _)| c), Ok(claims(1_000)));
 
         let (payload, tag) = token.split_once('.').expect("two parts");
         let mut forged = claims(1_000);
@@ -215,7 +273,7 @@ mod tests {
     fn rejects_expired_and_malformed_tokens() {
         let signer = Signer::new("s3cret", DAY);
         let token = signer.sign(&claims(1_000));
-        assert_eq!(signer.verify(&token, at(1_000 + 86_400)), Ok(claims(1_000)));
+        assert_eq!(signer.verify(&token, at(1_000 + 86_400)).map(|(c, _)| c), Ok(claims(1_000)));
         assert_eq!(signer.verify(&token, at(1_000 + 86_401)), Err(TokenError::Expired));
         for bad in ["", "abc", "a.b.c", "!!!.???", &token.replace('.', "")] {
             assert_eq!(signer.verify(bad, at(1_000)), Err(TokenError::Malformed), "{bad:?}");

@@ -1,0 +1,451 @@
+//! Durable per-arm counts for the analysts' results, shared by every replica through Redis:
+//! exposures, distinct users, impressions, clicks and distinct clicking users.
+//!
+//! **Exposures** are counted on the request path without a lock, an allocation or a Redis
+//! round trip: each arm has an [`ArmCounter`] resolved when the catalog loads, holding an atomic
+//! count and a lock-free HyperLogLog of its users (precision 14, Redis's). A background task
+//! flushes them every second as one Lua script per experiment that is applied at most once:
+//! each batch carries this replica's sequence number, and the script adds its counts only if
+//! the replica's last applied number (kept beside the counts) is lower. A batch whose reply
+//! was lost (a timeout after Redis ran it) is sent again unchanged and skipped the second
+//! time, so a slow Redis cannot inflate the counts. Users travel as the sketch's registers in
+//! Redis's own dense format, merged with `PFMERGE`: a merge taken twice changes nothing.
+//!
+//! Memory does not grow with an outage: a counter and a 16 KiB sketch per arm hold any number
+//! of exposures and users until Redis is back, and a graceful shutdown drains them (past the
+//! breaker, which may still be waiting out a backoff when Redis has just returned).
+//!
+//! **Impressions and clicks** are counted by [`crate::feedback::events`] in the same script
+//! that claims the event, so an event is answered accepted only once Redis has counted it.
+//!
+//! Without Redis configured the same counters are the results of this process, and say so.
+//!
+//! Keys, all under the `{experiment}` hash tag so one experiment's keys share a cluster slot:
+//! `recgw:results:{e}:{arm}` (a hash of counters), `…:users` / `…:clickers` (HyperLogLogs),
+//! `recgw:results:{e}:applied:{replica}` (the last sequence applied from one replica process,
+//! expiring 7 days after its last flush).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hyperloglockless::AtomicHyperLogLog;
+use prometheus::IntGauge;
+
+use crate::redis::RedisClient;
+
+/// A flush starts this often.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A flush script may take this long: it carries a sketch of 12 KiB per arm.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long Redis remembers a replica's last applied batch: longer than any outage a batch
+/// waits through, short enough that replicas long gone leave no keys behind.
+const APPLIED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// HyperLogLog precision: 2^14 registers, Redis's, so a sketch merges into its HyperLogLogs.
+const PRECISION: u8 = 14;
+
+/// The sketch's hash key. Fixed, so every replica puts a user in the same register and the
+/// merged sketch counts a user seen by two replicas once.
+const SKETCH_SEED: u128 = 0x7265_6367_772d_7573_6572_732d_686c_6c31;
+
+/// Redis's dense HyperLogLog: a 16-byte header, then 16384 registers of 6 bits.
+const DENSE_HEADER: usize = 16;
+const DENSE_BYTES: usize = DENSE_HEADER + (1 << PRECISION) * 6 / 8;
+/// The largest rank Redis's estimator reads at precision 14 (64 - 14 + 1).
+const MAX_RANK: u8 = 51;
+
+/// Applies one replica's batch to an experiment's counts at most once. KEYS[1] is the replica's
+/// applied-sequence key, KEYS[2] a scratch key for a sketch, then per arm its counters hash and
+/// users HyperLogLog; ARGV: the batch's sequence, the applied key's TTL, then per arm its
+/// exposures and sketch (empty when unchanged).
+const FLUSH_SCRIPT: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= last then return 0 end
+for i = 3, #KEYS, 2 do
+  local n = tonumber(ARGV[i])
+  if n > 0 then redis.call('HINCRBY', KEYS[i], 'exposures', n) end
+  local sketch = ARGV[i + 1]
+  if #sketch > 0 then
+    redis.call('SET', KEYS[2], sketch)
+    redis.call('PFMERGE', KEYS[i + 1], KEYS[2])
+    redis.call('DEL', KEYS[2])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+";
+
+/// What an event counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// An accepted impression event.
+    Impression,
+    /// An accepted click event.
+    Click,
+}
+
+/// Totals of one arm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArmCounts {
+    /// Responses served.
+    pub exposures: u64,
+    /// Distinct users served (HyperLogLog, ±0.81%).
+    pub users: u64,
+    /// Impressions.
+    pub impressions: u64,
+    /// Clicks.
+    pub clicks: u64,
+    /// Distinct users who clicked (HyperLogLog, ±0.81%).
+    pub clickers: u64,
+}
+
+/// `recgw:results:{experiment}:{arm}`, the counters hash of an arm; its HyperLogLogs add
+/// `:users` and `:clickers`.
+pub(crate) fn arm_key(experiment: &str, arm: &str) -> String {
+    format!("recgw:results:{{{experiment}}}:{arm}")
+}
+
+fn sketch() -> AtomicHyperLogLog {
+    AtomicHyperLogLog::seeded(PRECISION, SKETCH_SEED)
+}
+
+/// One arm's counts in this process, resolved once per catalog so the request path only
+/// touches atomics.
+#[derive(Debug)]
+pub(crate) struct ArmCounter {
+    /// Exposures recorded since start.
+    exposures: AtomicU64,
+    /// Of them, those already put into a flush batch (written by the flusher only).
+    sealed: AtomicU64,
+    /// Users exposed since start; merged into Redis whole, which is idempotent.
+    users: AtomicHyperLogLog,
+    /// Impressions and clicks, clicking users: kept here only without Redis (with Redis the
+    /// event script counts them there).
+    impressions: AtomicU64,
+    clicks: AtomicU64,
+    clickers: AtomicHyperLogLog,
+}
+
+impl ArmCounter {
+    fn new() -> Self {
+        ArmCounter {
+            exposures: AtomicU64::new(0),
+            sealed: AtomicU64::new(0),
+            users: sketch(),
+            impressions: AtomicU64::new(0),
+            clicks: AtomicU64::new(0),
+            clickers: sketch(),
+        }
+    }
+
+    fn totals(&self) -> ArmCounts {
+        ArmCounts {
+            exposures: self.exposures.load(Ordering::Relaxed),
+            users: self.users.count() as u64,
+            impressions: self.impressions.load(Ordering::Relaxed),
+            clicks: self.clicks.load(Ordering::Relaxed),
+            clickers: self.clickers.count() as u64,
+        }
+    }
+}
+
+/// Redis's dense HyperLogLog string of `sketch`: `HYLL`, encoding 0 (dense), the cached
+/// cardinality marked stale (so Redis recomputes it), then each register's 6 bits packed
+/// least significant first, as `hyperloglog.c` lays them out.
+fn redis_dense(sketch: &AtomicHyperLogLog) -> Vec<u8> {
+    let mut out = vec![0u8; DENSE_BYTES];
+    out[..4].copy_from_slice(b"HYLL");
+    out[DENSE_HEADER - 1] = 0x80;
+    let registers = &mut out[DENSE_HEADER..];
+    for (i, rank) in sketch.iter().enumerate() {
+        if rank == 0 {
+            continue;
+        }
+        let bit = i * 6;
+        let wide = u16::from(rank.min(MAX_RANK)) << (bit % 8);
+        registers[bit / 8] |= wide as u8;
+        if let Some(next) = registers.get_mut(bit / 8 + 1) {
+            *next |= (wide >> 8) as u8;
+        }
+    }
+    out
+}
+
+/// One replica's batch of one experiment, sent until Redis confirms it.
+#[derive(Debug)]
+struct Batch {
+    /// This replica's sequence number; Redis skips a batch at or below the last applied.
+    seq: u64,
+    /// Arms with exposures in the batch, and how many.
+    arms: Vec<(String, Arc<ArmCounter>, u64)>,
+}
+
+/// The counters and where they go.
+#[derive(Debug)]
+pub struct Tally {
+    /// Where counts are kept; `None` keeps them in this process only.
+    redis: Option<RedisClient>,
+    /// Names this process's applied-sequence keys: random per start, so a restarted replica
+    /// starts a sequence of its own.
+    replica: String,
+    /// `experiment → arm → counter`, for every arm this process counted or resolved; read-locked
+    /// only when a catalog loads, an event names an arm, or a flush starts.
+    arms: RwLock<HashMap<String, HashMap<String, Arc<ArmCounter>>>>,
+    /// Batches out of the counters and not yet confirmed, by experiment: kept here rather than in
+    /// the flushing task, so a flush cut short (shutdown aborts the flusher) loses nothing.
+    in_flight: Mutex<HashMap<String, Batch>>,
+    /// The next batch's sequence number.
+    next_seq: AtomicU64,
+    /// Held while a flush runs, so batches go out in sequence order.
+    flushing: tokio::sync::Mutex<()>,
+    /// The flush script.
+    script: ::redis::Script,
+    /// `results_pending_updates`: exposures not yet confirmed by Redis.
+    depth: IntGauge,
+    /// `results.min_sample_size`: impressions an arm needs before its comparison is read.
+    min_sample_size: u64,
+}
+
+impl Tally {
+    /// Counts into Redis when `redis` is given, else in this process.
+    pub(crate) fn new(redis: Option<RedisClient>, depth: IntGauge, min_sample_size: u64) -> Self {
+        // Without OS randomness the process id still tells this process from its neighbours.
+        let replica = getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()));
+        Tally {
+            redis,
+            replica: format!("{replica:016x}"),
+            arms: RwLock::default(),
+            in_flight: Mutex::default(),
+            next_seq: AtomicU64::new(1),
+            flushing: tokio::sync::Mutex::new(()),
+            script: ::redis::Script::new(FLUSH_SCRIPT),
+            depth,
+            min_sample_size,
+        }
+    }
+
+    /// Impressions an arm needs before its comparison is worth reading.
+    pub fn min_sample_size(&self) -> u64 {
+        self.min_sample_size
+    }
+
+    /// Whether the counts are shared through Redis (else they are this process's only).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The counter of an arm, created on first use.
+    pub(crate) fn arm(&self, experiment: &str, arm: &str) -> Arc<ArmCounter> {
+        if let Some(counter) = self
+            .arms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(experiment)
+            .and_then(|arms| arms.get(arm))
+        {
+            return Arc::clone(counter);
+        }
+        let mut arms = self.arms.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            arms.entry(experiment.to_string())
+                .or_default()
+                .entry(arm.to_string())
+                .or_insert_with(|| Arc::new(ArmCounter::new())),
+        )
+    }
+
+    /// Records an exposure of `user` on an arm: two atomic updates, never a wait.
+    pub(crate) fn expose(&self, counter: &ArmCounter, user: &str) {
+        counter.exposures.fetch_add(1, Ordering::Relaxed);
+        counter.users.insert(user);
+        if self.redis.is_some() {
+            self.depth.inc();
+        }
+    }
+
+    /// Counts an accepted event in this process (no Redis configured).
+    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count) {
+        match count {
+            Count::Impression => counter.impressions.fetch_add(1, Ordering::Relaxed),
+            Count::Click => {
+                counter.clickers.insert(user);
+                counter.clicks.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    /// Seals what each experiment counted since its last batch, unless a batch of it still
+    /// waits for Redis (batches go out one at a time per experiment, in sequence order).
+    fn seal(&self) {
+        let arms = self.arms.read().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (experiment, counters) in arms.iter() {
+            if in_flight.contains_key(experiment) {
+                continue;
+            }
+            let batch: Vec<(String, Arc<ArmCounter>, u64)> = counters
+                .iter()
+                .filter_map(|(arm, counter)| {
+                    let recorded = counter.exposures.load(Ordering::Relaxed);
+                    let sealed = counter.sealed.swap(recorded, Ordering::Relaxed);
+                    (recorded > sealed).then(|| (arm.clone(), Arc::clone(counter), recorded - sealed))
+                })
+                .collect();
+            if !batch.is_empty() {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                in_flight.insert(experiment.clone(), Batch { seq, arms: batch });
+            }
+        }
+    }
+
+    /// Sends every batch waiting for Redis (sealing new ones first); a batch Redis does not
+    /// confirm stays for the next flush, unchanged. Returns whether nothing is left waiting.
+    /// With `drain_until` (the shutdown drain), Redis is tried even in the breaker's backoff
+    /// window, and no script waits past that instant.
+    pub async fn flush(&self, drain_until: Option<tokio::time::Instant>) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let _flushing = self.flushing.lock().await;
+        self.seal();
+        let waiting: Vec<(String, u64, Vec<(String, Arc<ArmCounter>, u64)>)> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(experiment, batch)| (experiment.clone(), batch.seq, batch.arms.clone()))
+            .collect();
+        let mut done = true;
+        for (experiment, seq, arms) in waiting {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(format!("recgw:results:{{{experiment}}}:applied:{}", self.replica))
+                .key(format!("recgw:results:{{{experiment}}}:scratch:{}", self.replica))
+                .arg(seq)
+                .arg(APPLIED_TTL.as_secs());
+            for (arm, counter, exposures) in &arms {
+                let key = arm_key(&experiment, arm);
+                invocation
+                    .key(&key)
+                    .key(format!("{key}:users"))
+                    .arg(*exposures)
+                    .arg(redis_dense(&counter.users));
+            }
+            let answer = match drain_until {
+                Some(until) => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    redis.query_now::<u8>(&invocation, left.min(FLUSH_DEADLINE)).await
+                }
+                None => redis.query_within::<u8>(&invocation, FLUSH_DEADLINE).await,
+            };
+            if answer.is_ok() {
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&experiment);
+                self.depth.sub(arms.iter().map(|(_, _, n)| *n as i64).sum());
+            } else {
+                done = false;
+            }
+        }
+        done
+    }
+
+    /// Flushes until nothing waits or `deadline` passes (a graceful shutdown); each try goes
+    /// past the breaker, and a failed one is retried.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.flush(Some(deadline)).await && self.depth.get() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Flushes every second.
+    pub fn spawn_flushing(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.redis.as_ref()?;
+        let tally = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(FLUSH_EVERY);
+            loop {
+                ticker.tick().await;
+                let Some(strong) = tally.upgrade() else {
+                    return;
+                };
+                strong.flush(None).await;
+            }
+        }))
+    }
+
+    /// The totals of `arms` of `experiment`, from Redis (every replica's flushed counts) or
+    /// from this process; `None` when Redis does not answer.
+    pub async fn read(&self, experiment: &str, arms: &[&str]) -> Option<Vec<ArmCounts>> {
+        let Some(redis) = &self.redis else {
+            return Some(arms.iter().map(|arm| self.arm(experiment, arm).totals()).collect());
+        };
+        let mut pipe = ::redis::pipe();
+        for arm in arms {
+            let key = arm_key(experiment, arm);
+            pipe.cmd("HMGET")
+                .arg(&key)
+                .arg("exposures")
+                .arg("impressions")
+                .arg("clicks");
+            pipe.cmd("PFCOUNT").arg(format!("{key}:users"));
+            pipe.cmd("PFCOUNT").arg(format!("{key}:clickers"));
+        }
+        let replies: Vec<::redis::Value> = redis.query_within(&pipe, FLUSH_DEADLINE).await.ok()?;
+        replies
+            .chunks(3)
+            .map(|reply| {
+                let [counters, users, clickers] = reply else {
+                    return None;
+                };
+                let [exposures, impressions, clicks]: [Option<u64>; 3] =
+                    ::redis::from_redis_value(counters.clone()).ok()?;
+                Some(ArmCounts {
+                    exposures: exposures.unwrap_or(0),
+                    impressions: impressions.unwrap_or(0),
+                    clicks: clicks.unwrap_or(0),
+                    users: ::redis::from_redis_value(users.clone()).ok()?,
+                    clickers: ::redis::from_redis_value(clickers.clone()).ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_registers_are_packed_as_redis_lays_them_out() {
+        let hll = sketch();
+        for user in 0..2000 {
+            hll.insert(&user.to_string());
+        }
+        let dense = redis_dense(&hll);
+        assert_eq!(dense.len(), 12304, "HLL_DENSE_SIZE at precision 14");
+        assert_eq!(&dense[..4], b"HYLL");
+        assert_eq!(dense[4], 0, "dense encoding");
+        // Read each register back the way hyperloglog.c's HLL_DENSE_GET_REGISTER does.
+        let registers = &dense[DENSE_HEADER..];
+        for (i, rank) in hll.iter().enumerate() {
+            let byte = i * 6 / 8;
+            let shift = (i * 6) % 8;
+            let b0 = u16::from(registers[byte]);
+            let b1 = u16::from(registers.get(byte + 1).copied().unwrap_or(0));
+            let read = ((b0 >> shift) | (b1 << (8 - shift))) & 63;
+            assert_eq!(read, u16::from(rank.min(MAX_RANK)), "register {i}");
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! `POST /events`: impressions and clicks coming back from client apps. Each event carries the
+//! tracking token of the response that showed the item, so it is credited to the arm that
+//! served it; forged, expired, repeated and unserved events are refused one by one with a
+//! reason, and never fail the rest of the batch.
+//!
+//! **What an event may credit.** A token binds the page it came with (a tag per item, see
+//! [`crate::feedback::token`]), so an event must name an item of that page, and each position
+//! of the page takes at most one impression and one click, whatever `event_id` says: one token
+//! cannot credit more than twice its page's length. Deduplication keys on (token, type,
+//! position), so a client cannot claim another client's events, however it names its own.
+//!
+//! **Exactly once.** With Redis, the claim and the count happen in one Lua script per
+//! experiment (its keys share the experiment's cluster slot), so an event is answered
+//! `accepted` only once Redis has counted it, and a counted event is never counted again. The
+//! claim remembers the event's `event_id`: a client that lost its answer and sends the event
+//! again with the same id is answered `accepted` again without a second count. Without an id,
+//! a repeat is a `duplicate_event_id`, so clients that retry should send ids. When Redis does
+//! not answer, the events it should have counted are refused as `counts_unavailable` (the
+//! whole batch is a 503 when nothing was accepted): retrying them later is safe.
+//!
+//! Without Redis the same claims live in this process ([`RecentClaims`]), counted in the same
+//! step.
+//!
+//! Keys: `recgw:seen:{experiment}:{token id}`, a hash of `i3`/`c3` (type and position) → the
+//! event id, expiring with the token. One event adds at most a field of 3–4 bytes and its id
+//! (at most 64), about 80 bytes with the hash's overhead; a token's hash, about 100 bytes more,
+//! holds at most 2 × its page's length fields. Events of the placement default (no experiment)
+//! are claimed under `{p:placement}` and counted only in the metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::feedback::counts::{Count, Tally, arm_key};
+use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag};
+use crate::redis::{Failure, RedisClient};
+
+/// Claims this process remembers at most without Redis (see [`RecentClaims`]).
+const DEDUPE_CAPACITY: usize = 1_000_000;
+
+/// Longest `event_id` and `item_id` accepted.
+const MAX_EVENT_ID: usize = 64;
+const MAX_ITEM_ID: usize = 256;
+
+/// One try of a batch's claims may take this long; with the retry, a batch waits for Redis at
+/// most [`CLAIM_BUDGET`], well inside `server.request_timeout`.
+const CLAIM_DEADLINE: Duration = Duration::from_secs(1);
+const CLAIM_BUDGET: Duration = Duration::from_millis(2500);
+
+/// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
+/// the tokens' claim hashes, then per arm its counters hash and clickers HyperLogLog. ARGV, 7
+/// per event: claim key index, field, value (the event id, or this request's attempt id),
+/// expiry (unix seconds), counters key index (0: not counted), `i`/`c`, user. Returns per
+/// event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a duplicate).
+const CLAIM_SCRIPT: &str = r"
+local out = {}
+for e = 0, #ARGV / 7 - 1 do
+  local a = e * 7
+  local seen = KEYS[tonumber(ARGV[a + 1])]
+  local prev = redis.call('HGET', seen, ARGV[a + 2])
+  if not prev then
+    redis.call('HSET', seen, ARGV[a + 2], ARGV[a + 3])
+    redis.call('EXPIREAT', seen, ARGV[a + 4])
+    local arm = tonumber(ARGV[a + 5])
+    if arm > 0 then
+      if ARGV[a + 6] == 'c' then
+        redis.call('HINCRBY', KEYS[arm], 'clicks', 1)
+        redis.call('PFADD', KEYS[arm + 1], ARGV[a + 7])
+      else
+        redis.call('HINCRBY', KEYS[arm], 'impressions', 1)
+      end
+    end
+    out[e + 1] = 1
+  elseif prev == ARGV[a + 3] then
+    out[e + 1] = 2
+  else
+    out[e + 1] = 0
+  end
+end
+return out
+";
+
+/// What happened to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The item was shown.
+    Impression,
+    /// The item was clicked.
+    Click,
+}
+
+impl EventKind {
+    fn code(self) -> char {
+        match self {
+            EventKind::Impression => 'i',
+            EventKind::Click => 'c',
+        }
+    }
+
+    fn count(self) -> Count {
+        match self {
+            EventKind::Impression => Count::Impression,
+            EventKind::Click => Count::Click,
+        }
+    }
+}
+
+/// One event as the client sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// `impression` or `click`.
+    pub kind: &'a str,
+    /// The `tracking_token` of the response that showed the item.
+    pub token: &'a str,
+    /// The item.
+    pub item_id: &'a str,
+    /// Client-chosen id: an event sent again with the same id is answered accepted without
+    /// being counted twice.
+    pub event_id: Option<&'a str>,
+}
+
+/// Why an event was refused; `as_str` is the reason reported to the client and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The token failed verification.
+    Token(TokenError),
+    /// `type` is neither `impression` nor `click`.
+    UnknownType,
+    /// `item_id` is empty.
+    MissingItem,
+    /// `item_id` is longer than 256 bytes or holds control characters.
+    InvalidItem,
+    /// `event_id` is longer than 64 characters or not from `[A-Za-z0-9._:@-]`.
+    InvalidEventId,
+    /// The item was not on the page the token came with.
+    ItemNotServed,
+    /// This type of event was already counted for this item of this page.
+    Duplicate,
+    /// Redis, which counts it, did not answer: send it again later.
+    Unavailable,
+}
+
+impl Rejection {
+    /// Every rejection, so each reason's counter exists from the start.
+    pub const ALL: [Rejection; 10] = [
+        Rejection::Token(TokenError::Malformed),
+        Rejection::Token(TokenError::BadSignature),
+        Rejection::Token(TokenError::Expired),
+        Rejection::UnknownType,
+        Rejection::MissingItem,
+        Rejection::InvalidItem,
+        Rejection::InvalidEventId,
+        Rejection::ItemNotServed,
+        Rejection::Duplicate,
+        Rejection::Unavailable,
+    ];
+
+    /// The reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Token(TokenError::Malformed) => "malformed_token",
+            Rejection::Token(TokenError::BadSignature) => "bad_signature",
+            Rejection::Token(TokenError::Expired) => "expired_token",
+            Rejection::UnknownType => "unknown_type",
+            Rejection::MissingItem => "missing_item_id",
+            Rejection::InvalidItem => "invalid_item_id",
+            Rejection::InvalidEventId => "invalid_event_id",
+            Rejection::ItemNotServed => "item_not_served",
+            Rejection::Duplicate => "duplicate_event_id",
+            Rejection::Unavailable => "counts_unavailable",
+        }
+    }
+}
+
+/// An accepted event.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// What its token says.
+    pub claims: Claims,
+    /// Impression or click.
+    pub kind: EventKind,
+    /// Counted by this request; false for a retry of an event counted before.
+    pub fresh: bool,
+}
+
+/// An event that passed the checks, waiting for its claim.
+#[derive(Debug)]
+struct Checked {
+    claims: Claims,
+    kind: EventKind,
+    /// The token's id.
+    token: TokenId,
+    /// Type and position in the page: `i3`, `c3`.
+    field: String,
+    /// The client's event id, if any.
+    event_id: Option<String>,
+}
+
+impl Checked {
+    /// The cluster slot group: the experiment counted, or the placement for default traffic.
+    fn group(&self) -> String {
+        match &self.claims.experiment {
+            Some(experiment) => experiment.clone(),
+            None => format!("p:{}", self.claims.placement),
+        }
+    }
+
+    /// Whether the experiment's results count it.
+    fn counted(&self) -> bool {
+        self.claims.experiment.is_some() && !self.claims.uncounted
+    }
+}
+
+/// Verifies, deduplicates and (with the counts) records events.
+#[derive(Debug)]
+pub struct EventLog {
+    /// Verifies tracking tokens (and signs them for responses).
+    signer: Signer,
+    /// Where claims and counts go when Redis is configured.
+    redis: Option<RedisClient>,
+    /// The claim script.
+    script: ::redis::Script,
+    /// Claims of this process, without Redis.
+    seen: RecentClaims,
+    /// Makes attempt ids of this process unlike another's.
+    attempts: RandomState,
+}
+
+fn valid_event_id(id: &str) -> bool {
+    id.len() <= MAX_EVENT_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
+impl EventLog {
+    /// An event log verifying with `signer`, claiming and counting through `redis` when given.
+    pub(crate) fn new(signer: Signer, redis: Option<RedisClient>) -> Self {
+        EventLog {
+            seen: RecentClaims::new(DEDUPE_CAPACITY, signer.max_age()),
+            signer,
+            redis,
+            script: ::redis::Script::new(CLAIM_SCRIPT),
+            attempts: RandomState::new(),
+        }
+    }
+
+    /// The signer, for issuing tokens with responses.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Verifies one event and finds its item on the token's page.
+    fn check(&self, event: &Event<'_>, now: SystemTime) -> Result<Checked, Rejection> {
+        let kind = match event.kind {
+            "impression" => EventKind::Impression,
+            "click" => EventKind::Click,
+            _ => return Err(Rejection::UnknownType),
+        };
+        if event.item_id.is_empty() {
+            return Err(Rejection::MissingItem);
+        }
+        if event.item_id.len() > MAX_ITEM_ID || event.item_id.chars().any(char::is_control) {
+            return Err(Rejection::InvalidItem);
+        }
+        // An empty id is no id: clients that send "" would otherwise be told every retry is
+        // the same event.
+        let event_id = event.event_id.filter(|id| !id.is_empty());
+        if event_id.is_some_and(|id| !valid_event_id(id)) {
+            return Err(Rejection::InvalidEventId);
+        }
+        let (claims, token) = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
+        let tag = item_tag(event.item_id);
+        let position = claims
+            .items
+            .iter()
+            .position(|t| *t == tag)
+            .ok_or(Rejection::ItemNotServed)?;
+        Ok(Checked {
+            claims,
+            kind,
+            token,
+            field: format!("{}{position}", kind.code()),
+            event_id: event_id.map(str::to_string),
+        })
+    }
+
+    /// Checks a batch and claims every event that passes: in Redis when configured (counting
+    /// it there in the same script), else in this process (counting it in `tally`).
+    pub async fn accept(&self, events: &[Event<'_>], now: SystemTime, tally: &Tally) -> Vec<Result<Accepted, Rejection>> {
+        let mut checked: Vec<Result<Checked, Rejection>> = events.iter().map(|e| self.check(e, now)).collect();
+        let mut in_batch = HashSet::new();
+        for result in &mut checked {
+            if let Ok(c) = result
+                && !in_batch.insert((c.token, c.field.clone()))
+            {
+                *result = Err(Rejection::Duplicate);
+            }
+        }
+        let outcomes: Vec<Result<bool, Rejection>> = match &self.redis {
+            Some(redis) => self.claim_in_redis(redis, &checked, now).await,
+            None => checked
+                .iter()
+                .map(|c| {
+                    let c = c.as_ref().map_err(|r| *r)?;
+                    let fresh = self.seen.claim(c)?;
+                    if fresh && c.counted() {
+                        let experiment = c.claims.experiment.as_deref().unwrap_or_default();
+                        tally.count_locally(&tally.arm(experiment, &c.claims.arm), &c.claims.user, c.kind.count());
+                    }
+                    Ok(fresh)
+                })
+                .collect(),
+        };
+        checked
+            .into_iter()
+            .zip(outcomes)
+            .map(|(c, outcome)| {
+                let fresh = outcome?;
+                let c = c?;
+                Ok(Accepted {
+                    claims: c.claims,
+                    kind: c.kind,
+                    fresh,
+                })
+            })
+            .collect()
+    }
+
+    /// One script per slot group, all at once; each group tried again (with the same values,
+    /// so a try whose answer was lost is recognised) until it answers or the budget is spent.
+    async fn claim_in_redis(
+        &self,
+        redis: &RedisClient,
+        checked: &[Result<Checked, Rejection>],
+        now: SystemTime,
+    ) -> Vec<Result<bool, Rejection>> {
+        let mut outcomes: Vec<Result<bool, Rejection>> = checked
+            .iter()
+            .map(|c| c.as_ref().map(|_| false).map_err(|r| *r))
+            .collect();
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in checked.iter().enumerate() {
+            if let Ok(c) = c {
+                groups.entry(c.group()).or_default().push(i);
+            }
+        }
+        let attempt = format!("~{:016x}", self.attempts.hash_one((Instant::now(), now)));
+        let max_age = self.signer.max_age().as_secs();
+        let started = Instant::now();
+        let tries = groups.iter().map(|(group, members)| {
+            let mut invocation = self.script.prepare_invoke();
+            let mut keys: HashMap<String, usize> = HashMap::new();
+            let mut key_index = |invocation: &mut ::redis::ScriptInvocation<'_>, key: String| {
+                let next = keys.len() + 1;
+                *keys.entry(key).or_insert_with_key(|key| {
+                    invocation.key(key);
+                    next
+                })
+            };
+            for &i in members {
+                let Ok(c) = &checked[i] else { continue };
+                let seen = key_index(
+                    &mut invocation,
+                    format!("recgw:seen:{{{group}}}:{}", URL_SAFE_NO_PAD.encode(c.token)),
+                );
+                let arm = if c.counted() {
+                    let key = arm_key(group, &c.claims.arm);
+                    let counters = key_index(&mut invocation, key.clone());
+                    key_index(&mut invocation, format!("{key}:clickers"));
+                    counters
+                } else {
+                    0
+                };
+                invocation
+                    .arg(seen)
+                    .arg(&c.field)
+                    .arg(c.event_id.as_deref().unwrap_or(&attempt))
+                    .arg(c.claims.issued_at + max_age)
+                    .arg(arm)
+                    .arg(c.kind.code().to_string())
+                    .arg(&c.claims.user);
+            }
+            async move {
+                let mut answer = redis.query_within::<Vec<u8>>(&invocation, CLAIM_DEADLINE).await;
+                // A skipped try never reached Redis; a failed or late one may have run there,
+                // and the same values again tell which.
+                while matches!(answer, Err(Failure::Timeout | Failure::Error))
+                    && started.elapsed() + CLAIM_DEADLINE / 4 < CLAIM_BUDGET
+                {
+                    let left = CLAIM_BUDGET.saturating_sub(started.elapsed());
+                    answer = redis.query_now::<Vec<u8>>(&invocation, left.min(CLAIM_DEADLINE)).await;
+                }
+                (members, answer)
+            }
+        });
+        for (members, answer) in futures::future::join_all(tries).await {
+            match answer {
+                Ok(replies) if replies.len() == members.len() => {
+                    for (&i, reply) in members.iter().zip(replies) {
+                        outcomes[i] = match reply {
+                            1 => Ok(true),
+                            2 => Ok(false),
+                            _ => Err(Rejection::Duplicate),
+                        };
+                    }
+                }
+                _ => {
+                    for &i in members {
+                        outcomes[i] = Err(Rejection::Unavailable);
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// Claims this process made recently (no Redis): a 64-bit keyed hash of (token, field) → a
+/// hash of the event id, in two generations. Claims go into `current`; once it holds half the
+/// capacity, or is half the window old, `previous` is dropped and `current` takes its place.
+/// So a claim is remembered for at least half the capacity's worth of later claims and half
+/// the window, at most the whole of both, in about 16 bytes. A false duplicate needs a 64-bit
+/// collision among a million claims: about one chance in 10^7.
+#[derive(Debug)]
+struct RecentClaims {
+    /// Keyed per process, so crafted ids cannot aim for collisions.
+    hasher: RandomState,
+    /// Claims per generation before it turns.
+    per_generation: usize,
+    /// Age of a generation before it turns.
+    max_age: Duration,
+    /// The two generations.
+    generations: Mutex<Generations>,
+}
+
+#[derive(Debug)]
+struct Generations {
+    /// Where new claims go.
+    current: HashMap<u64, u64>,
+    /// The generation before, still consulted.
+    previous: HashMap<u64, u64>,
+    /// When `current` started.
+    since: Instant,
+}
+
+impl RecentClaims {
+    fn new(capacity: usize, window: Duration) -> Self {
+        RecentClaims {
+            hasher: RandomState::new(),
+            per_generation: (capacity / 2).max(1),
+            max_age: window / 2,
+            generations: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    /// Claims `event`'s position: `Ok(true)` when new, `Ok(false)` when claimed before by the
+    /// same event id (a retry), else a duplicate.
+    fn claim(&self, event: &Checked) -> Result<bool, Rejection> {
+        let key = self.hasher.hash_one((&event.token, &event.field));
+        // 0 stands for "no id", which never matches: a repeat without an id is a duplicate.
+        let value = event.event_id.as_deref().map_or(0, |id| self.hasher.hash_one(id) | 1);
+        let mut g = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&claimed) = g.current.get(&key).or_else(|| g.previous.get(&key)) {
+            return if claimed == value && value != 0 {
+                Ok(false)
+            } else {
+                Err(Rejection::Duplicate)
+            };
+        }
+        g.current.insert(key, value);
+        if g.current.len() >= self.per_generation || g.since.elapsed() >= self.max_age {
+            g.previous = std::mem::take(&mut g.current);
+            g.since = Instant::now();
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::IntGauge;
+
+    use super::*;
+    use crate::feedback::token::unix_seconds;
+
+    fn checked(token: u8, field: &str, event_id: Option<&str>) -> Checked {
+        Checked {
+            claims: claims(SystemTime::now()),
+            kind: EventKind::Click,
+            token: [token; 12],
+            field: field.into(),
+            event_id: event_id.map(String::from),
+        }
+    }
+
+    #[test]
+    fn recent_claims_are_remembered_for_half_the_capacity_at_least_and_then_forgotten() {
+        let seen = RecentClaims::new(10, Duration::from_secs(3600));
+        let a = checked(1, "c0", None);
+        assert_eq!(seen.claim(&a), Ok(true));
+        assert_eq!(seen.claim(&a), Err(Rejection::Duplicate), "a repeat without id");
+        // Four more fill the first generation (5 = half of 10); five more turn the second.
+        for i in 0..4 {
+            assert_eq!(seen.claim(&checked(2, &format!("c{i}"), None)), Ok(true));
+        }
+        assert_eq!(seen.claim(&a), Err(Rejection::Duplicate), "still in the previous generation");
+        for i in 0..5 {
+            assert_eq!(seen.claim(&checked(3, &format!("c{i}"), None)), Ok(true));
+        }
+        assert_eq!(seen.claim(&a), Ok(true), "forgotten two generations later");
+
+        let with_id = checked(4, "i1", Some("e-1"));
+        assert_eq!(seen.claim(&with_id), Ok(true));
+        assert_eq!(seen.claim(&with_id), Ok(false), "the same id again is a retry");
+        assert_eq!(
+            seen.claim(&checked(4, "i1", Some("e-2"))),
+            Err(Rejection::Duplicate),
+            "another id for a counted position"
+        );
+        assert_eq!(seen.claim(&checked(5, "i1", Some("e-1"))), Ok(true), "ids are per token");
+    }
+
+    fn claims(now: SystemTime) -> Claims {
+        Claims {
+            placement: "home".into(),
+            experiment: Some("e".into()),
+            arm: "treatment".into(),
+            model_version: "v".into(),
+            user: "42".into(),
+            issued_at: unix_seconds(now),
+            nonce: 1,
+            uncounted: false,
+            items: ["7", "8", "9", "10"].iter().map(|i| item_tag(i)).collect(),
+        }
+    }
+
+    fn tally() -> Tally {
+        Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1)
+    }
+
+    #[tokio::test]
+    async fn accepts_once_per_position_and_names_every_rejection() {
+        let now = SystemTime::now();
+        let log = EventLog::new(Signer::new("k", Duration::from_secs(60)), None);
+        let tally = tally();
+        let token = log.signer().sign(&claims(now));
+        let one = async |event: Event<'_>| {
+            log.accept(&[event], now, &tally)
+                .await
+                .remove(0)
+                .map(|a| (a.claims.arm, a.kind, a.fresh))
+        };
+        let event = Event {
+            kind: "click",
+            token: &token,
+            item_id: "7",
+            event_id: None,
+        };
+        assert_eq!(one(event).await, Ok(("treatment".into(), EventKind::Click, true)));
+        assert_eq!(one(event).await, Err(Rejection::Duplicate));
+        assert!(
+            one(Event {
+                kind: "impression",
+                ..event
+            })
+            .await
+            .is_ok(),
+            "another type is another event"
+        );
+        let with_id = Event {
+            event_id: Some("e-1"),
+            item_id: "8",
+            ..event
+        };
+        assert_eq!(one(with_id).await, Ok(("treatment".into(), EventKind::Click, true)));
+        assert_eq!(
+            one(with_id).await,
+            Ok(("treatment".into(), EventKind::Click, false)),
+            "a retry with its id is accepted, not counted again"
+        );
+        assert_eq!(
+            one(Event {
+                event_id: Some("e-2"),
+                ..with_id
+            })
+            .await,
+            Err(Rejection::Duplicate),
+            "one click per position, whatever the id"
+        );
+        assert_eq!(
+            one(Event {
+                item_id: "9",
+                ..with_id
+            })
+            .await
+            .map(|(_, _, fresh)| fresh),
+            Ok(true),
+            "an id is scoped to its position"
+        );
+        let counts = tally.read("e", &["treatment"]).await.expect("local counts");
+        assert_eq!((counts[0].clicks, counts[0].impressions), (3, 1));
+
+        let twice = [Event { item_id: "10", ..event }, Event { item_id: "10", ..event }];
+        let results: Vec<bool> = log.accept(&twice, now, &tally).await.iter().map(Result::is_ok).collect();
+        assert_eq!(results, [true, false], "a duplicate within one batch");
+
+        let other = Signer::new("other", Duration::from_secs(60)).sign(&claims(now));
+        let long = "x".repeat(MAX_ITEM_ID + 1);
+        let batch = [
+            Event { kind: "view", ..event },
+            Event { item_id: "", ..event },
+            Event {
+                item_id: &long,
+                ..event
+            },
+            Event {
+                event_id: Some("a b"),
+                ..event
+            },
+            Event {
+                item_id: "11",
+                ..event
+            },
+            Event {
+                token: "x.y",
+                item_id: "7",
+                ..event
+            },
+            Event {
+                token: &other,
+                item_id: "7",
+                ..event
+            },
+        ];
+        let reasons: Vec<&str> = log
+            .accept(&batch, now, &tally)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()).expect_err("rejected").as_str())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "unknown_type",
+                "missing_item_id",
+                "invalid_item_id",
+                "invalid_event_id",
+                "item_not_served",
+                "malformed_token",
+                "bad_signature"
+            ]
+        );
+        let later = now + Duration::from_secs(120);
+        let expired = log
+            .accept(&[Event { item_id: "9", ..event }], later, &tally)
+            .await
+            .remove(0)
+            .map(|_| ());
+        assert_eq!(expired, Err(Rejection::Token(TokenError::Expired)));
+    }
+}
