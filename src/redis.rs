@@ -28,6 +28,14 @@ use crate::metrics::Metrics;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The deadline of a batch (a counts flush, a batch's event claims): ten lookups' worth of
+/// `cache.redis_timeout`, at least 0.5 s and at most 2 s. A batch is larger than a lookup
+/// and no request's latency depends on it, but its deadline is also how long an event waits
+/// for an answer before it is refused as unavailable.
+pub(crate) fn batch_deadline(redis_timeout: Duration) -> Duration {
+    (redis_timeout * 10).clamp(Duration::from_millis(500), Duration::from_secs(2))
+}
+
 /// Why the URL of a Redis could not be used.
 pub type RedisUrlError = RedisError;
 
@@ -311,6 +319,11 @@ impl RedisClient {
     /// The Redis this client talks to.
     pub(crate) fn redis(&self) -> &Arc<Redis> {
         &self.redis
+    }
+
+    /// The client's default deadline.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs one command, pipeline or script under the client's deadline and breaker.

@@ -22,7 +22,7 @@ use crate::feedback::events::EventLog;
 use crate::feedback::token::Signer;
 use crate::gateway::{Gateway, Parts};
 use crate::metrics::Metrics;
-use crate::redis::{Health, Redis, RedisUrlError};
+use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
 use crate::store::{ModelRegistry, StoreError};
 
 /// Why the gateway could not start.
@@ -101,7 +101,7 @@ impl Server {
             );
         }
         let signer = Signer::new(&settings.tracking.secret, settings.tracking.token_max_age);
-        let timeout = settings.cache.redis_timeout;
+        let timeout = batch_deadline(settings.cache.redis_timeout);
         let events = EventLog::new(signer, results_redis.as_ref().map(|r| r.client("events", timeout)));
         let tally = Arc::new(Tally::new(
             results_redis.as_ref().map(|r| r.client("counts", timeout)),

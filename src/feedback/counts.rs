@@ -38,9 +38,6 @@ use crate::redis::RedisClient;
 /// A flush starts this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// A flush script may take this long: it carries a sketch of 12 KiB per arm.
-const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
-
 /// How long Redis remembers a replica's last applied batch: longer than any outage a batch
 /// waits through, short enough that replicas long gone leave no keys behind.
 const APPLIED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -211,7 +208,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts into Redis when `redis` is given, else in this process.
+    /// Counts into Redis when `redis` is given (its deadline bounds a flush, which carries a
+    /// 12 KiB sketch per arm: see [`crate::redis::batch_deadline`]), else in this process.
     pub(crate) fn new(redis: Option<RedisClient>, depth: IntGauge, min_sample_size: u64) -> Self {
         // Without OS randomness the process id still tells this process from its neighbours.
         let replica = getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()));
@@ -319,6 +317,11 @@ impl Tally {
             .iter()
             .map(|(experiment, batch)| (experiment.clone(), batch.seq, batch.arms.clone()))
             .collect();
+        if waiting.is_empty() && drain_until.is_none() {
+            // Nothing to send: a PING keeps `redis_up` true to this Redis without traffic.
+            let _ = redis.query::<String>(&::redis::cmd("PING")).await;
+            return true;
+        }
         let mut done = true;
         for (experiment, seq, arms) in waiting {
             let mut invocation = self.script.prepare_invoke();
@@ -338,9 +341,9 @@ impl Tally {
             let answer = match drain_until {
                 Some(until) => {
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    redis.query_now::<u8>(&invocation, left.min(FLUSH_DEADLINE)).await
+                    redis.query_now::<u8>(&invocation, left.min(redis.timeout())).await
                 }
-                None => redis.query_within::<u8>(&invocation, FLUSH_DEADLINE).await,
+                None => redis.query::<u8>(&invocation).await,
             };
             if answer.is_ok() {
                 self.in_flight
@@ -402,7 +405,7 @@ impl Tally {
             pipe.cmd("PFCOUNT").arg(format!("{key}:users"));
             pipe.cmd("PFCOUNT").arg(format!("{key}:clickers"));
         }
-        let replies: Vec<::redis::Value> = redis.query_within(&pipe, FLUSH_DEADLINE).await.ok()?;
+        let replies: Vec<::redis::Value> = redis.query(&pipe).await.ok()?;
         replies
             .chunks(3)
             .map(|reply| {

@@ -46,11 +46,6 @@ const DEDUPE_CAPACITY: usize = 1_000_000;
 const MAX_EVENT_ID: usize = 64;
 const MAX_ITEM_ID: usize = 256;
 
-/// One try of a batch's claims may take this long; with the retry, a batch waits for Redis at
-/// most [`CLAIM_BUDGET`], well inside `server.request_timeout`.
-const CLAIM_DEADLINE: Duration = Duration::from_secs(1);
-const CLAIM_BUDGET: Duration = Duration::from_millis(2500);
-
 /// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
 /// the tokens' claim hashes, then per arm its counters hash and clickers HyperLogLog. ARGV, 7
 /// per event: claim key index, field, value (the event id, or this request's attempt id),
@@ -238,7 +233,8 @@ fn valid_event_id(id: &str) -> bool {
 }
 
 impl EventLog {
-    /// An event log verifying with `signer`, claiming and counting through `redis` when given.
+    /// An event log verifying with `signer`, claiming and counting through `redis` when given
+    /// (whose deadline bounds one try of a batch's claims).
     pub(crate) fn new(signer: Signer, redis: Option<RedisClient>) -> Self {
         EventLog {
             seen: RecentClaims::new(DEDUPE_CAPACITY, signer.max_age()),
@@ -351,6 +347,10 @@ impl EventLog {
         }
         let attempt = format!("~{:016x}", self.attempts.hash_one((Instant::now(), now)));
         let max_age = self.signer.max_age().as_secs();
+        // One try waits the client's deadline; tries go on for two and a half of them, well
+        // inside `server.request_timeout`.
+        let deadline = redis.timeout();
+        let budget = deadline * 5 / 2;
         let started = Instant::now();
         let tries = groups.iter().map(|(group, members)| {
             let mut invocation = self.script.prepare_invoke();
@@ -386,14 +386,14 @@ impl EventLog {
                     .arg(&c.claims.user);
             }
             async move {
-                let mut answer = redis.query_within::<Vec<u8>>(&invocation, CLAIM_DEADLINE).await;
+                let mut answer = redis.query::<Vec<u8>>(&invocation).await;
                 // A skipped try never reached Redis; a failed or late one may have run there,
                 // and the same values again tell which.
                 while matches!(answer, Err(Failure::Timeout | Failure::Error))
-                    && started.elapsed() + CLAIM_DEADLINE / 4 < CLAIM_BUDGET
+                    && started.elapsed() + deadline / 4 < budget
                 {
-                    let left = CLAIM_BUDGET.saturating_sub(started.elapsed());
-                    answer = redis.query_now::<Vec<u8>>(&invocation, left.min(CLAIM_DEADLINE)).await;
+                    let left = budget.saturating_sub(started.elapsed());
+                    answer = redis.query_now::<Vec<u8>>(&invocation, left.min(deadline)).await;
                 }
                 (members, answer)
             }
