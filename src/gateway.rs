@@ -510,7 +510,11 @@ fn counters(tally: &Tally, catalog: &Catalog) -> Counters {
     catalog
         .experiments()
         .map(|experiment| {
-            let arms = experiment.arms.iter().map(|arm| tally.arm(&experiment.id, &arm.name)).collect();
+            let arms = experiment
+                .arms
+                .iter()
+                .map(|arm| tally.arm(&experiment.id, &arm.name))
+                .collect();
             (experiment.id.clone(), (Arc::clone(experiment), arms))
         })
         .collect()

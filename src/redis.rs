@@ -132,11 +132,7 @@ impl Redis {
             health: Arc::clone(health),
             metrics: metrics.clone(),
         });
-        health
-            .members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(up);
+        health.members.lock().unwrap_or_else(|p| p.into_inner()).push(up);
         health.update();
         if let Connection::Cluster(_) = &redis.connection {
             tokio::spawn(Arc::clone(&redis).connect_cluster(connect));
@@ -211,7 +207,9 @@ impl Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("nodes", &self.nodes).finish_non_exhaustive()
+        f.debug_struct("Redis")
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -347,7 +345,11 @@ impl RedisClient {
     /// As [`RedisClient::query_within`], but tried even while the breaker is open: for work
     /// with no request whose latency the breaker protects (a shutdown drain, whose deadline may
     /// come before the breaker's window ends). A failure still counts and backs off.
-    pub(crate) async fn query_now<T: FromRedisValue + Send>(&self, request: &impl Ask, deadline: Duration) -> Result<T, Failure> {
+    pub(crate) async fn query_now<T: FromRedisValue + Send>(
+        &self,
+        request: &impl Ask,
+        deadline: Duration,
+    ) -> Result<T, Failure> {
         let answer = tokio::time::timeout(deadline, async {
             match &self.redis.connection {
                 Connection::Single(manager) => request.ask(&mut manager.clone()).await,
@@ -405,19 +407,28 @@ pub(crate) trait Ask: Sync {
 }
 
 impl Ask for Cmd {
-    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(&self, connection: &mut C) -> ::redis::RedisResult<T> {
+    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+    ) -> ::redis::RedisResult<T> {
         self.query_async(connection).await
     }
 }
 
 impl Ask for ::redis::Pipeline {
-    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(&self, connection: &mut C) -> ::redis::RedisResult<T> {
+    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+    ) -> ::redis::RedisResult<T> {
         self.query_async(connection).await
     }
 }
 
 impl Ask for ::redis::ScriptInvocation<'_> {
-    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(&self, connection: &mut C) -> ::redis::RedisResult<T> {
+    async fn ask<T: FromRedisValue + Send, C: ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+    ) -> ::redis::RedisResult<T> {
         self.invoke_async(connection).await
     }
 }

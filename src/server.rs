@@ -210,7 +210,9 @@ fn redis_connections(
     let open = |url: &str, setting| {
         Redis::open(url, timeout, &health, metrics).map_err(|source| StartError::Redis { setting, source })
     };
-    let cache = (!cache_url.is_empty()).then(|| open(cache_url, "cache.redis_url")).transpose()?;
+    let cache = (!cache_url.is_empty())
+        .then(|| open(cache_url, "cache.redis_url"))
+        .transpose()?;
     let results = match &cache {
         Some(cache) if results_url == cache_url => Some(Arc::clone(cache)),
         _ => Some(open(results_url, "results.redis_url")?),

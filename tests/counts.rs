@@ -125,7 +125,8 @@ impl TestGateway {
         }
         let mut outcome = vec![None; events.len()];
         for r in body["rejections"].as_array().expect("rejections") {
-            outcome[r["index"].as_u64().expect("index") as usize] = Some(r["reason"].as_str().expect("reason").to_string());
+            outcome[r["index"].as_u64().expect("index") as usize] =
+                Some(r["reason"].as_str().expect("reason").to_string());
         }
         (reply.status, outcome)
     }
@@ -234,13 +235,21 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     // 40 impressions, 10 of each page, each with its id.
     let events: Vec<Value> = pages
         .iter()
-        .flat_map(|p| p.items.iter().take(10).map(move |item| impression(p, item, Some(format!("imp-{}-{item}", p.user)))))
+        .flat_map(|p| {
+            p.items
+                .iter()
+                .take(10)
+                .map(move |item| impression(p, item, Some(format!("imp-{}-{item}", p.user))))
+        })
         .collect();
     assert_eq!(events.len(), 40);
     for gw in [&a, &b] {
         let (status, outcome) = gw.post(&events).await;
         assert_eq!(status, 202);
-        assert!(outcome.iter().all(Option::is_none), "accepted (the second time as a retry): {outcome:?}");
+        assert!(
+            outcome.iter().all(Option::is_none),
+            "accepted (the second time as a retry): {outcome:?}"
+        );
     }
     for p in &pages {
         for item in p.items.iter().take(10) {
@@ -249,13 +258,20 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     }
     // Without ids, the same events again are duplicates on either replica.
     let bare: Vec<Value> = pages.iter().map(|p| impression(p, &p.items[0], None)).collect();
-    assert_eq!(b.post(&bare).await.1, vec![Some("duplicate_event_id".to_string()); bare.len()]);
+    assert_eq!(
+        b.post(&bare).await.1,
+        vec![Some("duplicate_event_id".to_string()); bare.len()]
+    );
     a.settled(&ledger).await;
     b.settled(&ledger).await;
     let total: u64 = ledger.arms.values().map(|c| c[1]).sum();
     assert_eq!(total, 40, "40 impressions, not 80");
     for arm in ledger.arms.keys() {
-        assert_eq!(topology.arm_counts(arm)[1], ledger.arms[arm][1], "Redis holds the same for {arm}");
+        assert_eq!(
+            topology.arm_counts(arm)[1],
+            ledger.arms[arm][1],
+            "Redis holds the same for {arm}"
+        );
     }
     assert_eq!(topology.keys("recgw:seen:*").len(), 4, "one claim hash per token");
 
@@ -266,19 +282,29 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
         let metrics = gw.metrics().await;
         for client in ["cache", "events", "counts"] {
             assert_eq!(
-                gateway::sample(&metrics, "redis_commands_total", &[("client", client), ("result", "error")]),
+                gateway::sample(
+                    &metrics,
+                    "redis_commands_total",
+                    &[("client", client), ("result", "error")]
+                ),
                 0.0,
                 "{client}"
             );
         }
         assert_eq!(
-            gateway::sample(&metrics, "cache_requests_total", &[("tier", "redis"), ("result", "skipped")]),
+            gateway::sample(
+                &metrics,
+                "cache_requests_total",
+                &[("tier", "redis"), ("result", "skipped")]
+            ),
             0.0
         );
     }
     assert!(
-        b.metric("cache_requests_total", &[("tier", "redis"), ("result", "hit")]).await
-            + b.metric("cache_requests_total", &[("tier", "local"), ("result", "hit")]).await
+        b.metric("cache_requests_total", &[("tier", "redis"), ("result", "hit")])
+            .await
+            + b.metric("cache_requests_total", &[("tier", "local"), ("result", "hit")])
+                .await
             > 0.0
     );
     a.stop().await;
@@ -308,7 +334,9 @@ async fn one_token_cannot_forge_clicks(topology: Topology) {
     let unserved: Vec<Value> = (0..50)
         .map(|i| click(&page, &format!("not-served-{i}"), Some(format!("f-{i}"))))
         .collect();
-    let first: Vec<Value> = (0..50).map(|i| click(&page, &page.items[0], Some(format!("c-{i}")))).collect();
+    let first: Vec<Value> = (0..50)
+        .map(|i| click(&page, &page.items[0], Some(format!("c-{i}"))))
+        .collect();
     let (_, outcome) = gw.post(&unserved).await;
     assert_eq!(outcome, vec![Some("item_not_served".to_string()); 50]);
     let (_, outcome) = gw.post(&first).await;
@@ -391,7 +419,11 @@ async fn resend(gw: &TestGateway, refused: Vec<(Page, Value)>, ledger: &mut Ledg
 
 /// Traffic before, during and after `slow` (which makes Redis answer late), then a graceful
 /// stop: Redis must hold exactly what was served and accepted.
-async fn late_replies_count_once(topology: &Topology, url: &str, slow: impl AsyncFnOnce(&TestGateway, &mut u32, &mut Ledger) -> Vec<(Page, Value)>) {
+async fn late_replies_count_once(
+    topology: &Topology,
+    url: &str,
+    slow: impl AsyncFnOnce(&TestGateway, &mut u32, &mut Ledger) -> Vec<(Page, Value)>,
+) {
     let demo = DemoCopy::new();
     let mut settings = settings(&demo, url, "");
     // Batches (flushes, claims) get 1 s: ten lookups of 100 ms.
@@ -403,10 +435,22 @@ async fn late_replies_count_once(topology: &Topology, url: &str, slow: impl Asyn
     assert!(refused.is_empty(), "Redis answers in time: {} refused", refused.len());
     let refused = slow(&gw, &mut next, &mut ledger).await;
     let metrics = gw.metrics().await;
-    let timeouts = |client| gateway::sample(&metrics, "redis_commands_total", &[("client", client), ("result", "timeout")]);
+    let timeouts = |client| {
+        gateway::sample(
+            &metrics,
+            "redis_commands_total",
+            &[("client", client), ("result", "timeout")],
+        )
+    };
     let (flushes, claims) = (timeouts("counts"), timeouts("events"));
-    assert!(flushes > 0.0 && claims > 0.0, "flushes ({flushes}) and claims ({claims}) timed out");
-    eprintln!("{} events refused while Redis was slow; sending them again", refused.len());
+    assert!(
+        flushes > 0.0 && claims > 0.0,
+        "flushes ({flushes}) and claims ({claims}) timed out"
+    );
+    eprintln!(
+        "{} events refused while Redis was slow; sending them again",
+        refused.len()
+    );
     resend(&gw, refused, &mut ledger).await;
     gw.settled(&ledger).await;
     // More traffic after recovery, left for the shutdown drain to deliver.
@@ -416,13 +460,19 @@ async fn late_replies_count_once(topology: &Topology, url: &str, slow: impl Asyn
     for (arm, want) in &ledger.arms {
         assert_eq!(&topology.arm_counts(arm), want, "{arm}: Redis after the stop");
     }
-    assert!(ledger.arms.values().map(|c| c[0]).sum::<u64>() > 100, "{:?}", ledger.arms);
+    assert!(
+        ledger.arms.values().map(|c| c[0]).sum::<u64>() > 100,
+        "{:?}",
+        ledger.arms
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_delayed_past_the_deadline_count_once_on_one_node() {
     let topology = Topology::node();
-    let Topology::Node(redis) = &topology else { unreachable!() };
+    let Topology::Node(redis) = &topology else {
+        unreachable!()
+    };
     let upstream: SocketAddr = format!("127.0.0.1:{}", redis.port()).parse().expect("address");
     let proxy = DelayProxy::start(upstream).await;
     late_replies_count_once(&topology, &proxy.url(), async |gw, next, ledger| {
@@ -438,7 +488,9 @@ async fn replies_delayed_past_the_deadline_count_once_on_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_delayed_past_the_deadline_count_once_on_a_cluster() {
     let topology = Topology::cluster();
-    let Topology::Cluster(cluster) = &topology else { unreachable!() };
+    let Topology::Cluster(cluster) = &topology else {
+        unreachable!()
+    };
     // The node of the experiment's slot, which holds its counts and claims, stalls for 1.5 s
     // at a time (under the cluster's 2 s node timeout, so it is not failed over): commands
     // sent meanwhile run when it wakes, after their 1 s deadline.
@@ -471,7 +523,11 @@ async fn replies_delayed_past_the_deadline_count_once_on_a_cluster() {
 // 4. A long outage
 // ---------------------------------------------------------------------------------------------
 
-async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(topology: Topology, stop: impl Fn(&mut Topology), start: impl Fn(&mut Topology)) {
+async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(
+    topology: Topology,
+    stop: impl Fn(&mut Topology),
+    start: impl Fn(&mut Topology),
+) {
     let mut topology = topology;
     let demo = DemoCopy::new();
     let gw = TestGateway::launch_up(&settings(&demo, &topology.url(), "")).await;
@@ -481,13 +537,20 @@ async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(topology: Topol
     stop(&mut topology);
     let refused = traffic(&gw, Duration::from_secs(4), &mut next, &mut ledger).await;
     let exposures: u64 = ledger.arms.values().map(|c| c[0]).sum();
-    assert_eq!(ledger.accepted.len(), 0, "no event answered accepted while nothing counts it");
+    assert_eq!(
+        ledger.accepted.len(),
+        0,
+        "no event answered accepted while nothing counts it"
+    );
     assert_eq!(refused.len() as u64, exposures, "every event refused, retryably");
     // Every exposure is held, none dropped: the pending gauge is the exact count, and the
     // memory that holds it is a counter and a sketch per arm, whatever the count.
     assert_eq!(gw.metric("results_pending_updates", &[]).await, exposures as f64);
     let reply = gw.get(RESULTS).await;
-    assert_eq!((reply.status, reply.json()["error"].clone()), (503, json!("counts_unavailable")));
+    assert_eq!(
+        (reply.status, reply.json()["error"].clone()),
+        (503, json!("counts_unavailable"))
+    );
     start(&mut topology);
     resend(&gw, refused, &mut ledger).await;
     gw.settled(&ledger).await;
@@ -522,13 +585,20 @@ async fn counts_and_claims_live_on_results_redis_url_and_the_cache_apart() {
     let gw = TestGateway::launch_up(&settings(&demo, &cache.url(), &results.url())).await;
     let mut ledger = Ledger::default();
     let mut next = 30_000;
-    assert!(traffic(&gw, Duration::from_secs(1), &mut next, &mut ledger).await.is_empty());
+    assert!(
+        traffic(&gw, Duration::from_secs(1), &mut next, &mut ledger)
+            .await
+            .is_empty()
+    );
     gw.settled(&ledger).await;
     assert!(cache.keys("recgw:results:*").is_empty() && cache.keys("recgw:seen:*").is_empty());
     assert!(!results.keys("recgw:results:*").is_empty() && !results.keys("recgw:seen:*").is_empty());
     let cached = results.keys("recgw:als-*");
     assert!(cached.is_empty(), "no cached list on the counts' Redis: {cached:?}");
-    assert!(!cache.keys("recgw:als-*").is_empty(), "lists cached on the cache's Redis");
+    assert!(
+        !cache.keys("recgw:als-*").is_empty(),
+        "lists cached on the cache's Redis"
+    );
     for (arm, want) in &ledger.arms {
         assert_eq!(&results.arm_counts(arm), want, "{arm}");
     }
@@ -570,7 +640,11 @@ async fn a_global_list_is_not_cached_per_user() {
         assert_eq!(body["model"], "popular", "{body}");
         sources.insert(body["source"].as_str().expect("source").to_string());
     }
-    assert_eq!(sources, BTreeSet::from(["local".to_string()]), "served from the loaded version");
+    assert_eq!(
+        sources,
+        BTreeSet::from(["local".to_string()]),
+        "served from the loaded version"
+    );
     // Lists of per-user models are cached per user; the popular list is not, in either tier.
     gw.page("42").await;
     eventually(WAIT, "the per-user list written back to Redis", async || {
@@ -581,7 +655,9 @@ async fn a_global_list_is_not_cached_per_user() {
     })
     .await;
     assert_eq!(redis.keys("recgw:popular:*"), Vec::<String>::new());
-    let lookups = gw.metric("cache_requests_total", &[("tier", "local"), ("result", "miss")]).await;
+    let lookups = gw
+        .metric("cache_requests_total", &[("tier", "local"), ("result", "miss")])
+        .await;
     assert_eq!(lookups, 1.0, "one lookup: user 42's, none for the 30 popular answers");
     gw.stop().await;
 }

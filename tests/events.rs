@@ -5,7 +5,9 @@
 //! Every gateway a test starts has its own metric registry, so counts are exact: each test
 //! knows every request it made. Tokens are decoded (and, where a test needs a forgery or a
 //! token of its own, signed) by the test itself from the documented format
-//! `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
+//! `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`, whose claim `i`
+//! binds the served page: an event may credit only an item of it, each position at most once
+//! per type.
 
 #[path = "common/gateway.rs"]
 mod gateway;
@@ -19,7 +21,7 @@ use gateway::{Reply, TestGateway, demo_settings};
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
 use serde_json::{Value, json};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // A gateway with settings of the test's choosing
@@ -115,6 +117,20 @@ fn sign(secret: &str, claims: &Value) -> String {
         URL_SAFE_NO_PAD.encode(&payload),
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     )
+}
+
+/// The `i` claim of a page of `items`, computed from the documented format rather than taken
+/// from a token: base64url (no padding) of one big-endian u32 per item in page order, each the
+/// first 4 bytes of SHA-256 of the item id (so the u32's big-endian bytes are those 4 bytes).
+fn page_tags<S: AsRef<str>>(items: &[S]) -> String {
+    let bytes: Vec<u8> = items
+        .iter()
+        .flat_map(|item| {
+            let digest = Sha256::digest(item.as_ref().as_bytes());
+            u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).to_be_bytes()
+        })
+        .collect();
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// An event without `event_id`.
@@ -273,8 +289,9 @@ fn unix_now() -> u64 {
 
 /// Every response carries a token whose claims name exactly what was served: placement,
 /// experiment (null on the default), arm, model version (the default's after a fallback),
-/// user, and the signing time; `f` marks events outside any experiment's results (a QA
-/// override, a user no experiment covers).
+/// user, the signing time, and the page (`i`: a tag per item, in page order, so the offset
+/// page binds its own items); `f` marks events outside any experiment's results (a QA override,
+/// a user no experiment covers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_name_what_was_served() {
     let gw = TestGateway::demo().await;
@@ -329,6 +346,7 @@ async fn tokens_name_what_was_served() {
             "u": body["user_id"],
             "t": t,
             "n": c["n"],
+            "i": page_tags(&item_ids(body)),
         });
         assert!(c["n"].is_u64(), "a nonce: {c}");
         if uncounted {
@@ -338,7 +356,7 @@ async fn tokens_name_what_was_served() {
         let keys: Vec<&str> = c.as_object().expect("object").keys().map(String::as_str).collect();
         assert!(
             keys.iter()
-                .all(|k| ["p", "e", "a", "v", "u", "t", "n", "f"].contains(k)),
+                .all(|k| ["p", "e", "a", "v", "u", "t", "n", "f", "i"].contains(k)),
             "{c}"
         );
         tokens.push(token.to_string());
@@ -359,19 +377,37 @@ async fn tokens_name_what_was_served() {
         "{fallback}"
     );
 
-    // Every one of those tokens is accepted by the gateway that issued it (one item each: two
-    // pages for one user within a second carry the same token).
-    let batch: Vec<Value> = tokens
+    // Every one of those tokens is accepted by the gateway that issued it, for the first item
+    // of its own page (two pages for one user carry distinct tokens, so nothing is a
+    // duplicate); the page at offset 4 does not credit the first item of the user's first page.
+    let mut batch: Vec<Value> = bodies
         .iter()
-        .enumerate()
-        .map(|(i, t)| event("impression", t, &format!("item-{i}")))
+        .zip(&tokens)
+        .map(|(body, t)| {
+            let items = item_ids(body);
+            let first = items.first().unwrap_or_else(|| panic!("an empty page: {body}"));
+            event("impression", t, first)
+        })
         .collect();
+    let first = &item_ids(&bodies[0])[0];
+    assert!(
+        !item_ids(&bodies[5]).contains(first),
+        "rank 1 is not on the page at offset 4: {}",
+        bodies[5]
+    );
+    batch.push(event("impression", &tokens[5], first));
     let outcome = gw.post_events(&batch).await;
-    assert_outcome(&outcome, tokens.len() as u64, &[]);
+    assert_outcome(
+        &outcome,
+        tokens.len() as u64,
+        &[(tokens.len() as u64, None, "item_not_served")],
+    );
 }
 
 /// Accepted impressions and clicks are counted for the arm named in their token, exactly, in
-/// `/metrics` and `/stats`; nothing else moves.
+/// `/metrics` and `/stats`; nothing else moves. Each position of a page counts once per type:
+/// a retry under the id it was counted with is accepted without a second count, and no number
+/// of event ids or unserved items makes one token count more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_count_for_the_token_arm() {
     let gw = TestGateway::demo().await;
@@ -428,6 +464,93 @@ async fn accepted_events_count_for_the_token_arm() {
         assert_eq!(after.arm("clicks_total", arm), clicks, "{arm}");
     }
 
+    // Retries of counted events under the ids they were counted with (a client that lost its
+    // answer): accepted again, counted once.
+    let batch = [
+        event_with_id("click", tt, &ti[0], "t-click-1"),
+        event_with_id("click", tt, &ti[1], "t-click-2"),
+    ];
+    assert_outcome(&gw.post_events(&batch).await, 2, &[]);
+    let after = gw.scrape().await;
+    for (arm, impressions, clicks) in expected {
+        assert_eq!(after.arm("impressions_total", arm), impressions, "{arm} after retries");
+        assert_eq!(after.arm("clicks_total", arm), clicks, "{arm} after retries");
+    }
+
+    // Another id for a counted position, or a repeat without id, is a duplicate; an id is
+    // scoped to its token and position, so the same id elsewhere is a new event.
+    let batch = [
+        event_with_id("click", tt, &ti[0], "t-click-3"), // 0: t-click-1's position
+        event("click", ct, &ci[0]),                      // 1: counted in the second batch
+        event_with_id("impression", ct, &ci[3], "c-imp-3"), // 2: new
+        event_with_id("click", tt, &ti[2], "t-click-1"), // 3: another position
+        event_with_id("click", ct, &ci[3], "t-click-1"), // 4: another token
+    ];
+    assert_outcome(
+        &gw.post_events(&batch).await,
+        3,
+        &[
+            (0, Some("t-click-3"), "duplicate_event_id"),
+            (1, None, "duplicate_event_id"),
+        ],
+    );
+    // An impression retried: accepted, not counted again.
+    let retry = [event_with_id("impression", ct, &ci[3], "c-imp-3")];
+    assert_outcome(&gw.post_events(&retry).await, 1, &[]);
+    let after = gw.scrape().await;
+    let expected = [("control", 4.0, 4.0), ("treatment", 3.0, 3.0)];
+    for (arm, impressions, clicks) in expected {
+        assert_eq!(after.arm("impressions_total", arm), impressions, "{arm}");
+        assert_eq!(after.arm("clicks_total", arm), clicks, "{arm}");
+    }
+
+    // A fresh control token: 50 clicks on its first item under 50 distinct ids count one click;
+    // 50 clicks on items of the user's next page (real items, not on this page) count none.
+    let cu = control["user_id"].as_str().expect("user");
+    let fresh = gw.recommend(cu, "home").await;
+    assert_eq!(fresh["arm"], "control", "{fresh}");
+    let ft = fresh["tracking_token"].as_str().expect("token");
+    assert_ne!(ft, ct, "a new token for a new response");
+    let fi = item_ids(&fresh);
+    let burst: Vec<Value> = (0..50)
+        .map(|i| event_with_id("click", ft, &fi[0], &format!("burst-{i}")))
+        .collect();
+    let ids: Vec<String> = (0..50).map(|i| format!("burst-{i}")).collect();
+    let duplicates: Vec<(u64, Option<&str>, &str)> = (1..50)
+        .map(|i| (i as u64, Some(ids[i].as_str()), "duplicate_event_id"))
+        .collect();
+    assert_outcome(&gw.post_events(&burst).await, 1, &duplicates);
+    let next = item_ids(&gw.ok(&format!("/recommendations/{cu}?placement=home&offset=10")).await);
+    assert!(
+        !next.is_empty() && next.iter().all(|item| !fi.contains(item)),
+        "the next page holds other items: {next:?} vs {fi:?}"
+    );
+    let strays: Vec<Value> = (0..50)
+        .map(|i| event_with_id("click", ft, &next[i % next.len()], &format!("stray-{i}")))
+        .collect();
+    let ids: Vec<String> = (0..50).map(|i| format!("stray-{i}")).collect();
+    let unserved: Vec<(u64, Option<&str>, &str)> = (0..50)
+        .map(|i| (i as u64, Some(ids[i].as_str()), "item_not_served"))
+        .collect();
+    assert_outcome(&gw.post_events(&strays).await, 0, &unserved);
+
+    let after = gw.scrape().await;
+    let expected = [("control", 4.0, 5.0), ("treatment", 3.0, 3.0)];
+    for (arm, impressions, clicks) in expected {
+        assert_eq!(
+            after.arm("impressions_total", arm),
+            impressions,
+            "{arm} after the burst"
+        );
+        assert_eq!(after.arm("clicks_total", arm), clicks, "{arm} after the burst");
+    }
+    assert_eq!(
+        after.exact("events_rejected_total{reason=\"duplicate_event_id\"}"),
+        51.0
+    );
+    assert_eq!(after.exact("events_rejected_total{reason=\"item_not_served\"}"), 50.0);
+    assert_eq!(after.sum("events_rejected_total", &[]), 101.0, "no other reason");
+
     // `/stats` agrees, per arm and overall.
     let stats = gw.ok("/stats").await;
     for (arm, impressions, clicks) in expected {
@@ -443,13 +566,15 @@ async fn accepted_events_count_for_the_token_arm() {
             stats["overall"]["impressions"].as_u64(),
             stats["overall"]["clicks"].as_u64()
         ),
-        (Some(6), Some(5)),
+        (Some(7), Some(8)),
         "{stats}"
     );
 }
 
 /// Replicas sharing `tracking.secret` credit each other's tokens to the arm that served them;
-/// a replica with another secret (or the default random one) refuses them as forged.
+/// a replica with another secret (or the default random one) refuses them as forged. A token
+/// the test signs itself credits exactly the page its `i` claim names, and one without `i`
+/// credits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_a_secret_credit_the_serving_arm() {
     let (shared, another) = (
@@ -489,18 +614,46 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
     assert_eq!(on_a.sum("impressions_total", &[]) + on_a.sum("clicks_total", &[]), 0.0);
 
     // A token the test signs itself with the shared secret is as good as the gateway's: the
-    // signature is HMAC-SHA256 over the exact claim bytes, and the arm in it is credited.
+    // signature is HMAC-SHA256 over the exact claim bytes, the arm in it is credited, and so
+    // is the page its `i` claim names (here one of the test's own), and nothing else.
     let mut forged = claims(ct);
+    assert_eq!(forged["i"], json!(page_tags(&ci)), "the gateway's token binds its page");
     forged["a"] = json!("treatment");
+    forged["i"] = json!(page_tags(&["own-1", "own-2"]));
     let own = sign("shared-s3cret", &forged);
-    assert_outcome(&b.post_events(&[event("click", &own, &ci[3])]).await, 1, &[]);
+    let batch_own = [
+        event("click", &own, "own-2"),
+        event("impression", &own, "own-1"),
+        event("click", &own, &ci[3]),
+    ];
+    assert_outcome(&b.post_events(&batch_own).await, 2, &[(2, None, "item_not_served")]);
+    // Without `i` a validly signed token has no page: it credits nothing.
+    let mut unbound = forged.clone();
+    unbound
+        .as_object_mut()
+        .expect("claims are an object")
+        .remove("i")
+        .expect("an i claim to remove");
+    let unbound = sign("shared-s3cret", &unbound);
+    let outcome = b
+        .post_events(&[event("click", &unbound, "own-2"), event("impression", &unbound, &ci[0])])
+        .await;
+    assert_outcome(
+        &outcome,
+        0,
+        &[(0, None, "item_not_served"), (1, None, "item_not_served")],
+    );
     let on_b = b.scrape().await;
     assert_eq!(
         on_b.arm("clicks_total", "treatment"),
         3.0,
         "the token's arm, not the user's"
     );
+    assert_eq!(on_b.arm("impressions_total", "treatment"), 3.0);
     assert_eq!(on_b.arm("clicks_total", "control"), 1.0);
+    assert_eq!(on_b.arm("impressions_total", "control"), 1.0);
+    assert_eq!(on_b.exact("events_rejected_total{reason=\"item_not_served\"}"), 3.0);
+    assert_eq!(on_b.sum("events_rejected_total", &[]), 3.0, "no other reason");
 
     // Another secret, or none configured: every token is forged there.
     for gw in [&other, &random] {
@@ -519,13 +672,16 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
 }
 
 /// Every reason, with the right index and event id, counted in `events_rejected_total`; only
-/// the accepted events count for the arm.
+/// the accepted events count for the arm. Checks run in the documented order (type, item id,
+/// event id, token, item on the page, duplicates), so an event with several faults names the
+/// first; refused events claim nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_rejected_one_by_one() {
     let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
     let ([control, _], _) = users_of_each_arm(&gw).await;
     let token = control["tracking_token"].as_str().expect("token");
     let items = item_ids(&control);
+    assert!(items.len() >= 7, "a page of 7 items at least: {control}");
     let (payload, signature) = token.split_once('.').expect("two parts");
 
     // One character of the payload flipped (inside the base64, so it still decodes).
@@ -543,6 +699,11 @@ async fn invalid_events_are_rejected_one_by_one() {
     );
     // A signature cut short.
     let truncated = &token[..token.len() - 3];
+    // Item ids at and over 256 bytes; event ids at and over 64 characters, of every kind of
+    // character allowed.
+    let (widest_item, too_wide_item) = ("y".repeat(256), "x".repeat(257));
+    let longest_id: String = "Az09._:@-".chars().cycle().take(64).collect();
+    let too_long_id = format!("{longest_id}a");
 
     let batch = [
         event_with_id("impression", token, &items[0], "e-1"), // 0: accepted
@@ -553,16 +714,30 @@ async fn invalid_events_are_rejected_one_by_one() {
         event("click", "a.b.c", &items[0]),                   // 5
         event_with_id("view", token, &items[0], "e-4"),       // 6
         event_with_id("click", token, "", "e-5"),             // 7
-        event_with_id("click", token, &items[1], "e-1"),      // 8: id of 0
+        event_with_id("click", token, &items[1], "e-1"),      // 8: accepted, id of 0 elsewhere
         event("click", token, &items[2]),                     // 9: accepted
         event("click", token, &items[2]),                     // 10: same as 9
         event("impression", token, &items[2]),                // 11: accepted, another type
         event("click", truncated, &items[3]),                 // 12
+        event_with_id("click", token, "not-on-the-page", "e-6"), // 13
+        event("click", token, &too_wide_item),                // 14
+        event("click", token, "line\nbreak"),                 // 15: a control character
+        event_with_id("click", token, &items[6], "e 7"),      // 16: a space
+        event_with_id("click", token, &items[6], &too_long_id), // 17
+        event_with_id("click", token, &items[3], ""),         // 18: accepted, "" is no id
+        event_with_id("click", token, &items[4], &longest_id), // 19: accepted
+        event("impression", token, &widest_item),             // 20: valid, but not served
+        // Several faults each: the first check names it.
+        event_with_id("view", "not-a-token", "", "bad id"),  // 21
+        event_with_id("click", "not-a-token", "", "bad id"), // 22
+        event_with_id("click", "not-a-token", &too_wide_item, "bad id"), // 23
+        event_with_id("click", "not-a-token", "not-on-the-page", "bad id"), // 24
+        event("click", &flipped, "not-on-the-page"),         // 25
     ];
     let outcome = gw.post_events(&batch).await;
     assert_outcome(
         &outcome,
-        3,
+        6,
         &[
             (1, Some("e-2"), "bad_signature"),
             (2, None, "bad_signature"),
@@ -571,33 +746,61 @@ async fn invalid_events_are_rejected_one_by_one() {
             (5, None, "malformed_token"),
             (6, Some("e-4"), "unknown_type"),
             (7, Some("e-5"), "missing_item_id"),
-            (8, Some("e-1"), "duplicate_event_id"),
             (10, None, "duplicate_event_id"),
             (12, None, "bad_signature"),
+            (13, Some("e-6"), "item_not_served"),
+            (14, None, "invalid_item_id"),
+            (15, None, "invalid_item_id"),
+            (16, Some("e 7"), "invalid_event_id"),
+            (17, Some(too_long_id.as_str()), "invalid_event_id"),
+            (20, None, "item_not_served"),
+            (21, Some("bad id"), "unknown_type"),
+            (22, Some("bad id"), "missing_item_id"),
+            (23, Some("bad id"), "invalid_item_id"),
+            (24, Some("bad id"), "invalid_event_id"),
+            (25, None, "bad_signature"),
         ],
     );
 
-    // Across batches: the same event id, and the same (type, item, token) without one.
+    // Across batches: a counted event under its id is a retry (accepted, not counted again);
+    // another id, no id, or the empty id for a counted position is a duplicate. Positions
+    // whose events were refused are still free, and an id is scoped to its token.
+    let again = gw.recommend(control["user_id"].as_str().expect("user"), "home").await;
+    let other_token = again["tracking_token"].as_str().expect("token");
+    assert_ne!(other_token, token, "a new response, a new token");
     let batch = [
-        event_with_id("click", token, &items[4], "e-1"),
-        event("click", token, &items[2]),
-        event_with_id("click", token, &items[4], "e-6"),
-        event("impression", token, &items[5]),
-        event_with_id("impression", token, &items[6], "e-2"), // refused before: still free
+        event_with_id("click", token, &items[1], "e-1"),       // 0: retry of 8
+        event_with_id("click", token, &items[1], "e-9"),       // 1
+        event("click", token, &items[2]),                      // 2: as 9
+        event_with_id("click", token, &items[3], ""),          // 3: as 18, which had no id
+        event_with_id("click", token, &items[4], &longest_id), // 4: retry of 19
+        event_with_id("impression", token, &items[0], "e-1"),  // 5: retry of 0
+        event("impression", token, &items[5]),                 // 6: new
+        event_with_id("click", token, &items[6], "e-7"),       // 7: new, refused twice before
+        event_with_id("click", other_token, &item_ids(&again)[1], "e-1"), // 8: new, another token
     ];
     assert_outcome(
         &gw.post_events(&batch).await,
-        3,
-        &[(0, Some("e-1"), "duplicate_event_id"), (1, None, "duplicate_event_id")],
+        6,
+        &[
+            (1, Some("e-9"), "duplicate_event_id"),
+            (2, None, "duplicate_event_id"),
+            (3, Some(""), "duplicate_event_id"),
+        ],
     );
 
     let m = gw.scrape().await;
     let expected = [
-        ("bad_signature", 3.0),
+        ("bad_signature", 4.0),
         ("malformed_token", 3.0),
-        ("unknown_type", 1.0),
-        ("missing_item_id", 1.0),
+        ("expired_token", 0.0),
+        ("unknown_type", 2.0),
+        ("missing_item_id", 2.0),
+        ("invalid_item_id", 3.0),
+        ("invalid_event_id", 3.0),
+        ("item_not_served", 2.0),
         ("duplicate_event_id", 4.0),
+        ("counts_unavailable", 0.0),
     ];
     for (reason, count) in expected {
         assert_eq!(
@@ -606,19 +809,28 @@ async fn invalid_events_are_rejected_one_by_one() {
             "{reason}"
         );
     }
-    assert_eq!(m.sum("events_rejected_total", &[]), 12.0, "no other reason");
-    // Accepted: impressions 0, 11, batch-2 #3 and #4; clicks 9 and batch-2 #2.
-    assert_eq!(m.arm("impressions_total", "control"), 4.0);
-    assert_eq!(m.arm("clicks_total", "control"), 2.0);
+    assert_eq!(m.sum("events_rejected_total", &[]), 23.0, "no other reason");
+    // Counted once each: impressions 0 and 11, batch-2 #6; clicks 8, 9, 18 and 19, batch-2 #7
+    // and #8 (retries are not counted again).
+    assert_eq!(m.arm("impressions_total", "control"), 3.0);
+    assert_eq!(m.arm("clicks_total", "control"), 6.0);
     assert_eq!(
         m.arm("impressions_total", "treatment"),
         0.0,
         "the tampered arm gets nothing"
     );
     assert_eq!(m.arm("clicks_total", "treatment"), 0.0);
+    let stats = gw.ok("/stats").await;
+    let entry = stats_arm(&stats, "home", EXPERIMENT, "control");
+    assert_eq!(
+        (entry["impressions"].as_u64(), entry["clicks"].as_u64()),
+        (Some(3), Some(6)),
+        "the results count as the metrics do: {stats}"
+    );
 }
 
-/// Tokens older than `tracking.token_max_age` are refused as expired.
+/// Tokens older than `tracking.token_max_age` are refused as expired (before the item is looked
+/// for on their page).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_rejected() {
     let mut settings = settings_with_secret("k3y");
@@ -635,11 +847,16 @@ async fn expired_tokens_are_rejected() {
     let batch = [
         event_with_id("click", token, &items[0], "late-1"),
         event("impression", token, &items[1]),
+        event("click", token, "not-on-the-page"),
     ];
     assert_outcome(
         &gw.post_events(&batch).await,
         0,
-        &[(0, Some("late-1"), "expired_token"), (1, None, "expired_token")],
+        &[
+            (0, Some("late-1"), "expired_token"),
+            (1, None, "expired_token"),
+            (2, None, "expired_token"),
+        ],
     );
     // A fresh token for the same user is fine again.
     let fresh = gw.recommend("42", "home").await;
@@ -647,7 +864,8 @@ async fn expired_tokens_are_rejected() {
     assert_outcome(&gw.post_events(&[event("click", fresh, &items[0])]).await, 1, &[]);
 
     let m = gw.scrape().await;
-    assert_eq!(m.exact("events_rejected_total{reason=\"expired_token\"}"), 2.0);
+    assert_eq!(m.exact("events_rejected_total{reason=\"expired_token\"}"), 3.0);
+    assert_eq!(m.sum("events_rejected_total", &[]), 3.0, "no other reason");
     let arm = body["arm"].as_str().expect("arm");
     assert_eq!(m.arm("impressions_total", arm), 1.0);
     assert_eq!(m.arm("clicks_total", arm), 1.0);
@@ -661,38 +879,60 @@ async fn batch_limits_and_malformed_bodies() {
     let body = gw.recommend("42", "home").await;
     let token = body["tracking_token"].as_str().expect("token");
     let arm = body["arm"].as_str().expect("arm");
+    let items = item_ids(&body);
+
+    // A token credits each item of its page once per type, so 1000 distinct events take 50
+    // pages of 10: an impression and a click of every item of each.
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let page = gw.recommend("42", "home").await;
+        assert_eq!(page["arm"], arm, "one user, one arm: {page}");
+        let page_token = page["tracking_token"].as_str().expect("token");
+        let page_items = item_ids(&page);
+        assert_eq!(page_items.len(), 10, "a full page: {page}");
+        for item in &page_items {
+            events.push(event("impression", page_token, item));
+            events.push(event("click", page_token, item));
+        }
+    }
+    assert_eq!(events.len(), 1000);
 
     // 1001 events: refused whole.
-    let events: Vec<Value> = (0..1001)
-        .map(|i| event("impression", token, &format!("item-{i}")))
-        .collect();
-    let bytes = serde_json::to_vec(&json!({ "events": events })).expect("json");
+    let mut too_many = events.clone();
+    too_many.push(event("impression", token, &items[0]));
+    let bytes = serde_json::to_vec(&json!({ "events": too_many })).expect("json");
     assert!(bytes.len() < 1 << 20, "under the body limit: {}", bytes.len());
     let reply = gw.post_events_raw(bytes).await;
     assert_error(&reply, 413, Some("batch_too_large"), "1001 events");
-    assert_eq!(gw.scrape().await.arm("impressions_total", arm), 0.0);
+    let m = gw.scrape().await;
+    assert_eq!(m.arm("impressions_total", arm), 0.0);
+    assert_eq!(m.arm("clicks_total", arm), 0.0);
 
     // 1000 events: all counted.
-    assert_outcome(&gw.post_events(&events[..1000]).await, 1000, &[]);
-    assert_eq!(gw.scrape().await.arm("impressions_total", arm), 1000.0);
+    assert_outcome(&gw.post_events(&events).await, 1000, &[]);
+    let m = gw.scrape().await;
+    assert_eq!(m.arm("impressions_total", arm), 500.0);
+    assert_eq!(m.arm("clicks_total", arm), 500.0);
 
-    // Exactly 1 MiB is read; one byte more is refused before reading.
+    // Exactly 1 MiB is read; one byte more is refused before reading. The padding is JSON
+    // whitespace, so the event itself is an ordinary click on the page.
     let sized = |len: usize, item: &str| {
-        let head = format!(r#"{{"events":[{{"type":"click","tracking_token":"{token}","item_id":""#);
-        let tail = r#""}]}"#;
-        let pad = len - head.len() - tail.len() - item.len();
-        format!("{head}{item}{}{tail}", "x".repeat(pad))
+        let one = serde_json::to_string(&event("click", token, item)).expect("json");
+        let head = format!(r#"{{"events":[{one}]"#);
+        let pad = len - head.len() - 1;
+        format!("{head}{}}}", " ".repeat(pad))
     };
-    let exact = sized(1 << 20, "a");
+    let exact = sized(1 << 20, &items[0]);
     assert_eq!(exact.len(), 1 << 20);
     let reply = gw.post_events_raw(exact).await;
     assert_eq!(reply.status, 202, "a body of exactly 1 MiB: {}", reply.body);
     assert_outcome(&reply.json(), 1, &[]);
-    let over = sized((1 << 20) + 1, "b");
+    let over = sized((1 << 20) + 1, &items[1]);
+    assert_eq!(over.len(), (1 << 20) + 1);
     let reply = gw.post_events_raw(over).await;
     assert_error(&reply, 413, Some("payload_too_large"), "a body of 1 MiB + 1 byte");
     let m = gw.scrape().await;
-    assert_eq!(m.arm("clicks_total", arm), 1.0, "the oversized click is not counted");
+    assert_eq!(m.arm("clicks_total", arm), 501.0, "the oversized click is not counted");
 
     // Malformed JSON, an unknown top-level field, a non-array: 400 JSON.
     for bad in [
@@ -715,8 +955,8 @@ async fn batch_limits_and_malformed_bodies() {
         0.0,
         "whole-batch refusals are not events"
     );
-    assert_eq!(m.arm("impressions_total", arm), 1000.0);
-    assert_eq!(m.arm("clicks_total", arm), 1.0);
+    assert_eq!(m.arm("impressions_total", arm), 500.0);
+    assert_eq!(m.arm("clicks_total", arm), 501.0);
 }
 
 /// `/stats` after a known traffic mix: N served (split across arms and the default), M failed.
@@ -873,13 +1113,19 @@ async fn metrics_pass_promtool_and_count_exactly() {
         control["tracking_token"].as_str().expect("token"),
         treatment["tracking_token"].as_str().expect("token"),
     );
+    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
     let batch = [
-        event("impression", ct, "1"),
-        event("click", ct, "1"),
-        event("impression", tt, "1"),
-        event("click", "garbage", "1"),
+        event("impression", ct, &ci[0]),
+        event("click", ct, &ci[0]),
+        event("impression", tt, &ti[0]),
+        event("click", "garbage", &ci[0]),
+        event("click", tt, "not-on-the-page"),
     ];
-    assert_outcome(&gw.post_events(&batch).await, 3, &[(3, None, "malformed_token")]);
+    assert_outcome(
+        &gw.post_events(&batch).await,
+        3,
+        &[(3, None, "malformed_token"), (4, None, "item_not_served")],
+    );
 
     let reply = gw.get("/metrics").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -950,7 +1196,27 @@ async fn metrics_pass_promtool_and_count_exactly() {
     assert_eq!(m.arm("clicks_total", "control"), 1.0);
     assert_eq!(m.arm("impressions_total", "treatment"), 1.0);
     assert_eq!(m.arm("clicks_total", "treatment"), 0.0);
-    assert_eq!(m.exact(r#"events_rejected_total{reason="malformed_token"}"#), 1.0);
+    // Every rejection reason is exported from the start, at 0 until it happens.
+    let reasons = [
+        ("malformed_token", 1.0),
+        ("bad_signature", 0.0),
+        ("expired_token", 0.0),
+        ("unknown_type", 0.0),
+        ("missing_item_id", 0.0),
+        ("invalid_item_id", 0.0),
+        ("invalid_event_id", 0.0),
+        ("item_not_served", 1.0),
+        ("duplicate_event_id", 0.0),
+        ("counts_unavailable", 0.0),
+    ];
+    for (reason, count) in reasons {
+        assert_eq!(
+            m.exact(&format!("events_rejected_total{{reason=\"{reason}\"}}")),
+            count,
+            "{reason}"
+        );
+    }
+    assert_eq!(m.sum("events_rejected_total", &[]), 2.0, "no other reason");
 
     // Every family of DESIGN.md §7 that needs no Redis is exported.
     for family in [

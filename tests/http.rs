@@ -403,7 +403,8 @@ async fn demo_serves_the_home_experiment() {
         (&"default".into(), &"popular".into()),
         "{plain}"
     );
-    assert_eq!(plain["source"], "store");
+    // A global list is held by its loaded version: this replica's memory, no cache lookup.
+    assert_eq!(plain["source"], "local");
     assert_eq!(items(&plain).len(), 10);
 
     // The experiment as loaded.

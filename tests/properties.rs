@@ -998,15 +998,30 @@ fn error_code(reply: &Reply, what: &str) -> String {
 }
 
 /// What `POST /events` should make of one event, from DESIGN.md §5 and the token format.
-fn expected_reason(kind: &str, token: &str, item: &str, valid_token: bool) -> Option<&'static str> {
+fn expected_reason(
+    kind: &str,
+    token: &str,
+    item: &str,
+    id: Option<&str>,
+    on_page: Option<bool>,
+) -> Option<&'static str> {
     if kind != "impression" && kind != "click" {
         return Some("unknown_type");
     }
     if item.is_empty() {
         return Some("missing_item_id");
     }
-    if valid_token {
-        return None;
+    if item.len() > 256 || item.chars().any(char::is_control) {
+        return Some("invalid_item_id");
+    }
+    let id_ok = |id: &str| id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:@".contains(&b));
+    if id.is_some_and(|id| !id.is_empty() && !id_ok(id)) {
+        return Some("invalid_event_id");
+    }
+    match on_page {
+        Some(true) => return None,
+        Some(false) => return Some("item_not_served"),
+        None => {}
     }
     let two_parts = token
         .split_once('.')
@@ -1175,7 +1190,7 @@ fn check_events_reply(reply: &Reply, body: &[u8]) {
             for (i, (rejection, (kind, token, item, id))) in rejections.iter().zip(&events).enumerate() {
                 assert_eq!(rejection["index"], i, "{what}: {outcome}");
                 assert_eq!(rejection["event_id"].as_str(), id.as_deref(), "{what}: {outcome}");
-                let want = expected_reason(kind, token, item, false);
+                let want = expected_reason(kind, token, item, id.as_deref(), None);
                 assert_eq!(rejection["reason"].as_str(), want, "{what}: event {i}: {outcome}");
             }
         }
@@ -1194,20 +1209,31 @@ proptest! {
     #[test]
     fn event_batches_are_judged_event_by_event(events in prop::collection::vec(sent_event(), 0..20)) {
         let shared = shared();
+        // A fresh page per case, so its positions are not taken by an earlier case.
         let unique = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let page = shared.runtime.block_on(shared.gateway.ok(&format!("/recommendations/p-{unique}?limit=100")));
+        let page_token = page["tracking_token"].as_str().expect("token").to_string();
+        let page_items: Vec<String> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["item_id"].as_str().expect("item_id").to_string())
+            .collect();
         let mut sent = Vec::new();
         let mut expected = Vec::new();
         let mut accepted = 0;
         for (i, event) in events.iter().enumerate() {
             let valid = event.token.is_none();
-            let token = event.token.clone().unwrap_or_else(|| shared.token.clone());
-            // Events carrying the real token get unique items and no id, so none duplicates
-            // another (ids would be shared across cases).
+            let token = event.token.clone().unwrap_or_else(|| page_token.clone());
+            // Events carrying the real token name the page's i-th item (each position once,
+            // so none duplicates another) and no id, or an item not on the page.
             let (item, id) = match (valid, event.item.is_empty()) {
-                (true, false) => (format!("{}-{unique}-{i}", event.item), None),
+                (true, false) if event.item.len() % 3 == 0 => (format!("x-{}", event.item), None),
+                (true, false) => (page_items[i].clone(), None),
                 _ => (event.item.clone(), event.event_id.clone()),
             };
-            let reason = expected_reason(&event.kind, &token, &item, valid);
+            let on_page = valid.then(|| page_items.contains(&item));
+            let reason = expected_reason(&event.kind, &token, &item, id.as_deref(), on_page);
             accepted += usize::from(reason.is_none());
             expected.push((i, id.clone(), reason));
             let mut value = json!({ "type": event.kind, "tracking_token": token, "item_id": item });

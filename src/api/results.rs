@@ -11,8 +11,8 @@ use poem_openapi::{Object, OpenApi};
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
-use crate::gateway::Gateway;
 use crate::feedback::results::{self, ArmResults, ExperimentResults};
+use crate::gateway::Gateway;
 
 /// The results endpoint.
 #[derive(Default)]

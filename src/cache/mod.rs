@@ -248,13 +248,14 @@ impl TieredCache {
     }
 
     /// Invalidates every cached list of `model` on every replica: bumps its generation in Redis
-    /// and publishes it. Returns the new generation and whether other replicas were told
+    /// and publishes it. An operator asked for it, so Redis is tried even when a recent poll
+    /// failed and the invalidation client's breaker is still backing off. Returns the new generation and whether other replicas were told
     /// (false without Redis, or when Redis did not answer: then only this replica forgets).
     pub async fn invalidate(&self, model: &str) -> (u64, bool) {
         let local = self.generations.get(model);
         if let Some(redis) = &self.invalidation
             && let Ok(mut generation) = redis
-                .query::<u64>(::redis::cmd("INCR").arg(generation_key(model)))
+                .query_now::<u64>(::redis::cmd("INCR").arg(generation_key(model)), redis.timeout())
                 .await
         {
             // Redis may be behind this replica (it restarted without persistence, or an
@@ -262,13 +263,16 @@ impl TieredCache {
             if generation <= local {
                 generation = local + 1;
                 let _ = redis
-                    .query::<()>(::redis::cmd("SET").arg(generation_key(model)).arg(generation))
+                    .query_now::<()>(
+                        ::redis::cmd("SET").arg(generation_key(model)).arg(generation),
+                        redis.timeout(),
+                    )
                     .await;
             }
             self.apply(model, generation, Forget::Always);
             let message = format!("{generation} {model}");
             let published = redis
-                .query::<i64>(::redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
+                .query_now::<i64>(::redis::cmd("PUBLISH").arg(CHANNEL).arg(message), redis.timeout())
                 .await
                 .is_ok();
             return (generation, published);
@@ -296,7 +300,6 @@ impl TieredCache {
         self.generations.track(models);
         self.poll_generations().await;
     }
-
 
     /// Starts the replica side of invalidation: a subscriber applying published generations,
     /// and a poll every `interval` that catches up on messages missed while disconnected.

@@ -173,7 +173,7 @@ fn redis_dense(sketch: &AtomicHyperLogLog) -> Vec<u8> {
 }
 
 /// One replica's batch of one experiment, sent until Redis confirms it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Batch {
     /// This replica's sequence number; Redis skips a batch at or below the last applied.
     seq: u64,
@@ -310,12 +310,12 @@ impl Tally {
         };
         let _flushing = self.flushing.lock().await;
         self.seal();
-        let waiting: Vec<(String, u64, Vec<(String, Arc<ArmCounter>, u64)>)> = self
+        let waiting: Vec<(String, Batch)> = self
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(experiment, batch)| (experiment.clone(), batch.seq, batch.arms.clone()))
+            .map(|(experiment, batch)| (experiment.clone(), batch.clone()))
             .collect();
         if waiting.is_empty() && drain_until.is_none() {
             // Nothing to send: a PING keeps `redis_up` true to this Redis without traffic.
@@ -323,7 +323,7 @@ impl Tally {
             return true;
         }
         let mut done = true;
-        for (experiment, seq, arms) in waiting {
+        for (experiment, Batch { seq, arms }) in waiting {
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(format!("recgw:results:{{{experiment}}}:applied:{}", self.replica))

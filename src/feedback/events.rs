@@ -287,7 +287,12 @@ impl EventLog {
 
     /// Checks a batch and claims every event that passes: in Redis when configured (counting
     /// it there in the same script), else in this process (counting it in `tally`).
-    pub async fn accept(&self, events: &[Event<'_>], now: SystemTime, tally: &Tally) -> Vec<Result<Accepted, Rejection>> {
+    pub async fn accept(
+        &self,
+        events: &[Event<'_>],
+        now: SystemTime,
+        tally: &Tally,
+    ) -> Vec<Result<Accepted, Rejection>> {
         let mut checked: Vec<Result<Checked, Rejection>> = events.iter().map(|e| self.check(e, now)).collect();
         let mut in_batch = HashSet::new();
         for result in &mut checked {
@@ -512,7 +517,11 @@ mod tests {
         for i in 0..4 {
             assert_eq!(seen.claim(&checked(2, &format!("c{i}"), None)), Ok(true));
         }
-        assert_eq!(seen.claim(&a), Err(Rejection::Duplicate), "still in the previous generation");
+        assert_eq!(
+            seen.claim(&a),
+            Err(Rejection::Duplicate),
+            "still in the previous generation"
+        );
         for i in 0..5 {
             assert_eq!(seen.claim(&checked(3, &format!("c{i}"), None)), Ok(true));
         }
@@ -526,7 +535,11 @@ mod tests {
             Err(Rejection::Duplicate),
             "another id for a counted position"
         );
-        assert_eq!(seen.claim(&checked(5, "i1", Some("e-1"))), Ok(true), "ids are per token");
+        assert_eq!(
+            seen.claim(&checked(5, "i1", Some("e-1"))),
+            Ok(true),
+            "ids are per token"
+        );
     }
 
     fn claims(now: SystemTime) -> Claims {
@@ -610,7 +623,12 @@ mod tests {
         assert_eq!((counts[0].clicks, counts[0].impressions), (3, 1));
 
         let twice = [Event { item_id: "10", ..event }, Event { item_id: "10", ..event }];
-        let results: Vec<bool> = log.accept(&twice, now, &tally).await.iter().map(Result::is_ok).collect();
+        let results: Vec<bool> = log
+            .accept(&twice, now, &tally)
+            .await
+            .iter()
+            .map(Result::is_ok)
+            .collect();
         assert_eq!(results, [true, false], "a duplicate within one batch");
 
         let other = Signer::new("other", Duration::from_secs(60)).sign(&claims(now));
@@ -626,10 +644,7 @@ mod tests {
                 event_id: Some("a b"),
                 ..event
             },
-            Event {
-                item_id: "11",
-                ..event
-            },
+            Event { item_id: "11", ..event },
             Event {
                 token: "x.y",
                 item_id: "7",

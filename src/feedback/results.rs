@@ -6,8 +6,8 @@
 use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Status};
-use crate::feedback::stats::{self, Interval, Lift};
 use crate::feedback::counts::{ArmCounts, Tally};
+use crate::feedback::stats::{self, Interval, Lift};
 
 /// A sample-ratio mismatch is flagged below this p-value (DESIGN.md §5).
 pub const SRM_THRESHOLD: f64 = 0.001;

@@ -273,7 +273,10 @@ mod tests {
     fn rejects_expired_and_malformed_tokens() {
         let signer = Signer::new("s3cret", DAY);
         let token = signer.sign(&claims(1_000));
-        assert_eq!(signer.verify(&token, at(1_000 + 86_400)).map(|(c, _)| c), Ok(claims(1_000)));
+        assert_eq!(
+            signer.verify(&token, at(1_000 + 86_400)).map(|(c, _)| c),
+            Ok(claims(1_000))
+        );
         assert_eq!(signer.verify(&token, at(1_000 + 86_401)), Err(TokenError::Expired));
         for bad in ["", "abc", "a.b.c", "!!!.???", &token.replace('.', "")] {
             assert_eq!(signer.verify(bad, at(1_000)), Err(TokenError::Malformed), "{bad:?}");
