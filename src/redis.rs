@@ -29,11 +29,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The deadline of a batch (a counts flush, a batch's event claims): ten lookups' worth of
-/// `cache.redis_timeout`, at least 0.5 s and at most 2 s. A batch is larger than a lookup
+/// `cache.redis_timeout`, at least 0.5 s and at most 1 s. A batch is larger than a lookup
 /// and no request's latency depends on it, but its deadline is also how long an event waits
 /// for an answer before it is refused as unavailable.
 pub(crate) fn batch_deadline(redis_timeout: Duration) -> Duration {
-    (redis_timeout * 10).clamp(Duration::from_millis(500), Duration::from_secs(2))
+    (redis_timeout * 10).clamp(Duration::from_millis(500), Duration::from_secs(1))
 }
 
 /// Why the URL of a Redis could not be used.

@@ -103,12 +103,7 @@ impl TestGateway {
             user: user.to_string(),
             arm: body["arm"].as_str().expect("arm").to_string(),
             counted: body["forced"] == false,
-            items: body["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .map(|i| i["item_id"].as_str().expect("item_id").to_string())
-                .collect(),
+            items: gateway::item_ids(&body),
             token: body["tracking_token"].as_str().expect("token").to_string(),
         }
     }
@@ -173,6 +168,25 @@ fn impression(page: &Page, item: &str, id: Option<String>) -> Value {
 
 fn click(page: &Page, item: &str, id: Option<String>) -> Value {
     json!({ "type": "click", "tracking_token": page.token, "item_id": item, "event_id": id })
+}
+
+/// Runs the test `$name(topology)` twice: `$name::on_one_node` and `$name::on_a_cluster`.
+macro_rules! on_one_node_and_a_cluster {
+    ($name:ident) => {
+        mod $name {
+            use super::Topology;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_one_node() {
+                super::$name(Topology::node()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_cluster() {
+                super::$name(Topology::cluster()).await;
+            }
+        }
+    };
 }
 
 /// The Redis topologies every test runs on.
@@ -311,15 +325,7 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_sent_to_two_replicas_count_once_on_one_node() {
-    events_sent_to_two_replicas_count_once(Topology::node()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_sent_to_two_replicas_count_once_on_a_cluster() {
-    events_sent_to_two_replicas_count_once(Topology::cluster()).await;
-}
+on_one_node_and_a_cluster!(events_sent_to_two_replicas_count_once);
 
 // ---------------------------------------------------------------------------------------------
 // 2. One token, a hundred clicks
@@ -357,15 +363,7 @@ async fn one_token_cannot_forge_clicks(topology: Topology) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_token_cannot_forge_clicks_on_one_node() {
-    one_token_cannot_forge_clicks(Topology::node()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_token_cannot_forge_clicks_on_a_cluster() {
-    one_token_cannot_forge_clicks(Topology::cluster()).await;
-}
+on_one_node_and_a_cluster!(one_token_cannot_forge_clicks);
 
 // ---------------------------------------------------------------------------------------------
 // 3. Replies delayed past every deadline

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway::{Reply, TestGateway, demo_settings};
+use gateway::{Reply, TestGateway, demo_settings, item_ids};
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
 use serde_json::{Value, json};
@@ -141,16 +141,6 @@ fn event(kind: &str, token: &str, item: &str) -> Value {
 /// An event with `event_id`.
 fn event_with_id(kind: &str, token: &str, item: &str, id: &str) -> Value {
     json!({ "type": kind, "tracking_token": token, "item_id": item, "event_id": id })
-}
-
-/// The item ids of a recommendations body.
-fn item_ids(body: &Value) -> Vec<String> {
-    body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {body}"))
-        .iter()
-        .map(|i| i["item_id"].as_str().expect("string item_id").to_string())
-        .collect()
 }
 
 /// Asserts a 202 outcome: counts and the exact `(index, event_id, reason)` of each rejection.

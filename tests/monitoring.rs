@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gateway::{TestGateway, http_client, repo};
+use gateway::{TestGateway, http_client, item_ids, repo};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -280,12 +280,7 @@ async fn recommend(gw: &TestGateway, user: &str) -> Served {
     Served {
         arm: body["arm"].as_str().expect("arm").to_string(),
         token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
-        items: body["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|i| i["item_id"].as_str().expect("item_id").to_string())
-            .collect(),
+        items: item_ids(&body),
     }
 }
 

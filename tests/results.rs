@@ -5,29 +5,32 @@
 //! `redis-server` from `common/redis.rs` where Redis is involved.
 //!
 //! 1. two replicas on one Redis agree and count exactly (QA overrides excluded);
-//! 2. a retried batch is counted once, whichever replica it reaches;
-//! 3. a replica restarted mid-way loses nothing (its graceful shutdown flushes);
-//! 4. a ~2 s Redis outage while events flow: every event 202, counts delivered on recovery;
-//! 5. without Redis, exact counts in memory;
+//! 2. a retried batch is counted once, whichever replica it reaches: a resend with the same
+//!    event ids is answered accepted without a second count, one without ids is refused;
+//! 3. a replica restarted mid-way loses nothing (its graceful shutdown flushes its exposures);
+//! 4. a Redis outage of a few seconds: recommendations are served and their exposures held,
+//!    events are refused 503 `counts_unavailable`, and sent again after recovery counted once;
+//! 5. without Redis, the same exactly-once counts in memory;
 //! 6. `recgw report` as a table, CSV and JSON, with the endpoint's numbers;
 //! 7. undefined statistics are `null` with a reason;
-//! 8. a graceful shutdown soon after Redis came back still delivers the buffer.
+//! 8. a graceful shutdown soon after Redis came back still delivers the held exposures.
 //!
 //! Every test keeps its own ledger of what the gateways served and accepted (from the
-//! recommendation responses and the 202 answers of `POST /events`) and compares the results
-//! endpoint with it exactly: exposures, impressions and clicks to the unit; distinct users
-//! exactly in memory and within the HyperLogLog error (±2%) with Redis.
+//! recommendation responses and the 202 answers of `POST /events`, each event counted at most
+//! once) and compares the results endpoint with it exactly: exposures, impressions and clicks
+//! to the unit; distinct users and clicking users, which are HyperLogLog estimates with and
+//! without Redis, within ±2%.
 
 #[path = "common/gateway.rs"]
 mod gateway;
 #[path = "common/redis.rs"]
 mod redis_harness;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway::{DemoCopy, TestGateway, eventually};
+use gateway::{DemoCopy, Reply, TestGateway, eventually};
 use recgw::config::Settings;
 use redis_harness::RedisServer;
 use serde_json::{Value, json};
@@ -42,8 +45,8 @@ const QA_USER: &str = "qa-user-1";
 const SECRET: &str = "results-tests-shared-secret";
 /// How long a background effect (a flush, a reconnection) gets before a test fails.
 const WAIT: Duration = Duration::from_secs(10);
-/// A flush happens every 250 ms; waits for one start after this.
-const FLUSH: Duration = Duration::from_millis(300);
+/// Exposures are flushed to Redis every second; waits for one start after this.
+const FLUSH: Duration = Duration::from_millis(1100);
 /// The results path.
 const RESULTS: &str = "/experiments/home-als-rank/results";
 /// The 0.975 quantile of the standard normal.
@@ -96,11 +99,14 @@ impl TestGateway {
         }
     }
 
-    /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
-    async fn post_events(&self, events: &[Event]) -> Vec<Option<String>> {
+    /// `POST /events`: for a 202, per event `None` when accepted, else the reason (checking
+    /// that the counts and the rejections agree); any other reply as it came.
+    async fn try_post_events(&self, events: &[Event]) -> Result<Vec<Option<String>>, Reply> {
         let body = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
         let reply = self.post_json("/events", &body).await;
-        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
+        if reply.status != 202 {
+            return Err(reply);
+        }
         let outcome = reply.json();
         let mut results = vec![None; events.len()];
         for rejection in outcome["rejections"].as_array().expect("rejections") {
@@ -115,7 +121,35 @@ impl TestGateway {
         let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
         assert_eq!(outcome["rejected"], rejected, "{outcome}");
         assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
-        results
+        Ok(results)
+    }
+
+    /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
+    async fn post_events(&self, events: &[Event]) -> Vec<Option<String>> {
+        self.try_post_events(events)
+            .await
+            .unwrap_or_else(|reply| panic!("POST /events: {} {}", reply.status, reply.body))
+    }
+
+    /// `POST /events`, expecting the whole batch refused because the counts' Redis does not
+    /// answer: 503 JSON `{"error": "counts_unavailable", "message": …}`.
+    async fn post_events_unavailable(&self, events: &[Event]) {
+        let reply = match self.try_post_events(events).await {
+            Ok(outcomes) => panic!("POST /events answered 202 while Redis is down: {outcomes:?}"),
+            Err(reply) => reply,
+        };
+        assert_eq!(reply.status, 503, "POST /events: {}", reply.body);
+        assert!(
+            reply.content_type.starts_with("application/json"),
+            "{}",
+            reply.content_type
+        );
+        let body = reply.json();
+        assert_eq!(body["error"], "counts_unavailable", "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "a message: {body}"
+        );
     }
 
     /// `GET /experiments/home-als-rank/results`, expecting 200 and JSON.
@@ -150,7 +184,7 @@ struct Served {
     first: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Impression,
     Click,
@@ -165,7 +199,9 @@ struct Event {
     user: String,
     item: String,
     token: String,
-    /// `None`: the gateway derives the id from token, item and type.
+    /// `None`: no id, so the gateway knows the event only by token, type and item (its position
+    /// on the token's page), and a resend is a `duplicate_event_id`; with an id a resend is a
+    /// safe retry, answered accepted and not counted again.
     id: Option<String>,
 }
 
@@ -184,13 +220,13 @@ impl Event {
 }
 
 /// Impressions of every item of every response and `clicks(i)` clicks (on its first items) of
-/// the i-th response. Event ids are derived by the gateway for a user's first response when
-/// `derive` allows it (a repeated response may carry the same token within one second, so
-/// its events get explicit ids), explicit `{prefix}-…` otherwise.
-fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, derive: bool) -> Vec<Event> {
+/// the i-th response. When `anonymous` allows it, the events of a user's first response with
+/// an even serial carry no `event_id` (the gateway dedupes them on token, type and position
+/// alone); all others carry explicit `{prefix}-…` ids, unique per event.
+fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, anonymous: bool) -> Vec<Event> {
     let mut events = Vec::new();
     for (i, s) in served.iter().enumerate() {
-        let explicit = !(derive && s.first && s.serial % 2 == 0);
+        let explicit = !(anonymous && s.first && s.serial % 2 == 0);
         let mut push = |kind: Kind, item: &String| {
             let tag = if kind == Kind::Click { "c" } else { "i" };
             events.push(Event {
@@ -227,10 +263,19 @@ struct ArmLedger {
 #[derive(Debug, Default, Clone)]
 struct Ledger {
     arms: BTreeMap<String, ArmLedger>,
-    /// Responses served (counted or not) and events accepted (counted or not).
+    /// Responses served (counted or not).
     responses: u64,
+    /// Events accepted for the first time (counted or not): each at most once.
     accepted: u64,
+    /// Accepted answers to a resend of an event accepted before under the same `event_id`: a
+    /// safe retry, which counts nothing.
+    retried: u64,
+    /// Events refused.
     rejected: u64,
+    /// Every event accepted so far, by (token, type, item), with the id it was accepted under:
+    /// a page's item takes one impression and one click, so a second acceptance of one of
+    /// these is a retry or a count too many.
+    seen: HashMap<(String, Kind, String), Option<String>>,
 }
 
 impl Ledger {
@@ -243,14 +288,32 @@ impl Ledger {
         }
     }
 
-    fn outcome(&mut self, event: &Event, outcome: &Option<String>) {
+    /// Credits what the gateway answered for `event` (`None`: accepted); returns whether it was
+    /// accepted and new. An acceptance of an event the ledger has already seen accepted must be
+    /// a retry with the same `event_id` (the gateway says it did not count it again); any other
+    /// second acceptance would be a count the client was not entitled to, and fails the test.
+    fn outcome(&mut self, event: &Event, outcome: &Option<String>) -> bool {
         if outcome.is_some() {
             self.rejected += 1;
-            return;
+            return false;
         }
+        let key = (event.token.clone(), event.kind, event.item.clone());
+        if let Some(counted_as) = self.seen.get(&key) {
+            assert!(
+                event.id.is_some() && *counted_as == event.id,
+                "{:?} of item {} on one page accepted twice: first as {counted_as:?}, again as {:?} \
+                 (only a resend with the same event_id may be accepted again, and is not counted)",
+                event.kind,
+                event.item,
+                event.id
+            );
+            self.retried += 1;
+            return false;
+        }
+        self.seen.insert(key, event.id.clone());
         self.accepted += 1;
         if !event.counted {
-            return;
+            return true;
         }
         let arm = self.arms.entry(event.arm.clone()).or_default();
         match event.kind {
@@ -260,15 +323,23 @@ impl Ledger {
                 arm.clickers.insert(event.user.clone());
             }
         }
+        true
+    }
+
+    /// Whether the ledger has seen `event`'s (token, type, item) accepted.
+    fn has_seen(&self, event: &Event) -> bool {
+        self.seen
+            .contains_key(&(event.token.clone(), event.kind, event.item.clone()))
     }
 
     fn arm(&self, name: &str) -> ArmLedger {
         self.arms.get(name).cloned().unwrap_or_default()
     }
 
-    /// Whether `body` shows exactly this ledger (distinct users within ±2% when `approx`); the
-    /// differences otherwise.
-    fn matches(&self, body: &Value, approx: bool) -> Result<(), String> {
+    /// Whether `body` shows exactly this ledger: exposures, impressions and clicks to the unit,
+    /// distinct users and clicking users within ±2% (HyperLogLog estimates, ±0.81% standard
+    /// error, with Redis and in memory alike); the differences otherwise.
+    fn matches(&self, body: &Value) -> Result<(), String> {
         let mut diffs = Vec::new();
         let arms = body["arms"].as_array().ok_or_else(|| format!("no arms: {body}"))?;
         let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
@@ -292,16 +363,9 @@ impl Ledger {
                 ("clicking_users", want.clickers.len() as u64),
             ] {
                 let got = arm[field].as_u64();
-                let ok = match (got, approx) {
-                    (Some(got), true) => got.abs_diff(want) <= (want as f64 * 0.02).ceil() as u64,
-                    (got, false) => got == Some(want),
-                    (None, true) => false,
-                };
-                if !ok {
-                    diffs.push(format!(
-                        "{name}.{field} = {got:?} (want {want}{})",
-                        if approx { " ±2%" } else { "" }
-                    ));
+                let tolerance = (want as f64 * 0.02).ceil() as u64;
+                if got.is_none_or(|got| got.abs_diff(want) > tolerance) {
+                    diffs.push(format!("{name}.{field} = {got:?} (want {want} ±2%)"));
                 }
             }
         }
@@ -327,7 +391,7 @@ async fn serve_all(gateways: &[&TestGateway], users: &[String], first: bool, led
 }
 
 /// Posts `events` in batches of `batch`, round-robin over `gateways`, crediting the ledger
-/// with what each 202 says was accepted.
+/// with what each 202 says was accepted (a retry of an event it has seen counts nothing).
 async fn post_all(gateways: &[&TestGateway], events: &[Event], batch: usize, ledger: &mut Ledger) {
     for (i, chunk) in events.chunks(batch).enumerate() {
         let outcomes = gateways[i % gateways.len()].post_events(chunk).await;
@@ -352,7 +416,7 @@ fn clicks(i: usize) -> usize {
 }
 
 /// Waits (at least one flush period, at most `WAIT`) until `gw`'s results match `ledger`.
-async fn settled(gw: &TestGateway, ledger: &Ledger, approx: bool) -> Value {
+async fn settled(gw: &TestGateway, ledger: &Ledger) -> Value {
     tokio::time::sleep(FLUSH).await;
     eventually(WAIT, "results equal what was accepted", async || {
         let reply = gw.get(RESULTS).await;
@@ -360,7 +424,7 @@ async fn settled(gw: &TestGateway, ledger: &Ledger, approx: bool) -> Value {
             return Err(format!("{} {}", reply.status, reply.body));
         }
         let body = parse_exact(&reply.body);
-        ledger.matches(&body, approx).map(|()| body)
+        ledger.matches(&body).map(|()| body)
     })
     .await
 }
@@ -645,8 +709,8 @@ async fn two_replicas_share_exact_counts_and_agree() {
         assert!(l.impressions > 0 && l.clicks > 0, "{arm}: {l:?}");
     }
 
-    let from_a = settled(&a, &ledger, true).await;
-    let from_b = settled(&b, &ledger, true).await;
+    let from_a = settled(&a, &ledger).await;
+    let from_b = settled(&b, &ledger).await;
     assert_eq!(
         ageless(from_a.clone()),
         ageless(from_b),
@@ -673,13 +737,15 @@ async fn two_replicas_share_exact_counts_and_agree() {
         "{from_a}"
     );
     check_statistics(&from_a);
+    // Every exposure confirmed by Redis. (Nothing can be dropped any more: a replica holds
+    // any number of exposures in a counter and a sketch per arm, so there is no
+    // `results_dropped_updates_total` to check.)
     for (gw, name) in [(&a, "A"), (&b, "B")] {
         assert_eq!(
             gw.metric("results_pending_updates", &[]).await,
             0.0,
-            "{name}: buffer empty"
+            "{name}: nothing pending"
         );
-        assert_eq!(gw.metric("results_dropped_updates_total", &[]).await, 0.0, "{name}");
     }
 
     // The QA override is served (forced, treatment) and its events are accepted, but nothing
@@ -714,6 +780,19 @@ async fn two_replicas_share_exact_counts_and_agree() {
 // 2. A retried batch is counted once, whichever replica it reaches
 // ---------------------------------------------------------------------------------------------
 
+/// What a resend of `events`, all accepted before, must get: accepted again (not counted) for
+/// an event with its `event_id`, `duplicate_event_id` for one without.
+fn resent(events: &[Event]) -> Vec<Option<String>> {
+    events
+        .iter()
+        .map(|e| e.id.is_none().then(|| "duplicate_event_id".to_string()))
+        .collect()
+}
+
+/// A client that lost the answer to a batch sends it again, to another replica or the same:
+/// whatever reaches which replica, nothing is counted twice, and what the client is told lets
+/// it tell a retry (its ids, accepted again) from a repeat it should not have sent (no ids,
+/// refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_batch_is_counted_once_across_replicas() {
     let demo = DemoCopy::new();
@@ -722,7 +801,7 @@ async fn retried_batch_is_counted_once_across_replicas() {
     let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
     let served = serve_all(&[&a, &b], &users(1001, 1040), true, &mut ledger).await;
-    // Explicit ids for some events, derived ones (token + item + type) for the others.
+    // Explicit ids for some events, none (token, type and item only) for the others.
     let batch = events_for(&served, "retry", clicks, true);
     assert!(batch.iter().any(|e| e.id.is_none()) && batch.iter().any(|e| e.id.is_some()));
     assert!(batch.len() <= 1000, "one batch");
@@ -730,37 +809,77 @@ async fn retried_batch_is_counted_once_across_replicas() {
     let first = a.post_events(&batch).await;
     assert!(first.iter().all(Option::is_none), "first delivery accepted: {first:?}");
     for (event, outcome) in batch.iter().zip(&first) {
-        ledger.outcome(event, outcome);
+        assert!(ledger.outcome(event, outcome), "new: {event:?}");
     }
+    // Every exposure flushed, so what the results show now is final until more is counted.
+    wait_flushed(&a).await;
+    wait_flushed(&b).await;
+    let before = ageless(settled(&a, &ledger).await);
+    let accepted = ledger.accepted;
+
     for (gw, name) in [(&b, "B"), (&a, "A")] {
         let again = gw.post_events(&batch).await;
-        assert!(
-            again.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
-            "retry to {name}: {again:?}"
+        assert_eq!(
+            again,
+            resent(&batch),
+            "resent to {name}: ids accepted again, no ids duplicate_event_id"
         );
+        for (event, outcome) in batch.iter().zip(&again) {
+            assert!(!ledger.outcome(event, outcome), "not new: {event:?}");
+        }
+        for gw in [&a, &b] {
+            assert_eq!(ageless(gw.results().await), before, "a resend to {name} counts nothing");
+        }
     }
-    // A batch mixing retried and new events: only the new ones count.
+    assert_eq!(ledger.accepted, accepted);
+    let with_ids = batch.iter().filter(|e| e.id.is_some()).count() as u64;
+    assert_eq!(ledger.retried, 2 * with_ids, "every resend with an id was a retry");
+
+    // A batch mixing resent events (with and without ids), counted positions under other ids,
+    // and new events: only the new ones count.
     let more = serve_all(&[&b], &users(1041, 1045), true, &mut ledger).await;
     let fresh = events_for(&more, "retry2", |_| 1, false);
-    let mixed: Vec<Event> = batch.iter().take(7).chain(&fresh).cloned().collect();
+    let resends: Vec<Event> = batch
+        .iter()
+        .filter(|e| e.id.is_none())
+        .take(4)
+        .chain(batch.iter().filter(|e| e.id.is_some()).take(4))
+        .cloned()
+        .collect();
+    let renamed: Vec<Event> = batch
+        .iter()
+        .rev()
+        .step_by(7)
+        .take(4)
+        .map(|e| Event {
+            id: Some(format!("other-{}", e.id.as_deref().unwrap_or("none"))),
+            ..e.clone()
+        })
+        .collect();
+    let mixed: Vec<Event> = resends.iter().chain(&renamed).chain(&fresh).cloned().collect();
     let outcomes = b.post_events(&mixed).await;
+    let (n, m) = (resends.len(), resends.len() + renamed.len());
+    assert_eq!(outcomes[..n], resent(&resends)[..], "resent part");
     assert_eq!(
-        outcomes[..7],
-        vec![Some("duplicate_event_id".to_string()); 7][..],
-        "retried part"
+        outcomes[n..m],
+        vec![Some("duplicate_event_id".to_string()); renamed.len()][..],
+        "a counted position under another id: {renamed:?}"
     );
-    assert!(outcomes[7..].iter().all(Option::is_none), "new part: {outcomes:?}");
+    assert!(outcomes[m..].iter().all(Option::is_none), "new part: {outcomes:?}");
     for (event, outcome) in mixed.iter().zip(&outcomes) {
         ledger.outcome(event, outcome);
     }
-    let body = settled(&a, &ledger, true).await;
-    assert_eq!(ageless(body), ageless(settled(&b, &ledger, true).await));
+    assert_eq!(ledger.accepted, accepted + fresh.len() as u64);
+    let body = settled(&a, &ledger).await;
+    assert_eq!(ageless(body), ageless(settled(&b, &ledger).await));
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. One replica restarts mid-way
 // ---------------------------------------------------------------------------------------------
 
+/// A deploy restarts one replica while traffic flows: its graceful shutdown flushes the
+/// exposures it still held, and pages it served get their clicks through its successor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_restart_loses_nothing() {
     let demo = DemoCopy::new();
@@ -772,115 +891,174 @@ async fn replica_restart_loses_nothing() {
 
     let mut served = serve_all(&[&a, &b], &users(2001, 2150), true, &mut ledger).await;
     post_all(&[&a, &b], &events_for(&served, "p1", clicks, true), 50, &mut ledger).await;
-    // The last traffic before the stop goes to A only, so A holds unflushed updates when it
-    // is told to stop: only its shutdown flush can deliver them.
+    // The last traffic before the stop goes to A only, so A likely holds exposures not yet
+    // flushed when it is told to stop (flushes run every second): only its shutdown flush can
+    // deliver them. (Events are counted in Redis before they are answered.)
     let last = serve_all(&[&a], &users(2151, 2170), true, &mut ledger).await;
     post_all(&[&a], &events_for(&last, "p1-last", clicks, true), 500, &mut ledger).await;
     let pending = a.metric("results_pending_updates", &[]).await;
     let took = a.stop().await;
-    eprintln!("replica A stopped in {took:?} with {pending} updates pending just before");
+    eprintln!("replica A stopped in {took:?} with {pending} exposures pending just before");
     served.extend(last);
 
     // B (and Redis) have everything A accepted.
-    settled(&b, &ledger, true).await;
+    settled(&b, &ledger).await;
     assert_eq!(ledger.rejected, 0);
 
     // A new A on the same Redis; traffic goes on over both, and old A's responses get clicks
-    // through the new A (same secret, so its tokens still verify).
+    // through the new A (same secret, so its tokens still verify): on the first item of every
+    // 4th page. A page's item takes one click, so where the first traffic clicked it already,
+    // the late click is refused whatever its new id; everywhere else it is counted.
     let a = TestGateway::launch_up(&settings).await;
     let more = serve_all(&[&a, &b], &users(2171, 2300), true, &mut ledger).await;
     post_all(&[&b, &a], &events_for(&more, "p2", clicks, true), 50, &mut ledger).await;
-    let late = events_for(&served, "late", |i| usize::from(i % 4 == 1), false);
-    let late: Vec<Event> = late.into_iter().filter(|e| e.kind == Kind::Click).collect();
-    assert!(!late.is_empty());
-    post_all(&[&a], &late, 100, &mut ledger).await;
     assert_eq!(ledger.rejected, 0, "every event is new");
+    let late = events_for(&served, "late", |i| usize::from(i % 4 == 1), false);
+    let (clicked, late): (Vec<Event>, Vec<Event>) = late
+        .into_iter()
+        .filter(|e| e.kind == Kind::Click)
+        .partition(|e| ledger.has_seen(e));
+    assert!(!late.is_empty() && !clicked.is_empty());
+    post_all(&[&a], &late, 100, &mut ledger).await;
+    assert_eq!(ledger.rejected, 0, "every click on an item not clicked yet is counted");
+    let outcomes = a.post_events(&clicked).await;
+    assert!(
+        outcomes.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
+        "a second click on an item of a page, under a new id: {outcomes:?}"
+    );
+    for (event, outcome) in clicked.iter().zip(&outcomes) {
+        ledger.outcome(event, outcome);
+    }
 
-    let from_a = settled(&a, &ledger, true).await;
-    let from_b = settled(&b, &ledger, true).await;
+    let from_a = settled(&a, &ledger).await;
+    let from_b = settled(&b, &ledger).await;
     assert_eq!(ageless(from_a.clone()), ageless(from_b));
     check_statistics(&from_a);
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Redis goes away for ~2 s while events flow
+// 4. Redis goes away for a few seconds while traffic flows
 // ---------------------------------------------------------------------------------------------
 
-/// Serves a handful of new users on `gw` and posts their events; every post must be a 202.
-async fn burst(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger) {
+/// Serves a handful of new users on `gw`, crediting their exposures; their events, all with
+/// explicit ids so that sending them again is always safe.
+async fn burst(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger) -> Vec<Event> {
     let ids = users(*next_user, *next_user + 4);
     *next_user += 5;
     let served = serve_all(&[gw], &ids, true, ledger).await;
-    post_all(&[gw], &events_for(&served, "outage", clicks, true), 100, ledger).await;
+    events_for(&served, "outage", clicks, false)
 }
 
+/// A burst while Redis is down: the recommendations are served (their exposures held by the
+/// gateway), the events refused as a whole with 503 `counts_unavailable` and kept in `refused`
+/// to be sent again.
+async fn burst_while_down(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger, refused: &mut Vec<Event>) {
+    let events = burst(gw, next_user, ledger).await;
+    gw.post_events_unavailable(&events).await;
+    refused.extend(events);
+}
+
+/// Sends `events`, refused while Redis was down, again in batches of 100 until `gw` answers
+/// 202 (it answers 503 `counts_unavailable` while its breaker still waits out the outage), and
+/// credits the ledger: every one must be accepted and, never counted before, new.
+async fn resend_refused(gw: &TestGateway, events: &[Event], ledger: &mut Ledger) {
+    for chunk in events.chunks(100) {
+        let outcomes = eventually(WAIT, "the refused events accepted when sent again", async || {
+            match gw.try_post_events(chunk).await {
+                Ok(outcomes) => Ok(outcomes),
+                Err(reply) if reply.status == 503 && reply.json()["error"] == "counts_unavailable" => Err(reply.body),
+                Err(reply) => panic!("POST /events: {} {}", reply.status, reply.body),
+            }
+        })
+        .await;
+        assert!(outcomes.iter().all(Option::is_none), "sent again: {outcomes:?}");
+        for (event, outcome) in chunk.iter().zip(&outcomes) {
+            assert!(ledger.outcome(event, outcome), "refused before, so new: {event:?}");
+        }
+    }
+}
+
+/// An outage of the counts' Redis costs no recommendation and no count: exposures are held by
+/// the replica (however many: a counter and a sketch per arm, so its memory does not grow with
+/// the outage) and delivered on recovery; events, which are counted in Redis before they are
+/// answered, are refused with 503 `counts_unavailable`, and counted once when sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_buffers_counts_and_flushes_them_on_recovery() {
+async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
     // The harness runs Redis without persistence (`--save "" --appendonly no`, fixed in
     // `common/redis.rs`), so a restarted Redis is empty: whatever was flushed before the stop
     // would be lost with it, by the test's own doing. So nothing is counted before Redis
-    // stops: every count is made while it is down (held in the gateway's buffer) or after it
+    // stops: every count is made while it is down (exposures held by the gateway) or after it
     // is back, and the final results must equal everything accepted.
     let demo = DemoCopy::new();
     let mut redis = RedisServer::start();
     let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
-    assert!(ledger.matches(&a.results().await, false).is_ok(), "nothing counted yet");
+    assert!(ledger.matches(&a.results().await).is_ok(), "nothing counted yet");
 
     redis.stop();
     let mut next_user = 3001;
+    let mut refused = Vec::new();
     let down = Instant::now();
     let mut unavailable = None;
-    while down.elapsed() < Duration::from_secs(2) {
-        burst(&a, &mut next_user, &mut ledger).await;
+    // At least 2 s and 20 responses: the first post of the outage may take the events' whole
+    // retry budget (five seconds at most), those after it are refused at once while the
+    // breaker is open.
+    while down.elapsed() < Duration::from_secs(2) || ledger.responses < 20 {
+        burst_while_down(&a, &mut next_user, &mut ledger, &mut refused).await;
         if unavailable.is_none() && down.elapsed() > Duration::from_millis(500) {
             unavailable = Some(a.get(RESULTS).await);
             let pending = a.metric("results_pending_updates", &[]).await;
             assert!(
                 pending > 0.0,
-                "the buffer holds the updates while Redis is down: {pending}"
+                "the gateway holds the exposures while Redis is down: {pending}"
             );
         }
     }
     let reply = unavailable.expect("checked during the outage");
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.json()["error"], "counts_unavailable", "{}", reply.body);
-    let during = (ledger.responses, ledger.accepted);
+    let during = (ledger.responses, refused.len());
     assert!(
-        during.0 >= 10 && during.1 > 0,
+        during.0 >= 20 && during.1 > 0,
         "traffic flowed during the outage: {during:?}"
     );
+    assert_eq!(ledger.accepted, 0, "no event accepted while Redis was down");
+    let pending = a.metric("results_pending_updates", &[]).await;
+    let exposures: u64 = ledger.arms.values().map(|arm| arm.exposures).sum();
+    assert_eq!(pending, exposures as f64, "every exposure of the outage held");
 
     tokio::task::block_in_place(|| redis.restart());
+    // The client sends the refused events again once the gateway takes them, then traffic
+    // goes on: every event accepted.
+    resend_refused(&a, &refused, &mut ledger).await;
     let back = Instant::now();
     while back.elapsed() < Duration::from_secs(1) {
-        burst(&a, &mut next_user, &mut ledger).await;
+        let events = burst(&a, &mut next_user, &mut ledger).await;
+        post_all(&[&a], &events, 100, &mut ledger).await;
     }
-    assert_eq!(
-        ledger.rejected, 0,
-        "every event posted during and after the outage accepted"
-    );
+    assert_eq!(ledger.rejected, 0, "every event posted after the outage accepted");
     eprintln!(
-        "outage: {} responses / {} events during, {} / {} in total",
+        "outage: {} responses / {} events refused during, {} / {} in total",
         during.0, during.1, ledger.responses, ledger.accepted
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let body = settled(&a, &ledger, true).await;
+    let body = settled(&a, &ledger).await;
     assert_eq!(body["counts"], "redis");
     check_statistics(&body);
     wait_flushed(&a).await;
-    assert_eq!(a.metric("results_dropped_updates_total", &[]).await, 0.0);
     // And nothing is flushed twice later on.
     tokio::time::sleep(FLUSH * 2).await;
-    ledger.matches(&a.results().await, true).expect("stable");
+    ledger.matches(&a.results().await).expect("stable");
 }
 
 // ---------------------------------------------------------------------------------------------
 // 5. Without Redis
 // ---------------------------------------------------------------------------------------------
 
+/// Without Redis a replica counts in its own memory, with the same rules: each event once,
+/// a resend with its id a safe retry, one without a duplicate; exposures, impressions and
+/// clicks exact at once (no flush), distinct users estimated by the same sketches as in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_redis_counts_exactly_in_memory() {
+async fn without_redis_counts_each_event_once_in_memory() {
     let demo = DemoCopy::new();
     let gw = TestGateway::launch_up(&demo.settings("")).await;
     let mut ledger = Ledger::default();
@@ -892,19 +1070,31 @@ async fn without_redis_counts_exactly_in_memory() {
     ledger.served(served.last().expect("qa"));
     let events = events_for(&served, "mem", clicks, true);
     post_all(&[&gw], &events, 100, &mut ledger).await;
-    // A retry of the first batch is refused by the local dedupe set.
-    let retry = gw.post_events(&events[..100]).await;
-    assert!(
-        retry.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
-        "{retry:?}"
+    assert_eq!(
+        (ledger.accepted, ledger.rejected),
+        (events.len() as u64, 0),
+        "fresh events are all accepted"
     );
-    assert_eq!(ledger.rejected, 0);
-
-    // No flush in memory: the counts are exact at once, distinct users included.
-    let body = gw.results().await;
+    let before = gw.results().await;
     ledger
-        .matches(&body, false)
-        .unwrap_or_else(|diff| panic!("{diff}: {body}"));
+        .matches(&before)
+        .unwrap_or_else(|diff| panic!("{diff}: {before}"));
+
+    // A resend of the first batch, remembered by the local claims: accepted again without a
+    // count for the events with ids, refused for those without.
+    let first = &events[..100];
+    assert!(first.iter().any(|e| e.id.is_none()) && first.iter().any(|e| e.id.is_some()));
+    let retry = gw.post_events(first).await;
+    assert_eq!(retry, resent(first), "ids accepted again, no ids duplicate_event_id");
+    for (event, outcome) in first.iter().zip(&retry) {
+        assert!(!ledger.outcome(event, outcome), "not new: {event:?}");
+    }
+    assert_eq!(ledger.accepted, events.len() as u64, "the resend counted nothing");
+
+    // No flush in memory: the counts are exact at once.
+    let body = gw.results().await;
+    ledger.matches(&body).unwrap_or_else(|diff| panic!("{diff}: {body}"));
+    assert_eq!(ageless(body.clone()), ageless(before), "the resend changed nothing");
     assert_eq!(body["counts"], "memory");
     assert_eq!(ledger.arm(CONTROL).users.len() + ledger.arm(TREATMENT).users.len(), 120);
     assert_eq!(body["srm_detected"], false, "{body}");
@@ -973,7 +1163,7 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
     let served = serve_all(&[&gw], &users(5001, 5080), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "rep", clicks, true), 200, &mut ledger).await;
     let body = gw.results().await;
-    ledger.matches(&body, false).expect("counted");
+    ledger.matches(&body).expect("counted");
     let url = format!("http://{}", gw.addr);
     let arms = body["arms"].as_array().expect("arms").clone();
 
@@ -1197,7 +1387,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     let served = serve_all(&[&gw], &control_users, true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "one", clicks, true), 200, &mut ledger).await;
     let body = gw.results().await;
-    ledger.matches(&body, false).expect("counted");
+    ledger.matches(&body).expect("counted");
     check_statistics(&body);
     let (control, treatment) = (&body["arms"][0], &body["arms"][1]);
     assert!(control["ctr"].is_f64() && control["ctr_low"].is_f64(), "{control}");
@@ -1227,7 +1417,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     let served = serve_all(&[&gw], &users(7001, 7040), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "zero", |_| 0, true), 500, &mut ledger).await;
     let body = gw.results().await;
-    ledger.matches(&body, false).expect("counted");
+    ledger.matches(&body).expect("counted");
     check_statistics(&body);
     let treatment = &body["arms"][1];
     assert_eq!(
@@ -1254,7 +1444,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     post_all(&[&gw], &clicks_only, 500, &mut ledger).await;
     assert_eq!(ledger.rejected, 0);
     let body = gw.results().await;
-    ledger.matches(&body, false).expect("counted");
+    ledger.matches(&body).expect("counted");
     check_statistics(&body);
     let treatment = &body["arms"][1];
     assert!(treatment["p_value"].is_f64(), "{treatment}");
@@ -1262,43 +1452,87 @@ async fn undefined_statistics_are_null_with_reasons() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. A graceful shutdown soon after Redis came back still delivers the buffer
+// 8. A graceful shutdown soon after Redis came back still delivers the held exposures
 // ---------------------------------------------------------------------------------------------
 
+/// `redis_commands_total{client="counts"}` of `gw` (exposure flushes, the PING of a flush with
+/// nothing to send, results reads): commands answered, and failed (errors and timeouts, each
+/// of which opens the breaker again, for twice as long).
+async fn counts_commands(gw: &TestGateway) -> (f64, f64) {
+    let text = gw.metrics().await;
+    let result = |r: &str| gateway::sample(&text, "redis_commands_total", &[("client", "counts"), ("result", r)]);
+    (result("ok"), result("error") + result("timeout"))
+}
+
+/// A deploy stops a replica just after Redis came back from an outage, while the breaker of its
+/// counts still waits out its backoff: the shutdown drain must try Redis past the breaker, or
+/// the exposures the replica held through the outage are lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_after_redis_recovered_flushes_the_buffer() {
+async fn graceful_shutdown_after_redis_recovered_flushes_held_exposures() {
     // As in the outage test, nothing is counted before Redis stops (it restarts empty).
     let demo = DemoCopy::new();
     let mut redis = RedisServer::start();
     let mut settings = demo.settings(&redis.url());
-    // A grace shorter than the breaker's window after a 4 s outage: the gateway's breaker,
-    // failing at about 0, 50, 150, 350, 750, 1550 and 3150 ms, then waits 3.2 s more, so
-    // a drain that waited for it would give up before trying.
+    // The counts' breaker opens for 50 ms after a failed flush, doubling with each failure;
+    // a flush is tried every second (a PING when there is nothing to send), so the 7th failure
+    // comes 6 to 7 s into the outage and opens it for 3.2 s, in which no flush is tried. The replica is stopped early in that window,
+    // with a grace of 1 s that ends inside it: a drain that waited for the breaker would give
+    // up before trying.
+    const FAILURES: f64 = 7.0;
+    const OPEN: Duration = Duration::from_millis(3200);
     settings.server.shutdown_grace = Duration::from_secs(1);
     let a = TestGateway::launch_up(&settings).await;
+    let (answered, _) = counts_commands(&a).await;
     let mut ledger = Ledger::default();
+    let mut refused = Vec::new();
     redis.stop();
     let mut next_user = 8001;
     let down = Instant::now();
-    while down.elapsed() < Duration::from_secs(4) {
-        burst(&a, &mut next_user, &mut ledger).await;
+    while counts_commands(&a).await.1 < FAILURES - 1.0 {
+        burst_while_down(&a, &mut next_user, &mut ledger, &mut refused).await;
+        assert!(
+            down.elapsed() < Duration::from_secs(20),
+            "flushes fail while Redis is down"
+        );
     }
-    assert_eq!(ledger.rejected, 0);
+    let opened = eventually(WAIT, "the 7th failed flush", async || {
+        let (_, failed) = counts_commands(&a).await;
+        if failed >= FAILURES {
+            Ok(Instant::now())
+        } else {
+            Err(format!("{failed} failed"))
+        }
+    })
+    .await;
+    assert!(
+        ledger.responses > 0 && !refused.is_empty(),
+        "traffic flowed during the outage"
+    );
     tokio::task::block_in_place(|| redis.restart());
-    // Redis answers again; a deploy now stops the replica gracefully, before the gateway has
-    // seen Redis back.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(redis.query::<String>(&["PING"]), "PONG");
     let pending = a.metric("results_pending_updates", &[]).await;
-    assert!(pending > 0.0, "A still holds the outage's updates");
-    assert_eq!(a.metric("redis_up", &[]).await, 0.0, "A's breaker is still open");
-    a.stop().await;
-    // Whatever A held must have reached Redis: another replica reads it.
+    let exposures: u64 = ledger.arms.values().map(|arm| arm.exposures).sum();
+    assert_eq!(pending, exposures as f64, "A still holds every exposure of the outage");
+    assert_eq!(counts_commands(&a).await.0, answered, "no flush reached Redis yet");
+    // Redis answers again; a deploy now stops the replica gracefully, before its breaker lets
+    // a flush through.
+    let since = opened.elapsed();
+    assert!(
+        since + settings.server.shutdown_grace < OPEN,
+        "the stop comes {since:?} after the breaker opened: too late for its grace to end in the window"
+    );
+    let took = a.stop().await;
+    eprintln!(
+        "A stopped {since:?} after its counts' breaker opened for {OPEN:?}, in {took:?}, holding {pending} exposures"
+    );
+    // Whatever A held must have reached Redis: another replica reads it, and takes the events
+    // refused during the outage.
     let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
+    resend_refused(&b, &refused, &mut ledger).await;
     let body = b.results().await;
-    if let Err(diff) = ledger.matches(&body, true) {
+    if let Err(diff) = ledger.matches(&body) {
         panic!(
-            "a graceful shutdown 200 ms after Redis came back lost the {pending} buffered updates: {diff}; \
+            "a graceful shutdown just after Redis came back lost the {pending} held exposures: {diff}; \
              keys in Redis: {:?}",
             redis.keys("recgw:results:*")
         );

@@ -352,8 +352,8 @@ impl EventLog {
         }
         let attempt = format!("~{:016x}", self.attempts.hash_one((Instant::now(), now)));
         let max_age = self.signer.max_age().as_secs();
-        // One try waits the client's deadline; tries go on for two and a half of them, well
-        // inside `server.request_timeout`.
+        // One try waits the client's deadline (at most 1 s); a late one is tried again for up
+        // to two and a half of them, well inside `server.request_timeout`.
         let deadline = redis.timeout();
         let budget = deadline * 5 / 2;
         let started = Instant::now();
@@ -392,11 +392,9 @@ impl EventLog {
             }
             async move {
                 let mut answer = redis.query::<Vec<u8>>(&invocation).await;
-                // A skipped try never reached Redis; a failed or late one may have run there,
-                // and the same values again tell which.
-                while matches!(answer, Err(Failure::Timeout | Failure::Error))
-                    && started.elapsed() + deadline / 4 < budget
-                {
+                // A late try may have run in Redis: the same values again tell whether it did.
+                // A skipped or refused one never ran, so it is not worth the wait.
+                while answer == Err(Failure::Timeout) && started.elapsed() + deadline / 4 < budget {
                     let left = budget.saturating_sub(started.elapsed());
                     answer = redis.query_now::<Vec<u8>>(&invocation, left.min(deadline)).await;
                 }

@@ -46,6 +46,16 @@ pub fn http_client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// The `item_id`s of a recommendation response, in page order.
+pub fn item_ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {body}"))
+        .iter()
+        .map(|i| i["item_id"].as_str().expect("string item_id").to_string())
+        .collect()
+}
+
 /// Copies the folder `from` into `to`, recursively (creating `to`).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
