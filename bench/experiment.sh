@@ -10,7 +10,8 @@
 #   bench/experiment.sh [--before OLD_RECGW_BINARY] [--rounds 3] [--duration 5s]
 #
 # With --before, the same scenario also runs on another build (e.g. the parent commit's
-# `target/release/recgw`) for a before/after figure in one run.
+# `target/release/recgw`) for a before/after figure in one run. Prints the rounds and writes
+# them to bench/EXPERIMENT.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +58,7 @@ curl -sf "127.0.0.1:$PORT/recommendations/1?placement=home" > "$WORK/body.json"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 declare -A RATIOS
+LINES=()
 for round in $(seq "$ROUNDS"); do
   BPORT=$(free_port)
   "$EXAMPLES/baseline" "127.0.0.1:$BPORT" "$WORK/body.json" &
@@ -75,8 +77,18 @@ for round in $(seq "$ROUNDS"); do
     line="$line, $name $got ($ratio x)"
   done
   echo "$line"
+  LINES+=("- $line")
 done
 for name in ${BEFORE:+before} after; do
   median=$(tr ' ' '\n' <<<"${RATIOS[$name]}" | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
   echo "$name: median $median x baseline over $ROUNDS rounds (home placement, local hits, 16 connections)"
+  LINES+=("- **$name: median $median x baseline**")
 done
+{
+  echo "# Local hits on an experiment placement"
+  echo
+  echo "\`bench/experiment.sh${BEFORE:+ --before $BEFORE} --rounds $ROUNDS --duration $DURATION\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
+  echo "$(nproc) cores, wrk with $THREADS threads and $CONNECTIONS connections, requests/s, ratios against the baseline of the same round."
+  echo
+  printf '%s\n' "${LINES[@]}"
+} > bench/EXPERIMENT.md

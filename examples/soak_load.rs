@@ -1,6 +1,8 @@
 //! The load generator of `bench/soak.sh`: the mixed scenario of `bench/mixed.lua` (Zipf-like
-//! users, a share of requests posting an impression, and sometimes a click, with the token of
-//! an earlier answer), from clients that stop between requests rather than mid-request. wrk
+//! users, a share of requests posting an impression of the next item of the last page, and one
+//! time in ten a click, with that page's token and an event id), from clients that stop between
+//! requests rather than mid-request. An event batch refused with a 503 (Redis away, so nothing
+//! could count it) is sent again, with the same ids, until it is accepted. wrk
 //! cuts requests in flight when its time is up, so the server may have counted answers wrk never
 //! saw; this generator's counts are exact, which is what the soak's final comparison needs.
 //!
@@ -56,6 +58,8 @@ struct Counts {
     clicks: AtomicU64,
     /// Events the 202 answers said were rejected (there should be none).
     rejected: AtomicU64,
+    /// Event batches answered 503 and sent again later.
+    deferred: AtomicU64,
     /// 4xx answers (there should be none).
     client_errors: AtomicU64,
     /// 5xx answers and requests without an answer.
@@ -107,27 +111,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             tokio::spawn(async move {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-                let mut token: Option<String> = None;
-                let mut item = 0u64;
+                // The last page: its token, its items, and how many of them have had events.
+                let mut page: Option<(String, Vec<String>, usize)> = None;
+                // A batch answered 503, to send again (with the same ids), and whether it clicks.
+                let mut retry: Option<(Value, bool)> = None;
+                let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let mut click = false;
-                    let (request, what) = match &token {
-                        Some(token) if rng.next() < args.event_rate => {
-                            item += 1;
-                            let item_id = format!("{client}-{item}");
-                            let mut events =
-                                vec![json!({"type": "impression", "tracking_token": token, "item_id": item_id})];
-                            click = item.is_multiple_of(10);
-                            if click {
-                                events.push(json!({"type": "click", "tracking_token": token, "item_id": item_id}));
-                            }
-                            (
-                                http.post(format!("{}/events", args.url))
-                                    .json(&json!({ "events": events })),
-                                "events",
-                            )
+                    let batch = retry.take().or_else(|| {
+                        let (token, items, next) = page.as_mut().filter(|(_, items, next)| *next < items.len())?;
+                        if rng.next() >= args.event_rate {
+                            return None;
                         }
-                        _ => {
+                        let item_id = &items[*next];
+                        *next += 1;
+                        sent += 1;
+                        let id = format!("{client}-{sent}");
+                        let mut events = vec![json!({"type": "impression", "tracking_token": token,
+                            "item_id": item_id, "event_id": format!("{id}-i")})];
+                        let click = sent.is_multiple_of(10);
+                        if click {
+                            events.push(json!({"type": "click", "tracking_token": token,
+                                "item_id": item_id, "event_id": format!("{id}-c")}));
+                        }
+                        Some((json!({ "events": events }), click))
+                    });
+                    let (request, what) = match &batch {
+                        Some((body, _)) => (http.post(format!("{}/events", args.url)).json(body), "events"),
+                        None => {
                             let user = rng.user(args.users);
                             let url = format!("{}/recommendations/{user}?placement={}", args.url, args.placement);
                             (http.get(url), "recommendations")
@@ -147,10 +157,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     match answer {
                         Ok((200, body)) if what == "recommendations" => {
                             counts.served.fetch_add(1, Ordering::Relaxed);
-                            token = body["tracking_token"].as_str().map(str::to_string);
+                            let items = body["items"].as_array().map(|items| {
+                                items
+                                    .iter()
+                                    .filter_map(|i| i["item_id"].as_str().map(str::to_string))
+                                    .collect()
+                            });
+                            page = body["tracking_token"]
+                                .as_str()
+                                .map(|token| (token.to_string(), items.unwrap_or_default(), 0));
                         }
                         Ok((202, body)) => {
                             counts.batches.fetch_add(1, Ordering::Relaxed);
+                            let click = batch.as_ref().is_some_and(|(_, click)| *click);
                             match body["rejected"].as_u64() {
                                 Some(0) => {
                                     counts.impressions.fetch_add(1, Ordering::Relaxed);
@@ -163,9 +182,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 }
                             }
                         }
+                        // Nothing was counted: send it again later. Listed like a failure, so
+                        // one outside a fault window still fails the soak.
+                        Ok((503, body)) if body["error"] == "counts_unavailable" => {
+                            counts.deferred.fetch_add(1, Ordering::Relaxed);
+                            let _ = failures.send(format!("{}\t503\t{what}: {body}", unix_ms()));
+                            retry = batch;
+                        }
+                        // An event batch may have been counted before its answer was lost: sent
+                        // again with the same ids, it is answered accepted without a second count.
                         Ok((status, body)) if status >= 500 => {
                             counts.failures.fetch_add(1, Ordering::Relaxed);
                             let _ = failures.send(format!("{}\t{status}\t{what}: {body}", unix_ms()));
+                            retry = batch;
                         }
                         Ok(_) => {
                             counts.client_errors.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Err(e) => {
                             counts.failures.fetch_add(1, Ordering::Relaxed);
                             let _ = failures.send(format!("{}\t0\t{what}: {e}", unix_ms()));
+                            retry = batch;
                         }
                     }
                 }
@@ -205,6 +235,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "impressions": get(&counts.impressions),
             "clicks": get(&counts.clicks),
             "rejected": get(&counts.rejected),
+            "deferred": get(&counts.deferred),
             "client_errors": get(&counts.client_errors),
             "failures": get(&counts.failures),
         })
