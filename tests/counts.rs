@@ -218,6 +218,22 @@ impl Topology {
         }
     }
 
+    /// Kills the node, or every node of the cluster.
+    fn stop(&mut self) {
+        match self {
+            Topology::Node(node) => node.stop(),
+            Topology::Cluster(cluster) => cluster.stop(),
+        }
+    }
+
+    /// Starts it again, empty (a cluster keeps its slots).
+    fn restart(&mut self) {
+        match self {
+            Topology::Node(node) => node.restart(),
+            Topology::Cluster(cluster) => cluster.restart(),
+        }
+    }
+
     /// `[exposures, impressions, clicks]` of an arm, straight from Redis.
     fn arm_counts(&self, arm: &str) -> [u64; 3] {
         let key = format!("recgw:results:{{{EXPERIMENT}}}:{arm}");
@@ -521,18 +537,13 @@ async fn replies_delayed_past_the_deadline_count_once_on_a_cluster() {
 // 4. A long outage
 // ---------------------------------------------------------------------------------------------
 
-async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(
-    topology: Topology,
-    stop: impl Fn(&mut Topology),
-    start: impl Fn(&mut Topology),
-) {
-    let mut topology = topology;
+async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(mut topology: Topology) {
     let demo = DemoCopy::new();
     let gw = TestGateway::launch_up(&settings(&demo, &topology.url(), "")).await;
     let mut ledger = Ledger::default();
     let mut next = 20_000;
     // Nothing is counted before the stop: the harness's Redis keeps no data across a restart.
-    stop(&mut topology);
+    tokio::task::block_in_place(|| topology.stop());
     let refused = traffic(&gw, Duration::from_secs(4), &mut next, &mut ledger).await;
     let exposures: u64 = ledger.arms.values().map(|c| c[0]).sum();
     assert_eq!(
@@ -549,27 +560,14 @@ async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(
         (reply.status, reply.json()["error"].clone()),
         (503, json!("counts_unavailable"))
     );
-    start(&mut topology);
+    tokio::task::block_in_place(|| topology.restart());
     resend(&gw, refused, &mut ledger).await;
     gw.settled(&ledger).await;
     assert_eq!(gw.metric("results_pending_updates", &[]).await, 0.0);
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_outage_loses_nothing_and_accepts_nothing_uncounted_on_one_node() {
-    let stop = |t: &mut Topology| {
-        if let Topology::Node(node) = t {
-            node.stop();
-        }
-    };
-    let start = |t: &mut Topology| {
-        if let Topology::Node(node) = t {
-            tokio::task::block_in_place(|| node.restart());
-        }
-    };
-    long_outage_loses_nothing_and_accepts_nothing_uncounted(Topology::node(), stop, start).await;
-}
+on_one_node_and_a_cluster!(long_outage_loses_nothing_and_accepts_nothing_uncounted);
 
 // ---------------------------------------------------------------------------------------------
 // 5. Counts on a Redis of their own

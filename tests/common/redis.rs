@@ -289,8 +289,14 @@ impl RedisCluster {
         create.args(["--cluster-replicas", "0", "--cluster-yes"]);
         run_bounded(&mut create, START_TIMEOUT);
         let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    fn wait_ok(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
-        for node in &cluster.nodes {
+        for node in &self.nodes {
             loop {
                 let info = node.try_query::<String>(&["CLUSTER", "INFO"]);
                 if info.as_deref().is_ok_and(|i| i.contains("cluster_state:ok")) {
@@ -306,7 +312,18 @@ impl RedisCluster {
                 std::thread::sleep(POLL);
             }
         }
-        cluster
+    }
+
+    /// Kills every node (SIGKILL); their data is gone, their cluster configuration is kept.
+    pub fn stop(&mut self) {
+        self.nodes.iter_mut().for_each(RedisServer::stop);
+    }
+
+    /// Starts every node again on its port and folder (so it rejoins the cluster with its slots)
+    /// and waits until the cluster is whole.
+    pub fn restart(&mut self) {
+        self.nodes.iter_mut().for_each(RedisServer::restart);
+        self.wait_ok();
     }
 
     /// The nodes, in start order.
