@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -96,8 +97,7 @@ impl Keys {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for key in &self.0 {
-            let difference = key.digest.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if difference == 0 {
+            if bool::from(key.digest[..].ct_eq(&digest[..])) {
                 found = Some(Caller {
                     name: key.name.clone(),
                     role: key.role,

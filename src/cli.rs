@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
-use crate::experiment::{Catalog, diff, is_valid_user_id};
+use crate::experiment::{Catalog, Problem, diff, is_valid_user_id};
 use crate::report::{Format, fetch, render};
 use crate::server::Server;
 use crate::store::{GenOptions, generate};
@@ -74,9 +74,11 @@ pub fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&settings),
-        Command::Validate { dir, against } => {
-            validate(dir.as_deref().unwrap_or(&settings.experiments.dir), against.as_deref())
-        }
+        Command::Validate { dir, against } => validate(
+            dir.as_deref().unwrap_or(&settings.experiments.dir),
+            against.as_deref(),
+            &settings.models.root,
+        ),
         Command::Assign { experiment, user_id } => assign(&settings.experiments.dir, &experiment, &user_id),
         Command::GenModels(opts) => match generate(&opts) {
             Ok(()) => {
@@ -193,7 +195,7 @@ fn load(dir: &Path) -> Result<Catalog, ExitCode> {
     })
 }
 
-fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
+fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
     let catalog = match load(dir) {
         Ok(catalog) => catalog,
         Err(code) => return code,
@@ -205,6 +207,7 @@ fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
         catalog.experiments().count(),
         catalog.digest()
     );
+    warn_missing_models(&catalog, dir, models_root);
     let Some(old_dir) = against else {
         return ExitCode::SUCCESS;
     };
@@ -227,6 +230,61 @@ fn validate(dir: &Path, against: Option<&Path>) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Warns, without failing, about every model whose local folder does not exist: a typo there
+/// passes validation (a model may be written after its experiment) and would otherwise only
+/// show in `/ready`. Models on `hdfs://` are not checked, since that means reaching the name
+/// node; the gateway reports them in `/ready`.
+fn warn_missing_models(catalog: &Catalog, dir: &Path, root: &str) {
+    let defaults = catalog.placements().map(|p| {
+        let field = format!("placements.{}.default_model", p.name);
+        (dir.join("placements.toml"), field, &p.default_model.location)
+    });
+    let arms = catalog.experiments().flat_map(|e| {
+        let file = &e.file;
+        e.arms
+            .iter()
+            .enumerate()
+            .map(move |(i, arm)| (file.clone(), format!("arms[{i}].model"), &arm.model.location))
+    });
+    let mut on_hdfs = 0;
+    for (file, field, location) in defaults.chain(arms) {
+        match local_folder(root, location) {
+            None => on_hdfs += 1,
+            Some(folder) if !folder.is_dir() => {
+                let message = format!("no folder {} (models.root {root:?})", folder.display());
+                let problem = Problem {
+                    file,
+                    line: None,
+                    field,
+                    message,
+                };
+                eprintln!("warning: {problem}");
+            }
+            Some(_) => {}
+        }
+    }
+    if on_hdfs > 0 {
+        eprintln!(
+            "note: {on_hdfs} model(s) on hdfs:// not checked: validate does not reach name nodes (the gateway's \
+             /ready reports each model's error)"
+        );
+    }
+}
+
+/// The local folder a model location names under `root` (for `name/*`, the folder of its
+/// versions), as the gateway resolves it; `None` on HDFS.
+fn local_folder(root: &str, location: &str) -> Option<PathBuf> {
+    let location = location.strip_suffix("/*").unwrap_or(location);
+    let uri = match location.contains("://") {
+        true => location.to_string(),
+        false => format!("{}/{location}", root.trim_end_matches('/')),
+    };
+    if uri.starts_with("hdfs://") {
+        return None;
+    }
+    Some(PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)))
 }
 
 fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {

@@ -122,6 +122,11 @@ pub struct ModelSettings {
     /// Store reads in flight at most; more wait their turn, so a burst of cold users cannot
     /// exhaust memory or file handles.
     pub max_concurrent_reads: usize,
+    /// Where each loaded version's serving snapshot is written and mapped; created at start.
+    /// On local disk of the serving node: the point is to read no remote storage per lookup.
+    pub snapshot_dir: PathBuf,
+    /// A model whose snapshot would be larger is served by page reads instead (per model).
+    pub snapshot_max_bytes: u64,
 }
 
 impl Default for ModelSettings {
@@ -130,6 +135,8 @@ impl Default for ModelSettings {
             root: "models".into(),
             refresh_interval: Duration::from_secs(60),
             max_concurrent_reads: 64,
+            snapshot_dir: std::env::temp_dir().join("recgw-snapshots"),
+            snapshot_max_bytes: 16 << 30,
         }
     }
 }
@@ -190,6 +197,14 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
         .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like 250ms, 5s or 1h: {e}")))
 }
 
+/// The longest duration any setting may have: a year is beyond every period and deadline the
+/// gateway has, so a longer one is a typo (and `u64::MAX` seconds would overflow a timer).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The shortest `tracking.secret` accepted once Redis is shared: 32 bytes, the HMAC-SHA256
+/// output size, below which the key is weaker than the signature it makes.
+const MIN_SHARED_SECRET_BYTES: usize = 32;
+
 /// Settings could not be read or are invalid.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid settings: {0}")]
@@ -217,14 +232,63 @@ impl Settings {
             .separator("__")
             .source(Some(env));
         let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
-        if settings.server.idle_timeout <= settings.server.request_timeout {
-            return Err(SettingsError(config::ConfigError::Message(format!(
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The rules no single field can check, in one place: [`Settings::load`] applies them, and
+    /// so does `Server::bind`, for settings built in code. Every duration setting is listed
+    /// here, since a zero period panics inside the task that ticks on it (and stops it
+    /// silently) and an absurd one overflows the clock arithmetic of timers.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |message: String| Err(SettingsError(config::ConfigError::Message(message)));
+        let durations = [
+            ("server.request_timeout", self.server.request_timeout),
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("experiments.reload_interval", self.experiments.reload_interval),
+            ("models.refresh_interval", self.models.refresh_interval),
+            ("cache.ttl", self.cache.ttl),
+            ("cache.redis_timeout", self.cache.redis_timeout),
+            ("tracking.token_max_age", self.tracking.token_max_age),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                return invalid(format!("{key} must be longer than zero"));
+            }
+            if value > MAX_DURATION {
+                return invalid(format!(
+                    "{key} ({}) is longer than a year, which no period or deadline of the gateway needs",
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        if self.server.idle_timeout <= self.server.request_timeout {
+            return invalid(format!(
                 "server.idle_timeout ({:?}) must be longer than server.request_timeout ({:?}), or idle connections \
                  would be cut while their request is still being answered",
-                settings.server.idle_timeout, settings.server.request_timeout
-            ))));
+                self.server.idle_timeout, self.server.request_timeout
+            ));
         }
-        Ok(settings)
+        let redis = [
+            ("cache.redis_url", &self.cache.redis_url),
+            ("results.redis_url", &self.results.redis_url),
+        ];
+        if let Some((key, _)) = redis.iter().find(|(_, url)| !url.trim().is_empty())
+            && self.tracking.secret.len() < MIN_SHARED_SECRET_BYTES
+        {
+            let found = match self.tracking.secret.len() {
+                0 => "it is not set".to_string(),
+                n => format!("it is {n} bytes"),
+            };
+            return invalid(format!(
+                "tracking.secret must be at least {MIN_SHARED_SECRET_BYTES} bytes when {key} is set ({found}): \
+                 replicas sharing a Redis share traffic, and one signing with a key of its own rejects the \
+                 others' tokens as forged; give every replica the same secret, e.g. \
+                 RECGW__TRACKING__SECRET=$(openssl rand -hex 32)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -266,11 +330,73 @@ mod tests {
     }
 
     #[test]
+    fn zero_and_absurd_durations_are_refused_naming_the_key() {
+        for key in [
+            "SERVER__REQUEST_TIMEOUT",
+            "SERVER__SHUTDOWN_GRACE",
+            "SERVER__IDLE_TIMEOUT",
+            "EXPERIMENTS__RELOAD_INTERVAL",
+            "MODELS__REFRESH_INTERVAL",
+            "CACHE__TTL",
+            "CACHE__REDIS_TIMEOUT",
+            "TRACKING__TOKEN_MAX_AGE",
+        ] {
+            let name = key.to_ascii_lowercase().replace("__", ".");
+            for value in ["0s", "0ms", "1000years"] {
+                let refused = Settings::load_from(None, env(&[(&format!("RECGW__{key}"), value)]))
+                    .expect_err(&format!("{name} = {value:?} is refused"));
+                assert!(refused.to_string().contains(&name), "{name} = {value:?}: {refused}");
+            }
+        }
+        let mut settings = Settings::default();
+        settings.experiments.reload_interval = Duration::ZERO;
+        let refused = settings
+            .validate()
+            .expect_err("settings built in code are checked alike");
+        assert!(refused.to_string().contains("experiments.reload_interval"), "{refused}");
+    }
+
+    #[test]
+    fn a_shared_redis_needs_a_shared_secret_of_32_bytes() {
+        let secret = "s".repeat(32);
+        for key in ["RECGW__CACHE__REDIS_URL", "RECGW__RESULTS__REDIS_URL"] {
+            let setting = key
+                .trim_start_matches("RECGW__")
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            for short in ["", "change-me", &secret[1..]] {
+                let refused = Settings::load_from(
+                    None,
+                    env(&[(key, "redis://127.0.0.1:7001"), ("RECGW__TRACKING__SECRET", short)]),
+                )
+                .expect_err("refused");
+                let message = refused.to_string();
+                assert!(
+                    message.contains("tracking.secret") && message.contains(&setting),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("RECGW__TRACKING__SECRET"),
+                    "says how to set it: {message}"
+                );
+            }
+            Settings::load_from(
+                None,
+                env(&[(key, "redis://127.0.0.1:7001"), ("RECGW__TRACKING__SECRET", &secret)]),
+            )
+            .expect("32 bytes are enough");
+        }
+        // Without Redis a replica's tokens come back to it: any secret, or none, will do.
+        Settings::load_from(None, env(&[("RECGW__TRACKING__SECRET", "k3y")])).expect("no Redis");
+    }
+
+    #[test]
     fn redis_url_and_capacity_come_from_the_environment() {
         let settings = Settings::load_from(
             None,
             env(&[
                 ("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001"),
+                ("RECGW__TRACKING__SECRET", "a-secret-of-at-least-thirty-two-bytes"),
                 ("RECGW__CACHE__LOCAL_CAPACITY", "0"),
             ]),
         )

@@ -2,7 +2,7 @@
 //! back to the placement default when the arm cannot answer, and cut the requested page. It
 //! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -79,6 +79,10 @@ pub(crate) struct Parts {
 /// in anyway (their arms then fall back to the placement default until they load).
 const NEW_MODEL_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest [`Gateway::reload`] waits for models: its own wait, after that of a reload
+/// already under way. `POST /admin/reload` gets it on top of `server.request_timeout`.
+pub(crate) const RELOAD_BUDGET: Duration = NEW_MODEL_WAIT.saturating_mul(2);
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
@@ -103,6 +107,8 @@ pub enum Source {
     Local,
     /// Redis.
     Redis,
+    /// The model version's mapped serving snapshot.
+    Snapshot,
     /// Read from the model store.
     Store,
     /// The arm could not answer; the placement default did.
@@ -115,6 +121,7 @@ impl Source {
         match self {
             Source::Local => "local",
             Source::Redis => "redis",
+            Source::Snapshot => "snapshot",
             Source::Store => "store",
             Source::Fallback => "fallback",
         }
@@ -126,6 +133,7 @@ impl From<Tier> for Source {
         match tier {
             Tier::Local => Source::Local,
             Tier::Redis => Source::Redis,
+            Tier::Snapshot => Source::Snapshot,
             Tier::Store => Source::Store,
         }
     }
@@ -192,8 +200,9 @@ pub struct PageRequest<'a> {
     pub offset: usize,
     /// Drop items scoring below this.
     pub min_score: Option<f32>,
-    /// Item ids the client already showed or does not want.
-    pub exclude: &'a [&'a str],
+    /// Item ids the client already showed or does not want; a set, so filtering a list costs
+    /// one lookup per item whatever the number of ids.
+    pub exclude: &'a HashSet<&'a str>,
 }
 
 /// One page of a list.
@@ -210,7 +219,7 @@ pub struct Page<'l> {
 /// Cuts one page out of `list` after the filters.
 pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
     let keep =
-        |item: &&Item| request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&&*item.id);
+        |item: &&Item| request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&*item.id);
     let total = list.iter().filter(keep).count();
     let items = list
         .iter()
@@ -262,19 +271,26 @@ impl Gateway {
     /// catalog in: new models are loaded first, in-flight requests finish on the catalog they
     /// started with, and models no experiment references any more are dropped. A folder that
     /// fails validation is rejected whole and the catalog in force keeps serving.
-    pub async fn reload(&self) -> Result<Reload, Problems> {
+    ///
+    /// The work runs in a task of its own, so a caller that stops waiting (an admin request
+    /// past its time budget) cannot cut it between adding the new models and waiting for them:
+    /// a reload cut there would leave the models added, and the next one, finding nothing to
+    /// add, would swap the catalog in without waiting. Reloads, periodic or asked for, take
+    /// turns, so one asked for while another waits for models waits with it.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reload, Problems> {
+        let gateway = Arc::clone(self);
+        tokio::spawn(async move { gateway.reload_whole().await })
+            .await
+            .unwrap_or_else(|e| Err(self.reload_failed(e)))
+    }
+
+    /// The work of [`Gateway::reload`], from reading the folder to the swap.
+    async fn reload_whole(&self) -> Result<Reload, Problems> {
         let _reloading = self.reloading.lock().await;
         let dir = self.experiments_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || Catalog::load_dir(&dir))
             .await
-            .unwrap_or_else(|e| {
-                Err(Problems(vec![crate::experiment::Problem {
-                    file: self.experiments_dir.clone(),
-                    line: None,
-                    field: String::new(),
-                    message: format!("reload task failed: {e}"),
-                }]))
-            });
+            .unwrap_or_else(|e| Err(self.reload_failed(e)));
         let catalog = match loaded {
             Ok(catalog) => catalog,
             Err(problems) => {
@@ -310,6 +326,16 @@ impl Gateway {
         self.metrics.experiments_loaded(Some(&previous), &digest);
         tracing::info!(previous = %previous, digest = %digest, "experiments reloaded");
         Ok(Reload::Applied { previous, digest })
+    }
+
+    /// A reload whose task died (a bug), as the problem it is reported as.
+    fn reload_failed(&self, e: tokio::task::JoinError) -> Problems {
+        Problems(vec![crate::experiment::Problem {
+            file: self.experiments_dir.clone(),
+            line: None,
+            field: String::new(),
+            message: format!("reload task failed: {e}"),
+        }])
     }
 
     /// Reloads every `interval` (the first check after one interval).
@@ -537,7 +563,7 @@ mod tests {
     #[test]
     fn pages_after_filters_and_keeps_model_ranks() {
         let items = list(10);
-        let exclude = ["i2"];
+        let exclude = HashSet::from(["i2"]);
         let request = PageRequest {
             limit: 3,
             offset: 0,

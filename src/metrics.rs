@@ -60,6 +60,9 @@ pub struct Metrics {
     model_info: IntGaugeVec,
     /// `model_load_failures_total{model}`: versions that failed to load.
     model_load_failures: IntCounterVec,
+    /// `model_serving_mode{model,mode}`: 1 for where the serving version's lookups are
+    /// answered from (`snapshot`, `pages`, `memory`), 0 for the others.
+    serving_mode: IntGaugeVec,
     /// `events_rejected_total{reason}`: events `POST /events` refused.
     events_rejected: IntCounterVec,
     /// `config_reload_failures_total`: experiment folders rejected on reload.
@@ -315,6 +318,17 @@ impl Metrics {
                 "Model versions that failed to load (the previous one kept serving).",
                 &["model"],
             ),
+            serving_mode: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "model_serving_mode",
+                        "1 for where lookups of the model's serving version are answered from.",
+                    ),
+                    &["model", "mode"],
+                )
+                .expect("valid metric"),
+            ),
             events_rejected: counters(
                 r,
                 "events_rejected_total",
@@ -431,6 +445,9 @@ impl Metrics {
     pub(crate) fn track_model(&self, model: &str) {
         self.store_reads.with_label_values(&[model]);
         self.model_load_failures.with_label_values(&[model]);
+        for mode in ["snapshot", "pages", "memory"] {
+            self.serving_mode.with_label_values(&[model, mode]);
+        }
     }
 
     /// Counts a request that failed before or instead of serving (`kind` is the error code).
@@ -485,6 +502,15 @@ impl Metrics {
             let _ = self.model_info.remove_label_values(&[model, previous]);
         }
         self.model_info.with_label_values(&[model, version]).set(1);
+    }
+
+    /// Marks `mode` as where lookups of `model` are answered from.
+    pub(crate) fn serving_mode(&self, model: &str, mode: &str) {
+        for m in ["snapshot", "pages", "memory"] {
+            self.serving_mode
+                .with_label_values(&[model, m])
+                .set(i64::from(m == mode));
+        }
     }
 
     /// Counts a version of `model` that failed to load.

@@ -15,7 +15,7 @@ use tokio_io_timeout::TimeoutStream;
 use crate::api;
 use crate::auth::Keys;
 use crate::cache::TieredCache;
-use crate::config::Settings;
+use crate::config::{Settings, SettingsError};
 use crate::experiment::{Catalog, Problems};
 use crate::feedback::counts::Tally;
 use crate::feedback::events::EventLog;
@@ -23,11 +23,14 @@ use crate::feedback::token::Signer;
 use crate::gateway::{Gateway, Parts};
 use crate::metrics::Metrics;
 use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
-use crate::store::{ModelRegistry, StoreError};
+use crate::store::{ModelRegistry, SnapshotSettings, StoreError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is out of range (see `Settings::validate`).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The experiments folder is invalid.
     #[error("experiments rejected:\n{0}")]
     Experiments(#[from] Problems),
@@ -81,6 +84,7 @@ pub struct Server {
 impl Server {
     /// Loads the experiments, creates the model slots and binds `server.listen`.
     pub async fn bind(settings: &Settings) -> Result<Server, StartError> {
+        settings.validate()?;
         let catalog = Catalog::load_dir(&settings.experiments.dir)?;
         let metrics = Metrics::new();
         let models = catalog.models();
@@ -93,7 +97,12 @@ impl Server {
             locations,
             metrics.clone(),
         ));
-        let models = Arc::new(ModelRegistry::new(&settings.models.root, models, metrics.clone())?);
+        let models = Arc::new(
+            ModelRegistry::new(&settings.models.root, models, metrics.clone())?.with_snapshots(SnapshotSettings {
+                dir: snapshot_dir(&settings.models.snapshot_dir),
+                max_bytes: settings.models.snapshot_max_bytes,
+            }),
+        );
         if settings.tracking.secret.is_empty() {
             tracing::warn!(
                 "tracking.secret is not set: tokens are signed with a random per-process key, so events \
@@ -190,6 +199,22 @@ impl Server {
     }
 }
 
+/// `models.snapshot_dir`, created if missing, when this process can write files in it; else
+/// `None`, and every model is served by page reads (said once, loudly, and in `/ready`).
+fn snapshot_dir(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let usable = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match usable {
+        Ok(()) => Some(dir.to_path_buf()),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "models.snapshot_dir is not writable: models are served by page reads");
+            None
+        }
+    }
+}
+
 /// The Redis of the cache and that of the counts and event claims (`results.redis_url`, by
 /// default the cache's, then one connection serves both), and their shared health.
 #[allow(clippy::type_complexity)]
@@ -223,7 +248,8 @@ fn redis_connections(
 /// Closes connections that stay silent for `server.idle_timeout`: a read or a write waiting
 /// that long fails, and hyper drops the connection. This bounds a client stalled in its
 /// headers (which poem's own idle timeout lets wait, since a request is under way), one idle
-/// between keep-alive requests, and one that stops reading its answer.
+/// between keep-alive requests, and one that stops reading its answer. Each connection also
+/// gets hyper's own 414 answers rewritten with a JSON body ([`api::JsonUriTooLong`]).
 struct IdleClosing<A> {
     /// The listening socket.
     inner: A,
@@ -232,7 +258,7 @@ struct IdleClosing<A> {
 }
 
 impl<A: Acceptor> Acceptor for IdleClosing<A> {
-    type Io = std::pin::Pin<Box<TimeoutStream<A::Io>>>;
+    type Io = std::pin::Pin<Box<TimeoutStream<api::JsonUriTooLong<A::Io>>>>;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
         self.inner.local_addr()
@@ -240,7 +266,7 @@ impl<A: Acceptor> Acceptor for IdleClosing<A> {
 
     async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
         let (io, local, remote, scheme) = self.inner.accept().await?;
-        let mut io = TimeoutStream::new(io);
+        let mut io = TimeoutStream::new(api::JsonUriTooLong::new(io));
         io.set_read_timeout(Some(self.timeout));
         io.set_write_timeout(Some(self.timeout));
         Ok((Box::pin(io), local, remote, scheme))

@@ -8,7 +8,35 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::spark::{Id, SparkOutput, commit};
-use recgw::store::{ColumnNames, Item, LoadedModel, ModelRegistry, ModelSpec, ModelStatus};
+use recgw::store::{ColumnNames, Item, LoadedModel, ModelRegistry, ModelSpec, ModelStatus, SnapshotSettings};
+
+/// The two ways a loaded version answers lookups; every test here runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// Page-index reads of the part files.
+    Pages,
+    /// The version's serving snapshot, built at load and mapped.
+    Snapshot,
+}
+
+/// Runs the store test `$name(serving)` as `$name::pages` and `$name::snapshot`.
+macro_rules! both_paths {
+    ($name:ident) => {
+        mod $name {
+            use super::Serving;
+
+            #[tokio::test]
+            async fn pages() {
+                super::$name(Serving::Pages).await;
+            }
+
+            #[tokio::test]
+            async fn snapshot() {
+                super::$name(Serving::Snapshot).await;
+            }
+        }
+    };
+}
 
 fn spec(location: &str) -> ModelSpec {
     ModelSpec::new(location, ColumnNames::default())
@@ -24,13 +52,26 @@ fn columns(user: &str, items: &str, item: &str, score: &str) -> ColumnNames {
     }
 }
 
-fn registry(root: &Path, specs: &[ModelSpec]) -> ModelRegistry {
-    ModelRegistry::new(
+/// A registry over `root`; with snapshots, they go to `root/_snapshots` (hidden from model
+/// listings, as every `_` name is).
+fn registry(serving: Serving, root: &Path, specs: &[ModelSpec]) -> ModelRegistry {
+    let registry = ModelRegistry::new(
         root.to_str().expect("utf-8 temp path"),
         specs.iter().cloned(),
         recgw::metrics::Metrics::new(),
     )
-    .expect("registry")
+    .expect("registry");
+    match serving {
+        Serving::Pages => registry,
+        Serving::Snapshot => {
+            let dir = root.join("_snapshots");
+            std::fs::create_dir_all(&dir).expect("snapshot folder");
+            registry.with_snapshots(SnapshotSettings {
+                dir: Some(dir),
+                max_bytes: 1 << 30,
+            })
+        }
+    }
 }
 
 fn status_of(registry: &ModelRegistry, location: &str) -> ModelStatus {
@@ -44,16 +85,25 @@ fn status_of(registry: &ModelRegistry, location: &str) -> ModelStatus {
 }
 
 /// Refreshes and returns the serving version, failing with the status error if none loaded.
-async fn load(registry: &ModelRegistry, spec: &ModelSpec) -> Arc<LoadedModel> {
+/// A per-user model of a registry with snapshots must then be served from its snapshot.
+async fn load(serving: Serving, registry: &ModelRegistry, spec: &ModelSpec) -> Arc<LoadedModel> {
     registry.refresh().await;
-    match registry.get(spec) {
+    let model = match registry.get(spec) {
         Some(model) => model,
         None => panic!(
             "{} not loaded: {:?}",
             spec.location,
             status_of(registry, &spec.location)
         ),
-    }
+    };
+    let status = status_of(registry, &spec.location);
+    let expected = match (model.shape(), serving) {
+        ("global", _) => "memory",
+        (_, Serving::Snapshot) => "snapshot",
+        (_, Serving::Pages) => "pages",
+    };
+    assert_eq!(status.serving, Some(expected), "{}: {status:?}", spec.location);
+    model
 }
 
 /// The list of `user` as `(id, score, rank)`, `None` when the model does not hold the user.
@@ -80,8 +130,7 @@ fn ranked(items: &[(&str, f32)]) -> Option<Vec<(String, f32, u32)>> {
     )
 }
 
-#[tokio::test]
-async fn nested_int32_spark_defaults() {
+async fn nested_int32_spark_defaults(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::nested()
         .part(vec![
@@ -91,8 +140,8 @@ async fn nested_int32_spark_defaults() {
         ])
         .write(&root.path().join("als-v1"));
     let spec = spec("als-v1");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
 
     assert_eq!(model.shape(), "nested");
     assert!(model.version().starts_with("als-v1@"), "{}", model.version());
@@ -125,8 +174,7 @@ async fn nested_int32_spark_defaults() {
     assert!(registry.all_loaded());
 }
 
-#[tokio::test]
-async fn nested_int64_renamed_columns_with_and_without_overrides() {
+async fn nested_int64_renamed_columns_with_and_without_overrides(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let big = 9_000_000_000_i64;
     SparkOutput::nested()
@@ -141,7 +189,7 @@ async fn nested_int64_renamed_columns_with_and_without_overrides() {
         .write(&root.path().join("movies"));
     let detected = spec("movies");
     let named = ModelSpec::new("movies", columns("userId", "recommendations", "movieId", "rating"));
-    let registry = registry(root.path(), &[detected.clone(), named.clone()]);
+    let registry = registry(serving, root.path(), &[detected.clone(), named.clone()]);
     registry.refresh().await;
 
     for spec in [&detected, &named] {
@@ -159,8 +207,7 @@ async fn nested_int64_renamed_columns_with_and_without_overrides() {
     }
 }
 
-#[tokio::test]
-async fn nested_string_ids() {
+async fn nested_string_ids(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::nested()
         .user_id(Id::Utf8)
@@ -173,8 +220,8 @@ async fn nested_string_ids() {
         ])
         .write(&root.path().join("str"));
     let spec = spec("str");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
 
     assert_eq!(
         lookup(&model, "user-7f3a").await,
@@ -189,8 +236,7 @@ async fn nested_string_ids() {
     assert_eq!(lookup(&model, "042").await, None, "text ids are not numbers");
 }
 
-#[tokio::test]
-async fn ambiguous_columns_need_overrides_and_wrong_overrides_are_reported() {
+async fn ambiguous_columns_need_overrides_and_wrong_overrides_are_reported(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::nested()
         .names("userId", "recommendations", "movieId", "rating")
@@ -200,7 +246,7 @@ async fn ambiguous_columns_need_overrides_and_wrong_overrides_are_reported() {
     let detected = spec("extra");
     let named = ModelSpec::new("extra", columns("userId", "", "", ""));
     let wrong = ModelSpec::new("extra", columns("userId", "", "itemId", ""));
-    let registry = registry(root.path(), &[detected.clone(), named.clone(), wrong.clone()]);
+    let registry = registry(serving, root.path(), &[detected.clone(), named.clone(), wrong.clone()]);
     registry.refresh().await;
 
     let model = registry.get(&named).expect("loads once the user column is named");
@@ -230,8 +276,7 @@ async fn ambiguous_columns_need_overrides_and_wrong_overrides_are_reported() {
     );
 }
 
-#[tokio::test]
-async fn long_model_with_three_id_columns_needs_user_and_item_named() {
+async fn long_model_with_three_id_columns_needs_user_and_item_named(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::long()
         .names("customer", "", "sku", "score")
@@ -240,7 +285,7 @@ async fn long_model_with_three_id_columns_needs_user_and_item_named() {
         .write(&root.path().join("long-extra"));
     let detected = spec("long-extra");
     let named = ModelSpec::new("long-extra", columns("customer", "", "sku", ""));
-    let registry = registry(root.path(), &[detected.clone(), named.clone()]);
+    let registry = registry(serving, root.path(), &[detected.clone(), named.clone()]);
     registry.refresh().await;
 
     let model = registry.get(&named).expect("loads with user and item named");
@@ -257,8 +302,7 @@ async fn long_model_with_three_id_columns_needs_user_and_item_named() {
     );
 }
 
-#[tokio::test]
-async fn long_without_rank_orders_by_score_across_part_files() {
+async fn long_without_rank_orders_by_score_across_part_files(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::long()
         .part(vec![
@@ -269,8 +313,8 @@ async fn long_without_rank_orders_by_score_across_part_files() {
         .part(vec![(3, vec![(30, 1.0)]), (1, vec![(12, 0.7)])])
         .write(&root.path().join("long"));
     let spec = spec("long");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
 
     assert_eq!(model.shape(), "long");
     assert_eq!(
@@ -284,8 +328,7 @@ async fn long_without_rank_orders_by_score_across_part_files() {
     assert_eq!(lookup(&model, "x").await, None);
 }
 
-#[tokio::test]
-async fn long_with_rank_orders_by_rank_not_score() {
+async fn long_with_rank_orders_by_rank_not_score(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     // Ranks count on per user across parts: user 1 gets 10→1, 11→2, 12→3.
     SparkOutput::long()
@@ -300,8 +343,8 @@ async fn long_with_rank_orders_by_rank_not_score() {
         .part(vec![("u2", vec![(22, 0.5)]), ("u1", vec![(12, 0.5)])])
         .write(&root.path().join("ranked"));
     let spec = spec("ranked");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
 
     assert_eq!(model.shape(), "long");
     assert_eq!(
@@ -315,8 +358,7 @@ async fn long_with_rank_orders_by_rank_not_score() {
     assert_eq!(lookup(&model, "u3").await, None);
 }
 
-#[tokio::test]
-async fn global_serves_one_list_to_everyone() {
+async fn global_serves_one_list_to_everyone(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::global()
         .item_id(Id::Utf8)
@@ -329,7 +371,7 @@ async fn global_serves_one_list_to_everyone() {
         .write(&root.path().join("editorial"));
     let popular = spec("popular");
     let editorial = spec("editorial");
-    let registry = registry(root.path(), &[popular.clone(), editorial.clone()]);
+    let registry = registry(serving, root.path(), &[popular.clone(), editorial.clone()]);
     registry.refresh().await;
 
     let model = registry.get(&popular).expect("popular loaded");
@@ -352,28 +394,26 @@ async fn global_serves_one_list_to_everyone() {
 
 /// A global model holds its one list in memory, so it keeps answering even when its folder is
 /// overwritten in place by a run whose output then fails to load.
-#[tokio::test]
-async fn global_version_survives_a_failed_in_place_overwrite() {
+async fn global_version_survives_a_failed_in_place_overwrite(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("popular");
     SparkOutput::global().items(vec![(1, 0.5), (2, 0.25)]).write(&dir);
     let spec = spec("popular");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let v1 = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let v1 = load(serving, &registry, &spec).await;
 
     let written = SparkOutput::global().items(vec![(3, 0.5)]).write(&dir);
     std::fs::write(&written.parts[0], b"garbage").unwrap();
     commit(&dir);
     registry.refresh().await;
 
-    let serving = registry.get(&spec).expect("v1 keeps serving");
-    assert!(Arc::ptr_eq(&serving, &v1));
+    let kept = registry.get(&spec).expect("v1 keeps serving");
+    assert!(Arc::ptr_eq(&kept, &v1));
     assert!(status_of(&registry, "popular").error.is_some());
-    assert_eq!(lookup(&serving, "anyone").await, ranked(&[("1", 0.5), ("2", 0.25)]));
+    assert_eq!(lookup(&kept, "anyone").await, ranked(&[("1", 0.5), ("2", 0.25)]));
 }
 
-#[tokio::test]
-async fn partition_folders_crc_files_and_empty_parts() {
+async fn partition_folders_crc_files_and_empty_parts(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("als-parts");
     let written = SparkOutput::nested()
@@ -400,8 +440,8 @@ async fn partition_folders_crc_files_and_empty_parts() {
     std::fs::write(dir.join("bucket=0/.part-00009.parquet.swp"), b"not parquet").unwrap();
 
     let spec = spec("als-parts");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
     assert_eq!(model.part_files(), 4, "the empty part and three data parts");
     assert_eq!(status_of(&registry, "als-parts").users, 5);
     assert_eq!(lookup(&model, "0").await, ranked(&[("1", 0.5)]));
@@ -412,8 +452,7 @@ async fn partition_folders_crc_files_and_empty_parts() {
     assert_eq!(lookup(&model, "4").await, None);
 }
 
-#[tokio::test]
-async fn folder_without_success_is_not_a_model() {
+async fn folder_without_success_is_not_a_model(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("pending");
     SparkOutput::nested()
@@ -421,7 +460,7 @@ async fn folder_without_success_is_not_a_model() {
         .write_uncommitted(&dir);
     let pending = spec("pending");
     let missing = spec("never-written");
-    let registry = registry(root.path(), &[pending.clone(), missing.clone()]);
+    let registry = registry(serving, root.path(), &[pending.clone(), missing.clone()]);
     registry.refresh().await;
 
     assert!(registry.get(&pending).is_none());
@@ -437,20 +476,19 @@ async fn folder_without_success_is_not_a_model() {
     }
 
     commit(&dir);
-    let model = load(&registry, &pending).await;
+    let model = load(serving, &registry, &pending).await;
     assert_eq!(lookup(&model, "1").await, ranked(&[("2", 0.5)]));
     assert_eq!(status_of(&registry, "pending").error, None);
 }
 
-#[tokio::test]
-async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving() {
+async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("als");
     let v1_rows = vec![(1, vec![(10, 0.5), (11, 0.25)]), (2, vec![(20, 1.0)])];
     SparkOutput::nested().part(v1_rows).write(&dir);
     let spec = spec("als");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let v1 = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let v1 = load(serving, &registry, &spec).await;
 
     // A second job appends a part file that is not Parquet and commits again.
     let bad = dir.join("part-00000-0b6f5b1e-9c1d-4c7e-8f3a-2d5e6f7a8b9c-c000.snappy.parquet");
@@ -459,8 +497,8 @@ async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving() {
     commit(&dir);
     registry.refresh().await;
 
-    let serving = registry.get(&spec).expect("v1 keeps serving");
-    assert!(Arc::ptr_eq(&serving, &v1), "still v1");
+    let kept = registry.get(&spec).expect("v1 keeps serving");
+    assert!(Arc::ptr_eq(&kept, &v1), "still v1");
     let status = status_of(&registry, "als");
     assert_eq!(status.version.as_deref(), Some(v1.version()));
     let error = status.error.expect("the failure is reported");
@@ -469,7 +507,7 @@ async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving() {
         error.contains("part-00000-0b6f5b1e-9c1d-4c7e-8f3a-2d5e6f7a8b9c"),
         "names the file: {error}"
     );
-    assert_eq!(lookup(&serving, "1").await, ranked(&[("10", 0.5), ("11", 0.25)]));
+    assert_eq!(lookup(&kept, "1").await, ranked(&[("10", 0.5), ("11", 0.25)]));
 
     // Polling the same failed version again changes nothing.
     registry.refresh().await;
@@ -478,20 +516,19 @@ async fn corrupt_part_in_a_new_version_keeps_the_old_one_serving() {
 
     // A good version replaces v1 and clears the error.
     SparkOutput::nested().part(vec![(1, vec![(12, 0.75)])]).write(&dir);
-    let v3 = load(&registry, &spec).await;
+    let v3 = load(serving, &registry, &spec).await;
     assert_ne!(v3.version(), v1.version());
     assert_eq!(lookup(&v3, "1").await, ranked(&[("12", 0.75)]));
     assert_eq!(status_of(&registry, "als").error, None);
 }
 
-#[tokio::test]
-async fn truncated_part_in_a_rewritten_folder_is_reported() {
+async fn truncated_part_in_a_rewritten_folder_is_reported(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("als");
     SparkOutput::nested().part(vec![(1, vec![(10, 0.5)])]).write(&dir);
     let spec = spec("als");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let v1 = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let v1 = load(serving, &registry, &spec).await;
 
     // `mode("overwrite")` with a part file cut short (e.g. a lost executor's upload).
     let written = SparkOutput::nested()
@@ -504,24 +541,23 @@ async fn truncated_part_in_a_rewritten_folder_is_reported() {
     commit(&dir);
     registry.refresh().await;
 
-    let serving = registry.get(&spec).expect("v1 stays the serving version");
-    assert_eq!(serving.version(), v1.version());
+    let kept = registry.get(&spec).expect("v1 stays the serving version");
+    assert_eq!(kept.version(), v1.version());
     let error = status_of(&registry, "als").error.expect("reported");
     let bad_name = bad.file_name().unwrap().to_string_lossy();
     assert!(error.contains(&*bad_name), "names {bad_name}: {error}");
     assert!(!error.contains(&*written.parts[0].file_name().unwrap().to_string_lossy()));
 }
 
-#[tokio::test]
-async fn new_version_is_picked_up_on_refresh() {
+async fn new_version_is_picked_up_on_refresh(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("als-v2");
     SparkOutput::nested()
         .part(vec![(1, vec![(10, 0.5)]), (2, vec![(20, 0.5)])])
         .write(&dir);
     let spec = spec("als-v2");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let v1 = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let v1 = load(serving, &registry, &spec).await;
     assert_eq!(lookup(&v1, "1").await, ranked(&[("10", 0.5)]));
 
     // Nothing changed: the same version object keeps serving.
@@ -531,7 +567,7 @@ async fn new_version_is_picked_up_on_refresh() {
     SparkOutput::nested()
         .part(vec![(1, vec![(11, 0.9), (10, 0.1)]), (3, vec![(30, 0.3)])])
         .write(&dir);
-    let v2 = load(&registry, &spec).await;
+    let v2 = load(serving, &registry, &spec).await;
     assert_ne!(v2.version(), v1.version());
     assert!(v2.version().starts_with("als-v2@"), "{}", v2.version());
     assert_eq!(lookup(&v2, "1").await, ranked(&[("11", 0.9), ("10", 0.1)]));
@@ -540,8 +576,7 @@ async fn new_version_is_picked_up_on_refresh() {
     assert_eq!(status_of(&registry, "als-v2").version.as_deref(), Some(v2.version()));
 }
 
-#[tokio::test]
-async fn wildcard_serves_the_newest_committed_folder() {
+async fn wildcard_serves_the_newest_committed_folder(serving: Serving) {
     let root = tempfile::tempdir().expect("tempdir");
     let als = root.path().join("als");
     for (day, item) in [("2026-11-01", 1), ("2026-11-02", 2)] {
@@ -553,22 +588,21 @@ async fn wildcard_serves_the_newest_committed_folder() {
         .part(vec![(7, vec![(3, 0.5)])])
         .write_uncommitted(&als.join("2026-11-03"));
     let spec = spec("als/*");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
     assert!(model.version().starts_with("2026-11-02@"), "{}", model.version());
     assert!(model.uri().ends_with("/als/2026-11-02"), "{}", model.uri());
     assert_eq!(lookup(&model, "7").await, ranked(&[("2", 0.5)]));
 
     commit(&als.join("2026-11-03"));
-    let model = load(&registry, &spec).await;
+    let model = load(serving, &registry, &spec).await;
     assert!(model.version().starts_with("2026-11-03@"), "{}", model.version());
     assert_eq!(lookup(&model, "7").await, ranked(&[("3", 0.5)]));
     let status = status_of(&registry, "als/*");
     assert_eq!((status.version.as_deref(), status.error), (Some(model.version()), None));
 }
 
-#[tokio::test]
-async fn lookups_find_users_in_every_row_group_of_a_large_model() {
+async fn lookups_find_users_in_every_row_group_of_a_large_model(serving: Serving) {
     const USERS: i64 = 20_000;
     let root = tempfile::tempdir().expect("tempdir");
     let rows = |range: std::ops::Range<i64>| {
@@ -590,8 +624,8 @@ async fn lookups_find_users_in_every_row_group_of_a_large_model() {
     assert_eq!(groups(&written.parts[0]), 7, "10,000 rows in groups of 1,500");
 
     let spec = spec("big");
-    let registry = registry(root.path(), std::slice::from_ref(&spec));
-    let model = load(&registry, &spec).await;
+    let registry = registry(serving, root.path(), std::slice::from_ref(&spec));
+    let model = load(serving, &registry, &spec).await;
     assert_eq!(status_of(&registry, "big").users, USERS as usize);
     for u in [0, 1, 1_499, 1_500, 9_999, 10_000, 14_321, USERS - 1] {
         let expected = vec![
@@ -651,4 +685,167 @@ fn fixture_writes_spark_footers() {
     let size = std::fs::metadata(&written.parts[0]).unwrap().len() as usize;
     assert_eq!(&crc[..8], b"crc\0\0\0\x02\0");
     assert_eq!(crc.len(), 8 + 4 * size.div_ceil(512));
+}
+
+both_paths!(nested_int32_spark_defaults);
+both_paths!(nested_int64_renamed_columns_with_and_without_overrides);
+both_paths!(nested_string_ids);
+both_paths!(ambiguous_columns_need_overrides_and_wrong_overrides_are_reported);
+both_paths!(long_model_with_three_id_columns_needs_user_and_item_named);
+both_paths!(long_without_rank_orders_by_score_across_part_files);
+both_paths!(long_with_rank_orders_by_rank_not_score);
+both_paths!(global_serves_one_list_to_everyone);
+both_paths!(global_version_survives_a_failed_in_place_overwrite);
+both_paths!(partition_folders_crc_files_and_empty_parts);
+both_paths!(folder_without_success_is_not_a_model);
+both_paths!(corrupt_part_in_a_new_version_keeps_the_old_one_serving);
+both_paths!(truncated_part_in_a_rewritten_folder_is_reported);
+both_paths!(new_version_is_picked_up_on_refresh);
+both_paths!(wildcard_serves_the_newest_committed_folder);
+both_paths!(lookups_find_users_in_every_row_group_of_a_large_model);
+
+// ---------------------------------------------------------------------------------------------
+// Serving snapshots: reuse on restart, corruption, an unwritable folder, size cap, arm flag
+// ---------------------------------------------------------------------------------------------
+
+/// A small nested model `als` under a fresh root, and its expected list of user 1.
+fn snapshot_fixture() -> (tempfile::TempDir, ModelSpec, Option<Vec<(String, f32, u32)>>) {
+    let root = tempfile::tempdir().expect("tempdir");
+    SparkOutput::nested()
+        .part(vec![(1, vec![(10, 0.5), (11, 0.25)]), (2, vec![(12, 0.75)])])
+        .part(vec![(3, vec![(13, 1.0)])])
+        .write(&root.path().join("als"));
+    (root, spec("als"), ranked(&[("10", 0.5), ("11", 0.25)]))
+}
+
+fn snapshot_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(root.join("_snapshots"))
+        .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_restarted_registry_maps_the_snapshot_without_reading_the_model() {
+    let (root, spec, want) = snapshot_fixture();
+    let first = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let version = load(Serving::Snapshot, &first, &spec).await.version().to_string();
+    drop(first);
+    let files = snapshot_files(root.path());
+    assert_eq!(files.len(), 1, "one snapshot, kept when its registry stops: {files:?}");
+    // The part files go: only the snapshot can answer now (the marker, hence the version, stays).
+    for part in std::fs::read_dir(root.path().join("als")).expect("model folder") {
+        let path = part.expect("entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        {
+            std::fs::remove_file(path).expect("remove part");
+        }
+    }
+    let restarted = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let model = load(Serving::Snapshot, &restarted, &spec).await;
+    assert_eq!(model.version(), version);
+    assert_eq!(lookup(&model, "1").await, want);
+    assert_eq!(lookup(&model, "3").await, ranked(&[("13", 1.0)]));
+    assert_eq!(lookup(&model, "4").await, None);
+    assert_eq!(status_of(&restarted, "als").users, 3);
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_on_restart_is_rebuilt_and_never_served() {
+    let (root, spec, want) = snapshot_fixture();
+    let first = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    load(Serving::Snapshot, &first, &spec).await;
+    drop(first);
+    let file = snapshot_files(root.path()).remove(0);
+    let mut bytes = std::fs::read(&file).expect("snapshot");
+    // The first entry's score of user 1: a lookup of the corrupt file would answer 0.5 wrong.
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("corrupt it");
+    let restarted = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let model = load(Serving::Snapshot, &restarted, &spec).await;
+    assert_eq!(lookup(&model, "1").await, want, "rebuilt from the model");
+    assert_ne!(
+        std::fs::read(&file).expect("rebuilt snapshot"),
+        bytes,
+        "the corrupt file was replaced"
+    );
+    // Cut short, it is caught too.
+    std::fs::write(&file, &bytes[..bytes.len() - 8]).expect("truncate it");
+    let again = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let model = load(Serving::Snapshot, &again, &spec).await;
+    assert_eq!(lookup(&model, "1").await, want);
+}
+
+#[tokio::test]
+async fn an_unwritable_snapshot_folder_or_a_size_cap_keeps_page_reads() {
+    let (root, spec, want) = snapshot_fixture();
+    // A file where the folder should be: nothing can be created in it (even by root).
+    let blocked = root.path().join("_blocked");
+    std::fs::write(&blocked, b"not a folder").expect("file");
+    let settings = |dir: &Path, max_bytes| SnapshotSettings {
+        dir: Some(dir.to_path_buf()),
+        max_bytes,
+    };
+    let models = || {
+        ModelRegistry::new(
+            root.path().to_str().expect("utf-8"),
+            [spec.clone()],
+            recgw::metrics::Metrics::new(),
+        )
+        .expect("registry")
+    };
+    for (registry, why) in [
+        (models().with_snapshots(settings(&blocked, 1 << 30)), "cannot write"),
+        (
+            models().with_snapshots(settings(root.path(), 100)),
+            "snapshot_max_bytes",
+        ),
+    ] {
+        let model = load(Serving::Pages, &registry, &spec).await;
+        assert_eq!(lookup(&model, "1").await, want);
+        let note = status_of(&registry, "als").snapshot.expect("says why");
+        assert!(note.contains(why), "{note}");
+    }
+    let no_leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(no_leftovers.is_empty(), "abandoned files removed: {no_leftovers:?}");
+    // An arm's `snapshot = false` keeps its model on page reads.
+    let off = ModelSpec {
+        snapshot: false,
+        ..spec.clone()
+    };
+    let registry = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&off));
+    load(Serving::Pages, &registry, &off).await;
+    assert!(snapshot_files(root.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_replaced_version_gives_up_its_snapshot_file() {
+    let (root, spec, _) = snapshot_fixture();
+    let registry = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let v1 = load(Serving::Snapshot, &registry, &spec).await;
+    let first = snapshot_files(root.path());
+    SparkOutput::nested()
+        .part(vec![(1, vec![(20, 0.5)])])
+        .write(&root.path().join("als"));
+    let v2 = load(Serving::Snapshot, &registry, &spec).await;
+    assert_ne!(v1.version(), v2.version());
+    assert_eq!(
+        snapshot_files(root.path()).len(),
+        2,
+        "v1's file stays while a request holds v1"
+    );
+    assert_eq!(lookup(&v1, "1").await, ranked(&[("10", 0.5), ("11", 0.25)]));
+    drop(v1);
+    let left = snapshot_files(root.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!first.contains(&left[0]), "the file left is v2's");
+    assert_eq!(lookup(&v2, "1").await, ranked(&[("20", 0.5)]));
 }

@@ -1,7 +1,8 @@
-//! `GET /health` (the process answers) and `GET /ready` (it can serve what its experiments
-//! reference), for load balancers and orchestrators.
+//! `GET /health` (the process answers) and `GET /ready` (it can serve what traffic reaches
+//! now), for load balancers and orchestrators.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -34,12 +35,24 @@ struct ModelBody {
     users: u64,
     /// Last problem (e.g. a newer version that failed to load while the old one serves).
     error: Option<String>,
+    /// Whether traffic reaches the model now (a placement default, an arm of a running
+    /// experiment inside its schedule, a completed experiment's winner), so readiness waits
+    /// for it; models of draft, paused or ended experiments are reported, not waited for.
+    required: bool,
+    /// Where lookups are answered from: `snapshot` (a mapped serving snapshot), `pages`
+    /// (page-index reads of the part files, behind both cache tiers) or `memory` (a global
+    /// list); `null` until a version loads.
+    serving: Option<String>,
+    /// Why the serving version is not read from a snapshot: being built, too large, off.
+    snapshot: Option<String>,
+    /// Size of the serving version's snapshot file.
+    snapshot_bytes: Option<u64>,
 }
 
 /// Readiness and what it depends on.
 #[derive(Debug, Object)]
 struct ReadyBody {
-    /// True when experiments are loaded and every referenced model has a version.
+    /// True when every model traffic reaches now has a version (see `required`).
     ready: bool,
     /// Digest of the experiment set in force.
     experiments_digest: String,
@@ -48,7 +61,7 @@ struct ReadyBody {
     /// force. Not a readiness condition: every replica reads the same folder, and taking them
     /// all out of the load balancer over a typo would turn it into an outage.
     experiments_error: Option<String>,
-    /// Every referenced model.
+    /// Every model the experiments reference, serving or not.
     models: Vec<ModelBody>,
     /// The Redis tier: `up`, `down` (requests go on to the store) or `off` (not configured).
     /// Reported, never required.
@@ -60,7 +73,7 @@ enum ReadyResponse {
     /// Ready to serve.
     #[oai(status = 200)]
     Ready(Json<ReadyBody>),
-    /// Not ready yet (a model has no loaded version); the body says which.
+    /// Not ready yet (a required model has no loaded version); the body says which.
     #[oai(status = 503)]
     NotReady(Json<ReadyBody>),
 }
@@ -75,23 +88,29 @@ impl HealthApi {
         })
     }
 
-    /// Experiments and every referenced model are loaded.
+    /// Every model traffic reaches now is loaded.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self, gateway: Data<&Arc<Gateway>>) -> ReadyResponse {
         let models = gateway.models();
+        let catalog = gateway.catalog();
+        let required = catalog.serving_models(SystemTime::now());
         let body = ReadyBody {
-            ready: models.all_loaded(),
-            experiments_digest: gateway.catalog().digest().to_string(),
+            ready: required.iter().all(|spec| models.get(spec).is_some()),
+            experiments_digest: catalog.digest().to_string(),
             experiments_error: gateway.rejected().map(|problems| problems.to_string()),
             models: models
                 .status()
                 .into_iter()
                 .map(|m| ModelBody {
+                    required: required.iter().any(|spec| spec.location == m.location),
                     model: m.location,
                     version: m.version,
                     shape: m.shape.map(str::to_string),
                     users: m.users as u64,
                     error: m.error,
+                    serving: m.serving.map(str::to_string),
+                    snapshot: m.snapshot,
+                    snapshot_bytes: m.snapshot_bytes.map(|b| b as u64),
                 })
                 .collect(),
             redis: match gateway.redis_up() {

@@ -12,6 +12,7 @@ mod metrics;
 mod recommendations;
 mod results;
 mod stats;
+mod uri_limit;
 
 use std::sync::Arc;
 
@@ -26,8 +27,9 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 pub use error::{ApiError, ErrorBody};
+pub(crate) use uri_limit::JsonUriTooLong;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RELOAD_BUDGET};
 use crate::metrics::NONE;
 
 /// Groups in the generated documentation.
@@ -92,8 +94,13 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Bounds what one request may hold: its headers' size, and its time (`server.request_timeout`).
 /// A request past its time gets 504, or 408 when it is still waiting for its own body (a client
 /// that stalls mid-body is the client's fault, not the gateway's); either way hyper then closes
-/// the connection, since the body was not read to its end.
+/// the connection, since the body was not read to its end. Admin routes get the time a reload
+/// may wait for new models on top, so `POST /admin/reload` answers what the reload did.
 async fn limits<E: Endpoint>(endpoint: Arc<E>, mut request: Request, timeout: Duration) -> poem::Result<Response> {
+    let timeout = match endpoint_label(request.uri().path()) {
+        "admin" => timeout.saturating_add(RELOAD_BUDGET),
+        _ => timeout,
+    };
     let header_bytes: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if header_bytes > MAX_HEADER_BYTES {
         return Err(poem::Error::from_string(

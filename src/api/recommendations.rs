@@ -1,5 +1,6 @@
 //! `GET /recommendations/{user_id}`: the request client apps make on every page view.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,7 +41,9 @@ enum SourceBody {
     Local,
     /// The shared Redis cache.
     Redis,
-    /// The model store.
+    /// The model version's serving snapshot, mapped on this replica.
+    Snapshot,
+    /// The model store (page reads of the Parquet part files).
     Store,
     /// The placement default, because the arm's model could not answer for this user.
     Fallback,
@@ -94,6 +97,10 @@ enum FallbackBody {
     StoreError,
 }
 
+/// Ids `exclude` may name at most: a page holds at most 100 items, so a client excluding more
+/// is paging wrong, and the cap bounds the set built per request whatever the URI limit.
+pub(crate) const MAX_EXCLUDE: usize = 500;
+
 fn default_placement() -> String {
     "default".to_string()
 }
@@ -126,7 +133,7 @@ impl RecommendationsApi {
         offset: Query<u32>,
         /// Drop items scoring below this.
         min_score: Query<Option<f32>>,
-        /// Comma-separated item ids to leave out (e.g. already shown).
+        /// Comma-separated item ids to leave out (e.g. already shown), at most 500.
         exclude: Query<Option<String>>,
         _auth: Auth,
     ) -> Result<FastJson<RecommendationsBody>, ApiError> {
@@ -173,13 +180,18 @@ async fn serve(
             ApiError::bad_request("invalid_parameter", "min_score must be a finite number"),
         ));
     }
+    let given = exclude.map_or(0, |ids| ids.split(',').count());
+    if given > MAX_EXCLUDE {
+        let message = format!("exclude holds {given} ids; at most {MAX_EXCLUDE} are accepted");
+        return Err((label(), ApiError::bad_request("invalid_parameter", message)));
+    }
+    let excluded: HashSet<&str> = exclude
+        .map(|ids| ids.split(',').map(str::trim).collect())
+        .unwrap_or_default();
     let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
         ServeError::UnknownPlacement(_) => (label(), ApiError::not_found("unknown_placement", e.to_string())),
         ServeError::ModelUnavailable { .. } => (label(), ApiError::unavailable("model_unavailable", e.to_string())),
     })?;
-    let excluded: Vec<&str> = exclude
-        .map(|s| s.split(',').map(str::trim).collect())
-        .unwrap_or_default();
     let request = PageRequest {
         limit: limit as usize,
         offset: offset as usize,
@@ -219,6 +231,7 @@ async fn serve(
         source: match served.source {
             Source::Local => SourceBody::Local,
             Source::Redis => SourceBody::Redis,
+            Source::Snapshot => SourceBody::Snapshot,
             Source::Store => SourceBody::Store,
             Source::Fallback => SourceBody::Fallback,
         },

@@ -177,17 +177,31 @@ impl Catalog {
     }
 
     /// Every model the catalog can serve (arms and placement defaults), without duplicates, so
-    /// the store knows what to load and `/ready` knows what to wait for.
+    /// the store knows what to load and `/ready` what to report.
     pub fn models(&self) -> Vec<ModelSpec> {
+        self.models_of(|e| &e.arms)
+    }
+
+    /// The models traffic reaches at `t`: placement defaults, every arm of a running
+    /// experiment inside its schedule, the winner of a completed one. Readiness waits for these
+    /// only; a draft's or a paused experiment's model (QA overrides aside) serves nobody, and a
+    /// typo in one must not take every replica out of the load balancer.
+    pub fn serving_models(&self, t: SystemTime) -> Vec<ModelSpec> {
+        self.models_of(|e| match e.winner {
+            _ if !e.active_at(t) => &[],
+            Some(winner) => std::slice::from_ref(&e.arms[winner]),
+            None => &e.arms,
+        })
+    }
+
+    /// Placement defaults and the models of the arms `arms` picks from each experiment, sorted,
+    /// without duplicates.
+    fn models_of<'c>(&'c self, arms: impl Fn(&'c Experiment) -> &'c [Arm]) -> Vec<ModelSpec> {
         let mut models: Vec<ModelSpec> = self
             .placements
             .values()
             .map(|p| p.default_model.clone())
-            .chain(
-                self.experiments
-                    .values()
-                    .flat_map(|e| e.arms.iter().map(|a| a.model.clone())),
-            )
+            .chain(self.experiments.values().flat_map(|e| arms(e)).map(|a| a.model.clone()))
             .collect();
         models.sort();
         models.dedup();

@@ -107,4 +107,6 @@ pub(crate) struct ArmSpec {
     /// Column names when the model does not use Spark's defaults.
     #[serde(default)]
     pub columns: ColumnNames,
+    /// `false` keeps the model on page reads instead of a serving snapshot.
+    pub snapshot: Option<bool>,
 }

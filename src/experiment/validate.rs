@@ -366,7 +366,10 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
             name: spec.name.clone(),
             weight_bp,
             buckets: lo..next_bucket.min(u32::from(BUCKETS)) as u16,
-            model: ModelSpec::new(spec.model.clone(), spec.columns.clone()),
+            model: ModelSpec {
+                snapshot: spec.snapshot.unwrap_or(true),
+                ..ModelSpec::new(spec.model.clone(), spec.columns.clone())
+            },
             cache_ttl,
         });
     }

@@ -1,7 +1,7 @@
 //! Which columns of a model hold what (DESIGN.md §4), detected from Arrow types with optional
 //! name overrides, and typed views that read ids and scores whatever their physical type.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
@@ -11,7 +11,7 @@ use arrow_schema::{DataType, Fields, Schema};
 use super::ColumnNames;
 
 /// The shape of a model's rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
     /// Spark ALS `recommendForAllUsers(k)`: one row per user holding a ranked
     /// `list<struct<item, score>>`.
@@ -236,12 +236,23 @@ impl<'a> UserKey<'a> {
         user.parse().ok().map(UserKey::Int)
     }
 
-    /// The 64-bit hash kept in the index. `DefaultHasher::new()` has fixed keys, so index build
-    /// and lookup agree within a process, which is all the index needs.
+    /// The 64-bit hash kept in the index and in serving snapshots: xxh3 of the value's bytes,
+    /// a fixed algorithm, so a snapshot written by one build is read right by another (std's
+    /// hasher may change between Rust releases). Integers and text hash under different seeds,
+    /// so the text "42" of a text column and the integer 42 never meet.
     pub fn hash64(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
+        match self {
+            UserKey::Int(v) => xxh3_64_with_seed(&v.to_le_bytes(), 1),
+            UserKey::Text(s) => xxh3_64_with_seed(s.as_bytes(), 2),
+        }
+    }
+
+    /// A second, independent 64-bit hash, to tell two users apart whose `hash64` collide.
+    pub fn fingerprint(&self) -> u64 {
+        match self {
+            UserKey::Int(v) => xxh3_64_with_seed(&v.to_le_bytes(), 3),
+            UserKey::Text(s) => xxh3_64_with_seed(s.as_bytes(), 4),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod location;
 mod model;
 mod reader;
 mod registry;
+mod snapshot;
 mod synthetic;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
+pub use snapshot::SnapshotSettings;
 pub use synthetic::{GenError, GenFormat, GenOptions, generate};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
@@ -32,14 +34,18 @@ pub struct ModelSpec {
     pub location: String,
     /// Column-name overrides; empty means Spark's defaults, detected from the types.
     pub columns: ColumnNames,
+    /// Whether loaded versions get a serving snapshot (an arm's `snapshot = false` keeps them
+    /// on page reads).
+    pub snapshot: bool,
 }
 
 impl ModelSpec {
-    /// Builds a spec from the strings of an experiment file.
+    /// Builds a spec from the strings of an experiment file, with snapshots.
     pub fn new(location: impl Into<String>, columns: ColumnNames) -> Self {
         ModelSpec {
             location: location.into(),
             columns,
+            snapshot: true,
         }
     }
 }

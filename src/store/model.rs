@@ -1,9 +1,12 @@
 //! One loaded version of a model: its part files' metadata, its shape and its user index, and
 //! the point lookup that reads only the pages holding one user.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
@@ -16,6 +19,7 @@ use super::columns::{Ids, Scores, Shape, UserKey, detect, rank_at};
 use super::index::{IndexBuilder, UserIndex};
 use super::layout::{Committed, part_files};
 use super::reader::ObjectReader;
+use super::snapshot::{BuildError, ItemId, Snapshot, SnapshotShape, SnapshotWriter};
 use super::{ColumnNames, Item, RankedList, StoreError};
 
 /// Part files' footers are fetched this many at a time: enough to hide HDFS latency, few
@@ -88,8 +92,9 @@ pub struct LoadedModel {
     uri: String,
     /// The version string used in cache keys and responses.
     version: String,
-    /// How rows are laid out.
-    shape: Shape,
+    /// How rows are laid out; `None` for a version mapped from its snapshot at start, which
+    /// opened no part file.
+    shape: Option<Shape>,
     /// Whether the user column is an integer, so request ids must parse.
     int_users: bool,
     /// Part files in path order (index positions refer to it).
@@ -102,6 +107,11 @@ pub struct LoadedModel {
     global: Option<RankedList>,
     /// How long loading took, for logs and start-up budgets.
     load_time: Duration,
+    /// The mapped snapshot, once built or found: lookups read it instead of the pages.
+    snapshot: ArcSwapOption<Snapshot>,
+    /// Why this version is not served from a snapshot (being built, too large, off…), for
+    /// `/ready`.
+    snapshot_note: Mutex<Option<String>>,
 }
 
 fn parquet_err(uri: &str) -> impl Fn(parquet::errors::ParquetError) -> StoreError + '_ {
@@ -177,15 +187,17 @@ impl LoadedModel {
         let mut model = LoadedModel {
             uri,
             version: committed.version,
-            shape,
+            shape: Some(shape),
             int_users,
             files,
             projection: Projection::new(roots),
             index: UserIndex::default(),
             global: None,
             load_time: Duration::ZERO,
+            snapshot: ArcSwapOption::empty(),
+            snapshot_note: Mutex::new(None),
         };
-        match model.shape.user() {
+        match shape.user() {
             Some(user) => model.index = model.build_index(user).await?,
             None => model.global = Some(model.read_global().await?),
         }
@@ -241,7 +253,7 @@ impl LoadedModel {
     fn has_rank(&self) -> bool {
         matches!(
             self.shape,
-            Shape::Long { rank: Some(_), .. } | Shape::Global { rank: Some(_), .. }
+            Some(Shape::Long { rank: Some(_), .. } | Shape::Global { rank: Some(_), .. })
         )
     }
 
@@ -254,14 +266,14 @@ impl LoadedModel {
         out: &mut Vec<(Option<i64>, f32, Box<str>)>,
     ) -> Result<(), String> {
         let (user, item, score, rank) = match self.shape {
-            Shape::Long {
+            Some(Shape::Long {
                 user,
                 item,
                 score,
                 rank,
-            } => (Some(user), item, score, rank),
-            Shape::Global { item, score, rank } => (None, item, score, rank),
-            Shape::Nested { .. } => return Err("not a flat model".into()),
+            }) => (Some(user), item, score, rank),
+            Some(Shape::Global { item, score, rank }) => (None, item, score, rank),
+            _ => return Err("not a flat model".into()),
         };
         let p = &self.projection;
         let users = user.map(|u| Ids::new(batch.column(p.pos(u)).as_ref())).transpose()?;
@@ -291,6 +303,9 @@ impl LoadedModel {
         if let Some(global) = &self.global {
             return Ok(Some(Arc::clone(global)));
         }
+        if let Some(snapshot) = self.snapshot.load().as_ref() {
+            return Ok(snapshot.lookup(user));
+        }
         let Some(key) = UserKey::of_request(user, self.int_users) else {
             return Ok(None);
         };
@@ -304,12 +319,12 @@ impl LoadedModel {
             let selection = RowSelection::from_consecutive_ranges(ranges, rg_rows);
             let mut stream = file.read(&self.projection.roots, Some(rg), Some(selection), 1024)?;
             while let Some(batch) = stream.try_next().await.map_err(parquet_err(&file.uri))? {
-                if let Shape::Nested {
+                if let Some(Shape::Nested {
                     user,
                     items,
                     item,
                     score,
-                } = self.shape
+                }) = self.shape
                 {
                     if let Some(list) = self
                         .nested_list(&batch, key, (user, items, item, score))
@@ -372,12 +387,183 @@ impl LoadedModel {
 
     /// `nested`, `long` or `global`.
     pub fn shape(&self) -> &'static str {
-        self.shape.name()
+        match (&self.shape, self.snapshot.load().as_ref()) {
+            (Some(shape), _) => shape.name(),
+            (None, Some(snapshot)) => snapshot.shape().name(),
+            (None, None) => "unknown",
+        }
+    }
+
+    /// Where lookups are answered from: `snapshot` (the mapped file), `pages` (page-index reads
+    /// of the part files) or `memory` (a global list).
+    pub fn serving(&self) -> &'static str {
+        if self.global.is_some() {
+            "memory"
+        } else if self.snapshot.load().is_some() {
+            "snapshot"
+        } else {
+            "pages"
+        }
+    }
+
+    /// Why lookups are not answered from a snapshot, when they are not.
+    pub fn snapshot_note(&self) -> Option<String> {
+        self.snapshot_note.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Size of the snapshot file, when one is mapped.
+    pub fn snapshot_bytes(&self) -> Option<usize> {
+        self.snapshot.load().as_ref().map(|s| s.file_bytes())
+    }
+
+    /// The mapped snapshot, for the cache to read without its Redis tier.
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    pub(crate) fn set_snapshot_note(&self, note: Option<String>) {
+        *self.snapshot_note.lock().unwrap_or_else(|p| p.into_inner()) = note;
+    }
+
+    /// The version `version` of the model at `uri` served from its snapshot alone.
+    pub(crate) fn from_snapshot(uri: String, version: String, snapshot: Arc<Snapshot>, load_time: Duration) -> Self {
+        LoadedModel {
+            uri,
+            version,
+            shape: None,
+            int_users: false,
+            files: Vec::new(),
+            projection: Projection::new(Vec::new()),
+            index: UserIndex::default(),
+            global: None,
+            load_time,
+            snapshot: ArcSwapOption::from(Some(snapshot)),
+            snapshot_note: Mutex::new(None),
+        }
+    }
+
+    /// Lets lookups read `snapshot` from now on.
+    pub(crate) fn use_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(Some(snapshot));
+        self.set_snapshot_note(None);
+    }
+
+    /// Marks this version's snapshot file for deletion once no request uses the version.
+    pub(crate) fn supersede(&self) {
+        if let Some(snapshot) = self.snapshot.load().as_ref() {
+            snapshot.supersede();
+        }
+    }
+
+    /// Writes the snapshot of this version into `dir` by one sequential read of every part
+    /// file, in bounded memory: a nested row is written as it is read; the rows of a long
+    /// model's user are held until the index says all of them were seen (Spark writes them
+    /// together, so few are held at once).
+    pub(crate) async fn build_snapshot(
+        &self,
+        dir: &Path,
+        max_bytes: u64,
+        location: &str,
+    ) -> Result<Arc<Snapshot>, BuildError> {
+        let model = |e: StoreError| BuildError::Model(e.to_string());
+        let (shape, snapshot_shape) = match self.shape {
+            Some(shape @ Shape::Nested { .. }) => (shape, SnapshotShape::Nested),
+            Some(shape @ Shape::Long { .. }) => (shape, SnapshotShape::Long),
+            _ => return Err(BuildError::Model("only per-user models have snapshots".into())),
+        };
+        let mut writer = SnapshotWriter::create(dir, max_bytes, location, &self.version)?;
+        // Long models: per user hash, its fingerprint, rows seen and (rank, score, item) kept.
+        let mut open: HashMap<u64, OpenUser> = HashMap::new();
+        let mut list: Vec<(u32, f32)> = Vec::new();
+        let by_rank = self.has_rank();
+        let p = &self.projection;
+        for file in &self.files {
+            let mut stream = file.read(&p.roots, None, None, INDEX_BATCH_ROWS).map_err(model)?;
+            while let Some(batch) = stream.try_next().await.map_err(parquet_err(&file.uri)).map_err(model)? {
+                let bad = |m: String| BuildError::Model(format!("{}: {m}", file.uri));
+                match shape {
+                    Shape::Nested {
+                        user,
+                        items,
+                        item,
+                        score,
+                    } => {
+                        let users = Ids::new(batch.column(p.pos(user)).as_ref()).map_err(bad)?;
+                        let lists = batch.column(p.pos(items));
+                        for row in 0..batch.num_rows() {
+                            let Some(key) = users.key(row) else { continue };
+                            let entries = match lists.data_type() {
+                                DataType::List(_) => lists.as_list::<i32>().value(row),
+                                DataType::LargeList(_) => lists.as_list::<i64>().value(row),
+                                other => return Err(bad(format!("recommendations column has type {other}"))),
+                            };
+                            let entries = entries.as_struct();
+                            let ids = Ids::new(entries.column(item).as_ref()).map_err(bad)?;
+                            let scores = Scores::new(entries.column(score).as_ref()).map_err(bad)?;
+                            list.clear();
+                            for i in (0..entries.len()).filter(|&i| entries.is_valid(i)) {
+                                if let (Some(id), Some(score)) = (ids.key(i), scores.at(i)) {
+                                    list.push((writer.number(item_id(id)), score));
+                                }
+                            }
+                            writer.push(key.hash64(), &list)?;
+                        }
+                    }
+                    Shape::Long {
+                        user,
+                        item,
+                        score,
+                        rank,
+                    } => {
+                        let users = Ids::new(batch.column(p.pos(user)).as_ref()).map_err(bad)?;
+                        let ids = Ids::new(batch.column(p.pos(item)).as_ref()).map_err(bad)?;
+                        let scores = Scores::new(batch.column(p.pos(score)).as_ref()).map_err(bad)?;
+                        let ranks = rank.map(|r| batch.column(p.pos(r)));
+                        for row in 0..batch.num_rows() {
+                            let Some(key) = users.key(row) else { continue };
+                            let hash = key.hash64();
+                            let user = open.entry(hash).or_insert_with(|| OpenUser {
+                                fingerprint: key.fingerprint(),
+                                left: self.index.find(hash).iter().map(|l| l.len as usize).sum(),
+                                rows: Vec::new(),
+                            });
+                            if user.fingerprint != key.fingerprint() {
+                                return Err(BuildError::Model("two users share a key hash".into()));
+                            }
+                            if let (Some(id), Some(score)) = (ids.key(row), scores.at(row)) {
+                                user.rows.push((rank_at(ranks, row), score, writer.number(item_id(id))));
+                            }
+                            user.left = user.left.saturating_sub(1);
+                            if user.left == 0
+                                && let Some(mut done) = open.remove(&hash)
+                            {
+                                if by_rank {
+                                    done.rows.sort_by_key(|(rank, _, _)| rank.unwrap_or(i64::MAX));
+                                } else {
+                                    done.rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+                                }
+                                list.clear();
+                                list.extend(done.rows.iter().map(|(_, score, number)| (*number, *score)));
+                                writer.push(hash, &list)?;
+                            }
+                        }
+                    }
+                    Shape::Global { .. } => {}
+                }
+            }
+        }
+        if !open.is_empty() {
+            return Err(BuildError::Model(format!(
+                "{} users' rows did not match the index",
+                open.len()
+            )));
+        }
+        writer.finish(snapshot_shape, self.int_users)
     }
 
     /// Distinct users indexed (0 for global models).
     pub fn indexed_users(&self) -> usize {
-        self.index.users()
+        self.snapshot.load().as_ref().map_or(self.index.users(), |s| s.users())
     }
 
     /// Heap bytes of the user index.
@@ -393,6 +579,24 @@ impl LoadedModel {
     /// Time spent loading this version.
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+}
+
+/// A user of a long model whose rows are not all read yet.
+struct OpenUser {
+    /// Tells this user from another whose hash collides.
+    fingerprint: u64,
+    /// Rows of the user still to come, from the index.
+    left: usize,
+    /// `(rank, score, item number)` of the rows read.
+    rows: Vec<(Option<i64>, f32, u32)>,
+}
+
+/// A dictionary key for an item id value.
+fn item_id(id: UserKey<'_>) -> ItemId<'_> {
+    match id {
+        UserKey::Int(v) => ItemId::Int(v),
+        UserKey::Text(s) => ItemId::Text(s),
     }
 }
 

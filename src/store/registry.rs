@@ -10,6 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::layout::committed;
 use super::location::Locator;
+use super::snapshot::{Snapshot, SnapshotSettings, path_for};
 use super::{LoadedModel, ModelSpec, StoreError};
 use crate::metrics::Metrics;
 
@@ -57,6 +58,12 @@ pub struct ModelStatus {
     pub users: usize,
     /// The last problem, e.g. a newer version that failed to load.
     pub error: Option<String>,
+    /// `snapshot`, `pages` or `memory`, once loaded.
+    pub serving: Option<&'static str>,
+    /// Why the serving version is not read from a snapshot (being built, too large, off).
+    pub snapshot: Option<String>,
+    /// Size of the serving version's snapshot file.
+    pub snapshot_bytes: Option<usize>,
 }
 
 type Slots = HashMap<ModelSpec, Arc<Slot>>;
@@ -76,6 +83,8 @@ pub struct ModelRegistry {
     polling: Mutex<Option<Duration>>,
     /// Where load failures are counted.
     metrics: Metrics,
+    /// Where serving snapshots go; off unless [`ModelRegistry::with_snapshots`] says.
+    snapshots: SnapshotSettings,
 }
 
 impl ModelRegistry {
@@ -91,7 +100,15 @@ impl ModelRegistry {
             changing: Mutex::default(),
             polling: Mutex::default(),
             metrics,
+            snapshots: SnapshotSettings::default(),
         })
+    }
+
+    /// Builds a serving snapshot of every loaded version of a per-user model (unless its spec
+    /// says not to) in `settings.dir`.
+    pub fn with_snapshots(mut self, settings: SnapshotSettings) -> Self {
+        self.snapshots = settings;
+        self
     }
 
     /// The serving version of `model`, if one is loaded.
@@ -119,6 +136,9 @@ impl ModelRegistry {
                     shape: current.as_ref().map(|m| m.shape()),
                     users: current.as_ref().map_or(0, |m| m.indexed_users()),
                     error: state.error.clone(),
+                    serving: current.as_ref().map(|m| m.serving()),
+                    snapshot: current.as_ref().and_then(|m| m.snapshot_note()),
+                    snapshot_bytes: current.as_ref().and_then(|m| m.snapshot_bytes()),
                 }
             })
             .collect();
@@ -247,7 +267,7 @@ impl ModelRegistry {
                 return record(Some(e.to_string()), None);
             }
         };
-        let current = slot.current.load();
+        let current = slot.current.load_full();
         if current.as_ref().is_some_and(|m| m.version() == committed.version) {
             return record(None, None);
         }
@@ -261,6 +281,29 @@ impl ModelRegistry {
             return;
         }
         let version = committed.version.clone();
+        let uri = committed.folder.uri_of(&committed.folder.path);
+        let dir = self.snapshots.dir.as_deref().filter(|_| spec.snapshot);
+        // A snapshot of this version already on disk (a restart) serves at once, without
+        // reading the model; one that does not check out is rebuilt, never served.
+        if let Some(dir) = dir {
+            let started = std::time::Instant::now();
+            let path = path_for(dir, &spec.location, &version);
+            match Snapshot::open(&path, &version) {
+                Ok(snapshot) => {
+                    let model = LoadedModel::from_snapshot(uri, version, Arc::new(snapshot), started.elapsed());
+                    tracing::info!(model = %spec.location, version = %model.version(), path = %path.display(),
+                        load_ms = model.load_time().as_millis() as u64, "model version mapped from its snapshot");
+                    self.swap(spec, slot, current.as_ref(), Arc::new(model));
+                    return record(None, None);
+                }
+                Err(_) if !path.exists() => {}
+                Err(problem) => {
+                    tracing::warn!(model = %spec.location, path = %path.display(), problem = %problem,
+                        "snapshot on disk not usable; rebuilding it from the model");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         match LoadedModel::load(committed, &spec.columns).await {
             Ok(model) => {
                 tracing::info!(
@@ -274,11 +317,12 @@ impl ModelRegistry {
                     load_ms = model.load_time().as_millis() as u64,
                     "model version loaded"
                 );
-                let previous = current.as_ref().map(|m| m.version().to_string());
-                self.metrics
-                    .model_version(&spec.location, previous.as_deref(), model.version());
-                slot.current.store(Some(Arc::new(model)));
+                let model = Arc::new(model);
+                self.swap(spec, slot, current.as_ref(), Arc::clone(&model));
                 record(None, None);
+                if model.serving() == "pages" {
+                    self.snapshot(spec, &model, dir).await;
+                }
             }
             Err(e) => {
                 tracing::error!(model = %spec.location, version = %version, error = %e, "model version failed to load; the previous one keeps serving");
@@ -286,5 +330,54 @@ impl ModelRegistry {
                 record(Some(format!("version {version} failed to load: {e}")), Some(version));
             }
         }
+    }
+
+    /// Makes `model` the serving version of `spec`; the one it replaces gives up its snapshot
+    /// file once the last request using it is done.
+    fn swap(&self, spec: &ModelSpec, slot: &Slot, previous: Option<&Arc<LoadedModel>>, model: Arc<LoadedModel>) {
+        let old = previous.map(|m| m.version().to_string());
+        self.metrics
+            .model_version(&spec.location, old.as_deref(), model.version());
+        self.metrics.serving_mode(&spec.location, model.serving());
+        if let Some(previous) = previous {
+            previous.supersede();
+        }
+        slot.current.store(Some(model));
+    }
+
+    /// Builds the serving snapshot of a version that serves from pages meanwhile (requests
+    /// are answered through the cache tiers and page reads until it is mapped). The conversion
+    /// runs on a blocking thread: it decodes the whole model, which must not hold up requests.
+    async fn snapshot(&self, spec: &ModelSpec, model: &Arc<LoadedModel>, dir: Option<&std::path::Path>) {
+        let Some(dir) = dir else {
+            model.set_snapshot_note(Some(match self.snapshots.dir {
+                None => "snapshots are off (models.snapshot_dir unusable)".to_string(),
+                Some(_) => "snapshot = false on an arm".to_string(),
+            }));
+            return;
+        };
+        model.set_snapshot_note(Some("snapshot being built; serving by page reads".into()));
+        let started = std::time::Instant::now();
+        let (building, dir, location) = (Arc::clone(model), dir.to_path_buf(), spec.location.clone());
+        let max_bytes = self.snapshots.max_bytes;
+        let runtime = tokio::runtime::Handle::current();
+        let built =
+            tokio::task::spawn_blocking(move || runtime.block_on(building.build_snapshot(&dir, max_bytes, &location)))
+                .await;
+        match built {
+            Ok(Ok(snapshot)) => {
+                tracing::info!(model = %spec.location, version = %model.version(), users = snapshot.users(),
+                    bytes = snapshot.file_bytes(), build_ms = started.elapsed().as_millis() as u64,
+                    "serving snapshot mapped");
+                model.use_snapshot(snapshot);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(model = %spec.location, version = %model.version(), error = %e,
+                    "no serving snapshot; the version is served by page reads");
+                model.set_snapshot_note(Some(e.to_string()));
+            }
+            Err(e) => model.set_snapshot_note(Some(format!("snapshot build stopped: {e}"))),
+        }
+        self.metrics.serving_mode(&spec.location, model.serving());
     }
 }
