@@ -79,9 +79,10 @@ pub(crate) struct Parts {
 /// in anyway (their arms then fall back to the placement default until they load).
 const NEW_MODEL_WAIT: Duration = Duration::from_secs(30);
 
-/// The longest [`Gateway::reload`] waits for models: its own wait, after that of a reload
-/// already under way. `POST /admin/reload` gets it on top of `server.request_timeout`.
-pub(crate) const RELOAD_BUDGET: Duration = NEW_MODEL_WAIT.saturating_mul(2);
+/// What admin routes get on top of `server.request_timeout`, so `POST /admin/reload` can wait
+/// for new models. A call queued behind a reload that is waiting already shares its wait, and
+/// may be answered 504 if the folder changed once more meanwhile (its reload still completes).
+pub(crate) const RELOAD_BUDGET: Duration = NEW_MODEL_WAIT;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -449,3 +449,83 @@ async fn an_experiments_folder_made_invalid_emptied_or_unreadable_keeps_the_set_
     assert_eq!(rejections().await, 4.0, "each broken state counted once");
     eprintln!("{served} requests through four broken experiment folders");
 }
+
+/// Waits until `/ready` shows `model` served from `serving`; returns its entry.
+async fn wait_serving(gw: &TestGateway, model: &str, serving: &str) -> Value {
+    let what = format!("{model} served from {serving}");
+    let (_, body) = gw.wait_model(model, &what, |m| m["serving"] == serving).await;
+    model_status(&body, model).expect("listed").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_folder_made_unwritable_or_a_corrupt_snapshot_on_restart_costs_no_request() {
+    let demo = DemoCopy::new();
+    let snapshots = tempfile::tempdir().expect("tempdir");
+    let dir = snapshots.path().join("snapshots");
+    let settings = gateway::with_snapshots(uncached(&demo, &demo.experiments()), &dir);
+    let gw = TestGateway::launch_ready(&settings).await;
+    for model in ["als-v1", "als-v2"] {
+        let entry = wait_serving(&gw, model, "snapshot").await;
+        assert!(entry["snapshot_bytes"].as_u64().is_some_and(|b| b > 0), "{entry}");
+    }
+    let before = gw.get("/recommendations/42?placement=home").await.json();
+    assert_eq!(before["source"], "snapshot", "{before}");
+    assert_eq!(
+        gw.metric("model_serving_mode", &[("model", "als-v1"), ("mode", "snapshot")])
+            .await,
+        1.0
+    );
+
+    // The folder becomes unwritable (a file where it was), and a new version of als-v2
+    // commits: it serves by page reads, the mapped als-v1 goes on serving from its file.
+    let load = Load::start(&gw, Arc::new(not_a_fallback));
+    let kept = snapshots.path().join("kept");
+    std::fs::rename(&dir, &kept).expect("move the folder away");
+    std::fs::write(&dir, b"not a folder").expect("block it");
+    common::spark::commit(&demo.models().join("als-v2"));
+    let entry = wait_serving(&gw, "als-v2", "pages").await;
+    assert!(
+        entry["snapshot"].as_str().is_some_and(|n| n.contains("cannot write")),
+        "{entry}"
+    );
+    wait_serving(&gw, "als-v1", "snapshot").await;
+    load.overlap(DURING, "unwritable snapshot folder").await;
+    assert_eq!(
+        gw.metric("model_serving_mode", &[("model", "als-v2"), ("mode", "pages")])
+            .await,
+        1.0
+    );
+    let served = load.finish().await;
+    gw.stop().await;
+
+    // Restart with the folder back and als-v1's snapshot corrupt: detected, rebuilt, and no
+    // answer comes from the corrupt file.
+    std::fs::remove_file(&dir).expect("unblock");
+    std::fs::rename(&kept, &dir).expect("folder back");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("snapshots")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in &files {
+        let mut bytes = std::fs::read(file).expect("snapshot");
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0xff;
+        std::fs::write(file, &bytes).expect("corrupt");
+    }
+    let gw = TestGateway::launch_ready(&settings).await;
+    let load = Load::start(&gw, Arc::new(not_a_fallback));
+    for model in ["als-v1", "als-v2"] {
+        wait_serving(&gw, model, "snapshot").await;
+    }
+    load.overlap(DURING, "restart over corrupt snapshots").await;
+    let after = gw.get("/recommendations/42?placement=home").await.json();
+    assert_eq!(
+        (&after["items"], &after["source"]),
+        (&before["items"], &"snapshot".into())
+    );
+    let served = served + load.finish().await;
+    eprintln!("{served} requests through an unwritable snapshot folder and a restart over corrupt snapshots");
+    gw.stop().await;
+}

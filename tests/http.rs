@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::spark::{Id, SparkOutput, commit};
-use gateway::{READY_TIMEOUT, Reply, TestGateway, eventually, model_status};
+use gateway::{READY_TIMEOUT, Reply, TestGateway, eventually, item_ids, model_status};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -777,6 +778,215 @@ async fn uncovered_users_get_503_while_the_default_has_no_version() {
         "model_unavailable",
         "covered user missing from the arm model",
     );
+}
+
+/// Experiments of every status over one committed model (`als-ready`) and models that never
+/// load: `typo-model` (no such folder), `als-pending` (not committed), `loser-model`,
+/// `ended-model` and `future-model` (no such folders). Placements `home` and `later`, both
+/// defaulting to `popular`:
+/// - `running-exp` on `home`, slice `[0, 50)`: arms `a`, `b` serve `als-ready`;
+/// - `completed-exp` on `home`, slice `[50, 100)`, winner `a` (`als-ready`); `b` serves
+///   `loser-model`;
+/// - `draft-exp` (an arm on `typo-model`) and `paused-exp` (an arm on `als-pending`) on `home`;
+/// - `ended-exp` (running, ended in 2020, `ended-model`) and `future-exp` (running from 2999,
+///   `future-model`) on `later`.
+fn statuses_world() -> (TempDir, TempDir) {
+    let models = tempfile::tempdir().expect("tempdir");
+    SparkOutput::nested()
+        .part(vec![(1u32, vec![(11u32, 2.5f32)])])
+        .write(&models.path().join("als-ready"));
+    SparkOutput::nested()
+        .part(vec![(1u32, vec![(17u32, 9.5f32)])])
+        .write_uncommitted(&models.path().join("als-pending"));
+    SparkOutput::global()
+        .items(vec![(1, 1.5f32), (2, 0.5)])
+        .write(&models.path().join("popular"));
+    let with = |text: String, status: &str| text.replace("status = \"running\"", status);
+    let experiments = folder(&[
+        (
+            "placements.toml",
+            "[placements.home]\ndefault_model = \"popular\"\n\n[placements.later]\ndefault_model = \"popular\"\n",
+        ),
+        (
+            "running.toml",
+            &experiment(
+                "running-exp",
+                "home",
+                "[0.0, 50.0]",
+                [("a", "als-ready", ""), ("b", "als-ready", "")],
+            ),
+        ),
+        (
+            "completed.toml",
+            &with(
+                experiment(
+                    "completed-exp",
+                    "home",
+                    "[50.0, 100.0]",
+                    [("a", "als-ready", ""), ("b", "loser-model", "")],
+                ),
+                "status = \"completed\"\nwinner = \"a\"",
+            ),
+        ),
+        (
+            "draft.toml",
+            &with(
+                experiment(
+                    "draft-exp",
+                    "home",
+                    "[0.0, 100.0]",
+                    [("a", "typo-model", ""), ("b", "als-ready", "")],
+                ),
+                "status = \"draft\"",
+            ),
+        ),
+        (
+            "paused.toml",
+            &with(
+                experiment(
+                    "paused-exp",
+                    "home",
+                    "[0.0, 100.0]",
+                    [("a", "als-pending", ""), ("b", "als-ready", "")],
+                ),
+                "status = \"paused\"",
+            ),
+        ),
+        (
+            "ended.toml",
+            &with(
+                experiment(
+                    "ended-exp",
+                    "later",
+                    "[0.0, 100.0]",
+                    [("a", "ended-model", ""), ("b", "als-ready", "")],
+                ),
+                "status = \"running\"\nstart = 2019-01-01T00:00:00Z\nend = 2020-01-01T00:00:00Z",
+            ),
+        ),
+        (
+            "future.toml",
+            &with(
+                experiment(
+                    "future-exp",
+                    "later",
+                    "[0.0, 100.0]",
+                    [("a", "future-model", ""), ("b", "als-ready", "")],
+                ),
+                "status = \"running\"\nstart = 2999-01-01T00:00:00Z",
+            ),
+        ),
+    ]);
+    (experiments, models)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_only_for_the_models_traffic_reaches_now() {
+    let (experiments, models) = statuses_world();
+    let gw = TestGateway::start(experiments.path(), models.path(), "100ms").await;
+    let idle = [
+        "typo-model",
+        "als-pending",
+        "loser-model",
+        "ended-model",
+        "future-model",
+    ];
+    for model in idle {
+        gw.wait_model(model, &format!("{model} reported"), |m| !m["error"].is_null())
+            .await;
+    }
+    let ready = gw.wait_ready().await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    for model in ["popular", "als-ready"] {
+        let entry = model_status(&ready, model).unwrap_or_else(|| panic!("{model} listed: {ready}"));
+        assert!(entry["version"].is_string(), "{entry}");
+        assert_eq!(entry["required"], true, "{model} serves now: {entry}");
+    }
+    for model in idle {
+        let entry = model_status(&ready, model).unwrap_or_else(|| panic!("{model} listed: {ready}"));
+        assert!(entry["version"].is_null(), "{entry}");
+        assert!(
+            entry["error"].as_str().is_some_and(|e| e.contains(model)),
+            "{model} is reported with its error: {entry}"
+        );
+        assert_eq!(entry["required"], false, "{model} serves nobody now: {entry}");
+    }
+
+    // The completed experiment's winner becomes the arm whose model never loaded: its slice is
+    // served a model without a version, so the replica is not ready any more.
+    let file = experiments.path().join("completed.toml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace("winner = \"a\"", "winner = \"b\"")).expect("write");
+    let reload = gw.request(reqwest::Method::POST, "/admin/reload").await;
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    assert_eq!(reload.json()["status"], "applied", "{}", reload.body);
+    let reply = gw.get("/ready").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(
+        model_status(&body, "loser-model").expect("listed")["required"],
+        true,
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclude_is_capped_and_a_uri_too_long_gets_the_json_error() {
+    let gw = TestGateway::demo().await;
+    let first = item_ids(&gw.ok("/recommendations/42?placement=home").await)[0].clone();
+    // `n` ids to exclude: the first item served, then ids no model holds.
+    let ids = |n: usize| {
+        let others = (1..n).map(|i| format!("x{i}"));
+        std::iter::once(first.clone())
+            .chain(others)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let at_cap = gw
+        .ok(&format!("/recommendations/42?placement=home&exclude={}", ids(500)))
+        .await;
+    let served = item_ids(&at_cap);
+    assert!(
+        !served.is_empty() && !served.contains(&first),
+        "{first} is left out: {at_cap}"
+    );
+
+    let over = gw
+        .get(&format!("/recommendations/42?placement=home&exclude={}", ids(501)))
+        .await;
+    assert_error(&over, 400, "invalid_parameter", "501 excluded ids");
+    assert!(
+        over.json()["message"].as_str().is_some_and(|m| m.contains("500")),
+        "names the cap: {}",
+        over.body
+    );
+
+    // 20,000 ids make a request target over hyper's 65,534-byte limit (the client's too, so it
+    // goes on a raw socket): hyper answers before routing, and the answer still carries the
+    // JSON error.
+    let path = format!("/recommendations/42?placement=home&exclude={}", ids(20_000));
+    assert!(path.len() > 65_534, "{} bytes", path.len());
+    let mut socket = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: recgw\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 10 s")
+        .expect("read");
+    let answer = String::from_utf8(answer).expect("utf-8 answer");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {answer:?}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 414 "), "{answer}");
+    assert!(head.contains("content-type: application/json"), "{answer}");
+    assert!(head.contains(&format!("content-length: {}", body.len())), "{answer}");
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(body["error"], "uri_too_long", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("500")), "{body}");
+    gw.ok("/recommendations/42?placement=home").await;
 }
 
 /// Placement `home` (default `popular`) with `swap-exp` whose arms both serve `model`.

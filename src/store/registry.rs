@@ -289,6 +289,10 @@ impl ModelRegistry {
             let started = std::time::Instant::now();
             let path = path_for(dir, &spec.location, &version);
             match Snapshot::open(&path, &version) {
+                Ok(snapshot) if snapshot.file_bytes() as u64 > self.snapshots.max_bytes => {
+                    tracing::info!(model = %spec.location, path = %path.display(),
+                        "snapshot on disk is over models.snapshot_max_bytes; not used");
+                }
                 Ok(snapshot) => {
                     let model = LoadedModel::from_snapshot(uri, version, Arc::new(snapshot), started.elapsed());
                     tracing::info!(model = %spec.location, version = %model.version(), path = %path.display(),

@@ -30,6 +30,9 @@ pub const REDIS_UP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
+/// A `tracking.secret` for gateways with Redis configured, which refuse to start with none or
+/// with one under 32 bytes (replicas sharing a Redis must sign alike).
+pub const SHARED_SECRET: &str = "recgw-tests-shared-tracking-secret-of-32+-bytes";
 
 /// The repository (the crate's manifest folder).
 pub fn repo() -> &'static Path {
@@ -159,14 +162,25 @@ pub async fn send(
 }
 
 /// Settings for a gateway over `experiments` and `models`, as the environment would give them.
+///
+/// Models are served by page reads behind the cache tiers, the path most tests are about:
+/// [`with_snapshots`] turns serving snapshots on, in a folder of the test's own.
 pub fn settings(experiments: &Path, models: &Path, refresh: &str) -> Settings {
     let env = [
         ("RECGW__SERVER__LISTEN", "127.0.0.1:0"),
         ("RECGW__EXPERIMENTS__DIR", experiments.to_str().expect("utf-8 path")),
         ("RECGW__MODELS__ROOT", models.to_str().expect("utf-8 path")),
         ("RECGW__MODELS__REFRESH_INTERVAL", refresh),
+        ("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0"),
     ];
     Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).expect("settings")
+}
+
+/// `settings` with serving snapshots on, written to `dir`.
+pub fn with_snapshots(mut settings: Settings, dir: &Path) -> Settings {
+    settings.models.snapshot_dir = dir.to_path_buf();
+    settings.models.snapshot_max_bytes = 1 << 30;
+    settings
 }
 
 /// [`settings`] over the repository's own `experiments/` and `models/` (models polled every
