@@ -10,9 +10,12 @@
 # placement `bench`:
 #   baseline    the minimal server
 #   local hit   1,000 hot users, local tier on
-#   redis hit   1,000 hot users, local tier off (cache.local_capacity = 0), Redis on
-#   store read  users uniform over N, both tiers off
+#   redis hit   1,000 hot users, local tier off (cache.local_capacity = 0), Redis on, page reads
+#   snapshot    users uniform over N, local tier off: every lookup reads the mapped snapshot
+#   page read   users uniform over N, both tiers off, no snapshot (models.snapshot_max_bytes = 0)
 #   mixed       Zipf-like users over N, both tiers on, 5% of requests are POST /events
+# It also reports the snapshot's build time, file size and RSS, and how fast a restarted gateway
+# is ready with the snapshot on disk.
 # With --replicas 2 the mixed scenario also runs on two gateways sharing one Redis, wrk split
 # over both ports, and the aggregate is compared with the single gateway.
 set -euo pipefail
@@ -55,20 +58,33 @@ ROWS=()
 BASE_RPS=""
 BASE_P99=""
 
-# start_gateway EXPERIMENTS_DIR LOCAL_CAPACITY REDIS_URL -> sets PORT, PID, READY_MS
+# start_gateway EXPERIMENTS_DIR LOCAL_CAPACITY REDIS_URL [SNAPSHOT_MAX_BYTES] -> sets PORT,
+# PID, READY_MS (and SNAPSHOT_MS, once the bench model serves from its snapshot, when allowed)
 start_gateway() {
   PORT=$(free_port)
   local started
   started=$(date +%s%N)
   RECGW__SERVER__LISTEN="127.0.0.1:$PORT" RECGW__EXPERIMENTS__DIR="$1" RECGW__MODELS__ROOT="$MODELS" \
-    RECGW__CACHE__LOCAL_CAPACITY="$2" RECGW__CACHE__REDIS_URL="$3" RECGW__TRACKING__SECRET=bench \
+    RECGW__CACHE__LOCAL_CAPACITY="$2" RECGW__CACHE__REDIS_URL="$3" RECGW__TRACKING__SECRET=bench-secret-of-at-least-32-bytes \
+    RECGW__MODELS__SNAPSHOT_DIR="$WORK/snapshots" RECGW__MODELS__SNAPSHOT_MAX_BYTES="${4:-0}" \
     RUST_LOG=warn "$BIN" serve &
   PID=$!
   PIDS+=("$PID")
   for _ in $(seq 600); do curl -sf "127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.05; done
   curl -sf "127.0.0.1:$PORT/ready" >/dev/null || { echo "gateway never got ready" >&2; exit 1; }
   READY_MS=$(( ($(date +%s%N) - started) / 1000000 ))
+  SNAPSHOT_MS=""
+  if [ "${4:-0}" != 0 ]; then
+    for _ in $(seq 1200); do
+      curl -sf "127.0.0.1:$PORT/ready" | grep -q '"serving":"snapshot"' && break
+      sleep 0.05
+    done
+    SNAPSHOT_MS=$(( ($(date +%s%N) - started) / 1000000 ))
+  fi
 }
+
+SNAPSHOTS_ON=$((64 << 30))
+snapshot_bytes() { curl -sf "127.0.0.1:$PORT/ready" | python3 -c 'import json,sys; print(max(m["snapshot_bytes"] or 0 for m in json.load(sys.stdin)["models"]))'; }
 
 to_ms() { # wrk latency (e.g. 1.23ms, 456.00us, 1.02s) -> milliseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
@@ -118,11 +134,22 @@ start_gateway "$WORK/experiments" 0 "$REDIS"
 measure "redis hit" "$PORT" bench/users.lua 1000 "$PID"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
-start_gateway "$WORK/experiments" 0 ""
-measure "store read" "$PORT" bench/users.lua "$USERS" "$PID"
+start_gateway "$WORK/experiments" 0 "" "$SNAPSHOTS_ON"
+BUILD_MS=$SNAPSHOT_MS
+SNAP_RSS=$(rss_mb "$PID")
+SNAP_BYTES=$(snapshot_bytes)
+measure "snapshot" "$PORT" bench/users.lua "$USERS" "$PID"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+start_gateway "$WORK/experiments" 0 "" "$SNAPSHOTS_ON"
+RESTART_MS=$READY_MS
+RESTART_SNAPSHOT_MS=$SNAPSHOT_MS
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
-start_gateway "$WORK/experiments" 100000 "$REDIS"
+start_gateway "$WORK/experiments" 0 ""
+measure "page read" "$PORT" bench/users.lua "$USERS" "$PID"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+start_gateway "$WORK/experiments" 100000 "$REDIS" "$SNAPSHOTS_ON"
 measure "mixed" "$PORT" bench/mixed.lua "$USERS" "$PID"
 SINGLE_RPS=$LAST_RPS
 kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -160,6 +187,8 @@ fi
   echo
   echo "Gateway RSS: $EMPTY_RSS MB with a 100-item global model only, $LOADED_RSS MB with the $USERS-user model loaded ($((LOADED_RSS - EMPTY_RSS)) MB more)."
   echo "Start-up to ready with the $USERS-user model: $STARTUP_MS ms."
+  echo "Serving snapshot of the $USERS-user model: serving from it $BUILD_MS ms after start (page reads until then), file $((SNAP_BYTES / 1000000)) MB, gateway RSS once it is mapped $SNAP_RSS MB (the checksum check reads every page of the mapping: page cache, not heap)."
+  echo "Restart with the snapshot on disk: ready in $RESTART_MS ms, serving from the snapshot at $RESTART_SNAPSHOT_MS ms."
   [ -z "$SCALE" ] || echo "$SCALE"
 } > bench/RESULTS.md
 cat bench/RESULTS.md

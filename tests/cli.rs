@@ -5,8 +5,8 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::SystemTime;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
@@ -35,7 +35,11 @@ fn recgw(args: &[&str]) -> Command {
 
 /// Runs `command`, returning exit success, stdout and stderr.
 fn run(command: &mut Command) -> (bool, String, String) {
-    let Output { status, stdout, stderr } = command.output().expect("run recgw");
+    outcome(command.output().expect("run recgw"))
+}
+
+/// Exit success, stdout and stderr of a finished `recgw`.
+fn outcome(Output { status, stdout, stderr }: Output) -> (bool, String, String) {
     (
         status.success(),
         String::from_utf8(stdout).expect("utf-8 stdout"),
@@ -115,6 +119,49 @@ fn validate_names_file_and_field_of_a_broken_folder() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains(&format!("home-als-rank.toml:{line_no}")), "{stderr}");
     assert!(stderr.contains("colour"), "{stderr}");
+}
+
+#[test]
+fn validate_warns_about_model_folders_that_do_not_exist() {
+    let (ok, _, stderr) = run(&mut recgw(&["validate", "experiments"]));
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("warning"), "every demo model exists: {stderr}");
+
+    // A typo in a model path, and a model on HDFS, which validate cannot check: still valid.
+    let dir = copy_of_experiments();
+    edit(
+        dir.path(),
+        "home-als-rank.toml",
+        "model = \"als-v1\"",
+        "model = \"als-v9\"",
+    );
+    edit(
+        dir.path(),
+        "home-als-rank.toml",
+        "model = \"als-v2\"",
+        "model = \"hdfs://namenode:8020/recs/als-v2\"",
+    );
+    let (ok, stdout, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+    assert!(
+        ok,
+        "a missing model folder warns, it does not fail\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("ok, 2 placement(s), 1 experiment(s)"), "{stdout}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains("home-als-rank.toml")
+            && warning.contains("arms[0].model")
+            && warning.contains("models/als-v9"),
+        "names the file, the field and the folder: {warning}"
+    );
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("hdfs://") && stderr.contains("not checked"),
+        "says HDFS models were not checked: {stderr}"
+    );
 }
 
 #[test]
@@ -410,4 +457,82 @@ fn settings_errors_name_the_key() {
     let (ok, _, stderr) = run(&mut recgw(&["validate", "--config", path_str(&file)]));
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/recgw-experiments"), "{stderr}");
+}
+
+/// `recgw serve` with `env`: it must exit at once, failing, without binding (a free port is
+/// given so that a start that goes wrong would serve rather than clash), and name `key`.
+fn assert_serve_refused(env: &[(&str, &str)], key: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut command = recgw(&["serve"]);
+    command.env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run recgw serve");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("recgw serve with {env:?} still runs after 10 s: not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, stdout, stderr) = outcome(child.wait_with_output().expect("output"));
+    assert!(
+        !ok,
+        "recgw serve with {env:?} must fail\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains(key), "the message names {key}: {stderr}");
+    stderr
+}
+
+#[test]
+fn zero_or_absurd_durations_stop_the_start_naming_the_key() {
+    for (variable, key, value) in [
+        (
+            "RECGW__EXPERIMENTS__RELOAD_INTERVAL",
+            "experiments.reload_interval",
+            "0s",
+        ),
+        ("RECGW__MODELS__REFRESH_INTERVAL", "models.refresh_interval", "0s"),
+        ("RECGW__SERVER__REQUEST_TIMEOUT", "server.request_timeout", "0ms"),
+        ("RECGW__CACHE__TTL", "cache.ttl", "0s"),
+        (
+            "RECGW__EXPERIMENTS__RELOAD_INTERVAL",
+            "experiments.reload_interval",
+            "100000years",
+        ),
+    ] {
+        assert_serve_refused(&[(variable, value)], key);
+    }
+}
+
+#[test]
+fn a_redis_without_a_long_shared_secret_stops_the_start() {
+    let long = "a-secret-shared-by-replicas-32-bytes+";
+    for (url, secret) in [
+        ("RECGW__CACHE__REDIS_URL", ""),
+        ("RECGW__CACHE__REDIS_URL", "change-me"),
+        ("RECGW__RESULTS__REDIS_URL", &long[..31]),
+    ] {
+        let key = url
+            .trim_start_matches("RECGW__")
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        let stderr = assert_serve_refused(
+            &[(url, "redis://127.0.0.1:1"), ("RECGW__TRACKING__SECRET", secret)],
+            "tracking.secret",
+        );
+        assert!(
+            stderr.contains(&key) && stderr.contains("RECGW__TRACKING__SECRET") && stderr.contains("32"),
+            "names {key}, the rule and how to set the secret: {stderr}"
+        );
+    }
 }

@@ -792,6 +792,141 @@ async fn reloads_drop_no_request(gw: &TestGateway, folder: &Folder) {
     );
 }
 
+/// A gateway over a copy of the demo experiments with `server.request_timeout` 300 ms and
+/// reloads every second, and a model location on an HDFS name node that accepts connections
+/// and never answers: trying that model lasts until the marker check gives up (10 s).
+struct SlowModel {
+    /// Bound, never accepting: the silent name node.
+    _name_node: std::net::TcpListener,
+    folder: Folder,
+    gw: TestGateway,
+    /// The model on the silent name node.
+    uri: String,
+    /// Digest of the demo set the gateway started with.
+    before: String,
+}
+
+impl SlowModel {
+    async fn start() -> SlowModel {
+        let name_node = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let uri = format!("hdfs://{}/recs/als-v3", name_node.local_addr().expect("addr"));
+        let folder = Folder::new();
+        let mut settings = settings_over(&folder.dir());
+        settings.server.request_timeout = Duration::from_millis(300);
+        settings.experiments.reload_interval = Duration::from_secs(1);
+        let gw = TestGateway::launch_ready(&settings).await;
+        let before = digest(&gw).await;
+        SlowModel {
+            _name_node: name_node,
+            folder,
+            gw,
+            uri,
+            before,
+        }
+    }
+
+    /// Points the treatment arm at the model on the silent name node.
+    fn edit(&self) {
+        let text = self
+            .folder
+            .original
+            .replace("model = \"als-v2\"", &format!("model = \"{}\"", self.uri));
+        self.folder.write(EXPERIMENT_FILE, &text);
+    }
+
+    /// Sends `POST /admin/reload` with a client giving up after `patience`, in a task.
+    fn reload(&self, patience: Duration) -> tokio::task::JoinHandle<Result<Reply, String>> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(patience)
+            .build()
+            .expect("client");
+        let url = self.gw.url("/admin/reload");
+        tokio::spawn(async move { send(&client, Method::POST, &url, &[], None).await })
+    }
+
+    /// Watches the set in force until `done` says so: whenever it is the edited one, its new
+    /// model has been tried (`/ready` shows its error), never before. True once it is in force.
+    async fn never_swapped_untried(&self, started: Instant, done: impl Fn(bool) -> bool) -> bool {
+        loop {
+            let swapped = digest(&self.gw).await != self.before;
+            if swapped {
+                let ready = self.gw.get("/ready").await.json();
+                let error = gateway::model_status(&ready, &self.uri).map(|m| m["error"].clone());
+                assert!(
+                    error.as_ref().is_some_and(Value::is_string),
+                    "the set naming {} is in force after {:?} before its model was tried: {error:?}",
+                    self.uri,
+                    started.elapsed()
+                );
+            }
+            if done(swapped) {
+                return swapped;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The digest of the set in force.
+async fn digest(gw: &TestGateway) -> String {
+    gw.ok("/experiments").await["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string()
+}
+
+/// `POST /admin/reload` waits for the new models of the set it applies past
+/// `server.request_timeout`, and answers what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reload_waits_for_new_models_past_the_request_timeout() {
+    let slow = SlowModel::start().await;
+    slow.edit();
+    let started = Instant::now();
+    let reload = slow.reload(Duration::from_secs(90));
+    slow.never_swapped_untried(started, |_| reload.is_finished()).await;
+    let answer = reload.await.expect("reload task").expect("reload answered");
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "after {took:?}: {}", answer.body);
+    let body = answer.json();
+    assert!(
+        ["applied", "unchanged"].contains(&body["status"].as_str().unwrap_or_default()),
+        "{body}"
+    );
+    assert!(took > Duration::from_millis(300), "answered after {took:?}: {body}");
+    let now = digest(&slow.gw).await;
+    assert_ne!(now, slow.before, "the new set is in force once the reload answered");
+    assert_eq!(body["digest"], now.as_str(), "{body}");
+    slow.never_swapped_untried(started, |_| true).await;
+    eprintln!("the reload answered after {took:?}: {body}");
+}
+
+/// A reload whose caller stops waiting still runs to its end, and the periodic reload that
+/// follows does not swap the half-loaded set in without waiting for its models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_its_caller_gave_up_on_is_not_swapped_in_untried() {
+    let slow = SlowModel::start().await;
+    slow.edit();
+    let started = Instant::now();
+    // The caller stops waiting before the model was tried (by its own deadline, or a 504).
+    let gave_up = slow.reload(Duration::from_millis(500)).await.expect("reload task");
+    assert!(
+        gave_up.as_ref().map_or(true, |answer| answer.status == 504),
+        "the reload waits for its model longer than 500 ms: {gave_up:?}"
+    );
+    // Periodic reloads run every second meanwhile; the set comes in once its model was tried.
+    let swapped = slow
+        .never_swapped_untried(started, |swapped| {
+            swapped || started.elapsed() > Duration::from_secs(30)
+        })
+        .await;
+    assert!(swapped, "the edited set is in force within 30 s");
+    eprintln!(
+        "the edited set came in {:?} after a reload its caller gave up on",
+        started.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Request ids
 // ---------------------------------------------------------------------------------------------
@@ -859,6 +994,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     let mut settings = settings_over(&repo().join("experiments"));
     settings.server.request_timeout = Duration::from_millis(100);
     settings.cache.redis_url = redis.url();
+    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
     settings.cache.redis_timeout = Duration::from_secs(2);
     settings.cache.local_capacity = 0;
     let gw = TestGateway::launch_ready(&settings).await;
@@ -942,12 +1078,14 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\nrequest_timeout = \"8s\"\n\n\
-             [experiments]\ndir = \"{}\"\n\n[models]\nroot = \"{}\"\n\n\
+             [experiments]\ndir = \"{}\"\n\n[models]\nroot = \"{}\"\nsnapshot_max_bytes = 0\n\n\
              [cache]\nredis_url = \"{}\"\nredis_timeout = \"3s\"\nlocal_capacity = 0\n\n\
+             [tracking]\nsecret = \"{}\"\n\n\
              [[auth.keys]]\nsha256 = \"{}\"\nrole = \"client\"\nname = \"web\"\n",
             toml_path(&repo().join("experiments")),
             toml_path(&repo().join("models")),
             redis.url(),
+            gateway::SHARED_SECRET,
             hash_key(CLIENT_KEY),
         ),
     )
@@ -987,7 +1125,8 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Redis sleeps 1 s: every request below waits on its Redis lookup (3 s deadline).
+    // Redis sleeps 1 s: every request below waits on its Redis lookup (3 s deadline); no
+    // serving snapshot answers before Redis (`snapshot_max_bytes = 0`).
     let sleeper = debug_sleep(&redis, 1.0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let requests: Vec<_> = (0..20)

@@ -41,8 +41,6 @@ const CONTROL: &str = "control";
 const TREATMENT: &str = "treatment";
 /// The QA override of `home-als-rank` (forced into the treatment, never counted).
 const QA_USER: &str = "qa-user-1";
-/// The tracking secret every replica shares, so tokens verify on each of them.
-const SECRET: &str = "results-tests-shared-secret";
 /// How long a background effect (a flush, a reconnection) gets before a test fails.
 const WAIT: Duration = Duration::from_secs(10);
 /// Exposures are flushed to Redis every second; waits for one start after this.
@@ -63,7 +61,7 @@ impl DemoCopy {
         let mut settings = gateway::settings(&self.experiments(), &self.models(), "1s");
         settings.cache.redis_url = redis_url.to_string();
         settings.cache.redis_timeout = Duration::from_millis(500);
-        settings.tracking.secret = SECRET.to_string();
+        settings.tracking.secret = gateway::SHARED_SECRET.to_string();
         settings.server.shutdown_grace = Duration::from_secs(3);
         settings
     }

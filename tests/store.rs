@@ -708,8 +708,11 @@ both_paths!(lookups_find_users_in_every_row_group_of_a_large_model);
 // Serving snapshots: reuse on restart, corruption, an unwritable folder, size cap, arm flag
 // ---------------------------------------------------------------------------------------------
 
+/// A looked-up list as `(id, score, rank)`, as [`lookup`] gives it.
+type Listed = Option<Vec<(String, f32, u32)>>;
+
 /// A small nested model `als` under a fresh root, and its expected list of user 1.
-fn snapshot_fixture() -> (tempfile::TempDir, ModelSpec, Option<Vec<(String, f32, u32)>>) {
+fn snapshot_fixture() -> (tempfile::TempDir, ModelSpec, Listed) {
     let root = tempfile::tempdir().expect("tempdir");
     SparkOutput::nested()
         .part(vec![(1, vec![(10, 0.5), (11, 0.25)]), (2, vec![(12, 0.75)])])
