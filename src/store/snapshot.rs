@@ -23,14 +23,16 @@
 //! replaced it and no request holds it any more.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
-use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_128};
+use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_64_with_seed, xxh3_128};
 
 use super::columns::UserKey;
 use super::{Item, RankedList};
@@ -40,6 +42,8 @@ const FORMAT: u32 = 1;
 const HEADER: usize = 64;
 const ENTRY: usize = 8;
 const USER: usize = 16;
+/// Integer item ids below this are numbered through an array (16 MiB at most).
+const SMALL_IDS: i64 = 1 << 22;
 
 /// Where snapshots go and how large one may be; `dir` is `None` when snapshots are off (the
 /// folder could not be created or written).
@@ -308,6 +312,35 @@ pub(crate) enum ItemId<'a> {
     Text(&'a str),
 }
 
+/// The hasher of the item dictionary, which looks up every item of the model (50M for a 1M × 50
+/// model; std's SipHash took half of a conversion). Keys come from the model, not from
+/// clients, so no collision flooding needs keyed hashing: integers are mixed by one
+/// multiplication, text by xxh3.
+#[derive(Default)]
+struct ItemHasher(u64);
+
+impl Hasher for ItemHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+}
+
 /// The error of an I/O step on the temporary file `tmp`.
 fn io_error(tmp: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io {
@@ -326,8 +359,11 @@ pub(crate) struct SnapshotWriter {
     entries: u64,
     /// Item numbers by id (one map per id type, so integer ids are not formatted to be looked
     /// up), and the ids' bytes and their end offsets in number order.
-    ints: HashMap<i64, u32>,
-    texts: HashMap<Box<str>, u32>,
+    ints: HashMap<i64, u32, BuildHasherDefault<ItemHasher>>,
+    /// Numbers of integer ids below [`SMALL_IDS`] (what ALS models hold), by id: a lookup is one
+    /// array read where a hash map probe missed the cache on nearly every item.
+    small: Vec<u32>,
+    texts: HashMap<Box<str>, u32, BuildHasherDefault<ItemHasher>>,
     dict: Vec<u8>,
     offsets: Vec<u64>,
     /// One user's entries, reused.
@@ -363,8 +399,9 @@ impl SnapshotWriter {
             }),
             users: Vec::new(),
             entries: 0,
-            ints: HashMap::new(),
-            texts: HashMap::new(),
+            ints: HashMap::default(),
+            small: Vec::new(),
+            texts: HashMap::default(),
             dict: Vec::new(),
             offsets: vec![0],
             scratch: Vec::new(),
@@ -388,14 +425,26 @@ impl SnapshotWriter {
     pub fn number(&mut self, id: ItemId<'_>) -> u32 {
         let next = (self.offsets.len() - 1) as u32;
         match id {
-            ItemId::Int(v) => {
-                if let Some(&n) = self.ints.get(&v) {
-                    return n;
+            ItemId::Int(v) if (0..SMALL_IDS).contains(&v) => {
+                let slot = v as usize;
+                if slot >= self.small.len() {
+                    self.small.resize((slot + 1).next_power_of_two(), u32::MAX);
                 }
-                self.ints.insert(v, next);
+                if self.small[slot] != u32::MAX {
+                    return self.small[slot];
+                }
+                self.small[slot] = next;
                 // Writing to a Vec cannot fail.
                 let _ = write!(self.dict, "{v}");
             }
+            ItemId::Int(v) => match self.ints.entry(v) {
+                Entry::Occupied(number) => return *number.get(),
+                Entry::Vacant(slot) => {
+                    slot.insert(next);
+                    // Writing to a Vec cannot fail.
+                    let _ = write!(self.dict, "{v}");
+                }
+            },
             ItemId::Text(s) => {
                 if let Some(&n) = self.texts.get(s) {
                     return n;
