@@ -13,7 +13,8 @@
 #   redis hit   1,000 hot users, local tier off (cache.local_capacity = 0), Redis on, page reads
 #   snapshot    users uniform over N, local tier off: every lookup reads the mapped snapshot
 #   page read   users uniform over N, both tiers off, no snapshot (models.snapshot_max_bytes = 0)
-#   mixed       Zipf-like users over N, both tiers on, 5% of requests are POST /events
+#   mixed       Zipf-like users over N, both tiers on, 5% of requests are POST /events, then the
+#               same while a new version of the model commits and loads (swap under load)
 # It also reports the snapshot's build time, file size and RSS, and how fast a restarted gateway
 # is ready with the snapshot on disk.
 # With --replicas 2 the mixed scenario also runs on two gateways sharing one Redis, wrk split
@@ -67,6 +68,7 @@ start_gateway() {
   RECGW__SERVER__LISTEN="127.0.0.1:$PORT" RECGW__EXPERIMENTS__DIR="$1" RECGW__MODELS__ROOT="$MODELS" \
     RECGW__CACHE__LOCAL_CAPACITY="$2" RECGW__CACHE__REDIS_URL="$3" RECGW__TRACKING__SECRET=bench-secret-of-at-least-32-bytes \
     RECGW__MODELS__SNAPSHOT_DIR="$WORK/snapshots" RECGW__MODELS__SNAPSHOT_MAX_BYTES="${4:-0}" \
+    RECGW__MODELS__REFRESH_INTERVAL="${REFRESH:-60s}" \
     RUST_LOG=warn "$BIN" serve &
   PID=$!
   PIDS+=("$PID")
@@ -149,9 +151,16 @@ start_gateway "$WORK/experiments" 0 ""
 measure "page read" "$PORT" bench/users.lua "$USERS" "$PID"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
-start_gateway "$WORK/experiments" 100000 "$REDIS" "$SNAPSHOTS_ON"
+REFRESH=1s start_gateway "$WORK/experiments" 100000 "$REDIS" "$SNAPSHOTS_ON"
 measure "mixed" "$PORT" bench/mixed.lua "$USERS" "$PID"
 SINGLE_RPS=$LAST_RPS
+# Swap under load: the model commits again (a new version, so every cache key changes) while
+# the mixed traffic goes on; the version serves by page reads until its snapshot is mapped.
+BEFORE_P99=$(awk -F'|' '$2 ~ /mixed/ {gsub(/ /, "", $6); print $6}' <<<"${ROWS[-1]}")
+touch "$MODELS/$MODEL/_SUCCESS"
+measure "mixed, new version committing" "$PORT" bench/mixed.lua "$USERS" "$PID"
+SWAP_P99=$(awk -F'|' '{gsub(/ /, "", $6); print $6}' <<<"${ROWS[-1]}")
+SWAP="Swap under load: the model re-committed at the start of the second mixed run (every key changes; page reads until the new snapshot is mapped): p99 $SWAP_P99 ms against $BEFORE_P99 ms before ($(awk -v a="$SWAP_P99" -v b="$BEFORE_P99" 'BEGIN { printf "%.1f", a / b }') x)."
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 SCALE=""
@@ -189,6 +198,7 @@ fi
   echo "Start-up to ready with the $USERS-user model: $STARTUP_MS ms."
   echo "Serving snapshot of the $USERS-user model: serving from it $BUILD_MS ms after start (page reads until then), file $((SNAP_BYTES / 1000000)) MB, gateway RSS once it is mapped $SNAP_RSS MB (the checksum check reads every page of the mapping: page cache, not heap)."
   echo "Restart with the snapshot on disk: ready in $RESTART_MS ms, serving from the snapshot at $RESTART_SNAPSHOT_MS ms."
+  echo "$SWAP"
   [ -z "$SCALE" ] || echo "$SCALE"
 } > bench/RESULTS.md
 cat bench/RESULTS.md
