@@ -20,7 +20,7 @@ use super::index::{IndexBuilder, UserIndex};
 use super::layout::{Committed, part_files};
 use super::reader::ObjectReader;
 use super::snapshot::{BuildError, ItemId, Snapshot, SnapshotShape, SnapshotWriter};
-use super::{ColumnNames, Item, RankedList, StoreError};
+use super::{ColumnNames, Item, ModelSpec, RankedList, StoreError};
 
 /// Part files' footers are fetched this many at a time: enough to hide HDFS latency, few
 /// enough not to open hundreds of connections for a wide Spark output.
@@ -463,7 +463,7 @@ impl LoadedModel {
         &self,
         dir: &Path,
         max_bytes: u64,
-        location: &str,
+        spec: &ModelSpec,
     ) -> Result<Arc<Snapshot>, BuildError> {
         let model = |e: StoreError| BuildError::Model(e.to_string());
         let (shape, snapshot_shape) = match self.shape {
@@ -471,7 +471,7 @@ impl LoadedModel {
             Some(shape @ Shape::Long { .. }) => (shape, SnapshotShape::Long),
             _ => return Err(BuildError::Model("only per-user models have snapshots".into())),
         };
-        let mut writer = SnapshotWriter::create(dir, max_bytes, location, &self.version)?;
+        let mut writer = SnapshotWriter::create(dir, max_bytes, spec, &self.version)?;
         // Long models: per user hash, its fingerprint, rows seen and (rank, score, item) kept.
         let mut open: HashMap<u64, OpenUser> = HashMap::new();
         let mut list: Vec<(u32, f32)> = Vec::new();

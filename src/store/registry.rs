@@ -287,7 +287,7 @@ impl ModelRegistry {
         // reading the model; one that does not check out is rebuilt, never served.
         if let Some(dir) = dir {
             let started = std::time::Instant::now();
-            let path = path_for(dir, &spec.location, &version);
+            let path = path_for(dir, spec, &version);
             match Snapshot::open(&path, &version) {
                 Ok(snapshot) if snapshot.file_bytes() as u64 > self.snapshots.max_bytes => {
                     tracing::info!(model = %spec.location, path = %path.display(),
@@ -322,9 +322,16 @@ impl ModelRegistry {
                     "model version loaded"
                 );
                 let model = Arc::new(model);
-                self.swap(spec, slot, current.as_ref(), Arc::clone(&model));
-                record(None, None);
-                if model.serving() == "pages" {
+                if dir.is_some() && current.as_ref().is_some_and(|m| m.serving() == "snapshot") {
+                    // The version in force answers from its snapshot: the new one takes over
+                    // once its own is mapped (or could not be), so a swap sends no traffic to
+                    // page reads — the way Voldemort swaps read-only stores.
+                    self.snapshot(spec, &model, dir).await;
+                    self.swap(spec, slot, current.as_ref(), model);
+                    record(None, None);
+                } else {
+                    self.swap(spec, slot, current.as_ref(), Arc::clone(&model));
+                    record(None, None);
                     self.snapshot(spec, &model, dir).await;
                 }
             }
@@ -349,10 +356,14 @@ impl ModelRegistry {
         slot.current.store(Some(model));
     }
 
-    /// Builds the serving snapshot of a version that serves from pages meanwhile (requests
-    /// are answered through the cache tiers and page reads until it is mapped). The conversion
+    /// Builds the serving snapshot of a version. A first version serves from pages meanwhile
+    /// (requests are answered through the cache tiers and page reads until it is mapped); a
+    /// later one is built before it is swapped in. The conversion
     /// runs on a blocking thread: it decodes the whole model, which must not hold up requests.
     async fn snapshot(&self, spec: &ModelSpec, model: &Arc<LoadedModel>, dir: Option<&std::path::Path>) {
+        if model.serving() != "pages" {
+            return;
+        }
         let Some(dir) = dir else {
             model.set_snapshot_note(Some(match self.snapshots.dir {
                 None => "snapshots are off (models.snapshot_dir unusable)".to_string(),
@@ -362,11 +373,11 @@ impl ModelRegistry {
         };
         model.set_snapshot_note(Some("snapshot being built; serving by page reads".into()));
         let started = std::time::Instant::now();
-        let (building, dir, location) = (Arc::clone(model), dir.to_path_buf(), spec.location.clone());
+        let (building, dir, for_spec) = (Arc::clone(model), dir.to_path_buf(), spec.clone());
         let max_bytes = self.snapshots.max_bytes;
         let runtime = tokio::runtime::Handle::current();
         let built =
-            tokio::task::spawn_blocking(move || runtime.block_on(building.build_snapshot(&dir, max_bytes, &location)))
+            tokio::task::spawn_blocking(move || runtime.block_on(building.build_snapshot(&dir, max_bytes, &for_spec)))
                 .await;
         match built {
             Ok(Ok(snapshot)) => {

@@ -35,7 +35,7 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_64_with_seed, xxh3_128};
 
 use super::columns::UserKey;
-use super::{Item, RankedList};
+use super::{Item, ModelSpec, RankedList};
 
 const MAGIC: &[u8; 8] = b"RECGWSN1";
 const FORMAT: u32 = 1;
@@ -81,9 +81,10 @@ impl SnapshotShape {
     }
 }
 
-/// The file of `version` of the model at `location` in `dir`.
-pub(crate) fn path_for(dir: &Path, location: &str, version: &str) -> PathBuf {
-    let name = xxh3_128(format!("{location}\0{version}").as_bytes());
+/// The file of `version` of the model `spec` in `dir`: named after its location, its column
+/// overrides (two arms reading one folder with other columns get other lists) and version.
+pub(crate) fn path_for(dir: &Path, spec: &ModelSpec, version: &str) -> PathBuf {
+    let name = xxh3_128(format!("{}\0{:?}\0{version}", spec.location, spec.columns).as_bytes());
     dir.join(format!("{name:032x}.snap"))
 }
 
@@ -378,9 +379,9 @@ pub(crate) struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts the snapshot of `version` of `location` in `dir`.
-    pub fn create(dir: &Path, max_bytes: u64, location: &str, version: &str) -> Result<Self, BuildError> {
-        let path = path_for(dir, location, version);
+    /// Starts the snapshot of `version` of the model `spec` in `dir`.
+    pub fn create(dir: &Path, max_bytes: u64, spec: &ModelSpec, version: &str) -> Result<Self, BuildError> {
+        let path = path_for(dir, spec, version);
         // Unique per writer, so two gateways of one process building one version (tests do)
         // never write into the same file; the last rename wins, and both files are whole.
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
