@@ -160,7 +160,7 @@ BEFORE_P99=$(awk -F'|' '$2 ~ /mixed/ {gsub(/ /, "", $6); print $6}' <<<"${ROWS[-
 touch "$MODELS/$MODEL/_SUCCESS"
 measure "mixed, new version committing" "$PORT" bench/mixed.lua "$USERS" "$PID"
 SWAP_P99=$(awk -F'|' '{gsub(/ /, "", $6); print $6}' <<<"${ROWS[-1]}")
-SWAP="Swap under load: the model re-committed at the start of the second mixed run (every key changes; page reads until the new snapshot is mapped): p99 $SWAP_P99 ms against $BEFORE_P99 ms before ($(awk -v a="$SWAP_P99" -v b="$BEFORE_P99" 'BEGIN { printf "%.1f", a / b }') x)."
+SWAP="Swap under load: the model re-committed at the start of the second mixed run (every key changes; the new version is converted on one of the cores while the old one serves, then swapped in): p99 $SWAP_P99 ms against $BEFORE_P99 ms before ($(awk -v a="$SWAP_P99" -v b="$BEFORE_P99" 'BEGIN { printf "%.1f", a / b }') x)."
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 SCALE=""
