@@ -2,9 +2,10 @@
 //! layout) on a local folder or HDFS, read through `object_store`.
 //!
 //! The request path never scans a model: loading a version builds a compact user → location
-//! index, and a lookup reads only the pages that hold the user. Versions are polled in the
-//! background and swapped atomically; a version that fails to load leaves the previous one
-//! serving.
+//! index, and a lookup reads only the pages that hold the user; each per-user version is then
+//! converted into a mapped serving snapshot ([`snapshot`]) that lookups read instead. Versions
+//! are polled in the background and swapped atomically; a version that fails to load leaves
+//! the previous one serving.
 
 mod columns;
 mod index;
