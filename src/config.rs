@@ -1,4 +1,4 @@
-//! Settings (DESIGN.md §2): built-in defaults that serve the demo with nothing else running,
+//! Settings (ARCHITECTURE.md §2): built-in defaults that serve the demo with nothing else running,
 //! then an optional TOML file, then `RECGW__SECTION__KEY` environment variables. Unknown keys
 //! are errors that name the key, because a misspelt setting silently ignored is an outage
 //! waiting for its trigger.

@@ -1,4 +1,4 @@
-//! The Prometheus registry (DESIGN.md §7). Families are registered once at start; the hot path
+//! The Prometheus registry (ARCHITECTURE.md §7). Families are registered once at start; the hot path
 //! holds pre-resolved handles ([`ArmMetrics`], [`CacheCounters`]), so counting a served list is
 //! a few atomic adds, not label lookups.
 //!

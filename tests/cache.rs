@@ -1,4 +1,4 @@
-//! The two cache tiers end to end (DESIGN.md §6): real `recgw` servers in this process, each
+//! The two cache tiers end to end (ARCHITECTURE.md §6): real `recgw` servers in this process, each
 //! test with its own `redis-server` (or Redis Cluster) on free loopback ports started by
 //! `common/redis.rs`, and Spark-layout models written by `common/spark.rs`.
 //!
@@ -45,7 +45,7 @@ const ARM_TTL: Duration = Duration::from_secs(20 * 60);
 /// Bound of the waits for something that happens in the background.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// `B(s, u)` of DESIGN.md §3.1, computed independently of the crate.
+/// `B(s, u)` of ARCHITECTURE.md §3.1, computed independently of the crate.
 fn bucket(salt: &str, user: &str) -> u16 {
     let digest = Sha256::digest(format!("{salt}:{user}").as_bytes());
     let head: [u8; 8] = digest[..8].try_into().expect("8 bytes");
@@ -116,7 +116,7 @@ fn version(body: &Value) -> String {
         .to_string()
 }
 
-/// The cache key of DESIGN.md §6: `recgw:{model}:{version}:{generation}:{user}`.
+/// The cache key of ARCHITECTURE.md §6: `recgw:{model}:{version}:{generation}:{user}`.
 fn key(model: &str, version: &str, generation: u64, user: u32) -> String {
     format!("recgw:{model}:{version}:{generation}:{user}")
 }

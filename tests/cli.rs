@@ -1,4 +1,4 @@
-//! The `recgw` binary (DESIGN.md §2): every subcommand run as a user would, with
+//! The `recgw` binary (ARCHITECTURE.md §2): every subcommand run as a user would, with
 //! `std::process::Command`, checking exit codes and what it prints.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Tracking tokens, `POST /events`, `/stats` and `/metrics` end to end (DESIGN.md §5, §7;
+//! Tracking tokens, `POST /events`, `/stats` and `/metrics` end to end (ARCHITECTURE.md §5, §7;
 //! issue 4): real `recgw` servers in this process on free loopback ports, over the repository's
 //! own `experiments/` and `models/`, spoken to with `reqwest`.
 //!
@@ -1208,7 +1208,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
     }
     assert_eq!(m.sum("events_rejected_total", &[]), 2.0, "no other reason");
 
-    // Every family of DESIGN.md §7 that needs no Redis is exported.
+    // Every family of ARCHITECTURE.md §7 that needs no Redis is exported.
     for family in [
         "recommendations_total",
         "response_time_seconds",

@@ -1,4 +1,4 @@
-//! The HTTP API end to end (DESIGN.md §3–§5): a real `recgw` server per test, in this process,
+//! The HTTP API end to end (ARCHITECTURE.md §3–§5): a real `recgw` server per test, in this process,
 //! on a free loopback port, over experiment folders and Spark-layout model folders written by
 //! the test (`common/spark.rs`) or the repository's own demo, spoken to with `reqwest`.
 //!
@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// `B(s, u)` of DESIGN.md §3.1, computed independently of the crate.
+/// `B(s, u)` of ARCHITECTURE.md §3.1, computed independently of the crate.
 fn bucket(salt: &str, user: &str) -> u16 {
     let digest = Sha256::digest(format!("{salt}:{user}").as_bytes());
     let head: [u8; 8] = digest[..8].try_into().expect("8 bytes");
@@ -40,7 +40,7 @@ fn even_arm<'a>(salt: &str, user: &str, arms: [&'a str; 2]) -> &'a str {
 }
 
 /// Sources of a list the arm's own model produced: the store on a first read, a cache tier
-/// (DESIGN.md §6) when the same user asks again. Only `fallback` means the arm did not answer.
+/// (ARCHITECTURE.md §6) when the same user asks again. Only `fallback` means the arm did not answer.
 const FROM_MODEL: [&str; 3] = ["store", "local", "redis"];
 
 /// Asserts that `body` came from its model (any tier), not from the placement default.

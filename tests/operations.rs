@@ -1,4 +1,4 @@
-//! Operating the gateway safely (issue 6; DESIGN.md §2 and §5): API keys and roles on every
+//! Operating the gateway safely (issue 6; ARCHITECTURE.md §2 and §5): API keys and roles on every
 //! route, hot reload of the experiments folder, request ids, the per-request timeout and a
 //! graceful shutdown of the real binary on SIGTERM.
 //!
@@ -86,7 +86,7 @@ fn error_code(answer: &Reply, what: &str) -> String {
 // 1. Auth matrix
 // ---------------------------------------------------------------------------------------------
 
-/// Who may call a route (DESIGN.md §5, README "Security").
+/// Who may call a route (ARCHITECTURE.md §5, README "Security").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     /// Probes and docs: anyone.

@@ -2,7 +2,7 @@
 //! folders, user ids, tracking tokens, and the `POST /events` body and
 //! `GET /recommendations/{user}` path and query over real HTTP.
 //!
-//! Every expectation is written here from DESIGN.md (§3, §3.1, §5) and the tracking-token
+//! Every expectation is written here from ARCHITECTURE.md (§3, §3.1, §5) and the tracking-token
 //! format, never computed by the code under test. Case counts are kept small so the file runs
 //! in seconds in debug; raise them for a longer hunt with `PROPTEST_CASES=5000` (which applies
 //! to every property here). A failing case is shrunk and saved under `tests/properties.proptest-regressions`.
@@ -59,7 +59,7 @@ fn folder(files: &[(&str, &[u8])]) -> TempDir {
     dir
 }
 
-/// Loads `dir`; on rejection checks what every problem must carry (DESIGN.md §3: file, line
+/// Loads `dir`; on rejection checks what every problem must carry (ARCHITECTURE.md §3: file, line
 /// where the parser gives one, field) and returns the problems.
 ///
 /// A problem must name one of `files` (the folder's own files, not something else), carry a
@@ -104,7 +104,7 @@ fn check_load(dir: &Path, files: &[&str], non_utf8: &[&str]) -> Result<Catalog, 
     Err(problems)
 }
 
-/// What any accepted catalog must hold, from DESIGN.md §3 and §3.1.
+/// What any accepted catalog must hold, from ARCHITECTURE.md §3 and §3.1.
 fn check_catalog(catalog: &Catalog) {
     for experiment in catalog.experiments() {
         assert!(experiment.arms.len() >= 2, "{}: at least two arms", experiment.id);
@@ -770,7 +770,7 @@ proptest! {
 // User ids
 // ---------------------------------------------------------------------------------------------
 
-/// DESIGN.md §3.1: "opaque strings, 1–128 chars of `[A-Za-z0-9._:@-]`".
+/// ARCHITECTURE.md §3.1: "opaque strings, 1–128 chars of `[A-Za-z0-9._:@-]`".
 fn expected_user_id_rule(user: &str) -> bool {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-');
     (1..=128).contains(&user.chars().count()) && user.chars().all(allowed)
@@ -997,7 +997,7 @@ fn error_code(reply: &Reply, what: &str) -> String {
         .to_string()
 }
 
-/// What `POST /events` should make of one event, from DESIGN.md §5 and the token format.
+/// What `POST /events` should make of one event, from ARCHITECTURE.md §5 and the token format.
 fn expected_reason(
     kind: &str,
     token: &str,
@@ -1406,7 +1406,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// `GET /recommendations/{user}` with a percent-encoded user of any characters and query
-    /// parameters valid or not: the status and error code DESIGN.md §5 gives, and for a 200 a
+    /// parameters valid or not: the status and error code ARCHITECTURE.md §5 gives, and for a 200 a
     /// page echoing what was asked.
     #[test]
     fn recommendation_requests_get_the_documented_answer(

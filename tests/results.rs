@@ -1,4 +1,4 @@
-//! The analysts' results end to end (issue 5, DESIGN.md §5 `GET /experiments/{id}/results`):
+//! The analysts' results end to end (issue 5, ARCHITECTURE.md §5 `GET /experiments/{id}/results`):
 //! real `recgw` gateways in this process on free loopback ports over copies of the repository's
 //! own `experiments/` and `models/` (experiment `home-als-rank`: control/treatment 50/50 on
 //! placement `home`, QA override `qa-user-1` → treatment), each test with its own

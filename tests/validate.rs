@@ -1,4 +1,4 @@
-//! Experiment folders as product teams write them (DESIGN.md §3): one valid folder, then one
+//! Experiment folders as product teams write them (ARCHITECTURE.md §3): one valid folder, then one
 //! test per rejection rule, each checking the file, field (and line where the TOML parser
 //! knows it) of the problem reported.
 

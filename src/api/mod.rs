@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md §5): one endpoint group per file, described with poem-openapi so
+//! The HTTP API (ARCHITECTURE.md §5): one endpoint group per file, described with poem-openapi so
 //! `/docs`, `/openapi.json` and the committed `openapi.yaml` come from the code itself.
 
 mod admin;

@@ -1,4 +1,4 @@
-//! Two cache tiers in front of the model store (DESIGN.md §6): an in-process W-TinyLFU tier
+//! Two cache tiers in front of the model store (ARCHITECTURE.md §6): an in-process W-TinyLFU tier
 //! (moka) and Redis, both holding a user's whole ranked list under
 //! `recgw:{model}:{version}:{generation}:{user}`. Pages and filters are cut after the cache.
 //!

@@ -1,4 +1,4 @@
-//! The assignment of DESIGN.md §3.1: which experiment and arm a user sees on a placement.
+//! The assignment of ARCHITECTURE.md §3.1: which experiment and arm a user sees on a placement.
 //! It is a pure function of the catalog, the user and the clock, so every replica agrees.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The normative bucket function of DESIGN.md §3.1. Every replica, the CLI and the analysts'
+//! The normative bucket function of ARCHITECTURE.md §3.1. Every replica, the CLI and the analysts'
 //! notebooks must agree on it bit for bit, so it lives alone with its test vectors.
 
 use sha2::{Digest, Sha256};
@@ -31,7 +31,7 @@ pub fn percent_to_bp(percent: f64) -> u16 {
 mod tests {
     use super::*;
 
-    /// The vectors of DESIGN.md §3.1, computed by an independent implementation.
+    /// The vectors of ARCHITECTURE.md §3.1, computed by an independent implementation.
     #[test]
     fn matches_reference_vectors() {
         let vectors = [

@@ -136,7 +136,7 @@ impl fmt::Display for Problems {
     }
 }
 
-/// User ids are opaque strings of 1–128 characters from `[A-Za-z0-9._:@-]` (DESIGN.md §3.1);
+/// User ids are opaque strings of 1–128 characters from `[A-Za-z0-9._:@-]` (ARCHITECTURE.md §3.1);
 /// the API rejects anything else with a 400 and the validator rejects such overrides.
 pub fn is_valid_user_id(user: &str) -> bool {
     (1..=128).contains(&user.len())

@@ -1,4 +1,4 @@
-//! The TOML files exactly as product teams write them (DESIGN.md §3). These structs only parse;
+//! The TOML files exactly as product teams write them (ARCHITECTURE.md §3). These structs only parse;
 //! [`super::validate`] turns them into the checked, integer form the hot path uses.
 
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@ use crate::experiment::{Experiment, Status};
 use crate::feedback::counts::{ArmCounts, Tally};
 use crate::feedback::stats::{self, Interval, Lift};
 
-/// A sample-ratio mismatch is flagged below this p-value (DESIGN.md §5).
+/// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
 pub const SRM_THRESHOLD: f64 = 0.001;
 
 /// One arm's results.

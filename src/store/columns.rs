@@ -1,4 +1,4 @@
-//! Which columns of a model hold what (DESIGN.md §4), detected from Arrow types with optional
+//! Which columns of a model hold what (ARCHITECTURE.md §4), detected from Arrow types with optional
 //! name overrides, and typed views that read ids and scores whatever their physical type.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;

@@ -51,7 +51,7 @@ impl ModelSpec {
     }
 }
 
-/// Column-name overrides for a model's Parquet schema (DESIGN.md §4). Any name left out is
+/// Column-name overrides for a model's Parquet schema (ARCHITECTURE.md §4). Any name left out is
 /// detected from the Arrow types.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(deny_unknown_fields)]

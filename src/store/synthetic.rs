@@ -17,7 +17,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-/// Which of the three schemas of DESIGN.md §4 to write.
+/// Which of the three schemas of ARCHITECTURE.md §4 to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenFormat {
     /// `user int, recommendations array<struct<item int, rating float>>` (Spark ALS).

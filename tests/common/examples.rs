@@ -1,4 +1,4 @@
-//! The valid experiment folder of DESIGN.md §3, which the validation and property tests start
+//! The valid experiment folder of ARCHITECTURE.md §3, which the validation and property tests start
 //! from. Included with `#[path = "common/examples.rs"] mod examples;`.
 
 /// `placements.toml` with the placements the example uses.
@@ -9,7 +9,7 @@ default_model = "popular"     # served to users no experiment covers, and on col
 default_model = "popular-search"
 "#;
 
-/// The example of DESIGN.md §3: a valid experiment on `home`.
+/// The example of ARCHITECTURE.md §3: a valid experiment on `home`.
 pub const EXPERIMENT: &str = r#"id = "home-als-rank"
 placement = "home"
 description = "ALS v2 against v1 on the home page"

@@ -1,5 +1,5 @@
 //! Writes model folders byte-for-byte in the layout Spark's `df.write.parquet(path)` leaves
-//! behind (DESIGN.md §4), so the store is tested against what a real job produces:
+//! behind (ARCHITECTURE.md §4), so the store is tested against what a real job produces:
 //!
 //! ```text
 //! als-v2/
