@@ -1,5 +1,5 @@
-//! The HTTP API end to end (ARCHITECTURE.md §3–§5): a real `recgw` server per test, in this process,
-//! on a free loopback port, over experiment folders and Spark-layout model folders written by
+//! The HTTP API end to end (ARCHITECTURE.md §3–§5): a real `recgw` server per test, in this
+//! process, on a free loopback port, over experiment folders and Spark-layout model folders written by
 //! the test (`common/spark.rs`) or the repository's own demo, spoken to with `reqwest`.
 //!
 //! Arms are never hard-coded from the implementation: the test computes `B(s, u)` of §3.1
@@ -40,7 +40,8 @@ fn even_arm<'a>(salt: &str, user: &str, arms: [&'a str; 2]) -> &'a str {
 }
 
 /// Sources of a list the arm's own model produced: the store on a first read, a cache tier
-/// (ARCHITECTURE.md §6) when the same user asks again. Only `fallback` means the arm did not answer.
+/// (ARCHITECTURE.md §6) when the same user asks again. Only `fallback` means the arm did not
+/// answer.
 const FROM_MODEL: [&str; 3] = ["store", "local", "redis"];
 
 /// Asserts that `body` came from its model (any tier), not from the placement default.

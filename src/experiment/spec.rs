@@ -1,5 +1,5 @@
-//! The TOML files exactly as product teams write them (ARCHITECTURE.md §3). These structs only parse;
-//! [`super::validate`] turns them into the checked, integer form the hot path uses.
+//! The TOML files exactly as product teams write them (ARCHITECTURE.md §3). These structs only
+//! parse; [`super::validate`] turns them into the checked, integer form the hot path uses.
 
 use std::collections::BTreeMap;
 
