@@ -1,8 +1,8 @@
 //! Monitoring end to end (ARCHITECTURE.md §7, and the README's monitoring section): a real
 //! gateway over the repository's own `experiments/` and `models/` serves traffic to both arms
-//! of `home-als-rank` (requests, impressions and clicks with the responses' tracking tokens, rejected events, 4xx), a real
-//! Prometheus (Debian package `prometheus`, started here on a free port) scrapes it every
-//! second and evaluates the repository's `prometheus/alerts.yml`, and then:
+//! of `home-als-rank` (requests, impressions and clicks with the responses' tracking tokens,
+//! rejected events, 4xx), a real Prometheus (Debian package `prometheus`, started here on a
+//! free port) scrapes it every second and evaluates the repository's `prometheus/alerts.yml`, and then:
 //!
 //! - every query of every panel of `grafana/dashboards/recgw-experiments.json` is evaluated
 //!   through Prometheus's HTTP API with the dashboard variables substituted: each must parse and
