@@ -2,7 +2,8 @@
 //! gateway over the repository's own `experiments/` and `models/` serves traffic to both arms
 //! of `home-als-rank` (requests, impressions and clicks with the responses' tracking tokens,
 //! rejected events, 4xx), a real Prometheus (Debian package `prometheus`, started here on a
-//! free port) scrapes it every second and evaluates the repository's `prometheus/alerts.yml`, and then:
+//! free port) scrapes it every second and evaluates the repository's `prometheus/alerts.yml`,
+//! and then:
 //!
 //! - every query of every panel of `grafana/dashboards/recgw-experiments.json` is evaluated
 //!   through Prometheus's HTTP API with the dashboard variables substituted: each must parse and
