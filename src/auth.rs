@@ -1,5 +1,5 @@
-//! API keys (ARCHITECTURE.md §5): settings hold only SHA-256 digests of keys, each with a role
-//! and a name. A presented key is hashed and compared with every digest in constant time, so neither
+//! API keys (ARCHITECTURE.md §5): settings hold only SHA-256 digests of keys, each with a role and
+//! a name. A presented key is hashed and compared with every digest in constant time, so neither
 //! the keys nor, through timing, their digests leak.
 
 use serde::Deserialize;

@@ -1,6 +1,6 @@
 //! The Prometheus registry (ARCHITECTURE.md §7). Families are registered once at start; the hot
-//! path holds pre-resolved handles ([`ArmMetrics`], [`CacheCounters`]), so counting a served list is
-//! a few atomic adds, not label lookups.
+//! path holds pre-resolved handles ([`ArmMetrics`], [`CacheCounters`]), so counting a served list
+//! is a few atomic adds, not label lookups.
 //!
 //! Per-arm families carry `placement, experiment, arm`, with `experiment="none", arm="default"`
 //! for users no experiment covers; request failures before assignment use `arm="none"`.

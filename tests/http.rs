@@ -1,6 +1,6 @@
 //! The HTTP API end to end (ARCHITECTURE.md §3–§5): a real `recgw` server per test, in this
-//! process, on a free loopback port, over experiment folders and Spark-layout model folders written by
-//! the test (`common/spark.rs`) or the repository's own demo, spoken to with `reqwest`.
+//! process, on a free loopback port, over experiment folders and Spark-layout model folders written
+//! by the test (`common/spark.rs`) or the repository's own demo, spoken to with `reqwest`.
 //!
 //! Arms are never hard-coded from the implementation: the test computes `B(s, u)` of §3.1
 //! itself (checked against the design's vectors) and derives which arm, hence which model

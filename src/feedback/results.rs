@@ -1,6 +1,6 @@
-//! `GET /experiments/{id}/results`: per-arm counts from [`crate::feedback::counts`] turned into what an
-//! analyst reads — CTR with its interval, lift and p-value against the control (the first arm),
-//! and the experiment's sample-ratio-mismatch test. Every statistic that is undefined for the
+//! `GET /experiments/{id}/results`: per-arm counts from [`crate::feedback::counts`] turned into
+//! what an analyst reads — CTR with its interval, lift and p-value against the control (the first
+//! arm), and the experiment's sample-ratio-mismatch test. Every statistic that is undefined for the
 //! data at hand is an `Err` with the reason, which the API renders as `null` plus the reason.
 
 use std::time::SystemTime;
