@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
@@ -353,12 +353,7 @@ impl LoadedModel {
         let Some(row) = (0..batch.num_rows()).find(|&i| users.key(i) == Some(key)) else {
             return Ok(None);
         };
-        let lists = batch.column(p.pos(items));
-        let entries = match lists.data_type() {
-            DataType::List(_) => lists.as_list::<i32>().value(row),
-            DataType::LargeList(_) => lists.as_list::<i64>().value(row),
-            other => return Err(format!("recommendations column has type {other}")),
-        };
+        let entries = nested_entries(batch.column(p.pos(items)), row)?;
         let entries = entries.as_struct();
         let ids = Ids::new(entries.column(item).as_ref())?;
         let scores = Scores::new(entries.column(score).as_ref())?;
@@ -492,11 +487,7 @@ impl LoadedModel {
                         let lists = batch.column(p.pos(items));
                         for row in 0..batch.num_rows() {
                             let Some(key) = users.key(row) else { continue };
-                            let entries = match lists.data_type() {
-                                DataType::List(_) => lists.as_list::<i32>().value(row),
-                                DataType::LargeList(_) => lists.as_list::<i64>().value(row),
-                                other => return Err(bad(format!("recommendations column has type {other}"))),
-                            };
+                            let entries = nested_entries(lists, row).map_err(bad)?;
                             let entries = entries.as_struct();
                             let ids = Ids::new(entries.column(item).as_ref()).map_err(bad)?;
                             let scores = Scores::new(entries.column(score).as_ref()).map_err(bad)?;
@@ -537,11 +528,7 @@ impl LoadedModel {
                             if user.left == 0
                                 && let Some(mut done) = open.remove(&hash)
                             {
-                                if by_rank {
-                                    done.rows.sort_by_key(|(rank, _, _)| rank.unwrap_or(i64::MAX));
-                                } else {
-                                    done.rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-                                }
+                                rank_order(&mut done.rows, by_rank);
                                 list.clear();
                                 list.extend(done.rows.iter().map(|(_, score, number)| (*number, *score)));
                                 writer.push(hash, &list)?;
@@ -582,6 +569,25 @@ impl LoadedModel {
     }
 }
 
+/// Sorts flat `(rank, score, item)` rows by their rank column when there is one, else by score,
+/// best first; ties keep file order. Lookups and snapshots rank alike through it.
+fn rank_order<T>(rows: &mut [(Option<i64>, f32, T)], by_rank: bool) {
+    if by_rank {
+        rows.sort_by_key(|(rank, _, _)| rank.unwrap_or(i64::MAX));
+    } else {
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
+}
+
+/// The `list<struct<item, score>>` entries of row `row` of a nested model's list column.
+fn nested_entries(lists: &ArrayRef, row: usize) -> Result<ArrayRef, String> {
+    Ok(match lists.data_type() {
+        DataType::List(_) => lists.as_list::<i32>().value(row),
+        DataType::LargeList(_) => lists.as_list::<i64>().value(row),
+        other => return Err(format!("recommendations column has type {other}")),
+    })
+}
+
 /// A user of a long model whose rows are not all read yet.
 struct OpenUser {
     /// Tells this user from another whose hash collides.
@@ -600,14 +606,9 @@ fn item_id(id: UserKey<'_>) -> ItemId<'_> {
     }
 }
 
-/// Orders flat rows by their rank column when there is one, else by score, best first; ties
-/// keep file order.
+/// The ranked list of flat rows, in [`rank_order`].
 fn ranked(mut rows: Vec<(Option<i64>, f32, Box<str>)>, by_rank: bool) -> RankedList {
-    if by_rank {
-        rows.sort_by_key(|(rank, _, _)| rank.unwrap_or(i64::MAX));
-    } else {
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    }
+    rank_order(&mut rows, by_rank);
     rows.into_iter()
         .enumerate()
         .map(|(i, (_, score, id))| Item {
