@@ -11,7 +11,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use crate::gateway::Gateway;
-use crate::metrics::ArmStats;
+use crate::metrics::ArmTraffic;
 
 /// The stats endpoint.
 #[derive(Default)]
@@ -52,7 +52,7 @@ struct StatsBody {
 }
 
 impl TrafficBody {
-    fn new(arm: &ArmStats, failed: u64) -> Self {
+    fn new(arm: &ArmTraffic, failed: u64) -> Self {
         let requests = arm.recommendations + failed;
         TrafficBody {
             placement: arm.placement.clone(),
@@ -72,7 +72,7 @@ impl StatsApi {
     /// Recommendations served, mean response time and error rate, overall and per arm.
     #[oai(path = "/stats", method = "get")]
     async fn stats(&self, gateway: Data<&Arc<Gateway>>, _auth: Auth) -> Result<Json<StatsBody>, ApiError> {
-        let stats = gateway.metrics().stats();
+        let stats = gateway.metrics().traffic();
         Ok(Json(StatsBody {
             overall: TrafficBody::new(&stats.overall, stats.failed_requests),
             failed_requests: stats.failed_requests,
