@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::auth::Keys;
 use crate::cache::{Tier, TieredCache};
 use crate::experiment::{Arm, Catalog, Experiment, Problems};
 use crate::feedback::counts::{ArmCounter, Tally};
@@ -47,8 +46,6 @@ pub struct Gateway {
     redis: Option<Arc<Health>>,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
-    /// API keys; empty when auth is off.
-    keys: Keys,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     /// Why the folder on disk is not the set in force, if it was rejected: shown by `/ready`,
@@ -59,8 +56,6 @@ pub struct Gateway {
 /// The services a gateway is assembled from (see `server::Server::bind`).
 #[derive(Debug)]
 pub(crate) struct Parts {
-    /// API keys; empty when auth is off.
-    pub keys: Keys,
     /// Model slots of the catalog.
     pub models: Arc<ModelRegistry>,
     /// Cache tiers.
@@ -241,7 +236,6 @@ impl Gateway {
     /// services it uses.
     pub(crate) fn new(catalog: Catalog, experiments_dir: PathBuf, parts: Parts) -> Self {
         let Parts {
-            keys,
             models,
             cache,
             metrics,
@@ -262,7 +256,6 @@ impl Gateway {
             tally,
             redis,
             experiments_dir,
-            keys,
             reloading: tokio::sync::Mutex::new(()),
             rejected: ArcSwapOption::empty(),
         }
@@ -362,11 +355,6 @@ impl Gateway {
     /// Whether every configured Redis answers (`None`: no Redis configured).
     pub fn redis_up(&self) -> Option<bool> {
         self.redis.as_ref().map(|h| h.up())
-    }
-
-    /// The configured API keys.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
     }
 
     /// Every metric family.

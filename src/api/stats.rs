@@ -19,6 +19,7 @@ pub(crate) struct StatsApi;
 
 /// Served traffic of one arm, or of everything.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct TrafficBody {
     /// Placement (empty in `overall`).
     placement: String,
@@ -28,10 +29,10 @@ struct TrafficBody {
     arm: String,
     /// Recommendation responses served.
     recommendations_served: u64,
-    /// Mean response time in seconds; `null` before the first response.
+    /// Mean response time in seconds; absent before the first response.
     mean_response_time_seconds: Option<f64>,
     /// Share of served responses whose arm failed to read its model; in `overall`, failed
-    /// requests count too. `null` before the first request.
+    /// requests count too. absent before the first request.
     error_rate: Option<f64>,
     /// Accepted impressions.
     impressions: u64,
