@@ -3,11 +3,8 @@
 //! experiments folder and models root), serves it on the test's runtime, and speaks HTTP to it
 //! with `reqwest`. Every wait is bounded and fails with the last thing the server said.
 //!
-//! Included with `#[path = "common/gateway.rs"] mod gateway;` (not through `common/mod.rs`),
-//! so only the tests that start servers compile it. The module is part of each test's crate, so
-//! a test adds helpers of its own domain (recommending, posting events, …) with an
-//! `impl gateway::TestGateway { … }` block of its own.
-#![allow(dead_code)]
+//! The module is part of each test's crate, so a test adds helpers of its own domain
+//! (recommending, posting events, …) with an `impl TestGateway { … }` block of its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
