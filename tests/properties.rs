@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::examples::{EXPERIMENT, PLACEMENTS};
-use common::gateway::{Reply, TestGateway};
+use common::gateway::{Reply, TestGateway, exchange};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use recgw::experiment::{BUCKETS, Catalog, Problem, is_valid_user_id};
@@ -962,9 +962,7 @@ impl TestGateway {
         if let Some(content_type) = content_type {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type);
         }
-        let what = format!("POST {path}");
-        let response = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        Reply::read(&what, response).await.unwrap_or_else(|e| panic!("{e}"))
+        exchange(&self.client, request).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod assignment;
 pub mod examples;
 pub mod gateway;
+pub mod openapi;
 pub mod process;
 pub mod promtool;
 pub mod proxy;

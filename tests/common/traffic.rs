@@ -3,10 +3,13 @@
 //! meanwhile: [`Traffic::start`] runs clients sending `GET`s as fast as answers come (or with a
 //! pause) and records each answer with when it came, until [`Traffic::stop`].
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use reqwest::Method;
 use tokio::task::JoinHandle;
 
@@ -25,8 +28,8 @@ pub struct Sent {
     pub client: usize,
     /// The path and query asked for.
     pub path: String,
-    /// The whole answer, or why there was none (no connection, a timeout, a response the
-    /// OpenAPI document does not allow).
+    /// The whole answer, or why there was none (no connection, a timeout, an answer
+    /// `openapi.yaml` does not allow).
     pub answer: Result<Reply, String>,
 }
 
@@ -51,7 +54,8 @@ impl std::fmt::Display for Sent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.answer {
             Ok(reply) => write!(f, "GET {}: {} {}", self.path, reply.status, reply.body),
-            Err(e) => write!(f, "GET {}: {e}", self.path),
+            // Says the request itself.
+            Err(e) => write!(f, "{e}"),
         }
     }
 }
@@ -88,7 +92,14 @@ impl Traffic {
                             break;
                         }
                         let path = path(client, n);
-                        let answer = send(&http, Method::GET, &format!("{base}{path}"), &[], None).await;
+                        let url = format!("{base}{path}");
+                        let request = send(&http, Method::GET, &url, &[], None);
+                        // An answer `openapi.yaml` does not allow panics in `send`: recorded as a
+                        // failed request, so the client goes on and the test reports it.
+                        let answer = AssertUnwindSafe(request)
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| Err(panic_message(panic.as_ref())));
                         let at = Instant::now();
                         sent.lock().expect("lock").push(Sent {
                             at,
@@ -147,4 +158,13 @@ impl Traffic {
         }
         std::mem::take(&mut *self.sent.lock().expect("lock"))
     }
+}
+
+/// The message of a panic's payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
