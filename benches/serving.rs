@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use recgw::experiment::Catalog;
-use recgw::store::{ColumnNames, GenFormat, GenOptions, LoadedModel, ModelRegistry, ModelSpec, generate};
+use recgw::store::{ColumnNames, LoadedModel, ModelRegistry, ModelSpec};
+use recgw::synthetic::{GenFormat, GenOptions, generate};
 
 fn users() -> u32 {
     std::env::var("RECGW_BENCH_USERS")

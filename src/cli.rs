@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::experiment::{Catalog, Problem, diff, is_valid_user_id};
 use crate::report::{Format, fetch, render};
 use crate::server::Server;
-use crate::store::{GenOptions, generate};
+use crate::synthetic::{GenOptions, generate};
 
 /// A/B testing gateway for recommendations.
 #[derive(Debug, Parser)]

@@ -1,10 +1,18 @@
 //! recgw: an A/B testing gateway for recommendations.
 //!
-//! The binary is a thin shell over this library; its modules are the architecture:
-//! [`experiment`] decides who sees what, [`store`] reads model outputs, [`cache`] keeps lists
-//! close, [`gateway`] answers a recommendation request from all three, [`api`] puts it on
-//! HTTP, [`feedback`] takes events back and turns them into results, `redis` is the one Redis
-//! client all of them share, [`metrics`] counts what happens, [`server`] and [`cli`] start it.
+//! The binary is a thin shell over this library; its modules are the architecture
+//! (ARCHITECTURE.md §1):
+//! - [`config`] reads and validates the settings;
+//! - [`experiment`] decides who sees what;
+//! - [`store`] reads model outputs and builds their serving snapshots;
+//! - [`cache`] keeps lists close: a local tier and a Redis tier;
+//! - [`gateway`] answers a recommendation request from all three;
+//! - [`api`] puts it on HTTP, behind [`auth`]'s API keys;
+//! - [`feedback`] takes events back and turns them into results;
+//! - `redis` is the one Redis client all of them share;
+//! - [`metrics`] counts what happens;
+//! - [`synthetic`] writes demo and benchmark model outputs in Spark's layout;
+//! - [`server`] starts it, [`cli`] and [`report`] are the subcommands.
 
 pub mod api;
 pub mod auth;
@@ -19,3 +27,4 @@ mod redis;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod synthetic;

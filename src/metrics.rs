@@ -1,12 +1,12 @@
 //! The Prometheus registry (ARCHITECTURE.md §7). Families are registered once at start; the hot
-//! path holds pre-resolved handles ([`ArmMetrics`], [`CacheCounters`]), so counting a served list
-//! is a few atomic adds, not label lookups.
+//! path holds pre-resolved handles ([`CacheCounters`], and the per-arm handles the gateway
+//! resolves for each catalog), so counting a served list is a few atomic adds, not label
+//! lookups. A leaf: it knows label names and values, never the types that carry them.
 //!
 //! Per-arm families carry `placement, experiment, arm`, with `experiment="none", arm="default"`
 //! for users no experiment covers; request failures before assignment use `arm="none"`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -14,9 +14,6 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::experiment::Catalog;
-use crate::gateway::FallbackReason;
 
 /// Latency buckets for a gateway whose cache hits take well under a millisecond: 100 µs to 2.5 s.
 pub(crate) const LATENCY_BUCKETS: &[f64] = &[
@@ -27,7 +24,7 @@ pub(crate) const LATENCY_BUCKETS: &[f64] = &[
 pub(crate) const NONE: &str = "none";
 
 /// The per-arm label names.
-const ARM_LABELS: [&str; 3] = ["placement", "experiment", "arm"];
+pub(crate) const ARM_LABELS: [&str; 3] = ["placement", "experiment", "arm"];
 
 /// Every metric family recgw exports.
 #[derive(Debug, Clone)]
@@ -35,24 +32,24 @@ pub struct Metrics {
     /// What `/metrics` renders.
     registry: Registry,
     /// `recommendations_total{placement,experiment,arm}`: responses served.
-    recommendations: IntCounterVec,
+    pub(crate) recommendations: IntCounterVec,
     /// `response_time_seconds{endpoint,placement,experiment,arm}`.
-    response_time: HistogramVec,
+    pub(crate) response_time: HistogramVec,
     /// `errors_total{endpoint,placement,experiment,arm,kind}`: failed requests and store errors.
-    errors: IntCounterVec,
+    pub(crate) errors: IntCounterVec,
     /// `recommended_items_total{placement,experiment,arm}`: items returned in pages.
-    items: IntCounterVec,
+    pub(crate) items: IntCounterVec,
     /// `impressions_total{placement,experiment,arm}`: accepted impression events.
-    impressions: IntCounterVec,
+    pub(crate) impressions: IntCounterVec,
     /// `clicks_total{placement,experiment,arm}`: accepted click events.
-    clicks: IntCounterVec,
+    pub(crate) clicks: IntCounterVec,
     /// `fallbacks_total{placement,experiment,arm,reason}`: arms answered by the default.
-    fallbacks: IntCounterVec,
+    pub(crate) fallbacks: IntCounterVec,
     /// `experiment_arm_weight{placement,experiment,arm}`: expected share of the experiment.
-    arm_weight: GaugeVec,
+    pub(crate) arm_weight: GaugeVec,
     /// `experiment_arm_info{placement,experiment,arm,model}`: 1 per arm, naming its model, so
     /// model-level series can be joined to arms.
-    arm_info: IntGaugeVec,
+    pub(crate) arm_info: IntGaugeVec,
     /// `store_read_duration_seconds{model}`: one observation per model read, so its count is
     /// the number of store reads (what cache coalescing is judged by).
     store_reads: HistogramVec,
@@ -97,63 +94,9 @@ pub(crate) struct CacheCounters {
     pub redis_skipped: IntCounter,
 }
 
-/// Pre-resolved handles of one (placement, experiment, arm).
-#[derive(Debug, Clone)]
-pub struct ArmMetrics {
-    recommendations: IntCounter,
-    latency: Histogram,
-    items: IntCounter,
-    impressions: IntCounter,
-    clicks: IntCounter,
-    fallback_not_loaded: IntCounter,
-    fallback_not_in_model: IntCounter,
-    fallback_store_error: IntCounter,
-    store_errors: IntCounter,
-}
-
-impl ArmMetrics {
-    /// Counts one served response of `items` items that took `elapsed`.
-    pub fn served(&self, items: usize, fallback: Option<FallbackReason>, elapsed: Duration) {
-        self.recommendations.inc();
-        self.items.inc_by(items as u64);
-        self.latency.observe(elapsed.as_secs_f64());
-        match fallback {
-            None => {}
-            Some(FallbackReason::ModelNotLoaded) => self.fallback_not_loaded.inc(),
-            Some(FallbackReason::UserNotInModel) => self.fallback_not_in_model.inc(),
-            Some(FallbackReason::StoreError) => {
-                self.fallback_store_error.inc();
-                self.store_errors.inc();
-            }
-        }
-    }
-
-    /// Counts an accepted impression.
-    pub fn impression(&self) {
-        self.impressions.inc();
-    }
-
-    /// Counts an accepted click.
-    pub fn click(&self) {
-        self.clicks.inc();
-    }
-}
-
-/// Handles for every arm of a catalog (and each placement's default), looked up by name
-/// without allocating.
-#[derive(Debug, Default)]
-pub struct ArmIndex(HashMap<String, HashMap<String, HashMap<String, Arc<ArmMetrics>>>>);
-
-impl ArmIndex {
-    /// The handles of an arm the catalog knows.
-    pub fn get(&self, placement: &str, experiment: &str, arm: &str) -> Option<&Arc<ArmMetrics>> {
-        self.0.get(placement)?.get(experiment)?.get(arm)
-    }
-}
-
 /// Served-traffic figures of one arm (or of everything), as `/stats` reports them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ArmStats {
+pub struct ArmTraffic {
     /// Placement label.
     pub placement: String,
     /// Experiment label (`none` on the default).
@@ -174,9 +117,9 @@ pub struct ArmStats {
     pub clicks: u64,
 }
 
-impl ArmStats {
+impl ArmTraffic {
     fn new([placement, experiment, arm]: [String; 3]) -> Self {
-        ArmStats {
+        ArmTraffic {
             placement,
             experiment,
             arm,
@@ -197,13 +140,13 @@ impl ArmStats {
 
 /// The `/stats` summary.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stats {
+pub struct TrafficSummary {
     /// Every arm added up.
-    pub overall: ArmStats,
+    pub overall: ArmTraffic,
     /// Recommendation requests that failed before serving (bad input, unknown placement, 503).
     pub failed_requests: u64,
     /// Per placement, experiment and arm.
-    pub arms: Vec<ArmStats>,
+    pub arms: Vec<ArmTraffic>,
 }
 
 impl Default for Metrics {
@@ -234,14 +177,6 @@ fn histograms(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> H
 impl Metrics {
     /// Registers every family on a fresh registry.
     pub fn new() -> Self {
-        let metrics = Self::families();
-        for rejection in crate::feedback::events::Rejection::ALL {
-            metrics.events_rejected.with_label_values(&[rejection.as_str()]);
-        }
-        metrics
-    }
-
-    fn families() -> Self {
         let registry = Registry::new();
         let with_kind = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "kind"];
         let with_reason = [ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "reason"];
@@ -380,66 +315,6 @@ impl Metrics {
         }
     }
 
-    /// Handles for one (placement, experiment, arm), resolved now.
-    pub fn arm(&self, placement: &str, experiment: &str, arm: &str) -> ArmMetrics {
-        let labels = [placement, experiment, arm];
-        let reason = |r: &str| self.fallbacks.with_label_values(&[placement, experiment, arm, r]);
-        ArmMetrics {
-            recommendations: self.recommendations.with_label_values(&labels),
-            latency: self
-                .response_time
-                .with_label_values(&["recommendations", placement, experiment, arm]),
-            items: self.items.with_label_values(&labels),
-            impressions: self.impressions.with_label_values(&labels),
-            clicks: self.clicks.with_label_values(&labels),
-            fallback_not_loaded: reason("model_not_loaded"),
-            fallback_not_in_model: reason("user_not_in_model"),
-            fallback_store_error: reason("store_error"),
-            store_errors: self.errors.with_label_values(&[
-                "recommendations",
-                placement,
-                experiment,
-                arm,
-                "store_error",
-            ]),
-        }
-    }
-
-    /// Resolves handles for every arm of `catalog` and each placement's default, so their
-    /// series exist (at zero) before traffic arrives, and publishes the expected arm weights.
-    pub fn arms(&self, catalog: &Catalog) -> ArmIndex {
-        // Experiments and arms a reload removed must not linger in the weights (they would skew
-        // sample-ratio checks) nor in the arm → model map.
-        self.arm_weight.reset();
-        self.arm_info.reset();
-        let mut index: HashMap<String, HashMap<String, HashMap<String, Arc<ArmMetrics>>>> = HashMap::new();
-        for placement in catalog.placements() {
-            let by_experiment = index.entry(placement.name.clone()).or_default();
-            by_experiment.entry(NONE.to_string()).or_default().insert(
-                "default".to_string(),
-                Arc::new(self.arm(&placement.name, NONE, "default")),
-            );
-            for experiment in placement.experiments() {
-                let arms = by_experiment.entry(experiment.id.clone()).or_default();
-                for (i, arm) in experiment.arms.iter().enumerate() {
-                    let labels = [placement.name.as_str(), experiment.id.as_str(), arm.name.as_str()];
-                    arms.insert(arm.name.clone(), Arc::new(self.arm(labels[0], labels[1], labels[2])));
-                    // The share the arm is expected to get: a completed experiment's slice all
-                    // goes to its winner.
-                    let share = match experiment.winner {
-                        Some(winner) => f64::from(u8::from(winner == i)),
-                        None => f64::from(arm.weight_bp) / 10_000.0,
-                    };
-                    self.arm_weight.with_label_values(&labels).set(share);
-                    self.arm_info
-                        .with_label_values(&[labels[0], labels[1], labels[2], arm.model.location.as_str()])
-                        .set(1);
-                }
-            }
-        }
-        ArmIndex(index)
-    }
-
     /// Creates the per-model series at zero, so a model's first store read or load failure is
     /// an increase Prometheus can see.
     pub(crate) fn track_model(&self, model: &str) {
@@ -476,6 +351,12 @@ impl Metrics {
             let _ = self.experiments_info.remove_label_values(&[previous]);
         }
         self.experiments_info.with_label_values(&[digest]).set(1);
+    }
+
+    /// Creates the series of an event rejection `reason` at zero, so its first occurrence is an
+    /// increase Prometheus can see.
+    pub(crate) fn track_rejection(&self, reason: &str) {
+        self.events_rejected.with_label_values(&[reason]);
     }
 
     /// Counts an event `POST /events` refused.
@@ -519,8 +400,8 @@ impl Metrics {
     }
 
     /// The `/stats` summary, computed from the same registry `/metrics` exports.
-    pub fn stats(&self) -> Stats {
-        let mut arms: HashMap<[String; 3], ArmStats> = HashMap::new();
+    pub fn traffic(&self) -> TrafficSummary {
+        let mut arms: HashMap<[String; 3], ArmTraffic> = HashMap::new();
         let mut failed = 0u64;
         for family in self.registry.gather() {
             let name = family.name();
@@ -550,7 +431,7 @@ impl Metrics {
                     }
                     continue;
                 }
-                let arm = arms.entry(key.clone()).or_insert_with(|| ArmStats::new(key));
+                let arm = arms.entry(key.clone()).or_insert_with(|| ArmTraffic::new(key));
                 match name {
                     "errors_total" => arm.errors += count,
                     "recommendations_total" => arm.recommendations += count,
@@ -563,9 +444,9 @@ impl Metrics {
                 }
             }
         }
-        let mut arms: Vec<ArmStats> = arms.into_values().collect();
+        let mut arms: Vec<ArmTraffic> = arms.into_values().collect();
         arms.sort_by(|a, b| (&a.placement, &a.experiment, &a.arm).cmp(&(&b.placement, &b.experiment, &b.arm)));
-        let mut overall = ArmStats::new([String::new(), String::new(), String::new()]);
+        let mut overall = ArmTraffic::new([String::new(), String::new(), String::new()]);
         for arm in &arms {
             overall.recommendations += arm.recommendations;
             overall.errors += arm.errors;
@@ -574,7 +455,7 @@ impl Metrics {
             overall.impressions += arm.impressions;
             overall.clicks += arm.clicks;
         }
-        Stats {
+        TrafficSummary {
             overall,
             failed_requests: failed,
             arms,

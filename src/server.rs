@@ -64,6 +64,8 @@ pub enum StartError {
 pub struct Server {
     /// State shared with every request.
     gateway: Arc<Gateway>,
+    /// API keys, for the HTTP layer that checks them; empty when auth is off.
+    keys: Arc<Keys>,
     /// The bound socket.
     acceptor: TcpAcceptor,
     /// Where it listens (the real port when `server.listen` asked for port 0).
@@ -130,7 +132,6 @@ impl Server {
             catalog,
             dir,
             Parts {
-                keys,
                 models,
                 cache,
                 metrics,
@@ -151,6 +152,7 @@ impl Server {
             .unwrap_or(addr);
         Ok(Server {
             gateway,
+            keys: Arc::new(keys),
             acceptor,
             local_addr,
             refresh_interval: settings.models.refresh_interval,
@@ -171,6 +173,11 @@ impl Server {
         &self.gateway
     }
 
+    /// The HTTP application this server runs, for embedding it elsewhere (the fuzz targets).
+    pub fn app(&self) -> impl poem::Endpoint + use<> {
+        api::app(Arc::clone(&self.gateway), Arc::clone(&self.keys), self.request_timeout)
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         self.gateway.models().spawn_polling(self.refresh_interval);
@@ -178,16 +185,13 @@ impl Server {
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tasks.extend(self.gateway.tally().spawn_flushing());
         tracing::info!(addr = %self.local_addr, "recgw listening");
+        let app = self.app();
         let acceptor = IdleClosing {
             inner: self.acceptor,
             timeout: self.idle_timeout,
         };
         let result = poem::Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                api::app(Arc::clone(&self.gateway), self.request_timeout),
-                shutdown,
-                Some(self.shutdown_grace),
-            )
+            .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_grace))
             .await;
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();

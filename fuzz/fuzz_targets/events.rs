@@ -10,8 +10,7 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use poem::http::Method;
@@ -46,13 +45,10 @@ fn harness() -> &'static Harness {
             .expect("runtime");
         // Bound only to build the gateway the way the server does; nothing listens (the server
         // is dropped, closing its socket) and no background task runs.
-        let gateway = runtime.block_on(async {
+        let app = runtime.block_on(async {
             let server = Server::bind(&settings).await.expect("the demo gateway starts");
-            Arc::clone(server.gateway())
+            server.app().map_to_response().boxed()
         });
-        let app = recgw::api::app(gateway, Duration::from_secs(10))
-            .map_to_response()
-            .boxed();
         Harness { runtime, app }
     })
 }

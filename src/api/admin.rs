@@ -7,9 +7,9 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
+use super::{ApiTags, limit_body};
 use crate::gateway::{Gateway, Reload};
 
 /// The admin endpoints.
@@ -49,6 +49,7 @@ struct InvalidateResponse {
 
 /// The result of `POST /admin/reload`.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ReloadBody {
     /// `applied` (a new experiment set is in force) or `unchanged`.
     status: String,
@@ -107,7 +108,7 @@ impl AdminApi {
     /// Drops cached lists of a model, an experiment's models or one arm's model, on every
     /// replica. Cached lists are keyed by model, so other experiments serving the same model
     /// are refreshed too.
-    #[oai(path = "/admin/cache/invalidate", method = "post")]
+    #[oai(path = "/admin/cache/invalidate", method = "post", transform = "limit_body")]
     async fn invalidate(
         &self,
         gateway: Data<&Arc<Gateway>>,

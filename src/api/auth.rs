@@ -10,8 +10,7 @@ use poem::{Endpoint, Request, Response};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::ApiKey;
 
-use crate::auth::Role;
-use crate::gateway::Gateway;
+use crate::auth::{Keys, Role};
 
 /// A configured key, sent as `X-API-Key`.
 #[derive(SecurityScheme)]
@@ -52,25 +51,14 @@ impl poem::error::ResponseError for Denied {
     }
 }
 
-/// The role a route needs, by its first path segment; `None` for open routes (probes,
-/// metrics, the API documents, and unknown paths, which answer 404).
-fn required_role(path: &str) -> Option<Role> {
-    match path.trim_start_matches('/').split('/').next().unwrap_or_default() {
-        "admin" => Some(Role::Admin),
-        "recommendations" | "events" | "experiments" | "stats" => Some(Role::Client),
-        _ => None,
-    }
-}
-
 /// Checks the caller's key against the route's role, then runs the route. The key's name
 /// (never the key) goes into the request's log line.
 pub(crate) async fn authorize<E: Endpoint>(
     endpoint: Arc<E>,
     request: Request,
-    gateway: Arc<Gateway>,
+    keys: Arc<Keys>,
 ) -> poem::Result<Response> {
-    if let Some(role) = required_role(request.uri().path()) {
-        let keys = gateway.keys();
+    if let Some(role) = super::route(request.uri().path()).role {
         let presented = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
         let name = if keys.is_off() {
             let loopback = request

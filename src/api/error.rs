@@ -1,11 +1,21 @@
 //! One error shape for every 4xx/5xx: `{ "error": "<code>", "message": "<human text>" }`.
-//! Handlers return [`ApiError`]; everything poem raises itself (unknown route, bad query
-//! parameter, wrong method) is rewritten into the same shape by [`json_errors`].
+//! Handlers return [`ApiError`]; everything poem and the layers in front of the handlers raise
+//! (unknown route, bad query parameter, missing key, timeout) is rewritten into the same shape
+//! by [`json_errors`], and [`Documented`] lists those statuses on each operation they concern,
+//! so the document says every status a client can get.
 
-use poem::http::StatusCode;
+use std::collections::HashMap;
+
+use poem::endpoint::BoxEndpoint;
+use poem::http::{Method, StatusCode};
 use poem::{IntoResponse, Response};
-use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object};
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaApi, MetaMediaType, MetaOperation, MetaResponse, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::routes;
+use crate::auth::Role;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object)]
@@ -22,12 +32,6 @@ pub enum ApiError {
     /// The request is malformed: bad user id or parameter.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// No valid `X-API-Key` (auth is on). Raised before the route runs.
-    #[oai(status = 401)]
-    Unauthorized(Json<ErrorBody>),
-    /// The key's role may not call this route. Raised before the route runs.
-    #[oai(status = 403)]
-    Forbidden(Json<ErrorBody>),
     /// The placement, experiment or route does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -47,11 +51,7 @@ impl ApiError {
     /// The error code, for metrics.
     pub fn code(&self) -> &str {
         match self {
-            ApiError::BadRequest(body)
-            | ApiError::Unauthorized(body)
-            | ApiError::Forbidden(body)
-            | ApiError::NotFound(body)
-            | ApiError::Unavailable(body) => &body.error,
+            ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => &body.error,
         }
     }
 
@@ -109,4 +109,113 @@ pub(crate) async fn json_errors(err: poem::Error) -> Response {
     })
     .with_status(status)
     .into_response()
+}
+
+/// Which operations a status raised outside the handlers concerns.
+#[derive(Debug, Clone, Copy)]
+enum Concerns {
+    /// Every operation.
+    All,
+    /// Operations with path or query parameters, or a body: what can fail to parse.
+    Input,
+    /// Operations that take a body.
+    Body,
+    /// Operations that need a key.
+    Keyed,
+    /// Operations that need an admin key.
+    Admin,
+}
+
+/// The statuses the layers in front of the handlers answer with (`limits`, `authorize`, the body
+/// size limit, poem's parsers, the URI limit), each with the operations it concerns.
+const LAYER_STATUSES: &[(u16, Concerns, &str)] = &[
+    (
+        400,
+        Concerns::Input,
+        "A path or query parameter, or the body, does not parse.",
+    ),
+    (401, Concerns::Keyed, "No valid `X-API-Key` while auth is on."),
+    (
+        403,
+        Concerns::Admin,
+        "A client key on an admin route, or, while auth is off, a caller other than loopback.",
+    ),
+    (
+        408,
+        Concerns::Body,
+        "The body did not arrive within `server.request_timeout`.",
+    ),
+    (
+        411,
+        Concerns::Body,
+        "The body does not say its length (`Content-Length`).",
+    ),
+    (413, Concerns::Body, "The body is over 1 MiB."),
+    (
+        414,
+        Concerns::All,
+        "The request line is longer than the server accepts.",
+    ),
+    (415, Concerns::Body, "The body is not `application/json`."),
+    (431, Concerns::All, "The request headers are over 16 KiB."),
+    (
+        500,
+        Concerns::All,
+        "A fault inside the gateway; the message says which.",
+    ),
+    (504, Concerns::All, "No answer within `server.request_timeout`."),
+];
+
+/// The API `A` with every status of [`LAYER_STATUSES`] documented, as a JSON error, on the
+/// operations it concerns (unless the operation documents that status itself). The layers run
+/// outside poem-openapi, which therefore cannot see them; the route table says which operations
+/// need keys.
+pub(crate) struct Documented<A>(pub A);
+
+impl<A: OpenApi> OpenApi for Documented<A> {
+    fn meta() -> Vec<MetaApi> {
+        let mut apis = A::meta();
+        for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
+            let role = routes::documented(&path.path).and_then(|r| r.role);
+            for operation in &mut path.operations {
+                document_layer_statuses(operation, role);
+            }
+        }
+        apis
+    }
+
+    fn register(registry: &mut Registry) {
+        A::register(registry);
+        ErrorBody::register(registry);
+    }
+
+    fn add_routes(self, route_table: &mut HashMap<String, HashMap<Method, BoxEndpoint<'static>>>) {
+        self.0.add_routes(route_table);
+    }
+}
+
+fn document_layer_statuses(operation: &mut MetaOperation, role: Option<Role>) {
+    for &(status, concerns, description) in LAYER_STATUSES {
+        let applies = match concerns {
+            Concerns::All => true,
+            Concerns::Input => !operation.params.is_empty() || operation.request.is_some(),
+            Concerns::Body => operation.request.is_some(),
+            Concerns::Keyed => role.is_some(),
+            Concerns::Admin => role == Some(Role::Admin),
+        };
+        let responses = &mut operation.responses.responses;
+        if applies && !responses.iter().any(|r| r.status == Some(status)) {
+            responses.push(MetaResponse {
+                description,
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: Json::<ErrorBody>::CONTENT_TYPE,
+                    schema: Json::<ErrorBody>::schema_ref(),
+                }],
+                headers: vec![],
+            });
+        }
+    }
+    operation.responses.responses.sort_by_key(|r| r.status);
 }

@@ -2,28 +2,18 @@
 
 use std::sync::Arc;
 
-use poem::middleware::SizeLimit;
 use poem::web::Data;
-use poem::{Endpoint, EndpointExt};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::ApiTags;
 use super::auth::Auth;
 use super::error::{ApiError, ErrorBody};
+use super::{ApiTags, limit_body};
 use crate::feedback::events::{Event, Rejection};
 use crate::gateway::Gateway;
 
 /// Events accepted in one batch at most.
 pub(crate) const MAX_BATCH: usize = 1000;
-
-/// Largest body accepted: 1000 events of about 400 bytes, with room to spare. Bodies must say
-/// their length (`Content-Length`); larger ones get 413 before they are read.
-const MAX_BODY_BYTES: usize = 1 << 20;
-
-fn limit_body(endpoint: impl Endpoint) -> impl Endpoint {
-    endpoint.with(SizeLimit::new(MAX_BODY_BYTES))
-}
 
 /// The events endpoint.
 #[derive(Default)]
@@ -55,6 +45,7 @@ struct EventBatch {
 
 /// An event that was not counted, and why.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Rejected {
     /// Position in the batch.
     index: u32,
@@ -83,7 +74,7 @@ enum EventsResponse {
     /// The batch was processed; each event was accepted or rejected on its own.
     #[oai(status = 202)]
     Accepted(Json<EventsOutcome>),
-    /// More than 1000 events in one batch.
+    /// More than 1000 events in one batch, or a body over 1 MiB.
     #[oai(status = 413)]
     TooLarge(Json<ErrorBody>),
     /// Redis, which counts the events, did not answer and none was accepted: nothing was

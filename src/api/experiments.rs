@@ -21,6 +21,7 @@ pub(crate) struct ExperimentsApi;
 
 /// One arm as configured.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ArmBody {
     /// Arm name.
     name: String,
@@ -34,6 +35,7 @@ struct ArmBody {
 
 /// One experiment as loaded.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ExperimentBody {
     /// Identifier.
     id: String,
@@ -74,6 +76,7 @@ struct ExperimentsBody {
 
 /// Where one user lands, seen from one experiment.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct AssignmentBody {
     /// The experiment asked about.
     experiment: String,
@@ -81,7 +84,7 @@ struct AssignmentBody {
     user_id: String,
     /// Whether this experiment serves the user now.
     in_experiment: bool,
-    /// The arm this experiment serves the user, `null` when it does not.
+    /// The arm this experiment serves the user, absent when it does not.
     arm: Option<String>,
     /// True for QA overrides.
     forced: bool,
@@ -91,7 +94,7 @@ struct AssignmentBody {
     arm_bucket: u16,
     /// The arm `arm_bucket` falls in, whether or not the user is in the slice.
     arm_for_bucket: String,
-    /// The experiment serving this user on the placement (`null`: the placement default).
+    /// The experiment serving this user on the placement (absent: the placement default).
     placement_experiment: Option<String>,
     /// The arm served on the placement (`default` when no experiment covers the user).
     placement_arm: String,

@@ -24,10 +24,11 @@ struct HealthBody {
 
 /// One model as `/ready` reports it.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ModelBody {
     /// Location as experiments name it.
     model: String,
-    /// Serving version, `null` until one loads.
+    /// Serving version, absent until one loads.
     version: Option<String>,
     /// `nested`, `long` or `global`.
     shape: Option<String>,
@@ -41,7 +42,7 @@ struct ModelBody {
     required: bool,
     /// Where lookups are answered from: `snapshot` (a mapped serving snapshot), `pages`
     /// (page-index reads of the part files, behind both cache tiers) or `memory` (a global
-    /// list); `null` until a version loads.
+    /// list); absent until a version loads.
     serving: Option<String>,
     /// Why the serving version is not read from a snapshot: being built, too large, off.
     snapshot: Option<String>,
@@ -51,13 +52,14 @@ struct ModelBody {
 
 /// Readiness and what it depends on.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ReadyBody {
     /// True when every model traffic reaches now has a version (see `required`).
     ready: bool,
     /// Digest of the experiment set in force.
     experiments_digest: String,
     /// Why the experiments folder on disk was rejected (file, line, field and problem per
-    /// line), while the set in force keeps serving; `null` when the folder is the set in
+    /// line), while the set in force keeps serving; absent when the folder is the set in
     /// force. Not a readiness condition: every replica reads the same folder, and taking them
     /// all out of the load balancer over a typo would turn it into an outage.
     experiments_error: Option<String>,

@@ -11,6 +11,7 @@ mod health;
 mod metrics;
 mod recommendations;
 mod results;
+mod routes;
 mod stats;
 mod uri_limit;
 
@@ -26,9 +27,12 @@ use poem::http::{StatusCode, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
+use error::Documented;
 pub use error::{ApiError, ErrorBody};
+pub use routes::{ROUTES, RouteInfo, route};
 pub(crate) use uri_limit::JsonUriTooLong;
 
+use crate::auth::{Keys, Role};
 use crate::gateway::{Gateway, RELOAD_BUDGET};
 use crate::metrics::NONE;
 
@@ -45,7 +49,7 @@ enum ApiTags {
     Admin,
 }
 
-type Apis = (
+type Apis = Documented<(
     recommendations::RecommendationsApi,
     events::EventsApi,
     experiments::ExperimentsApi,
@@ -54,10 +58,10 @@ type Apis = (
     health::HealthApi,
     metrics::MetricsApi,
     admin::AdminApi,
-);
+)>;
 
-fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(Apis::default(), "recgw", env!("CARGO_PKG_VERSION")).description(
+pub(crate) fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(Documented(Default::default()), "recgw", env!("CARGO_PKG_VERSION")).description(
         "A/B testing gateway for recommendations: assigns users to experiment arms and serves each arm's model output.",
     )
 }
@@ -67,10 +71,10 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// The whole HTTP application over `gateway`; requests running longer than `timeout` get 504
-/// (408 while their body has not arrived).
-pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
-    let (for_auth, for_metrics) = (Arc::clone(&gateway), Arc::clone(&gateway));
+/// The whole HTTP application over `gateway`, open to the callers `keys` admit; requests running
+/// longer than `timeout` get 504 (408 while their body has not arrived).
+pub fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration) -> impl Endpoint {
+    let for_metrics = Arc::clone(&gateway);
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
@@ -79,11 +83,20 @@ pub fn app(gateway: Arc<Gateway>, timeout: Duration) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(gateway)
-        .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&for_auth)))
+        .around(move |endpoint, request| auth::authorize(endpoint, request, Arc::clone(&keys)))
         .around(move |endpoint, request| limits(endpoint, request, timeout))
         .around(move |endpoint, request| observe(endpoint, request, Arc::clone(&for_metrics)))
         .catch_all_error(error::json_errors)
         .around(log_request)
+}
+
+/// Largest body accepted: a batch of 1000 events of about 400 bytes, with room to spare. Bodies
+/// must say their length (`Content-Length`); larger ones get 413 before they are read.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Bounds the body of an operation that takes one (`transform = "limit_body"`).
+fn limit_body(endpoint: impl Endpoint) -> impl Endpoint {
+    endpoint.with(poem::middleware::SizeLimit::new(MAX_BODY_BYTES))
 }
 
 /// Request headers larger than this in all (names and values) get a 431 JSON error. Real
@@ -97,8 +110,8 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// the connection, since the body was not read to its end. Admin routes get the time a reload
 /// may wait for new models on top, so `POST /admin/reload` answers what the reload did.
 async fn limits<E: Endpoint>(endpoint: Arc<E>, mut request: Request, timeout: Duration) -> poem::Result<Response> {
-    let timeout = match endpoint_label(request.uri().path()) {
-        "admin" => timeout.saturating_add(RELOAD_BUDGET),
+    let timeout = match route(request.uri().path()).role {
+        Some(Role::Admin) => timeout.saturating_add(RELOAD_BUDGET),
         _ => timeout,
     };
     let header_bytes: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
@@ -144,28 +157,6 @@ fn next_request_id() -> String {
     format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The route a path belongs to, as logged (`/experiments/{id}`), from a fixed set.
-fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["recommendations", _] => "/recommendations/{user_id}",
-        ["experiments"] => "/experiments",
-        ["experiments", _] => "/experiments/{id}",
-        ["experiments", _, "assignment", _] => "/experiments/{id}/assignment/{user_id}",
-        ["experiments", _, "results"] => "/experiments/{id}/results",
-        ["events"] => "/events",
-        ["stats"] => "/stats",
-        ["metrics"] => "/metrics",
-        ["health"] => "/health",
-        ["ready"] => "/ready",
-        ["admin", "reload"] => "/admin/reload",
-        ["admin", "cache", "invalidate"] => "/admin/cache/invalidate",
-        ["openapi.json"] => "/openapi.json",
-        ["docs", ..] => "/docs",
-        _ => "other",
-    }
-}
-
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
 /// echoes it, and logs one line per request with method, route, status and latency; the
 /// recommendation handler adds experiment, arm and source to the same line.
@@ -180,7 +171,7 @@ async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::R
         "request",
         request_id = %id,
         method = %request.method(),
-        route = route_template(request.uri().path()),
+        route = route(request.uri().path()).template,
         experiment = tracing::field::Empty,
         arm = tracing::field::Empty,
         source = tracing::field::Empty,
@@ -200,29 +191,12 @@ async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::R
     Ok(response)
 }
 
-/// The `endpoint` label of a path: a fixed set, so odd URLs cannot grow the label set.
-fn endpoint_label(path: &str) -> &'static str {
-    match path.trim_start_matches('/').split('/').next().unwrap_or_default() {
-        "recommendations" => "recommendations",
-        "events" => "events",
-        "experiments" => "experiments",
-        "stats" => "stats",
-        "metrics" => "metrics",
-        "health" => "health",
-        "ready" => "ready",
-        "admin" => "admin",
-        "docs" => "docs",
-        "openapi.json" => "openapi",
-        _ => "other",
-    }
-}
-
 /// Times every request and counts its failures. `/recommendations` counts its own outcomes
 /// with arm labels; only what never reached its handler (parameter errors, timeouts) is
 /// counted here.
 async fn observe<E: Endpoint>(endpoint: Arc<E>, request: Request, gateway: Arc<Gateway>) -> poem::Result<Response> {
     let metrics = gateway.metrics();
-    let label = endpoint_label(request.uri().path());
+    let label = route(request.uri().path()).label;
     let started = Instant::now();
     let result = endpoint.call(request).await.map(IntoResponse::into_response);
     let parse_error = result

@@ -51,12 +51,14 @@ enum SourceBody {
 
 /// A page of a user's recommendations and where they came from.
 #[derive(Debug, Object, Serialize)]
+#[oai(skip_serializing_if_is_none)]
 struct RecommendationsBody {
     /// The user asked for.
     user_id: String,
     /// The placement asked for.
     placement: String,
-    /// Covering experiment, `null` when the user is on the placement default.
+    /// Covering experiment; absent when the user is on the placement default.
+    #[serde(skip_serializing_if = "Option::is_none")]
     experiment: Option<String>,
     /// Assigned arm; `default` when no experiment covers the user.
     arm: String,
@@ -74,11 +76,13 @@ struct RecommendationsBody {
     offset: u32,
     /// Page size asked for.
     limit: u32,
-    /// Offset of the next page; `null` on the last page.
+    /// Offset of the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     next_offset: Option<u64>,
     /// Which tier answered.
     source: SourceBody,
     /// Why the arm's model did not answer, when `source` is `fallback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     fallback_reason: Option<FallbackBody>,
     /// Signed proof of what was served: send it back with impression and click events.
     tracking_token: String,

@@ -18,9 +18,10 @@ use crate::gateway::Gateway;
 #[derive(Default)]
 pub(crate) struct ResultsApi;
 
-/// One arm's counts and statistics. Every statistic is a number or `null`; a `null` has its
-/// reason in `undefined`.
+/// One arm's counts and statistics. A statistic that cannot be computed is absent, and its
+/// reason is in `undefined`.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ArmResultsBody {
     /// Arm name.
     name: String,
@@ -54,18 +55,19 @@ struct ArmResultsBody {
     p_value: Option<f64>,
     /// Whether the arm has `min_sample_size` impressions.
     min_sample_reached: bool,
-    /// Why a statistic is `null`, by field name.
+    /// Why a statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
 
 /// An experiment's results.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ResultsBody {
     /// Experiment id.
     experiment: String,
     /// Lifecycle state.
     status: String,
-    /// Seconds since the schedule started; `null` without a start.
+    /// Seconds since the schedule started; absent without a start.
     age_seconds: Option<u64>,
     /// `redis`: counts shared by every replica; `memory`: this process's only.
     counts: String,
@@ -77,7 +79,7 @@ struct ResultsBody {
     min_sample_size: u64,
     /// Arms, control first.
     arms: Vec<ArmResultsBody>,
-    /// Why an experiment-level statistic is `null`, by field name.
+    /// Why an experiment-level statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
 

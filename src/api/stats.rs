@@ -11,7 +11,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use crate::gateway::Gateway;
-use crate::metrics::ArmStats;
+use crate::metrics::ArmTraffic;
 
 /// The stats endpoint.
 #[derive(Default)]
@@ -19,6 +19,7 @@ pub(crate) struct StatsApi;
 
 /// Served traffic of one arm, or of everything.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct TrafficBody {
     /// Placement (empty in `overall`).
     placement: String,
@@ -28,10 +29,10 @@ struct TrafficBody {
     arm: String,
     /// Recommendation responses served.
     recommendations_served: u64,
-    /// Mean response time in seconds; `null` before the first response.
+    /// Mean response time in seconds; absent before the first response.
     mean_response_time_seconds: Option<f64>,
     /// Share of served responses whose arm failed to read its model; in `overall`, failed
-    /// requests count too. `null` before the first request.
+    /// requests count too. absent before the first request.
     error_rate: Option<f64>,
     /// Accepted impressions.
     impressions: u64,
@@ -51,7 +52,7 @@ struct StatsBody {
 }
 
 impl TrafficBody {
-    fn new(arm: &ArmStats, failed: u64) -> Self {
+    fn new(arm: &ArmTraffic, failed: u64) -> Self {
         let requests = arm.recommendations + failed;
         TrafficBody {
             placement: arm.placement.clone(),
@@ -71,7 +72,7 @@ impl StatsApi {
     /// Recommendations served, mean response time and error rate, overall and per arm.
     #[oai(path = "/stats", method = "get")]
     async fn stats(&self, gateway: Data<&Arc<Gateway>>, _auth: Auth) -> Result<Json<StatsBody>, ApiError> {
-        let stats = gateway.metrics().stats();
+        let stats = gateway.metrics().traffic();
         Ok(Json(StatsBody {
             overall: TrafficBody::new(&stats.overall, stats.failed_requests),
             failed_requests: stats.failed_requests,

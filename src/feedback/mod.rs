@@ -1,10 +1,10 @@
 //! The feedback loop, from a served page to an analyst's decision: [`token`] signs what each
 //! response served, [`events`] takes impressions and clicks back against it, [`counts`] keeps
-//! per-arm totals exactly once across replicas, [`stats`] holds the statistical tests and
+//! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests and
 //! [`results`] turns the counts into what an analyst reads.
 
 pub mod counts;
 pub mod events;
 pub mod results;
-pub mod stats;
+pub mod significance;
 pub mod token;

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Status};
 use crate::feedback::counts::{ArmCounts, Tally};
-use crate::feedback::stats::{self, Interval, Lift};
+use crate::feedback::significance::{self, Interval, Lift};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
 pub const SRM_THRESHOLD: f64 = 0.001;
@@ -94,11 +94,12 @@ pub fn from_counts(
                     0 => Err("no impressions"),
                     n => Ok(c.clicks as f64 / n as f64),
                 },
-                ctr_interval: stats::wilson(c.clicks, c.impressions),
-                lift: is_control
-                    .and_then(|()| stats::relative_lift(c.clicks, c.impressions, control.clicks, control.impressions)),
+                ctr_interval: significance::wilson(c.clicks, c.impressions),
+                lift: is_control.and_then(|()| {
+                    significance::relative_lift(c.clicks, c.impressions, control.clicks, control.impressions)
+                }),
                 p_value: is_control.and_then(|()| {
-                    stats::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
+                    significance::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
                 }),
                 min_sample_reached: c.impressions >= min_sample_size,
             }
@@ -106,7 +107,7 @@ pub fn from_counts(
         .collect();
     let users: Vec<u64> = counts.iter().map(|c| c.users).collect();
     let weights: Vec<f64> = experiment.arms.iter().map(|a| f64::from(a.weight_bp)).collect();
-    let srm_p_value = stats::sample_ratio_p(&users, &weights);
+    let srm_p_value = significance::sample_ratio_p(&users, &weights);
     ExperimentResults {
         experiment: experiment.id.clone(),
         status: experiment.status,

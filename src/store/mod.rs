@@ -15,7 +15,6 @@ mod model;
 mod reader;
 mod registry;
 mod snapshot;
-mod synthetic;
 
 use std::sync::Arc;
 
@@ -24,7 +23,6 @@ use serde::Deserialize;
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
-pub use synthetic::{GenError, GenFormat, GenOptions, generate};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.

@@ -2,6 +2,8 @@
 //! back to the placement default when the arm cannot answer, and cut the requested page. It
 //! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
 
+mod arm_metrics;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,15 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::auth::Keys;
 use crate::cache::{Tier, TieredCache};
 use crate::experiment::{Arm, Catalog, Experiment, Problems};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
 use crate::feedback::token::{Claims, item_tag, next_nonce, unix_seconds};
-use crate::metrics::{ArmIndex, ArmMetrics, Metrics, NONE};
+use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
+
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
+use arm_metrics::ArmIndex;
+pub use arm_metrics::ArmMetrics;
 
 /// Exposure counters of the catalog in force, by experiment id: the experiment they were
 /// resolved for (a request may still hold the catalog before a swap) and one per arm, in arm
@@ -47,8 +51,6 @@ pub struct Gateway {
     redis: Option<Arc<Health>>,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
-    /// API keys; empty when auth is off.
-    keys: Keys,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     /// Why the folder on disk is not the set in force, if it was rejected: shown by `/ready`,
@@ -59,8 +61,6 @@ pub struct Gateway {
 /// The services a gateway is assembled from (see `server::Server::bind`).
 #[derive(Debug)]
 pub(crate) struct Parts {
-    /// API keys; empty when auth is off.
-    pub keys: Keys,
     /// Model slots of the catalog.
     pub models: Arc<ModelRegistry>,
     /// Cache tiers.
@@ -149,6 +149,24 @@ pub enum FallbackReason {
     UserNotInModel,
     /// Reading the model failed.
     StoreError,
+}
+
+impl FallbackReason {
+    /// Every reason, in declaration order (the order [`ArmMetrics`] keeps their counters in).
+    pub(crate) const ALL: [FallbackReason; 3] = [
+        FallbackReason::ModelNotLoaded,
+        FallbackReason::UserNotInModel,
+        FallbackReason::StoreError,
+    ];
+
+    /// The `reason` label of `fallbacks_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FallbackReason::ModelNotLoaded => "model_not_loaded",
+            FallbackReason::UserNotInModel => "user_not_in_model",
+            FallbackReason::StoreError => "store_error",
+        }
+    }
 }
 
 /// A served list and everything a response says about where it came from.
@@ -241,7 +259,6 @@ impl Gateway {
     /// services it uses.
     pub(crate) fn new(catalog: Catalog, experiments_dir: PathBuf, parts: Parts) -> Self {
         let Parts {
-            keys,
             models,
             cache,
             metrics,
@@ -249,7 +266,10 @@ impl Gateway {
             tally,
             redis,
         } = parts;
-        let arms = metrics.arms(&catalog);
+        let arms = ArmIndex::resolve(&metrics, &catalog);
+        for rejection in Rejection::ALL {
+            metrics.track_rejection(rejection.as_str());
+        }
         metrics.experiments_loaded(None, catalog.digest());
         Gateway {
             counters: ArcSwap::from_pointee(counters(&tally, &catalog)),
@@ -262,7 +282,6 @@ impl Gateway {
             tally,
             redis,
             experiments_dir,
-            keys,
             reloading: tokio::sync::Mutex::new(()),
             rejected: ArcSwapOption::empty(),
         }
@@ -320,7 +339,7 @@ impl Gateway {
             }
         }
         let digest = catalog.digest().to_string();
-        self.arms.store(Arc::new(self.metrics.arms(&catalog)));
+        self.arms.store(Arc::new(ArmIndex::resolve(&self.metrics, &catalog)));
         self.counters.store(Arc::new(counters(&self.tally, &catalog)));
         self.catalog.store(Arc::new(catalog));
         self.models.retain(&models);
@@ -364,11 +383,6 @@ impl Gateway {
         self.redis.as_ref().map(|h| h.up())
     }
 
-    /// The configured API keys.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Every metric family.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -380,7 +394,7 @@ impl Gateway {
         let experiment = experiment.unwrap_or(NONE);
         match self.arms.load().get(placement, experiment, arm) {
             Some(handles) => Arc::clone(handles),
-            None => Arc::new(self.metrics.arm(placement, experiment, arm)),
+            None => Arc::new(ArmMetrics::resolve(&self.metrics, placement, experiment, arm)),
         }
     }
 

@@ -1,0 +1,200 @@
+//! The route table: every path the gateway serves, declared once with the names it goes by. The
+//! layers in front of the handlers (auth, time limits, metrics, the request log), the OpenAPI
+//! document's error statuses and the tests all read it, so a new route cannot get a role
+//! without a log name, or a metric label without a documented status.
+
+use crate::auth::Role;
+
+/// One route and the names it goes by.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The path as the OpenAPI document writes it (`/experiments/{id}`): what the request log
+    /// shows, and how the tests and the document are matched to this table. A trailing `/*`
+    /// takes any rest of the path (the documentation pages).
+    pub template: &'static str,
+    /// The `endpoint` label of the latency and error metrics: few values, so odd URLs cannot
+    /// grow the label set, and one per endpoint group so dashboards read per group.
+    pub label: &'static str,
+    /// The key role the route needs; `None` for the open routes (probes, metrics, the API
+    /// documents), which load balancers and Prometheus call without a key.
+    pub role: Option<Role>,
+}
+
+/// Every route the gateway serves.
+pub static ROUTES: &[RouteInfo] = &[
+    RouteInfo {
+        template: "/recommendations/{user_id}",
+        label: "recommendations",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/events",
+        label: "events",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/experiments",
+        label: "experiments",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/experiments/{id}",
+        label: "experiments",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/experiments/{id}/assignment/{user_id}",
+        label: "experiments",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/experiments/{id}/results",
+        label: "experiments",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/stats",
+        label: "stats",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/metrics",
+        label: "metrics",
+        role: None,
+    },
+    RouteInfo {
+        template: "/health",
+        label: "health",
+        role: None,
+    },
+    RouteInfo {
+        template: "/ready",
+        label: "ready",
+        role: None,
+    },
+    RouteInfo {
+        template: "/admin/reload",
+        label: "admin",
+        role: Some(Role::Admin),
+    },
+    RouteInfo {
+        template: "/admin/cache/invalidate",
+        label: "admin",
+        role: Some(Role::Admin),
+    },
+    RouteInfo {
+        template: "/openapi.json",
+        label: "openapi",
+        role: None,
+    },
+    RouteInfo {
+        template: "/docs/*",
+        label: "docs",
+        role: None,
+    },
+];
+
+/// What a path that matches no route goes by: open, so an unknown path answers 404 to anyone
+/// rather than revealing through 401 which prefixes exist.
+pub static OTHER: RouteInfo = RouteInfo {
+    template: "other",
+    label: "other",
+    role: None,
+};
+
+/// The route `path` (without its query) belongs to; compares segments in place, so the request
+/// path allocates nothing.
+pub fn route(path: &str) -> &'static RouteInfo {
+    ROUTES.iter().find(|r| matches(r.template, path)).unwrap_or(&OTHER)
+}
+
+/// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest.
+fn matches(template: &str, path: &str) -> bool {
+    let mut path = path.trim_matches('/').split('/');
+    for expected in template.trim_start_matches('/').split('/') {
+        match (expected, path.next()) {
+            ("*", _) => return true,
+            (_, None) => return false,
+            (e, Some(got)) if e.starts_with('{') => {
+                if got.is_empty() {
+                    return false;
+                }
+            }
+            (e, Some(got)) if e != got => return false,
+            _ => {}
+        }
+    }
+    path.next().is_none()
+}
+
+/// The route a documented path (`/experiments/{id}`) is, for the document's statuses.
+pub(crate) fn documented(template: &str) -> Option<&'static RouteInfo> {
+    ROUTES.iter().find(|r| r.template == template)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_their_route() {
+        for (path, template) in [
+            ("/recommendations/42", "/recommendations/{user_id}"),
+            ("/recommendations/42/", "/recommendations/{user_id}"),
+            ("/experiments", "/experiments"),
+            ("/experiments/x/assignment/7", "/experiments/{id}/assignment/{user_id}"),
+            ("/experiments/x/results", "/experiments/{id}/results"),
+            ("/docs", "/docs/*"),
+            ("/docs/index.css", "/docs/*"),
+            ("/admin/cache/invalidate", "/admin/cache/invalidate"),
+            ("/recommendations", "other"),
+            ("/recommendations//", "other"),
+            ("/experiments/x/unknown", "other"),
+            ("/admin", "other"),
+            ("/", "other"),
+        ] {
+            assert_eq!(route(path).template, template, "{path}");
+        }
+    }
+
+    /// The document and the table name the same routes, and an operation declares a key exactly
+    /// when its route needs one (the document is what client teams generate code from).
+    #[test]
+    fn the_document_and_the_table_agree() {
+        let spec: serde_json::Value = serde_json::from_str(&crate::api::service().spec()).expect("JSON");
+        let paths = spec["paths"].as_object().expect("paths");
+        for (template, operations) in paths {
+            let route = documented(template).unwrap_or_else(|| panic!("{template} is not in ROUTES"));
+            for (method, operation) in operations.as_object().expect("operations") {
+                let keyed = operation["security"].as_array().is_some_and(|s| !s.is_empty());
+                assert_eq!(keyed, route.role.is_some(), "{method} {template}");
+                let statuses = operation["responses"].as_object().expect("responses");
+                for status in ["414", "431", "500", "504"] {
+                    assert!(statuses.contains_key(status), "{method} {template} documents {status}");
+                }
+                assert_eq!(
+                    statuses.contains_key("401"),
+                    route.role.is_some(),
+                    "{method} {template}"
+                );
+                let admin = route.role == Some(Role::Admin);
+                assert_eq!(statuses.contains_key("403"), admin, "{method} {template}");
+            }
+        }
+        let served = ROUTES.iter().filter(|r| paths.contains_key(r.template)).count();
+        // `/openapi.json` and `/docs/*` serve the document itself and are not in it.
+        assert_eq!(served, ROUTES.len() - 2);
+    }
+
+    #[test]
+    fn every_template_resolves_to_itself() {
+        for r in ROUTES {
+            let path = r
+                .template
+                .replace("{id}", "e")
+                .replace("{user_id}", "u")
+                .replace('*', "x");
+            assert_eq!(route(&path), r, "{path}");
+        }
+    }
+}
