@@ -238,3 +238,17 @@ fn the_committed_spec_compiles_and_documents_health() {
         .expect("GET /health");
     refused(COMMITTED.check("GET", "/health", &json(200, "{}")), &["status"]);
 }
+
+/// YAML mapping keys are unique: a document that says a key twice (a status, a field) is read
+/// differently by different tools, and the harness sees only one of the two.
+#[test]
+fn the_committed_spec_says_each_key_once() {
+    let text = std::fs::read_to_string(common::gateway::repo().join("openapi.yaml")).expect("openapi.yaml");
+    if let Err(e) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+        panic!("openapi.yaml: {e}");
+    }
+    assert!(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("a: 1\na: 2\n").is_err(),
+        "the parser refuses a key said twice"
+    );
+}
