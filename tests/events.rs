@@ -246,6 +246,13 @@ fn assert_rejections(m: &Metrics, counts: &[(&str, f64)]) {
     assert_eq!(m.sum("events_rejected_total", &[]), total, "no other reason");
 }
 
+/// The `tracking_token` of a recommendation response and the items it showed, what events about
+/// that page carry.
+fn shown(response: &Value) -> (&str, Vec<String>) {
+    let token = response["tracking_token"].as_str().expect("tracking_token");
+    (token, item_ids(response))
+}
+
 /// One user of each arm of the home experiment (the first found among `1`, `2`, … whose list
 /// comes from the arm's model), with their responses. Every probe is a served recommendation:
 /// the returned count says how many were made per arm.
@@ -417,11 +424,7 @@ async fn tokens_name_what_was_served() {
 async fn accepted_events_count_for_the_token_arm() {
     let gw = TestGateway::demo().await;
     let ([control, treatment], _) = users_of_each_arm(&gw).await;
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
 
     let before = gw.scrape().await;
     for arm in ARMS {
@@ -593,11 +596,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         TestGateway::demo()
     );
     let ([control, treatment], _) = users_of_each_arm(&a).await;
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
 
     // B never served these users, yet credits A's tokens to their arms.
     let batch = [
@@ -1079,11 +1078,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
     }
     let reply = gw.get("/recommendations/42?placement=home&limit=0").await;
     assert_error(&reply, 400, Some("invalid_parameter"), "limit=0");
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
     let batch = [
         event("impression", ct, &ci[0]),
         event("click", ct, &ci[0]),
