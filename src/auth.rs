@@ -30,11 +30,11 @@ pub struct KeySettings {
 
 /// Who is calling: the key's name and role, or nobody when auth is off.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The key's name; `anonymous` when auth is off.
-    pub name: String,
+    pub(crate) name: String,
     /// The key's role; `Admin` for anonymous callers, who are limited by address instead.
-    pub role: Role,
+    pub(crate) role: Role,
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ struct Key {
 
 /// The configured keys.
 #[derive(Debug, Clone, Default)]
-pub struct Keys(Vec<Key>);
+pub(crate) struct Keys(Vec<Key>);
 
 /// The hex SHA-256 of a key, as settings hold it.
 pub fn hash_key(key: &str) -> String {
@@ -69,7 +69,7 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 impl Keys {
     /// Parses `auth.keys`, naming the first entry whose digest is not 64 hex digits.
-    pub fn new(settings: &[KeySettings]) -> Result<Self, String> {
+    pub(crate) fn new(settings: &[KeySettings]) -> Result<Self, String> {
         settings
             .iter()
             .enumerate()
@@ -87,13 +87,13 @@ impl Keys {
     }
 
     /// Whether no key is configured (auth off).
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The caller a presented key identifies. Every digest is compared, each in constant time,
     /// so the answer takes the same time whichever key (if any) matches.
-    pub fn check(&self, presented: &str) -> Option<Caller> {
+    pub(crate) fn check(&self, presented: &str) -> Option<Caller> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for key in &self.0 {

@@ -34,7 +34,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct ResultsSettings {
     /// Impressions an arm needs before its comparison is worth reading (`min_sample_reached`).
-    pub min_sample_size: u64,
+    pub(crate) min_sample_size: u64,
     /// Where counts and event claims live; empty (the default) means `cache.redis_url`. A
     /// cache wants `maxmemory-policy allkeys-lru`, and counts must never be evicted
     /// (`noeviction`), so a large deployment gives them a Redis of their own.
@@ -95,7 +95,7 @@ impl Default for ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ExperimentSettings {
     /// Folder of experiment TOML files and `placements.toml`.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// How often the folder is checked for changes.
     #[serde(deserialize_with = "duration")]
     pub reload_interval: Duration,
@@ -115,13 +115,13 @@ impl Default for ExperimentSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {
     /// Where relative model paths resolve: a folder, `file://…` or `hdfs://host:port/path`.
-    pub root: String,
+    pub(crate) root: String,
     /// How often each model's `_SUCCESS` marker is checked for a new version.
     #[serde(deserialize_with = "duration")]
-    pub refresh_interval: Duration,
+    pub(crate) refresh_interval: Duration,
     /// Store reads in flight at most; more wait their turn, so a burst of cold users cannot
     /// exhaust memory or file handles.
-    pub max_concurrent_reads: usize,
+    pub(crate) max_concurrent_reads: usize,
     /// Where each loaded version's serving snapshot is written and mapped; created at start.
     /// On local disk of the serving node: the point is to read no remote storage per lookup.
     pub snapshot_dir: PathBuf,
@@ -212,7 +212,7 @@ pub struct SettingsError(#[from] config::ConfigError);
 
 impl Settings {
     /// Layers defaults, the optional `file` and the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
         Self::load_from(file, std::env::vars())
     }
 
@@ -240,7 +240,7 @@ impl Settings {
     /// so does `Server::bind`, for settings built in code. Every duration setting is listed
     /// here, since a zero period panics inside the task that ticks on it (and stops it
     /// silently) and an absurd one overflows the clock arithmetic of timers.
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    pub(crate) fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |message: String| Err(SettingsError(config::ConfigError::Message(message)));
         let durations = [
             ("server.request_timeout", self.server.request_timeout),

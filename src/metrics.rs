@@ -82,39 +82,39 @@ pub struct Metrics {
 /// `cache_requests_total` handles, one per (tier, result) the cache can report.
 #[derive(Debug, Clone)]
 pub(crate) struct CacheCounters {
-    pub local_hit: IntCounter,
-    pub local_miss: IntCounter,
-    pub redis_hit: IntCounter,
-    pub redis_miss: IntCounter,
+    pub(crate) local_hit: IntCounter,
+    pub(crate) local_miss: IntCounter,
+    pub(crate) redis_hit: IntCounter,
+    pub(crate) redis_miss: IntCounter,
     /// The lookup failed (connection refused, protocol error) or its reply did not decode.
-    pub redis_error: IntCounter,
+    pub(crate) redis_error: IntCounter,
     /// The lookup did not answer within `cache.redis_timeout`.
-    pub redis_timeout: IntCounter,
+    pub(crate) redis_timeout: IntCounter,
     /// Redis was skipped because lookups failed recently (the breaker is open).
-    pub redis_skipped: IntCounter,
+    pub(crate) redis_skipped: IntCounter,
 }
 
 /// Served-traffic figures of one arm (or of everything), as `/stats` reports them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ArmTraffic {
+pub(crate) struct ArmTraffic {
     /// Placement label.
-    pub placement: String,
+    pub(crate) placement: String,
     /// Experiment label (`none` on the default).
-    pub experiment: String,
+    pub(crate) experiment: String,
     /// Arm label.
-    pub arm: String,
+    pub(crate) arm: String,
     /// Responses served.
-    pub recommendations: u64,
+    pub(crate) recommendations: u64,
     /// Served responses whose arm failed to read its model (answered by the default).
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Sum of response times of served responses, seconds.
-    pub latency_sum: f64,
+    pub(crate) latency_sum: f64,
     /// Number of timed responses.
-    pub latency_count: u64,
+    pub(crate) latency_count: u64,
     /// Accepted impressions.
-    pub impressions: u64,
+    pub(crate) impressions: u64,
     /// Accepted clicks.
-    pub clicks: u64,
+    pub(crate) clicks: u64,
 }
 
 impl ArmTraffic {
@@ -133,20 +133,20 @@ impl ArmTraffic {
     }
 
     /// Mean response time in seconds, `None` before the first response.
-    pub fn mean_response_time(&self) -> Option<f64> {
+    pub(crate) fn mean_response_time(&self) -> Option<f64> {
         (self.latency_count > 0).then(|| self.latency_sum / self.latency_count as f64)
     }
 }
 
 /// The `/stats` summary.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrafficSummary {
+pub(crate) struct TrafficSummary {
     /// Every arm added up.
-    pub overall: ArmTraffic,
+    pub(crate) overall: ArmTraffic,
     /// Recommendation requests that failed before serving (bad input, unknown placement, 503).
-    pub failed_requests: u64,
+    pub(crate) failed_requests: u64,
     /// Per placement, experiment and arm.
-    pub arms: Vec<ArmTraffic>,
+    pub(crate) arms: Vec<ArmTraffic>,
 }
 
 impl Default for Metrics {
@@ -326,7 +326,7 @@ impl Metrics {
     }
 
     /// Counts a request that failed before or instead of serving (`kind` is the error code).
-    pub fn request_failed(&self, endpoint: &str, placement: &str, kind: &str, elapsed: Duration) {
+    pub(crate) fn request_failed(&self, endpoint: &str, placement: &str, kind: &str, elapsed: Duration) {
         self.errors
             .with_label_values(&[endpoint, placement, NONE, NONE, kind])
             .inc();
@@ -334,7 +334,7 @@ impl Metrics {
     }
 
     /// Records the latency of a request to an endpoint that serves no arm.
-    pub fn observe(&self, endpoint: &str, placement: &str, elapsed: Duration) {
+    pub(crate) fn observe(&self, endpoint: &str, placement: &str, elapsed: Duration) {
         self.response_time
             .with_label_values(&[endpoint, placement, NONE, NONE])
             .observe(elapsed.as_secs_f64());
@@ -360,7 +360,7 @@ impl Metrics {
     }
 
     /// Counts an event `POST /events` refused.
-    pub fn event_rejected(&self, reason: &str) {
+    pub(crate) fn event_rejected(&self, reason: &str) {
         self.events_rejected.with_label_values(&[reason]).inc();
     }
 
@@ -400,7 +400,7 @@ impl Metrics {
     }
 
     /// The `/stats` summary, computed from the same registry `/metrics` exports.
-    pub fn traffic(&self) -> TrafficSummary {
+    pub(crate) fn traffic(&self) -> TrafficSummary {
         let mut arms: HashMap<[String; 3], ArmTraffic> = HashMap::new();
         let mut failed = 0u64;
         for family in self.registry.gather() {
@@ -463,7 +463,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");

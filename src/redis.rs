@@ -37,7 +37,7 @@ pub(crate) fn batch_deadline(redis_timeout: Duration) -> Duration {
 }
 
 /// Why the URL of a Redis could not be used.
-pub type RedisUrlError = RedisError;
+pub(crate) type RedisUrlError = RedisError;
 
 /// How a connection reaches Redis.
 enum Connection {
@@ -263,13 +263,13 @@ pub(crate) enum Failure {
 #[derive(Debug, Clone)]
 pub(crate) struct CommandCounters {
     /// Answered.
-    pub ok: IntCounter,
+    pub(crate) ok: IntCounter,
     /// Failed (refused, connection lost, reply not decoded).
-    pub error: IntCounter,
+    pub(crate) error: IntCounter,
     /// Past the deadline.
-    pub timeout: IntCounter,
+    pub(crate) timeout: IntCounter,
     /// Skipped by the breaker.
-    pub skipped: IntCounter,
+    pub(crate) skipped: IntCounter,
 }
 
 /// One caller's way to Redis.

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// An aligned table and a bar chart of CTR intervals.
     Table,
     /// The results as the API returns them.
@@ -18,14 +18,14 @@ pub enum Format {
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     /// The gateway could not be reached or answered with an error.
     #[error("{0}")]
     Http(String),
 }
 
 /// Fetches `/experiments/{experiment}/results` from `url` (with `key` as `X-API-Key`).
-pub async fn fetch(url: &str, experiment: &str, key: Option<&str>) -> Result<Value, ReportError> {
+pub(crate) async fn fetch(url: &str, experiment: &str, key: Option<&str>) -> Result<Value, ReportError> {
     let endpoint = format!("{}/experiments/{experiment}/results", url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().get(&endpoint);
     if let Some(key) = key {
@@ -67,7 +67,7 @@ fn count(v: &Value) -> String {
 }
 
 /// Renders fetched results in `format`.
-pub fn render(results: &Value, format: Format) -> String {
+pub(crate) fn render(results: &Value, format: Format) -> String {
     let arms = results["arms"].as_array().cloned().unwrap_or_default();
     match format {
         Format::Json => serde_json::to_string_pretty(results).unwrap_or_default() + "\n",

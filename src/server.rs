@@ -168,11 +168,6 @@ impl Server {
         self.local_addr
     }
 
-    /// The shared state, for embedding and tests.
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
-    }
-
     /// The HTTP application this server runs, for embedding it elsewhere (the fuzz targets).
     pub fn app(&self) -> impl poem::Endpoint + use<> {
         api::app(Arc::clone(&self.gateway), Arc::clone(&self.keys), self.request_timeout)

@@ -19,23 +19,25 @@ use crate::auth::Role;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// Stable machine-readable code, e.g. `invalid_user_id`, `unknown_placement`.
-    pub error: String,
+    pub(crate) error: String,
     /// What went wrong, for humans.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Errors the handlers return, with their statuses.
 #[derive(Debug, ApiResponse)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request is malformed: bad user id or parameter.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// The placement, experiment or route does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// No model can answer yet; retry later.
+    /// Something the answer needs cannot answer yet: no model has loaded for the placement, or
+    /// Redis, which counts events, did not answer and none of the batch was counted. Retry
+    /// later (a batch sent again with its `event_id`s is never counted twice).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -49,24 +51,24 @@ fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
 
 impl ApiError {
     /// The error code, for metrics.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         match self {
             ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => &body.error,
         }
     }
 
     /// 400 with a code and message.
-    pub fn bad_request(error: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(error: &str, message: impl Into<String>) -> Self {
         ApiError::BadRequest(body(error, message))
     }
 
     /// 404 with a code and message.
-    pub fn not_found(error: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(error: &str, message: impl Into<String>) -> Self {
         ApiError::NotFound(body(error, message))
     }
 
     /// 503 with a code and message.
-    pub fn unavailable(error: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(error: &str, message: impl Into<String>) -> Self {
         ApiError::Unavailable(body(error, message))
     }
 }
@@ -170,7 +172,7 @@ const LAYER_STATUSES: &[(u16, Concerns, &str)] = &[
 /// operations it concerns (unless the operation documents that status itself). The layers run
 /// outside poem-openapi, which therefore cannot see them; the route table says which operations
 /// need keys.
-pub(crate) struct Documented<A>(pub A);
+pub(crate) struct Documented<A>(pub(crate) A);
 
 impl<A: OpenApi> OpenApi for Documented<A> {
     fn meta() -> Vec<MetaApi> {

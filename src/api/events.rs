@@ -77,10 +77,6 @@ enum EventsResponse {
     /// More than 1000 events in one batch, or a body over 1 MiB.
     #[oai(status = 413)]
     TooLarge(Json<ErrorBody>),
-    /// Redis, which counts the events, did not answer and none was accepted: nothing was
-    /// counted that a retry would count again (with `event_id`s a retry is always safe).
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
 }
 
 #[OpenApi(tag = "ApiTags::Recommendations")]
@@ -128,13 +124,13 @@ impl EventsApi {
             .collect();
         let unavailable = results.iter().filter(|r| **r == Err(Rejection::Unavailable)).count();
         if unavailable > 0 && rejections.len() == results.len() {
-            return Ok(EventsResponse::Unavailable(Json(ErrorBody {
-                error: "counts_unavailable".into(),
-                message: format!(
+            return Err(ApiError::unavailable(
+                "counts_unavailable",
+                format!(
                     "the results store did not answer for {unavailable} of {} events; none was counted, send the batch again later",
                     results.len()
                 ),
-            })));
+            ));
         }
         Ok(EventsResponse::Accepted(Json(EventsOutcome {
             accepted: (results.len() - rejections.len()) as u32,

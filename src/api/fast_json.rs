@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// `application/json` written by serde; `T`'s serde field names must match its `Object` names.
 #[derive(Debug)]
-pub(crate) struct FastJson<T>(pub T);
+pub(crate) struct FastJson<T>(pub(crate) T);
 
 impl<T: Type> Payload for FastJson<T> {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";

@@ -28,7 +28,6 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use error::Documented;
-pub use error::{ApiError, ErrorBody};
 pub use routes::{ROUTES, RouteInfo, route};
 pub(crate) use uri_limit::JsonUriTooLong;
 
@@ -67,13 +66,13 @@ pub(crate) fn service() -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document as YAML: what `recgw openapi` prints and `openapi.yaml` holds.
-pub fn spec_yaml() -> String {
+pub(crate) fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
 /// The whole HTTP application over `gateway`, open to the callers `keys` admit; requests running
 /// longer than `timeout` get 504 (408 while their body has not arrived).
-pub fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration) -> impl Endpoint {
+pub(crate) fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration) -> impl Endpoint {
     let for_metrics = Arc::clone(&gateway);
     let service = service();
     let docs = service.swagger_ui();

@@ -96,7 +96,7 @@ pub static ROUTES: &[RouteInfo] = &[
 
 /// What a path that matches no route goes by: open, so an unknown path answers 404 to anyone
 /// rather than revealing through 401 which prefixes exist.
-pub static OTHER: RouteInfo = RouteInfo {
+pub(crate) static OTHER: RouteInfo = RouteInfo {
     template: "other",
     label: "other",
     role: None,
@@ -115,12 +115,8 @@ fn matches(template: &str, path: &str) -> bool {
         match (expected, path.next()) {
             ("*", _) => return true,
             (_, None) => return false,
-            (e, Some(got)) if e.starts_with('{') => {
-                if got.is_empty() {
-                    return false;
-                }
-            }
-            (e, Some(got)) if e != got => return false,
+            (e, Some(got)) if e.starts_with('{') && got.is_empty() => return false,
+            (e, Some(got)) if !e.starts_with('{') && e != got => return false,
             _ => {}
         }
     }
@@ -184,6 +180,21 @@ mod tests {
         let served = ROUTES.iter().filter(|r| paths.contains_key(r.template)).count();
         // `/openapi.json` and `/docs/*` serve the document itself and are not in it.
         assert_eq!(served, ROUTES.len() - 2);
+    }
+
+    /// A status listed twice on an operation is a duplicate key in the YAML document, which
+    /// code generators refuse.
+    #[test]
+    fn no_operation_lists_a_status_twice() {
+        use poem_openapi::OpenApi;
+        for path in <crate::api::Apis as OpenApi>::meta().iter().flat_map(|api| &api.paths) {
+            for operation in &path.operations {
+                let mut statuses: Vec<_> = operation.responses.responses.iter().map(|r| r.status).collect();
+                let listed = statuses.len();
+                statuses.dedup();
+                assert_eq!(statuses.len(), listed, "{} {}", operation.method, path.path);
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ const CHANNEL: &str = "recgw:invalidate";
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
+pub(crate) enum Tier {
     /// This process's memory.
     Local,
     /// Redis.
@@ -99,7 +99,7 @@ impl Generations {
 
 /// Both tiers, the generations and the counters.
 #[derive(Debug)]
-pub struct TieredCache {
+pub(crate) struct TieredCache {
     /// The in-process tier (also the coalescer of concurrent misses).
     local: Moka<String, Cached>,
     /// Whether `local` is used for hits (`cache.local_capacity > 0`).
@@ -168,7 +168,7 @@ impl TieredCache {
 
     /// The list of `user` in `model` (a loaded version of the model at `location`), from the
     /// nearest tier that has it; `ttl` overrides `cache.ttl` (an arm's `cache_ttl`).
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         location: &str,
         model: &LoadedModel,
@@ -268,7 +268,7 @@ impl TieredCache {
     /// and publishes it. An operator asked for it, so Redis is tried even when a recent poll
     /// failed and the invalidation client's breaker is still backing off. Returns the new generation and whether other replicas were told
     /// (false without Redis, or when Redis did not answer: then only this replica forgets).
-    pub async fn invalidate(&self, model: &str) -> (u64, bool) {
+    pub(crate) async fn invalidate(&self, model: &str) -> (u64, bool) {
         let local = self.generations.get(model);
         if let Some(redis) = &self.invalidation
             && let Ok(mut generation) = redis
@@ -313,14 +313,14 @@ impl TieredCache {
 
     /// Starts keying lists of `models` (new in a reloaded catalog) by their generation, which
     /// is read from Redis at once so this replica agrees with the others.
-    pub async fn track(&self, models: impl IntoIterator<Item = String>) {
+    pub(crate) async fn track(&self, models: impl IntoIterator<Item = String>) {
         self.generations.track(models);
         self.poll_generations().await;
     }
 
     /// Starts the replica side of invalidation: a subscriber applying published generations,
     /// and a poll every `interval` that catches up on messages missed while disconnected.
-    pub fn spawn_sync(self: &Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_sync(self: &Arc<Self>, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
         let Some(redis) = &self.invalidation else {
             return Vec::new();
         };

@@ -6,21 +6,20 @@ use std::time::SystemTime;
 
 use super::bucket::bucket;
 use super::{Arm, Catalog, Experiment, Placement};
-use crate::store::ModelSpec;
 
 /// Where a user landed and why; borrowed from the catalog so the hot path copies nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct Assignment<'c> {
     /// The placement asked for.
-    pub placement: &'c Placement,
+    pub(crate) placement: &'c Placement,
     /// The covering experiment, `None` for users on the placement default.
-    pub experiment: Option<&'c Arc<Experiment>>,
+    pub(crate) experiment: Option<&'c Arc<Experiment>>,
     /// The arm served, `None` for the placement default.
-    pub arm: Option<&'c Arm>,
+    pub(crate) arm: Option<&'c Arm>,
     /// True for QA overrides, which are never counted in results.
-    pub forced: bool,
+    pub(crate) forced: bool,
     /// The buckets that decided it, for `recgw assign` and the assignment endpoint.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
 }
 
 /// Why an assignment came out the way it did.
@@ -48,18 +47,13 @@ pub enum Reason {
 }
 
 impl<'c> Assignment<'c> {
-    /// The model to serve: the arm's, or the placement default.
-    pub fn model(&self) -> &'c ModelSpec {
-        self.arm.map_or(&self.placement.default_model, |arm| &arm.model)
-    }
-
     /// Arm name for responses and labels; `"default"` when no experiment covers the user.
     pub fn arm_name(&self) -> &'c str {
         self.arm.map_or("default", |arm| arm.name.as_str())
     }
 
     /// Whether this exposure belongs in the experiment's results: overrides and winners do not.
-    pub fn counted(&self) -> bool {
+    pub(crate) fn counted(&self) -> bool {
         matches!(self.reason, Reason::Covered { .. })
     }
 }
@@ -74,7 +68,7 @@ impl Catalog {
 
 impl Placement {
     /// Steps 1–3 of §3.1 for one user.
-    pub fn assign(&self, user: &str, now: SystemTime) -> Assignment<'_> {
+    pub(crate) fn assign(&self, user: &str, now: SystemTime) -> Assignment<'_> {
         let base = Assignment {
             placement: self,
             experiment: None,
@@ -132,17 +126,17 @@ impl Placement {
 #[derive(Debug, Clone, Copy)]
 pub struct Explanation<'c> {
     /// The experiment asked about.
-    pub experiment: &'c Arc<Experiment>,
+    pub(crate) experiment: &'c Arc<Experiment>,
     /// What the placement actually serves the user.
     pub served: Assignment<'c>,
     /// Whether `served` is this experiment.
     pub in_experiment: bool,
     /// `B("placement:" + p, u)`.
-    pub placement_bucket: u16,
+    pub(crate) placement_bucket: u16,
     /// `B(salt, u)` for this experiment.
     pub arm_bucket: u16,
     /// The arm `arm_bucket` falls in, whether or not the user is in the slice.
-    pub arm_for_bucket: &'c Arm,
+    pub(crate) arm_for_bucket: &'c Arm,
 }
 
 impl Catalog {
@@ -165,7 +159,7 @@ impl Catalog {
 
 impl Explanation<'_> {
     /// The decision in words.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let e = self.experiment;
         let slice = format!("[{}, {})", e.slice.start, e.slice.end);
         if let (false, Some(other)) = (self.in_experiment, self.served.experiment) {
@@ -353,7 +347,8 @@ pub(crate) mod tests {
         let catalog = catalog(&[]).expect("valid");
         assert!(catalog.assign("nowhere", "42", now()).is_none());
         let a = catalog.assign("home", "42", now()).expect("placement");
-        assert_eq!(a.model().location, "popular");
+        assert!(a.arm.is_none());
+        assert_eq!(a.placement.default_model.location, "popular");
         assert_eq!(a.reason, Reason::Uncovered { placement_bucket: 9211 });
     }
 }

@@ -23,7 +23,7 @@ pub fn bucket(salt: &str, user: &str) -> u16 {
 
 /// Converts a percentage written in TOML (`50.0`, `33.33`) to whole basis points, rounding half
 /// away from zero as §3.1 specifies; callers validate the range first.
-pub fn percent_to_bp(percent: f64) -> u16 {
+pub(crate) fn percent_to_bp(percent: f64) -> u16 {
     (percent * 100.0).round().clamp(0.0, f64::from(BUCKETS)) as u16
 }
 

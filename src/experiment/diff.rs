@@ -18,13 +18,13 @@ use super::{Catalog, Experiment, Status};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmChange {
     /// The experiment id, present in either catalog.
-    pub experiment: String,
+    pub(crate) experiment: String,
     /// Its placement (the new one when it moved).
-    pub placement: String,
+    pub(crate) placement: String,
     /// Placement basis points (of 10,000) whose arm changes.
-    pub changed_bp: f64,
+    pub(crate) changed_bp: f64,
     /// True when `changed_bp` is an expectation (salt changed or a winner involved).
-    pub expected: bool,
+    pub(crate) expected: bool,
 }
 
 /// What an experiment does to its placement's buckets, reduced to what decides the arm.

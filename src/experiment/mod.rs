@@ -39,7 +39,7 @@ pub struct Catalog {
 #[derive(Debug)]
 pub struct Placement {
     /// The name clients pass as `placement=`.
-    pub name: String,
+    pub(crate) name: String,
     /// Served to users no experiment covers and whenever an arm cannot answer.
     pub default_model: ModelSpec,
     /// `"placement:" + name`, the salt of the slice hash, built once instead of per request.
@@ -56,7 +56,7 @@ pub struct Experiment {
     /// Placement it splits.
     pub placement: String,
     /// Free text for humans.
-    pub description: String,
+    pub(crate) description: String,
     /// Contact.
     pub owner: String,
     /// Lifecycle state.
@@ -157,7 +157,7 @@ impl Catalog {
     }
 
     /// Every placement, by name.
-    pub fn placements(&self) -> impl Iterator<Item = &Placement> {
+    pub(crate) fn placements(&self) -> impl Iterator<Item = &Placement> {
         self.placements.values()
     }
 
@@ -186,7 +186,7 @@ impl Catalog {
     /// experiment inside its schedule, the winner of a completed one. Readiness waits for these
     /// only; a draft's or a paused experiment's model (QA overrides aside) serves nobody, and a
     /// typo in one must not take every replica out of the load balancer.
-    pub fn serving_models(&self, t: SystemTime) -> Vec<ModelSpec> {
+    pub(crate) fn serving_models(&self, t: SystemTime) -> Vec<ModelSpec> {
         self.models_of(|e| match e.winner {
             _ if !e.active_at(t) => &[],
             Some(winner) => std::slice::from_ref(&e.arms[winner]),
@@ -211,7 +211,7 @@ impl Catalog {
 
 impl Placement {
     /// `B("placement:" + name, user)`: which part of the placement's traffic the user is in.
-    pub fn slice_bucket(&self, user: &str) -> u16 {
+    pub(crate) fn slice_bucket(&self, user: &str) -> u16 {
         bucket(&self.slice_salt, user)
     }
 
@@ -223,7 +223,7 @@ impl Placement {
 
 impl Experiment {
     /// Whether `t` lies inside `[start, end)`.
-    pub fn scheduled_at(&self, t: SystemTime) -> bool {
+    pub(crate) fn scheduled_at(&self, t: SystemTime) -> bool {
         self.start.is_none_or(|s| s <= t) && self.end.is_none_or(|e| t < e)
     }
 
@@ -238,7 +238,7 @@ impl Experiment {
     }
 
     /// The arm owning arm bucket `ab`; weights sum to exactly [`BUCKETS`], so one always does.
-    pub fn arm_for_bucket(&self, ab: u16) -> &Arm {
+    pub(crate) fn arm_for_bucket(&self, ab: u16) -> &Arm {
         self.arms
             .iter()
             .find(|arm| arm.buckets.contains(&ab))

@@ -12,7 +12,7 @@ use crate::store::ColumnNames;
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlacementsFile {
     /// Placement name → its settings; a `BTreeMap` keeps listings and errors in a stable order.
-    pub placements: BTreeMap<String, PlacementSpec>,
+    pub(crate) placements: BTreeMap<String, PlacementSpec>,
 }
 
 /// One placement as written in `placements.toml`.
@@ -21,10 +21,10 @@ pub(crate) struct PlacementsFile {
 pub(crate) struct PlacementSpec {
     /// Served to users no experiment covers, to users missing from their arm's model, and while
     /// an arm's model is not loaded yet.
-    pub default_model: String,
+    pub(crate) default_model: String,
     /// Column-name overrides for the default model when it is not in Spark's default naming.
     #[serde(default)]
-    pub default_columns: ColumnNames,
+    pub(crate) default_columns: ColumnNames,
 }
 
 /// Lifecycle of an experiment; only `running` ones take traffic (and `completed` ones that name
@@ -59,33 +59,33 @@ impl Status {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExperimentSpec {
     /// Stable identifier used in URLs, metrics and the default salt.
-    pub id: String,
+    pub(crate) id: String,
     /// The placement whose users this experiment splits.
-    pub placement: String,
+    pub(crate) placement: String,
     /// Free text for the people reading `/experiments`.
     #[serde(default)]
-    pub description: String,
+    pub(crate) description: String,
     /// Who to ask about this experiment.
     #[serde(default)]
-    pub owner: String,
+    pub(crate) owner: String,
     /// Whether it takes traffic now.
-    pub status: Status,
+    pub(crate) status: Status,
     /// Optional start of the schedule (inclusive).
-    pub start: Option<toml::value::Datetime>,
+    pub(crate) start: Option<toml::value::Datetime>,
     /// Optional end of the schedule (exclusive).
-    pub end: Option<toml::value::Datetime>,
+    pub(crate) end: Option<toml::value::Datetime>,
     /// Slice of the placement's users, in percent.
     #[serde(default = "full_traffic")]
-    pub traffic: [f64; 2],
+    pub(crate) traffic: [f64; 2],
     /// Seed of the arm hash; defaults to the id so renaming nothing moves nobody.
-    pub salt: Option<String>,
+    pub(crate) salt: Option<String>,
     /// With `status = "completed"`: the arm the slice keeps being served.
-    pub winner: Option<String>,
+    pub(crate) winner: Option<String>,
     /// The variants, the first being the control.
-    pub arms: Vec<ArmSpec>,
+    pub(crate) arms: Vec<ArmSpec>,
     /// QA users forced into an arm, never counted in results.
     #[serde(default)]
-    pub overrides: BTreeMap<String, String>,
+    pub(crate) overrides: BTreeMap<String, String>,
 }
 
 fn full_traffic() -> [f64; 2] {
@@ -97,16 +97,16 @@ fn full_traffic() -> [f64; 2] {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ArmSpec {
     /// Name shown in responses, metrics and results.
-    pub name: String,
+    pub(crate) name: String,
     /// Share of the experiment's slice, in percent.
-    pub weight: f64,
+    pub(crate) weight: f64,
     /// Model output path under `models.root`, or a full URI.
-    pub model: String,
+    pub(crate) model: String,
     /// Overrides `cache.ttl` for this arm's lists (humantime, e.g. `30m`).
-    pub cache_ttl: Option<String>,
+    pub(crate) cache_ttl: Option<String>,
     /// Column names when the model does not use Spark's defaults.
     #[serde(default)]
-    pub columns: ColumnNames,
+    pub(crate) columns: ColumnNames,
     /// `false` keeps the model on page reads instead of a serving snapshot.
-    pub snapshot: Option<bool>,
+    pub(crate) snapshot: Option<bool>,
 }

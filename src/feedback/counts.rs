@@ -78,7 +78,7 @@ return 1
 
 /// What an event counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
+pub(crate) enum Count {
     /// An accepted impression event.
     Impression,
     /// An accepted click event.
@@ -87,17 +87,17 @@ pub enum Count {
 
 /// Totals of one arm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ArmCounts {
+pub(crate) struct ArmCounts {
     /// Responses served.
-    pub exposures: u64,
+    pub(crate) exposures: u64,
     /// Distinct users served (HyperLogLog, ±0.81%).
-    pub users: u64,
+    pub(crate) users: u64,
     /// Impressions.
-    pub impressions: u64,
+    pub(crate) impressions: u64,
     /// Clicks.
-    pub clicks: u64,
+    pub(crate) clicks: u64,
     /// Distinct users who clicked (HyperLogLog, ±0.81%).
-    pub clickers: u64,
+    pub(crate) clickers: u64,
 }
 
 /// `recgw:results:{experiment}:{arm}`, the counters hash of an arm; its HyperLogLogs add
@@ -142,12 +142,18 @@ impl ArmCounter {
     fn totals(&self) -> ArmCounts {
         ArmCounts {
             exposures: self.exposures.load(Ordering::Relaxed),
-            users: self.users.count() as u64,
+            users: estimate(&self.users),
             impressions: self.impressions.load(Ordering::Relaxed),
             clicks: self.clicks.load(Ordering::Relaxed),
-            clickers: self.clickers.count() as u64,
+            clickers: estimate(&self.clickers),
         }
     }
+}
+
+/// The distinct count of `sketch`, rounded to the nearest integer as Redis's `PFCOUNT` rounds it
+/// (`count()` truncates: one user's estimate of 0.99… would read 0 here and 1 from Redis).
+fn estimate(sketch: &AtomicHyperLogLog) -> u64 {
+    sketch.raw_count().round() as u64
 }
 
 /// Redis's dense HyperLogLog string of `sketch`: `HYLL`, encoding 0 (dense), the cached
@@ -183,7 +189,7 @@ struct Batch {
 
 /// The counters and where they go.
 #[derive(Debug)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Where counts are kept; `None` keeps them in this process only.
     redis: Option<RedisClient>,
     /// Names this process's applied-sequence keys: random per start, so a restarted replica
@@ -227,12 +233,12 @@ impl Tally {
     }
 
     /// Impressions an arm needs before its comparison is worth reading.
-    pub fn min_sample_size(&self) -> u64 {
+    pub(crate) fn min_sample_size(&self) -> u64 {
         self.min_sample_size
     }
 
     /// Whether the counts are shared through Redis (else they are this process's only).
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         self.redis.is_some()
     }
 
@@ -304,7 +310,7 @@ impl Tally {
     /// confirm stays for the next flush, unchanged. Returns whether nothing is left waiting.
     /// With `drain_until` (the shutdown drain), Redis is tried even in the breaker's backoff
     /// window, and no script waits past that instant.
-    pub async fn flush(&self, drain_until: Option<tokio::time::Instant>) -> bool {
+    pub(crate) async fn flush(&self, drain_until: Option<tokio::time::Instant>) -> bool {
         let Some(redis) = &self.redis else {
             return true;
         };
@@ -360,7 +366,7 @@ impl Tally {
 
     /// Flushes until nothing waits or `deadline` passes (a graceful shutdown); each try goes
     /// past the breaker, and a failed one is retried.
-    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) -> bool {
         loop {
             if self.flush(Some(deadline)).await && self.depth.get() == 0 {
                 return true;
@@ -373,7 +379,7 @@ impl Tally {
     }
 
     /// Flushes every second.
-    pub fn spawn_flushing(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_flushing(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         self.redis.as_ref()?;
         let tally = Arc::downgrade(self);
         Some(tokio::spawn(async move {
@@ -390,7 +396,7 @@ impl Tally {
 
     /// The totals of `arms` of `experiment`, from Redis (every replica's flushed counts) or
     /// from this process; `None` when Redis does not answer.
-    pub async fn read(&self, experiment: &str, arms: &[&str]) -> Option<Vec<ArmCounts>> {
+    pub(crate) async fn read(&self, experiment: &str, arms: &[&str]) -> Option<Vec<ArmCounts>> {
         let Some(redis) = &self.redis else {
             return Some(arms.iter().map(|arm| self.arm(experiment, arm).totals()).collect());
         };
@@ -429,6 +435,22 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Small counts are exact, as `PFCOUNT` reports them for the same users.
+    #[test]
+    fn small_distinct_counts_are_exact() {
+        let counter = ArmCounter::new();
+        for (users, repeats) in [(1u64, 2), (2, 3), (10, 1), (100, 2)] {
+            let counter_users = sketch();
+            for _ in 0..repeats {
+                for user in 0..users {
+                    counter_users.insert(&user.to_string());
+                }
+            }
+            assert_eq!(estimate(&counter_users), users, "{users} users seen {repeats} times");
+        }
+        assert_eq!(counter.totals().users, 0);
+    }
 
     #[test]
     fn dense_registers_are_packed_as_redis_lays_them_out() {

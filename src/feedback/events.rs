@@ -81,7 +81,7 @@ return out
 
 /// What happened to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// The item was shown.
     Impression,
     /// The item was clicked.
@@ -106,21 +106,21 @@ impl EventKind {
 
 /// One event as the client sent it.
 #[derive(Debug, Clone, Copy)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     /// `impression` or `click`.
-    pub kind: &'a str,
+    pub(crate) kind: &'a str,
     /// The `tracking_token` of the response that showed the item.
-    pub token: &'a str,
+    pub(crate) token: &'a str,
     /// The item.
-    pub item_id: &'a str,
+    pub(crate) item_id: &'a str,
     /// Client-chosen id: an event sent again with the same id is answered accepted without
     /// being counted twice.
-    pub event_id: Option<&'a str>,
+    pub(crate) event_id: Option<&'a str>,
 }
 
 /// Why an event was refused; `as_str` is the reason reported to the client and in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The token failed verification.
     Token(TokenError),
     /// `type` is neither `impression` nor `click`.
@@ -141,7 +141,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection, so each reason's counter exists from the start.
-    pub const ALL: [Rejection; 10] = [
+    pub(crate) const ALL: [Rejection; 10] = [
         Rejection::Token(TokenError::Malformed),
         Rejection::Token(TokenError::BadSignature),
         Rejection::Token(TokenError::Expired),
@@ -155,7 +155,7 @@ impl Rejection {
     ];
 
     /// The reason code.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::Token(TokenError::Malformed) => "malformed_token",
             Rejection::Token(TokenError::BadSignature) => "bad_signature",
@@ -173,13 +173,13 @@ impl Rejection {
 
 /// An accepted event.
 #[derive(Debug, Clone)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// What its token says.
-    pub claims: Claims,
+    pub(crate) claims: Claims,
     /// Impression or click.
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// Counted by this request; false for a retry of an event counted before.
-    pub fresh: bool,
+    pub(crate) fresh: bool,
 }
 
 /// An event that passed the checks, waiting for its claim.
@@ -212,7 +212,7 @@ impl Checked {
 
 /// Verifies, deduplicates and (with the counts) records events.
 #[derive(Debug)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     /// Verifies tracking tokens (and signs them for responses).
     signer: Signer,
     /// Where claims and counts go when Redis is configured.
@@ -246,7 +246,7 @@ impl EventLog {
     }
 
     /// The signer, for issuing tokens with responses.
-    pub fn signer(&self) -> &Signer {
+    pub(crate) fn signer(&self) -> &Signer {
         &self.signer
     }
 
@@ -287,7 +287,7 @@ impl EventLog {
 
     /// Checks a batch and claims every event that passes: in Redis when configured (counting
     /// it there in the same script), else in this process (counting it in `tally`).
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         events: &[Event<'_>],
         now: SystemTime,

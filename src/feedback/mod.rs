@@ -3,8 +3,8 @@
 //! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests and
 //! [`results`] turns the counts into what an analyst reads.
 
-pub mod counts;
-pub mod events;
-pub mod results;
-pub mod significance;
+pub(crate) mod counts;
+pub(crate) mod events;
+pub(crate) mod results;
+pub(crate) mod significance;
 pub mod token;

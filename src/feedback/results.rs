@@ -10,54 +10,54 @@ use crate::feedback::counts::{ArmCounts, Tally};
 use crate::feedback::significance::{self, Interval, Lift};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
-pub const SRM_THRESHOLD: f64 = 0.001;
+pub(crate) const SRM_THRESHOLD: f64 = 0.001;
 
 /// One arm's results.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ArmResults {
+pub(crate) struct ArmResults {
     /// Arm name.
-    pub name: String,
+    pub(crate) name: String,
     /// Configured share, percent.
-    pub weight: f64,
+    pub(crate) weight: f64,
     /// Whether this is the control (the first arm).
-    pub control: bool,
+    pub(crate) control: bool,
     /// The counts.
-    pub counts: ArmCounts,
+    pub(crate) counts: ArmCounts,
     /// Clicks / impressions.
-    pub ctr: Result<f64, &'static str>,
+    pub(crate) ctr: Result<f64, &'static str>,
     /// 95% Wilson interval of the CTR.
-    pub ctr_interval: Result<Interval, &'static str>,
+    pub(crate) ctr_interval: Result<Interval, &'static str>,
     /// Relative lift over the control (`Err` for the control itself).
-    pub lift: Result<Lift, &'static str>,
+    pub(crate) lift: Result<Lift, &'static str>,
     /// Two-sided two-proportion z-test against the control.
-    pub p_value: Result<f64, &'static str>,
+    pub(crate) p_value: Result<f64, &'static str>,
     /// Whether the arm has `min_sample_size` impressions.
-    pub min_sample_reached: bool,
+    pub(crate) min_sample_reached: bool,
 }
 
 /// An experiment's results.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExperimentResults {
+pub(crate) struct ExperimentResults {
     /// Experiment id.
-    pub experiment: String,
+    pub(crate) experiment: String,
     /// Lifecycle state.
-    pub status: Status,
+    pub(crate) status: Status,
     /// Seconds since the schedule started (`Err` without a `start`).
-    pub age_seconds: Result<u64, &'static str>,
+    pub(crate) age_seconds: Result<u64, &'static str>,
     /// Whether the counts are shared by every replica (Redis) or this process's only.
-    pub shared: bool,
+    pub(crate) shared: bool,
     /// Chi-square p-value of distinct users per arm against the weights.
-    pub srm_p_value: Result<f64, &'static str>,
+    pub(crate) srm_p_value: Result<f64, &'static str>,
     /// `srm_p_value < 0.001`: the split is broken, the comparison untrustworthy.
-    pub srm_detected: bool,
+    pub(crate) srm_detected: bool,
     /// Impressions each arm needs before its comparison is worth reading.
-    pub min_sample_size: u64,
+    pub(crate) min_sample_size: u64,
     /// Arms, control first.
-    pub arms: Vec<ArmResults>,
+    pub(crate) arms: Vec<ArmResults>,
 }
 
 /// Computes the results of `experiment`; `None` when the counts cannot be read (Redis down).
-pub async fn compute(experiment: &Experiment, tally: &Tally) -> Option<ExperimentResults> {
+pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<ExperimentResults> {
     let names: Vec<&str> = experiment.arms.iter().map(|a| a.name.as_str()).collect();
     let counts = tally.read(&experiment.id, &names).await?;
     Some(from_counts(
@@ -70,7 +70,7 @@ pub async fn compute(experiment: &Experiment, tally: &Tally) -> Option<Experimen
 }
 
 /// The statistics of already-read counts (one per arm, in arm order).
-pub fn from_counts(
+pub(crate) fn from_counts(
     experiment: &Experiment,
     counts: &[ArmCounts],
     shared: bool,

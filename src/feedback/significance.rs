@@ -13,19 +13,19 @@
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
 
 /// The 0.975 quantile of the standard normal: two-sided 95%.
-pub const Z95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// A two-sided interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// Lower bound.
-    pub low: f64,
+    pub(crate) low: f64,
     /// Upper bound.
-    pub high: f64,
+    pub(crate) high: f64,
 }
 
 /// The Wilson score interval (95%) of `successes` in `trials`.
-pub fn wilson(successes: u64, trials: u64) -> Result<Interval, &'static str> {
+pub(crate) fn wilson(successes: u64, trials: u64) -> Result<Interval, &'static str> {
     if trials == 0 {
         return Err("no impressions");
     }
@@ -45,7 +45,7 @@ fn standard_normal() -> Normal {
 }
 
 /// Two-sided p-value of the pooled two-proportion z-test of `c1/n1` against `c0/n0`.
-pub fn two_proportion_p(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<f64, &'static str> {
+pub(crate) fn two_proportion_p(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<f64, &'static str> {
     if n1 == 0 || n0 == 0 {
         return Err("an arm has no impressions");
     }
@@ -61,15 +61,15 @@ pub fn two_proportion_p(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<f64, &'sta
 
 /// Relative lift of `c1/n1` over `c0/n0` and its 95% interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lift {
+pub(crate) struct Lift {
     /// `ctr₁ / ctr₀ − 1`.
-    pub value: f64,
+    pub(crate) value: f64,
     /// Delta-method interval on the log ratio; `Err` when an arm has no clicks.
-    pub interval: Result<Interval, &'static str>,
+    pub(crate) interval: Result<Interval, &'static str>,
 }
 
 /// The relative lift of an arm over the control.
-pub fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, &'static str> {
+pub(crate) fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, &'static str> {
     if n1 == 0 || n0 == 0 {
         return Err("an arm has no impressions");
     }
@@ -92,7 +92,7 @@ pub fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, &'stati
 }
 
 /// p-value of the chi-square test of `observed` users per arm against `weights` (any scale).
-pub fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &'static str> {
+pub(crate) fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &'static str> {
     if observed.len() < 2 || observed.len() != weights.len() {
         return Err("needs at least two arms");
     }

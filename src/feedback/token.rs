@@ -57,7 +57,7 @@ pub struct Claims {
 /// sharing a tag (about one page in 10^8 of 10 items) share one position, so the second cannot
 /// be credited; a forger who finds an id colliding with a served item can only stand in for
 /// that item, whose position counts once anyway.
-pub fn item_tag(item: &str) -> u32 {
+pub(crate) fn item_tag(item: &str) -> u32 {
     let digest = Sha256::digest(item.as_bytes());
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
@@ -71,12 +71,12 @@ mod tags {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(tags: &[u32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(tags: &[u32], serializer: S) -> Result<S::Ok, S::Error> {
         let bytes: Vec<u8> = tags.iter().flat_map(|t| t.to_be_bytes()).collect();
         serializer.serialize_str(&URL_SAFE_NO_PAD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
         let text = Cow::<str>::deserialize(deserializer)?;
         let bytes = URL_SAFE_NO_PAD.decode(text.as_bytes()).map_err(D::Error::custom)?;
         if bytes.len() % 4 != 0 {
@@ -91,7 +91,7 @@ mod tags {
 
 /// What identifies one token among all others: the first 12 bytes of its signature (distinct
 /// claims give independent tags, so a collision needs 2^48 tokens alive at once).
-pub type TokenId = [u8; 12];
+pub(crate) type TokenId = [u8; 12];
 
 /// Why a token was refused; the name is the reason `POST /events` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -125,7 +125,7 @@ impl std::fmt::Debug for Signer {
 }
 
 /// A fresh token nonce: a random per-process prefix in the high half, a counter in the low.
-pub fn next_nonce() -> u64 {
+pub(crate) fn next_nonce() -> u64 {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let prefix = *PREFIX.get_or_init(|| u64::from(getrandom::u32().unwrap_or_else(|_| std::process::id())) << 32);
@@ -133,7 +133,7 @@ pub fn next_nonce() -> u64 {
 }
 
 /// Unix seconds of `t` (0 before the epoch, which only a broken clock produces).
-pub fn unix_seconds(t: SystemTime) -> u64 {
+pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -197,7 +197,7 @@ impl Signer {
     }
 
     /// How long tokens are accepted.
-    pub fn max_age(&self) -> Duration {
+    pub(crate) fn max_age(&self) -> Duration {
         self.max_age
     }
 }

@@ -14,7 +14,7 @@ use crate::metrics::{Metrics, NONE};
 
 /// Pre-resolved handles of one (placement, experiment, arm).
 #[derive(Debug, Clone)]
-pub struct ArmMetrics {
+pub(crate) struct ArmMetrics {
     /// `recommendations_total`.
     recommendations: IntCounter,
     /// `response_time_seconds{endpoint="recommendations"}`.
@@ -59,7 +59,7 @@ impl ArmMetrics {
     }
 
     /// Counts one served response of `items` items that took `elapsed`.
-    pub fn served(&self, items: usize, fallback: Option<FallbackReason>, elapsed: Duration) {
+    pub(crate) fn served(&self, items: usize, fallback: Option<FallbackReason>, elapsed: Duration) {
         self.recommendations.inc();
         self.items.inc_by(items as u64);
         self.latency.observe(elapsed.as_secs_f64());
@@ -72,12 +72,12 @@ impl ArmMetrics {
     }
 
     /// Counts an accepted impression.
-    pub fn impression(&self) {
+    pub(crate) fn impression(&self) {
         self.impressions.inc();
     }
 
     /// Counts an accepted click.
-    pub fn click(&self) {
+    pub(crate) fn click(&self) {
         self.clicks.inc();
     }
 }

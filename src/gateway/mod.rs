@@ -21,7 +21,7 @@ use crate::redis::Health;
 
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 use arm_metrics::ArmIndex;
-pub use arm_metrics::ArmMetrics;
+pub(crate) use arm_metrics::ArmMetrics;
 
 /// Exposure counters of the catalog in force, by experiment id: the experiment they were
 /// resolved for (a request may still hold the catalog before a swap) and one per arm, in arm
@@ -30,7 +30,7 @@ type Counters = HashMap<String, (Arc<Experiment>, Vec<Arc<ArmCounter>>)>;
 
 /// Shared state of a running gateway.
 #[derive(Debug)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     /// The experiment set in force; each request reads one snapshot of it.
     catalog: ArcSwap<Catalog>,
     /// Loaded model versions.
@@ -62,17 +62,17 @@ pub struct Gateway {
 #[derive(Debug)]
 pub(crate) struct Parts {
     /// Model slots of the catalog.
-    pub models: Arc<ModelRegistry>,
+    pub(crate) models: Arc<ModelRegistry>,
     /// Cache tiers.
-    pub cache: Arc<TieredCache>,
+    pub(crate) cache: Arc<TieredCache>,
     /// Metric families.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Token signing and event deduplication.
-    pub events: EventLog,
+    pub(crate) events: EventLog,
     /// Results counters.
-    pub tally: Arc<Tally>,
+    pub(crate) tally: Arc<Tally>,
     /// The state of the Redis connections, when any is configured.
-    pub redis: Option<Arc<Health>>,
+    pub(crate) redis: Option<Arc<Health>>,
 }
 
 /// New models a reloaded catalog brings get this long to load before the catalog is swapped
@@ -86,7 +86,7 @@ pub(crate) const RELOAD_BUDGET: Duration = NEW_MODEL_WAIT;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reload {
+pub(crate) enum Reload {
     /// The folder has not changed since the catalog in force was loaded.
     Unchanged {
         /// Digest of the catalog in force.
@@ -103,7 +103,7 @@ pub enum Reload {
 
 /// Which tier produced the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// This replica's memory.
     Local,
     /// Redis.
@@ -118,7 +118,7 @@ pub enum Source {
 
 impl Source {
     /// The name used in responses and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Local => "local",
             Source::Redis => "redis",
@@ -142,7 +142,7 @@ impl From<Tier> for Source {
 
 /// Why the arm's model did not answer, for logs now and the `fallbacks_total{reason}` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
+pub(crate) enum FallbackReason {
     /// No version of the arm's model has loaded yet.
     ModelNotLoaded,
     /// The model holds no list for this user (cold start).
@@ -171,32 +171,32 @@ impl FallbackReason {
 
 /// A served list and everything a response says about where it came from.
 #[derive(Debug, Clone)]
-pub struct Recommendation {
+pub(crate) struct Recommendation {
     /// The covering experiment's id, `None` on the placement default.
-    pub experiment: Option<String>,
+    pub(crate) experiment: Option<String>,
     /// The assigned arm (`"default"` when uncovered), kept on fallback so analysts see who
     /// was assigned where even when the arm could not answer.
-    pub arm: String,
+    pub(crate) arm: String,
     /// True for QA overrides.
-    pub forced: bool,
+    pub(crate) forced: bool,
     /// Whether the experiment's results count this response (not a QA override, not a
     /// completed experiment's winner); events carrying its token are counted alike.
-    pub counted: bool,
+    pub(crate) counted: bool,
     /// The model that produced `list` (the placement default after a fallback).
-    pub model: String,
+    pub(crate) model: String,
     /// Its version string.
-    pub model_version: String,
+    pub(crate) model_version: String,
     /// The whole ranked list; pages are cut by [`page`].
-    pub list: RankedList,
+    pub(crate) list: RankedList,
     /// Which tier answered.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Why the arm did not answer, when `source` is `Fallback`.
-    pub fallback: Option<FallbackReason>,
+    pub(crate) fallback: Option<FallbackReason>,
 }
 
 /// Why no list could be served.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// The placement is not in `placements.toml`.
     #[error("unknown placement {0:?}")]
     UnknownPlacement(String),
@@ -212,31 +212,31 @@ pub enum ServeError {
 
 /// Filters and paging applied after the cache, on the whole list.
 #[derive(Debug, Clone, Copy)]
-pub struct PageRequest<'a> {
+pub(crate) struct PageRequest<'a> {
     /// Items per page.
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Items to skip.
-    pub offset: usize,
+    pub(crate) offset: usize,
     /// Drop items scoring below this.
-    pub min_score: Option<f32>,
+    pub(crate) min_score: Option<f32>,
     /// Item ids the client already showed or does not want; a set, so filtering a list costs
     /// one lookup per item whatever the number of ids.
-    pub exclude: &'a HashSet<&'a str>,
+    pub(crate) exclude: &'a HashSet<&'a str>,
 }
 
 /// One page of a list.
 #[derive(Debug)]
-pub struct Page<'l> {
+pub(crate) struct Page<'l> {
     /// Items on this page, in rank order.
-    pub items: Vec<&'l Item>,
+    pub(crate) items: Vec<&'l Item>,
     /// Items left after filters, across all pages.
-    pub total: usize,
+    pub(crate) total: usize,
     /// Offset of the next page, `None` on the last one.
-    pub next_offset: Option<usize>,
+    pub(crate) next_offset: Option<usize>,
 }
 
 /// Cuts one page out of `list` after the filters.
-pub fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
+pub(crate) fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
     let keep =
         |item: &&Item| request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&*item.id);
     let total = list.iter().filter(keep).count();
@@ -297,7 +297,7 @@ impl Gateway {
     /// a reload cut there would leave the models added, and the next one, finding nothing to
     /// add, would swap the catalog in without waiting. Reloads, periodic or asked for, take
     /// turns, so one asked for while another waits for models waits with it.
-    pub async fn reload(self: &Arc<Self>) -> Result<Reload, Problems> {
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<Reload, Problems> {
         let gateway = Arc::clone(self);
         tokio::spawn(async move { gateway.reload_whole().await })
             .await
@@ -359,7 +359,7 @@ impl Gateway {
     }
 
     /// Reloads every `interval` (the first check after one interval).
-    pub fn spawn_reloading(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_reloading(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let gateway = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -374,23 +374,23 @@ impl Gateway {
     }
 
     /// The results counters.
-    pub fn tally(&self) -> &Arc<Tally> {
+    pub(crate) fn tally(&self) -> &Arc<Tally> {
         &self.tally
     }
 
     /// Whether every configured Redis answers (`None`: no Redis configured).
-    pub fn redis_up(&self) -> Option<bool> {
+    pub(crate) fn redis_up(&self) -> Option<bool> {
         self.redis.as_ref().map(|h| h.up())
     }
 
     /// Every metric family.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Handles of one arm: pre-resolved for the catalog in force, resolved now for arms it no
     /// longer has (an event whose token predates a change of experiments).
-    pub fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> Arc<ArmMetrics> {
+    pub(crate) fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> Arc<ArmMetrics> {
         let experiment = experiment.unwrap_or(NONE);
         match self.arms.load().get(placement, experiment, arm) {
             Some(handles) => Arc::clone(handles),
@@ -399,7 +399,13 @@ impl Gateway {
     }
 
     /// The tracking token of a served recommendation, binding the `page` of items it showed.
-    pub fn tracking_token(&self, served: &Recommendation, placement: &str, user: &str, page: &[&Item]) -> String {
+    pub(crate) fn tracking_token(
+        &self,
+        served: &Recommendation,
+        placement: &str,
+        user: &str,
+        page: &[&Item],
+    ) -> String {
         self.events.signer().sign(&Claims {
             placement: placement.to_string(),
             experiment: served.experiment.clone(),
@@ -430,7 +436,7 @@ impl Gateway {
     /// Checks a batch of events and counts the accepted ones for the arm in their token: in the
     /// results (see [`EventLog::accept`]) and, unless a retry of one counted before, in the
     /// metrics.
-    pub async fn record_events(&self, events: &[Event<'_>]) -> Vec<Result<(), Rejection>> {
+    pub(crate) async fn record_events(&self, events: &[Event<'_>]) -> Vec<Result<(), Rejection>> {
         let results = self.events.accept(events, SystemTime::now(), &self.tally).await;
         results
             .into_iter()
@@ -450,27 +456,27 @@ impl Gateway {
     }
 
     /// The cache tiers.
-    pub fn cache(&self) -> &Arc<TieredCache> {
+    pub(crate) fn cache(&self) -> &Arc<TieredCache> {
         &self.cache
     }
 
     /// The experiment set in force.
-    pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
+    pub(crate) fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
         self.catalog.load()
     }
 
     /// Why the experiments folder was last rejected, while it stays rejected.
-    pub fn rejected(&self) -> Option<Arc<Problems>> {
+    pub(crate) fn rejected(&self) -> Option<Arc<Problems>> {
         self.rejected.load_full()
     }
 
     /// The model registry (shared with the poller).
-    pub fn models(&self) -> &Arc<ModelRegistry> {
+    pub(crate) fn models(&self) -> &Arc<ModelRegistry> {
         &self.models
     }
 
     /// The whole ranked list for `user` on `placement`, with its provenance.
-    pub async fn recommend(&self, user: &str, placement: &str) -> Result<Recommendation, ServeError> {
+    pub(crate) async fn recommend(&self, user: &str, placement: &str) -> Result<Recommendation, ServeError> {
         let catalog = self.catalog.load_full();
         let assignment = catalog
             .assign(placement, user, SystemTime::now())

@@ -49,7 +49,7 @@ pub(crate) enum Shape {
 
 impl Shape {
     /// The user column, absent for global models.
-    pub fn user(&self) -> Option<usize> {
+    pub(crate) fn user(&self) -> Option<usize> {
         match self {
             Shape::Nested { user, .. } | Shape::Long { user, .. } => Some(*user),
             Shape::Global { .. } => None,
@@ -57,7 +57,7 @@ impl Shape {
     }
 
     /// The short name used in `/ready` and logs.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Shape::Nested { .. } => "nested",
             Shape::Long { .. } => "long",
@@ -219,7 +219,7 @@ pub(crate) enum UserKey<'a> {
 impl<'a> UserKey<'a> {
     /// The key a request's user id has in a model whose user column is integer or text;
     /// `None` when an integer model cannot hold this id at all.
-    pub fn of_request(user: &'a str, int_users: bool) -> Option<Self> {
+    pub(crate) fn of_request(user: &'a str, int_users: bool) -> Option<Self> {
         if !int_users {
             return Some(UserKey::Text(user));
         }
@@ -240,7 +240,7 @@ impl<'a> UserKey<'a> {
     /// a fixed algorithm, so a snapshot written by one build is read right by another (std's
     /// hasher may change between Rust releases). Integers and text hash under different seeds,
     /// so the text "42" of a text column and the integer 42 never meet.
-    pub fn hash64(&self) -> u64 {
+    pub(crate) fn hash64(&self) -> u64 {
         match self {
             UserKey::Int(v) => xxh3_64_with_seed(&v.to_le_bytes(), 1),
             UserKey::Text(s) => xxh3_64_with_seed(s.as_bytes(), 2),
@@ -248,7 +248,7 @@ impl<'a> UserKey<'a> {
     }
 
     /// A second, independent 64-bit hash, to tell two users apart whose `hash64` collide.
-    pub fn fingerprint(&self) -> u64 {
+    pub(crate) fn fingerprint(&self) -> u64 {
         match self {
             UserKey::Int(v) => xxh3_64_with_seed(&v.to_le_bytes(), 3),
             UserKey::Text(s) => xxh3_64_with_seed(s.as_bytes(), 4),
@@ -266,7 +266,7 @@ pub(crate) enum Ids<'a> {
 
 impl<'a> Ids<'a> {
     /// Views `array`, or explains which type it has instead.
-    pub fn new(array: &'a dyn Array) -> Result<Self, String> {
+    pub(crate) fn new(array: &'a dyn Array) -> Result<Self, String> {
         Ok(match array.data_type() {
             DataType::Int32 => Ids::I32(array.as_primitive::<Int32Type>()),
             DataType::Int64 => Ids::I64(array.as_primitive::<Int64Type>()),
@@ -277,11 +277,11 @@ impl<'a> Ids<'a> {
     }
 
     /// Whether this column holds integers (so request ids must parse as integers).
-    pub fn is_int(dt: &DataType) -> bool {
+    pub(crate) fn is_int(dt: &DataType) -> bool {
         matches!(dt, DataType::Int32 | DataType::Int64)
     }
 
-    pub fn key(&self, i: usize) -> Option<UserKey<'a>> {
+    pub(crate) fn key(&self, i: usize) -> Option<UserKey<'a>> {
         let array: &dyn Array = match self {
             Ids::I32(a) => *a,
             Ids::I64(a) => *a,
@@ -300,7 +300,7 @@ impl<'a> Ids<'a> {
     }
 
     /// The id as the text clients see.
-    pub fn text(&self, i: usize) -> Option<Box<str>> {
+    pub(crate) fn text(&self, i: usize) -> Option<Box<str>> {
         self.key(i).map(|key| match key {
             UserKey::Int(v) => v.to_string().into_boxed_str(),
             UserKey::Text(s) => s.into(),
@@ -315,7 +315,7 @@ pub(crate) enum Scores<'a> {
 }
 
 impl<'a> Scores<'a> {
-    pub fn new(array: &'a dyn Array) -> Result<Self, String> {
+    pub(crate) fn new(array: &'a dyn Array) -> Result<Self, String> {
         Ok(match array.data_type() {
             DataType::Float32 => Scores::F32(array.as_primitive::<Float32Type>()),
             DataType::Float64 => Scores::F64(array.as_primitive::<Float64Type>()),
@@ -324,7 +324,7 @@ impl<'a> Scores<'a> {
     }
 
     /// The score, `None` for nulls (such rows are skipped: an unscored item cannot be ranked).
-    pub fn at(&self, i: usize) -> Option<f32> {
+    pub(crate) fn at(&self, i: usize) -> Option<f32> {
         match self {
             Scores::F32(a) => a.is_valid(i).then(|| a.value(i)),
             Scores::F64(a) => a.is_valid(i).then(|| a.value(i) as f32),

@@ -6,13 +6,13 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
     /// Index into the version's part files.
-    pub file: u16,
+    pub(crate) file: u16,
     /// Row group inside that file.
-    pub row_group: u16,
+    pub(crate) row_group: u16,
     /// First row inside the row group.
-    pub row: u32,
+    pub(crate) row: u32,
     /// Number of rows (1 for nested models; a user's items in long ones).
-    pub len: u32,
+    pub(crate) len: u32,
 }
 
 /// Sorted user-hash → location arrays (struct of arrays: the bisection touches only hashes).
@@ -27,19 +27,19 @@ pub(crate) struct UserIndex {
 impl UserIndex {
     /// Every run whose user hashes to `hash`: usually one, several for a long model whose user
     /// rows are not contiguous.
-    pub fn find(&self, hash: u64) -> &[Loc] {
+    pub(crate) fn find(&self, hash: u64) -> &[Loc] {
         let start = self.hashes.partition_point(|&h| h < hash);
         let end = start + self.hashes[start..].partition_point(|&h| h == hash);
         &self.locs[start..end]
     }
 
     /// Distinct users indexed.
-    pub fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.users
     }
 
     /// Heap bytes held, reported so the memory cost of a version is visible.
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.hashes.len() * size_of::<u64>() + self.locs.len() * size_of::<Loc>()
     }
 }
@@ -51,14 +51,14 @@ pub(crate) struct IndexBuilder {
 }
 
 impl IndexBuilder {
-    pub fn with_capacity(rows: usize) -> Self {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
         IndexBuilder {
             entries: Vec::with_capacity(rows),
         }
     }
 
     /// Adds one row of the user hashing to `hash`.
-    pub fn push(&mut self, hash: u64, file: u16, row_group: u16, row: u32) {
+    pub(crate) fn push(&mut self, hash: u64, file: u16, row_group: u16, row: u32) {
         if let Some((last_hash, last)) = self.entries.last_mut()
             && *last_hash == hash
             && last.file == file
@@ -79,7 +79,7 @@ impl IndexBuilder {
         ));
     }
 
-    pub fn finish(mut self) -> UserIndex {
+    pub(crate) fn finish(mut self) -> UserIndex {
         // Runs of one hash stay in file order, which groups them by row group for the reader.
         self.entries
             .sort_unstable_by_key(|(hash, loc)| (*hash, loc.file, loc.row_group, loc.row));

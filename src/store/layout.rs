@@ -16,9 +16,9 @@ const SUCCESS: &str = "_SUCCESS";
 #[derive(Debug, Clone)]
 pub(crate) struct Committed {
     /// The folder holding the part files.
-    pub folder: Place,
+    pub(crate) folder: Place,
     /// `{leaf folder}@{marker etag or mtime}`: changes whenever Spark commits again.
-    pub version: String,
+    pub(crate) version: String,
 }
 
 /// Finds the committed folder for a location: the folder itself, or with `wildcard`, its

@@ -16,24 +16,24 @@ use super::StoreError;
 #[derive(Debug, Clone)]
 pub(crate) struct Place {
     /// The store holding the folder.
-    pub store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     /// The same store when it is the local file system, which can name the file behind a
     /// path: part files are then read through handles opened once per version.
     local: Option<Arc<LocalFileSystem>>,
     /// The folder inside the store.
-    pub path: Path,
+    pub(crate) path: Path,
     /// `file:///…` or `hdfs://host:port`, the prefix that turns `path` back into a URI.
     scheme_and_authority: Arc<str>,
 }
 
 impl Place {
     /// The URI of `path` inside this place's store, for messages.
-    pub fn uri_of(&self, path: &Path) -> String {
+    pub(crate) fn uri_of(&self, path: &Path) -> String {
         format!("{}/{}", self.scheme_and_authority, path)
     }
 
     /// The file behind `path` when this place is on the local file system.
-    pub fn local_file(&self, path: &Path) -> Option<Result<PathBuf, StoreError>> {
+    pub(crate) fn local_file(&self, path: &Path) -> Option<Result<PathBuf, StoreError>> {
         let local = self.local.as_ref()?;
         Some(local.path_to_filesystem(path).map_err(|e| StoreError::Location {
             location: self.uri_of(path),
@@ -42,7 +42,7 @@ impl Place {
     }
 
     /// The same store, another folder.
-    pub fn at(&self, path: Path) -> Place {
+    pub(crate) fn at(&self, path: Path) -> Place {
         Place {
             store: Arc::clone(&self.store),
             local: self.local.clone(),
@@ -67,7 +67,7 @@ impl Locator {
     /// Resolves `root`: a folder (relative to the working directory), `file://…` or
     /// `hdfs://host:port/path`. Building an HDFS client does not contact the name node, so an
     /// unreachable cluster fails the models on it, not start-up.
-    pub fn new(root: &str) -> Result<Self, StoreError> {
+    pub(crate) fn new(root: &str) -> Result<Self, StoreError> {
         let local = Arc::new(LocalFileSystem::new());
         let mut locator = Locator {
             root: Place {
@@ -84,7 +84,7 @@ impl Locator {
     }
 
     /// Resolves a model location: a full URI stands alone, anything else is under the root.
-    pub fn resolve(&self, location: &str) -> Result<Place, StoreError> {
+    pub(crate) fn resolve(&self, location: &str) -> Result<Place, StoreError> {
         if location.contains("://") {
             return self.parse(location);
         }

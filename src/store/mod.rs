@@ -78,7 +78,7 @@ pub struct Item {
 }
 
 /// A user's whole ranked list, shared between the loaded model, caches and responses.
-pub type RankedList = Arc<[Item]>;
+pub(crate) type RankedList = Arc<[Item]>;
 
 /// Why a model could not be resolved, loaded or read. Messages name the URI at fault.
 #[derive(Debug, thiserror::Error)]

@@ -294,7 +294,7 @@ impl LoadedModel {
     }
 
     /// The one list of a global model (no user column), which every user gets.
-    pub fn global_list(&self) -> Option<RankedList> {
+    pub(crate) fn global_list(&self) -> Option<RankedList> {
         self.global.clone()
     }
 
@@ -391,7 +391,7 @@ impl LoadedModel {
 
     /// Where lookups are answered from: `snapshot` (the mapped file), `pages` (page-index reads
     /// of the part files) or `memory` (a global list).
-    pub fn serving(&self) -> &'static str {
+    pub(crate) fn serving(&self) -> &'static str {
         if self.global.is_some() {
             "memory"
         } else if self.snapshot.load().is_some() {
@@ -402,12 +402,12 @@ impl LoadedModel {
     }
 
     /// Why lookups are not answered from a snapshot, when they are not.
-    pub fn snapshot_note(&self) -> Option<String> {
+    pub(crate) fn snapshot_note(&self) -> Option<String> {
         self.snapshot_note.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Size of the snapshot file, when one is mapped.
-    pub fn snapshot_bytes(&self) -> Option<usize> {
+    pub(crate) fn snapshot_bytes(&self) -> Option<usize> {
         self.snapshot.load().as_ref().map(|s| s.file_bytes())
     }
 
@@ -564,7 +564,7 @@ impl LoadedModel {
     }
 
     /// Time spent loading this version.
-    pub fn load_time(&self) -> Duration {
+    pub(crate) fn load_time(&self) -> Duration {
         self.load_time
     }
 }

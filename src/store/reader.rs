@@ -51,7 +51,7 @@ pub(crate) struct ObjectReader {
 
 impl ObjectReader {
     /// Binds the part file `path` of `place`: a local file is opened now.
-    pub async fn open(place: &Place, path: Path, size: u64) -> Result<Self, StoreError> {
+    pub(crate) async fn open(place: &Place, path: Path, size: u64) -> Result<Self, StoreError> {
         let source = match place.local_file(&path) {
             None => Source::Store {
                 store: Arc::clone(&place.store),
@@ -72,7 +72,7 @@ impl ObjectReader {
 
     /// Reads the footer and, when the writer stored one (Spark does by default), the page index
     /// that lets a lookup fetch single pages.
-    pub async fn load_metadata(&mut self) -> Result<ArrowReaderMetadata, ParquetError> {
+    pub(crate) async fn load_metadata(&mut self) -> Result<ArrowReaderMetadata, ParquetError> {
         let size = self.size;
         let metadata = ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Optional)

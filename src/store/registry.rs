@@ -63,7 +63,7 @@ pub struct ModelStatus {
     /// Why the serving version is not read from a snapshot (being built, too large, off).
     pub snapshot: Option<String>,
     /// Size of the serving version's snapshot file.
-    pub snapshot_bytes: Option<usize>,
+    pub(crate) snapshot_bytes: Option<usize>,
 }
 
 type Slots = HashMap<ModelSpec, Arc<Slot>>;
@@ -154,7 +154,7 @@ impl ModelRegistry {
 
     /// Adds slots for models not tracked yet (polled from now on when polling runs) and
     /// returns them; slots already tracked keep their loaded versions.
-    pub fn add(self: &Arc<Self>, models: &[ModelSpec]) -> Vec<ModelSpec> {
+    pub(crate) fn add(self: &Arc<Self>, models: &[ModelSpec]) -> Vec<ModelSpec> {
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.slots.load_full();
         let added: Vec<ModelSpec> = models.iter().filter(|m| !current.contains_key(*m)).cloned().collect();
@@ -176,7 +176,7 @@ impl ModelRegistry {
     }
 
     /// Stops tracking models outside `models` (they left the catalog).
-    pub fn retain(&self, models: &[ModelSpec]) {
+    pub(crate) fn retain(&self, models: &[ModelSpec]) {
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let mut slots = Slots::clone(&self.slots.load_full());
         slots.retain(|spec, _| models.contains(spec));
@@ -184,7 +184,7 @@ impl ModelRegistry {
     }
 
     /// Loads the given tracked models now (e.g. models a new catalog brings), concurrently.
-    pub async fn refresh_models(&self, models: &[ModelSpec]) {
+    pub(crate) async fn refresh_models(&self, models: &[ModelSpec]) {
         let slots = self.slots.load_full();
         let wanted = models
             .iter()
@@ -195,7 +195,7 @@ impl ModelRegistry {
     /// Polls every model at `interval`, each in its own task so a slow name node or a large
     /// load delays only its own model; the first check runs at once. Models added later are
     /// polled from when they are added; a model's poller stops when it leaves the catalog.
-    pub fn spawn_polling(self: &Arc<Self>, interval: Duration) {
+    pub(crate) fn spawn_polling(self: &Arc<Self>, interval: Duration) {
         *self.polling.lock().unwrap_or_else(|p| p.into_inner()) = Some(interval);
         for (spec, slot) in self.slots.load().iter() {
             self.poll(spec.clone(), slot, interval);
@@ -203,7 +203,7 @@ impl ModelRegistry {
     }
 
     /// Stops every poller (shutdown).
-    pub fn stop_polling(&self) {
+    pub(crate) fn stop_polling(&self) {
         *self.polling.lock().unwrap_or_else(|p| p.into_inner()) = None;
         for slot in self.slots.load().values() {
             if let Some(poller) = slot.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {

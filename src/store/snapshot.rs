@@ -73,7 +73,7 @@ impl SnapshotShape {
     }
 
     /// `nested` or `long`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SnapshotShape::Nested => "nested",
             SnapshotShape::Long => "long",
@@ -150,7 +150,7 @@ fn padded(n: usize) -> usize {
 impl Snapshot {
     /// Maps the file at `path` if it is a whole, intact snapshot of `version`; the error says
     /// what is wrong with it otherwise (nothing is served from such a file).
-    pub fn open(path: &Path, version: &str) -> Result<Snapshot, String> {
+    pub(crate) fn open(path: &Path, version: &str) -> Result<Snapshot, String> {
         let file = File::open(path).map_err(|e| e.to_string())?;
         // SAFETY: the file is only ever written under a temporary name and renamed into
         // place, never modified afterwards; a file truncated or altered by someone else is
@@ -210,7 +210,7 @@ impl Snapshot {
     }
 
     /// The list of `user`, `None` when the model does not hold the user.
-    pub fn lookup(&self, user: &str) -> Option<RankedList> {
+    pub(crate) fn lookup(&self, user: &str) -> Option<RankedList> {
         let hash = UserKey::of_request(user, self.int_users)?.hash64();
         let bytes = &self.map[..];
         let user_hash = |i: usize| u64_at(bytes, self.users_at + i * USER);
@@ -248,22 +248,22 @@ impl Snapshot {
     }
 
     /// Users in the snapshot.
-    pub fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.users
     }
 
     /// Size of the file.
-    pub fn file_bytes(&self) -> usize {
+    pub(crate) fn file_bytes(&self) -> usize {
         self.map.len()
     }
 
     /// The shape of the model it came from.
-    pub fn shape(&self) -> SnapshotShape {
+    pub(crate) fn shape(&self) -> SnapshotShape {
         self.shape
     }
 
     /// Marks the file for deletion once the last request using this version is done.
-    pub fn supersede(&self) {
+    pub(crate) fn supersede(&self) {
         self.superseded.store(true, Ordering::Relaxed);
     }
 }
@@ -380,7 +380,7 @@ pub(crate) struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts the snapshot of `version` of the model `spec` in `dir`.
-    pub fn create(dir: &Path, max_bytes: u64, spec: &ModelSpec, version: &str) -> Result<Self, BuildError> {
+    pub(crate) fn create(dir: &Path, max_bytes: u64, spec: &ModelSpec, version: &str) -> Result<Self, BuildError> {
         let path = path_for(dir, spec, version);
         // Unique per writer, so two gateways of one process building one version (tests do)
         // never write into the same file; the last rename wins, and both files are whole.
@@ -423,7 +423,7 @@ impl SnapshotWriter {
     }
 
     /// The number of an item id, adding it to the dictionary on first sight.
-    pub fn number(&mut self, id: ItemId<'_>) -> u32 {
+    pub(crate) fn number(&mut self, id: ItemId<'_>) -> u32 {
         let next = (self.offsets.len() - 1) as u32;
         match id {
             ItemId::Int(v) if (0..SMALL_IDS).contains(&v) => {
@@ -460,7 +460,7 @@ impl SnapshotWriter {
 
     /// Adds the whole ranked list (item numbers and scores, best first) of the user hashing to
     /// `hash`.
-    pub fn push(&mut self, hash: u64, items: &[(u32, f32)]) -> Result<(), BuildError> {
+    pub(crate) fn push(&mut self, hash: u64, items: &[(u32, f32)]) -> Result<(), BuildError> {
         let first = u32::try_from(self.entries).map_err(|_| BuildError::Model("more than 2^32 entries".into()))?;
         let len = u32::try_from(items.len()).map_err(|_| BuildError::Model("a list of more than 2^32 items".into()))?;
         let mut chunk = std::mem::take(&mut self.scratch);
@@ -484,7 +484,7 @@ impl SnapshotWriter {
     /// Writes the user index, the dictionary and the header, renames the file into place and
     /// maps it. Two users sharing a hash cannot be told apart by the index: such a model is
     /// served by page reads (about one model in 10^7 of a million users).
-    pub fn finish(mut self, shape: SnapshotShape, int_users: bool) -> Result<Arc<Snapshot>, BuildError> {
+    pub(crate) fn finish(mut self, shape: SnapshotShape, int_users: bool) -> Result<Arc<Snapshot>, BuildError> {
         self.users.sort_unstable_by_key(|u| u.0);
         if self.users.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(BuildError::Model(
