@@ -39,7 +39,7 @@ fn settings_with_secret(secret: &str) -> Settings {
 
 impl TestGateway {
     /// `POST /events` with `body` as given (a `Content-Length` is always sent).
-    async fn post_events_raw(&self, body: impl Into<reqwest::Body>) -> Reply {
+    async fn post_events_raw(&self, body: impl Into<Vec<u8>>) -> Reply {
         self.post_raw("/events", body).await
     }
 

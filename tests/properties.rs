@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::examples::{EXPERIMENT, PLACEMENTS};
-use common::gateway::{Reply, TestGateway, exchange};
+use common::gateway::{Reply, TestGateway};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use recgw::experiment::{BUCKETS, Catalog, Problem, is_valid_user_id};
@@ -947,23 +947,6 @@ fn shared() -> &'static Shared {
             token,
         }
     })
-}
-
-impl TestGateway {
-    /// `POST path` with `body` as it is and the given `Content-Type` (none when `None`).
-    async fn post_bytes(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
-        // Said explicitly: an empty body would otherwise go without one (and get a 411).
-        let length = body.len().to_string();
-        let mut request = self
-            .client
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_LENGTH, length)
-            .body(body);
-        if let Some(content_type) = content_type {
-            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
-        }
-        exchange(&self.client, request).await.unwrap_or_else(|e| panic!("{e}"))
-    }
 }
 
 /// Checks an error reply: a 4xx with a JSON body of non-empty string `error` and `message`;

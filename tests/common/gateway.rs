@@ -362,14 +362,24 @@ impl TestGateway {
         self.send(Method::POST, path, &[], Some(body)).await
     }
 
-    /// `POST path` with `body` as it is, declared JSON. reqwest sends a `Content-Length` for a
-    /// non-empty body and none for an empty one (which the gateway answers with 411).
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        let request = self
+    /// `POST path` with `body` as it is, declared JSON; see [`TestGateway::post_bytes`].
+    pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> Reply {
+        self.post_bytes(path, Some("application/json"), body).await
+    }
+
+    /// `POST path` with `body` as it is and the given `Content-Type` (none when `None`). The
+    /// `Content-Length` is always said, an empty body's too: reqwest leaves it out for an empty
+    /// body, which the gateway answers with 411 before looking at the body.
+    pub async fn post_bytes(&self, path: &str, content_type: Option<&str>, body: impl Into<Vec<u8>>) -> Reply {
+        let body = body.into();
+        let mut request = self
             .client
             .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_LENGTH, body.len().to_string())
             .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
         exchange(&self.client, request).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
