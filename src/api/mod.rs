@@ -28,7 +28,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use error::Documented;
-pub use routes::{ROUTES, RouteInfo, route};
+pub use routes::{OTHER, RouteInfo, route};
 pub(crate) use uri_limit::JsonUriTooLong;
 
 use crate::auth::{Keys, Role};

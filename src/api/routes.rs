@@ -21,7 +21,7 @@ pub struct RouteInfo {
 }
 
 /// Every route the gateway serves.
-pub static ROUTES: &[RouteInfo] = &[
+pub(crate) static ROUTES: &[RouteInfo] = &[
     RouteInfo {
         template: "/recommendations/{user_id}",
         label: "recommendations",
@@ -96,7 +96,7 @@ pub static ROUTES: &[RouteInfo] = &[
 
 /// What a path that matches no route goes by: open, so an unknown path answers 404 to anyone
 /// rather than revealing through 401 which prefixes exist.
-pub(crate) static OTHER: RouteInfo = RouteInfo {
+pub static OTHER: RouteInfo = RouteInfo {
     template: "other",
     label: "other",
     role: None,
