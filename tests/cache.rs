@@ -6,22 +6,19 @@
 //! keys and TTLs in Redis, `/ready`, `/metrics` and `POST /admin/cache/invalidate`.
 
 mod common;
-#[path = "common/gateway.rs"]
-mod gateway;
-#[path = "common/redis.rs"]
-mod redis_harness;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::assignment::bucket;
+use common::gateway;
+use common::gateway::{Reply, TestGateway, eventually, sample, send};
+use common::redis::{RedisCluster, RedisServer};
 use common::spark::SparkOutput;
-use gateway::{Reply, TestGateway, eventually, sample};
+use common::traffic::{Sent, Traffic};
 use recgw::config::Settings;
-use redis_harness::{RedisCluster, RedisServer};
+use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------
@@ -44,13 +41,6 @@ const TTL: Duration = Duration::from_secs(10 * 60);
 const ARM_TTL: Duration = Duration::from_secs(20 * 60);
 /// Bound of the waits for something that happens in the background.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// `B(s, u)` of ARCHITECTURE.md §3.1, computed independently of the crate.
-fn bucket(salt: &str, user: &str) -> u16 {
-    let digest = Sha256::digest(format!("{salt}:{user}").as_bytes());
-    let head: [u8; 8] = digest[..8].try_into().expect("8 bytes");
-    (u64::from_be_bytes(head) % 10_000) as u16
-}
 
 /// The model serving `user` (50/50 arms over the whole placement; control owns `[0, 5000)`).
 fn model_of(user: u32) -> &'static str {
@@ -376,19 +366,14 @@ async fn concurrent_misses_for_one_user_read_the_store_once() {
         let requests: Vec<_> = (0..200)
             .map(|_| {
                 let (client, url) = (gw.client.clone(), url.clone());
-                tokio::spawn(async move {
-                    let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
-                    let status = response.status().as_u16();
-                    let body = response.text().await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>((status, body))
-                })
+                tokio::spawn(async move { send(&client, Method::GET, &url, &[], None).await })
             })
             .collect();
         let mut sources = BTreeSet::new();
         for request in requests {
-            let (status, body) = request.await.expect("task").expect("request");
-            assert_eq!(status, 200, "user {user}: {body}");
-            let body: Value = serde_json::from_str(&body).expect("JSON");
+            let reply = request.await.expect("task").expect("request");
+            assert_eq!(reply.status, 200, "user {user}: {}", reply.body);
+            let body = reply.json();
             if fallback {
                 assert_eq!(source(&body), "fallback", "{body}");
                 assert_eq!(body["model"], POPULAR, "{body}");
@@ -598,16 +583,6 @@ async fn a_replica_that_missed_the_message_polls_the_generation() {
     }
 }
 
-/// One request made by the background traffic of the outage test.
-#[derive(Debug, Clone)]
-struct Sent {
-    at: Instant,
-    user: u32,
-    status: u16,
-    source: String,
-    body: String,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_costs_no_request_and_redis_hits_resume_by_themselves() {
     let mut redis = RedisServer::start();
@@ -632,57 +607,32 @@ async fn redis_dying_costs_no_request_and_redis_hits_resume_by_themselves() {
     .await;
 
     // Traffic: the hot user and fresh users, alternately, as fast as answers come.
-    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
+    let hot_path = format!("/recommendations/{hot}?placement={PLACEMENT}");
+    let fresh: Vec<u32> = users.collect();
     let traffic = {
-        let (client, base, sent, stop) = (gw.client.clone(), gw.url(""), Arc::clone(&sent), Arc::clone(&stop));
-        let fresh: Vec<u32> = users.collect();
-        tokio::spawn(async move {
-            let mut fresh = fresh.into_iter().cycle();
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let user = if n.is_multiple_of(2) {
-                    hot
-                } else {
-                    fresh.next().expect("cycle")
-                };
-                let url = format!("{base}/recommendations/{user}?placement={PLACEMENT}");
-                let (status, body) = match client.get(&url).send().await {
-                    Ok(response) => (
-                        response.status().as_u16(),
-                        response.text().await.unwrap_or_else(|e| e.to_string()),
-                    ),
-                    Err(e) => (0, e.to_string()),
-                };
-                let source = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|b| b["source"].as_str().map(String::from))
-                    .unwrap_or_default();
-                sent.lock().unwrap().push(Sent {
-                    at: Instant::now(),
-                    user,
-                    status,
-                    source,
-                    body,
-                });
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let hot_path = hot_path.clone();
+        Traffic::start(&gw, 1, Duration::from_millis(5), move |_, n| {
+            if n % 2 == 1 {
+                hot_path.clone()
+            } else {
+                format!("/recommendations/{}?placement={PLACEMENT}", fresh[n / 2 % fresh.len()])
             }
         })
     };
     let hot_since = |since: Instant, source: &'static str| {
-        let sent = Arc::clone(&sent);
+        let (traffic, hot_path) = (&traffic, &hot_path);
         async move || {
-            let sent = sent.lock().unwrap();
-            let n = sent
-                .iter()
-                .filter(|s| s.at > since && s.user == hot && s.source == source)
-                .count();
-            if n >= 2 {
-                Ok(())
-            } else {
-                Err(format!("{n} of {} requests", sent.len()))
-            }
+            traffic.with_sent(|sent| {
+                let n = sent
+                    .iter()
+                    .filter(|s| s.at > since && &s.path == hot_path && s.source() == source)
+                    .count();
+                if n >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {} requests", sent.len()))
+                }
+            })
         }
     };
     eventually(WAIT, "traffic served from Redis", hot_since(Instant::now(), "redis")).await;
@@ -727,26 +677,18 @@ async fn redis_dying_costs_no_request_and_redis_hits_resume_by_themselves() {
     .await;
     assert_eq!(gw.metric("redis_up", &[]).await, 1.0);
 
-    stop.store(true, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(15), traffic)
-        .await
-        .expect("traffic stops")
-        .expect("traffic ran");
-    let sent = sent.lock().unwrap();
-    let failed: Vec<String> = sent
-        .iter()
-        .filter(|s| s.status != 200)
-        .map(|s| format!("user {}: {} {}", s.user, s.status, s.body))
-        .collect();
+    let sent = traffic.stop().await;
+    let failed: Vec<String> = sent.iter().filter(|s| s.status() != 200).map(Sent::to_string).collect();
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {failed:?}",
         failed.len(),
         sent.len()
     );
-    let odd: Vec<&Sent> = sent
+    let odd: Vec<String> = sent
         .iter()
-        .filter(|s| s.source != "store" && s.source != "redis")
+        .filter(|s| s.source() != "store" && s.source() != "redis")
+        .map(Sent::to_string)
         .collect();
     assert!(odd.is_empty(), "only store and redis without a local tier: {odd:?}");
     let during: Vec<&Sent> = sent
@@ -755,9 +697,9 @@ async fn redis_dying_costs_no_request_and_redis_hits_resume_by_themselves() {
         .collect();
     assert!(!during.is_empty(), "traffic flowed during the outage");
     assert!(
-        during.iter().all(|s| s.source == "store"),
+        during.iter().all(|s| s.source() == "store"),
         "store while Redis is down: {:?}",
-        during.iter().find(|s| s.source != "store")
+        during.iter().find(|s| s.source() != "store").map(ToString::to_string)
     );
     assert!(recovery < Duration::from_secs(8), "recovered after {recovery:?}");
 }
@@ -774,17 +716,6 @@ fn redis_failures(metrics: &str) -> (f64, f64, f64) {
     (count("timeout"), count("skipped"), count("error"))
 }
 
-/// Makes `redis` sleep `seconds` (`DEBUG SLEEP`) from a client of its own, on a thread;
-/// returns the answer and how long the command took.
-fn debug_sleep(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<(redis::RedisResult<String>, Duration)> {
-    let mut connection = redis.connection().expect("second client");
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        let answer = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut connection);
-        (answer, started.elapsed())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_does_not_slow_requests_down() {
     let redis = RedisServer::start();
@@ -797,7 +728,7 @@ async fn a_slow_redis_does_not_slow_requests_down() {
     assert_eq!(source(&gw.rec_checked(user, &expected(user)).await), "store");
     let (timeouts, skipped, errors) = redis_failures(&gw.metrics().await);
 
-    let sleeper = debug_sleep(&redis, 2.0);
+    let sleeper = redis.debug_sleep(2.0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let mut answered = 0;
@@ -851,7 +782,7 @@ async fn a_redis_command_past_the_deadline_is_counted_as_a_timeout() {
     assert_eq!(source(&gw.rec(users.next().unwrap()).await), "store");
     let (timeouts, _, errors) = redis_failures(&gw.metrics().await);
 
-    let sleeper = debug_sleep(&redis, 0.5);
+    let sleeper = redis.debug_sleep(0.5);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let body = gw.rec(users.next().unwrap()).await;
     assert_eq!(source(&body), "store", "{body}");

@@ -5,20 +5,19 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type};
+use common::free_port;
+use common::gateway::repo;
+use common::process::run_bounded;
 use common::spark::hadoop_crc;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recgw::experiment::Catalog;
 use tempfile::TempDir;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// `recgw ARGS` in the repository, with no `RECGW__*` variables from the caller's environment
 /// and quiet logs.
@@ -33,18 +32,14 @@ fn recgw(args: &[&str]) -> Command {
     command
 }
 
-/// Runs `command`, returning exit success, stdout and stderr.
-fn run(command: &mut Command) -> (bool, String, String) {
-    outcome(command.output().expect("run recgw"))
-}
+/// How long one `recgw` command gets; the slowest, building a serving snapshot of a test
+/// model, takes seconds.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Exit success, stdout and stderr of a finished `recgw`.
-fn outcome(Output { status, stdout, stderr }: Output) -> (bool, String, String) {
-    (
-        status.success(),
-        String::from_utf8(stdout).expect("utf-8 stdout"),
-        String::from_utf8(stderr).expect("utf-8 stderr"),
-    )
+/// Runs `command` (bounded by [`COMMAND_TIMEOUT`]), returning exit success, stdout and stderr.
+fn run(command: &mut Command) -> (bool, String, String) {
+    let finished = run_bounded(command, b"", COMMAND_TIMEOUT);
+    (finished.success(), finished.stdout, finished.stderr)
 }
 
 /// A copy of the repository's `experiments/` folder.
@@ -462,29 +457,14 @@ fn settings_errors_name_the_key() {
 /// `recgw serve` with `env`: it must exit at once, failing, without binding (a free port is
 /// given so that a start that goes wrong would serve rather than clash), and name `key`.
 fn assert_serve_refused(env: &[(&str, &str)], key: &str) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
     let mut command = recgw(&["serve"]);
-    command.env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    command.env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{}", free_port()));
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run recgw serve");
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("recgw serve with {env:?} still runs after 10 s: not refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (ok, stdout, stderr) = outcome(child.wait_with_output().expect("output"));
+    // A refused start exits at once; one still running after the bound was not refused.
+    let finished = run_bounded(&mut command, b"", Duration::from_secs(10));
+    let (ok, stdout, stderr) = (finished.success(), finished.stdout, finished.stderr);
     assert!(
         !ok,
         "recgw serve with {env:?} must fail\nstdout: {stdout}\nstderr: {stderr}"

@@ -17,21 +17,17 @@
 //! Every test keeps its own record of what the gateways served and accepted and compares the
 //! results endpoint (and Redis itself) with it to the unit.
 
-#[path = "common/gateway.rs"]
-mod gateway;
-#[path = "common/proxy.rs"]
-mod proxy;
-#[path = "common/redis.rs"]
-mod redis_harness;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gateway::{DemoCopy, TestGateway, eventually};
-use proxy::DelayProxy;
+use common::gateway;
+use common::gateway::{DemoCopy, TestGateway, eventually};
+use common::proxy::DelayProxy;
+use common::redis::{RedisCluster, RedisServer};
 use recgw::config::Settings;
-use redis_harness::{RedisCluster, RedisServer};
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";

@@ -9,15 +9,15 @@
 //! whose item tags bind the served page: an event may credit only an item of it, each position
 //! at most once per type. Tokens of the JSON format issued before it still count.
 
-#[path = "common/gateway.rs"]
-mod gateway;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gateway::{Reply, TestGateway, demo_settings, item_ids};
+use common::gateway::{Reply, TestGateway, demo_settings, item_ids};
+use common::promtool;
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
 use serde_json::{Value, json};
@@ -39,7 +39,7 @@ fn settings_with_secret(secret: &str) -> Settings {
 
 impl TestGateway {
     /// `POST /events` with `body` as given (a `Content-Length` is always sent).
-    async fn post_events_raw(&self, body: impl Into<reqwest::Body>) -> Reply {
+    async fn post_events_raw(&self, body: impl Into<Vec<u8>>) -> Reply {
         self.post_raw("/events", body).await
     }
 
@@ -304,6 +304,28 @@ impl Metrics {
     }
 }
 
+/// Asserts that `m` shows `events_rejected_total{reason}` exactly at `counts` for each reason
+/// (a reason not exported at all fails too: every one is exported from the start) and counts no
+/// rejection of any other reason.
+fn assert_rejections(m: &Metrics, counts: &[(&str, f64)]) {
+    for (reason, count) in counts {
+        assert_eq!(
+            m.exact(&format!("events_rejected_total{{reason=\"{reason}\"}}")),
+            *count,
+            "{reason}"
+        );
+    }
+    let total: f64 = counts.iter().map(|(_, count)| count).sum();
+    assert_eq!(m.sum("events_rejected_total", &[]), total, "no other reason");
+}
+
+/// The `tracking_token` of a recommendation response and the items it showed, what events about
+/// that page carry.
+fn shown(response: &Value) -> (&str, Vec<String>) {
+    let token = response["tracking_token"].as_str().expect("tracking_token");
+    (token, item_ids(response))
+}
+
 /// One user of each arm of the home experiment (the first found among `1`, `2`, … whose list
 /// comes from the arm's model), with their responses. Every probe is a served recommendation:
 /// the returned count says how many were made per arm.
@@ -475,11 +497,7 @@ async fn tokens_name_what_was_served() {
 async fn accepted_events_count_for_the_token_arm() {
     let gw = TestGateway::demo().await;
     let ([control, treatment], _) = users_of_each_arm(&gw).await;
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
 
     let before = gw.scrape().await;
     for arm in ARMS {
@@ -651,11 +669,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         TestGateway::demo()
     );
     let ([control, treatment], _) = users_of_each_arm(&a).await;
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
 
     // B never served these users, yet credits A's tokens to their arms.
     let batch = [
@@ -863,14 +877,7 @@ async fn invalid_events_are_rejected_one_by_one() {
         ("duplicate_event_id", 4.0),
         ("counts_unavailable", 0.0),
     ];
-    for (reason, count) in expected {
-        assert_eq!(
-            m.exact(&format!("events_rejected_total{{reason=\"{reason}\"}}")),
-            count,
-            "{reason}"
-        );
-    }
-    assert_eq!(m.sum("events_rejected_total", &[]), 23.0, "no other reason");
+    assert_rejections(&m, &expected);
     // Counted once each: impressions 0 and 11, batch-2 #6; clicks 8, 9, 18 and 19, batch-2 #7
     // and #8 (retries are not counted again).
     assert_eq!(m.arm("impressions_total", "control"), 3.0);
@@ -1150,34 +1157,6 @@ async fn stats_summarise_served_and_failed_requests() {
     );
 }
 
-/// Runs `promtool check metrics` on `text`; returns (success, stdout + stderr).
-fn promtool_check(text: String) -> (bool, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("promtool check metrics: no answer within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    writer.join().expect("writer").expect("stdin written");
-    let output = child.wait_with_output().expect("promtool output");
-    let mut said = String::from_utf8_lossy(&output.stdout).into_owned();
-    said.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), said)
-}
-
 /// `/metrics` passes `promtool check metrics` silently and counts a known traffic mix exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_count_exactly() {
@@ -1205,11 +1184,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
     }
     let reply = gw.get("/recommendations/42?placement=home&limit=0").await;
     assert_error(&reply, 400, Some("invalid_parameter"), "limit=0");
-    let (ct, tt) = (
-        control["tracking_token"].as_str().expect("token"),
-        treatment["tracking_token"].as_str().expect("token"),
-    );
-    let (ci, ti) = (item_ids(&control), item_ids(&treatment));
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
     let batch = [
         event("impression", ct, &ci[0]),
         event("click", ct, &ci[0]),
@@ -1230,11 +1205,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
         "content type {:?}",
         reply.content_type
     );
-    let text = reply.body.clone();
-    let (ok, said) = tokio::task::spawn_blocking(move || promtool_check(text))
-        .await
-        .expect("promtool task");
-    assert!(ok && said.is_empty(), "promtool check metrics said:\n{said}");
+    tokio::task::block_in_place(|| promtool::check_metrics(&reply.body));
 
     let m = Metrics::parse(&reply.body);
     assert_eq!(
@@ -1305,14 +1276,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
         ("duplicate_event_id", 0.0),
         ("counts_unavailable", 0.0),
     ];
-    for (reason, count) in reasons {
-        assert_eq!(
-            m.exact(&format!("events_rejected_total{{reason=\"{reason}\"}}")),
-            count,
-            "{reason}"
-        );
-    }
-    assert_eq!(m.sum("events_rejected_total", &[]), 2.0, "no other reason");
+    assert_rejections(&m, &reasons);
 
     // Every family of ARCHITECTURE.md §7 that needs no Redis is exported.
     for family in [

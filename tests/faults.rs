@@ -13,16 +13,16 @@
 //! the ways that do fail for root: a folder that is gone, and a file that is not text.
 
 mod common;
-#[path = "common/gateway.rs"]
-mod gateway;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::assignment::bucket;
+use common::gateway;
+use common::gateway::{DemoCopy, READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, model_status, settings};
 use common::spark::SparkOutput;
-use gateway::{DemoCopy, READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, model_status, send, settings};
+use common::traffic::Traffic;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -36,82 +36,51 @@ const DURING: usize = 200;
 /// Checks one answer; `Err` says what was wrong with it.
 type Check = dyn Fn(&Reply) -> Result<(), String> + Send + Sync;
 
-/// Clients sending `GET /recommendations/{user}?placement=home` over every demo user, as fast
-/// as answers come, until [`Load::finish`]; every answer goes through a [`Check`].
+/// [`Traffic`] of clients sending `GET /recommendations/{user}?placement=home` over every demo
+/// user until [`Load::finish`], which puts every answer through a [`Check`].
 struct Load {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
+    /// The clients.
+    traffic: Traffic,
+    /// What every answer must pass.
+    check: Arc<Check>,
 }
 
 impl Load {
     fn start(gw: &TestGateway, check: Arc<Check>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let clients = (0..CLIENTS)
-            .map(|client| {
-                let (stop, done, failures, check) = (stop.clone(), done.clone(), failures.clone(), check.clone());
-                let (http, base) = (gw.client.clone(), gw.base());
-                tokio::spawn(async move {
-                    let mut user = client * USERS / CLIENTS;
-                    while !stop.load(Ordering::Relaxed) {
-                        user = (user + 1) % USERS;
-                        let url = format!("{base}/recommendations/{user}?placement=home");
-                        let outcome = match send(&http, Method::GET, &url, &[], None).await {
-                            Ok(reply) if reply.status == 200 => check(&reply),
-                            Ok(reply) => Err(format!("{} {}", reply.status, reply.body)),
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = outcome {
-                            failures.lock().expect("lock").push(format!("user {user}: {e}"));
-                        }
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            done,
-            failures,
-            clients,
-        }
+        let traffic = Traffic::start(gw, CLIENTS, Duration::ZERO, |client, n| {
+            let user = (client * USERS / CLIENTS + n) % USERS;
+            format!("/recommendations/{user}?placement=home")
+        });
+        Load { traffic, check }
     }
 
     /// Waits until `n` more answers came (the fault overlapped them).
     async fn overlap(&self, n: usize, what: &str) {
-        let target = self.done.load(Ordering::Relaxed) + n;
-        let started = Instant::now();
-        while self.done.load(Ordering::Relaxed) < target {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{what}: requests stalled at {:?}",
-                self.done
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.traffic.overlap(n, what).await;
     }
 
-    /// Stops the clients; asserts no answer failed its check and returns how many came.
+    /// Stops the clients; asserts every answer was a 200 passing the check and returns how many
+    /// came.
     async fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            tokio::time::timeout(Duration::from_secs(20), client)
-                .await
-                .expect("clients stop")
-                .expect("client");
-        }
-        let failures = self.failures.lock().expect("lock");
-        let done = self.done.load(Ordering::Relaxed);
+        let sent = self.traffic.stop().await;
+        let failures: Vec<String> = sent
+            .iter()
+            .filter_map(|s| {
+                let outcome = match &s.answer {
+                    Ok(reply) if reply.status == 200 => (self.check)(reply),
+                    _ => Err(String::new()),
+                };
+                outcome.err().map(|e| format!("{s}: {e}"))
+            })
+            .collect();
         assert!(
             failures.is_empty(),
-            "{} of {done} requests failed; first: {:?}",
+            "{} of {} requests failed; first: {:?}",
             failures.len(),
+            sent.len(),
             &failures[..failures.len().min(5)]
         );
-        done
+        sent.len()
     }
 }
 
@@ -237,7 +206,7 @@ async fn a_model_folder_deleted_truncated_or_given_a_wrong_schema_keeps_its_load
         .await;
     let v2 = model_status(&body, "als-v1").expect("listed")["version"].clone();
     let control = (0..USERS)
-        .find(|u| recgw::experiment::bucket("home-als-rank", &u.to_string()) < 5000)
+        .find(|u| bucket("home-als-rank", &u.to_string()) < 5000)
         .expect("a control user");
     let answer = gw.ok(&format!("/recommendations/{control}?placement=home")).await;
     assert_eq!(

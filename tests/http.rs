@@ -7,32 +7,22 @@
 //! and which items, each user must get.
 
 mod common;
-#[path = "common/gateway.rs"]
-mod gateway;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::assignment::bucket;
+use common::gateway::{READY_TIMEOUT, Reply, TestGateway, eventually, item_ids, model_status};
 use common::spark::{Id, SparkOutput, commit};
-use gateway::{READY_TIMEOUT, Reply, TestGateway, eventually, item_ids, model_status};
+use common::traffic::{Sent, Traffic};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// `B(s, u)` of ARCHITECTURE.md §3.1, computed independently of the crate.
-fn bucket(salt: &str, user: &str) -> u16 {
-    let digest = Sha256::digest(format!("{salt}:{user}").as_bytes());
-    let head: [u8; 8] = digest[..8].try_into().expect("8 bytes");
-    (u64::from_be_bytes(head) % 10_000) as u16
-}
 
 /// The arm of a 50/50 experiment with salt `salt` for `user` (first arm owns `[0, 5000)`).
 fn even_arm<'a>(salt: &str, user: &str, arms: [&'a str; 2]) -> &'a str {
@@ -1103,43 +1093,22 @@ async fn a_new_version_swaps_in_while_serving_without_failed_requests() {
     assert!(first["model_version"].as_str().unwrap().starts_with("v1@"), "{first}");
     assert_eq!(first["model"], "als/*");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-    let workers: Vec<_> = (1..=3u32)
-        .zip(&counts)
-        .map(|(user, count)| {
-            let client = gw.client.clone();
-            let url = gw.url(&format!("/recommendations/{user}?placement=home"));
-            let (stop, count) = (Arc::clone(&stop), Arc::clone(count));
-            tokio::spawn(async move {
-                let mut replies = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let reply = match client.get(&url).send().await {
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            (status, response.text().await.unwrap_or_else(|e| e.to_string()))
-                        }
-                        Err(e) => (0, e.to_string()),
-                    };
-                    replies.push(reply);
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                (user, replies)
-            })
-        })
-        .collect();
+    // One client per user 1, 2 and 3, as fast as answers come.
+    let traffic = Traffic::start(&gw, 3, Duration::ZERO, |client, _| {
+        format!("/recommendations/{}?placement=home", client + 1)
+    });
     let served = |n: usize| {
-        let counts = counts.clone();
+        let traffic = &traffic;
         async move || {
-            let now: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+            let now = traffic.counts();
             if now.iter().all(|&c| c >= n) {
                 Ok(now)
             } else {
-                Err(format!("requests per worker {now:?}"))
+                Err(format!("requests per client {now:?}"))
             }
         }
     };
-    eventually(READY_TIMEOUT, "workers running on v1", served(5)).await;
+    eventually(READY_TIMEOUT, "clients running on v1", served(5)).await;
 
     // A new job writes v2 in its own folder; `_SUCCESS` is written last.
     write_version(&models.path().join("als/v2"), v2_list);
@@ -1151,22 +1120,23 @@ async fn a_new_version_swaps_in_while_serving_without_failed_requests() {
         }
     })
     .await;
-    // Every worker makes a few more requests after the swap was seen.
-    let target = counts.iter().map(|c| c.load(Ordering::SeqCst)).max().unwrap_or(0) + 5;
-    eventually(READY_TIMEOUT, "workers running on v2", served(target)).await;
-    stop.store(true, Ordering::SeqCst);
+    // Every client makes a few more requests after the swap was seen.
+    let target = traffic.counts().into_iter().max().unwrap_or(0) + 5;
+    eventually(READY_TIMEOUT, "clients running on v2", served(target)).await;
 
-    for worker in workers {
-        let (user, replies) = tokio::time::timeout(Duration::from_secs(15), worker)
-            .await
-            .expect("worker stops")
-            .expect("worker ran");
-        let failed: Vec<&(u16, String)> = replies.iter().filter(|(status, _)| *status != 200).collect();
-        assert_eq!(failed.len(), 0, "user {user}: failed requests: {failed:?}");
-        let versions: Vec<u8> = replies
+    let sent = traffic.stop().await;
+    for user in 1..=3u32 {
+        let mine: Vec<&Sent> = sent.iter().filter(|s| s.client + 1 == user as usize).collect();
+        let failed: Vec<String> = mine
             .iter()
-            .map(|(_, body)| {
-                let body: Value = serde_json::from_str(body).expect("JSON");
+            .filter(|s| s.status() != 200)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(failed.len(), 0, "user {user}: failed requests: {failed:?}");
+        let versions: Vec<u8> = mine
+            .iter()
+            .map(|s| {
+                let body = s.answer.as_ref().expect("answered").json();
                 assert_from_model(&body);
                 let version = body["model_version"].as_str().expect("version");
                 if version.starts_with("v1@") {

@@ -17,19 +17,20 @@
 //!
 //! Needs `prometheus` and `promtool` on PATH (`scripts/test` installs them).
 
-#[path = "common/gateway.rs"]
-mod gateway;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::gateway::{TestGateway, http_client, item_ids, repo};
+use common::promtool;
 use futures::StreamExt;
-use gateway::{TestGateway, http_client, item_ids, repo};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -88,14 +89,6 @@ fn substitute(expr: &str) -> String {
 /// Whether a target draws one line per arm: its legend names the arm.
 fn per_arm(target: &Value) -> bool {
     target["legendFormat"].as_str().unwrap_or_default().contains("{{arm}}")
-}
-
-/// A free loopback port (released for the caller to bind).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,31 +353,7 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
 async fn check_metrics(gw: &TestGateway) {
     let reply = gw.get("/metrics").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): install the Debian package `prometheus`"));
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(reply.body.as_bytes())
-        .expect("write metrics to promtool");
-    let output = promtool.wait_with_output().expect("promtool");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "promtool check metrics ({}):\n{said}\n--- /metrics ---\n{}",
-        output.status,
-        reply.body
-    );
+    tokio::task::block_in_place(|| promtool::check_metrics(&reply.body));
 }
 
 /// Every query of every panel: parses, and returns a finite value per arm (per-arm targets) or

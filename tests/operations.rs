@@ -7,13 +7,9 @@
 //! and its `models/`. Redis, where a test needs a slow one, is a private `redis-server` made
 //! slow with `DEBUG SLEEP` from a second client. Every wait is bounded.
 
-#[path = "common/gateway.rs"]
-mod gateway;
-#[path = "common/redis.rs"]
-mod redis_harness;
+mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,11 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
+use common::assignment::bucket;
+use common::free_port;
+use common::gateway;
+use common::gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
+use common::process::{run_bounded, try_run_bounded};
+use common::redis::RedisServer;
 use recgw::auth::{KeySettings, Role, hash_key};
 use recgw::config::Settings;
-use recgw::experiment::bucket;
-use redis_harness::{RedisServer, free_port};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -54,12 +53,6 @@ impl TestGateway {
     async fn reload(&self) -> Reply {
         self.call(Method::POST, "/admin/reload", None, None).await
     }
-}
-
-/// Makes `redis` sleep `seconds` (`DEBUG SLEEP`) from a client of its own, on a thread.
-fn debug_sleep(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<redis::RedisResult<String>> {
-    let mut connection = redis.connection().expect("second redis client");
-    std::thread::spawn(move || redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut connection))
 }
 
 /// Asserts `answer` is a JSON error `{error, message}` and returns the code.
@@ -315,11 +308,11 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
     assert!(wrong.is_empty(), "with auth off:\n{}", wrong.join("\n"));
 
     // From a non-loopback address of this machine, admin routes are refused (403, JSON) while
-    // client routes stay open. Skipped where the machine has no such address.
-    let Some(ip) = non_loopback_ip() else {
-        eprintln!("no non-loopback IPv4 address: the remote-caller half of this test is skipped");
+    // client routes stay open.
+    let Some(remote_ip) = RemoteAddress::acquire() else {
         return;
     };
+    let ip = remote_ip.ip;
     settings.server.listen = SocketAddr::new(ip, 0);
     let remote = TestGateway::launch_ready(&settings).await;
     let answer = remote.get(&format!("/experiments/{EXPERIMENT}")).await;
@@ -382,47 +375,94 @@ async fn auth_is_checked_before_bodies_and_parameters_are_validated() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// An IPv4 address of this machine other than loopback (the one its default route uses).
-fn non_loopback_ip() -> Option<IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    // Connecting a UDP socket sends nothing; it only picks the local address of the route.
-    socket
-        .connect("192.0.2.1:9")
-        .or_else(|_| socket.connect("8.8.8.8:53"))
-        .ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+/// Set to `1` to skip the remote-caller checks on a machine where they cannot run (no
+/// non-loopback address, and no right to add one); they fail otherwise rather than pass unseen.
+const SKIP_REMOTE_CALLER: &str = "RECGW_SKIP_REMOTE_CALLER";
+
+/// An IPv4 address of this machine that is not loopback, for a caller the gateway must treat as
+/// remote (it counts all of 127.0.0.0/8 as loopback): the one the default route uses, or else one
+/// of 198.18.0.0/16 (benchmarking addresses, never routed) added to `lo` for the test, which
+/// needs root, and removed again on drop.
+struct RemoteAddress {
+    /// The address: the gateway listens on it, and a client connecting to it comes from it.
+    ip: IpAddr,
+    /// Whether the test added `ip` to `lo` itself, so dropping it must remove it.
+    added: bool,
+}
+
+impl RemoteAddress {
+    /// The address, or `None` (said on stderr) when none can be had and [`SKIP_REMOTE_CALLER`]
+    /// is `1`; panics when none can be had otherwise.
+    fn acquire() -> Option<RemoteAddress> {
+        if let Some(ip) = Self::routed() {
+            return Some(RemoteAddress { ip, added: false });
+        }
+        let problem = match Self::add() {
+            Ok(address) => return Some(address),
+            Err(problem) => problem,
+        };
+        let why = format!("no non-loopback IPv4 address, and none could be added to lo: {problem}");
+        assert!(
+            std::env::var(SKIP_REMOTE_CALLER).is_ok_and(|v| v == "1"),
+            "{why}; run as root or set {SKIP_REMOTE_CALLER}=1 to skip the remote-caller checks"
+        );
+        eprintln!("{why}: the remote-caller checks are SKIPPED ({SKIP_REMOTE_CALLER}=1)");
+        None
+    }
+
+    /// The local address of the default route, if any.
+    fn routed() -> Option<IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        // Connecting a UDP socket sends nothing; it only picks the local address of the route.
+        socket.connect("192.0.2.1:9").ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    }
+
+    /// Adds a `/32` of 198.18.0.0/16 to `lo`, chosen from the process id so that concurrent
+    /// test runs take different ones, the next one along when that one is taken.
+    fn add() -> Result<RemoteAddress, String> {
+        let mut problem = String::new();
+        for attempt in 0..8 {
+            let n = std::process::id() + attempt;
+            let ip = IpAddr::from([198, 18, (n / 254 % 256) as u8, (n % 254 + 1) as u8]);
+            match Self::ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]) {
+                Ok(()) => return Ok(RemoteAddress { ip, added: true }),
+                Err(e) => problem = e,
+            }
+        }
+        Err(problem)
+    }
+
+    /// Runs `ip args`; `Err` says why it failed.
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let finished = try_run_bounded(Command::new("ip").args(args), b"", Duration::from_secs(10))?;
+        if finished.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {args:?}: {} {}", finished.status, finished.stderr.trim()))
+        }
+    }
+}
+
+impl Drop for RemoteAddress {
+    fn drop(&mut self) {
+        if self.added
+            && let Err(e) = Self::ip(&["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+        {
+            eprintln!("{} stays on lo: {e}", self.ip);
+        }
+    }
 }
 
 /// Runs the `recgw` binary with `args` and `stdin`; returns (success, stdout) within 20 s.
 fn run_recgw(args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recgw"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run recgw");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("recgw {args:?} did not finish within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let finished = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_recgw")).args(args),
+        stdin.as_bytes(),
+        Duration::from_secs(20),
+    );
+    (finished.success(), finished.stdout)
 }
 
 #[test]
@@ -1010,7 +1050,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     })
     .await;
 
-    let sleeper = debug_sleep(&redis, 1.0);
+    let sleeper = redis.debug_sleep(1.0);
     tokio::time::sleep(Duration::from_millis(150)).await;
     let sent = Instant::now();
     let answer = send(
@@ -1027,7 +1067,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     assert_eq!(error_code(&answer, "timed out request"), "timeout");
     assert_eq!(answer.request_id.as_deref(), Some("slow-one"));
     assert!(took < Duration::from_millis(700), "the 504 came after {took:?}");
-    let slept = tokio::task::spawn_blocking(move || sleeper.join().expect("sleeper"))
+    let (slept, _) = tokio::task::spawn_blocking(move || sleeper.join().expect("sleeper"))
         .await
         .expect("join");
     assert_eq!(slept.expect("DEBUG SLEEP"), "OK");
@@ -1127,7 +1167,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
 
     // Redis sleeps 1 s: every request below waits on its Redis lookup (3 s deadline); no
     // serving snapshot answers before Redis (`snapshot_max_bytes = 0`).
-    let sleeper = debug_sleep(&redis, 1.0);
+    let sleeper = redis.debug_sleep(1.0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let requests: Vec<_> = (0..20)
         .map(|i| {

@@ -21,18 +21,17 @@
 //! to the unit; distinct users and clicking users, which are HyperLogLog estimates with and
 //! without Redis, within ±2%.
 
-#[path = "common/gateway.rs"]
-mod gateway;
-#[path = "common/redis.rs"]
-mod redis_harness;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway::{DemoCopy, Reply, TestGateway, eventually};
+use common::gateway;
+use common::gateway::{DemoCopy, Reply, TestGateway, eventually};
+use common::process::run_bounded;
+use common::redis::RedisServer;
 use recgw::config::Settings;
-use redis_harness::RedisServer;
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -1118,33 +1117,8 @@ fn report(url: &str, format: Option<&str>) -> String {
             command.env_remove(key);
         }
     }
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run recgw report");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("recgw report {format:?} did not finish within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    let (stdout, stderr) = (
-        String::from_utf8(output.stdout).expect("utf-8"),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    );
-    assert!(
-        output.status.success(),
-        "report {format:?}: {}\n{stdout}\n{stderr}",
-        output.status
-    );
-    stdout
+    command.env("RUST_LOG", "warn");
+    run_bounded(&mut command, b"", Duration::from_secs(20)).expect_success(&format!("recgw report {format:?}"))
 }
 
 async fn report_async(url: String, format: Option<&'static str>) -> String {

@@ -6,12 +6,12 @@
 //! Requests are written byte by byte on raw TCP sockets, since an HTTP client library would
 //! refuse to send most of them.
 
-#[path = "common/gateway.rs"]
-mod gateway;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use gateway::{TestGateway, demo_settings};
+use common::gateway;
+use common::gateway::{TestGateway, demo_settings};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

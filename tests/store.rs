@@ -644,6 +644,13 @@ async fn lookups_find_users_in_every_row_group_of_a_large_model(serving: Serving
     assert_eq!(lookup(&model, &(USERS * 3).to_string()).await, None);
 }
 
+/// The checksum the Spark-layout writer puts in `.crc` side files is CRC-32 itself: its check
+/// value (the CRC of `123456789`) is the standard one.
+#[test]
+fn the_spark_writers_crc32_matches_the_check_value() {
+    assert_eq!(common::spark::crc32(b"123456789"), 0xCBF4_3926);
+}
+
 #[test]
 fn fixture_writes_spark_footers() {
     use parquet::file::reader::{FileReader, SerializedFileReader};

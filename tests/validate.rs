@@ -2,14 +2,14 @@
 //! test per rejection rule, each checking the file, field (and line where the TOML parser
 //! knows it) of the problem reported.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use recgw::experiment::{Catalog, Problem, Status};
 use tempfile::TempDir;
 
-#[path = "common/examples.rs"]
-mod examples;
-use examples::{EXPERIMENT, PLACEMENTS};
+use common::examples::{EXPERIMENT, PLACEMENTS};
 
 /// A folder holding `placements.toml` and `files`.
 fn folder(files: &[(&str, &str)]) -> TempDir {

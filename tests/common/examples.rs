@@ -1,5 +1,5 @@
 //! The valid experiment folder of ARCHITECTURE.md §3, which the validation and property tests start
-//! from. Included with `#[path = "common/examples.rs"] mod examples;`.
+//! from.
 
 /// `placements.toml` with the placements the example uses.
 pub const PLACEMENTS: &str = r#"[placements.home]

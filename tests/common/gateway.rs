@@ -1,13 +1,11 @@
 //! A real gateway in the test process: [`TestGateway::launch`] binds `recgw::server::Server`
 //! with the given settings on a free loopback port (or [`TestGateway::start`] over a given
 //! experiments folder and models root), serves it on the test's runtime, and speaks HTTP to it
-//! with `reqwest`. Every wait is bounded and fails with the last thing the server said.
+//! with `reqwest`. Every answer is checked against `openapi.yaml` (`common/openapi.rs`), and
+//! every wait is bounded and fails with the last thing the server said.
 //!
-//! Included with `#[path = "common/gateway.rs"] mod gateway;` (not through `common/mod.rs`),
-//! so only the tests that start servers compile it. The module is part of each test's crate, so
-//! a test adds helpers of its own domain (recommending, posting events, …) with an
-//! `impl gateway::TestGateway { … }` block of its own.
-#![allow(dead_code)]
+//! The module is part of each test's crate, so a test adds helpers of its own domain
+//! (recommending, posting events, …) with an `impl TestGateway { … }` block of its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,6 +19,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use super::openapi;
 
 /// How long a server gets to load its models and report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -119,7 +119,7 @@ impl Reply {
     }
 
     /// Reads `response` whole; `what` names the request in errors.
-    pub async fn read(what: &str, response: reqwest::Response) -> Result<Reply, String> {
+    async fn read(what: &str, response: reqwest::Response) -> Result<Reply, String> {
         let header = |name: &str| {
             response
                 .headers()
@@ -140,8 +140,25 @@ impl Reply {
     }
 }
 
-/// Sends one request to `url` with `headers` and an optional JSON `body`, and reads the whole
-/// answer; `Err` says what failed (no connection, a timeout, a broken body).
+/// Sends `request` with `client`, reads the whole answer and checks it against `openapi.yaml`
+/// ([`openapi::check`]): every request the harness sends to a gateway goes through here.
+///
+/// `Err` says what failed on the way (no connection, a timeout, a broken body), which some
+/// tests expect; an answer the document does not allow panics instead, so that no caller can
+/// take it for one of those.
+pub async fn exchange(client: &reqwest::Client, request: reqwest::RequestBuilder) -> Result<Reply, String> {
+    let request = request.build().map_err(|e| format!("request: {e}"))?;
+    let (method, url) = (request.method().clone(), request.url().clone());
+    let what = format!("{method} {url}");
+    let response = client.execute(request).await.map_err(|e| format!("{what}: {e}"))?;
+    let reply = Reply::read(&what, response).await?;
+    if let Err(mismatch) = openapi::check(method.as_str(), url.path(), &reply) {
+        panic!("{mismatch}");
+    }
+    Ok(reply)
+}
+
+/// Sends one request to `url` with `headers` and an optional JSON `body` through [`exchange`].
 pub async fn send(
     client: &reqwest::Client,
     method: Method,
@@ -149,16 +166,14 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Result<Reply, String> {
-    let mut request = client.request(method.clone(), url);
+    let mut request = client.request(method, url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     if let Some(body) = body {
         request = request.json(body);
     }
-    let what = format!("{method} {url}");
-    let response = request.send().await.map_err(|e| format!("{what}: {e}"))?;
-    Reply::read(&what, response).await
+    exchange(client, request).await
 }
 
 /// Settings for a gateway over `experiments` and `models`, as the environment would give them.
@@ -347,19 +362,25 @@ impl TestGateway {
         self.send(Method::POST, path, &[], Some(body)).await
     }
 
-    /// `POST path` with `body` as it is, declared JSON. reqwest sends a `Content-Length` for a
-    /// non-empty body and none for an empty one (which the gateway answers with 411).
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        let what = format!("POST {path}");
-        let response = self
+    /// `POST path` with `body` as it is, declared JSON; see [`TestGateway::post_bytes`].
+    pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> Reply {
+        self.post_bytes(path, Some("application/json"), body).await
+    }
+
+    /// `POST path` with `body` as it is and the given `Content-Type` (none when `None`). The
+    /// `Content-Length` is always said, an empty body's too: reqwest leaves it out for an empty
+    /// body, which the gateway answers with 411 before looking at the body.
+    pub async fn post_bytes(&self, path: &str, content_type: Option<&str>, body: impl Into<Vec<u8>>) -> Reply {
+        let body = body.into();
+        let mut request = self
             .client
             .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        Reply::read(&what, response).await.unwrap_or_else(|e| panic!("{e}"))
+            .header(reqwest::header::CONTENT_LENGTH, body.len().to_string())
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        exchange(&self.client, request).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `GET path`, expecting `status` and a JSON body, which it returns.

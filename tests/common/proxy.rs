@@ -2,9 +2,6 @@
 //! listens on a free loopback port and forwards each connection to `upstream`; requests go
 //! through at once, every chunk of a reply is held for the current delay (in order), so a
 //! command reaches Redis and runs there while its reply arrives after the client's deadline.
-//!
-//! Included with `#[path = "common/proxy.rs"] mod proxy;` by the tests that need it.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

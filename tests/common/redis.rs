@@ -2,38 +2,24 @@
 //! free loopback port (never 6379, which belongs to the machine's own Redis) with nothing
 //! persisted, and [`RedisCluster::start`] runs a Redis Cluster of such nodes. Every process is
 //! killed when its handle is dropped; every wait is bounded and panics with the server's log.
-//!
-//! Included with `#[path = "common/redis.rs"] mod redis_harness;` by the tests that need it.
-#![allow(dead_code)]
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::process::run_bounded;
+use super::{RESERVED_PORT, free_port};
+
 /// The binaries of the Debian `redis-server` package (in `/usr/bin`), found on `PATH`.
 const REDIS_SERVER: &str = "redis-server";
 const REDIS_CLI: &str = "redis-cli";
-/// The machine's own Redis; tests must never touch it.
-const RESERVED_PORT: u16 = 6379;
 /// How long a server gets to answer PING, and a cluster to report `cluster_state:ok`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
-
-/// A port nothing listens on right now (bound on 127.0.0.1:0, then released).
-pub fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local addr").port();
-        if port != RESERVED_PORT {
-            return port;
-        }
-    }
-}
 
 /// One `redis-server` process on a fixed port; killed on drop.
 pub struct RedisServer {
@@ -207,49 +193,22 @@ impl RedisServer {
     pub fn dbsize(&self) -> u64 {
         self.query(&["DBSIZE"])
     }
+
+    /// Makes the server sleep `seconds` (`DEBUG SLEEP`), as a slow or stuck Redis would, from a
+    /// client of its own on a thread; the thread yields the answer and how long it took.
+    pub fn debug_sleep(&self, seconds: f64) -> std::thread::JoinHandle<(redis::RedisResult<String>, Duration)> {
+        let mut connection = self.connection().expect("second redis client");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let answer = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut connection);
+            (answer, started.elapsed())
+        })
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Runs `command` to completion within `timeout`, returning its stdout; panics with its output
-/// when it fails or hangs.
-fn run_bounded(command: &mut Command, timeout: Duration) -> String {
-    let out = tempfile::tempfile().expect("temp file for stdout");
-    let err = tempfile::tempfile().expect("temp file for stderr");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(err.try_clone().expect("dup"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(POLL);
-    };
-    let read = |mut file: fs::File| {
-        use std::io::{Read, Seek};
-        let mut text = String::new();
-        file.rewind().expect("rewind");
-        file.read_to_string(&mut text).expect("read output");
-        text
-    };
-    let (stdout, stderr) = (read(out), read(err));
-    match status {
-        Some(status) if status.success() => stdout,
-        Some(status) => panic!("{command:?} exited with {status}:\n{stdout}\n{stderr}"),
-        None => panic!("{command:?} did not finish within {timeout:?}:\n{stdout}\n{stderr}"),
     }
 }
 
@@ -287,7 +246,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port()));
         }
         create.args(["--cluster-replicas", "0", "--cluster-yes"]);
-        run_bounded(&mut create, START_TIMEOUT);
+        run_bounded(&mut create, b"", START_TIMEOUT).expect_success("redis-cli --cluster create");
         let cluster = RedisCluster { nodes };
         cluster.wait_ok();
         cluster
