@@ -946,8 +946,7 @@ async fn expired_tokens_are_rejected() {
 async fn tokens_of_the_json_format_still_count() {
     let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
     let body = gw.recommend("42", "home").await;
-    let token = body["tracking_token"].as_str().expect("token");
-    let items = item_ids(&body);
+    let (token, items) = shown(&body);
     let old = sign_json("k3y", &claims(token));
     let batch = [
         event("impression", &old, &items[0]),
