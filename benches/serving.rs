@@ -1,9 +1,10 @@
-//! Serving-path benchmarks (not timed tests): assignment of one user, and a store point lookup
-//! on a generated 1,000,000-user × 50-item model, with the index build rate, index bytes per
-//! user and lookup p50/p99 printed beside criterion's figures.
+//! Serving-path benchmarks (not timed tests): assignment of one user, the tracking token of a
+//! 10-item page (signed and verified, in the binary format and the JSON one it replaced), and
+//! a store point lookup on a generated 1,000,000-user × 50-item model, with the index build
+//! rate, index bytes per user and lookup p50/p99 printed beside criterion's figures.
 //!
-//! `cargo bench --bench serving`; the model is generated once under `target/bench-models`.
-//! `RECGW_BENCH_USERS` shrinks it for a quick run.
+//! `cargo bench --bench serving` (`-- token` for the token cases only); the model is generated
+//! once under `target/bench-models`. `RECGW_BENCH_USERS` shrinks it for a quick run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use recgw::experiment::Catalog;
+use recgw::feedback::token::{Claims, ClaimsRef, Signer};
 use recgw::store::{ColumnNames, LoadedModel, ModelRegistry, ModelSpec};
 use recgw::synthetic::{GenFormat, GenOptions, generate};
 
@@ -44,6 +46,70 @@ fn bench_assignment(c: &mut Criterion) {
             i = (i + 1) % ids.len();
             catalog.assign("home", &ids[i], now).map(|a| a.arm_name().len())
         })
+    });
+}
+
+/// The token of a 10-item page, signed and verified in both formats. The JSON sign is also
+/// measured as the gateway paid it, building owned claims from the served response first.
+fn bench_token(c: &mut Criterion) {
+    let signer = Signer::new("a-tracking-secret-of-32-bytes-or-more", Duration::from_secs(86_400));
+    let issued_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (placement, experiment, arm, model_version, user) = (
+        "home",
+        Some("home-als-rank"),
+        "treatment",
+        "als-v2@51a113-6615355fcd761-0",
+        "user-0000042",
+    );
+    let tags: Vec<u32> = (1..=10u32).map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+    let nonce = 0x5EED_0000_0000_002A;
+    let view = || ClaimsRef {
+        placement,
+        experiment,
+        arm,
+        model_version,
+        user,
+        issued_at,
+        nonce,
+        uncounted: false,
+        items: tags.iter().copied(),
+    };
+    let owned = || Claims {
+        placement: placement.to_string(),
+        experiment: experiment.map(str::to_string),
+        arm: arm.to_string(),
+        model_version: model_version.to_string(),
+        user: user.to_string(),
+        issued_at,
+        nonce,
+        uncounted: false,
+        items: tags.clone(),
+    };
+    let claims = owned();
+    let (binary, json) = (signer.sign(view()), signer.sign_json(&claims));
+    println!(
+        "token of 10 items: {} characters binary, {} JSON",
+        binary.len(),
+        json.len()
+    );
+    let now = SystemTime::now();
+    c.bench_function("token sign binary (10 items)", |b| {
+        b.iter(|| signer.sign(std::hint::black_box(view())))
+    });
+    c.bench_function("token sign json (10 items)", |b| {
+        b.iter(|| signer.sign_json(std::hint::black_box(&claims)))
+    });
+    c.bench_function("token sign json with owned claims (10 items)", |b| {
+        b.iter(|| signer.sign_json(&std::hint::black_box(owned())))
+    });
+    c.bench_function("token verify binary (10 items)", |b| {
+        b.iter(|| signer.verify(std::hint::black_box(&binary), now).expect("valid"))
+    });
+    c.bench_function("token verify json (10 items)", |b| {
+        b.iter(|| signer.verify(std::hint::black_box(&json), now).expect("valid"))
     });
 }
 
@@ -139,6 +205,6 @@ fn bench_lookup(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(5));
-    targets = bench_assignment, bench_lookup
+    targets = bench_assignment, bench_token, bench_lookup
 }
 criterion_main!(benches);

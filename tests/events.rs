@@ -4,10 +4,10 @@
 //!
 //! Every gateway a test starts has its own metric registry, so counts are exact: each test
 //! knows every request it made. Tokens are decoded (and, where a test needs a forgery or a
-//! token of its own, signed) by the test itself from the documented format
-//! `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`, whose claim `i`
-//! binds the served page: an event may credit only an item of it, each position at most once
-//! per type.
+//! token of its own, signed) by the test itself from the documented format (ARCHITECTURE.md
+//! §5): `base64url(claims ‖ HMAC-SHA256(secret, claims))`, the claims in a fixed binary layout
+//! whose item tags bind the served page: an event may credit only an item of it, each position
+//! at most once per type. Tokens of the JSON format issued before it still count.
 
 mod common;
 
@@ -94,28 +94,101 @@ fn assert_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) {
 // Tokens, events and metrics, as a client and Prometheus see them
 // ---------------------------------------------------------------------------------------------
 
-/// The claims of a token, decoded by hand: the base64url JSON part before the dot.
+/// The claims of a token, decoded by hand from the layout of ARCHITECTURE.md §5 (version 1,
+/// issued_at, nonce, flags, item count and tags, then placement, experiment when flagged, arm,
+/// model version and user, each after a 2-byte length, then a 32-byte HMAC-SHA256), as JSON
+/// with the JSON format's keys (`i`: the tag bytes in base64url), so tests name claims one way.
 fn claims(token: &str) -> Value {
-    let (payload, signature) = token
-        .split_once('.')
-        .unwrap_or_else(|| panic!("token has no '.': {token}"));
-    assert!(!signature.contains('.'), "two parts exactly: {token}");
-    assert!(!token.contains(['+', '/', '=']), "URL-safe without padding: {token}");
-    let mac = URL_SAFE_NO_PAD.decode(signature).expect("signature is base64url");
-    assert_eq!(mac.len(), 32, "an HMAC-SHA256 tag: {token}");
-    let json = URL_SAFE_NO_PAD.decode(payload).expect("payload is base64url");
-    serde_json::from_slice(&json).unwrap_or_else(|e| panic!("claims are not JSON ({e}): {token}"))
+    assert!(
+        !token.contains(['+', '/', '=', '.']),
+        "base64url without padding, one part: {token}"
+    );
+    let bytes = URL_SAFE_NO_PAD.decode(token).expect("base64url");
+    let end = bytes.len().checked_sub(32).expect("an HMAC-SHA256 tag");
+    let signed = &bytes[..end];
+    assert_eq!(signed[0], 1, "version 1: {token}");
+    let u64_at = |at: usize| u64::from_be_bytes(signed[at..at + 8].try_into().expect("8 bytes"));
+    let len_at = |at: usize| usize::from(u16::from_be_bytes([signed[at], signed[at + 1]]));
+    let flags = signed[17];
+    assert_eq!(flags & !3, 0, "only the two documented flags: {token}");
+    let items = len_at(18);
+    let mut at = 20 + 4 * items;
+    let mut string = || {
+        let len = len_at(at);
+        let text = std::str::from_utf8(&signed[at + 2..at + 2 + len]).expect("UTF-8");
+        at += 2 + len;
+        json!(text)
+    };
+    let placement = string();
+    let experiment = if flags & 2 != 0 { string() } else { Value::Null };
+    let (arm, model_version, user) = (string(), string(), string());
+    assert_eq!(at, signed.len(), "no byte left over: {token}");
+    let mut claims = json!({
+        "p": placement,
+        "e": experiment,
+        "a": arm,
+        "v": model_version,
+        "u": user,
+        "t": u64_at(1),
+        "n": u64_at(9),
+        "i": URL_SAFE_NO_PAD.encode(&signed[20..20 + 4 * items]),
+    });
+    if flags & 1 != 0 {
+        claims["f"] = json!(true);
+    }
+    claims
+}
+
+/// The signed bytes of `claims` (as [`claims`] gives them) in the layout of ARCHITECTURE.md §5.
+fn layout(claims: &Value) -> Vec<u8> {
+    let tags = URL_SAFE_NO_PAD
+        .decode(claims["i"].as_str().unwrap_or_default())
+        .expect("i is base64url");
+    let string = |key: &str| claims[key].as_str().unwrap_or_else(|| panic!("{key}: {claims}"));
+    let experiment = claims["e"].as_str();
+    let mut bytes = vec![1];
+    bytes.extend(claims["t"].as_u64().expect("t").to_be_bytes());
+    bytes.extend(claims["n"].as_u64().unwrap_or_default().to_be_bytes());
+    bytes.push(u8::from(claims["f"] == true) | if experiment.is_some() { 2 } else { 0 });
+    bytes.extend(u16::try_from(tags.len() / 4).expect("a page").to_be_bytes());
+    bytes.extend(tags);
+    for text in [
+        Some(string("p")),
+        experiment,
+        Some(string("a")),
+        Some(string("v")),
+        Some(string("u")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        bytes.extend(u16::try_from(text.len()).expect("short").to_be_bytes());
+        bytes.extend(text.as_bytes());
+    }
+    bytes
+}
+
+/// HMAC-SHA256 of `bytes` under `secret`.
+fn hmac(secret: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(bytes);
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// A token over `claims` signed with `secret` exactly as the format says.
 fn sign(secret: &str, claims: &Value) -> String {
+    let bytes = layout(claims);
+    URL_SAFE_NO_PAD.encode([bytes.clone(), hmac(secret, &bytes)].concat())
+}
+
+/// A token over `claims` in the JSON format of tokens issued before the binary one:
+/// `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
+fn sign_json(secret: &str, claims: &Value) -> String {
     let payload = serde_json::to_vec(claims).expect("json");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(&payload);
     format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(&payload),
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(hmac(secret, &payload))
     )
 }
 
@@ -686,23 +759,21 @@ async fn invalid_events_are_rejected_one_by_one() {
     let token = control["tracking_token"].as_str().expect("token");
     let items = item_ids(&control);
     assert!(items.len() >= 7, "a page of 7 items at least: {control}");
-    let (payload, signature) = token.split_once('.').expect("two parts");
+    let bytes = URL_SAFE_NO_PAD.decode(token).expect("base64url");
+    let signature = &bytes[bytes.len() - 32..];
 
-    // One character of the payload flipped (inside the base64, so it still decodes).
-    let mut chars: Vec<char> = payload.chars().collect();
+    // One character of the claims flipped (inside the base64, so it still decodes).
+    let mut chars: Vec<char> = token.chars().collect();
     let middle = chars.len() / 2;
     chars[middle] = if chars[middle] == 'A' { 'B' } else { 'A' };
-    let flipped = format!("{}.{signature}", chars.into_iter().collect::<String>());
+    let flipped: String = chars.into_iter().collect();
     assert_ne!(flipped, token);
     // Changed claims re-encoded with the old signature.
     let mut changed = claims(token);
     changed["a"] = json!("treatment");
-    let reencoded = format!(
-        "{}.{signature}",
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&changed).expect("json"))
-    );
+    let reencoded = URL_SAFE_NO_PAD.encode([layout(&changed), signature.to_vec()].concat());
     // A signature cut short.
-    let truncated = &token[..token.len() - 3];
+    let truncated = &URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() - 3]);
     // Item ids at and over 256 bytes; event ids at and over 64 characters, of every kind of
     // character allowed.
     let (widest_item, too_wide_item) = ("y".repeat(256), "x".repeat(257));
@@ -866,6 +937,40 @@ async fn expired_tokens_are_rejected() {
     let arm = body["arm"].as_str().expect("arm");
     assert_eq!(m.arm("impressions_total", arm), 1.0);
     assert_eq!(m.arm("clicks_total", arm), 1.0);
+}
+
+/// Tokens of the JSON format, issued before the binary one, count as they did until they
+/// expire, so a deploy loses no event of a page served just before it. Such a token and the
+/// same claims in the binary format are two tokens, each counting its page once per type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_the_json_format_still_count() {
+    let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
+    let body = gw.recommend("42", "home").await;
+    let (token, items) = shown(&body);
+    let old = sign_json("k3y", &claims(token));
+    let batch = [
+        event("impression", &old, &items[0]),
+        event_with_id("click", &old, &items[0], "c-1"),
+        event("click", token, &items[0]),
+        event("click", &old, "not-on-the-page"),
+        event("click", &sign_json("another-secret", &claims(token)), &items[1]),
+    ];
+    assert_outcome(
+        &gw.post_events(&batch).await,
+        3,
+        &[(3, None, "item_not_served"), (4, None, "bad_signature")],
+    );
+    // A retry under its id is accepted again and not counted; without one it is a duplicate.
+    let again = [
+        event_with_id("click", &old, &items[0], "c-1"),
+        event("click", &old, &items[0]),
+    ];
+    assert_outcome(&gw.post_events(&again).await, 1, &[(1, None, "duplicate_event_id")]);
+
+    let m = gw.scrape().await;
+    let arm = body["arm"].as_str().expect("arm");
+    assert_eq!(m.arm("impressions_total", arm), 1.0);
+    assert_eq!(m.arm("clicks_total", arm), 2.0, "one per token");
 }
 
 /// Batch and body limits, malformed and unexpected bodies: JSON errors with fitting statuses,

@@ -829,18 +829,32 @@ fn claims() -> impl Strategy<Value = Claims> {
         )
 }
 
-/// Strings shaped like tokens: two base64url parts, random alphabets, stray dots.
+/// Strings shaped like tokens: base64url of bytes starting with the version byte, two
+/// base64url parts (the JSON format still accepted), random alphabets, stray dots.
 fn token_like() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
+        "A[A-Za-z0-9_-]{0,250}",
         "[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_-]{0,50}",
         "[A-Za-z0-9_.+/=-]{0,120}",
+        prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| URL_SAFE_NO_PAD.encode([&[1u8][..], &b].concat())),
         (
             prop::collection::vec(any::<u8>(), 0..100),
             prop::collection::vec(any::<u8>(), 0..40)
         )
             .prop_map(|(p, t)| format!("{}.{}", URL_SAFE_NO_PAD.encode(p), URL_SAFE_NO_PAD.encode(t))),
     ]
+}
+
+/// Whether a token has the shape of a signed one, so that a wrong one is `bad_signature`
+/// rather than `malformed_token` (ARCHITECTURE.md §5): base64url of the version byte 1, some
+/// claims and a 32-byte HMAC-SHA256; or, in the JSON format still accepted, two base64url
+/// parts around a dot.
+fn signed_shape(token: &str) -> bool {
+    match token.split_once('.') {
+        Some((p, t)) => URL_SAFE_NO_PAD.decode(p).is_ok() && URL_SAFE_NO_PAD.decode(t).is_ok(),
+        None => URL_SAFE_NO_PAD.decode(token).is_ok_and(|b| b.len() > 32 && b[0] == 1),
+    }
 }
 
 proptest! {
@@ -855,15 +869,13 @@ proptest! {
             matches!(result, Err(TokenError::Malformed | TokenError::BadSignature)),
             "{token:?}: {result:?}"
         );
-        // Malformed exactly when the format is not two base64url parts (checked independently).
-        let well_formed = token
-            .split_once('.')
-            .is_some_and(|(p, t)| URL_SAFE_NO_PAD.decode(p).is_ok() && URL_SAFE_NO_PAD.decode(t).is_ok());
-        prop_assert_eq!(result == Err(TokenError::BadSignature), well_formed, "{:?}", token);
+        // Malformed exactly when the token is not shaped like a signed one (checked independently).
+        prop_assert_eq!(result == Err(TokenError::BadSignature), signed_shape(&token), "{:?}", token);
     }
 
     /// Any claims survive signing and verification unchanged, up to the maximum age and not a
-    /// second past it; another secret refuses them.
+    /// second past it, in the binary format and in the JSON one still accepted; another secret
+    /// refuses them.
     #[test]
     fn signed_claims_round_trip(
         claims in claims(),
@@ -872,21 +884,23 @@ proptest! {
         max_age in 0u64..(1 << 30),
     ) {
         let signer = Signer::new(&secret, Duration::from_secs(max_age));
-        let token = signer.sign(&claims);
-        prop_assert!(!token.contains(['+', '/', '=']), "URL-safe: {}", token);
-        prop_assert_eq!(token.matches('.').count(), 1);
-        // Before issue (a client clock ahead) is fine: only age expires a token.
-        prop_assert_eq!(signer.verify(&token, UNIX_EPOCH).map(|(c, _)| c), Ok(claims.clone()));
-        if let Some(now) = claims.issued_at.checked_add(max_age).filter(|s| *s < (1 << 40)) {
-            let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
-            prop_assert_eq!(signer.verify(&token, at(now)).map(|(c, _)| c), Ok(claims.clone()));
-            prop_assert_eq!(signer.verify(&token, at(now + 1)), Err(TokenError::Expired));
-        }
-        if other != secret {
-            prop_assert_eq!(
-                Signer::new(&other, Duration::from_secs(max_age)).verify(&token, UNIX_EPOCH),
-                Err(TokenError::BadSignature)
-            );
+        let token = signer.sign(claims.view());
+        prop_assert!(!token.contains(['+', '/', '=', '.']), "URL-safe, one part: {}", token);
+        prop_assert!(token.starts_with('A'), "the version byte 1: {}", token);
+        for token in [token, signer.sign_json(&claims)] {
+            // Before issue (a client clock ahead) is fine: only age expires a token.
+            prop_assert_eq!(signer.verify(&token, UNIX_EPOCH).map(|(c, _)| c), Ok(claims.clone()));
+            if let Some(now) = claims.issued_at.checked_add(max_age).filter(|s| *s < (1 << 40)) {
+                let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+                prop_assert_eq!(signer.verify(&token, at(now)).map(|(c, _)| c), Ok(claims.clone()));
+                prop_assert_eq!(signer.verify(&token, at(now + 1)), Err(TokenError::Expired));
+            }
+            if other != secret {
+                prop_assert_eq!(
+                    Signer::new(&other, Duration::from_secs(max_age)).verify(&token, UNIX_EPOCH),
+                    Err(TokenError::BadSignature)
+                );
+            }
         }
     }
 
@@ -901,7 +915,7 @@ proptest! {
         extra in any::<char>(),
     ) {
         let signer = Signer::new("s3cret", DAY);
-        let token = signer.sign(&claims);
+        let token = signer.sign(claims.view());
         let mut bytes = token.clone().into_bytes();
         let i = at.index(bytes.len());
         prop_assume!(bytes[i] != byte);
@@ -1001,10 +1015,11 @@ fn expected_reason(
         Some(false) => return Some("item_not_served"),
         None => {}
     }
-    let two_parts = token
-        .split_once('.')
-        .is_some_and(|(p, t)| URL_SAFE_NO_PAD.decode(p).is_ok() && URL_SAFE_NO_PAD.decode(t).is_ok());
-    Some(if two_parts { "bad_signature" } else { "malformed_token" })
+    Some(if signed_shape(token) {
+        "bad_signature"
+    } else {
+        "malformed_token"
+    })
 }
 
 /// One event the property sends, and whether its token is the gateway's own.
@@ -1497,5 +1512,5 @@ fn the_events_and_recommendation_properties_share_one_gateway() {
     let shared = shared();
     let reply = shared.runtime.block_on(shared.gateway.get("/health"));
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert!(shared.token.contains('.'), "{}", shared.token);
+    assert!(signed_shape(&shared.token), "{}", shared.token);
 }

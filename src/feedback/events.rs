@@ -563,7 +563,7 @@ mod tests {
         let now = SystemTime::now();
         let log = EventLog::new(Signer::new("k", Duration::from_secs(60)), None);
         let tally = tally();
-        let token = log.signer().sign(&claims(now));
+        let token = log.signer().sign(claims(now).view());
         let one = async |event: Event<'_>| {
             log.accept(&[event], now, &tally)
                 .await
@@ -629,7 +629,7 @@ mod tests {
             .collect();
         assert_eq!(results, [true, false], "a duplicate within one batch");
 
-        let other = Signer::new("other", Duration::from_secs(60)).sign(&claims(now));
+        let other = Signer::new("other", Duration::from_secs(60)).sign(claims(now).view());
         let long = "x".repeat(MAX_ITEM_ID + 1);
         let batch = [
             Event { kind: "view", ..event },

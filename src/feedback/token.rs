@@ -7,7 +7,27 @@
 //! can credit only an item the response showed, and its position in the page is what
 //! deduplication keys on (see [`crate::feedback::events`]).
 //!
-//! Format: `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON claims))`.
+//! Format 1, what [`Signer::sign`] writes: `base64url(claims ‖ HMAC-SHA256(secret, claims))`
+//! without padding, the claims in a fixed binary layout (integers big-endian):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 1 | format version, `1` |
+//! | 8 | `issued_at`, Unix seconds |
+//! | 8 | `nonce` |
+//! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows; the other bits 0 |
+//! | 2 | `n`, the number of items |
+//! | 4 × n | the [`item_tag`] of each item, in page order |
+//! | 2 + len | `placement`: its length in bytes, then its UTF-8 |
+//! | 2 + len | `experiment`, the same way, present only with flag bit 1 |
+//! | 2 + len each | `arm`, `model_version`, `user`, the same way |
+//! | 32 | HMAC-SHA256 of every byte before it |
+//!
+//! It replaced format 0, `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON))`:
+//! JSON and two base64 parts per response were a measurable part of the request path. A token
+//! has one accepted spelling in either format (base64url without padding or stray trailing
+//! bits, no byte left over, lengths that match, UTF-8 strings, no unknown flag), so one event
+//! cannot be counted twice under two spellings.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +73,47 @@ pub struct Claims {
     pub items: Vec<u32>,
 }
 
+impl Claims {
+    /// The claims as [`Signer::sign`] takes them.
+    pub fn view(&self) -> ClaimsRef<'_> {
+        ClaimsRef {
+            placement: &self.placement,
+            experiment: self.experiment.as_deref(),
+            arm: &self.arm,
+            model_version: &self.model_version,
+            user: &self.user,
+            issued_at: self.issued_at,
+            nonce: self.nonce,
+            uncounted: self.uncounted,
+            items: self.items.iter().copied(),
+        }
+    }
+}
+
+/// [`Claims`] borrowed from what was served, so signing a response's token copies no string
+/// and collects no list: the item tags come from any iterator that knows its length.
+#[derive(Debug, Clone)]
+pub struct ClaimsRef<'a, I = std::iter::Copied<std::slice::Iter<'a, u32>>> {
+    /// As [`Claims::placement`].
+    pub placement: &'a str,
+    /// As [`Claims::experiment`].
+    pub experiment: Option<&'a str>,
+    /// As [`Claims::arm`].
+    pub arm: &'a str,
+    /// As [`Claims::model_version`].
+    pub model_version: &'a str,
+    /// As [`Claims::user`].
+    pub user: &'a str,
+    /// As [`Claims::issued_at`].
+    pub issued_at: u64,
+    /// As [`Claims::nonce`].
+    pub nonce: u64,
+    /// As [`Claims::uncounted`].
+    pub uncounted: bool,
+    /// As [`Claims::items`], in page order.
+    pub items: I,
+}
+
 /// 32 bits of SHA-256 of an item id: 4 bytes a served item in the token. Two items of one page
 /// sharing a tag (about one page in 10^8 of 10 items) share one position, so the second cannot
 /// be credited; a forger who finds an id colliding with a served item can only stand in for
@@ -62,7 +123,7 @@ pub(crate) fn item_tag(item: &str) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// The tags as one base64url string of big-endian u32s: a third of the JSON numbers' size.
+/// Format 0's `i` claim: the tags as one base64url string of big-endian u32s.
 mod tags {
     use std::borrow::Cow;
 
@@ -89,14 +150,16 @@ mod tags {
     }
 }
 
-/// What identifies one token among all others: the first 12 bytes of its signature (distinct
-/// claims give independent tags, so a collision needs 2^48 tokens alive at once).
+/// What identifies one token among all others: the first 12 bytes of its HMAC tag, in either
+/// format. The tag covers every signed byte, so a token cannot be altered into a new id
+/// without the secret; distinct claims give independent tags, so a collision needs 2^48
+/// tokens alive at once.
 pub(crate) type TokenId = [u8; 12];
 
 /// Why a token was refused; the name is the reason `POST /events` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// Not two base64url parts, or claims that do not parse.
+    /// Not base64url of a known layout, or claims that do not parse.
     #[error("malformed_token")]
     Malformed,
     /// The signature does not match (forged, tampered, or signed with another secret).
@@ -105,6 +168,138 @@ pub enum TokenError {
     /// Older than `tracking.token_max_age`.
     #[error("expired_token")]
     Expired,
+}
+
+/// The first byte of a format-1 token. A new layout takes the next number and `verify` keeps
+/// reading this one for `tracking.token_max_age` after the switch, as it does format 0 now.
+const VERSION: u8 = 1;
+
+/// Bytes of the HMAC-SHA256 tag: whole, as in format 0. Half would still make forgery hopeless
+/// (2^-128 a try) and hold the 12-byte id, but its 22 characters fewer save no measurable time.
+const TAG_LEN: usize = 32;
+
+/// Bytes before the item tags: version, issued_at, nonce, flags, item count.
+const HEADER_LEN: usize = 1 + 8 + 8 + 1 + 2;
+
+/// Flag bit: the token's events are not counted in the results.
+const UNCOUNTED: u8 = 1;
+
+/// Flag bit: an experiment string follows the placement.
+const HAS_EXPERIMENT: u8 = 2;
+
+/// Tokens of up to this many bytes (before base64) are laid out and read on the stack, so
+/// signing allocates only the token string: a page of 100 items with names of 64 bytes and a
+/// user of 128 takes about 800.
+const STACK_LEN: usize = 1024;
+
+/// Runs `f` on a zeroed buffer of `len` bytes, on the stack when it fits.
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut stack = [0u8; STACK_LEN];
+    match stack.get_mut(..len) {
+        Some(buffer) => f(buffer),
+        None => f(&mut vec![0; len]),
+    }
+}
+
+/// `s` cut to what a 2-byte length can say, at a character boundary. No claim comes near it
+/// (names are at most 64 bytes, users 128, a model version a name and a folder name), so
+/// this only keeps `sign` total.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Fills a buffer front to back. A write past its end is dropped rather than a panic on the
+/// request path; `sign` sizes the buffer from the same fields, so it never happens.
+struct Writer<'b>(&'b mut [u8]);
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some((head, rest)) = std::mem::take(&mut self.0).split_at_mut_checked(bytes.len()) {
+            head.copy_from_slice(bytes);
+            self.0 = rest;
+        }
+    }
+
+    /// A count of items or bytes, in the 2 bytes the layout gives it (`sign` clips to fit).
+    fn put_length(&mut self, len: usize) {
+        self.put(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+    }
+}
+
+/// Reads format-1 claims front to back; every short read is a malformed token.
+struct Reader<'b>(&'b [u8]);
+
+impl<'b> Reader<'b> {
+    fn take(&mut self, len: usize) -> Result<&'b [u8], TokenError> {
+        let (head, rest) = self.0.split_at_checked(len).ok_or(TokenError::Malformed)?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], TokenError> {
+        self.take(N)?.try_into().map_err(|_| TokenError::Malformed)
+    }
+
+    fn u64(&mut self) -> Result<u64, TokenError> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn length(&mut self) -> Result<usize, TokenError> {
+        self.array().map(|b| usize::from(u16::from_be_bytes(b)))
+    }
+
+    fn string(&mut self) -> Result<String, TokenError> {
+        let len = self.length()?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| TokenError::Malformed)
+    }
+}
+
+/// The claims of a signed format-1 payload (its version byte already checked), refused unless
+/// `sign` would write exactly these bytes for them.
+fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
+    let mut r = Reader(signed);
+    r.take(1)?;
+    let issued_at = r.u64()?;
+    let nonce = r.u64()?;
+    let [flags] = r.array()?;
+    if flags & !(UNCOUNTED | HAS_EXPERIMENT) != 0 {
+        return Err(TokenError::Malformed);
+    }
+    let count = r.length()?;
+    let items = r
+        .take(4 * count)?
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let placement = r.string()?;
+    let experiment = if flags & HAS_EXPERIMENT != 0 {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let claims = Claims {
+        placement,
+        experiment,
+        arm: r.string()?,
+        model_version: r.string()?,
+        user: r.string()?,
+        issued_at,
+        nonce,
+        uncounted: flags & UNCOUNTED != 0,
+        items,
+    };
+    if r.0.is_empty() {
+        Ok(claims)
+    } else {
+        Err(TokenError::Malformed)
+    }
 }
 
 /// Signs and verifies tokens with one secret.
@@ -163,8 +358,52 @@ impl Signer {
         Signer { mac, max_age }
     }
 
-    /// The token for `claims`.
-    pub fn sign(&self, claims: &Claims) -> String {
+    /// The format-1 token for `claims`: laid out in one buffer, on the stack for any real
+    /// page, so the returned string is the only allocation. `items` must report its length
+    /// truly (every slice and map of one does).
+    pub fn sign<I: ExactSizeIterator<Item = u32>>(&self, claims: ClaimsRef<'_, I>) -> String {
+        let strings = [
+            Some(claims.placement),
+            claims.experiment,
+            Some(claims.arm),
+            Some(claims.model_version),
+            Some(claims.user),
+        ]
+        .map(|s| s.map(clip));
+        let items = claims.items.take(usize::from(u16::MAX));
+        let count = items.len();
+        let len = HEADER_LEN + 4 * count + strings.iter().flatten().map(|s| 2 + s.len()).sum::<usize>() + TAG_LEN;
+        with_buffer(len, |raw| {
+            let (signed, tag) = raw.split_at_mut(len - TAG_LEN);
+            let mut w = Writer(signed);
+            w.put(&[VERSION]);
+            w.put(&claims.issued_at.to_be_bytes());
+            w.put(&claims.nonce.to_be_bytes());
+            let experiment = if claims.experiment.is_some() { HAS_EXPERIMENT } else { 0 };
+            w.put(&[experiment | if claims.uncounted { UNCOUNTED } else { 0 }]);
+            w.put_length(count);
+            for item in items {
+                w.put(&item.to_be_bytes());
+            }
+            for s in strings.iter().flatten() {
+                w.put_length(s.len());
+                w.put(s.as_bytes());
+            }
+            debug_assert!(w.0.is_empty(), "the length of a token is that of its fields");
+            let mut mac = self.mac.clone();
+            mac.update(signed);
+            tag.copy_from_slice(&mac.finalize().into_bytes());
+            let mut token = String::with_capacity(base64::encoded_len(len, false).unwrap_or_default());
+            URL_SAFE_NO_PAD.encode_string(raw, &mut token);
+            token
+        })
+    }
+
+    /// The format-0 token for `claims`, as `sign` wrote it before format 1: only tests, the
+    /// benchmark and the fuzz seeds make one now, to check what `verify` still accepts. It
+    /// goes with that path (see [`Signer::verify`]).
+    #[doc(hidden)]
+    pub fn sign_json(&self, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
         let mut mac = self.mac.clone();
         mac.update(&payload);
@@ -177,22 +416,55 @@ impl Signer {
     }
 
     /// The claims and id of a token this secret signed and that is not older than the maximum
-    /// age. The signature is compared in constant time.
+    /// age. The signature is compared in constant time, and checked before any claim is read.
+    ///
+    /// Format 0 (JSON) is accepted too, so events for pages served just before the switch to
+    /// format 1 still count. The two never overlap: only format 0 has a `.`, which base64url
+    /// never writes (it starts `ey`, base64 of `{"`; format 1 starts `A`, its version byte's
+    /// top bits being 0), and neither's signed bytes parse as the other's. Delete the format-0
+    /// path (`verify_json`, `sign_json`, the serde derives on [`Claims`] and `tags`, with the
+    /// tests, bench cases and `json-` fuzz seeds that use them) once every replica has signed
+    /// format 1 for `tracking.token_max_age` (24 h by default): no format-0 token verifies
+    /// after that.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<(Claims, TokenId), TokenError> {
-        let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let (claims, id) = match token.split_once('.') {
+            Some((payload, tag)) => self.verify_json(payload, tag)?,
+            None => self.verify_binary(token)?,
+        };
+        if unix_seconds(now).saturating_sub(claims.issued_at) > self.max_age.as_secs() {
+            return Err(TokenError::Expired);
+        }
+        Ok((claims, id))
+    }
+
+    /// The claims and id of a format-1 token, whatever its age.
+    fn verify_binary(&self, token: &str) -> Result<(Claims, TokenId), TokenError> {
+        with_buffer(base64::decoded_len_estimate(token.len()), |buffer| {
+            let len = URL_SAFE_NO_PAD
+                .decode_slice(token, buffer)
+                .map_err(|_| TokenError::Malformed)?;
+            let raw = buffer.get(..len).ok_or(TokenError::Malformed)?;
+            let (signed, tag) = raw.split_at(len.checked_sub(TAG_LEN).ok_or(TokenError::Malformed)?);
+            if signed.first() != Some(&VERSION) {
+                return Err(TokenError::Malformed);
+            }
+            let mut mac = self.mac.clone();
+            mac.update(signed);
+            mac.verify_slice(tag).map_err(|_| TokenError::BadSignature)?;
+            let id = *tag.first_chunk().ok_or(TokenError::BadSignature)?;
+            Ok((decode(signed)?, id))
+        })
+    }
+
+    /// The claims and id of a format-0 token (its two parts), whatever its age.
+    fn verify_json(&self, payload: &str, tag: &str) -> Result<(Claims, TokenId), TokenError> {
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(&payload);
         mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if unix_seconds(now).saturating_sub(claims.issued_at) > self.max_age.as_secs() {
-            return Err(TokenError::Expired);
-        }
-        let id = tag
-            .get(..12)
-            .and_then(|id| TokenId::try_from(id).ok())
-            .ok_or(TokenError::BadSignature)?;
+        let id = *tag.first_chunk().ok_or(TokenError::BadSignature)?;
         Ok((claims, id))
     }
 
@@ -220,43 +492,193 @@ mod tests {
         }
     }
 
+    /// A typical served page: 10 items, a current time, a nonce with a process prefix.
+    fn page_of_10() -> Claims {
+        Claims {
+            issued_at: 1_767_225_600,
+            nonce: 0x9E37_79B9_0000_002A,
+            items: (1..=10).map(|i| item_tag(&i.to_string())).collect(),
+            ..claims(0)
+        }
+    }
+
     const DAY: Duration = Duration::from_secs(86_400);
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// A format-1 token over any `signed` bytes, however wrong their layout.
+    fn sign_raw(signer: &Signer, signed: &[u8]) -> String {
+        let mut mac = signer.mac.clone();
+        mac.update(signed);
+        URL_SAFE_NO_PAD.encode([signed, &mac.finalize().into_bytes()].concat())
+    }
+
+    fn raw(token: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(token).expect("base64url")
+    }
+
     #[test]
-    fn round_trips_and_rejects_tampering() {
+    fn round_trips_in_the_documented_layout() {
         let signer = Signer::new("s3cret", DAY);
-        let token = signer.sign(&claims(1_000));
-        assert!(!token.contains(['+', '/', '=']), "URL-safe: {token}");
-        assert_eq!(signer.verify(&token, at(1_000)).map(|(c, _)| c), Ok(claims(1_000)));
+        let token = signer.sign(claims(1_000).view());
+        // Written from the layout in the module doc by an independent encoder (Python's
+        // struct, hmac and base64), not by this code.
+        assert_eq!(
+            token,
+            "AQAAAAAAAAPoAAAAAAAAAAcCAALvLRJ9ohhV2gAEaG9tZQANaG9tZS1hbHMtcmFuawAJdHJlYXRtZW50AA9hbHMtdjJAMWEtMmItM2MAAjQy\
+             cMQOKi3vNimo4W2qkq8rrJLVKvKyYeIl9tY8uTscNcA"
+        );
+        assert!(token.starts_with('A'), "the version byte: {token}");
+        let (verified, id) = signer.verify(&token, at(1_000)).expect("valid");
+        assert_eq!(verified, claims(1_000));
+        let bytes = raw(&token);
+        assert_eq!(id[..], bytes[bytes.len() - TAG_LEN..][..12], "the id is the tag's head");
 
-        let (payload, tag) = token.split_once('.').expect("two parts");
-        let mut forged = claims(1_000);
-        forged.arm = "control".into();
-        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).expect("json"));
-        assert_eq!(
-            signer.verify(&format!("{forged_payload}.{tag}"), at(1_000)),
-            Err(TokenError::BadSignature)
-        );
-        let mut flipped = URL_SAFE_NO_PAD.decode(tag).expect("b64");
-        flipped[0] ^= 1;
-        let flipped = URL_SAFE_NO_PAD.encode(flipped);
-        assert_eq!(
-            signer.verify(&format!("{payload}.{flipped}"), at(1_000)),
-            Err(TokenError::BadSignature)
-        );
+        for claims in [
+            Claims {
+                experiment: None,
+                uncounted: true,
+                items: vec![],
+                ..claims(1_000)
+            },
+            Claims {
+                placement: String::new(),
+                experiment: Some(String::new()),
+                user: "ü-ß-😀".into(),
+                issued_at: u64::MAX,
+                nonce: u64::MAX,
+                items: vec![0, u32::MAX],
+                ..claims(1_000)
+            },
+        ] {
+            let token = signer.sign(claims.view());
+            assert_eq!(signer.verify(&token, at(1_000)).map(|(c, _)| c), Ok(claims));
+        }
+    }
 
+    #[test]
+    fn a_page_of_10_items_is_194_characters_where_json_took_284() {
+        let signer = Signer::new("s3cret", DAY);
+        let claims = page_of_10();
+        // 20 bytes of header, 40 of tags, 53 of strings with their lengths, 32 of tag.
+        assert_eq!(raw(&signer.sign(claims.view())).len(), 145);
+        assert_eq!(signer.sign(claims.view()).len(), 194);
+        assert_eq!(signer.sign_json(&claims).len(), 284);
+    }
+
+    #[test]
+    fn rejects_every_changed_byte_and_character() {
+        let signer = Signer::new("s3cret", DAY);
+        let token = signer.sign(page_of_10().view());
+        let bytes = raw(&token);
+        for i in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut changed = bytes.clone();
+                changed[i] ^= flip;
+                let expected = if i == 0 {
+                    TokenError::Malformed
+                } else {
+                    TokenError::BadSignature
+                };
+                let changed = URL_SAFE_NO_PAD.encode(changed);
+                assert_eq!(signer.verify(&changed, at(0)), Err(expected), "byte {i} ^ {flip:#x}");
+            }
+        }
+        for i in 0..token.len() {
+            for c in ['A', 'e', '_', '-', '.', '=', '+', '/'] {
+                let mut changed = token.clone().into_bytes();
+                changed[i] = c as u8;
+                let changed = String::from_utf8(changed).expect("ASCII");
+                if changed != token {
+                    assert!(signer.verify(&changed, at(0)).is_err(), "{changed}");
+                }
+            }
+        }
+
+        // The claims changed and signed anew without the secret, and other secrets.
+        let mut forged = bytes.clone();
+        let arm = forged.windows(9).position(|w| w == b"treatment").expect("the arm");
+        forged[arm..arm + 9].copy_from_slice(b"treatmenT");
         assert_eq!(
-            Signer::new("other", DAY).verify(&token, at(1_000)),
+            signer.verify(&URL_SAFE_NO_PAD.encode(forged), at(0)),
             Err(TokenError::BadSignature)
         );
+        for other in [Signer::new("other", DAY), Signer::new("", DAY)] {
+            assert_eq!(other.verify(&token, at(0)), Err(TokenError::BadSignature));
+        }
+    }
+
+    #[test]
+    fn rejects_truncated_and_extended_tokens() {
+        let signer = Signer::new("s3cret", DAY);
+        let token = signer.sign(page_of_10().view());
+        for end in 0..token.len() {
+            let short = &token[..end];
+            assert!(
+                matches!(
+                    signer.verify(short, at(0)),
+                    Err(TokenError::Malformed | TokenError::BadSignature)
+                ),
+                "{short}"
+            );
+        }
+        for extra in ["A", "AA", "AAA", "AAAA", "=", "==", ".", " "] {
+            let long = format!("{token}{extra}");
+            assert!(signer.verify(&long, at(0)).is_err(), "{long}");
+        }
+
+        // Signed with the secret but not what `sign` writes: refused as malformed, never
+        // trusted. The bytes of `page_of_10` are the base of each.
+        let bytes = raw(&token);
+        let signed = &bytes[..bytes.len() - TAG_LEN];
+        type Edit = fn(&mut Vec<u8>);
+        let with = |edit: Edit| {
+            let mut b = signed.to_vec();
+            edit(&mut b);
+            signer.verify(&sign_raw(&signer, &b), at(0))
+        };
+        assert!(with(|_| {}).is_ok(), "unchanged, the bytes are a token");
+        let cases: [(&str, Edit); 9] = [
+            ("a trailing byte", |b| b.push(0)),
+            ("the last byte missing", |b| {
+                b.pop();
+            }),
+            ("version 2", |b| b[0] = 2),
+            ("version 0", |b| b[0] = 0),
+            ("an unknown flag", |b| b[17] |= 4),
+            ("no experiment flag, so its string is the arm", |b| {
+                b[17] &= !HAS_EXPERIMENT
+            }),
+            ("one item more than there are", |b| b[19] += 1),
+            // The claims end with the user "42" after its 2-byte length.
+            ("a user length past the end", |b| {
+                let low = b.len() - 3;
+                b[low] += 1;
+            }),
+            ("bad UTF-8", |b| {
+                let last = b.len() - 1;
+                b[last] = 0xff;
+            }),
+        ];
+        for (what, edit) in cases {
+            assert_eq!(with(edit), Err(TokenError::Malformed), "{what}");
+        }
         assert_eq!(
-            Signer::new("", DAY).verify(&token, at(1_000)),
-            Err(TokenError::BadSignature)
+            signer.verify(&sign_raw(&signer, b""), at(0)),
+            Err(TokenError::Malformed),
+            "empty"
         );
+        // Format-0 JSON signed as one format-1 part: its first byte `{` is no version.
+        let json = serde_json::to_vec(&page_of_10()).expect("json");
+        assert_eq!(
+            signer.verify(&sign_raw(&signer, &json), at(0)),
+            Err(TokenError::Malformed)
+        );
+        for bad in ["", "abc", "a.b.c", "!!!.???", "AQ==", &format!("{token}=")] {
+            assert_eq!(signer.verify(bad, at(0)), Err(TokenError::Malformed), "{bad:?}");
+        }
     }
 
     #[test]
@@ -265,23 +687,61 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a >> 32, b >> 32, "one process prefix");
         let signer = Signer::new("k", DAY);
-        let token = |nonce| signer.sign(&Claims { nonce, ..claims(1_000) });
+        let token = |nonce| signer.sign(Claims { nonce, ..claims(1_000) }.view());
         assert_ne!(token(a), token(b));
     }
 
     #[test]
-    fn rejects_expired_and_malformed_tokens() {
+    fn expires_after_the_maximum_age_in_either_format() {
         let signer = Signer::new("s3cret", DAY);
-        let token = signer.sign(&claims(1_000));
-        assert_eq!(
-            signer.verify(&token, at(1_000 + 86_400)).map(|(c, _)| c),
-            Ok(claims(1_000))
-        );
-        assert_eq!(signer.verify(&token, at(1_000 + 86_401)), Err(TokenError::Expired));
-        for bad in ["", "abc", "a.b.c", "!!!.???", &token.replace('.', "")] {
-            assert_eq!(signer.verify(bad, at(1_000)), Err(TokenError::Malformed), "{bad:?}");
+        for token in [signer.sign(claims(1_000).view()), signer.sign_json(&claims(1_000))] {
+            assert_eq!(
+                signer.verify(&token, at(1_000 + 86_400)).map(|(c, _)| c),
+                Ok(claims(1_000))
+            );
+            assert_eq!(signer.verify(&token, at(0)).map(|(c, _)| c), Ok(claims(1_000)));
+            assert_eq!(signer.verify(&token, at(1_000 + 86_401)), Err(TokenError::Expired));
         }
-        // A validly signed payload that is not claims is malformed, not trusted.
+    }
+
+    #[test]
+    fn accepts_format_0_tokens_issued_before_format_1() {
+        // Signed by the format-0 `sign` itself (a fuzz seed), not by `sign_json`.
+        let before = "eyJwIjoiaG9tZSIsImUiOiJob21lLWFscy1yYW5rIiwiYSI6InRyZWF0bWVudCIsInYiOiJhbHMtdjJAMSIsInUiOiI0MiIsInQiOjQxMDI0NDQ4MDAsIm4iOjEsImkiOiI3eTBTZmFJWVZkcEtSTndWIn0.sGpMnqIGiUG5H-anJw-PG2Rxfa1jqL6hkCoKID2tjYM";
+        let signer = Signer::new("fuzz-secret", DAY);
+        let (claims, id) = signer.verify(before, at(0)).expect("a format-0 token");
+        assert_eq!(
+            claims,
+            Claims {
+                placement: "home".into(),
+                experiment: Some("home-als-rank".into()),
+                arm: "treatment".into(),
+                model_version: "als-v2@1".into(),
+                user: "42".into(),
+                issued_at: 4_102_444_800,
+                nonce: 1,
+                uncounted: false,
+                items: vec![item_tag("5"), item_tag("68"), item_tag("10")],
+            }
+        );
+        let (_, tag) = before.split_once('.').expect("two parts");
+        assert_eq!(
+            id[..],
+            raw(tag)[..12],
+            "the id it had before, so claims made then still hold"
+        );
+        assert_eq!(signer.sign_json(&claims), before, "sign_json is format 0 exactly");
+
+        // Its claims in format 1 are the same claims under another id.
+        let (again, new_id) = signer.verify(&signer.sign(claims.view()), at(0)).expect("valid");
+        assert_eq!((again, new_id == id), (claims, false));
+
+        // A format-0 tag changed, or a payload that is signed but no claims, is refused.
+        let mut flipped = raw(tag);
+        flipped[0] ^= 1;
+        let (payload, _) = before.split_once('.').expect("two parts");
+        let flipped = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(flipped));
+        assert_eq!(signer.verify(&flipped, at(0)), Err(TokenError::BadSignature));
         let mut mac = signer.mac.clone();
         mac.update(b"[1,2]");
         let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -289,5 +749,10 @@ mod tests {
             signer.verify(&format!("{}.{tag}", URL_SAFE_NO_PAD.encode(b"[1,2]")), at(0)),
             Err(TokenError::Malformed)
         );
+        // A format-1 token cut into two parts around a dot: its bytes are no JSON.
+        let token = raw(&signer.sign(page_of_10().view()));
+        let (signed, tag) = token.split_at(token.len() - TAG_LEN);
+        let split = format!("{}.{}", URL_SAFE_NO_PAD.encode(signed), URL_SAFE_NO_PAD.encode(tag));
+        assert_eq!(signer.verify(&split, at(0)), Err(TokenError::Malformed));
     }
 }

@@ -15,7 +15,7 @@ use crate::cache::{Tier, TieredCache};
 use crate::experiment::{Arm, Catalog, Experiment, Problems};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
-use crate::feedback::token::{Claims, item_tag, next_nonce, unix_seconds};
+use crate::feedback::token::{ClaimsRef, item_tag, next_nonce, unix_seconds};
 use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
 
@@ -406,16 +406,16 @@ impl Gateway {
         user: &str,
         page: &[&Item],
     ) -> String {
-        self.events.signer().sign(&Claims {
-            placement: placement.to_string(),
-            experiment: served.experiment.clone(),
-            arm: served.arm.clone(),
-            model_version: served.model_version.clone(),
-            user: user.to_string(),
+        self.events.signer().sign(ClaimsRef {
+            placement,
+            experiment: served.experiment.as_deref(),
+            arm: &served.arm,
+            model_version: &served.model_version,
+            user,
             issued_at: unix_seconds(SystemTime::now()),
             nonce: next_nonce(),
             uncounted: !served.counted,
-            items: page.iter().map(|item| item_tag(&item.id)).collect(),
+            items: page.iter().map(|item| item_tag(&item.id)),
         })
     }
 
