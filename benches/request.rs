@@ -56,12 +56,18 @@ fn demo_app(runtime: &tokio::runtime::Runtime) -> poem::endpoint::BoxEndpoint<'s
         ("RECGW__SERVER__LISTEN", "127.0.0.1:0".to_string()),
         ("RECGW__EXPERIMENTS__DIR", path("experiments")),
         ("RECGW__MODELS__ROOT", path("models")),
-        ("RECGW__MODELS__SNAPSHOT_DIR", snapshots.to_str().expect("UTF-8").to_string()),
+        (
+            "RECGW__MODELS__SNAPSHOT_DIR",
+            snapshots.to_str().expect("UTF-8").to_string(),
+        ),
     ];
     let settings = Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v))).expect("settings");
     runtime.block_on(async {
         let server = Server::bind(&settings).await.expect("the demo gateway starts");
         let app = server.app().map_to_response().boxed();
+        // Serving also runs the model loaders, which the in-process app relies on; its socket
+        // takes no requests.
+        tokio::spawn(server.run(std::future::pending()));
         // Models load in the background: wait until the user is served from a model.
         for _ in 0..600 {
             if call(&app, "/recommendations/42?placement=home").await.0 == StatusCode::OK {

@@ -67,7 +67,8 @@ enum Command {
 /// Runs the command line; the binary's `main` is this call.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Held to the end of `main`: dropping it writes out the lines still queued.
+    let _logs = init_tracing();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => return fail(e),
@@ -130,17 +131,19 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `RUST_LOG_FORMAT=json` writes
-/// one JSON object per line for log pipelines.
-fn init_tracing() {
+/// one JSON object per line for log pipelines. Lines are queued and written by a thread of
+/// their own, so a request never waits on stderr (a slow terminal or a full pipe); when the
+/// queue is full (128,000 lines) new lines are dropped rather than slowing requests.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if std::env::var("RUST_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json")) {
         logs.json().with_current_span(true).with_span_list(false).init();
     } else {
         logs.init();
     }
+    guard
 }
 
 fn serve(settings: &Settings) -> ExitCode {

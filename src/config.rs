@@ -77,6 +77,11 @@ pub struct ServerSettings {
     /// `request_timeout`, so it never cuts a request the gateway is still answering.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// One log line per request (method, route, status, latency, request id, key name, and the
+    /// experiment, arm and source of recommendations), written off the request path. Off, a
+    /// request logs nothing unless something fails, and costs no span: for replicas whose load
+    /// balancer already keeps an access log.
+    pub access_log: bool,
 }
 
 impl Default for ServerSettings {
@@ -86,6 +91,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            access_log: true,
         }
     }
 }

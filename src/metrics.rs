@@ -330,14 +330,15 @@ impl Metrics {
         self.errors
             .with_label_values(&[endpoint, placement, NONE, NONE, kind])
             .inc();
-        self.observe(endpoint, placement, elapsed);
-    }
-
-    /// Records the latency of a request to an endpoint that serves no arm.
-    pub(crate) fn observe(&self, endpoint: &str, placement: &str, elapsed: Duration) {
         self.response_time
             .with_label_values(&[endpoint, placement, NONE, NONE])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The latency histogram of requests to `endpoint` that reach no arm, resolved once by the
+    /// HTTP layer.
+    pub(crate) fn endpoint_latency(&self, endpoint: &str) -> Histogram {
+        self.response_time.with_label_values(&[endpoint, NONE, NONE, NONE])
     }
 
     /// Counts an experiments folder rejected on reload.

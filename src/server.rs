@@ -74,6 +74,8 @@ pub struct Server {
     refresh_interval: Duration,
     /// `server.request_timeout`: past it a request gets a 504 (408 when its body is late).
     request_timeout: Duration,
+    /// `server.access_log`.
+    access_log: bool,
     /// `server.idle_timeout`: a connection silent this long is closed.
     idle_timeout: Duration,
     /// `server.shutdown_grace`: how long in-flight requests get after a shutdown signal.
@@ -159,6 +161,7 @@ impl Server {
             sync_interval: settings.experiments.reload_interval,
             shutdown_grace: settings.server.shutdown_grace,
             request_timeout: settings.server.request_timeout,
+            access_log: settings.server.access_log,
             idle_timeout: settings.server.idle_timeout,
         })
     }
@@ -170,7 +173,12 @@ impl Server {
 
     /// The HTTP application this server runs, for embedding it elsewhere (the fuzz targets).
     pub fn app(&self) -> impl poem::Endpoint + use<> {
-        api::app(Arc::clone(&self.gateway), Arc::clone(&self.keys), self.request_timeout)
+        api::app(
+            Arc::clone(&self.gateway),
+            Arc::clone(&self.keys),
+            self.request_timeout,
+            self.access_log,
+        )
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.

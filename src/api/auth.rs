@@ -3,10 +3,8 @@
 //! [`Auth`] only declares the `X-API-Key` scheme on the routes that need it, for the OpenAPI
 //! document and Swagger UI.
 
-use std::sync::Arc;
-
+use poem::Request;
 use poem::http::StatusCode;
-use poem::{Endpoint, Request, Response};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::ApiKey;
 
@@ -51,33 +49,27 @@ impl poem::error::ResponseError for Denied {
     }
 }
 
-/// Checks the caller's key against the route's role, then runs the route. The key's name
-/// (never the key) goes into the request's log line.
-pub(crate) async fn authorize<E: Endpoint>(
-    endpoint: Arc<E>,
-    request: Request,
-    keys: Arc<Keys>,
-) -> poem::Result<Response> {
-    if let Some(role) = super::route(request.uri().path()).role {
+/// Checks the caller's key against the route's `role`, before the route parses anything. The
+/// key's name (never the key) goes into the request's log line.
+pub(crate) fn authorize(request: &Request, role: Role, keys: &Keys) -> Result<(), Denied> {
+    let name = if keys.is_off() {
+        let loopback = request
+            .remote_addr()
+            .as_socket_addr()
+            .is_some_and(|a| a.ip().is_loopback());
+        if role == Role::Admin && !loopback {
+            return Err(Denied::LoopbackOnly);
+        }
+        "anonymous"
+    } else {
         let presented = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-        let name = if keys.is_off() {
-            let loopback = request
-                .remote_addr()
-                .as_socket_addr()
-                .is_some_and(|a| a.ip().is_loopback());
-            if role == Role::Admin && !loopback {
-                return Err(Denied::LoopbackOnly.into());
-            }
-            "anonymous".to_string()
-        } else {
-            let caller = presented.and_then(|key| keys.check(key)).ok_or(Denied::Unauthorized)?;
-            if caller.role < role {
-                tracing::Span::current().record("key", caller.name.as_str());
-                return Err(Denied::Forbidden(caller.name).into());
-            }
-            caller.name
-        };
-        tracing::Span::current().record("key", name.as_str());
-    }
-    endpoint.call(request).await.map(poem::IntoResponse::into_response)
+        let caller = presented.and_then(|key| keys.check(key)).ok_or(Denied::Unauthorized)?;
+        tracing::Span::current().record("key", caller.name);
+        if caller.role < role {
+            return Err(Denied::Forbidden(caller.name.to_string()));
+        }
+        caller.name
+    };
+    tracing::Span::current().record("key", name);
+    Ok(())
 }

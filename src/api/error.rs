@@ -75,7 +75,7 @@ impl ApiError {
 
 /// Rewrites errors raised outside the handlers into the JSON error shape; responses the
 /// handlers built already have it and pass through.
-pub(crate) async fn json_errors(err: poem::Error) -> Response {
+pub(crate) fn json_errors(err: poem::Error) -> Response {
     if err.is_from_response() {
         return err.into_response();
     }

@@ -16,17 +16,18 @@ use super::fast_json::FastJson;
 use crate::experiment::is_valid_user_id;
 use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, page};
 use crate::metrics::NONE;
+use crate::store::Item;
 
 /// The recommendation endpoints.
 #[derive(Default)]
 pub(crate) struct RecommendationsApi;
 
 /// One recommended item.
-#[derive(Debug, Object, Serialize)]
+#[derive(Debug, Object)]
 struct ItemBody {
     /// Item id, always a string whatever its type in the model.
     item_id: String,
-    /// Model score (a 32-bit float, printed at its shortest exact decimal).
+    /// Model score (a 32-bit float, printed at its shortest decimal).
     score: f64,
     /// 1-based rank in the model's list (kept through filters).
     rank: u32,
@@ -49,8 +50,9 @@ enum SourceBody {
     Fallback,
 }
 
-/// A page of a user's recommendations and where they came from.
-#[derive(Debug, Object, Serialize)]
+/// A page of a user's recommendations and where they came from: the documented schema. The
+/// body itself is written by [`RecommendationsView`] from the served list without copying it.
+#[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
 struct RecommendationsBody {
     /// The user asked for.
@@ -58,7 +60,6 @@ struct RecommendationsBody {
     /// The placement asked for.
     placement: String,
     /// Covering experiment; absent when the user is on the placement default.
-    #[serde(skip_serializing_if = "Option::is_none")]
     experiment: Option<String>,
     /// Assigned arm; `default` when no experiment covers the user.
     arm: String,
@@ -77,15 +78,55 @@ struct RecommendationsBody {
     /// Page size asked for.
     limit: u32,
     /// Offset of the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
     next_offset: Option<u64>,
     /// Which tier answered.
     source: SourceBody,
     /// Why the arm's model did not answer, when `source` is `fallback`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     fallback_reason: Option<FallbackBody>,
     /// Signed proof of what was served: send it back with impression and click events.
     tracking_token: String,
+}
+
+/// [`RecommendationsBody`] as written: the same fields, borrowed from the request and the served
+/// list.
+#[derive(Serialize)]
+struct RecommendationsView<'a> {
+    user_id: &'a str,
+    placement: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment: Option<&'a str>,
+    arm: &'a str,
+    forced: bool,
+    model: &'a str,
+    model_version: &'a str,
+    #[serde(serialize_with = "items")]
+    items: &'a [&'a Item],
+    total: u64,
+    offset: u32,
+    limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<u64>,
+    source: SourceBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_reason: Option<FallbackBody>,
+    tracking_token: &'a str,
+}
+
+/// [`ItemBody`] as written, straight from the cached item. The score goes out as an `f32`, so
+/// serde prints its shortest decimal (`4.366`, not the widened `4.365995407104492`).
+#[derive(Serialize)]
+struct ItemView<'a> {
+    item_id: &'a str,
+    score: f32,
+    rank: u32,
+}
+
+fn items<S: serde::Serializer>(items: &&[&Item], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(items.iter().map(|item| ItemView {
+        item_id: &item.id,
+        score: item.score,
+        rank: item.rank,
+    }))
 }
 
 /// Why the placement default answered instead of the arm's model.
@@ -143,8 +184,8 @@ impl RecommendationsApi {
     ) -> Result<FastJson<RecommendationsBody>, ApiError> {
         let started = Instant::now();
         let query = (*limit, *offset, *min_score);
-        match serve(&gateway, user_id.0, placement.0, query, exclude.as_deref(), started).await {
-            Ok(body) => Ok(FastJson(body)),
+        match serve(&gateway, &user_id, &placement, query, exclude.as_deref(), started).await {
+            Ok(body) => Ok(body),
             Err((placement, e)) => {
                 gateway
                     .metrics()
@@ -160,21 +201,21 @@ impl RecommendationsApi {
 /// grow the label set).
 async fn serve(
     gateway: &Gateway,
-    user_id: String,
-    placement: String,
+    user_id: &str,
+    placement: &str,
     (limit, offset, min_score): (u32, u32, Option<f32>),
     exclude: Option<&str>,
     started: Instant,
-) -> Result<RecommendationsBody, (String, ApiError)> {
+) -> Result<FastJson<RecommendationsBody>, (String, ApiError)> {
     let label = || {
-        let known = gateway.catalog().placement(&placement).is_some();
+        let known = gateway.catalog().placement(placement).is_some();
         if known {
-            placement.clone()
+            placement.to_string()
         } else {
             "unknown".to_string()
         }
     };
-    if !is_valid_user_id(&user_id) {
+    if !is_valid_user_id(user_id) {
         let message = "user_id must be 1-128 characters from [A-Za-z0-9._:@-]";
         return Err((label(), ApiError::bad_request("invalid_user_id", message)));
     }
@@ -192,7 +233,7 @@ async fn serve(
     let excluded: HashSet<&str> = exclude
         .map(|ids| ids.split(',').map(str::trim).collect())
         .unwrap_or_default();
-    let served = gateway.recommend(&user_id, &placement).await.map_err(|e| match e {
+    let served = gateway.recommend(user_id, placement).await.map_err(|e| match e {
         ServeError::UnknownPlacement(_) => (label(), ApiError::not_found("unknown_placement", e.to_string())),
         ServeError::ModelUnavailable { .. } => (label(), ApiError::unavailable("model_unavailable", e.to_string())),
     })?;
@@ -203,35 +244,27 @@ async fn serve(
         exclude: &excluded,
     };
     let page = page(&served.list, &request);
-    let tracking_token = gateway.tracking_token(&served, &placement, &user_id, &page.items);
+    let tracking_token = gateway.tracking_token(&served, placement, user_id, &page.items);
     let span = tracing::Span::current();
     span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
     span.record("arm", served.arm.as_str());
     span.record("source", served.source.as_str());
     gateway
-        .arm_metrics(&placement, served.experiment.as_deref(), &served.arm)
+        .arm_metrics(placement, served.experiment.as_deref(), &served.arm)
         .served(page.items.len(), served.fallback, started.elapsed());
-    Ok(RecommendationsBody {
-        items: page
-            .items
-            .iter()
-            .map(|item| ItemBody {
-                item_id: item.id.to_string(),
-                score: shortest(item.score),
-                rank: item.rank,
-            })
-            .collect(),
-        total: page.total as u64,
-        next_offset: page.next_offset.map(|n| n as u64),
+    let view = RecommendationsView {
         user_id,
         placement,
-        experiment: served.experiment,
-        arm: served.arm,
+        experiment: served.experiment.as_deref(),
+        arm: &served.arm,
         forced: served.forced,
-        model: served.model,
-        model_version: served.model_version,
+        model: &served.model,
+        model_version: &served.model_version,
+        items: &page.items,
+        total: page.total as u64,
         offset,
         limit,
+        next_offset: page.next_offset.map(|n| n as u64),
         source: match served.source {
             Source::Local => SourceBody::Local,
             Source::Redis => SourceBody::Redis,
@@ -244,12 +277,8 @@ async fn serve(
             FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
             FallbackReason::StoreError => FallbackBody::StoreError,
         }),
-        tracking_token,
-    })
-}
-
-/// The `f64` whose shortest decimal is the `f32`'s (`4.366`, not `4.365995407104492`): JSON
-/// numbers are doubles, and widening an `f32` exposes binary noise to clients.
-fn shortest(score: f32) -> f64 {
-    ryu::Buffer::new().format(score).parse().unwrap_or(f64::from(score))
+        tracking_token: &tracking_token,
+    };
+    // About 60 bytes an item with the fields around them; one buffer for the whole body.
+    Ok(FastJson::write(&view, 512 + 64 * page.items.len()))
 }

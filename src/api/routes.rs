@@ -105,7 +105,16 @@ pub static OTHER: RouteInfo = RouteInfo {
 /// The route `path` (without its query) belongs to; compares segments in place, so the request
 /// path allocates nothing.
 pub fn route(path: &str) -> &'static RouteInfo {
-    ROUTES.iter().find(|r| matches(r.template, path)).unwrap_or(&OTHER)
+    resolve(path).1
+}
+
+/// The route of `path` and its position in [`ROUTES`] (`ROUTES.len()` for [`OTHER`]), for
+/// per-route handles kept in the same order.
+pub(crate) fn resolve(path: &str) -> (usize, &'static RouteInfo) {
+    match ROUTES.iter().position(|r| matches(r.template, path)) {
+        Some(i) => (i, &ROUTES[i]),
+        None => (ROUTES.len(), &OTHER),
+    }
 }
 
 /// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest.

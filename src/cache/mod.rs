@@ -1,6 +1,7 @@
 //! Two cache tiers in front of the model store (ARCHITECTURE.md §6): an in-process W-TinyLFU tier
 //! (moka) and Redis, both holding a user's whole ranked list under
-//! `recgw:{model}:{version}:{generation}:{user}`. Pages and filters are cut after the cache.
+//! `recgw:{model}:{version}:{generation}:{user}` (the local tier under a 128-bit hash of the same
+//! parts, so a hit builds no key string). Pages and filters are cut after the cache.
 //!
 //! A new model version changes the key, so nothing stale is served after a swap; an
 //! invalidation bumps the model's generation (in Redis, published to every replica), which
@@ -50,17 +51,26 @@ pub(crate) enum Tier {
 struct Cached {
     /// `None` when the model has no list for the user (cached so cold users skip the store).
     list: Option<RankedList>,
+    /// [`model_tag`] of the model location the list is of, so an invalidation can drop the
+    /// model's entries at once (their keys are hashes and cannot be matched by prefix).
+    model: u64,
     /// Jittered lifetime of this entry.
     ttl: Duration,
     /// Where it was read from, reported to requests that waited for the same read.
     origin: Tier,
 }
 
+/// A model location's 64-bit xxh3, held by each local entry: locations are few, so a collision
+/// between two of them (which would only drop the other's entries too) has odds of 2^-64.
+fn model_tag(location: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(location.as_bytes())
+}
+
 /// Gives each local entry its own jittered TTL.
 struct PerEntryTtl;
 
-impl Expiry<String, Cached> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &String, value: &Cached, _created_at: std::time::Instant) -> Option<Duration> {
+impl Expiry<u128, Cached> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &u128, value: &Cached, _created_at: std::time::Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -101,7 +111,9 @@ impl Generations {
 #[derive(Debug)]
 pub(crate) struct TieredCache {
     /// The in-process tier (also the coalescer of concurrent misses).
-    local: Moka<String, Cached>,
+    /// Keyed by [`TieredCache::local_key`]: a hash of the Redis key's parts, built on the stack,
+    /// so a hit allocates no key string.
+    local: Moka<u128, Cached>,
     /// Whether `local` is used for hits (`cache.local_capacity > 0`).
     local_enabled: bool,
     /// The Redis tier's lookups and write-backs, when configured.
@@ -160,6 +172,23 @@ impl TieredCache {
         format!("recgw:{model}:{version}:{}:{user}", self.generations.get(model))
     }
 
+    /// The local tier's key of the same parts as [`TieredCache::key`]: their 128-bit xxh3, each
+    /// part ended by a byte no part holds (ids and locations are text, `0xff` is not UTF-8), so
+    /// two lists share a key only by a collision of 128 bits.
+    fn local_key(&self, model: &str, version: &str, user: &str) -> u128 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for part in [
+            model.as_bytes(),
+            version.as_bytes(),
+            &self.generations.get(model).to_le_bytes(),
+            user.as_bytes(),
+        ] {
+            hasher.update(part);
+            hasher.update(&[0xff]);
+        }
+        hasher.digest128()
+    }
+
     /// `ttl` ±10%, so lists loaded together do not expire together.
     fn jittered(&self, ttl: Duration) -> Duration {
         let unit = (self.jitter.hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64;
@@ -178,7 +207,7 @@ impl TieredCache {
         if let Some(list) = model.global_list() {
             return Ok((Some(list), Tier::Local));
         }
-        let key = self.key(location, model.version(), user);
+        let key = self.local_key(location, model.version(), user);
         if self.local_enabled {
             if let Some(hit) = self.local.get(&key).await {
                 self.metrics.cache.local_hit.inc();
@@ -194,6 +223,7 @@ impl TieredCache {
             if self.local_enabled {
                 let cached = Cached {
                     list: list.clone(),
+                    model: model_tag(location),
                     ttl,
                     origin: Tier::Snapshot,
                 };
@@ -203,8 +233,8 @@ impl TieredCache {
         }
         let entry = self
             .local
-            .entry(key.clone())
-            .or_try_insert_with(self.load(key, location, model, user, ttl))
+            .entry(key)
+            .or_try_insert_with(self.load(location, model, user, ttl))
             .await?;
         let cached = entry.into_value();
         Ok((cached.list, cached.origin))
@@ -212,16 +242,10 @@ impl TieredCache {
 
     /// The miss path: Redis, then the store (whose result is written back to Redis without
     /// delaying the response).
-    async fn load(
-        &self,
-        key: String,
-        location: &str,
-        model: &LoadedModel,
-        user: &str,
-        ttl: Duration,
-    ) -> Result<Cached, StoreError> {
+    async fn load(&self, location: &str, model: &LoadedModel, user: &str, ttl: Duration) -> Result<Cached, StoreError> {
         // Locally a disabled tier keeps entries for no time: they only serve the coalescing.
         let local_ttl = if self.local_enabled { ttl } else { Duration::ZERO };
+        let key = self.key(location, model.version(), user);
         if let Some(redis) = &self.redis {
             match redis.query::<Option<Vec<u8>>>(::redis::cmd("GET").arg(&key)).await {
                 Ok(Some(bytes)) => match codec::decode(&bytes) {
@@ -229,6 +253,7 @@ impl TieredCache {
                         self.metrics.cache.redis_hit.inc();
                         return Ok(Cached {
                             list,
+                            model: model_tag(location),
                             ttl: local_ttl,
                             origin: Tier::Redis,
                         });
@@ -259,6 +284,7 @@ impl TieredCache {
         }
         Ok(Cached {
             list,
+            model: model_tag(location),
             ttl: local_ttl,
             origin: Tier::Store,
         })
@@ -303,8 +329,8 @@ impl TieredCache {
     fn apply(&self, model: &str, generation: u64, forget: Forget) {
         let moved = self.generations.raise(model, generation);
         if moved || forget == Forget::Always {
-            let prefix = format!("recgw:{model}:");
-            if let Err(e) = self.local.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
+            let tag = model_tag(model);
+            if let Err(e) = self.local.invalidate_entries_if(move |_, cached| cached.model == tag) {
                 tracing::warn!(error = %e, "cannot drop local entries; they expire by TTL");
             }
             tracing::info!(model, generation, "cache entries of the model dropped");

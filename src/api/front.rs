@@ -1,0 +1,213 @@
+//! The one layer in front of every route: the request id, the key check, the size and time
+//! limits, the endpoint metrics, the JSON error shape and the access log, in one `async fn`
+//! around the router. As five nested layers each wrapped the next one's future and moved it,
+//! which cost more than the checks themselves; one layer reads the route once and keeps one
+//! future.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{Endpoint, IntoResponse, Request, Response};
+use prometheus::Histogram;
+use tracing::Instrument;
+
+use super::routes::{self, ROUTES, RouteInfo};
+use super::{auth, error};
+use crate::auth::{Keys, Role};
+use crate::gateway::{Gateway, RELOAD_BUDGET};
+use crate::metrics::NONE;
+
+/// Request headers larger than this in all (names and values) get a 431 JSON error. Real
+/// clients send well under 2 KiB; nginx's default buffers allow 32 KiB. Past hyper's own
+/// limit (a 400 KiB read buffer, 100 headers) the connection gets hyper's bare 431 instead.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The header carrying a request's id, accepted from the caller or generated.
+const REQUEST_ID: &str = "x-request-id";
+
+/// What the layer needs, built once per application.
+pub(crate) struct Front {
+    /// The metrics the layer counts into (the handlers count their own arm metrics).
+    gateway: Arc<Gateway>,
+    /// API keys; empty when auth is off.
+    keys: Arc<Keys>,
+    /// `server.request_timeout`.
+    timeout: Duration,
+    /// `server.access_log`: one log line per request; off, requests log nothing unless they fail
+    /// inside the gateway, and the request span is not built at all.
+    access_log: bool,
+    /// `response_time_seconds{endpoint}` of each route of [`ROUTES`] (then of unknown paths),
+    /// resolved once so a request does no label lookup.
+    latency: Vec<Histogram>,
+}
+
+impl Front {
+    pub(crate) fn new(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> Self {
+        let metrics = gateway.metrics();
+        let latency = ROUTES
+            .iter()
+            .chain([&routes::OTHER])
+            .map(|route| metrics.endpoint_latency(route.label))
+            .collect();
+        Front {
+            gateway,
+            keys,
+            timeout,
+            access_log,
+            latency,
+        }
+    }
+}
+
+/// Generated request ids: a random per-process prefix and a counter, unique across replicas
+/// without coordination.
+fn next_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| getrandom::u32().unwrap_or_else(|_| std::process::id()));
+    format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The caller's `X-Request-Id` when it is sane, else a new one; echoed on the response.
+fn request_id(request: &Request) -> HeaderValue {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic));
+    match given {
+        Some(id) => id.clone(),
+        None => HeaderValue::from_maybe_shared(bytes::Bytes::from(next_request_id()))
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    }
+}
+
+/// Runs `request` through the route behind this layer. Every answer leaves it with the request
+/// id, every error as the JSON shape, every request timed under its route's `endpoint` label;
+/// `/recommendations` counts its own outcomes with arm labels, so only what never reached its
+/// handler (parameter errors, timeouts, refused keys) is counted here.
+pub(crate) async fn front<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: Request,
+    front: Arc<Front>,
+) -> poem::Result<Response> {
+    let (index, route) = routes::resolve(request.uri().path());
+    let id = request_id(&request);
+    let span = match front.access_log {
+        true => tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or_default(),
+            method = %request.method(),
+            route = route.template,
+            experiment = tracing::field::Empty,
+            arm = tracing::field::Empty,
+            source = tracing::field::Empty,
+            key = tracing::field::Empty,
+        ),
+        false => tracing::Span::none(),
+    };
+    let started = Instant::now();
+    let result = guarded(&*endpoint, request, route, &front)
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed();
+    count(&front, index, route, &result, elapsed);
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => error::json_errors(e),
+    };
+    if front.access_log {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        span.in_scope(|| tracing::info!(status = response.status().as_u16(), latency_ms, "request"));
+    }
+    response.headers_mut().insert(REQUEST_ID, id);
+    Ok(response)
+}
+
+/// The key check, then the size and time limits around the route. A request past its time
+/// gets 504, or 408 when it is still waiting for its own body (a client that stalls mid-body
+/// is the client's fault, not the gateway's); either way hyper then closes the connection,
+/// since the body was not read to its end. Admin routes get the time a reload may wait for new
+/// models on top, so `POST /admin/reload` answers what the reload did.
+async fn guarded<E: Endpoint>(
+    endpoint: &E,
+    mut request: Request,
+    route: &RouteInfo,
+    front: &Front,
+) -> poem::Result<Response> {
+    if let Some(role) = route.role {
+        auth::authorize(&request, role, &front.keys)?;
+    }
+    let header_bytes: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(poem::Error::from_string(
+            format!("request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ));
+    }
+    let timeout = match route.role {
+        Some(Role::Admin) => front.timeout.saturating_add(RELOAD_BUDGET),
+        _ => front.timeout,
+    };
+    // Only requests that carry a body pay for knowing whether it arrived.
+    let body_read = (request.headers().contains_key(header::CONTENT_LENGTH)
+        || request.headers().contains_key(header::TRANSFER_ENCODING))
+    .then(|| {
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&read);
+        let end = futures::stream::poll_fn(move |_| {
+            flag.store(true, Ordering::Relaxed);
+            std::task::Poll::Ready(None)
+        });
+        let body = request.take_body().into_bytes_stream().chain(end);
+        request.set_body(poem::Body::from_bytes_stream(body));
+        read
+    });
+    match tokio::time::timeout(timeout, endpoint.call(request)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) if body_read.is_some_and(|read| !read.load(Ordering::Relaxed)) => Err(poem::Error::from_string(
+            format!("the request body did not arrive within {timeout:?}"),
+            StatusCode::REQUEST_TIMEOUT,
+        )),
+        Err(_) => Err(poem::Error::from_status(StatusCode::GATEWAY_TIMEOUT)),
+    }
+}
+
+/// Times the request under its route's label and counts a failure by its kind, unless the
+/// recommendation handler counted it with arm labels itself (what it answered: successes and
+/// the errors it built).
+fn count(front: &Front, index: usize, route: &RouteInfo, result: &poem::Result<Response>, elapsed: Duration) {
+    let counted_by_handler = match result {
+        Ok(_) => true,
+        Err(e) => e.is_from_response(),
+    };
+    if route.label == "recommendations" && counted_by_handler {
+        return;
+    }
+    let status = match result {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    if status.is_client_error() || status.is_server_error() {
+        let parse_error = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.is::<poem_openapi::error::ParseParamError>());
+        let kind = match parse_error {
+            true => "invalid_parameter".to_string(),
+            false => status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+                .replace(' ', "_"),
+        };
+        front
+            .gateway
+            .metrics()
+            .request_failed(route.label, NONE, &kind, elapsed);
+    } else {
+        front.latency[index].observe(elapsed.as_secs_f64());
+    }
+}
