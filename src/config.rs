@@ -185,6 +185,9 @@ pub struct TrackingSettings {
     /// Events whose token is older than this are rejected as expired.
     #[serde(deserialize_with = "duration")]
     pub token_max_age: Duration,
+    /// The format new tokens are signed in (both are verified): `binary`, or `json` while
+    /// upgrading from a release that reads only JSON tokens (README, "Tracking tokens").
+    pub token_format: crate::feedback::token::TokenFormat,
 }
 
 impl Default for TrackingSettings {
@@ -192,6 +195,7 @@ impl Default for TrackingSettings {
         TrackingSettings {
             secret: String::new(),
             token_max_age: Duration::from_secs(24 * 3600),
+            token_format: crate::feedback::token::TokenFormat::Binary,
         }
     }
 }

@@ -302,6 +302,20 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
     }
 }
 
+/// Which format new tokens are signed in (`tracking.token_format`); [`Signer::verify`] reads
+/// both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// Format 1, the fixed binary layout.
+    #[default]
+    Binary,
+    /// Format 0, JSON claims, which releases before format 1 read and sign: the first step of
+    /// an upgrade from one, while replicas of both releases serve (and may get each other's
+    /// events); switch to `binary` once every replica runs this release.
+    Json,
+}
+
 /// Signs and verifies tokens with one secret.
 #[derive(Clone)]
 pub struct Signer {
@@ -309,6 +323,8 @@ pub struct Signer {
     mac: Hmac<Sha256>,
     /// Tokens older than this are refused.
     max_age: Duration,
+    /// The format [`Signer::sign`] writes.
+    format: TokenFormat,
 }
 
 impl std::fmt::Debug for Signer {
@@ -355,13 +371,35 @@ impl Signer {
             secret.as_bytes()
         };
         let mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        Signer { mac, max_age }
+        Signer {
+            mac,
+            max_age,
+            format: TokenFormat::Binary,
+        }
+    }
+
+    /// This signer, signing new tokens in `format`.
+    pub fn with_format(self, format: TokenFormat) -> Self {
+        Signer { format, ..self }
     }
 
     /// The format-1 token for `claims`: laid out in one buffer, on the stack for any real
     /// page, so the returned string is the only allocation. `items` must report its length
     /// truly (every slice and map of one does).
     pub fn sign<I: ExactSizeIterator<Item = u32>>(&self, claims: ClaimsRef<'_, I>) -> String {
+        if self.format == TokenFormat::Json {
+            return self.sign_json(&Claims {
+                placement: claims.placement.to_string(),
+                experiment: claims.experiment.map(str::to_string),
+                arm: claims.arm.to_string(),
+                model_version: claims.model_version.to_string(),
+                user: claims.user.to_string(),
+                issued_at: claims.issued_at,
+                nonce: claims.nonce,
+                uncounted: claims.uncounted,
+                items: claims.items.collect(),
+            });
+        }
         let strings = [
             Some(claims.placement),
             claims.experiment,
@@ -399,10 +437,9 @@ impl Signer {
         })
     }
 
-    /// The format-0 token for `claims`, as `sign` wrote it before format 1: only tests, the
-    /// benchmark and the fuzz seeds make one now, to check what `verify` still accepts. It
-    /// goes with that path (see [`Signer::verify`]).
-    #[doc(hidden)]
+    /// The format-0 token for `claims`, as releases before format 1 wrote it: what `sign`
+    /// writes under `tracking.token_format = "json"`, and what tests, the benchmark and the
+    /// fuzz seeds check `verify` still accepts. It goes with that path (see [`Signer::verify`]).
     pub fn sign_json(&self, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
         let mut mac = self.mac.clone();
@@ -422,10 +459,10 @@ impl Signer {
     /// format 1 still count. The two never overlap: only format 0 has a `.`, which base64url
     /// never writes (it starts `ey`, base64 of `{"`; format 1 starts `A`, its version byte's
     /// top bits being 0), and neither's signed bytes parse as the other's. Delete the format-0
-    /// path (`verify_json`, `sign_json`, the serde derives on [`Claims`] and `tags`, with the
-    /// tests, bench cases and `json-` fuzz seeds that use them) once every replica has signed
-    /// format 1 for `tracking.token_max_age` (24 h by default): no format-0 token verifies
-    /// after that.
+    /// path (`verify_json`, `sign_json`, [`TokenFormat::Json`], the serde derives on [`Claims`]
+    /// and `tags`, with the tests, bench cases and `json-` fuzz seeds that use them) once every
+    /// replica has signed format 1 for `tracking.token_max_age` (24 h by default): no format-0
+    /// token verifies after that.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<(Claims, TokenId), TokenError> {
         let (claims, id) = match token.split_once('.') {
             Some((payload, tag)) => self.verify_json(payload, tag)?,
@@ -556,6 +593,19 @@ mod tests {
             let token = signer.sign(claims.view());
             assert_eq!(signer.verify(&token, at(1_000)).map(|(c, _)| c), Ok(claims));
         }
+    }
+
+    /// Under `token_format = "json"` new tokens are format 0, which releases before format 1
+    /// read, and this release still verifies them.
+    #[test]
+    fn the_json_setting_signs_what_older_releases_read() {
+        let signer = Signer::new("s3cret", DAY).with_format(TokenFormat::Json);
+        let claims = page_of_10();
+        let token = signer.sign(claims.view());
+        assert_eq!(token, signer.sign_json(&claims));
+        assert!(token.starts_with("ey") && token.contains('.'), "{token}");
+        let binary = Signer::new("s3cret", DAY);
+        assert_eq!(binary.verify(&token, at(claims.issued_at)).map(|(c, _)| c), Ok(claims));
     }
 
     #[test]
