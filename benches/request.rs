@@ -2,13 +2,14 @@
 //! `home` placement (a running experiment, so each answer is assigned, counted as an exposure and
 //! given a tracking token) answered from the local tier, through the whole HTTP application
 //! (`Server::app`: the layers in front of the handlers, routing, parameters, JSON). Also counts
-//! the heap allocations one such request makes, with a counting global allocator, and prints
+//! the heap allocations one such request makes, with a counting global allocator over the
+//! binary's own (mimalloc), and prints
 //! them beside criterion's figures; a bare poem route answering the same bytes is measured in
 //! the same run, so both figures have a baseline.
 //!
 //! `cargo bench --bench request`
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,28 +20,28 @@ use poem::{Endpoint, EndpointExt, Request, Response, Route, get, handler};
 use recgw::config::Settings;
 use recgw::server::Server;
 
-/// The system allocator, counting allocations (and reallocations, which allocate too).
+/// The allocator `recgw` runs with, counting allocations (and reallocations, which allocate too).
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: every call is forwarded unchanged to the system allocator.
+// SAFETY: every call is forwarded unchanged to mimalloc.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
+        // SAFETY: the caller's contract is mimalloc's.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
