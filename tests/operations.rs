@@ -1253,3 +1253,67 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     }
     eprintln!("recgw exited 0 {exited_after:?} after SIGTERM");
 }
+
+/// `server.access_log = false`: requests are served and write no line, while the log itself
+/// still works (the start-up line reaches it). The test above checks the default writes one
+/// line per request, so a setting that did nothing fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_access_log_requests_write_no_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = dir.path().join("recgw.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_recgw"))
+        .arg("serve")
+        .env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RECGW__SERVER__ACCESS_LOG", "false")
+        .env("RECGW__EXPERIMENTS__DIR", repo().join("experiments"))
+        .env("RECGW__MODELS__ROOT", repo().join("models"))
+        .env("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0")
+        .env("RUST_LOG", "info")
+        .env("RUST_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("run recgw serve");
+    let mut process = Process { child, log };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = http_client();
+    eventually(READY_TIMEOUT, "recgw ready", async || {
+        match send(&client, Method::GET, &format!("{base}/ready"), &[], None).await {
+            Ok(ready) if ready.status == 200 => Ok(()),
+            other => Err(format!("{other:?}\n{}", process.log())),
+        }
+    })
+    .await;
+    for user in 0..5 {
+        let url = format!("{base}/recommendations/{user}?placement=home");
+        let answer = send(&client, Method::GET, &url, &[], None).await.expect("served");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let pid = process.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = process.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "recgw still running:\n{}", process.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "{}", process.log());
+    let log = process.log();
+    let messages: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["fields"]["message"].clone())
+        .collect();
+    assert!(messages.iter().any(|m| m == "recgw listening"), "{log}");
+    assert!(!messages.iter().any(|m| m == "request"), "{log}");
+}

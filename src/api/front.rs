@@ -1,8 +1,7 @@
 //! The one layer in front of every route: the request id, the key check, the size and time
 //! limits, the endpoint metrics, the JSON error shape and the access log, in one `async fn`
-//! around the router. As five nested layers each wrapped the next one's future and moved it,
-//! which cost more than the checks themselves; one layer reads the route once and keeps one
-//! future.
+//! around the router. Five nested layers each wrapped the next one's future and moved it, which
+//! cost more than the checks themselves; one layer reads the route once and keeps one future.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +44,7 @@ pub(crate) struct Front {
 }
 
 impl Front {
+    /// The layer's state for an application over `gateway`.
     pub(crate) fn new(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> Self {
         let metrics = gateway.metrics();
         let latency = ROUTES
