@@ -192,18 +192,24 @@ fn sign_json(secret: &str, claims: &Value) -> String {
     )
 }
 
-/// The `i` claim of a page of `items`, computed from the documented format rather than taken
-/// from a token: base64url (no padding) of one big-endian u32 per item in page order, each the
-/// first 4 bytes of SHA-256 of the item id (so the u32's big-endian bytes are those 4 bytes).
+/// The tags of a page of `items` in a binary token, computed from the documented format rather
+/// than taken from a token, as the `i` claim [`claims`] gives: base64url (no padding) of one
+/// big-endian u32 per item in page order, each the top 32 bits of the item id's xxh3.
 fn page_tags<S: AsRef<str>>(items: &[S]) -> String {
-    let bytes: Vec<u8> = items
+    let tags = items
         .iter()
-        .flat_map(|item| {
-            let digest = Sha256::digest(item.as_ref().as_bytes());
-            u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).to_be_bytes()
-        })
-        .collect();
-    URL_SAFE_NO_PAD.encode(bytes)
+        .flat_map(|item| ((xxhash_rust::xxh3::xxh3_64(item.as_ref().as_bytes()) >> 32) as u32).to_be_bytes());
+    URL_SAFE_NO_PAD.encode(tags.collect::<Vec<u8>>())
+}
+
+/// The `i` claim of a page of `items` in a JSON token: the same encoding, each tag the first 4
+/// bytes of SHA-256 of the item id, as releases before the binary format computed them.
+fn json_page_tags<S: AsRef<str>>(items: &[S]) -> String {
+    let tags = items.iter().flat_map(|item| {
+        let digest = Sha256::digest(item.as_ref().as_bytes());
+        [digest[0], digest[1], digest[2], digest[3]]
+    });
+    URL_SAFE_NO_PAD.encode(tags.collect::<Vec<u8>>())
 }
 
 /// An event without `event_id`.
@@ -947,13 +953,16 @@ async fn tokens_of_the_json_format_still_count() {
     let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
     let body = gw.recommend("42", "home").await;
     let (token, items) = shown(&body);
-    let old = sign_json("k3y", &claims(token));
+    // The same page as the release before the binary format would have signed it.
+    let mut page = claims(token);
+    page["i"] = json!(json_page_tags(&items));
+    let old = sign_json("k3y", &page);
     let batch = [
         event("impression", &old, &items[0]),
         event_with_id("click", &old, &items[0], "c-1"),
         event("click", token, &items[0]),
         event("click", &old, "not-on-the-page"),
-        event("click", &sign_json("another-secret", &claims(token)), &items[1]),
+        event("click", &sign_json("another-secret", &page), &items[1]),
     ];
     assert_outcome(
         &gw.post_events(&batch).await,

@@ -36,7 +36,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::feedback::counts::{Count, Tally, arm_key};
-use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag};
+use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::redis::{Failure, RedisClient};
 
 /// Claims this process remembers at most without Redis (see [`RecentClaims`]).
@@ -270,7 +270,7 @@ impl EventLog {
             return Err(Rejection::InvalidEventId);
         }
         let (claims, token) = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
-        let tag = item_tag(event.item_id);
+        let tag = item_tag_in(event.token, event.item_id);
         let position = claims
             .items
             .iter()
@@ -493,7 +493,7 @@ mod tests {
     use prometheus::IntGauge;
 
     use super::*;
-    use crate::feedback::token::unix_seconds;
+    use crate::feedback::token::{item_tag, unix_seconds};
 
     fn checked(token: u8, field: &str, event_id: Option<&str>) -> Checked {
         Checked {

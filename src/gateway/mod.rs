@@ -15,7 +15,7 @@ use crate::cache::{Tier, TieredCache};
 use crate::experiment::{Arm, Catalog, Experiment, Problems};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
-use crate::feedback::token::{ClaimsRef, item_tag, next_nonce, unix_seconds};
+use crate::feedback::token::{ClaimsRef, next_nonce, unix_seconds};
 use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
 
@@ -415,7 +415,7 @@ impl Gateway {
             issued_at: unix_seconds(SystemTime::now()),
             nonce: next_nonce(),
             uncounted: !served.counted,
-            items: page.iter().map(|item| item_tag(&item.id)),
+            items: page.iter().map(|item| self.events.signer().item_tag(&item.id)),
         })
     }
 
