@@ -1089,8 +1089,38 @@ struct Process {
 }
 
 impl Process {
+    /// `recgw serve` with JSON logs at `info` into `log`, configured further by `configure`
+    /// (arguments, settings in the environment).
+    fn serve(log: PathBuf, configure: impl FnOnce(&mut Command) -> &mut Command) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
+        configure(&mut command)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .env("RUST_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("run recgw serve");
+        Process { child, log }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status, within 15 s of `since` (the SIGTERM).
+    async fn exit(&mut self, since: Instant) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "recgw still running 15 s after SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -1126,17 +1156,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         ),
     )
     .expect("write settings");
-    let log = dir.path().join("recgw.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_recgw"))
-        .args(["--config", config.to_str().expect("utf-8"), "serve"])
-        .env("RUST_LOG", "info")
-        .env("RUST_LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("run recgw serve");
-    let mut process = Process { child, log };
+    let mut process = Process::serve(dir.path().join("recgw.log"), |command| {
+        command.args(["--config", config.to_str().expect("utf-8")])
+    });
     let base = format!("http://127.0.0.1:{port}");
     let client = http_client();
 
@@ -1213,17 +1235,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
             Err(e) => failures.push(format!("request {i}: {e}")),
         }
     }
-    let exit = loop {
-        if let Some(status) = process.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            sigterm_at.elapsed() < Duration::from_secs(15),
-            "recgw still running 15 s after SIGTERM:\n{}",
-            process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = process.exit(sigterm_at).await;
     let exited_after = sigterm_at.elapsed();
     let _ = tokio::task::spawn_blocking(move || sleeper.join()).await;
     assert!(
@@ -1261,22 +1273,14 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
 async fn without_the_access_log_requests_write_no_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let log = dir.path().join("recgw.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_recgw"))
-        .arg("serve")
-        .env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RECGW__SERVER__ACCESS_LOG", "false")
-        .env("RECGW__EXPERIMENTS__DIR", repo().join("experiments"))
-        .env("RECGW__MODELS__ROOT", repo().join("models"))
-        .env("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0")
-        .env("RUST_LOG", "info")
-        .env("RUST_LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("run recgw serve");
-    let mut process = Process { child, log };
+    let mut process = Process::serve(dir.path().join("recgw.log"), |command| {
+        command
+            .env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RECGW__SERVER__ACCESS_LOG", "false")
+            .env("RECGW__EXPERIMENTS__DIR", repo().join("experiments"))
+            .env("RECGW__MODELS__ROOT", repo().join("models"))
+            .env("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0")
+    });
     let base = format!("http://127.0.0.1:{port}");
     let client = http_client();
     eventually(READY_TIMEOUT, "recgw ready", async || {
@@ -1292,6 +1296,7 @@ async fn without_the_access_log_requests_write_no_line() {
         assert_eq!(answer.status, 200, "{}", answer.body);
     }
     let pid = process.child.id().to_string();
+    let sigterm_at = Instant::now();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -1299,14 +1304,7 @@ async fn without_the_access_log_requests_write_no_line() {
             .expect("kill")
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(status) = process.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "recgw still running:\n{}", process.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = process.exit(sigterm_at).await;
     assert_eq!(exit.code(), Some(0), "{}", process.log());
     let log = process.log();
     let messages: Vec<Value> = log
