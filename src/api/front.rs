@@ -16,8 +16,8 @@ use tracing::Instrument;
 use super::routes::{self, ROUTES, RouteInfo};
 use super::{auth, error};
 use crate::auth::{Keys, Role};
-use crate::gateway::{Gateway, RELOAD_BUDGET};
-use crate::metrics::NONE;
+use crate::gateway::RELOAD_BUDGET;
+use crate::metrics::{Metrics, NONE};
 
 /// Request headers larger than this in all (names and values) get a 431 JSON error. Real
 /// clients send well under 2 KiB; nginx's default buffers allow 32 KiB. Past hyper's own
@@ -29,8 +29,8 @@ const REQUEST_ID: &str = "x-request-id";
 
 /// What the layer needs, built once per application.
 pub(crate) struct Front {
-    /// The metrics the layer counts into (the handlers count their own arm metrics).
-    gateway: Arc<Gateway>,
+    /// The registry the layer counts failures into (the handlers count their own arm metrics).
+    metrics: Metrics,
     /// API keys; empty when auth is off.
     keys: Arc<Keys>,
     /// `server.request_timeout`.
@@ -44,16 +44,15 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    /// The layer's state for an application over `gateway`.
-    pub(crate) fn new(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> Self {
-        let metrics = gateway.metrics();
+    /// The layer's state: counting into `metrics`, admitting the callers `keys` admit.
+    pub(crate) fn new(metrics: Metrics, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> Self {
         let latency = ROUTES
             .iter()
             .chain([&routes::OTHER])
             .map(|route| metrics.endpoint_latency(route.label))
             .collect();
         Front {
-            gateway,
+            metrics,
             keys,
             timeout,
             access_log,
@@ -203,10 +202,7 @@ fn count(front: &Front, index: usize, route: &RouteInfo, result: &poem::Result<R
                 .to_ascii_lowercase()
                 .replace(' ', "_"),
         };
-        front
-            .gateway
-            .metrics()
-            .request_failed(route.label, NONE, &kind, elapsed);
+        front.metrics.request_failed(route.label, NONE, &kind, elapsed);
     } else {
         front.latency[index].observe(elapsed.as_secs_f64());
     }
