@@ -76,6 +76,7 @@ fn bench_token(c: &mut Criterion) {
         nonce,
         uncounted: false,
         items: tags.iter().copied(),
+        teams: None,
     };
     let owned = || Claims {
         placement: placement.to_string(),
@@ -87,6 +88,7 @@ fn bench_token(c: &mut Criterion) {
         nonce,
         uncounted: false,
         items: tags.clone(),
+        teams: None,
     };
     let claims = owned();
     let (binary, json) = (signer.sign(view()), signer.sign_json(&claims));

@@ -322,7 +322,7 @@ fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {
     println!("forced      {}", x.in_experiment && x.served.forced);
     println!(
         "buckets     placement {} (slice [{}, {})), arm {} -> {}",
-        x.placement_bucket, e.slice.start, e.slice.end, x.arm_bucket, x.arm_for_bucket.name
+        x.placement_bucket, e.slice.start, e.slice.end, x.arm_bucket, x.arm_for_bucket
     );
     println!("why         {}", x.reason());
     println!(

@@ -22,7 +22,7 @@ use common::gateway::{Reply, TestGateway};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use recgw::experiment::{BUCKETS, Catalog, Problem, is_valid_user_id};
-use recgw::feedback::token::{Claims, Signer, TokenError};
+use recgw::feedback::token::{Claims, Signer, Teams, TokenError};
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 
@@ -813,18 +813,27 @@ fn claims() -> impl Strategy<Value = Claims> {
         any::<u64>(),
         any::<bool>(),
         prop::collection::vec(any::<u32>(), 0..100),
+        any::<Option<(String, String, u64)>>(),
     )
         .prop_map(
-            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted, items)| Claims {
-                placement,
-                experiment,
-                arm,
-                model_version,
-                user,
-                issued_at,
-                nonce,
-                uncounted,
-                items,
+            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted, items, teams)| {
+                // An interleaved page: a team per item, drawn from the bits of a number.
+                let teams = teams.map(|(first, second, bits)| Teams {
+                    names: [first, second],
+                    of_items: (0..items.len()).map(|i| (bits >> (i % 64) & 1) as u8).collect(),
+                });
+                Claims {
+                    placement,
+                    experiment,
+                    arm,
+                    model_version,
+                    user,
+                    issued_at,
+                    nonce,
+                    uncounted,
+                    items,
+                    teams,
+                }
             },
         )
 }
@@ -1513,4 +1522,178 @@ fn the_events_and_recommendation_properties_share_one_gateway() {
     let reply = shared.runtime.block_on(shared.gateway.get("/health"));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(signed_shape(&shared.token), "{}", shared.token);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Team draft (`recgw::experiment::team_draft`, interleaving experiments)
+// ---------------------------------------------------------------------------------------------
+
+/// `items` without repeats, first occurrence kept: a ranked list has each item once.
+fn distinct(items: Vec<u8>) -> Vec<u8> {
+    let mut seen = BTreeSet::new();
+    items.into_iter().filter(|i| seen.insert(*i)).collect()
+}
+
+/// Two ranked lists of 0..30 distinct items from a small alphabet (1..=40 letters), so that
+/// they often share items, and sometimes are one inside the other.
+fn ranked_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    (1u8..=40).prop_flat_map(|letters| {
+        (
+            prop::collection::vec(0..letters, 0..30).prop_map(distinct),
+            prop::collection::vec(0..letters, 0..30).prop_map(distinct),
+        )
+    })
+}
+
+/// The team draft rule replayed over `merged`: for each entry, whether both teams still had an
+/// unused item before it, the pick counts before it, and each team's best unused item then.
+struct Replay {
+    both_could_pick: bool,
+    picks: [usize; 2],
+    best: [Option<u8>; 2],
+}
+
+fn replay(lists: [&[u8]; 2], merged: &[(u8, usize)]) -> Vec<Replay> {
+    let mut used = BTreeSet::new();
+    let mut picks = [0usize; 2];
+    let mut steps = Vec::new();
+    for (item, team) in merged {
+        let best = [0, 1].map(|t| lists[t].iter().copied().find(|i| !used.contains(i)));
+        steps.push(Replay {
+            both_could_pick: best[0].is_some() && best[1].is_some(),
+            picks,
+            best,
+        });
+        used.insert(*item);
+        if *team < 2 {
+            picks[*team] += 1;
+        }
+    }
+    steps
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The merged list never holds an item twice, and every team is 0 (a) or 1 (b).
+    #[test]
+    fn team_draft_never_repeats_an_item((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let mut seen = BTreeSet::new();
+        for (item, team) in &merged {
+            prop_assert!(seen.insert(*item), "{} twice in {:?} (a {:?}, b {:?})", item, merged, a, b);
+            prop_assert!(*team < 2, "team {} in {:?}", team, merged);
+        }
+    }
+
+    /// The merged list holds exactly the items of a ∪ b: each of its items is in a or b, and
+    /// none of either list is left out.
+    #[test]
+    fn team_draft_holds_exactly_the_union((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let got: BTreeSet<u8> = merged.iter().map(|(i, _)| *i).collect();
+        let want: BTreeSet<u8> = a.iter().chain(&b).copied().collect();
+        prop_assert_eq!(got, want, "merged {:?} of a {:?}, b {:?}", merged, a, b);
+        prop_assert_eq!(merged.len(), a.iter().chain(&b).copied().collect::<BTreeSet<u8>>().len());
+    }
+
+    /// Each entry of team t is the highest-ranked item of list t not earlier in the merged list
+    /// (so an item both lists hold goes to the team that picked it first).
+    #[test]
+    fn team_draft_picks_each_team_s_best_unused_item((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        for (k, (step, (item, team))) in replay([&a, &b], &merged).iter().zip(&merged).enumerate() {
+            prop_assert!(*team < 2);
+            prop_assert_eq!(
+                step.best[*team], Some(*item),
+                "position {}: team {} took {} (merged {:?}, a {:?}, b {:?})", k, team, item, merged, a, b
+            );
+        }
+    }
+
+    /// At every prefix, while both teams still had an unused item, their pick counts differ by
+    /// at most one.
+    #[test]
+    fn team_draft_keeps_picks_balanced_while_both_can_pick((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let steps = replay([&a, &b], &merged);
+        for (k, step) in steps.iter().enumerate() {
+            if step.both_could_pick {
+                prop_assert!(
+                    step.picks[0].abs_diff(step.picks[1]) <= 1,
+                    "before position {}: picks {:?} (merged {:?}, a {:?}, b {:?})", k, step.picks, merged, a, b
+                );
+            }
+        }
+        // And after the last pick made while both could pick.
+        let last_both = steps.iter().rposition(|s| s.both_could_pick);
+        if let Some(k) = last_both {
+            let mut picks = [0usize; 2];
+            for (_, team) in &merged[..=k] {
+                picks[*team] += 1;
+            }
+            prop_assert!(picks[0].abs_diff(picks[1]) <= 1, "{:?} after position {} of {:?}", picks, k, merged);
+        }
+    }
+
+    /// The team with fewer picks picks next while it has an unused item; a team with nothing
+    /// left stops and the other goes on.
+    #[test]
+    fn team_draft_the_team_behind_picks_next((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        for (k, (step, (_, team))) in replay([&a, &b], &merged).iter().zip(&merged).enumerate() {
+            let behind = match step.picks[0].cmp(&step.picks[1]) {
+                std::cmp::Ordering::Less => Some(0),
+                std::cmp::Ordering::Greater => Some(1),
+                std::cmp::Ordering::Equal => None,
+            };
+            if step.both_could_pick {
+                if let Some(behind) = behind {
+                    prop_assert_eq!(*team, behind, "position {}: picks {:?} in {:?}", k, step.picks, merged);
+                }
+            } else {
+                let only = if step.best[0].is_some() { 0 } else { 1 };
+                prop_assert_eq!(*team, only, "position {}: only team {} had items left in {:?}", k, only, merged);
+            }
+        }
+    }
+
+    /// The same list on both sides: the merged list is that list in its order, and the teams'
+    /// pick counts differ by at most one (at every prefix: positions 2k and 2k+1 go to
+    /// different teams).
+    #[test]
+    fn team_draft_of_identical_lists_keeps_their_order(
+        a in (1u8..=40).prop_flat_map(|n| prop::collection::vec(0..n, 0..30).prop_map(distinct)),
+        seed in any::<u64>(),
+    ) {
+        let merged = recgw::experiment::team_draft(&a, &a, seed);
+        let order: Vec<u8> = merged.iter().map(|(i, _)| *i).collect();
+        prop_assert_eq!(&order, &a);
+        let on_a = merged.iter().filter(|(_, t)| *t == 0).count();
+        prop_assert!(on_a.abs_diff(merged.len() - on_a) <= 1, "{:?}", merged);
+        for pair in merged.chunks(2) {
+            if let [(_, t0), (_, t1)] = pair {
+                prop_assert_ne!(t0, t1, "{:?}", merged);
+            }
+        }
+    }
+
+    /// The same lists and seed give the same merged list.
+    #[test]
+    fn team_draft_is_deterministic_for_a_seed((a, b) in ranked_pair(), seed in any::<u64>()) {
+        let first = recgw::experiment::team_draft(&a, &b, seed);
+        let again = recgw::experiment::team_draft(&a.clone(), &b.clone(), seed);
+        prop_assert_eq!(first, again);
+    }
+
+    /// The coin is used: with both lists non-empty, over the seeds 0..64 each team gets the
+    /// first pick at least once (a fair coin fails this with probability 2^-63).
+    #[test]
+    fn team_draft_coin_gives_either_team_the_first_pick((a, b) in ranked_pair()) {
+        prop_assume!(!a.is_empty() && !b.is_empty());
+        let firsts: BTreeSet<usize> = (0..64u64)
+            .map(|seed| recgw::experiment::team_draft(&a, &b, seed)[0].1)
+            .collect();
+        prop_assert_eq!(firsts, BTreeSet::from([0, 1]), "a {:?}, b {:?}", a, b);
+    }
 }

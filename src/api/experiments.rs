@@ -197,7 +197,7 @@ impl ExperimentsApi {
             forced: x.in_experiment && x.served.forced,
             placement_bucket: x.placement_bucket,
             arm_bucket: x.arm_bucket,
-            arm_for_bucket: x.arm_for_bucket.name.clone(),
+            arm_for_bucket: x.arm_for_bucket.to_string(),
             placement_experiment: x.served.experiment.map(|e| e.id.clone()),
             placement_arm: x.served.arm_name().to_string(),
             reason: x.reason(),

@@ -13,8 +13,8 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use super::fast_json::FastJson;
-use crate::experiment::is_valid_user_id;
-use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source, page};
+use crate::experiment::{Arm, Team, is_valid_user_id};
+use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source};
 use crate::metrics::NONE;
 use crate::store::Item;
 
@@ -24,13 +24,18 @@ pub(crate) struct RecommendationsApi;
 
 /// One recommended item.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ItemBody {
     /// Item id, always a string whatever its type in the model.
     item_id: String,
     /// Model score (a 32-bit float, printed at its shortest decimal).
     score: f64,
-    /// 1-based rank in the model's list (kept through filters).
+    /// 1-based rank in the model's list (kept through filters); on an interleaved list, in
+    /// the list of the item's team.
     rank: u32,
+    /// On an interleaved list (`arm = interleaved`), the arm whose pick this item was: clicks
+    /// on it count for that arm. Absent otherwise.
+    team: Option<String>,
 }
 
 /// Which tier produced the list.
@@ -61,13 +66,16 @@ struct RecommendationsBody {
     placement: String,
     /// Covering experiment; absent when the user is on the placement default.
     experiment: Option<String>,
-    /// Assigned arm; `default` when no experiment covers the user.
+    /// Assigned arm; `default` when no experiment covers the user, `interleaved` when an
+    /// interleave experiment merged both its arms' lists (each item then names its `team`).
     arm: String,
     /// True when a QA override forced the arm.
     forced: bool,
-    /// The model that produced the items (the placement default after a fallback).
+    /// The model that produced the items (the placement default after a fallback); on an
+    /// interleaved list, both arms' models, comma-separated in arm order.
     model: String,
-    /// Version of that model: resolved folder and commit marker.
+    /// Version of that model: resolved folder and commit marker (both, comma-separated, on an
+    /// interleaved list).
     model_version: String,
     /// This page, best first.
     items: Vec<ItemBody>,
@@ -100,7 +108,7 @@ struct RecommendationsView<'a> {
     model: &'a str,
     model_version: &'a str,
     #[serde(serialize_with = "items")]
-    items: &'a [&'a Item],
+    items: (&'a [&'a Item], &'a [Team], Option<&'a [Arm]>),
     total: u64,
     offset: u32,
     limit: u32,
@@ -119,13 +127,25 @@ struct ItemView<'a> {
     item_id: &'a str,
     score: f32,
     rank: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    team: Option<&'a str>,
 }
 
-fn items<S: serde::Serializer>(items: &&[&Item], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(items.iter().map(|item| ItemView {
-        item_id: &item.id,
-        score: item.score,
-        rank: item.rank,
+/// The page's items, each with its team's arm name when the page is interleaved.
+fn items<S: serde::Serializer>(
+    (items, teams, arms): &(&[&Item], &[Team], Option<&[Arm]>),
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(items.iter().enumerate().map(|(i, item)| {
+        ItemView {
+            item_id: &item.id,
+            score: item.score,
+            rank: item.rank,
+            team: arms
+                .zip(teams.get(i))
+                .and_then(|(arms, team)| arms.get(usize::from(*team)))
+                .map(|arm| arm.name.as_str()),
+        }
     }))
 }
 
@@ -140,6 +160,9 @@ enum FallbackBody {
     UserNotInModel,
     /// Reading the model failed.
     StoreError,
+    /// One arm of an interleave experiment could not answer; the other's list is served alone
+    /// and the page is not counted in the results.
+    NotInterleaved,
 }
 
 /// Ids `exclude` may name at most: a page holds at most 100 items, so a client excluding more
@@ -243,8 +266,8 @@ async fn serve(
         min_score,
         exclude: &excluded,
     };
-    let page = page(&served.list, &request);
-    let tracking_token = gateway.tracking_token(&served, placement, user_id, &page.items);
+    let page = served.page(&request);
+    let tracking_token = gateway.tracking_token(&served, placement, user_id, &page);
     let span = tracing::Span::current();
     span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
     span.record("arm", served.arm.as_str());
@@ -260,7 +283,7 @@ async fn serve(
         forced: served.forced,
         model: &served.model,
         model_version: &served.model_version,
-        items: &page.items,
+        items: (&page.items, &page.teams, served.team_arms()),
         total: page.total as u64,
         offset,
         limit,
@@ -276,6 +299,7 @@ async fn serve(
             FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
             FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
             FallbackReason::StoreError => FallbackBody::StoreError,
+            FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
         }),
         tracking_token: &tracking_token,
     };

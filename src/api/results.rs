@@ -11,7 +11,7 @@ use poem_openapi::{Object, OpenApi};
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
-use crate::feedback::results::{self, ArmResults, ExperimentResults};
+use crate::feedback::results::{self, ArmResults, ExperimentResults, InterleavingResults};
 use crate::gateway::Gateway;
 
 /// The results endpoint.
@@ -25,7 +25,8 @@ pub(crate) struct ResultsApi;
 struct ArmResultsBody {
     /// Arm name.
     name: String,
-    /// Configured share, percent.
+    /// Configured share, percent (0 in an interleave experiment, whose arms both serve every
+    /// covered user).
     weight: f64,
     /// True for the control (the first arm), which the others are compared with.
     control: bool,
@@ -55,6 +56,30 @@ struct ArmResultsBody {
     p_value: Option<f64>,
     /// Whether the arm has `min_sample_size` impressions.
     min_sample_reached: bool,
+    /// In an interleave experiment: users who clicked this arm's items more than the other's.
+    wins: Option<u64>,
+    /// Why a statistic is absent, by field name.
+    undefined: BTreeMap<String, String>,
+}
+
+/// What an interleave experiment's users prefer: each user who clicked an interleaved page is
+/// won by the arm whose items they clicked more, or is a tie.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+struct InterleavingBody {
+    /// Users compared: wins of either arm plus ties.
+    users_compared: u64,
+    /// Users who clicked both arms' items equally often.
+    ties: u64,
+    /// `(wins of the first arm + ties / 2) / users_compared − 0.5`: above 0 favours the first
+    /// arm, below 0 the second.
+    preference: Option<f64>,
+    /// 95% interval of the preference, low end.
+    preference_low: Option<f64>,
+    /// 95% interval of the preference, high end.
+    preference_high: Option<f64>,
+    /// Two-sided sign test of the wins (ties left out).
+    p_value: Option<f64>,
     /// Why a statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
@@ -65,6 +90,8 @@ struct ArmResultsBody {
 struct ResultsBody {
     /// Experiment id.
     experiment: String,
+    /// `split` (users split between arms) or `interleave` (both arms' lists merged).
+    kind: String,
     /// Lifecycle state.
     status: String,
     /// Seconds since the schedule started; absent without a start.
@@ -79,6 +106,8 @@ struct ResultsBody {
     min_sample_size: u64,
     /// Arms, control first.
     arms: Vec<ArmResultsBody>,
+    /// The preference test, for an interleave experiment.
+    interleaving: Option<InterleavingBody>,
     /// Why an experiment-level statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
@@ -119,6 +148,24 @@ impl From<&ArmResults> for ArmResultsBody {
             lift_high: lift_interval.map(|i| i.high),
             p_value: value(arm.p_value, &["p_value"], &mut undefined),
             min_sample_reached: arm.min_sample_reached,
+            wins: arm.wins,
+            undefined,
+        }
+    }
+}
+
+impl From<&InterleavingResults> for InterleavingBody {
+    fn from(results: &InterleavingResults) -> Self {
+        let mut undefined = BTreeMap::new();
+        let interval = value(results.interval, &["preference_low", "preference_high"], &mut undefined);
+        let duel = results.duel;
+        InterleavingBody {
+            users_compared: duel.wins[0] + duel.wins[1] + duel.ties,
+            ties: duel.ties,
+            preference: value(results.preference, &["preference"], &mut undefined),
+            preference_low: interval.map(|i| i.low),
+            preference_high: interval.map(|i| i.high),
+            p_value: value(results.p_value, &["p_value"], &mut undefined),
             undefined,
         }
     }
@@ -129,6 +176,7 @@ impl From<&ExperimentResults> for ResultsBody {
         let mut undefined = BTreeMap::new();
         ResultsBody {
             experiment: results.experiment.clone(),
+            kind: results.kind.as_str().to_string(),
             status: results.status.as_str().to_string(),
             age_seconds: value(results.age_seconds, &["age_seconds"], &mut undefined),
             counts: if results.shared { "redis" } else { "memory" }.to_string(),
@@ -136,6 +184,7 @@ impl From<&ExperimentResults> for ResultsBody {
             srm_detected: results.srm_detected,
             min_sample_size: results.min_sample_size,
             arms: results.arms.iter().map(ArmResultsBody::from).collect(),
+            interleaving: results.interleaving.as_ref().map(InterleavingBody::from),
             undefined,
         }
     }
@@ -144,7 +193,8 @@ impl From<&ExperimentResults> for ResultsBody {
 #[OpenApi(tag = "ApiTags::Experiments")]
 impl ResultsApi {
     /// Per-arm counts, CTR with a 95% Wilson interval, relative lift and p-value against the
-    /// control, and the sample-ratio-mismatch test.
+    /// control, and the sample-ratio-mismatch test; for an interleave experiment, the wins per
+    /// arm and the preference test instead of lift and sample ratio.
     #[oai(path = "/experiments/:id/results", method = "get")]
     async fn results(
         &self,

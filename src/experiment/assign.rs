@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::bucket::bucket;
-use super::{Arm, Catalog, Experiment, Placement};
+use super::{Arm, Catalog, Experiment, INTERLEAVED, Kind, Placement};
 
 /// Where a user landed and why; borrowed from the catalog so the hot path copies nothing.
 #[derive(Debug, Clone, Copy)]
@@ -14,7 +14,8 @@ pub struct Assignment<'c> {
     pub(crate) placement: &'c Placement,
     /// The covering experiment, `None` for users on the placement default.
     pub(crate) experiment: Option<&'c Arc<Experiment>>,
-    /// The arm served, `None` for the placement default.
+    /// The arm served: `None` for the placement default, and for an interleave experiment's
+    /// users, who see both arms.
     pub(crate) arm: Option<&'c Arm>,
     /// True for QA overrides, which are never counted in results.
     pub(crate) forced: bool,
@@ -34,6 +35,11 @@ pub enum Reason {
         /// `B(salt, u)`.
         arm_bucket: u16,
     },
+    /// Placement bucket inside the slice of an interleave experiment: both arms serve.
+    Interleaved {
+        /// `B("placement:" + p, u)`.
+        placement_bucket: u16,
+    },
     /// Inside the slice of a completed experiment, which serves its winner.
     Winner {
         /// `B("placement:" + p, u)`.
@@ -47,14 +53,27 @@ pub enum Reason {
 }
 
 impl<'c> Assignment<'c> {
-    /// Arm name for responses and labels; `"default"` when no experiment covers the user.
+    /// Arm name for responses and labels: `"default"` when no experiment covers the user,
+    /// [`INTERLEAVED`] when both arms of an interleave experiment serve.
     pub fn arm_name(&self) -> &'c str {
-        self.arm.map_or("default", |arm| arm.name.as_str())
+        match (self.arm, self.experiment) {
+            (Some(arm), _) => &arm.name,
+            (None, Some(_)) => INTERLEAVED,
+            (None, None) => "default",
+        }
+    }
+
+    /// The two arms whose lists are merged, for an interleave experiment's covered user.
+    pub(crate) fn interleaved(&self) -> Option<&'c [Arm]> {
+        match (self.reason, self.experiment) {
+            (Reason::Interleaved { .. }, Some(experiment)) => Some(&experiment.arms),
+            _ => None,
+        }
     }
 
     /// Whether this exposure belongs in the experiment's results: overrides and winners do not.
     pub(crate) fn counted(&self) -> bool {
-        matches!(self.reason, Reason::Covered { .. })
+        matches!(self.reason, Reason::Covered { .. } | Reason::Interleaved { .. })
     }
 }
 
@@ -108,6 +127,13 @@ impl Placement {
                 ..base
             };
         }
+        if experiment.kind == Kind::Interleave {
+            return Assignment {
+                experiment: Some(experiment),
+                reason: Reason::Interleaved { placement_bucket },
+                ..base
+            };
+        }
         let arm_bucket = bucket(&experiment.salt, user);
         Assignment {
             experiment: Some(experiment),
@@ -135,8 +161,9 @@ pub struct Explanation<'c> {
     pub(crate) placement_bucket: u16,
     /// `B(salt, u)` for this experiment.
     pub arm_bucket: u16,
-    /// The arm `arm_bucket` falls in, whether or not the user is in the slice.
-    pub(crate) arm_for_bucket: &'c Arm,
+    /// The arm `arm_bucket` falls in, whether or not the user is in the slice ([`INTERLEAVED`]
+    /// for an interleave experiment, whose slice sees both arms).
+    pub(crate) arm_for_bucket: &'c str,
 }
 
 impl Catalog {
@@ -151,7 +178,10 @@ impl Catalog {
             in_experiment: served.experiment.is_some_and(|e| Arc::ptr_eq(e, experiment)),
             placement_bucket: placement.slice_bucket(user),
             arm_bucket,
-            arm_for_bucket: experiment.arm_for_bucket(arm_bucket),
+            arm_for_bucket: match experiment.kind {
+                Kind::Split => &experiment.arm_for_bucket(arm_bucket).name,
+                Kind::Interleave => INTERLEAVED,
+            },
             served,
         })
     }
@@ -172,6 +202,9 @@ impl Explanation<'_> {
                 arm_bucket,
             } => format!(
                 "placement bucket {placement_bucket} is inside the slice {slice}; arm bucket {arm_bucket} picks the arm"
+            ),
+            Reason::Interleaved { placement_bucket } => format!(
+                "placement bucket {placement_bucket} is inside the slice {slice}; both arms' lists are interleaved"
             ),
             Reason::Winner { placement_bucket } => format!(
                 "placement bucket {placement_bucket} is inside the slice {slice} of a completed experiment serving its winner"

@@ -7,6 +7,7 @@
 mod assign;
 mod bucket;
 mod diff;
+mod interleave;
 mod spec;
 mod validate;
 
@@ -20,7 +21,9 @@ use std::time::{Duration, SystemTime};
 pub use assign::{Assignment, Explanation, Reason};
 pub use bucket::{BUCKETS, bucket};
 pub use diff::{ArmChange, diff};
-pub use spec::Status;
+pub use interleave::{INTERLEAVED, team_draft};
+pub(crate) use interleave::{Team, merge_seed};
+pub use spec::{Kind, Status};
 
 use crate::store::ModelSpec;
 
@@ -67,8 +70,10 @@ pub struct Experiment {
     pub end: Option<SystemTime>,
     /// Slice of placement buckets this experiment owns, `[lo, hi)` in basis points.
     pub slice: Range<u16>,
-    /// Seed of the arm hash.
+    /// Seed of the arm hash (split) or of the merge's coin (interleave).
     pub salt: String,
+    /// Whether users are split between the arms or see both arms' lists interleaved.
+    pub kind: Kind,
     /// Index of the winning arm of a completed experiment.
     pub winner: Option<usize>,
     /// The arms, control first.

@@ -54,6 +54,28 @@ impl Status {
     }
 }
 
+/// How an experiment compares its arms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Users are split between the arms by weight: each user sees one arm's list.
+    #[default]
+    Split,
+    /// Each covered user sees one list merged from both arms' lists by team draft, and the arm
+    /// whose items that user clicks more wins the user (`crate::experiment::interleave`).
+    Interleave,
+}
+
+impl Kind {
+    /// The lowercase name used in TOML and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Split => "split",
+            Kind::Interleave => "interleave",
+        }
+    }
+}
+
 /// One `experiments/*.toml` file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +90,9 @@ pub(crate) struct ExperimentSpec {
     /// Who to ask about this experiment.
     #[serde(default)]
     pub(crate) owner: String,
+    /// Split users between the arms, or interleave the two arms' lists for every user.
+    #[serde(default)]
+    pub(crate) kind: Kind,
     /// Whether it takes traffic now.
     pub(crate) status: Status,
     /// Optional start of the schedule (inclusive).
@@ -98,8 +123,9 @@ fn full_traffic() -> [f64; 2] {
 pub(crate) struct ArmSpec {
     /// Name shown in responses, metrics and results.
     pub(crate) name: String,
-    /// Share of the experiment's slice, in percent.
-    pub(crate) weight: f64,
+    /// Share of the experiment's slice, in percent: required by split experiments, refused by
+    /// interleave ones (every covered user sees both arms).
+    pub(crate) weight: Option<f64>,
     /// Model output path under `models.root`, or a full URI.
     pub(crate) model: String,
     /// Overrides `cache.ttl` for this arm's lists (humantime, e.g. `30m`).

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::bucket::{BUCKETS, percent_to_bp};
-use super::spec::{ArmSpec, ExperimentSpec, PlacementsFile, Status};
-use super::{Arm, Catalog, Experiment, Placement, Problem, Problems, is_valid_user_id};
+use super::spec::{ArmSpec, ExperimentSpec, Kind, PlacementsFile, Status};
+use super::{Arm, Catalog, Experiment, INTERLEAVED, Placement, Problem, Problems, is_valid_user_id};
 use crate::store::ModelSpec;
 
 /// The file naming the placements; every other `*.toml` is one experiment.
@@ -260,7 +260,7 @@ fn build_experiment(
     if salt.is_empty() {
         out.push("salt", "must not be empty (leave it out to use the id)");
     }
-    let arms = build_arms(&spec.arms, out);
+    let arms = build_arms(&spec.arms, spec.kind, out);
 
     let arm_index = |name: &str| arms.iter().position(|a| a.name == name);
     let winner = match (&spec.winner, spec.status) {
@@ -314,6 +314,7 @@ fn build_experiment(
         end,
         slice: percent_to_bp(lo)..percent_to_bp(hi),
         salt,
+        kind: spec.kind,
         winner,
         arms,
         overrides,
@@ -321,12 +322,20 @@ fn build_experiment(
     })
 }
 
-fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
-    if specs.len() < 2 {
-        out.push(
+fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<Arm> {
+    match kind {
+        Kind::Split if specs.len() < 2 => out.push(
             "arms",
             format!("an experiment needs at least two arms, found {}", specs.len()),
-        );
+        ),
+        Kind::Interleave if specs.len() != 2 => out.push(
+            "arms",
+            format!(
+                "an interleave experiment merges exactly two arms' lists, found {} arms",
+                specs.len()
+            ),
+        ),
+        _ => {}
     }
     let mut arms: Vec<Arm> = Vec::with_capacity(specs.len());
     let mut next_bucket: u32 = 0;
@@ -334,17 +343,29 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
         let field = |name: &str| format!("arms[{i}].{name}");
         if !is_valid_name(&spec.name) {
             out.push(field("name"), format!("invalid arm name {:?}: {NAME_RULE}", spec.name));
-        } else if spec.name == "default" {
-            out.push(field("name"), "\"default\" is reserved for users no experiment covers");
+        } else if matches!(spec.name.as_str(), "default" | INTERLEAVED) {
+            out.push(
+                field("name"),
+                format!("{:?} is reserved for what the gateway itself serves", spec.name),
+            );
         } else if arms.iter().any(|a| a.name == spec.name) {
             out.push(field("name"), format!("duplicate arm name {:?}", spec.name));
         }
-        if !(spec.weight > 0.0 && spec.weight <= 100.0) {
-            out.push(
-                field("weight"),
-                format!("{} must be above 0 and at most 100", spec.weight),
-            );
-        }
+        let weight_bp = match (kind, spec.weight) {
+            (Kind::Split, None) => {
+                out.push(field("weight"), "is required: the arm's share of the slice, in percent");
+                0
+            }
+            (Kind::Split, Some(weight)) => split_weight(weight, &field("weight"), out),
+            (Kind::Interleave, Some(_)) => {
+                out.push(
+                    field("weight"),
+                    "is not used by an interleave experiment, whose users all see both arms: remove it",
+                );
+                0
+            }
+            (Kind::Interleave, None) => 0,
+        };
         if spec.model.trim().is_empty() {
             out.push(field("model"), "must name a model");
         }
@@ -353,13 +374,6 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
                 .map_err(|message| out.push(field("cache_ttl"), message))
                 .ok()
         });
-        let weight_bp = percent_to_bp(spec.weight);
-        if spec.weight > 0.0 && weight_bp == 0 {
-            out.push(
-                field("weight"),
-                format!("{} rounds to 0 basis points: the arm would get no users", spec.weight),
-            );
-        }
         let lo = next_bucket.min(u32::from(BUCKETS)) as u16;
         next_bucket += u32::from(weight_bp);
         arms.push(Arm {
@@ -373,16 +387,35 @@ fn build_arms(specs: &[ArmSpec], out: &mut FileProblems<'_>) -> Vec<Arm> {
             cache_ttl,
         });
     }
-    let sum: f64 = specs.iter().map(|a| a.weight).sum();
-    if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
-        out.push("arms", format!("weights sum to {sum}, they must sum to 100"));
-    } else if next_bucket != u32::from(BUCKETS) {
-        out.push(
-            "arms",
-            format!("weights round to {next_bucket} basis points, not {BUCKETS}: write them with at most two decimals"),
-        );
+    if kind == Kind::Split {
+        let sum: f64 = specs.iter().filter_map(|a| a.weight).sum();
+        if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
+            out.push("arms", format!("weights sum to {sum}, they must sum to 100"));
+        } else if next_bucket != u32::from(BUCKETS) {
+            out.push(
+                "arms",
+                format!(
+                    "weights round to {next_bucket} basis points, not {BUCKETS}: write them with at most two decimals"
+                ),
+            );
+        }
     }
     arms
+}
+
+/// A split arm's weight in basis points, with its problems reported under `field`.
+fn split_weight(weight: f64, field: &str, out: &mut FileProblems<'_>) -> u16 {
+    if !(weight > 0.0 && weight <= 100.0) {
+        out.push(field, format!("{weight} must be above 0 and at most 100"));
+    }
+    let weight_bp = percent_to_bp(weight);
+    if weight > 0.0 && weight_bp == 0 {
+        out.push(
+            field,
+            format!("{weight} rounds to 0 basis points: the arm would get no users"),
+        );
+    }
+    weight_bp
 }
 
 /// Parses a humantime duration (`30m`, `1h`), naming the accepted form when it fails.

@@ -20,10 +20,17 @@
 //!
 //! Without Redis configured the same counters are the results of this process, and say so.
 //!
+//! **Duels** are what an interleave experiment compares: per user, the clicks on each team's
+//! items, and the totals of users each team wins and of ties (users with no click are in
+//! neither). The event script that counts a click moves its user between outcomes in the same
+//! step, so the totals never need a scan of the users.
+//!
 //! Keys, all under the `{experiment}` hash tag so one experiment's keys share a cluster slot:
 //! `recgw:results:{e}:{arm}` (a hash of counters), `…:users` / `…:clickers` (HyperLogLogs),
 //! `recgw:results:{e}:applied:{replica}` (the last sequence applied from one replica process,
-//! expiring 7 days after its last flush).
+//! expiring 7 days after its last flush), `recgw:results:{e}:duel` (`wins0`, `wins1`, `ties`)
+//! and `recgw:results:{e}:duel:users` (`{user}:{team}` → clicks, about 100 bytes a clicking
+//! user).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +111,50 @@ pub(crate) struct ArmCounts {
 /// `:users` and `:clickers`.
 pub(crate) fn arm_key(experiment: &str, arm: &str) -> String {
     format!("recgw:results:{{{experiment}}}:{arm}")
+}
+
+/// The duel hashes of an interleave experiment: clicks per user and team, then the totals.
+pub(crate) fn duel_keys(experiment: &str) -> [String; 2] {
+    let totals = format!("recgw:results:{{{experiment}}}:duel");
+    [format!("{totals}:users"), totals]
+}
+
+/// What an interleave experiment's users say: how many each team won, and how many tied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DuelCounts {
+    /// Users who clicked more of team 0's items, then of team 1's.
+    pub(crate) wins: [u64; 2],
+    /// Users who clicked both teams' items equally often.
+    pub(crate) ties: u64,
+}
+
+impl DuelCounts {
+    /// Moves a user from the outcome of `before` clicks per team to that of `after`.
+    fn moved(&mut self, before: [u64; 2], after: [u64; 2]) {
+        if let Some(old) = self.outcome(before) {
+            *old -= 1;
+        }
+        if let Some(new) = self.outcome(after) {
+            *new += 1;
+        }
+    }
+
+    /// The total a user with `clicks` per team is counted in; none without a click.
+    fn outcome(&mut self, clicks: [u64; 2]) -> Option<&mut u64> {
+        match clicks {
+            [0, 0] => None,
+            [a, b] if a == b => Some(&mut self.ties),
+            [a, b] => Some(&mut self.wins[usize::from(b > a)]),
+        }
+    }
+}
+
+/// An interleave experiment's duel in this process (no Redis): each clicking user's clicks per
+/// team, and the totals.
+#[derive(Debug, Default)]
+struct Duel {
+    users: HashMap<String, [u64; 2]>,
+    totals: DuelCounts,
 }
 
 fn sketch() -> AtomicHyperLogLog {
@@ -207,6 +258,8 @@ pub(crate) struct Tally {
     flushing: tokio::sync::Mutex<()>,
     /// The flush script.
     script: ::redis::Script,
+    /// Duels of interleave experiments, by experiment, without Redis.
+    duels: Mutex<HashMap<String, Duel>>,
     /// `results_pending_updates`: exposures not yet confirmed by Redis.
     depth: IntGauge,
     /// `results.min_sample_size`: impressions an arm needs before its comparison is read.
@@ -224,6 +277,7 @@ impl Tally {
             replica: format!("{replica:016x}"),
             arms: RwLock::default(),
             in_flight: Mutex::default(),
+            duels: Mutex::default(),
             next_seq: AtomicU64::new(1),
             flushing: tokio::sync::Mutex::new(()),
             script: ::redis::Script::new(FLUSH_SCRIPT),
@@ -280,6 +334,35 @@ impl Tally {
                 counter.clicks.fetch_add(1, Ordering::Relaxed)
             }
         };
+    }
+
+    /// Counts an accepted click of `user` on an item of `team` on an interleaved page, in this
+    /// process (no Redis configured).
+    pub(crate) fn duel_click(&self, experiment: &str, user: &str, team: crate::experiment::Team) {
+        let mut duels = self.duels.lock().unwrap_or_else(|p| p.into_inner());
+        let duel = duels.entry(experiment.to_string()).or_default();
+        let clicks = duel.users.entry(user.to_string()).or_default();
+        let before = *clicks;
+        clicks[usize::from(team & 1)] += 1;
+        let after = *clicks;
+        duel.totals.moved(before, after);
+    }
+
+    /// The duel of an interleave experiment, from Redis or this process; `None` when Redis does
+    /// not answer.
+    pub(crate) async fn read_duel(&self, experiment: &str) -> Option<DuelCounts> {
+        let Some(redis) = &self.redis else {
+            let duels = self.duels.lock().unwrap_or_else(|p| p.into_inner());
+            return Some(duels.get(experiment).map(|d| d.totals).unwrap_or_default());
+        };
+        let [_, totals] = duel_keys(experiment);
+        let mut command = ::redis::cmd("HMGET");
+        command.arg(totals).arg("wins0").arg("wins1").arg("ties");
+        let [a, b, ties]: [Option<u64>; 3] = redis.query(&command).await.ok()?;
+        Some(DuelCounts {
+            wins: [a.unwrap_or(0), b.unwrap_or(0)],
+            ties: ties.unwrap_or(0),
+        })
     }
 
     /// Seals what each experiment counted since its last batch, unless a batch of it still
@@ -450,6 +533,20 @@ mod tests {
             assert_eq!(estimate(&counter_users), users, "{users} users seen {repeats} times");
         }
         assert_eq!(counter.totals().users, 0);
+    }
+
+    /// A user moves between outcomes as clicks come in, and is counted in one at a time.
+    #[test]
+    fn duel_totals_hold_each_clicking_user_once() {
+        let tally = Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1);
+        let total = |tally: &Tally| tally.duels.lock().expect("lock")["e"].totals;
+        tally.duel_click("e", "u", 0);
+        assert_eq!(total(&tally), DuelCounts { wins: [1, 0], ties: 0 });
+        tally.duel_click("e", "u", 1);
+        assert_eq!(total(&tally), DuelCounts { wins: [0, 0], ties: 1 });
+        tally.duel_click("e", "u", 1);
+        tally.duel_click("e", "v", 1);
+        assert_eq!(total(&tally), DuelCounts { wins: [0, 2], ties: 0 });
     }
 
     #[test]

@@ -35,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::feedback::counts::{Count, Tally, arm_key};
+use crate::experiment::Team;
+use crate::feedback::counts::{Count, Tally, arm_key, duel_keys};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::redis::{Failure, RedisClient};
 
@@ -47,14 +48,27 @@ const MAX_EVENT_ID: usize = 64;
 const MAX_ITEM_ID: usize = 256;
 
 /// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
-/// the tokens' claim hashes, then per arm its counters hash and clickers HyperLogLog. ARGV, 7
-/// per event: claim key index, field, value (the event id, or this request's attempt id),
-/// expiry (unix seconds), counters key index (0: not counted), `i`/`c`, user. Returns per
-/// event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a duplicate).
+/// the tokens' claim hashes, per arm its counters hash and clickers HyperLogLog, and for an
+/// interleave experiment its duel hashes (per user, then totals; see
+/// [`crate::feedback::counts`]). ARGV, 9 per event: claim key index, field, value (the event
+/// id, or this request's attempt id), expiry (unix seconds), counters key index (0: not
+/// counted), `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`).
+/// Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
+/// duplicate).
+///
+/// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
+/// outcome (which team has more clicks, or a tie) is compared before and after, and the totals
+/// move the user from the old outcome to the new, so they always hold each clicking user once.
 const CLAIM_SCRIPT: &str = r"
+local function outcome(mine, theirs, team)
+  if mine == 0 and theirs == 0 then return nil end
+  if mine == theirs then return 'ties' end
+  if mine > theirs then return 'wins' .. team end
+  return 'wins' .. (1 - team)
+end
 local out = {}
-for e = 0, #ARGV / 7 - 1 do
-  local a = e * 7
+for e = 0, #ARGV / 9 - 1 do
+  local a = e * 9
   local seen = KEYS[tonumber(ARGV[a + 1])]
   local prev = redis.call('HGET', seen, ARGV[a + 2])
   if not prev then
@@ -65,6 +79,19 @@ for e = 0, #ARGV / 7 - 1 do
       if ARGV[a + 6] == 'c' then
         redis.call('HINCRBY', KEYS[arm], 'clicks', 1)
         redis.call('PFADD', KEYS[arm + 1], ARGV[a + 7])
+        local duel = tonumber(ARGV[a + 8])
+        if duel > 0 then
+          local team = tonumber(ARGV[a + 9])
+          local user = ARGV[a + 7]
+          local mine = redis.call('HINCRBY', KEYS[duel], user .. ':' .. team, 1)
+          local theirs = tonumber(redis.call('HGET', KEYS[duel], user .. ':' .. (1 - team)) or '0')
+          local before = outcome(mine - 1, theirs, team)
+          local after = outcome(mine, theirs, team)
+          if before ~= after then
+            if before then redis.call('HINCRBY', KEYS[duel + 1], before, -1) end
+            redis.call('HINCRBY', KEYS[duel + 1], after, 1)
+          end
+        end
       else
         redis.call('HINCRBY', KEYS[arm], 'impressions', 1)
       end
@@ -185,8 +212,12 @@ pub(crate) struct Accepted {
 /// An event that passed the checks, waiting for its claim.
 #[derive(Debug)]
 struct Checked {
+    /// The token's claims, `arm` being the arm credited: the item's team on an interleaved
+    /// page.
     claims: Claims,
     kind: EventKind,
+    /// The item's team on an interleaved page.
+    team: Option<Team>,
     /// The token's id.
     token: TokenId,
     /// Type and position in the page: `i3`, `c3`.
@@ -269,16 +300,26 @@ impl EventLog {
         if event_id.is_some_and(|id| !valid_event_id(id)) {
             return Err(Rejection::InvalidEventId);
         }
-        let (claims, token) = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
+        let (mut claims, token) = self.signer.verify(event.token, now).map_err(Rejection::Token)?;
         let tag = item_tag_in(event.token, event.item_id);
         let position = claims
             .items
             .iter()
             .position(|t| *t == tag)
             .ok_or(Rejection::ItemNotServed)?;
+        let team = match &claims.teams {
+            // A signed token holds a team per item, so the position has one.
+            Some(teams) => {
+                let arm = teams.arm_of(position).ok_or(Rejection::Token(TokenError::Malformed))?;
+                claims.arm = arm.to_string();
+                teams.of_items.get(position).copied()
+            }
+            None => None,
+        };
         Ok(Checked {
             claims,
             kind,
+            team,
             token,
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
@@ -312,6 +353,9 @@ impl EventLog {
                     if fresh && c.counted() {
                         let experiment = c.claims.experiment.as_deref().unwrap_or_default();
                         tally.count_locally(&tally.arm(experiment, &c.claims.arm), &c.claims.user, c.kind.count());
+                        if let (Some(team), EventKind::Click) = (c.team, c.kind) {
+                            tally.duel_click(experiment, &c.claims.user, team);
+                        }
                     }
                     Ok(fresh)
                 })
@@ -381,6 +425,15 @@ impl EventLog {
                 } else {
                     0
                 };
+                let duel = match c.team {
+                    Some(_) if c.counted() => {
+                        let [users, totals] = duel_keys(group);
+                        let users = key_index(&mut invocation, users);
+                        key_index(&mut invocation, totals);
+                        users
+                    }
+                    _ => 0,
+                };
                 invocation
                     .arg(seen)
                     .arg(&c.field)
@@ -388,7 +441,9 @@ impl EventLog {
                     .arg(c.claims.issued_at + max_age)
                     .arg(arm)
                     .arg(c.kind.code().to_string())
-                    .arg(&c.claims.user);
+                    .arg(&c.claims.user)
+                    .arg(duel)
+                    .arg(c.team.unwrap_or(0));
             }
             async move {
                 let mut answer = redis.query::<Vec<u8>>(&invocation).await;
@@ -499,6 +554,7 @@ mod tests {
         Checked {
             claims: claims(SystemTime::now()),
             kind: EventKind::Click,
+            team: None,
             token: [token; 12],
             field: field.into(),
             event_id: event_id.map(String::from),
@@ -551,6 +607,7 @@ mod tests {
             nonce: 1,
             uncounted: false,
             items: ["7", "8", "9", "10"].iter().map(|i| item_tag(i)).collect(),
+            teams: None,
         }
     }
 

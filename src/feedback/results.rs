@@ -5,8 +5,8 @@
 
 use std::time::SystemTime;
 
-use crate::experiment::{Experiment, Status};
-use crate::feedback::counts::{ArmCounts, Tally};
+use crate::experiment::{Experiment, Kind, Status};
+use crate::feedback::counts::{ArmCounts, DuelCounts, Tally};
 use crate::feedback::significance::{self, Interval, Lift};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
@@ -33,6 +33,21 @@ pub(crate) struct ArmResults {
     pub(crate) p_value: Result<f64, &'static str>,
     /// Whether the arm has `min_sample_size` impressions.
     pub(crate) min_sample_reached: bool,
+    /// Users the arm won, in an interleave experiment.
+    pub(crate) wins: Option<u64>,
+}
+
+/// What an interleave experiment's users prefer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InterleavingResults {
+    /// The wins and ties.
+    pub(crate) duel: DuelCounts,
+    /// `Δ`, the preference for the first arm (see [`significance::preference`]).
+    pub(crate) preference: Result<f64, &'static str>,
+    /// Its 95% interval.
+    pub(crate) interval: Result<Interval, &'static str>,
+    /// The sign test's two-sided p-value.
+    pub(crate) p_value: Result<f64, &'static str>,
 }
 
 /// An experiment's results.
@@ -54,15 +69,27 @@ pub(crate) struct ExperimentResults {
     pub(crate) min_sample_size: u64,
     /// Arms, control first.
     pub(crate) arms: Vec<ArmResults>,
+    /// How the arms are compared.
+    pub(crate) kind: Kind,
+    /// The preference test of an interleave experiment.
+    pub(crate) interleaving: Option<InterleavingResults>,
 }
+
+/// Why split-experiment statistics are absent from an interleave experiment.
+const INTERLEAVED_ARMS: &str = "interleaved arms serve the same users: read the interleaving preference";
 
 /// Computes the results of `experiment`; `None` when the counts cannot be read (Redis down).
 pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<ExperimentResults> {
     let names: Vec<&str> = experiment.arms.iter().map(|a| a.name.as_str()).collect();
     let counts = tally.read(&experiment.id, &names).await?;
+    let duel = match experiment.kind {
+        Kind::Split => None,
+        Kind::Interleave => Some(tally.read_duel(&experiment.id).await?),
+    };
     Some(from_counts(
         experiment,
         &counts,
+        duel,
         tally.is_shared(),
         tally.min_sample_size(),
         SystemTime::now(),
@@ -73,6 +100,7 @@ pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<Ex
 pub(crate) fn from_counts(
     experiment: &Experiment,
     counts: &[ArmCounts],
+    duel: Option<DuelCounts>,
     shared: bool,
     min_sample_size: u64,
     now: SystemTime,
@@ -84,7 +112,11 @@ pub(crate) fn from_counts(
         .zip(counts)
         .enumerate()
         .map(|(i, (arm, c))| {
-            let is_control = if i == 0 { Err("this is the control") } else { Ok(()) };
+            let is_control = match (i, duel) {
+                (_, Some(_)) => Err(INTERLEAVED_ARMS),
+                (0, None) => Err("this is the control"),
+                _ => Ok(()),
+            };
             ArmResults {
                 name: arm.name.clone(),
                 weight: f64::from(arm.weight_bp) / 100.0,
@@ -102,12 +134,16 @@ pub(crate) fn from_counts(
                     significance::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
                 }),
                 min_sample_reached: c.impressions >= min_sample_size,
+                wins: duel.and_then(|d| d.wins.get(i).copied()),
             }
         })
         .collect();
     let users: Vec<u64> = counts.iter().map(|c| c.users).collect();
     let weights: Vec<f64> = experiment.arms.iter().map(|a| f64::from(a.weight_bp)).collect();
-    let srm_p_value = significance::sample_ratio_p(&users, &weights);
+    let srm_p_value = match duel {
+        Some(_) => Err("an interleave experiment does not split users between its arms"),
+        None => significance::sample_ratio_p(&users, &weights),
+    };
     ExperimentResults {
         experiment: experiment.id.clone(),
         status: experiment.status,
@@ -120,5 +156,12 @@ pub(crate) fn from_counts(
         srm_p_value,
         min_sample_size,
         arms,
+        kind: experiment.kind,
+        interleaving: duel.map(|duel| InterleavingResults {
+            duel,
+            preference: significance::preference(duel.wins, duel.ties),
+            interval: significance::preference_interval(duel.wins, duel.ties),
+            p_value: significance::sign_test_p(duel.wins),
+        }),
     }
 }

@@ -9,8 +9,14 @@
 //! - p-value: two-sided two-proportion z-test with the pooled proportion.
 //! - Sample-ratio mismatch: Pearson chi-square of users per arm against the configured
 //!   weights, `k − 1` degrees of freedom.
+//! - Interleaving (Chapelle, Joachims, Radlinski and Yue, "Large-scale validation and analysis
+//!   of interleaved search evaluation", TOIS 2012): each compared user scores 1 when the first
+//!   arm won them, ½ for a tie, 0 when the second did. The preference is the mean score minus ½,
+//!   `Δ = (wins₀ + ties/2) / n − ½`, with a 95% normal interval `Δ ± z·s/√n` (`s²` the sample
+//!   variance of the scores, `n − 1` in the denominator); the p-value is the two-sided exact
+//!   sign test of `wins₀` in `wins₀ + wins₁` at ½, ties left out.
 
-use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
+use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Normal};
 
 /// The 0.975 quantile of the standard normal: two-sided 95%.
 pub(crate) const Z95: f64 = 1.959_963_984_540_054;
@@ -116,6 +122,44 @@ pub(crate) fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &
     Ok(dist.sf(chi2))
 }
 
+/// The interleaving preference for the first arm, `Δ`, of `wins` per arm and `ties`.
+pub(crate) fn preference(wins: [u64; 2], ties: u64) -> Result<f64, &'static str> {
+    let n = wins[0] + wins[1] + ties;
+    if n == 0 {
+        return Err("no user clicked an interleaved page yet");
+    }
+    Ok((wins[0] as f64 + ties as f64 / 2.0) / n as f64 - 0.5)
+}
+
+/// The 95% interval of [`preference`].
+pub(crate) fn preference_interval(wins: [u64; 2], ties: u64) -> Result<Interval, &'static str> {
+    let delta = preference(wins, ties)?;
+    let n = (wins[0] + wins[1] + ties) as f64;
+    if n < 2.0 {
+        return Err("one compared user has no variance");
+    }
+    // Scores are 1, ½ and 0; their mean is Δ + ½.
+    let mean = delta + 0.5;
+    let squares =
+        wins[0] as f64 * (1.0 - mean).powi(2) + ties as f64 * (0.5 - mean).powi(2) + wins[1] as f64 * mean.powi(2);
+    let half = Z95 * (squares / (n - 1.0) / n).sqrt();
+    Ok(Interval {
+        low: delta - half,
+        high: delta + half,
+    })
+}
+
+/// Two-sided exact sign test of `wins[0]` successes in `wins[0] + wins[1]` trials at ½.
+pub(crate) fn sign_test_p(wins: [u64; 2]) -> Result<f64, &'static str> {
+    let trials = wins[0] + wins[1];
+    if trials == 0 {
+        return Err("no user preferred either arm: every compared user is a tie");
+    }
+    let binomial = Binomial::new(0.5, trials).map_err(|_| "no binomial for these counts")?;
+    // Symmetric at ½: twice the tail of the smaller count, the mode itself counted whole.
+    Ok((2.0 * binomial.cdf(wins[0].min(wins[1]))).min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +167,56 @@ mod tests {
     /// Relative closeness, for reference values computed once with scipy/statsmodels.
     fn close(got: f64, want: f64) -> bool {
         (got - want).abs() <= 1e-9 * want.abs().max(1e-12)
+    }
+
+    #[test]
+    fn interleaving_matches_numpy_and_scipy() {
+        // s = [1]*a + [0]*b + [0.5]*t; d = s.mean() - 0.5;
+        // half = 1.959963984540054 * sqrt(s.var(ddof=1) / n); binomtest(a, a + b, 0.5).pvalue
+        let reference = [
+            (
+                60,
+                40,
+                10,
+                0.09090909090909094,
+                0.0030543719397108787,
+                0.17876380987847101,
+                0.05688793364098089,
+            ),
+            (3, 1, 0, 0.25, -0.2399909961350135, 0.7399909961350135, 0.625),
+            (
+                500,
+                480,
+                37,
+                0.009832841691248762,
+                -0.020341418803952977,
+                0.0400071021864505,
+                0.5439172374909201,
+            ),
+            (
+                0,
+                5,
+                2,
+                -0.35714285714285715,
+                -0.5378787588402372,
+                -0.17640695544547716,
+                0.0625,
+            ),
+            (7, 7, 3, 0.0, -0.22232979174122494, 0.22232979174122494, 1.0),
+        ];
+        for (a, b, t, delta, low, high, p) in reference {
+            let near = |got: f64, want: f64| (got - want).abs() < 1e-12;
+            let interval = preference_interval([a, b], t).expect("defined");
+            assert!(near(preference([a, b], t).expect("defined"), delta), "{a} {b} {t}");
+            assert!(
+                near(interval.low, low) && near(interval.high, high),
+                "{a} {b} {t}: {interval:?}"
+            );
+            assert!(close(sign_test_p([a, b]).expect("defined"), p), "{a} {b} {t}");
+        }
+        assert!(preference([0, 0], 0).is_err());
+        assert!(preference_interval([1, 0], 0).is_err());
+        assert!(sign_test_p([0, 0]).is_err());
     }
 
     #[test]

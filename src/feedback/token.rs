@@ -15,12 +15,14 @@
 //! | 1 | format version, `1` |
 //! | 8 | `issued_at`, Unix seconds |
 //! | 8 | `nonce` |
-//! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows; the other bits 0 |
+//! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows, bit 2 teams follow; the others 0 |
 //! | 2 | `n`, the number of items |
 //! | 4 × n | the [`item_tag`] of each item (top 32 bits of its xxh3), in page order |
 //! | 2 + len | `placement`: its length in bytes, then its UTF-8 |
 //! | 2 + len | `experiment`, the same way, present only with flag bit 1 |
 //! | 2 + len each | `arm`, `model_version`, `user`, the same way |
+//! | 2 + len each | with flag bit 2 (an interleaved page): the two teams' arm names |
+//! | ⌈n / 8⌉ | with flag bit 2: the team of item `i` in bit `i % 8` of byte `i / 8`, 0 the first |
 //! | 32 | HMAC-SHA256 of every byte before it |
 //!
 //! It replaced format 0, `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON))`:
@@ -71,6 +73,46 @@ pub struct Claims {
     /// signed before pages were bound have none, so their events credit nothing.
     #[serde(rename = "i", default, with = "tags")]
     pub items: Vec<u32>,
+    /// On an interleaved page, which arm picked each item: events credit the item's team.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Teams>,
+}
+
+/// The teams of an interleaved page (see [`crate::experiment::team_draft`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Teams {
+    /// The experiment's two arms, in its order: team 0, then team 1. Carried rather than looked
+    /// up, so an event is credited as served even after the experiment changed.
+    #[serde(rename = "a")]
+    pub names: [String; 2],
+    /// The team (0 or 1) of each item, in page order.
+    #[serde(rename = "m")]
+    pub of_items: Vec<u8>,
+}
+
+impl Teams {
+    /// The arm credited for the item at `position`.
+    pub(crate) fn arm_of(&self, position: usize) -> Option<&str> {
+        let team = *self.of_items.get(position)?;
+        self.names.get(usize::from(team)).map(String::as_str)
+    }
+
+    /// The teams as [`ClaimsRef::teams`] takes them.
+    pub fn view(&self) -> TeamsRef<'_> {
+        TeamsRef {
+            names: [&self.names[0], &self.names[1]],
+            of_items: &self.of_items,
+        }
+    }
+}
+
+/// [`Teams`] borrowed from what was served.
+#[derive(Debug, Clone, Copy)]
+pub struct TeamsRef<'a> {
+    /// As [`Teams::names`].
+    pub names: [&'a str; 2],
+    /// As [`Teams::of_items`]: one per item of the page.
+    pub of_items: &'a [u8],
 }
 
 impl Claims {
@@ -86,6 +128,7 @@ impl Claims {
             nonce: self.nonce,
             uncounted: self.uncounted,
             items: self.items.iter().copied(),
+            teams: self.teams.as_ref().map(Teams::view),
         }
     }
 }
@@ -112,6 +155,8 @@ pub struct ClaimsRef<'a, I = std::iter::Copied<std::slice::Iter<'a, u32>>> {
     pub uncounted: bool,
     /// As [`Claims::items`], in page order.
     pub items: I,
+    /// As [`Claims::teams`].
+    pub teams: Option<TeamsRef<'a>>,
 }
 
 /// The tag of an item in a format-1 token: the top 32 bits of its xxh3, 4 bytes a served item.
@@ -204,6 +249,9 @@ const UNCOUNTED: u8 = 1;
 /// Flag bit: an experiment string follows the placement.
 const HAS_EXPERIMENT: u8 = 2;
 
+/// Flag bit: the page is interleaved, and its teams follow the user.
+const HAS_TEAMS: u8 = 4;
+
 /// Tokens of up to this many bytes (before base64) are laid out and read on the stack, so
 /// signing allocates only the token string: a page of 100 items with names of 64 bytes and a
 /// user of 128 takes about 800.
@@ -286,7 +334,7 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
     let issued_at = r.u64()?;
     let nonce = r.u64()?;
     let [flags] = r.array()?;
-    if flags & !(UNCOUNTED | HAS_EXPERIMENT) != 0 {
+    if flags & !(UNCOUNTED | HAS_EXPERIMENT | HAS_TEAMS) != 0 {
         return Err(TokenError::Malformed);
     }
     let count = r.length()?;
@@ -301,16 +349,35 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
     } else {
         None
     };
+    let arm = r.string()?;
+    let model_version = r.string()?;
+    let user = r.string()?;
+    let teams = if flags & HAS_TEAMS != 0 {
+        let names = [r.string()?, r.string()?];
+        let bits = r.take(count.div_ceil(8))?;
+        // Bits past the last item must be 0: one spelling per token.
+        if bits
+            .last()
+            .is_some_and(|last| count % 8 != 0 && last >> (count % 8) != 0)
+        {
+            return Err(TokenError::Malformed);
+        }
+        let of_items = (0..count).map(|i| bits[i / 8] >> (i % 8) & 1).collect();
+        Some(Teams { names, of_items })
+    } else {
+        None
+    };
     let claims = Claims {
         placement,
         experiment,
-        arm: r.string()?,
-        model_version: r.string()?,
-        user: r.string()?,
+        arm,
+        model_version,
+        user,
         issued_at,
         nonce,
         uncounted: flags & UNCOUNTED != 0,
         items,
+        teams,
     };
     if r.0.is_empty() {
         Ok(claims)
@@ -423,6 +490,10 @@ impl Signer {
                 nonce: claims.nonce,
                 uncounted: claims.uncounted,
                 items: claims.items.collect(),
+                teams: claims.teams.map(|t| Teams {
+                    names: t.names.map(str::to_string),
+                    of_items: t.of_items.to_vec(),
+                }),
             });
         }
         let strings = [
@@ -435,7 +506,12 @@ impl Signer {
         .map(|s| s.map(clip));
         let items = claims.items.take(usize::from(u16::MAX));
         let count = items.len();
-        let len = HEADER_LEN + 4 * count + strings.iter().flatten().map(|s| 2 + s.len()).sum::<usize>() + TAG_LEN;
+        let teams = claims.teams.map(|t| (t.names.map(clip), t.of_items));
+        let teams_len = teams.as_ref().map_or(0, |(names, _)| {
+            names.iter().map(|s| 2 + s.len()).sum::<usize>() + count.div_ceil(8)
+        });
+        let len =
+            HEADER_LEN + 4 * count + strings.iter().flatten().map(|s| 2 + s.len()).sum::<usize>() + teams_len + TAG_LEN;
         with_buffer(len, |raw| {
             let (signed, tag) = raw.split_at_mut(len - TAG_LEN);
             let mut w = Writer(signed);
@@ -443,7 +519,8 @@ impl Signer {
             w.put(&claims.issued_at.to_be_bytes());
             w.put(&claims.nonce.to_be_bytes());
             let experiment = if claims.experiment.is_some() { HAS_EXPERIMENT } else { 0 };
-            w.put(&[experiment | if claims.uncounted { UNCOUNTED } else { 0 }]);
+            let has_teams = if teams.is_some() { HAS_TEAMS } else { 0 };
+            w.put(&[experiment | has_teams | if claims.uncounted { UNCOUNTED } else { 0 }]);
             w.put_length(count);
             for item in items {
                 w.put(&item.to_be_bytes());
@@ -451,6 +528,20 @@ impl Signer {
             for s in strings.iter().flatten() {
                 w.put_length(s.len());
                 w.put(s.as_bytes());
+            }
+            if let Some((names, of_items)) = teams {
+                for name in names {
+                    w.put_length(name.len());
+                    w.put(name.as_bytes());
+                }
+                // A page's team list is as long as its items; a shorter one reads as team 0.
+                for byte in 0..count.div_ceil(8) {
+                    let bits = (0..8).fold(0u8, |bits, bit| {
+                        let team = of_items.get(byte * 8 + bit).copied().unwrap_or(0) & 1;
+                        bits | team << bit
+                    });
+                    w.put(&[bits]);
+                }
             }
             debug_assert!(w.0.is_empty(), "the length of a token is that of its fields");
             let mut mac = self.mac.clone();
@@ -551,6 +642,7 @@ mod tests {
             nonce: 7,
             uncounted: false,
             items: vec![json_item_tag("5"), json_item_tag("68")],
+            teams: None,
         }
     }
 
@@ -612,6 +704,34 @@ mod tests {
                 issued_at: u64::MAX,
                 nonce: u64::MAX,
                 items: vec![0, u32::MAX],
+                ..claims(1_000)
+            },
+            // Interleaved pages of 1, 8 and 9 items: the team bits fill whole and part bytes.
+            Claims {
+                arm: "interleaved".into(),
+                teams: Some(Teams {
+                    names: ["control".into(), "treatment".into()],
+                    of_items: vec![1],
+                }),
+                items: vec![7],
+                ..claims(1_000)
+            },
+            Claims {
+                arm: "interleaved".into(),
+                teams: Some(Teams {
+                    names: ["a".into(), "b".into()],
+                    of_items: vec![0, 1, 1, 0, 1, 0, 0, 1],
+                }),
+                items: (1..=8).collect(),
+                ..claims(1_000)
+            },
+            Claims {
+                arm: "interleaved".into(),
+                teams: Some(Teams {
+                    names: ["a".into(), String::new()],
+                    of_items: vec![1, 0, 0, 0, 0, 0, 0, 0, 1],
+                }),
+                items: (1..=9).collect(),
                 ..claims(1_000)
             },
         ] {
@@ -813,6 +933,7 @@ mod tests {
                 nonce: 1,
                 uncounted: false,
                 items: vec![json_item_tag("5"), json_item_tag("68"), json_item_tag("10")],
+                teams: None,
             }
         );
         let (_, tag) = before.split_once('.').expect("two parts");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus::{Histogram, IntCounter};
 
 use super::FallbackReason;
-use crate::experiment::Catalog;
+use crate::experiment::{Catalog, INTERLEAVED, Kind};
 use crate::metrics::{Metrics, NONE};
 
 /// Pre-resolved handles of one (placement, experiment, arm).
@@ -26,7 +26,7 @@ pub(crate) struct ArmMetrics {
     /// `clicks_total`.
     clicks: IntCounter,
     /// `fallbacks_total`, one per [`FallbackReason`] in [`FallbackReason::ALL`] order.
-    fallbacks: [IntCounter; 3],
+    fallbacks: [IntCounter; FallbackReason::ALL.len()],
     /// `errors_total{kind="store_error"}`: a store fault is an error as well as a fallback.
     store_errors: IntCounter,
 }
@@ -104,21 +104,31 @@ impl ArmIndex {
             );
             for experiment in placement.experiments() {
                 let arms = by_experiment.entry(experiment.id.clone()).or_default();
+                let resolve = |arm: &str| Arc::new(ArmMetrics::resolve(metrics, &placement.name, &experiment.id, arm));
                 for (i, arm) in experiment.arms.iter().enumerate() {
                     let labels = [placement.name.as_str(), experiment.id.as_str(), arm.name.as_str()];
-                    let handles = ArmMetrics::resolve(metrics, labels[0], labels[1], labels[2]);
-                    arms.insert(arm.name.clone(), Arc::new(handles));
-                    // The share the arm is expected to get: a completed experiment's slice all
-                    // goes to its winner.
-                    let share = match experiment.winner {
-                        Some(winner) => f64::from(u8::from(winner == i)),
-                        None => f64::from(arm.weight_bp) / 10_000.0,
+                    arms.insert(arm.name.clone(), resolve(&arm.name));
+                    // The share of the slice's requests the arm is expected to serve: a
+                    // completed experiment's all go to its winner, an interleave experiment's
+                    // to neither arm alone.
+                    let share = match (experiment.winner, experiment.kind) {
+                        (Some(winner), _) => f64::from(u8::from(winner == i)),
+                        (None, Kind::Split) => f64::from(arm.weight_bp) / 10_000.0,
+                        (None, Kind::Interleave) => 0.0,
                     };
                     metrics.arm_weight.with_label_values(&labels).set(share);
                     metrics
                         .arm_info
                         .with_label_values(&[labels[0], labels[1], labels[2], arm.model.location.as_str()])
                         .set(1);
+                }
+                if experiment.kind == Kind::Interleave {
+                    arms.insert(INTERLEAVED.to_string(), resolve(INTERLEAVED));
+                    let share = f64::from(u8::from(experiment.winner.is_none()));
+                    metrics
+                        .arm_weight
+                        .with_label_values(&[&placement.name, &experiment.id, INTERLEAVED])
+                        .set(share);
                 }
             }
         }

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::cache::{Tier, TieredCache};
-use crate::experiment::{Arm, Catalog, Experiment, Problems};
+use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
-use crate::feedback::token::{ClaimsRef, next_nonce, unix_seconds};
+use crate::feedback::token::{ClaimsRef, TeamsRef, next_nonce, unix_seconds};
 use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
 
@@ -129,6 +129,20 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Of two tiers that answered one request, the one further down the lookup order (local,
+    /// snapshot, Redis, store): what an interleaved request waited for.
+    fn slower(self, other: Source) -> Source {
+        let depth = |source| match source {
+            Source::Local => 0,
+            Source::Snapshot => 1,
+            Source::Redis => 2,
+            Source::Store | Source::Fallback => 3,
+        };
+        if depth(other) > depth(self) { other } else { self }
+    }
+}
+
 impl From<Tier> for Source {
     fn from(tier: Tier) -> Self {
         match tier {
@@ -149,14 +163,18 @@ pub(crate) enum FallbackReason {
     UserNotInModel,
     /// Reading the model failed.
     StoreError,
+    /// One arm of an interleave experiment could not answer (for any of the reasons above), so
+    /// the other's list was served alone, and the page is not counted in the results.
+    NotInterleaved,
 }
 
 impl FallbackReason {
     /// Every reason, in declaration order (the order [`ArmMetrics`] keeps their counters in).
-    pub(crate) const ALL: [FallbackReason; 3] = [
+    pub(crate) const ALL: [FallbackReason; 4] = [
         FallbackReason::ModelNotLoaded,
         FallbackReason::UserNotInModel,
         FallbackReason::StoreError,
+        FallbackReason::NotInterleaved,
     ];
 
     /// The `reason` label of `fallbacks_total`.
@@ -165,6 +183,7 @@ impl FallbackReason {
             FallbackReason::ModelNotLoaded => "model_not_loaded",
             FallbackReason::UserNotInModel => "user_not_in_model",
             FallbackReason::StoreError => "store_error",
+            FallbackReason::NotInterleaved => "not_interleaved",
         }
     }
 }
@@ -182,16 +201,59 @@ pub(crate) struct Recommendation {
     /// Whether the experiment's results count this response (not a QA override, not a
     /// completed experiment's winner); events carrying its token are counted alike.
     pub(crate) counted: bool,
-    /// The model that produced `list` (the placement default after a fallback).
+    /// The model that produced the list (the placement default after a fallback); both arms'
+    /// models, comma-separated in arm order, for an interleaved list.
     pub(crate) model: String,
-    /// Its version string.
+    /// Its version string (both, comma-separated, for an interleaved list).
     pub(crate) model_version: String,
-    /// The whole ranked list; pages are cut by [`page`].
-    pub(crate) list: RankedList,
+    /// The whole ranked list, or the two teams' lists; pages are cut by
+    /// [`Recommendation::page`].
+    pub(crate) lists: Lists,
     /// Which tier answered.
     pub(crate) source: Source,
     /// Why the arm did not answer, when `source` is `Fallback`.
     pub(crate) fallback: Option<FallbackReason>,
+}
+
+/// What a response's page is cut from.
+#[derive(Debug, Clone)]
+pub(crate) enum Lists {
+    /// One arm's (or the default's) ranked list.
+    One(RankedList),
+    /// An interleave experiment's two arms, merged per page.
+    Teams(Box<Teams>),
+}
+
+/// The two lists of an interleaved response and the seed of their merge.
+#[derive(Debug, Clone)]
+pub(crate) struct Teams {
+    /// The experiment, whose arms name the teams.
+    experiment: Arc<Experiment>,
+    /// Each arm's whole list, in arm order; empty for an arm that could not answer.
+    lists: [RankedList; 2],
+    /// The nonce of the response's token, which seeds the merge's coin with the salt and
+    /// user, so the token tells how the page was merged.
+    nonce: u64,
+    /// `merge_seed(salt, user, nonce)`.
+    seed: u64,
+}
+
+/// An item of a list, equal to another by id: what the merge deduplicates on.
+#[derive(Debug, Clone, Copy)]
+struct ById<'l>(&'l Item);
+
+impl PartialEq for ById<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById<'_> {}
+
+impl std::hash::Hash for ById<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
 }
 
 /// Why no list could be served.
@@ -227,30 +289,87 @@ pub(crate) struct PageRequest<'a> {
 /// One page of a list.
 #[derive(Debug)]
 pub(crate) struct Page<'l> {
-    /// Items on this page, in rank order.
+    /// Items on this page, in rank order (merge order when interleaved).
     pub(crate) items: Vec<&'l Item>,
+    /// On an interleaved page, the team of each item; empty otherwise.
+    pub(crate) teams: Vec<Team>,
     /// Items left after filters, across all pages.
     pub(crate) total: usize,
     /// Offset of the next page, `None` on the last one.
     pub(crate) next_offset: Option<usize>,
 }
 
+impl PageRequest<'_> {
+    /// Whether `item` passes the filters.
+    fn keeps(&self, item: &Item) -> bool {
+        self.min_score.is_none_or(|min| item.score >= min) && !self.exclude.contains(&*item.id)
+    }
+
+    /// The offset of the page after one of a list of `total` items.
+    fn next_offset(&self, total: usize) -> Option<usize> {
+        let end = self.offset.saturating_add(self.limit);
+        (end < total).then_some(end)
+    }
+}
+
 /// Cuts one page out of `list` after the filters.
-pub(crate) fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
-    let keep =
-        |item: &&Item| request.min_score.is_none_or(|min| item.score >= min) && !request.exclude.contains(&*item.id);
-    let total = list.iter().filter(keep).count();
+fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
+    let total = list.iter().filter(|item| request.keeps(item)).count();
     let items = list
         .iter()
-        .filter(keep)
+        .filter(|item| request.keeps(item))
         .skip(request.offset)
         .take(request.limit)
         .collect();
-    let end = request.offset.saturating_add(request.limit);
     Page {
         items,
+        teams: Vec::new(),
         total,
-        next_offset: (end < total).then_some(end),
+        next_offset: request.next_offset(total),
+    }
+}
+
+impl Teams {
+    /// Filters both lists, merges them by team draft and cuts the page: filters come first so
+    /// an excluded item leaves its team one pick short instead of a hole in the page.
+    fn page(&self, request: &PageRequest<'_>) -> Page<'_> {
+        let [a, b] = self.lists.each_ref().map(|list| {
+            list.iter()
+                .filter(|item| request.keeps(item))
+                .map(ById)
+                .collect::<Vec<_>>()
+        });
+        let merged = team_draft(&a, &b, self.seed);
+        let (items, teams) = merged
+            .iter()
+            .skip(request.offset)
+            .take(request.limit)
+            .map(|(item, team)| (item.0, *team))
+            .unzip();
+        Page {
+            items,
+            teams,
+            total: merged.len(),
+            next_offset: request.next_offset(merged.len()),
+        }
+    }
+}
+
+impl Recommendation {
+    /// The arms naming the teams of an interleaved list.
+    pub(crate) fn team_arms(&self) -> Option<&[Arm]> {
+        match &self.lists {
+            Lists::One(_) => None,
+            Lists::Teams(teams) => Some(&teams.experiment.arms),
+        }
+    }
+
+    /// The page `request` asks for.
+    pub(crate) fn page(&self, request: &PageRequest<'_>) -> Page<'_> {
+        match &self.lists {
+            Lists::One(list) => page(list, request),
+            Lists::Teams(teams) => teams.page(request),
+        }
     }
 }
 
@@ -398,14 +517,29 @@ impl Gateway {
         }
     }
 
-    /// The tracking token of a served recommendation, binding the `page` of items it showed.
+    /// The tracking token of a served recommendation, binding the `page` it showed (and, when
+    /// interleaved, each item's team and the nonce the merge was seeded with).
     pub(crate) fn tracking_token(
         &self,
         served: &Recommendation,
         placement: &str,
         user: &str,
-        page: &[&Item],
+        page: &Page<'_>,
     ) -> String {
+        let (nonce, teams) = match &served.lists {
+            Lists::One(_) => (next_nonce(), None),
+            Lists::Teams(teams) => {
+                let arms = &teams.experiment.arms;
+                let names = [arms[0].name.as_str(), arms[1].name.as_str()];
+                (
+                    teams.nonce,
+                    Some(TeamsRef {
+                        names,
+                        of_items: &page.teams,
+                    }),
+                )
+            }
+        };
         self.events.signer().sign(ClaimsRef {
             placement,
             experiment: served.experiment.as_deref(),
@@ -413,9 +547,10 @@ impl Gateway {
             model_version: &served.model_version,
             user,
             issued_at: unix_seconds(SystemTime::now()),
-            nonce: next_nonce(),
+            nonce,
             uncounted: !served.counted,
-            items: page.iter().map(|item| self.events.signer().item_tag(&item.id)),
+            items: page.items.iter().map(|item| self.events.signer().item_tag(&item.id)),
+            teams,
         })
     }
 
@@ -495,11 +630,14 @@ impl Gateway {
                 counted: assignment.counted(),
                 model: spec.location.clone(),
                 model_version: model.version().to_string(),
-                list,
+                lists: Lists::One(list),
                 source,
                 fallback,
             }
         };
+        if let Some(arms) = assignment.interleaved() {
+            return self.interleave(&assignment, arms, user).await;
+        }
 
         let (arm, spec) = match assignment.arm {
             Some(arm) if arm.model != *default => (arm, &arm.model),
@@ -511,20 +649,108 @@ impl Gateway {
                 return Ok(served(&model, default, list, tier.into(), None));
             }
         };
-        let reason = match self.models.get(spec) {
-            None => FallbackReason::ModelNotLoaded,
-            Some(model) => match self.cache.list(&spec.location, &model, user, arm.cache_ttl).await {
-                Ok((Some(list), tier)) => return Ok(served(&model, spec, list, tier.into(), None)),
-                Ok((None, _)) => FallbackReason::UserNotInModel,
-                Err(e) => {
-                    tracing::warn!(model = %spec.location, error = %e, "model read failed; serving the placement default");
-                    FallbackReason::StoreError
-                }
-            },
+        let reason = match self.read_arm(arm, user).await {
+            Ok((model, list, tier)) => return Ok(served(&model, spec, list, tier.into(), None)),
+            Err(reason) => reason,
         };
         let model = self.loaded(default)?;
         let (list, _) = self.read_default(&model, default, user).await?;
         Ok(served(&model, default, list, Source::Fallback, Some(reason)))
+    }
+
+    /// An arm's list for `user` through the cache, with the model version that produced it, or
+    /// why it has none.
+    async fn read_arm(&self, arm: &Arm, user: &str) -> Result<(Arc<LoadedModel>, RankedList, Tier), FallbackReason> {
+        let spec = &arm.model;
+        let model = self.models.get(spec).ok_or(FallbackReason::ModelNotLoaded)?;
+        match self.cache.list(&spec.location, &model, user, arm.cache_ttl).await {
+            Ok((Some(list), tier)) => Ok((model, list, tier)),
+            Ok((None, _)) => Err(FallbackReason::UserNotInModel),
+            Err(e) => {
+                tracing::warn!(model = %spec.location, error = %e, "model read failed; serving without this arm");
+                Err(FallbackReason::StoreError)
+            }
+        }
+    }
+
+    /// An interleave experiment's response: both arms' lists, read at once. With one arm
+    /// unable to answer, the other's list is served alone (`not_interleaved`, not counted: a
+    /// page one team fills says nothing of which the user prefers); with neither, the placement
+    /// default, as for a split arm.
+    async fn interleave(
+        &self,
+        assignment: &Assignment<'_>,
+        arms: &[Arm],
+        user: &str,
+    ) -> Result<Recommendation, ServeError> {
+        let (Some(experiment), [first, second]) = (assignment.experiment, arms) else {
+            unreachable!("validation gives an interleave experiment two arms")
+        };
+        let (a, b) = tokio::join!(self.read_arm(first, user), self.read_arm(second, user));
+        let nonce = next_nonce();
+        let recommendation =
+            |lists, model: String, model_version: String, source, fallback: Option<FallbackReason>| Recommendation {
+                experiment: Some(experiment.id.clone()),
+                arm: assignment.arm_name().to_string(),
+                forced: false,
+                counted: fallback.is_none(),
+                model,
+                model_version,
+                lists: Lists::Teams(Box::new(Teams {
+                    experiment: Arc::clone(experiment),
+                    lists,
+                    nonce,
+                    seed: merge_seed(&experiment.salt, user, nonce),
+                })),
+                source,
+                fallback,
+            };
+        let empty = || RankedList::from(Vec::new());
+        let served = match (a, b) {
+            (Ok((model_a, list_a, tier_a)), Ok((model_b, list_b, tier_b))) => {
+                for arm in arms {
+                    self.expose(experiment, arm, user);
+                }
+                recommendation(
+                    [list_a, list_b],
+                    format!("{},{}", first.model.location, second.model.location),
+                    format!("{},{}", model_a.version(), model_b.version()),
+                    Source::from(tier_a).slower(tier_b.into()),
+                    None,
+                )
+            }
+            (Ok((model, list, tier)), Err(_)) => recommendation(
+                [list, empty()],
+                first.model.location.clone(),
+                model.version().to_string(),
+                tier.into(),
+                Some(FallbackReason::NotInterleaved),
+            ),
+            (Err(_), Ok((model, list, tier))) => recommendation(
+                [empty(), list],
+                second.model.location.clone(),
+                model.version().to_string(),
+                tier.into(),
+                Some(FallbackReason::NotInterleaved),
+            ),
+            (Err(_), Err(reason)) => {
+                let default = &assignment.placement.default_model;
+                let model = self.loaded(default)?;
+                let (list, _) = self.read_default(&model, default, user).await?;
+                Recommendation {
+                    experiment: Some(experiment.id.clone()),
+                    arm: assignment.arm_name().to_string(),
+                    forced: false,
+                    counted: false,
+                    model: default.location.clone(),
+                    model_version: model.version().to_string(),
+                    lists: Lists::One(list),
+                    source: Source::Fallback,
+                    fallback: Some(reason),
+                }
+            }
+        };
+        Ok(served)
     }
 
     fn loaded(&self, spec: &ModelSpec) -> Result<Arc<LoadedModel>, ServeError> {
