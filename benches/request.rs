@@ -5,7 +5,9 @@
 //! the heap allocations one such request makes, with a counting global allocator over the
 //! binary's own (mimalloc), and prints
 //! them beside criterion's figures; a bare poem route answering the same bytes is measured in
-//! the same run, so both figures have a baseline.
+//! the same run, so both figures have a baseline. The same request on the demo's `feed`
+//! placement (an interleave experiment: both arms' lists read from the local tier and merged
+//! per request) is measured beside it, as a ratio of the split request.
 //!
 //! `cargo bench --bench request`
 
@@ -71,7 +73,7 @@ fn demo_app(runtime: &tokio::runtime::Runtime) -> poem::endpoint::BoxEndpoint<'s
         tokio::spawn(server.run(std::future::pending()));
         // Models load in the background: wait until the user is served from a model.
         for _ in 0..600 {
-            if call(&app, "/recommendations/42?placement=home").await.0 == StatusCode::OK {
+            if call(&app, SPLIT).await.0 == StatusCode::OK && call(&app, INTERLEAVED).await.0 == StatusCode::OK {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -86,13 +88,21 @@ async fn call(app: &poem::endpoint::BoxEndpoint<'static>, uri: &str) -> (StatusC
     (status, response.into_body().into_bytes().await.expect("body"))
 }
 
-/// Allocations of one request, the median of `runs` (a request now and then also pays for a
-/// cache's housekeeping).
-fn allocations_per_request(runtime: &tokio::runtime::Runtime, app: &poem::endpoint::BoxEndpoint<'static>) -> u64 {
+/// The split experiment's request and the interleave experiment's.
+const SPLIT: &str = "/recommendations/42?placement=home";
+const INTERLEAVED: &str = "/recommendations/42?placement=feed";
+
+/// Allocations of one request to `uri`, the median of 101 (a request now and then also pays
+/// for a cache's housekeeping).
+fn allocations_per_request(
+    runtime: &tokio::runtime::Runtime,
+    app: &poem::endpoint::BoxEndpoint<'static>,
+    uri: &str,
+) -> u64 {
     let mut counts: Vec<u64> = (0..101)
         .map(|_| {
             let before = ALLOCATIONS.load(Ordering::Relaxed);
-            runtime.block_on(call(app, "/recommendations/42?placement=home"));
+            runtime.block_on(call(app, uri));
             ALLOCATIONS.load(Ordering::Relaxed) - before
         })
         .collect();
@@ -106,8 +116,14 @@ fn bench_request(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let app = demo_app(&runtime);
-    let (status, body) = runtime.block_on(call(&app, "/recommendations/42?placement=home"));
+    let (status, body) = runtime.block_on(call(&app, SPLIT));
     assert_eq!(status, StatusCode::OK, "{body:?}");
+    let (status, interleaved) = runtime.block_on(call(&app, INTERLEAVED));
+    assert_eq!(status, StatusCode::OK, "{interleaved:?}");
+    assert!(
+        interleaved.windows(8).any(|w| w == b"\"team\":\""),
+        "the feed answer is interleaved: {interleaved:?}"
+    );
 
     #[handler]
     fn same_bytes(body: poem::web::Data<&bytes::Bytes>) -> Response {
@@ -123,16 +139,18 @@ fn bench_request(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("local hit, experiment placement, in process");
     group.bench_function("bare poem route, same bytes", |b| {
-        b.iter(|| runtime.block_on(call(&bare, "/recommendations/42?placement=home")))
+        b.iter(|| runtime.block_on(call(&bare, SPLIT)))
     });
-    group.bench_function("recgw", |b| {
-        b.iter(|| runtime.block_on(call(&app, "/recommendations/42?placement=home")))
+    group.bench_function("recgw", |b| b.iter(|| runtime.block_on(call(&app, SPLIT))));
+    group.bench_function("recgw, interleaved placement", |b| {
+        b.iter(|| runtime.block_on(call(&app, INTERLEAVED)))
     });
     group.finish();
     println!(
-        "heap allocations per request: recgw {}, bare poem route {}",
-        allocations_per_request(&runtime, &app),
-        allocations_per_request(&runtime, &bare)
+        "heap allocations per request: recgw {}, recgw interleaved {}, bare poem route {}",
+        allocations_per_request(&runtime, &app, SPLIT),
+        allocations_per_request(&runtime, &app, INTERLEAVED),
+        allocations_per_request(&runtime, &bare, SPLIT)
     );
 }
 

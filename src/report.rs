@@ -1,5 +1,6 @@
 //! `recgw report EXPERIMENT --url URL`: the results endpoint of a running gateway as a terminal
-//! table with a bar chart of the CTR intervals, or as JSON or CSV for notebooks.
+//! table with a bar chart of the CTR intervals (and, for an interleave experiment, the
+//! preference test), or as JSON or CSV for notebooks.
 
 use std::fmt::Write as _;
 
@@ -88,6 +89,7 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
                 "lift_high",
                 "p_value",
                 "min_sample_reached",
+                "wins",
             ];
             let mut out = format!("experiment,{}\n", columns.join(","));
             for arm in &arms {
@@ -115,6 +117,7 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
 fn table(results: &Value, arms: &[Value]) -> String {
     let mut out = String::new();
     let srm = match results["srm_p_value"].as_f64() {
+        _ if results["kind"] == "interleave" => "interleaved: every user sees both arms".to_string(),
         Some(p) if results["srm_detected"].as_bool() == Some(true) => {
             format!("SRM p={p:.2e}  MISMATCH: do not trust this comparison")
         }
@@ -197,6 +200,52 @@ fn table(results: &Value, arms: &[Value]) -> String {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
     }
     out.push_str(&chart(arms, widths[0]));
+    out.push_str(&preference(results, arms));
+    out
+}
+
+/// The interleaving block: who won how many users, and the preference with its interval.
+fn preference(results: &Value, arms: &[Value]) -> String {
+    let test = &results["interleaving"];
+    if !test.is_object() {
+        return String::new();
+    }
+    let name = |i: usize| arms.get(i).and_then(|a| a["name"].as_str()).unwrap_or("?");
+    let wins: Vec<String> = arms
+        .iter()
+        .map(|a| format!("{} {}", a["name"].as_str().unwrap_or("?"), count(&a["wins"])))
+        .collect();
+    let mut out = format!(
+        "
+Interleaving: {} users compared, {} ties; wins: {}
+",
+        count(&test["users_compared"]),
+        count(&test["ties"]),
+        wins.join(", ")
+    );
+    let signed = |v: &Value| v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:+.4}"));
+    match test["preference"].as_f64() {
+        Some(delta) => {
+            let favours = match delta.partial_cmp(&0.0) {
+                Some(std::cmp::Ordering::Greater) => format!("favours {}", name(0)),
+                Some(std::cmp::Ordering::Less) => format!("favours {}", name(1)),
+                _ => "no preference".to_string(),
+            };
+            let p = test["p_value"]
+                .as_f64()
+                .map_or_else(|| "-".into(), |p| format!("{p:.2e}"));
+            let _ = writeln!(
+                out,
+                "preference {} 95% CI {} ({favours}; sign test p={p})",
+                signed(&test["preference"]),
+                interval(&test["preference_low"], &test["preference_high"], signed),
+            );
+        }
+        None => {
+            let why = test["undefined"]["preference"].as_str().unwrap_or("-");
+            let _ = writeln!(out, "preference: {why}");
+        }
+    }
     out
 }
 
@@ -275,6 +324,35 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows[0].starts_with("experiment,name,weight,users"));
         assert!(rows[1].starts_with("e,control,50.0,100,120,1000,40,30,0.04,"), "{csv}");
-        assert!(rows[2].ends_with(",0.0402,true"), "{csv}");
+        assert!(rows[2].ends_with(",0.0402,true,"), "{csv}");
+    }
+
+    /// An interleave experiment's report says who won how many users and which arm the
+    /// preference favours.
+    #[test]
+    fn renders_the_preference_of_an_interleave_experiment() {
+        let mut results = sample();
+        results["kind"] = "interleave".into();
+        results["arms"][0]["wins"] = 30.into();
+        results["arms"][1]["wins"] = 50.into();
+        results["interleaving"] = serde_json::json!({
+            "users_compared": 90, "ties": 10, "preference": -0.1111, "preference_low": -0.2,
+            "preference_high": -0.02, "p_value": 0.0328, "undefined": {}
+        });
+        let table = render(&results, Format::Table);
+        assert!(
+            table.lines().next().unwrap_or_default().contains("interleaved"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Interleaving: 90 users compared, 10 ties; wins: control 30, treatment 50"),
+            "{table}"
+        );
+        assert!(
+            table.contains("preference -0.1111 95% CI [-0.2000, -0.0200] (favours treatment; sign test p=3.28e-2)"),
+            "{table}"
+        );
+        let csv = render(&results, Format::Csv);
+        assert!(csv.lines().nth(2).unwrap_or_default().ends_with(",true,50"), "{csv}");
     }
 }

@@ -1128,6 +1128,10 @@ async fn stats_summarise_served_and_failed_requests() {
         arms,
         [
             label("default", "none", "default"),
+            label("feed", "feed-als-interleave", "control"),
+            label("feed", "feed-als-interleave", "interleaved"),
+            label("feed", "feed-als-interleave", "treatment"),
+            label("feed", "none", "default"),
             label("home", EXPERIMENT, "control"),
             label("home", EXPERIMENT, "treatment"),
             label("home", "none", "default"),

@@ -1545,6 +1545,16 @@ fn ranked_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     })
 }
 
+/// `team_draft(a, b, seed)`, bound to the documented signature (`Vec<(T, usize)>`, the team 0
+/// for `a` and 1 for `b`), so a change of it fails to compile here.
+fn draft(a: &[u8], b: &[u8], seed: u64) -> Merged {
+    let team_draft: fn(&[u8], &[u8], u64) -> Merged = recgw::experiment::team_draft::<u8>;
+    team_draft(a, b, seed)
+}
+
+/// A merged list: each item with its team.
+type Merged = Vec<(u8, usize)>;
+
 /// The team draft rule replayed over `merged`: for each entry, whether both teams still had an
 /// unused item before it, the pick counts before it, and each team's best unused item then.
 struct Replay {
@@ -1578,7 +1588,7 @@ proptest! {
     /// The merged list never holds an item twice, and every team is 0 (a) or 1 (b).
     #[test]
     fn team_draft_never_repeats_an_item((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let merged = draft(&a, &b, seed);
         let mut seen = BTreeSet::new();
         for (item, team) in &merged {
             prop_assert!(seen.insert(*item), "{} twice in {:?} (a {:?}, b {:?})", item, merged, a, b);
@@ -1590,7 +1600,7 @@ proptest! {
     /// none of either list is left out.
     #[test]
     fn team_draft_holds_exactly_the_union((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let merged = draft(&a, &b, seed);
         let got: BTreeSet<u8> = merged.iter().map(|(i, _)| *i).collect();
         let want: BTreeSet<u8> = a.iter().chain(&b).copied().collect();
         prop_assert_eq!(got, want, "merged {:?} of a {:?}, b {:?}", merged, a, b);
@@ -1601,7 +1611,7 @@ proptest! {
     /// (so an item both lists hold goes to the team that picked it first).
     #[test]
     fn team_draft_picks_each_team_s_best_unused_item((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let merged = draft(&a, &b, seed);
         for (k, (step, (item, team))) in replay([&a, &b], &merged).iter().zip(&merged).enumerate() {
             prop_assert!(*team < 2);
             prop_assert_eq!(
@@ -1615,7 +1625,7 @@ proptest! {
     /// at most one.
     #[test]
     fn team_draft_keeps_picks_balanced_while_both_can_pick((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let merged = draft(&a, &b, seed);
         let steps = replay([&a, &b], &merged);
         for (k, step) in steps.iter().enumerate() {
             if step.both_could_pick {
@@ -1640,7 +1650,7 @@ proptest! {
     /// left stops and the other goes on.
     #[test]
     fn team_draft_the_team_behind_picks_next((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let merged = recgw::experiment::team_draft(&a, &b, seed);
+        let merged = draft(&a, &b, seed);
         for (k, (step, (_, team))) in replay([&a, &b], &merged).iter().zip(&merged).enumerate() {
             let behind = match step.picks[0].cmp(&step.picks[1]) {
                 std::cmp::Ordering::Less => Some(0),
@@ -1666,7 +1676,7 @@ proptest! {
         a in (1u8..=40).prop_flat_map(|n| prop::collection::vec(0..n, 0..30).prop_map(distinct)),
         seed in any::<u64>(),
     ) {
-        let merged = recgw::experiment::team_draft(&a, &a, seed);
+        let merged = draft(&a, &a, seed);
         let order: Vec<u8> = merged.iter().map(|(i, _)| *i).collect();
         prop_assert_eq!(&order, &a);
         let on_a = merged.iter().filter(|(_, t)| *t == 0).count();
@@ -1681,8 +1691,8 @@ proptest! {
     /// The same lists and seed give the same merged list.
     #[test]
     fn team_draft_is_deterministic_for_a_seed((a, b) in ranked_pair(), seed in any::<u64>()) {
-        let first = recgw::experiment::team_draft(&a, &b, seed);
-        let again = recgw::experiment::team_draft(&a.clone(), &b.clone(), seed);
+        let first = draft(&a, &b, seed);
+        let again = draft(&a.clone(), &b.clone(), seed);
         prop_assert_eq!(first, again);
     }
 
@@ -1692,7 +1702,7 @@ proptest! {
     fn team_draft_coin_gives_either_team_the_first_pick((a, b) in ranked_pair()) {
         prop_assume!(!a.is_empty() && !b.is_empty());
         let firsts: BTreeSet<usize> = (0..64u64)
-            .map(|seed| recgw::experiment::team_draft(&a, &b, seed)[0].1)
+            .map(|seed| draft(&a, &b, seed)[0].1)
             .collect();
         prop_assert_eq!(firsts, BTreeSet::from([0, 1]), "a {:?}, b {:?}", a, b);
     }

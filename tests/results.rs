@@ -1192,6 +1192,7 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         "lift_high",
         "p_value",
         "min_sample_reached",
+        "wins",
     ];
     let mut differences = Vec::new();
     assert_eq!(rows.len(), 3, "{csv}");

@@ -25,7 +25,8 @@ pub(crate) struct ExperimentsApi;
 struct ArmBody {
     /// Arm name.
     name: String,
-    /// Share of the experiment's slice, percent.
+    /// Share of the experiment's slice, percent; 0 in an interleave experiment, whose arms
+    /// both serve every covered user.
     weight: f64,
     /// Model location it serves.
     model: String,
@@ -45,6 +46,9 @@ struct ExperimentBody {
     description: String,
     /// Contact.
     owner: String,
+    /// `split` (each user sees one arm) or `interleave` (each user sees both arms' lists
+    /// merged).
+    kind: String,
     /// `draft`, `running`, `paused` or `completed`.
     status: String,
     /// Whether it takes traffic right now (status and schedule).
@@ -55,7 +59,7 @@ struct ExperimentBody {
     end: Option<String>,
     /// Slice of the placement's users, percent `[lo, hi)`.
     traffic: Vec<f64>,
-    /// Seed of the arm hash.
+    /// Seed of the arm hash (of the merge's coin in an interleave experiment).
     salt: String,
     /// Winning arm of a completed experiment.
     winner: Option<String>,
@@ -114,6 +118,7 @@ impl ExperimentBody {
             placement: e.placement.clone(),
             description: e.description.clone(),
             owner: e.owner.clone(),
+            kind: e.kind.as_str().to_string(),
             status: e.status.as_str().to_string(),
             active: e.active_at(now),
             start: e.start.map(rfc3339),

@@ -16,7 +16,8 @@ use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64, xxh3_64_with_seed};
 /// alone. Validation reserves the name.
 pub const INTERLEAVED: &str = "interleaved";
 
-/// Which arm picked an item: 0 for the experiment's first arm, 1 for its second.
+/// Which arm picked an item, as tokens carry it: 0 for the experiment's first arm, 1 for its
+/// second.
 pub(crate) type Team = u8;
 
 /// The merge seed of one response: the experiment's salt, the user and the token's nonce.
@@ -26,9 +27,9 @@ pub(crate) fn merge_seed(salt: &str, user: &str, nonce: u64) -> u64 {
 }
 
 /// The coin of the `tie`-th round both teams entered with equal picks: 64 coins a hash.
-fn coin(seed: u64, tie: u32) -> Team {
+fn coin(seed: u64, tie: u32) -> usize {
     let word = xxh3_64_with_seed(&(tie / 64).to_le_bytes(), seed);
-    (word >> (tie % 64) & 1) as Team
+    usize::from(word >> (tie % 64) & 1 == 1)
 }
 
 /// Merges two ranked lists by team draft and returns the whole merged list, each item with the
@@ -38,7 +39,7 @@ fn coin(seed: u64, tie: u32) -> Team {
 /// highest-ranked item not yet in the merged list. A team with no such item left stops, and the
 /// other picks the rest of its list. An item both lists hold goes to the team that picks it
 /// first. The items of each list must be distinct (a model's list is).
-pub fn team_draft<T: Copy + Eq + Hash>(a: &[T], b: &[T], seed: u64) -> Vec<(T, Team)> {
+pub fn team_draft<T: Copy + Eq + Hash>(a: &[T], b: &[T], seed: u64) -> Vec<(T, usize)> {
     let lists = [a, b];
     let mut next = [0usize; 2];
     let mut picks = [0usize; 2];
@@ -59,14 +60,13 @@ pub fn team_draft<T: Copy + Eq + Hash>(a: &[T], b: &[T], seed: u64) -> Vec<(T, T
                 ties += 1;
                 coin(seed, ties - 1)
             }
-            (true, true) => Team::from(picks[1] < picks[0]),
+            (true, true) => usize::from(picks[1] < picks[0]),
         };
-        let t = usize::from(team);
-        let item = lists[t][next[t]];
+        let item = lists[team][next[team]];
         used.insert(item);
         merged.push((item, team));
-        picks[t] += 1;
-        next[t] += 1;
+        picks[team] += 1;
+        next[team] += 1;
     }
 }
 
@@ -96,7 +96,7 @@ mod tests {
     /// Both orders of the first round occur: the coin is not stuck on one team.
     #[test]
     fn the_coin_gives_both_teams_the_first_pick() {
-        let firsts: HashSet<Team> = (0..32).map(|seed| team_draft(&[1], &[2], seed)[0].1).collect();
+        let firsts: HashSet<usize> = (0..32).map(|seed| team_draft(&[1], &[2], seed)[0].1).collect();
         assert_eq!(firsts, HashSet::from([0, 1]));
     }
 }

@@ -344,7 +344,8 @@ impl Teams {
             .iter()
             .skip(request.offset)
             .take(request.limit)
-            .map(|(item, team)| (item.0, *team))
+            // Teams are 0 and 1, as the token's bits carry them.
+            .map(|(item, team)| (item.0, *team as Team))
             .unzip();
         Page {
             items,
