@@ -153,7 +153,11 @@ fn table(results: &Value, arms: &[Value]) -> String {
         .map(|a| {
             vec![
                 a["name"].as_str().unwrap_or("?").to_string(),
-                a["weight"].as_f64().map_or_else(|| "-".into(), |w| format!("{w:.1}%")),
+                match a["weight"].as_f64() {
+                    // Interleaved arms both serve every user: a share would mislead.
+                    Some(w) if results["kind"] != "interleave" => format!("{w:.1}%"),
+                    _ => "-".into(),
+                },
                 count(&a["users"]),
                 count(&a["exposures"]),
                 count(&a["impressions"]),
