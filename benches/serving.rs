@@ -77,6 +77,7 @@ fn bench_token(c: &mut Criterion) {
         uncounted: false,
         items: tags.iter().copied(),
         teams: None,
+        offset: 0,
     };
     let owned = || Claims {
         placement: placement.to_string(),
@@ -89,6 +90,7 @@ fn bench_token(c: &mut Criterion) {
         uncounted: false,
         items: tags.clone(),
         teams: None,
+        offset: 0,
     };
     let claims = owned();
     let (binary, json) = (signer.sign(view()), signer.sign_json(&claims));

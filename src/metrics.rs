@@ -20,6 +20,9 @@ pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Overlap buckets: tenths of the 0-1 range.
+const OVERLAP_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0];
+
 /// The label value for "no experiment" and for request failures that never reached an arm.
 pub(crate) const NONE: &str = "none";
 
@@ -45,6 +48,18 @@ pub struct Metrics {
     pub(crate) clicks: IntCounterVec,
     /// `fallbacks_total{placement,experiment,arm,reason}`: arms answered by the default.
     pub(crate) fallbacks: IntCounterVec,
+    /// `impressions_by_position_total{placement,experiment,arm,position}` and
+    /// `clicks_by_position_total{…}`: accepted events by the item's rank bucket (`1`, `2`, `3`,
+    /// `4-5`, `6-10`, `11+`), for CTR by position.
+    pub(crate) impressions_by_position: IntCounterVec,
+    pub(crate) clicks_by_position: IntCounterVec,
+    /// `list_overlap{placement,experiment,arm,measure}`: a shadow arm's Jaccard@k and RBO
+    /// against the control's list for the same user, one observation per comparison.
+    pub(crate) list_overlap: HistogramVec,
+    /// `shadow_comparisons_total{placement,experiment,arm,outcome}`: `compared`, `busy`
+    /// (dropped: too many comparisons in flight) and `no_list` (the shadow's model had no list
+    /// for the user, or could not be read).
+    pub(crate) shadow_comparisons: IntCounterVec,
     /// `experiment_arm_weight{placement,experiment,arm}`: expected share of the experiment.
     pub(crate) arm_weight: GaugeVec,
     /// `experiment_arm_info{placement,experiment,arm,model}`: 1 per arm, naming its model, so
@@ -181,6 +196,7 @@ impl Metrics {
         let with_kind = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "kind"];
         let with_reason = [ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "reason"];
         let with_endpoint = ["endpoint", ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2]];
+        let with_position = [ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "position"];
         let r = &registry;
         let cache_requests = counters(
             r,
@@ -210,6 +226,36 @@ impl Metrics {
                 "fallbacks_total",
                 "Responses the placement default answered for an arm.",
                 &with_reason,
+            ),
+            impressions_by_position: counters(
+                r,
+                "impressions_by_position_total",
+                "Accepted impression events by the item's rank bucket.",
+                &with_position,
+            ),
+            clicks_by_position: counters(
+                r,
+                "clicks_by_position_total",
+                "Accepted click events by the item's rank bucket.",
+                &with_position,
+            ),
+            list_overlap: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "list_overlap",
+                        "A shadow arm's overlap with the control's list for the same user (0-1).",
+                    )
+                    .buckets(OVERLAP_BUCKETS.to_vec()),
+                    &[ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "measure"],
+                )
+                .expect("valid metric"),
+            ),
+            shadow_comparisons: counters(
+                r,
+                "shadow_comparisons_total",
+                "Shadow-arm comparisons by outcome: compared, busy (dropped), no_list.",
+                &[ARM_LABELS[0], ARM_LABELS[1], ARM_LABELS[2], "outcome"],
             ),
             arm_info: register(
                 r,

@@ -813,10 +813,13 @@ fn claims() -> impl Strategy<Value = Claims> {
         any::<u64>(),
         any::<bool>(),
         prop::collection::vec(any::<u32>(), 0..100),
-        any::<Option<(String, String, u64)>>(),
+        (
+            any::<Option<(String, String, u64)>>(),
+            prop_oneof![Just(0u32), any::<u32>()],
+        ),
     )
         .prop_map(
-            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted, items, teams)| {
+            |(placement, experiment, arm, model_version, user, issued_at, nonce, uncounted, items, (teams, offset))| {
                 // An interleaved page: a team per item, drawn from the bits of a number.
                 let teams = teams.map(|(first, second, bits)| Teams {
                     names: [first, second],
@@ -833,6 +836,7 @@ fn claims() -> impl Strategy<Value = Claims> {
                     uncounted,
                     items,
                     teams,
+                    offset,
                 }
             },
         )

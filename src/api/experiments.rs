@@ -32,6 +32,9 @@ struct ArmBody {
     model: String,
     /// Per-arm cache TTL override, humantime.
     cache_ttl: Option<String>,
+    /// For a shadow arm (which serves nobody): the share of the control's responses its list
+    /// is compared on.
+    shadow_sample: Option<f64>,
 }
 
 /// One experiment as loaded.
@@ -134,6 +137,7 @@ impl ExperimentBody {
                     weight: percent(a.weight_bp),
                     model: a.model.location.clone(),
                     cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
+                    shadow_sample: a.shadow,
                 })
                 .collect(),
             overrides: e

@@ -223,7 +223,7 @@ impl RecommendationsApi {
 /// they are counted under (the placement when it exists, else `unknown`, so bad input cannot
 /// grow the label set).
 async fn serve(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     user_id: &str,
     placement: &str,
     (limit, offset, min_score): (u32, u32, Option<f32>),
@@ -268,6 +268,7 @@ async fn serve(
     };
     let page = served.page(&request);
     let tracking_token = gateway.tracking_token(&served, placement, user_id, &page);
+    gateway.after_page(&served, placement, user_id, &page, request.limit);
     let span = tracing::Span::current();
     span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
     span.record("arm", served.arm.as_str());

@@ -58,8 +58,37 @@ struct ArmResultsBody {
     min_sample_reached: bool,
     /// In an interleave experiment: users who clicked this arm's items more than the other's.
     wins: Option<u64>,
+    /// True for a shadow arm: it serves nobody; its list is compared with the control's.
+    shadow: bool,
+    /// Distinct items this arm served (a shadow arm: in the lists compared; HyperLogLog with
+    /// Redis, ±0.81%).
+    distinct_items: u64,
+    /// `distinct_items` / items in the arm's model: how much of the catalogue it reaches.
+    catalogue_coverage: Option<f64>,
+    /// A shadow arm's comparisons with the control's list for the same user.
+    compared: Option<u64>,
+    /// Their mean Jaccard@k (k = the page size asked for).
+    overlap_jaccard: Option<f64>,
+    /// Their mean rank-biased overlap (p = 0.9).
+    overlap_rbo: Option<f64>,
+    /// Impressions, clicks and CTR by the item's rank in the list.
+    by_position: Vec<PositionBody>,
     /// Why a statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
+}
+
+/// One rank bucket of an arm's events.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+struct PositionBody {
+    /// Ranks in the bucket: `1`, `2`, `3`, `4-5`, `6-10`, `11+`.
+    position: String,
+    /// Impressions of items at these ranks.
+    impressions: u64,
+    /// Clicks on them.
+    clicks: u64,
+    /// Clicks / impressions; absent without impressions.
+    ctr: Option<f64>,
 }
 
 /// What an interleave experiment's users prefer: each user who clicked an interleaved page is
@@ -131,6 +160,11 @@ impl From<&ArmResults> for ArmResultsBody {
         let interval = value(arm.ctr_interval, &["ctr_low", "ctr_high"], &mut undefined);
         let lift = value(arm.lift, &["lift", "lift_low", "lift_high"], &mut undefined);
         let lift_interval = lift.and_then(|l| value(l.interval, &["lift_low", "lift_high"], &mut undefined));
+        let overlap = match arm.overlap {
+            // Only a shadow arm has an overlap to explain; the others leave the fields out.
+            Err(_) if !arm.shadow => None,
+            result => value(result, &["overlap_jaccard", "overlap_rbo"], &mut undefined),
+        };
         ArmResultsBody {
             name: arm.name.clone(),
             weight: arm.weight,
@@ -149,6 +183,22 @@ impl From<&ArmResults> for ArmResultsBody {
             p_value: value(arm.p_value, &["p_value"], &mut undefined),
             min_sample_reached: arm.min_sample_reached,
             wins: arm.wins,
+            shadow: arm.shadow,
+            distinct_items: arm.counts.items,
+            catalogue_coverage: value(arm.coverage, &["catalogue_coverage"], &mut undefined),
+            compared: arm.shadow.then_some(arm.counts.compared),
+            overlap_jaccard: overlap.map(|(jaccard, _)| jaccard),
+            overlap_rbo: overlap.map(|(_, rbo)| rbo),
+            by_position: arm
+                .by_position
+                .iter()
+                .map(|p| PositionBody {
+                    position: p.bucket.to_string(),
+                    impressions: p.impressions,
+                    clicks: p.clicks,
+                    ctr: p.ctr.ok(),
+                })
+                .collect(),
             undefined,
         }
     }
@@ -206,7 +256,9 @@ impl ResultsApi {
         let experiment = catalog
             .experiment(&id)
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        let results = results::compute(experiment, gateway.tally())
+        let models = gateway.models();
+        let catalogue = |arm: &crate::experiment::Arm| models.get(&arm.model)?.catalogue_items();
+        let results = results::compute(experiment, gateway.tally(), catalogue)
             .await
             .ok_or_else(|| ApiError::unavailable("counts_unavailable", "Redis does not answer; retry shortly"))?;
         Ok(Json(ResultsBody::from(&results)))

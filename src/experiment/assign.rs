@@ -63,10 +63,14 @@ impl<'c> Assignment<'c> {
         }
     }
 
-    /// The two arms whose lists are merged, for an interleave experiment's covered user.
-    pub(crate) fn interleaved(&self) -> Option<&'c [Arm]> {
+    /// The experiment and the two arms whose lists are merged, for an interleave experiment's
+    /// covered user.
+    pub(crate) fn interleaved(&self) -> Option<(&'c Arc<Experiment>, [&'c Arm; 2])> {
         match (self.reason, self.experiment) {
-            (Reason::Interleaved { .. }, Some(experiment)) => Some(&experiment.arms),
+            (Reason::Interleaved { .. }, Some(experiment)) => match experiment.arms.as_slice() {
+                [first, second] => Some((experiment, [first, second])),
+                _ => None,
+            },
             _ => None,
         }
     }

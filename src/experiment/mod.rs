@@ -97,6 +97,9 @@ pub struct Arm {
     pub model: ModelSpec,
     /// Cache lifetime override for this arm's lists.
     pub cache_ttl: Option<Duration>,
+    /// For a shadow arm, the share of the control's responses its list is compared on; a
+    /// shadow arm owns no buckets, so it is never assigned.
+    pub shadow: Option<f64>,
 }
 
 /// One reason a folder was rejected, precise enough to fix without reading code.

@@ -135,4 +135,11 @@ pub(crate) struct ArmSpec {
     pub(crate) columns: ColumnNames,
     /// `false` keeps the model on page reads instead of a serving snapshot.
     pub(crate) snapshot: Option<bool>,
+    /// A shadow arm serves nobody: its list is read beside the control's, in the background,
+    /// and compared with it (`crate::feedback::lists`), so a model can be judged before any
+    /// user sees it.
+    #[serde(default)]
+    pub(crate) shadow: bool,
+    /// Share of the control's responses a shadow arm is compared on (0 to 1, default 0.1).
+    pub(crate) shadow_sample: Option<f64>,
 }

@@ -267,8 +267,12 @@ fn build_experiment(
         (None, _) => None,
         (Some(name), Status::Completed) => {
             let index = arm_index(name);
-            if index.is_none() {
-                out.push("winner", format!("names no arm: {name:?}"));
+            match index.map(|i| &arms[i]) {
+                None => out.push("winner", format!("names no arm: {name:?}")),
+                Some(arm) if arm.shadow.is_some() => {
+                    out.push("winner", format!("{name:?} is a shadow arm, which serves nobody"))
+                }
+                Some(_) => {}
             }
             index
         }
@@ -294,6 +298,9 @@ fn build_experiment(
             );
         }
         match arm_index(arm) {
+            Some(index) if arms[index].shadow.is_some() => {
+                out.push(&field, format!("{arm:?} is a shadow arm, which serves nobody"));
+            }
             Some(index) => {
                 overrides.insert(user.clone(), index);
             }
@@ -351,7 +358,17 @@ fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<
         } else if arms.iter().any(|a| a.name == spec.name) {
             out.push(field("name"), format!("duplicate arm name {:?}", spec.name));
         }
+        let shadow = shadow_share(spec, i, kind, &field, out);
         let weight_bp = match (kind, spec.weight) {
+            (Kind::Split, _) if spec.shadow => {
+                if spec.weight.is_some() {
+                    out.push(
+                        field("weight"),
+                        "a shadow arm serves nobody, so it has no weight: remove it",
+                    );
+                }
+                0
+            }
             (Kind::Split, None) => {
                 out.push(field("weight"), "is required: the arm's share of the slice, in percent");
                 0
@@ -385,10 +402,11 @@ fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<
                 ..ModelSpec::new(spec.model.clone(), spec.columns.clone())
             },
             cache_ttl,
+            shadow,
         });
     }
     if kind == Kind::Split {
-        let sum: f64 = specs.iter().filter_map(|a| a.weight).sum();
+        let sum: f64 = specs.iter().filter(|a| !a.shadow).filter_map(|a| a.weight).sum();
         if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
             out.push("arms", format!("weights sum to {sum}, they must sum to 100"));
         } else if next_bucket != u32::from(BUCKETS) {
@@ -402,6 +420,43 @@ fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<
     }
     arms
 }
+
+/// The comparison share of a shadow arm (`None` for an arm that serves), with its problems:
+/// the control serves, so it cannot be a shadow; an interleave experiment's two arms both serve.
+fn shadow_share(
+    spec: &ArmSpec,
+    index: usize,
+    kind: Kind,
+    field: &impl Fn(&str) -> String,
+    out: &mut FileProblems<'_>,
+) -> Option<f64> {
+    if !spec.shadow {
+        if spec.shadow_sample.is_some() {
+            out.push(field("shadow_sample"), "only a shadow arm (shadow = true) is sampled");
+        }
+        return None;
+    }
+    if index == 0 {
+        out.push(
+            field("shadow"),
+            "the first arm is the control, which serves: it cannot be a shadow",
+        );
+    }
+    if kind == Kind::Interleave {
+        out.push(
+            field("shadow"),
+            "an interleave experiment's arms both serve: neither can be a shadow",
+        );
+    }
+    let share = spec.shadow_sample.unwrap_or(DEFAULT_SHADOW_SAMPLE);
+    if !(share > 0.0 && share <= 1.0) {
+        out.push(field("shadow_sample"), format!("{share} must be above 0 and at most 1"));
+    }
+    Some(share)
+}
+
+/// Share of the control's responses a shadow arm is compared on when the file does not say.
+const DEFAULT_SHADOW_SAMPLE: f64 = 0.1;
 
 /// A split arm's weight in basis points, with its problems reported under `field`.
 fn split_weight(weight: f64, field: &str, out: &mut FileProblems<'_>) -> u16 {

@@ -1,5 +1,7 @@
 //! Durable per-arm counts for the analysts' results, shared by every replica through Redis:
-//! exposures, distinct users, impressions, clicks and distinct clicking users.
+//! exposures, distinct users, impressions, clicks and distinct clicking users, and the list
+//! metrics of [`crate::feedback::lists`]: distinct items served, impressions and clicks per
+//! rank bucket, and a shadow arm's overlap with the control.
 //!
 //! **Exposures** are counted on the request path without a lock, an allocation or a Redis
 //! round trip: each arm has an [`ArmCounter`] resolved when the catalog loads, holding an atomic
@@ -40,6 +42,7 @@ use std::time::Duration;
 use hyperloglockless::AtomicHyperLogLog;
 use prometheus::IntGauge;
 
+use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
 use crate::redis::RedisClient;
 
 /// A flush starts this often.
@@ -63,25 +66,37 @@ const DENSE_BYTES: usize = DENSE_HEADER + (1 << PRECISION) * 6 / 8;
 const MAX_RANK: u8 = 51;
 
 /// Applies one replica's batch to an experiment's counts at most once. KEYS[1] is the replica's
-/// applied-sequence key, KEYS[2] a scratch key for a sketch, then per arm its counters hash and
-/// users HyperLogLog; ARGV: the batch's sequence, the applied key's TTL, then per arm its
-/// exposures and sketch (empty when unchanged).
+/// applied-sequence key, KEYS[2] a scratch key for a sketch, then per arm its counters hash,
+/// users HyperLogLog and items HyperLogLog; ARGV: the batch's sequence, the applied key's TTL,
+/// then per arm its exposures, users sketch, items sketch, comparisons, and the sums of their
+/// Jaccard and RBO in millionths (integers, so a sum is exact whatever the order of adds).
 const FLUSH_SCRIPT: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) <= last then return 0 end
-for i = 3, #KEYS, 2 do
-  local n = tonumber(ARGV[i])
-  if n > 0 then redis.call('HINCRBY', KEYS[i], 'exposures', n) end
-  local sketch = ARGV[i + 1]
+local function merge(key, sketch)
   if #sketch > 0 then
     redis.call('SET', KEYS[2], sketch)
-    redis.call('PFMERGE', KEYS[i + 1], KEYS[2])
+    redis.call('PFMERGE', key, KEYS[2])
     redis.call('DEL', KEYS[2])
   end
+end
+for arm = 0, (#KEYS - 2) / 3 - 1 do
+  local k = 3 + arm * 3
+  local a = 3 + arm * 6
+  local fields = {'exposures', nil, nil, 'compared', 'jaccard_micro', 'rbo_micro'}
+  for _, f in ipairs({1, 4, 5, 6}) do
+    local n = tonumber(ARGV[a + f - 1])
+    if n > 0 then redis.call('HINCRBY', KEYS[k], fields[f], n) end
+  end
+  merge(KEYS[k + 1], ARGV[a + 1])
+  merge(KEYS[k + 2], ARGV[a + 2])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
+
+/// Fixed-point scale of the overlap sums: millionths.
+const MICRO: f64 = 1e6;
 
 /// What an event counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +120,18 @@ pub(crate) struct ArmCounts {
     pub(crate) clicks: u64,
     /// Distinct users who clicked (HyperLogLog, ±0.81%).
     pub(crate) clickers: u64,
+    /// Distinct items served (HyperLogLog, ±0.81%); for a shadow arm, in the lists compared.
+    pub(crate) items: u64,
+    /// Impressions per rank bucket ([`POSITION_BUCKETS`]).
+    pub(crate) impressions_by_position: [u64; POSITION_BUCKETS.len()],
+    /// Clicks per rank bucket.
+    pub(crate) clicks_by_position: [u64; POSITION_BUCKETS.len()],
+    /// Shadow comparisons with the control's list.
+    pub(crate) compared: u64,
+    /// Sum of their Jaccard@k, in millionths.
+    pub(crate) jaccard_micro: u64,
+    /// Sum of their RBO, in millionths.
+    pub(crate) rbo_micro: u64,
 }
 
 /// `recgw:results:{experiment}:{arm}`, the counters hash of an arm; its HyperLogLogs add
@@ -171,6 +198,16 @@ pub(crate) struct ArmCounter {
     sealed: AtomicU64,
     /// Users exposed since start; merged into Redis whole, which is idempotent.
     users: AtomicHyperLogLog,
+    /// Items served since start (catalogue coverage), merged whole like `users`.
+    items: AtomicHyperLogLog,
+    /// Shadow comparisons recorded since start, and the sums of their Jaccard and RBO in
+    /// millionths; sealed into batches like the exposures.
+    overlap: [AtomicU64; 3],
+    /// Of them, those already put into a flush batch.
+    overlap_sealed: [AtomicU64; 3],
+    /// Impressions and clicks per rank bucket, kept here only without Redis.
+    impressions_by_position: [AtomicU64; POSITION_BUCKETS.len()],
+    clicks_by_position: [AtomicU64; POSITION_BUCKETS.len()],
     /// Impressions and clicks, clicking users: kept here only without Redis (with Redis the
     /// event script counts them there).
     impressions: AtomicU64,
@@ -184,6 +221,11 @@ impl ArmCounter {
             exposures: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
             users: sketch(),
+            items: sketch(),
+            overlap: Default::default(),
+            overlap_sealed: Default::default(),
+            impressions_by_position: Default::default(),
+            clicks_by_position: Default::default(),
             impressions: AtomicU64::new(0),
             clicks: AtomicU64::new(0),
             clickers: sketch(),
@@ -197,7 +239,33 @@ impl ArmCounter {
             impressions: self.impressions.load(Ordering::Relaxed),
             clicks: self.clicks.load(Ordering::Relaxed),
             clickers: estimate(&self.clickers),
+            items: estimate(&self.items),
+            impressions_by_position: self
+                .impressions_by_position
+                .each_ref()
+                .map(|n| n.load(Ordering::Relaxed)),
+            clicks_by_position: self.clicks_by_position.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            compared: self.overlap[0].load(Ordering::Relaxed),
+            jaccard_micro: self.overlap[1].load(Ordering::Relaxed),
+            rbo_micro: self.overlap[2].load(Ordering::Relaxed),
         }
+    }
+
+    /// Records the items of a served page, for catalogue coverage.
+    pub(crate) fn served_items<'a>(&self, items: impl IntoIterator<Item = &'a str>) {
+        for item in items {
+            self.items.insert(item);
+        }
+    }
+
+    /// Records a shadow comparison and the items the shadow's list would have shown.
+    pub(crate) fn compared<'a>(&self, overlap: Overlap, items: impl IntoIterator<Item = &'a str>) {
+        let micro = |x: f64| (x.clamp(0.0, 1.0) * MICRO).round() as u64;
+        self.overlap[1].fetch_add(micro(overlap.jaccard), Ordering::Relaxed);
+        self.overlap[2].fetch_add(micro(overlap.rbo), Ordering::Relaxed);
+        // The count last: a flush that sees it sees its sums too, or a later flush does.
+        self.overlap[0].fetch_add(1, Ordering::Relaxed);
+        self.served_items(items);
     }
 }
 
@@ -234,8 +302,21 @@ fn redis_dense(sketch: &AtomicHyperLogLog) -> Vec<u8> {
 struct Batch {
     /// This replica's sequence number; Redis skips a batch at or below the last applied.
     seq: u64,
-    /// Arms with exposures in the batch, and how many.
-    arms: Vec<(String, Arc<ArmCounter>, u64)>,
+    /// Arms with something new in the batch.
+    arms: Vec<Sealed>,
+}
+
+/// What one arm adds in a batch.
+#[derive(Debug, Clone)]
+struct Sealed {
+    /// The arm's name.
+    arm: String,
+    /// Its counter, whose sketches travel whole.
+    counter: Arc<ArmCounter>,
+    /// New exposures.
+    exposures: u64,
+    /// New comparisons and the sums of their Jaccard and RBO (millionths).
+    overlap: [u64; 3],
 }
 
 /// The counters and where they go.
@@ -325,12 +406,17 @@ impl Tally {
         }
     }
 
-    /// Counts an accepted event in this process (no Redis configured).
-    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count) {
+    /// Counts an accepted event in this process (no Redis configured), `bucket` being its
+    /// item's rank bucket.
+    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count, bucket: usize) {
         match count {
-            Count::Impression => counter.impressions.fetch_add(1, Ordering::Relaxed),
+            Count::Impression => {
+                counter.impressions_by_position[bucket].fetch_add(1, Ordering::Relaxed);
+                counter.impressions.fetch_add(1, Ordering::Relaxed)
+            }
             Count::Click => {
                 counter.clickers.insert(user);
+                counter.clicks_by_position[bucket].fetch_add(1, Ordering::Relaxed);
                 counter.clicks.fetch_add(1, Ordering::Relaxed)
             }
         };
@@ -374,12 +460,22 @@ impl Tally {
             if in_flight.contains_key(experiment) {
                 continue;
             }
-            let batch: Vec<(String, Arc<ArmCounter>, u64)> = counters
+            let batch: Vec<Sealed> = counters
                 .iter()
                 .filter_map(|(arm, counter)| {
                     let recorded = counter.exposures.load(Ordering::Relaxed);
-                    let sealed = counter.sealed.swap(recorded, Ordering::Relaxed);
-                    (recorded > sealed).then(|| (arm.clone(), Arc::clone(counter), recorded - sealed))
+                    let exposures = recorded - counter.sealed.swap(recorded, Ordering::Relaxed);
+                    // The count first, as `compared` adds it last: sums sealed with it are whole.
+                    let overlap = [0, 1, 2].map(|i| {
+                        let recorded = counter.overlap[i].load(Ordering::Acquire);
+                        recorded - counter.overlap_sealed[i].swap(recorded, Ordering::Relaxed)
+                    });
+                    (exposures > 0 || overlap[0] > 0).then(|| Sealed {
+                        arm: arm.clone(),
+                        counter: Arc::clone(counter),
+                        exposures,
+                        overlap,
+                    })
                 })
                 .collect();
             if !batch.is_empty() {
@@ -419,13 +515,18 @@ impl Tally {
                 .key(format!("recgw:results:{{{experiment}}}:scratch:{}", self.replica))
                 .arg(seq)
                 .arg(APPLIED_TTL.as_secs());
-            for (arm, counter, exposures) in &arms {
-                let key = arm_key(&experiment, arm);
+            for sealed in &arms {
+                let key = arm_key(&experiment, &sealed.arm);
                 invocation
                     .key(&key)
                     .key(format!("{key}:users"))
-                    .arg(*exposures)
-                    .arg(redis_dense(&counter.users));
+                    .key(format!("{key}:items"))
+                    .arg(sealed.exposures)
+                    .arg(redis_dense(&sealed.counter.users))
+                    .arg(redis_dense(&sealed.counter.items));
+                for n in sealed.overlap {
+                    invocation.arg(n);
+                }
             }
             let answer = match drain_until {
                 Some(until) => {
@@ -439,7 +540,7 @@ impl Tally {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&experiment);
-                self.depth.sub(arms.iter().map(|(_, _, n)| *n as i64).sum());
+                self.depth.sub(arms.iter().map(|sealed| sealed.exposures as i64).sum());
             } else {
                 done = false;
             }
@@ -486,34 +587,58 @@ impl Tally {
         let mut pipe = ::redis::pipe();
         for arm in arms {
             let key = arm_key(experiment, arm);
-            pipe.cmd("HMGET")
-                .arg(&key)
-                .arg("exposures")
-                .arg("impressions")
-                .arg("clicks");
+            let hmget = pipe.cmd("HMGET").arg(&key);
+            for field in COUNTER_FIELDS {
+                hmget.arg(field);
+            }
+            for kind in ["i", "c"] {
+                for bucket in POSITION_BUCKETS {
+                    hmget.arg(format!("{kind}@{bucket}"));
+                }
+            }
             pipe.cmd("PFCOUNT").arg(format!("{key}:users"));
             pipe.cmd("PFCOUNT").arg(format!("{key}:clickers"));
+            pipe.cmd("PFCOUNT").arg(format!("{key}:items"));
         }
         let replies: Vec<::redis::Value> = redis.query(&pipe).await.ok()?;
         replies
-            .chunks(3)
+            .chunks(4)
             .map(|reply| {
-                let [counters, users, clickers] = reply else {
+                let [counters, users, clickers, items] = reply else {
                     return None;
                 };
-                let [exposures, impressions, clicks]: [Option<u64>; 3] =
-                    ::redis::from_redis_value(counters.clone()).ok()?;
+                let fields: Vec<Option<u64>> = ::redis::from_redis_value(counters.clone()).ok()?;
+                let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
+                let n = COUNTER_FIELDS.len();
+                let buckets = POSITION_BUCKETS.len();
                 Some(ArmCounts {
-                    exposures: exposures.unwrap_or(0),
-                    impressions: impressions.unwrap_or(0),
-                    clicks: clicks.unwrap_or(0),
+                    exposures: field(0),
+                    impressions: field(1),
+                    clicks: field(2),
+                    compared: field(3),
+                    jaccard_micro: field(4),
+                    rbo_micro: field(5),
+                    impressions_by_position: std::array::from_fn(|b| field(n + b)),
+                    clicks_by_position: std::array::from_fn(|b| field(n + buckets + b)),
                     users: ::redis::from_redis_value(users.clone()).ok()?,
                     clickers: ::redis::from_redis_value(clickers.clone()).ok()?,
+                    items: ::redis::from_redis_value(items.clone()).ok()?,
                 })
             })
             .collect()
     }
 }
+
+/// The counters of an arm's hash that [`Tally::read`] reads first, in [`ArmCounts`] order; the
+/// rank buckets' `i@{bucket}` and `c@{bucket}` follow.
+const COUNTER_FIELDS: [&str; 6] = [
+    "exposures",
+    "impressions",
+    "clicks",
+    "compared",
+    "jaccard_micro",
+    "rbo_micro",
+];
 
 #[cfg(test)]
 mod tests {

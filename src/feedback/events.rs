@@ -37,6 +37,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::Team;
 use crate::feedback::counts::{Count, Tally, arm_key, duel_keys};
+use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::redis::{Failure, RedisClient};
 
@@ -50,9 +51,11 @@ const MAX_ITEM_ID: usize = 256;
 /// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
 /// the tokens' claim hashes, per arm its counters hash and clickers HyperLogLog, and for an
 /// interleave experiment its duel hashes (per user, then totals; see
-/// [`crate::feedback::counts`]). ARGV, 9 per event: claim key index, field, value (the event
+/// [`crate::feedback::counts`]). ARGV, 10 per event: claim key index, field, value (the event
 /// id, or this request's attempt id), expiry (unix seconds), counters key index (0: not
-/// counted), `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`).
+/// counted), `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`),
+/// the item's rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the
+/// arm's `i@{bucket}` and `c@{bucket}`).
 /// Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
 /// duplicate).
 ///
@@ -67,8 +70,8 @@ local function outcome(mine, theirs, team)
   return 'wins' .. (1 - team)
 end
 local out = {}
-for e = 0, #ARGV / 9 - 1 do
-  local a = e * 9
+for e = 0, #ARGV / 10 - 1 do
+  local a = e * 10
   local seen = KEYS[tonumber(ARGV[a + 1])]
   local prev = redis.call('HGET', seen, ARGV[a + 2])
   if not prev then
@@ -76,6 +79,7 @@ for e = 0, #ARGV / 9 - 1 do
     redis.call('EXPIREAT', seen, ARGV[a + 4])
     local arm = tonumber(ARGV[a + 5])
     if arm > 0 then
+      redis.call('HINCRBY', KEYS[arm], ARGV[a + 6] .. '@' .. ARGV[a + 10], 1)
       if ARGV[a + 6] == 'c' then
         redis.call('HINCRBY', KEYS[arm], 'clicks', 1)
         redis.call('PFADD', KEYS[arm + 1], ARGV[a + 7])
@@ -207,6 +211,8 @@ pub(crate) struct Accepted {
     pub(crate) kind: EventKind,
     /// Counted by this request; false for a retry of an event counted before.
     pub(crate) fresh: bool,
+    /// The rank bucket of the item's position in the list ([`POSITION_BUCKETS`]).
+    pub(crate) bucket: usize,
 }
 
 /// An event that passed the checks, waiting for its claim.
@@ -218,6 +224,8 @@ struct Checked {
     kind: EventKind,
     /// The item's team on an interleaved page.
     team: Option<Team>,
+    /// The rank bucket of the item's position in the list.
+    bucket: usize,
     /// The token's id.
     token: TokenId,
     /// Type and position in the page: `i3`, `c3`.
@@ -316,10 +324,12 @@ impl EventLog {
             }
             None => None,
         };
+        let rank = claims.offset as usize + position + 1;
         Ok(Checked {
             claims,
             kind,
             team,
+            bucket: position_bucket(rank),
             token,
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
@@ -352,7 +362,8 @@ impl EventLog {
                     let fresh = self.seen.claim(c)?;
                     if fresh && c.counted() {
                         let experiment = c.claims.experiment.as_deref().unwrap_or_default();
-                        tally.count_locally(&tally.arm(experiment, &c.claims.arm), &c.claims.user, c.kind.count());
+                        let counter = tally.arm(experiment, &c.claims.arm);
+                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket);
                         if let (Some(team), EventKind::Click) = (c.team, c.kind) {
                             tally.duel_click(experiment, &c.claims.user, team);
                         }
@@ -371,6 +382,7 @@ impl EventLog {
                     claims: c.claims,
                     kind: c.kind,
                     fresh,
+                    bucket: c.bucket,
                 })
             })
             .collect()
@@ -443,7 +455,8 @@ impl EventLog {
                     .arg(c.kind.code().to_string())
                     .arg(&c.claims.user)
                     .arg(duel)
-                    .arg(c.team.unwrap_or(0));
+                    .arg(c.team.unwrap_or(0))
+                    .arg(POSITION_BUCKETS[c.bucket]);
             }
             async move {
                 let mut answer = redis.query::<Vec<u8>>(&invocation).await;
@@ -555,6 +568,7 @@ mod tests {
             claims: claims(SystemTime::now()),
             kind: EventKind::Click,
             team: None,
+            bucket: 0,
             token: [token; 12],
             field: field.into(),
             event_id: event_id.map(String::from),
@@ -608,6 +622,7 @@ mod tests {
             uncounted: false,
             items: ["7", "8", "9", "10"].iter().map(|i| item_tag(i)).collect(),
             teams: None,
+            offset: 0,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The feedback loop, from a served page to an analyst's decision: [`token`] signs what each
 //! response served, [`events`] takes impressions and clicks back against it, [`counts`] keeps
-//! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests and
-//! [`results`] turns the counts into what an analyst reads.
+//! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests,
+//! [`lists`] compares two arms' lists, and [`results`] turns the counts into what an analyst
+//! reads.
 
 pub(crate) mod counts;
 pub(crate) mod events;
+pub(crate) mod lists;
 pub(crate) mod results;
 pub(crate) mod significance;
 pub mod token;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Kind, Status};
 use crate::feedback::counts::{ArmCounts, DuelCounts, Tally};
+use crate::feedback::lists::POSITION_BUCKETS;
 use crate::feedback::significance::{self, Interval, Lift};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
@@ -35,6 +36,28 @@ pub(crate) struct ArmResults {
     pub(crate) min_sample_reached: bool,
     /// Users the arm won, in an interleave experiment.
     pub(crate) wins: Option<u64>,
+    /// Whether the arm is a shadow, which serves nobody and is compared with the control.
+    pub(crate) shadow: bool,
+    /// Distinct items served / items in the model (`Err` while the model's catalogue is
+    /// unknown: no snapshot mapped).
+    pub(crate) coverage: Result<f64, &'static str>,
+    /// A shadow arm's mean Jaccard@k and RBO against the control's list.
+    pub(crate) overlap: Result<(f64, f64), &'static str>,
+    /// Impressions, clicks and CTR per rank bucket, in [`POSITION_BUCKETS`] order.
+    pub(crate) by_position: Vec<PositionResults>,
+}
+
+/// One rank bucket of an arm.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PositionResults {
+    /// The bucket's name (`1`, `4-5`, `11+`).
+    pub(crate) bucket: &'static str,
+    /// Impressions of items in the bucket.
+    pub(crate) impressions: u64,
+    /// Clicks on them.
+    pub(crate) clicks: u64,
+    /// Clicks / impressions.
+    pub(crate) ctr: Result<f64, &'static str>,
 }
 
 /// What an interleave experiment's users prefer.
@@ -75,11 +98,20 @@ pub(crate) struct ExperimentResults {
     pub(crate) interleaving: Option<InterleavingResults>,
 }
 
+/// Why a shadow arm has no lift or p-value.
+const SHADOW_ARM: &str = "a shadow arm serves nobody: read its overlap with the control";
+
 /// Why split-experiment statistics are absent from an interleave experiment.
 const INTERLEAVED_ARMS: &str = "interleaved arms serve the same users: read the interleaving preference";
 
-/// Computes the results of `experiment`; `None` when the counts cannot be read (Redis down).
-pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<ExperimentResults> {
+/// Computes the results of `experiment`, `catalogue` telling the items of an arm's model;
+/// `None` when the counts cannot be read (Redis down).
+pub(crate) async fn compute(
+    experiment: &Experiment,
+    tally: &Tally,
+    catalogue: impl Fn(&crate::experiment::Arm) -> Option<usize>,
+) -> Option<ExperimentResults> {
+    let catalogue: Vec<Option<usize>> = experiment.arms.iter().map(catalogue).collect();
     let names: Vec<&str> = experiment.arms.iter().map(|a| a.name.as_str()).collect();
     let counts = tally.read(&experiment.id, &names).await?;
     let duel = match experiment.kind {
@@ -89,6 +121,7 @@ pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<Ex
     Some(from_counts(
         experiment,
         &counts,
+        &catalogue,
         duel,
         tally.is_shared(),
         tally.min_sample_size(),
@@ -100,6 +133,7 @@ pub(crate) async fn compute(experiment: &Experiment, tally: &Tally) -> Option<Ex
 pub(crate) fn from_counts(
     experiment: &Experiment,
     counts: &[ArmCounts],
+    catalogue: &[Option<usize>],
     duel: Option<DuelCounts>,
     shared: bool,
     min_sample_size: u64,
@@ -115,6 +149,7 @@ pub(crate) fn from_counts(
             let is_control = match (i, duel) {
                 (_, Some(_)) => Err(INTERLEAVED_ARMS),
                 (0, None) => Err("this is the control"),
+                _ if arm.shadow.is_some() => Err(SHADOW_ARM),
                 _ => Ok(()),
             };
             ArmResults {
@@ -135,11 +170,46 @@ pub(crate) fn from_counts(
                 }),
                 min_sample_reached: c.impressions >= min_sample_size,
                 wins: duel.and_then(|d| d.wins.get(i).copied()),
+                shadow: arm.shadow.is_some(),
+                coverage: match catalogue.get(i).copied().flatten() {
+                    None => Err("the model's catalogue is known once its serving snapshot is mapped"),
+                    Some(0) => Err("the model has no items"),
+                    Some(items) => Ok((c.items as f64 / items as f64).min(1.0)),
+                },
+                overlap: match (arm.shadow, c.compared) {
+                    (None, _) => Err("only a shadow arm is compared with the control"),
+                    (Some(_), 0) => Err("no comparison yet"),
+                    (Some(_), n) => {
+                        let mean = |micro: u64| micro as f64 / 1e6 / n as f64;
+                        Ok((mean(c.jaccard_micro), mean(c.rbo_micro)))
+                    }
+                },
+                by_position: POSITION_BUCKETS
+                    .iter()
+                    .enumerate()
+                    .map(|(b, bucket)| PositionResults {
+                        bucket,
+                        impressions: c.impressions_by_position[b],
+                        clicks: c.clicks_by_position[b],
+                        ctr: match c.impressions_by_position[b] {
+                            0 => Err("no impressions"),
+                            n => Ok(c.clicks_by_position[b] as f64 / n as f64),
+                        },
+                    })
+                    .collect(),
             }
         })
         .collect();
-    let users: Vec<u64> = counts.iter().map(|c| c.users).collect();
-    let weights: Vec<f64> = experiment.arms.iter().map(|a| f64::from(a.weight_bp)).collect();
+    // Shadow arms are never assigned, so they have no share to check.
+    let serving = || {
+        experiment
+            .arms
+            .iter()
+            .zip(counts)
+            .filter(|(arm, _)| arm.shadow.is_none())
+    };
+    let users: Vec<u64> = serving().map(|(_, c)| c.users).collect();
+    let weights: Vec<f64> = serving().map(|(a, _)| f64::from(a.weight_bp)).collect();
     let srm_p_value = match duel {
         Some(_) => Err("an interleave experiment does not split users between its arms"),
         None => significance::sample_ratio_p(&users, &weights),

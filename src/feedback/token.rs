@@ -15,7 +15,7 @@
 //! | 1 | format version, `1` |
 //! | 8 | `issued_at`, Unix seconds |
 //! | 8 | `nonce` |
-//! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows, bit 2 teams follow; the others 0 |
+//! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows, bit 2 teams follow, bit 3 an offset follows; the others 0 |
 //! | 2 | `n`, the number of items |
 //! | 4 × n | the [`item_tag`] of each item (top 32 bits of its xxh3), in page order |
 //! | 2 + len | `placement`: its length in bytes, then its UTF-8 |
@@ -23,6 +23,7 @@
 //! | 2 + len each | `arm`, `model_version`, `user`, the same way |
 //! | 2 + len each | with flag bit 2 (an interleaved page): the two teams' arm names |
 //! | ⌈n / 8⌉ | with flag bit 2: the team of item `i` in bit `i % 8` of byte `i / 8`, 0 the first |
+//! | 4 | with flag bit 3: `offset`, the page's offset in the list (absent means 0) |
 //! | 32 | HMAC-SHA256 of every byte before it |
 //!
 //! It replaced format 0, `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON))`:
@@ -76,6 +77,14 @@ pub struct Claims {
     /// On an interleaved page, which arm picked each item: events credit the item's team.
     #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<Teams>,
+    /// Items the page skipped (`offset`), so an item's position in the list is this plus its
+    /// place in the page: what CTR by position is kept by.
+    #[serde(rename = "o", default, skip_serializing_if = "is_zero")]
+    pub offset: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The teams of an interleaved page (see [`crate::experiment::team_draft`]).
@@ -129,6 +138,7 @@ impl Claims {
             uncounted: self.uncounted,
             items: self.items.iter().copied(),
             teams: self.teams.as_ref().map(Teams::view),
+            offset: self.offset,
         }
     }
 }
@@ -157,6 +167,8 @@ pub struct ClaimsRef<'a, I = std::iter::Copied<std::slice::Iter<'a, u32>>> {
     pub items: I,
     /// As [`Claims::teams`].
     pub teams: Option<TeamsRef<'a>>,
+    /// As [`Claims::offset`].
+    pub offset: u32,
 }
 
 /// The tag of an item in a format-1 token: the top 32 bits of its xxh3, 4 bytes a served item.
@@ -252,6 +264,9 @@ const HAS_EXPERIMENT: u8 = 2;
 /// Flag bit: the page is interleaved, and its teams follow the user.
 const HAS_TEAMS: u8 = 4;
 
+/// Flag bit: the page's offset follows last (a first page, offset 0, leaves it out).
+const HAS_OFFSET: u8 = 8;
+
 /// Tokens of up to this many bytes (before base64) are laid out and read on the stack, so
 /// signing allocates only the token string: a page of 100 items with names of 64 bytes and a
 /// user of 128 takes about 800.
@@ -334,7 +349,7 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
     let issued_at = r.u64()?;
     let nonce = r.u64()?;
     let [flags] = r.array()?;
-    if flags & !(UNCOUNTED | HAS_EXPERIMENT | HAS_TEAMS) != 0 {
+    if flags & !(UNCOUNTED | HAS_EXPERIMENT | HAS_TEAMS | HAS_OFFSET) != 0 {
         return Err(TokenError::Malformed);
     }
     let count = r.length()?;
@@ -367,6 +382,15 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
     } else {
         None
     };
+    let offset = if flags & HAS_OFFSET != 0 {
+        match u32::from_be_bytes(r.array()?) {
+            // One spelling per token: offset 0 is written by leaving it out.
+            0 => return Err(TokenError::Malformed),
+            offset => offset,
+        }
+    } else {
+        0
+    };
     let claims = Claims {
         placement,
         experiment,
@@ -378,6 +402,7 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
         uncounted: flags & UNCOUNTED != 0,
         items,
         teams,
+        offset,
     };
     if r.0.is_empty() {
         Ok(claims)
@@ -494,6 +519,7 @@ impl Signer {
                     names: t.names.map(str::to_string),
                     of_items: t.of_items.to_vec(),
                 }),
+                offset: claims.offset,
             });
         }
         let strings = [
@@ -510,8 +536,12 @@ impl Signer {
         let teams_len = teams.as_ref().map_or(0, |(names, _)| {
             names.iter().map(|s| 2 + s.len()).sum::<usize>() + count.div_ceil(8)
         });
-        let len =
-            HEADER_LEN + 4 * count + strings.iter().flatten().map(|s| 2 + s.len()).sum::<usize>() + teams_len + TAG_LEN;
+        let len = HEADER_LEN
+            + 4 * count
+            + strings.iter().flatten().map(|s| 2 + s.len()).sum::<usize>()
+            + teams_len
+            + if claims.offset > 0 { 4 } else { 0 }
+            + TAG_LEN;
         with_buffer(len, |raw| {
             let (signed, tag) = raw.split_at_mut(len - TAG_LEN);
             let mut w = Writer(signed);
@@ -520,7 +550,8 @@ impl Signer {
             w.put(&claims.nonce.to_be_bytes());
             let experiment = if claims.experiment.is_some() { HAS_EXPERIMENT } else { 0 };
             let has_teams = if teams.is_some() { HAS_TEAMS } else { 0 };
-            w.put(&[experiment | has_teams | if claims.uncounted { UNCOUNTED } else { 0 }]);
+            let has_offset = if claims.offset > 0 { HAS_OFFSET } else { 0 };
+            w.put(&[experiment | has_teams | has_offset | if claims.uncounted { UNCOUNTED } else { 0 }]);
             w.put_length(count);
             for item in items {
                 w.put(&item.to_be_bytes());
@@ -542,6 +573,9 @@ impl Signer {
                     });
                     w.put(&[bits]);
                 }
+            }
+            if claims.offset > 0 {
+                w.put(&claims.offset.to_be_bytes());
             }
             debug_assert!(w.0.is_empty(), "the length of a token is that of its fields");
             let mut mac = self.mac.clone();
@@ -643,6 +677,7 @@ mod tests {
             uncounted: false,
             items: vec![json_item_tag("5"), json_item_tag("68")],
             teams: None,
+            offset: 0,
         }
     }
 
@@ -732,6 +767,11 @@ mod tests {
                     of_items: vec![1, 0, 0, 0, 0, 0, 0, 0, 1],
                 }),
                 items: (1..=9).collect(),
+                offset: 90,
+                ..claims(1_000)
+            },
+            Claims {
+                offset: u32::MAX,
                 ..claims(1_000)
             },
         ] {
@@ -934,6 +974,7 @@ mod tests {
                 uncounted: false,
                 items: vec![json_item_tag("5"), json_item_tag("68"), json_item_tag("10")],
                 teams: None,
+                offset: 0,
             }
         );
         let (_, tag) = before.split_once('.').expect("two parts");

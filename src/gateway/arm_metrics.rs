@@ -10,6 +10,7 @@ use prometheus::{Histogram, IntCounter};
 
 use super::FallbackReason;
 use crate::experiment::{Catalog, INTERLEAVED, Kind};
+use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
 use crate::metrics::{Metrics, NONE};
 
 /// Pre-resolved handles of one (placement, experiment, arm).
@@ -29,12 +30,52 @@ pub(crate) struct ArmMetrics {
     fallbacks: [IntCounter; FallbackReason::ALL.len()],
     /// `errors_total{kind="store_error"}`: a store fault is an error as well as a fallback.
     store_errors: IntCounter,
+    /// `impressions_by_position_total` and `clicks_by_position_total`, one per rank bucket.
+    impressions_by_position: [IntCounter; POSITION_BUCKETS.len()],
+    clicks_by_position: [IntCounter; POSITION_BUCKETS.len()],
+    /// A shadow arm's comparison handles; `None` for an arm that serves.
+    shadow: Option<ShadowMetrics>,
+}
+
+/// A shadow arm's handles.
+#[derive(Debug, Clone)]
+pub(crate) struct ShadowMetrics {
+    /// `list_overlap{measure="jaccard"}` and `{measure="rbo"}`.
+    jaccard: Histogram,
+    rbo: Histogram,
+    /// `shadow_comparisons_total{outcome="compared"}`, `busy` and `no_list`.
+    compared: IntCounter,
+    pub(crate) busy: IntCounter,
+    pub(crate) no_list: IntCounter,
+}
+
+impl ShadowMetrics {
+    /// Records a comparison.
+    pub(crate) fn compared(&self, overlap: Overlap) {
+        self.jaccard.observe(overlap.jaccard);
+        self.rbo.observe(overlap.rbo);
+        self.compared.inc();
+    }
 }
 
 impl ArmMetrics {
-    /// Handles for one (placement, experiment, arm), resolved now.
-    pub(crate) fn resolve(metrics: &Metrics, placement: &str, experiment: &str, arm: &str) -> Self {
+    /// Handles for one (placement, experiment, arm), resolved now; a `shadow` arm's comparison
+    /// handles too.
+    pub(crate) fn resolve(metrics: &Metrics, placement: &str, experiment: &str, arm: &str, shadow: bool) -> Self {
         let labels = [placement, experiment, arm];
+        let by_position = |family: &prometheus::IntCounterVec| {
+            POSITION_BUCKETS.map(|bucket| family.with_label_values(&[placement, experiment, arm, bucket]))
+        };
+        let outcome = |outcome: &str| {
+            metrics
+                .shadow_comparisons
+                .with_label_values(&[placement, experiment, arm, outcome])
+        };
+        let overlap = |measure: &str| {
+            metrics
+                .list_overlap
+                .with_label_values(&[placement, experiment, arm, measure])
+        };
         ArmMetrics {
             recommendations: metrics.recommendations.with_label_values(&labels),
             latency: metrics
@@ -55,7 +96,21 @@ impl ArmMetrics {
                 arm,
                 "store_error",
             ]),
+            impressions_by_position: by_position(&metrics.impressions_by_position),
+            clicks_by_position: by_position(&metrics.clicks_by_position),
+            shadow: shadow.then(|| ShadowMetrics {
+                jaccard: overlap("jaccard"),
+                rbo: overlap("rbo"),
+                compared: outcome("compared"),
+                busy: outcome("busy"),
+                no_list: outcome("no_list"),
+            }),
         }
+    }
+
+    /// A shadow arm's comparison handles.
+    pub(crate) fn shadow(&self) -> Option<&ShadowMetrics> {
+        self.shadow.as_ref()
     }
 
     /// Counts one served response of `items` items that took `elapsed`.
@@ -71,14 +126,16 @@ impl ArmMetrics {
         }
     }
 
-    /// Counts an accepted impression.
-    pub(crate) fn impression(&self) {
+    /// Counts an accepted impression of an item in rank bucket `bucket`.
+    pub(crate) fn impression(&self, bucket: usize) {
         self.impressions.inc();
+        self.impressions_by_position[bucket].inc();
     }
 
-    /// Counts an accepted click.
-    pub(crate) fn click(&self) {
+    /// Counts an accepted click on an item in rank bucket `bucket`.
+    pub(crate) fn click(&self, bucket: usize) {
         self.clicks.inc();
+        self.clicks_by_position[bucket].inc();
     }
 }
 
@@ -100,14 +157,22 @@ impl ArmIndex {
             let by_experiment = index.entry(placement.name.clone()).or_default();
             by_experiment.entry(NONE.to_string()).or_default().insert(
                 "default".to_string(),
-                Arc::new(ArmMetrics::resolve(metrics, &placement.name, NONE, "default")),
+                Arc::new(ArmMetrics::resolve(metrics, &placement.name, NONE, "default", false)),
             );
             for experiment in placement.experiments() {
                 let arms = by_experiment.entry(experiment.id.clone()).or_default();
-                let resolve = |arm: &str| Arc::new(ArmMetrics::resolve(metrics, &placement.name, &experiment.id, arm));
+                let resolve = |arm: &str, shadow: bool| {
+                    Arc::new(ArmMetrics::resolve(
+                        metrics,
+                        &placement.name,
+                        &experiment.id,
+                        arm,
+                        shadow,
+                    ))
+                };
                 for (i, arm) in experiment.arms.iter().enumerate() {
                     let labels = [placement.name.as_str(), experiment.id.as_str(), arm.name.as_str()];
-                    arms.insert(arm.name.clone(), resolve(&arm.name));
+                    arms.insert(arm.name.clone(), resolve(&arm.name, arm.shadow.is_some()));
                     // The share of the slice's requests the arm is expected to serve: a
                     // completed experiment's all go to its winner, an interleave experiment's
                     // to neither arm alone.
@@ -123,7 +188,7 @@ impl ArmIndex {
                         .set(1);
                 }
                 if experiment.kind == Kind::Interleave {
-                    arms.insert(INTERLEAVED.to_string(), resolve(INTERLEAVED));
+                    arms.insert(INTERLEAVED.to_string(), resolve(INTERLEAVED, false));
                     let share = f64::from(u8::from(experiment.winner.is_none()));
                     metrics
                         .arm_weight

@@ -15,6 +15,7 @@ use crate::cache::{Tier, TieredCache};
 use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
+use crate::feedback::lists::overlap;
 use crate::feedback::token::{ClaimsRef, TeamsRef, next_nonce, unix_seconds};
 use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
@@ -56,6 +57,8 @@ pub(crate) struct Gateway {
     /// Why the folder on disk is not the set in force, if it was rejected: shown by `/ready`,
     /// and compared so a broken file is logged and counted once rather than at every check.
     rejected: ArcSwapOption<Problems>,
+    /// Permits for shadow comparisons in flight ([`SHADOW_SLOTS`]).
+    shadow_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The services a gateway is assembled from (see `server::Server::bind`).
@@ -213,7 +216,17 @@ pub(crate) struct Recommendation {
     pub(crate) source: Source,
     /// Why the arm did not answer, when `source` is `Fallback`.
     pub(crate) fallback: Option<FallbackReason>,
+    /// The counter of the arm whose list this is, when the results count it: the page's items
+    /// go into its catalogue coverage.
+    counter: Option<Arc<ArmCounter>>,
+    /// The experiment, when this is its control's counted list and it has shadow arms to
+    /// compare with it.
+    shadows: Option<Arc<Experiment>>,
 }
+
+/// Comparisons of shadow arms in flight at most; more are dropped and counted (`busy`), so a
+/// slow shadow model cannot pile up work behind the responses.
+const SHADOW_SLOTS: usize = 64;
 
 /// What a response's page is cut from.
 #[derive(Debug, Clone)]
@@ -236,6 +249,9 @@ pub(crate) struct Teams {
     nonce: u64,
     /// `merge_seed(salt, user, nonce)`.
     seed: u64,
+    /// Both arms' counters, when the results count the page: each team's items go into its
+    /// catalogue coverage.
+    counters: Option<[Arc<ArmCounter>; 2]>,
 }
 
 /// An item of a list, equal to another by id: what the merge deduplicates on.
@@ -293,6 +309,9 @@ pub(crate) struct Page<'l> {
     pub(crate) items: Vec<&'l Item>,
     /// On an interleaved page, the team of each item; empty otherwise.
     pub(crate) teams: Vec<Team>,
+    /// Items skipped before this page (`offset`), which its token carries so events know
+    /// each item's position in the list.
+    pub(crate) offset: u32,
     /// Items left after filters, across all pages.
     pub(crate) total: usize,
     /// Offset of the next page, `None` on the last one.
@@ -303,6 +322,11 @@ impl PageRequest<'_> {
     /// Whether `item` passes the filters.
     fn keeps(&self, item: &Item) -> bool {
         self.min_score.is_none_or(|min| item.score >= min) && !self.exclude.contains(&*item.id)
+    }
+
+    /// The offset asked for, as tokens carry it (the API takes at most a `u32`).
+    fn page_offset(&self) -> u32 {
+        u32::try_from(self.offset).unwrap_or(u32::MAX)
     }
 
     /// The offset of the page after one of a list of `total` items.
@@ -324,6 +348,7 @@ fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
     Page {
         items,
         teams: Vec::new(),
+        offset: request.page_offset(),
         total,
         next_offset: request.next_offset(total),
     }
@@ -350,6 +375,7 @@ impl Teams {
         Page {
             items,
             teams,
+            offset: request.page_offset(),
             total: merged.len(),
             next_offset: request.next_offset(merged.len()),
         }
@@ -404,6 +430,7 @@ impl Gateway {
             experiments_dir,
             reloading: tokio::sync::Mutex::new(()),
             rejected: ArcSwapOption::empty(),
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS)),
         }
     }
 
@@ -514,7 +541,7 @@ impl Gateway {
         let experiment = experiment.unwrap_or(NONE);
         match self.arms.load().get(placement, experiment, arm) {
             Some(handles) => Arc::clone(handles),
-            None => Arc::new(ArmMetrics::resolve(&self.metrics, placement, experiment, arm)),
+            None => Arc::new(ArmMetrics::resolve(&self.metrics, placement, experiment, arm, false)),
         }
     }
 
@@ -552,20 +579,91 @@ impl Gateway {
             uncounted: !served.counted,
             items: page.items.iter().map(|item| self.events.signer().item_tag(&item.id)),
             teams,
+            offset: page.offset,
         })
     }
 
-    /// Counts an exposure of `user` to an arm: through the counter resolved with the catalog,
-    /// or (a request that began on a catalog since replaced) the arm's counter found by name.
-    fn expose(&self, experiment: &Arc<Experiment>, arm: &Arm, user: &str) {
+    /// Counts an exposure of `user` to an arm, and returns the arm's counter.
+    fn expose(&self, experiment: &Arc<Experiment>, arm: &Arm, user: &str) -> Arc<ArmCounter> {
+        let counter = self.counter(experiment, arm);
+        self.tally.expose(&counter, user);
+        counter
+    }
+
+    /// An arm's results counter: the one resolved with the catalog, or (a request that began
+    /// on a catalog since replaced) the arm's counter found by name.
+    fn counter(&self, experiment: &Arc<Experiment>, arm: &Arm) -> Arc<ArmCounter> {
         let counters = self.counters.load();
         let resolved = counters
             .get(&experiment.id)
             .filter(|(resolved_for, _)| Arc::ptr_eq(resolved_for, experiment))
             .and_then(|(_, arms)| arms.get(experiment.arms.iter().position(|a| std::ptr::eq(a, arm))?));
         match resolved {
-            Some(counter) => self.tally.expose(counter, user),
-            None => self.tally.expose(&self.tally.arm(&experiment.id, &arm.name), user),
+            Some(counter) => Arc::clone(counter),
+            None => self.tally.arm(&experiment.id, &arm.name),
+        }
+    }
+
+    /// What a served page leaves behind once it is cut: its items in the serving arm's
+    /// catalogue coverage, and, for a control's page, the comparisons of the experiment's
+    /// shadow arms, sampled and in the background, so the response never waits for them.
+    pub(crate) fn after_page(
+        self: &Arc<Self>,
+        served: &Recommendation,
+        placement: &str,
+        user: &str,
+        page: &Page<'_>,
+        limit: usize,
+    ) {
+        match (&served.lists, &served.counter) {
+            (Lists::One(_), Some(counter)) => counter.served_items(page.items.iter().map(|item| &*item.id)),
+            (Lists::Teams(teams), _) => {
+                if let Some(counters) = &teams.counters {
+                    for (item, team) in page.items.iter().zip(&page.teams) {
+                        counters[usize::from(*team & 1)].served_items([&*item.id]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let (Some(experiment), Lists::One(control)) = (&served.shadows, &served.lists) else {
+            return;
+        };
+        for (index, arm) in experiment.arms.iter().enumerate() {
+            if !arm.shadow.is_some_and(sampled) {
+                continue;
+            }
+            let handles = self.arm_metrics(placement, Some(&experiment.id), &arm.name);
+            let Some(shadow) = handles.shadow() else {
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&self.shadow_slots).try_acquire_owned() else {
+                shadow.busy.inc();
+                continue;
+            };
+            let (gateway, experiment, control) = (Arc::clone(self), Arc::clone(experiment), Arc::clone(control));
+            let user = user.to_string();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (Some(arm), Some(shadow)) = (experiment.arms.get(index), handles.shadow()) else {
+                    return;
+                };
+                let Ok((_, list, _)) = gateway.read_arm(arm, &user).await else {
+                    shadow.no_list.inc();
+                    return;
+                };
+                fn ids(list: &RankedList, limit: usize) -> Vec<&str> {
+                    list.iter().take(limit).map(|item| &*item.id).collect()
+                }
+                let (mine, theirs) = (ids(&list, limit), ids(&control, limit));
+                match overlap(mine.iter().copied(), theirs, limit) {
+                    Some(o) => {
+                        gateway.counter(&experiment, arm).compared(o, mine);
+                        shadow.compared(o);
+                    }
+                    None => shadow.no_list.inc(),
+                }
+            });
         }
     }
 
@@ -582,8 +680,8 @@ impl Gateway {
                     let claims = &accepted.claims;
                     let arm = self.arm_metrics(&claims.placement, claims.experiment.as_deref(), &claims.arm);
                     match accepted.kind {
-                        EventKind::Impression => arm.impression(),
-                        EventKind::Click => arm.click(),
+                        EventKind::Impression => arm.impression(accepted.bucket),
+                        EventKind::Click => arm.click(accepted.bucket),
                     }
                 }
                 Ok(())
@@ -618,26 +716,42 @@ impl Gateway {
             .assign(placement, user, SystemTime::now())
             .ok_or_else(|| ServeError::UnknownPlacement(placement.to_string()))?;
         let default = &assignment.placement.default_model;
-        let served = |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback| {
-            // An exposure of the assigned arm, even when the default answered for it: results
-            // compare arms as assigned (intent to treat).
-            if let (true, Some(experiment), Some(arm)) = (assignment.counted(), assignment.experiment, assignment.arm) {
-                self.expose(experiment, arm, user);
-            }
-            Recommendation {
-                experiment: assignment.experiment.map(|e| e.id.clone()),
-                arm: assignment.arm_name().to_string(),
-                forced: assignment.forced,
-                counted: assignment.counted(),
-                model: spec.location.clone(),
-                model_version: model.version().to_string(),
-                lists: Lists::One(list),
-                source,
-                fallback,
-            }
-        };
-        if let Some(arms) = assignment.interleaved() {
-            return self.interleave(&assignment, arms, user).await;
+        let served =
+            |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback: Option<FallbackReason>| {
+                // An exposure of the assigned arm, even when the default answered for it: results
+                // compare arms as assigned (intent to treat). Its coverage counts only its own lists.
+                let (mut counter, mut shadows) = (None, None);
+                if let (true, Some(experiment), Some(arm)) =
+                    (assignment.counted(), assignment.experiment, assignment.arm)
+                {
+                    let exposed = self.expose(experiment, arm, user);
+                    if fallback.is_none() {
+                        counter = Some(exposed);
+                        let is_control = experiment
+                            .arms
+                            .first()
+                            .is_some_and(|control| std::ptr::eq(control, arm));
+                        if is_control && experiment.arms.iter().any(|a| a.shadow.is_some()) {
+                            shadows = Some(Arc::clone(experiment));
+                        }
+                    }
+                }
+                Recommendation {
+                    experiment: assignment.experiment.map(|e| e.id.clone()),
+                    arm: assignment.arm_name().to_string(),
+                    forced: assignment.forced,
+                    counted: assignment.counted(),
+                    model: spec.location.clone(),
+                    model_version: model.version().to_string(),
+                    lists: Lists::One(list),
+                    source,
+                    fallback,
+                    counter,
+                    shadows,
+                }
+            };
+        if let Some((experiment, arms)) = assignment.interleaved() {
+            return self.interleave(&assignment, experiment, arms, user).await;
         }
 
         let (arm, spec) = match assignment.arm {
@@ -681,14 +795,17 @@ impl Gateway {
     async fn interleave(
         &self,
         assignment: &Assignment<'_>,
-        arms: &[Arm],
+        experiment: &Arc<Experiment>,
+        [first, second]: [&Arm; 2],
         user: &str,
     ) -> Result<Recommendation, ServeError> {
-        let (Some(experiment), [first, second]) = (assignment.experiment, arms) else {
-            unreachable!("validation gives an interleave experiment two arms")
-        };
         let (a, b) = tokio::join!(self.read_arm(first, user), self.read_arm(second, user));
         let nonce = next_nonce();
+        // Both teams are exposed only when both answered: a page one team fills is not counted.
+        let counters = match (&a, &b) {
+            (Ok(_), Ok(_)) => Some([first, second].map(|arm| self.expose(experiment, arm, user))),
+            _ => None,
+        };
         let recommendation =
             |lists, model: String, model_version: String, source, fallback: Option<FallbackReason>| Recommendation {
                 experiment: Some(experiment.id.clone()),
@@ -702,24 +819,22 @@ impl Gateway {
                     lists,
                     nonce,
                     seed: merge_seed(&experiment.salt, user, nonce),
+                    counters: counters.clone(),
                 })),
                 source,
                 fallback,
+                counter: None,
+                shadows: None,
             };
         let empty = || RankedList::from(Vec::new());
         let served = match (a, b) {
-            (Ok((model_a, list_a, tier_a)), Ok((model_b, list_b, tier_b))) => {
-                for arm in arms {
-                    self.expose(experiment, arm, user);
-                }
-                recommendation(
-                    [list_a, list_b],
-                    format!("{},{}", first.model.location, second.model.location),
-                    format!("{},{}", model_a.version(), model_b.version()),
-                    Source::from(tier_a).slower(tier_b.into()),
-                    None,
-                )
-            }
+            (Ok((model_a, list_a, tier_a)), Ok((model_b, list_b, tier_b))) => recommendation(
+                [list_a, list_b],
+                format!("{},{}", first.model.location, second.model.location),
+                format!("{},{}", model_a.version(), model_b.version()),
+                Source::from(tier_a).slower(tier_b.into()),
+                None,
+            ),
             (Ok((model, list, tier)), Err(_)) => recommendation(
                 [list, empty()],
                 first.model.location.clone(),
@@ -748,6 +863,8 @@ impl Gateway {
                     lists: Lists::One(list),
                     source: Source::Fallback,
                     fallback: Some(reason),
+                    counter: None,
+                    shadows: None,
                 }
             }
         };
@@ -777,6 +894,16 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// Whether this request is in a sample of `share` (0 to 1): a hash of a process-wide counter,
+/// so samples are spread evenly without a random generator on the request path.
+fn sampled(share: f64) -> bool {
+    static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let draw = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let x = xxhash_rust::xxh3::xxh3_64(&draw.to_le_bytes());
+    let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+    unit < share
 }
 
 /// Resolves the exposure counter of every arm of `catalog`.

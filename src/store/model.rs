@@ -411,6 +411,12 @@ impl LoadedModel {
         self.snapshot.load().as_ref().map(|s| s.file_bytes())
     }
 
+    /// Distinct items the model recommends from, known once its snapshot is mapped (page
+    /// reads never see the whole catalogue).
+    pub(crate) fn catalogue_items(&self) -> Option<usize> {
+        self.snapshot.load().as_ref().map(|s| s.items())
+    }
+
     /// The mapped snapshot, for the cache to read without its Redis tier.
     pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.load_full()

@@ -247,6 +247,11 @@ impl Snapshot {
         Some(list.into())
     }
 
+    /// Distinct items in the dictionary: the catalogue the model can recommend from.
+    pub(crate) fn items(&self) -> usize {
+        self.items
+    }
+
     /// Users in the snapshot.
     pub(crate) fn users(&self) -> usize {
         self.users
