@@ -68,7 +68,7 @@ fn path_str(path: &Path) -> &str {
 fn validate_accepts_the_bundled_experiments() {
     let (ok, stdout, stderr) = run(&mut recgw(&["validate", "experiments"]));
     assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("ok, 3 placement(s), 2 experiment(s)"), "{stdout}");
+    assert!(stdout.contains("ok, 4 placement(s), 3 experiment(s)"), "{stdout}");
     // Without DIR it checks `experiments.dir`, the same folder by default.
     let (ok, default_stdout, stderr) = run(&mut recgw(&["validate"]));
     assert!(ok, "{stderr}");
@@ -141,7 +141,7 @@ fn validate_warns_about_model_folders_that_do_not_exist() {
         ok,
         "a missing model folder warns, it does not fail\nstdout: {stdout}\nstderr: {stderr}"
     );
-    assert!(stdout.contains("ok, 3 placement(s), 2 experiment(s)"), "{stdout}");
+    assert!(stdout.contains("ok, 4 placement(s), 3 experiment(s)"), "{stdout}");
     let warning = stderr
         .lines()
         .find(|l| l.starts_with("warning:"))

@@ -96,8 +96,9 @@ fn assert_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) {
 
 /// The claims of a token, decoded by hand from the layout of ARCHITECTURE.md §5 (version 1,
 /// issued_at, nonce, flags, item count and tags, then placement, experiment when flagged, arm,
-/// model version and user, each after a 2-byte length, then a 32-byte HMAC-SHA256), as JSON
-/// with the JSON format's keys (`i`: the tag bytes in base64url), so tests name claims one way.
+/// model version and user, each after a 2-byte length, the teams of an interleaved page when
+/// flagged, the page's offset when flagged, then a 32-byte HMAC-SHA256), as JSON with the JSON
+/// format's keys (`i`: the tag bytes in base64url), so tests name claims one way.
 fn claims(token: &str) -> Value {
     assert!(
         !token.contains(['+', '/', '=', '.']),
@@ -110,7 +111,7 @@ fn claims(token: &str) -> Value {
     let u64_at = |at: usize| u64::from_be_bytes(signed[at..at + 8].try_into().expect("8 bytes"));
     let len_at = |at: usize| usize::from(u16::from_be_bytes([signed[at], signed[at + 1]]));
     let flags = signed[17];
-    assert_eq!(flags & !3, 0, "only the two documented flags: {token}");
+    assert_eq!(flags & !15, 0, "only the four documented flags: {token}");
     let items = len_at(18);
     let mut at = 20 + 4 * items;
     let mut string = || {
@@ -122,6 +123,21 @@ fn claims(token: &str) -> Value {
     let placement = string();
     let experiment = if flags & 2 != 0 { string() } else { Value::Null };
     let (arm, model_version, user) = (string(), string(), string());
+    let teams = if flags & 4 != 0 {
+        let names = json!([string(), string()]);
+        let bits = &signed[at..at + items.div_ceil(8)];
+        at += items.div_ceil(8);
+        let of_items: Vec<u8> = (0..items).map(|i| bits[i / 8] >> (i % 8) & 1).collect();
+        Some(json!({ "a": names, "m": of_items }))
+    } else {
+        None
+    };
+    let offset = if flags & 8 != 0 {
+        at += 4;
+        Some(u32::from_be_bytes(signed[at - 4..at].try_into().expect("4 bytes")))
+    } else {
+        None
+    };
     assert_eq!(at, signed.len(), "no byte left over: {token}");
     let mut claims = json!({
         "p": placement,
@@ -136,6 +152,12 @@ fn claims(token: &str) -> Value {
     if flags & 1 != 0 {
         claims["f"] = json!(true);
     }
+    if let Some(teams) = teams {
+        claims["x"] = teams;
+    }
+    if let Some(offset) = offset {
+        claims["o"] = json!(offset);
+    }
     claims
 }
 
@@ -146,10 +168,14 @@ fn layout(claims: &Value) -> Vec<u8> {
         .expect("i is base64url");
     let string = |key: &str| claims[key].as_str().unwrap_or_else(|| panic!("{key}: {claims}"));
     let experiment = claims["e"].as_str();
+    let offset = claims["o"].as_u64().map(|o| u32::try_from(o).expect("a u32 offset"));
+    assert!(claims["x"].is_null(), "the tests sign no interleaved page: {claims}");
     let mut bytes = vec![1];
     bytes.extend(claims["t"].as_u64().expect("t").to_be_bytes());
     bytes.extend(claims["n"].as_u64().unwrap_or_default().to_be_bytes());
-    bytes.push(u8::from(claims["f"] == true) | if experiment.is_some() { 2 } else { 0 });
+    bytes.push(
+        u8::from(claims["f"] == true) | if experiment.is_some() { 2 } else { 0 } | if offset.is_some() { 8 } else { 0 },
+    );
     bytes.extend(u16::try_from(tags.len() / 4).expect("a page").to_be_bytes());
     bytes.extend(tags);
     for text in [
@@ -164,6 +190,9 @@ fn layout(claims: &Value) -> Vec<u8> {
     {
         bytes.extend(u16::try_from(text.len()).expect("short").to_be_bytes());
         bytes.extend(text.as_bytes());
+    }
+    if let Some(offset) = offset {
+        bytes.extend(offset.to_be_bytes());
     }
     bytes
 }
@@ -443,11 +472,15 @@ async fn tokens_name_what_was_served() {
         if uncounted {
             expected["f"] = json!(true);
         }
+        // A page after the first names its offset, so events know each item's rank.
+        if body["offset"] != 0 {
+            expected["o"] = body["offset"].clone();
+        }
         assert_eq!(c, expected, "claims of {body}");
         let keys: Vec<&str> = c.as_object().expect("object").keys().map(String::as_str).collect();
         assert!(
             keys.iter()
-                .all(|k| ["p", "e", "a", "v", "u", "t", "n", "f", "i"].contains(k)),
+                .all(|k| ["p", "e", "a", "v", "u", "t", "n", "f", "i", "o"].contains(k)),
             "{c}"
         );
         tokens.push(token.to_string());
@@ -1128,6 +1161,9 @@ async fn stats_summarise_served_and_failed_requests() {
         arms,
         [
             label("default", "none", "default"),
+            label("discover", "discover-als-shadow", "candidate"),
+            label("discover", "discover-als-shadow", "control"),
+            label("discover", "none", "default"),
             label("feed", "feed-als-interleave", "control"),
             label("feed", "feed-als-interleave", "interleaved"),
             label("feed", "feed-als-interleave", "treatment"),

@@ -427,7 +427,7 @@ async fn demo_serves_the_home_experiment() {
         .iter()
         .map(|e| e["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["feed-als-interleave", "home-als-rank"]);
+    assert_eq!(ids, ["discover-als-shadow", "feed-als-interleave", "home-als-rank"]);
     assert_eq!(all["digest"], ready["experiments_digest"]);
 }
 

@@ -41,6 +41,11 @@ const PLACEMENT: &str = "home";
 /// which the interleaving panels are viewed with.
 const INTERLEAVE_EXPERIMENT: &str = "feed-als-interleave";
 const INTERLEAVE_PLACEMENT: &str = "feed";
+/// The demo's experiment with a shadow arm (`experiments/discover-als-shadow.toml`), which the
+/// shadow panels are viewed with, and that arm.
+const SHADOW_EXPERIMENT: &str = "discover-als-shadow";
+const SHADOW_PLACEMENT: &str = "discover";
+const SHADOW_ARM: &str = "candidate";
 /// Its arms; every per-arm panel must show both.
 const ARMS: [&str; 2] = ["control", "treatment"];
 /// The datasource every panel and query must name.
@@ -96,10 +101,17 @@ fn substitute_for(expr: &str, experiment: &str, placement: &str) -> String {
         .replace("$__interval", "1s")
 }
 
-/// Whether a query is gated on the experiment being an interleave one (its `interleaved` arm):
-/// the interleaving row's panels, viewed with the interleave experiment.
-fn interleave_only(expr: &str) -> bool {
-    expr.contains(r#"arm="interleaved""#)
+/// The experiment, placement and arms a query is viewed with when it is not the split
+/// experiment: the interleaving row's queries (gated on the experiment's `interleaved` arm)
+/// with the interleave experiment, the shadow arms' queries with the shadow experiment.
+fn special_view(expr: &str) -> Option<(&'static str, &'static str, &'static [&'static str])> {
+    if expr.contains(r#"arm="interleaved""#) {
+        Some((INTERLEAVE_EXPERIMENT, INTERLEAVE_PLACEMENT, &ARMS))
+    } else if expr.contains("list_overlap") || expr.contains("shadow_comparisons") {
+        Some((SHADOW_EXPERIMENT, SHADOW_PLACEMENT, &[SHADOW_ARM]))
+    } else {
+        None
+    }
 }
 
 /// Whether a target draws one line per arm: its legend names the arm.
@@ -349,6 +361,12 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
             }
         }
     }
+    // The shadow experiment: 40 users of the discover page, about half of whose responses the
+    // shadow arm is compared on.
+    for user in first..first + 40 {
+        let s = recommend_on(gw, &user.to_string(), SHADOW_PLACEMENT, SHADOW_EXPERIMENT).await;
+        assert_eq!(s.arm, "control", "the shadow arm serves nobody");
+    }
     for batch in events.chunks(500) {
         let outcome = post_events(gw, batch).await;
         assert_eq!(outcome["rejected"], 0, "{outcome}");
@@ -403,15 +421,16 @@ async fn check_panels(prometheus: &Prometheus, dashboard: &Value) -> Vec<String>
                 failures.push(format!("{name}: no expr"));
                 continue;
             };
-            let expr = if interleave_only(expr) {
-                // Viewed with a split experiment it shows nothing: that is how it is hidden.
-                let split = prometheus.query(&substitute(expr)).await.unwrap_or_default();
-                if !split.is_empty() {
-                    failures.push(format!("{name}: shows {} series for the split experiment", split.len()));
+            let (expr, arms) = match special_view(expr) {
+                Some((experiment, placement, arms)) => {
+                    // Viewed with the split experiment it shows nothing: that is how it hides.
+                    let split = prometheus.query(&substitute(expr)).await.unwrap_or_default();
+                    if !split.is_empty() {
+                        failures.push(format!("{name}: shows {} series for the split experiment", split.len()));
+                    }
+                    (substitute_for(expr, experiment, placement), arms)
                 }
-                substitute_for(expr, INTERLEAVE_EXPERIMENT, INTERLEAVE_PLACEMENT)
-            } else {
-                substitute(expr)
+                None => (substitute(expr), &ARMS[..]),
             };
             if expr.contains('$') {
                 failures.push(format!("{name}: unknown variable left in {expr}"));
@@ -426,8 +445,8 @@ async fn check_panels(prometheus: &Prometheus, dashboard: &Value) -> Vec<String>
             };
             let finite = |s: &&Value| value(s).is_finite();
             if per_arm(target) {
-                for arm in ARMS {
-                    if !series.iter().filter(finite).any(|s| s["metric"]["arm"] == arm) {
+                for arm in arms {
+                    if !series.iter().filter(finite).any(|s| s["metric"]["arm"] == *arm) {
                         failures.push(format!(
                             "{name}: no value for arm {arm}\n    {expr}\n    got {}",
                             Value::from(series.clone())

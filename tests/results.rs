@@ -1275,7 +1275,8 @@ async fn in_arm(gw: &TestGateway, arm: &str, candidates: impl Iterator<Item = u3
 
 /// The statistics of an arm that may be `null`, each with the fields whose reason also covers
 /// it (an interval's reason may be recorded once, under its low end or its point estimate).
-const NULLABLE: [(&str, &[&str]); 7] = [
+const NULLABLE: [(&str, &[&str]); 8] = [
+    ("catalogue_coverage", &[]),
     ("ctr", &[]),
     ("ctr_low", &["ctr"]),
     ("ctr_high", &["ctr_low", "ctr"]),
