@@ -90,6 +90,11 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
                 "p_value",
                 "min_sample_reached",
                 "wins",
+                "distinct_items",
+                "catalogue_coverage",
+                "compared",
+                "overlap_jaccard",
+                "overlap_rbo",
             ];
             let mut out = format!("experiment,{}\n", columns.join(","));
             for arm in &arms {
@@ -154,8 +159,9 @@ fn table(results: &Value, arms: &[Value]) -> String {
             vec![
                 a["name"].as_str().unwrap_or("?").to_string(),
                 match a["weight"].as_f64() {
-                    // Interleaved arms both serve every user: a share would mislead.
-                    Some(w) if results["kind"] != "interleave" => format!("{w:.1}%"),
+                    // Interleaved arms both serve every user, a shadow nobody: a share would
+                    // mislead.
+                    Some(w) if results["kind"] != "interleave" && a["shadow"] != true => format!("{w:.1}%"),
                     _ => "-".into(),
                 },
                 count(&a["users"]),
@@ -205,6 +211,63 @@ fn table(results: &Value, arms: &[Value]) -> String {
     }
     out.push_str(&chart(arms, widths[0]));
     out.push_str(&preference(results, arms));
+    out.push_str(&lists(arms, widths[0]));
+    out
+}
+
+/// What the arms' lists look like: catalogue coverage, a shadow's overlap with the control,
+/// and CTR by rank.
+fn lists(arms: &[Value], name_width: usize) -> String {
+    let mut out = String::from("\nLists: coverage = distinct items served / items in the model\n");
+    for arm in arms {
+        let name = arm["name"].as_str().unwrap_or("?");
+        let coverage = match arm["catalogue_coverage"].as_f64() {
+            Some(c) => format!("{:.2}%", c * 100.0),
+            None => "-".into(),
+        };
+        let mut line = format!(
+            "{name:<name_width$}  coverage {coverage} ({} items)",
+            count(&arm["distinct_items"])
+        );
+        if arm["shadow"] == true {
+            let mean = |v: &Value| v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"));
+            let _ = write!(
+                line,
+                "; shadow: {} comparisons, Jaccard@k {}, RBO {}",
+                count(&arm["compared"]),
+                mean(&arm["overlap_jaccard"]),
+                mean(&arm["overlap_rbo"])
+            );
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let buckets: Vec<&str> = arms
+        .first()
+        .and_then(|a| a["by_position"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["position"].as_str())
+        .collect();
+    if buckets.is_empty() {
+        return out;
+    }
+    let _ = write!(out, "CTR by rank{:w$}", "", w = (name_width + 2).saturating_sub(11));
+    for bucket in &buckets {
+        let _ = write!(out, "  {bucket:>8}");
+    }
+    out.push('\n');
+    for arm in arms.iter().filter(|a| a["shadow"] != true) {
+        let _ = write!(
+            out,
+            "{:<w$}",
+            arm["name"].as_str().unwrap_or("?"),
+            w = name_width.max(11)
+        );
+        for position in arm["by_position"].as_array().into_iter().flatten() {
+            let _ = write!(out, "  {:>8}", percent(&position["ctr"]));
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -307,6 +370,48 @@ mod tests {
         })
     }
 
+    /// Coverage per arm, a shadow's overlap, and one CTR per rank bucket and serving arm.
+    #[test]
+    fn renders_the_list_metrics() {
+        let mut results = sample();
+        let by_position = serde_json::json!([
+            {"position": "1", "impressions": 100, "clicks": 10, "ctr": 0.1},
+            {"position": "2", "impressions": 100, "clicks": 5, "ctr": 0.05},
+            {"position": "3", "impressions": 0, "clicks": 0}
+        ]);
+        for arm in 0..2 {
+            results["arms"][arm]["by_position"] = by_position.clone();
+            results["arms"][arm]["distinct_items"] = 40.into();
+        }
+        results["arms"][0]["catalogue_coverage"] = 0.25.into();
+        results["arms"][1]["shadow"] = true.into();
+        results["arms"][1]["compared"] = 12.into();
+        results["arms"][1]["overlap_jaccard"] = 0.5.into();
+        results["arms"][1]["overlap_rbo"] = 0.6125.into();
+        let table = render(&results, Format::Table);
+        assert!(table.contains("control    coverage 25.00% (40 items)\n"), "{table}");
+        assert!(
+            table.contains("treatment  coverage - (40 items); shadow: 12 comparisons, Jaccard@k 0.500, RBO 0.613"),
+            "{table}"
+        );
+        let ranks = table.lines().find(|l| l.starts_with("CTR by rank")).unwrap_or_default();
+        assert_eq!(
+            ranks.split_whitespace().skip(3).collect::<Vec<_>>(),
+            ["1", "2", "3"],
+            "{table}"
+        );
+        let rows: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("CTR by rank"))
+            .skip(1)
+            .collect();
+        assert_eq!(rows.len(), 1, "the shadow serves nobody, so it has no CTR: {table}");
+        assert_eq!(
+            rows[0].split_whitespace().collect::<Vec<_>>(),
+            ["control", "10.00%", "5.00%", "-"]
+        );
+    }
+
     #[test]
     fn renders_aligned_table_chart_and_csv() {
         let table = render(&sample(), Format::Table);
@@ -328,7 +433,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows[0].starts_with("experiment,name,weight,users"));
         assert!(rows[1].starts_with("e,control,50.0,100,120,1000,40,30,0.04,"), "{csv}");
-        assert!(rows[2].ends_with(",0.0402,true,"), "{csv}");
+        assert!(rows[2].ends_with(",0.0402,true,,,,,,"), "{csv}");
     }
 
     /// An interleave experiment's report says who won how many users and which arm the
@@ -357,6 +462,9 @@ mod tests {
             "{table}"
         );
         let csv = render(&results, Format::Csv);
-        assert!(csv.lines().nth(2).unwrap_or_default().ends_with(",true,50"), "{csv}");
+        assert!(
+            csv.lines().nth(2).unwrap_or_default().ends_with(",true,50,,,,,"),
+            "{csv}"
+        );
     }
 }

@@ -1193,6 +1193,11 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         "p_value",
         "min_sample_reached",
         "wins",
+        "distinct_items",
+        "catalogue_coverage",
+        "compared",
+        "overlap_jaccard",
+        "overlap_rbo",
     ];
     let mut differences = Vec::new();
     assert_eq!(rows.len(), 3, "{csv}");

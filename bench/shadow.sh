@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# What a shadow arm costs the users it does not serve: p99 of the control's responses on the
+# demo's `discover` placement (local hits, 1,000 hot users, wrk with 16 connections) with the
+# shadow arm compared on every response (`shadow_sample = 1.0`, the worst case) and without
+# the shadow arm at all, alternated over the rounds so both see the same machine. Prints the
+# rounds and the median p99 ratio, and writes them to bench/SHADOW.md.
+#
+#   bench/shadow.sh [--rounds 3] [--duration 5s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=3
+DURATION=5s
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    *) echo "usage: bench/shadow.sh [--rounds 3] [--duration 5s]" >&2; exit 2 ;;
+  esac
+done
+
+source bench/common.sh wrk:wrk --
+CONNECTIONS=16
+THREADS=$(nproc)
+
+# Two copies of the demo's experiments: the shadow compared on every response, and no shadow.
+for variant in on off; do
+  mkdir -p "$WORK/$variant"
+  cp experiments/*.toml "$WORK/$variant/"
+done
+sed -i 's/^shadow_sample = .*/shadow_sample = 1.0/' "$WORK/on/discover-als-shadow.toml"
+python3 - "$WORK/off/discover-als-shadow.toml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+# Drop the last [[arms]] table: the shadow arm.
+open(path, "w").write(text[: text.rindex("[[arms]]")])
+PY
+grep -q 'shadow = true' "$WORK/on/discover-als-shadow.toml"
+! grep -q 'shadow = true' "$WORK/off/discover-als-shadow.toml"
+
+# p99 VARIANT -> "p99_ms requests_per_s" of a warmed run on a fresh gateway.
+p99() {
+  local port pid
+  port=$(free_port)
+  RECGW__SERVER__LISTEN="127.0.0.1:$port" RECGW__EXPERIMENTS__DIR="$WORK/$1" RUST_LOG=warn "$BIN" serve &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do curl -sf "127.0.0.1:$port/ready" >/dev/null && break; sleep 0.05; done
+  USERS=1000 PLACEMENT=discover wrk -t1 -c"$CONNECTIONS" -d2s -s bench/users.lua "http://127.0.0.1:$port" >/dev/null
+  USERS=1000 PLACEMENT=discover wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/users.lua \
+    "http://127.0.0.1:$port" > "$WORK/wrk.txt"
+  if [ "$1" = on ]; then
+    compared=$(curl -s "127.0.0.1:$port/metrics" | awk '/^shadow_comparisons_total/ && /outcome="compared"/ {s += $2} END {print s + 0}')
+    [ "$compared" -gt 0 ] || { echo "no shadow comparison was made" >&2; exit 1; }
+  fi
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  awk '/^ +99%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms/, "", v)} else if (v ~ /s$/) {sub(/s/, "", v); v *= 1000}; p = v}
+       /Requests\/sec/ {r = $2} END {printf "%.3f %s\n", p, r}' "$WORK/wrk.txt"
+}
+
+RATIOS=()
+LINES=()
+for round in $(seq "$ROUNDS"); do
+  read -r off_p99 off_rps < <(p99 off)
+  read -r on_p99 on_rps < <(p99 on)
+  ratio=$(awk -v a="$on_p99" -v b="$off_p99" 'BEGIN { printf "%.3f", a / b }')
+  RATIOS+=("$ratio")
+  line="round $round: p99 without shadow ${off_p99} ms (${off_rps} req/s), with shadow on every response ${on_p99} ms (${on_rps} req/s): ${ratio} x"
+  echo "$line"
+  LINES+=("- $line")
+done
+median=$(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
+echo "median p99 with / without the shadow arm: $median x over $ROUNDS rounds"
+{
+  echo "# p99 of the control with and without a shadow arm"
+  echo
+  echo "\`bench/shadow.sh --rounds $ROUNDS --duration $DURATION\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
+  echo "$(nproc) cores, wrk with $THREADS threads and $CONNECTIONS connections, demo \`discover\` placement, local hits."
+  echo
+  printf '%s\n' "${LINES[@]}"
+  echo "- **median p99 ratio: $median x**"
+} > bench/SHADOW.md
