@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 
 use super::bucket::BUCKETS;
-use super::{Catalog, Experiment, Status};
+use super::{Catalog, Experiment, INTERLEAVED, Kind, Status};
 
 /// How one experiment's users move between two catalogs.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +39,11 @@ struct Split<'a> {
 fn split(e: &Experiment) -> Split<'_> {
     let takes_traffic = e.status == Status::Running || (e.status == Status::Completed && e.winner.is_some());
     let slice = if takes_traffic { e.slice.clone() } else { 0..0 };
-    let arms = match e.winner {
-        Some(w) => vec![(e.arms[w].name.as_str(), 0..BUCKETS)],
-        None => e.arms.iter().map(|a| (a.name.as_str(), a.buckets.clone())).collect(),
+    let arms = match (e.winner, e.kind) {
+        (Some(w), _) => vec![(e.arms[w].name.as_str(), 0..BUCKETS)],
+        // Every covered user of an interleave experiment gets the merged list.
+        (None, Kind::Interleave) => vec![(INTERLEAVED, 0..BUCKETS)],
+        (None, Kind::Split) => e.arms.iter().map(|a| (a.name.as_str(), a.buckets.clone())).collect(),
     };
     Split {
         slice,
