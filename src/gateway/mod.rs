@@ -656,9 +656,14 @@ impl Gateway {
                     list.iter().take(limit).map(|item| &*item.id).collect()
                 }
                 let (mine, theirs) = (ids(&list, limit), ids(&control, limit));
+                // The depth both lists reach is what was compared, and what the shadow's
+                // coverage counts.
+                let depth = mine.len().min(theirs.len());
                 match overlap(mine.iter().copied(), theirs, limit) {
                     Some(o) => {
-                        gateway.counter(&experiment, arm).compared(o, mine);
+                        gateway
+                            .counter(&experiment, arm)
+                            .compared(o, mine[..depth].iter().copied());
                         shadow.compared(o);
                     }
                     None => shadow.no_list.inc(),
