@@ -355,6 +355,15 @@ fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
 }
 
 impl Teams {
+    /// The two arms' names, team 0 first; validation gives an interleave experiment two arms
+    /// (without them a page is signed without teams, and its events credit nothing).
+    fn names(&self) -> Option<[&str; 2]> {
+        match self.experiment.arms.as_slice() {
+            [first, second] => Some([&first.name, &second.name]),
+            _ => None,
+        }
+    }
+
     /// Filters both lists, merges them by team draft and cuts the page: filters come first so
     /// an excluded item leaves its team one pick short instead of a hole in the page.
     fn page(&self, request: &PageRequest<'_>) -> Page<'_> {
@@ -557,15 +566,11 @@ impl Gateway {
         let (nonce, teams) = match &served.lists {
             Lists::One(_) => (next_nonce(), None),
             Lists::Teams(teams) => {
-                let arms = &teams.experiment.arms;
-                let names = [arms[0].name.as_str(), arms[1].name.as_str()];
-                (
-                    teams.nonce,
-                    Some(TeamsRef {
-                        names,
-                        of_items: &page.teams,
-                    }),
-                )
+                let teams_ref = teams.names().map(|names| TeamsRef {
+                    names,
+                    of_items: &page.teams,
+                });
+                (teams.nonce, teams_ref)
             }
         };
         self.events.signer().sign(ClaimsRef {
