@@ -16,7 +16,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked --quiet --bin recgw $(printf -- '--example %s ' "$@")
+examples=()
+for example in "$@"; do examples+=(--example "$example"); done
+cargo build --release --locked --quiet --bin recgw "${examples[@]}"
 BIN="$CARGO_TARGET_DIR/release/recgw"
 EXAMPLES="$CARGO_TARGET_DIR/release/examples"
 WORK=$(mktemp -d)
