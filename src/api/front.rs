@@ -61,6 +61,22 @@ impl Front {
     }
 }
 
+/// A request's id, as its response's `X-Request-Id` will say, for handlers that record it
+/// (the exposure log).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) HeaderValue);
+
+impl RequestId {
+    /// The id of `request`, empty when the front layer did not run (it always does in the app).
+    pub(crate) fn of(request: &Request) -> &str {
+        request
+            .extensions()
+            .get::<RequestId>()
+            .and_then(|id| id.0.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Generated request ids: a random per-process prefix and a counter, unique across replicas
 /// without coordination.
 fn next_request_id() -> String {
@@ -89,11 +105,12 @@ fn request_id(request: &Request) -> HeaderValue {
 /// handler (parameter errors, timeouts, refused keys) is counted here.
 pub(crate) async fn front<E: Endpoint>(
     endpoint: Arc<E>,
-    request: Request,
+    mut request: Request,
     front: Arc<Front>,
 ) -> poem::Result<Response> {
     let (index, route) = routes::resolve(request.uri().path());
     let id = request_id(&request);
+    request.extensions_mut().insert(RequestId(id.clone()));
     let span = match front.access_log {
         true => tracing::info_span!(
             "request",

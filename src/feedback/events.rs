@@ -116,7 +116,16 @@ pub(crate) enum EventKind {
 }
 
 impl EventKind {
-    fn code(self) -> char {
+    /// The `type` of the event as clients send it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+        }
+    }
+
+    /// The letter of the type in claim keys (`i3`, `c3`).
+    pub(crate) fn code(self) -> char {
         match self {
             EventKind::Impression => 'i',
             EventKind::Click => 'c',
@@ -207,6 +216,10 @@ pub(crate) struct Accepted {
     pub(crate) kind: EventKind,
     /// Counted by this request; false for a retry of an event counted before.
     pub(crate) fresh: bool,
+    /// The item's place in the token's page, 0-based.
+    pub(crate) position: usize,
+    /// The token's id: with the type and position, the key the event is counted under.
+    pub(crate) token: TokenId,
 }
 
 /// An event that passed the checks, waiting for its claim.
@@ -220,6 +233,8 @@ struct Checked {
     team: Option<Team>,
     /// The token's id.
     token: TokenId,
+    /// The item's place in the token's page, 0-based.
+    position: usize,
     /// Type and position in the page: `i3`, `c3`.
     field: String,
     /// The client's event id, if any.
@@ -321,6 +336,7 @@ impl EventLog {
             kind,
             team,
             token,
+            position,
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
         })
@@ -371,6 +387,8 @@ impl EventLog {
                     claims: c.claims,
                     kind: c.kind,
                     fresh,
+                    position: c.position,
+                    token: c.token,
                 })
             })
             .collect()
@@ -556,6 +574,7 @@ mod tests {
             kind: EventKind::Click,
             team: None,
             token: [token; 12],
+            position: 0,
             field: field.into(),
             event_id: event_id.map(String::from),
         }

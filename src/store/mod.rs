@@ -23,6 +23,7 @@ use serde::Deserialize;
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
+pub(crate) use location::{Locator, Place};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.

@@ -1,0 +1,356 @@
+//! Exposure and event logs written as Parquet (README, "Exposure logs"): with `logs.root` set,
+//! every served response becomes a row of `exposures/` and every event counted for the first
+//! time a row of `events/`, so analysts can run GrowthBook's or Eppo's assignment SQL, or a
+//! Spark job, over the same facts the gateway counted.
+//!
+//! **Off the request path.** A request pushes its row into a bounded in-memory buffer — one
+//! short lock, no I/O, never a wait — and a background task writes what accumulated every
+//! `logs.flush_interval`. A full buffer drops the row and counts it
+//! (`logs_dropped_rows_total{table}`): a request is never slowed nor failed by its log.
+//!
+//! **Files.** Each flush writes, per table and per hour its rows fall in,
+//! `{root}/{table}/dt=YYYY-MM-DD/hour=HH/part-{name}-{seq:08}.parquet`, where `name` is
+//! `logs.replica_id` (if set) and a random run id drawn at each start, and `seq` counts this
+//! process's files: names never collide between replicas, nor between runs of one replica.
+//! A file is put under a hidden name (`.part-….parquet.tmp`, which Spark, Hive and pyarrow skip)
+//! and then renamed into place, so a reader lists only whole files. (The object store's put is
+//! itself atomic — the local store writes a temporary file and renames it, the HDFS one writes
+//! `.{name}.tmp.N` and renames it — but the local store's temporary name, `{name}#N`, is not
+//! hidden from readers; the extra rename makes both stores look alike.)
+//!
+//! **Failures.** A file that could not be written (the root unreachable, unwritable, or slower
+//! than [`WRITE_TIMEOUT`]) stays in memory, encoded, and is written again at the next interval
+//! under the *same* name: a write whose outcome was unknown (it timed out after renaming) is
+//! overwritten by the retry, never duplicated. Rows held this way count against
+//! `logs.max_buffered_rows` like buffered ones, so an outage past what the bound holds drops
+//! new rows (counted, alerted on by `RecgwLogRowsDropped`) rather than grow memory.
+//!
+//! **Shutdown** writes what is buffered ([`LogWriter::drain`]) after the last request, within
+//! `server.shutdown_grace`.
+
+mod table;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+pub(crate) use table::{EventRow, Exposure};
+use table::{Hour, Row};
+
+use crate::config::LogSettings;
+use crate::metrics::{LogCounters, Metrics};
+use crate::store::{Locator, Place, StoreError};
+
+/// One file write (put and rename) may take this long before it counts as failed and is tried
+/// again at the next interval: a name node that accepts connections and never answers must not
+/// hold the flusher forever.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`LogWriter::drain`] waits between tries.
+const DRAIN_RETRY: Duration = Duration::from_millis(100);
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_us() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The rows of one table that are in memory, buffered or encoded and waiting to be written:
+/// what the bound limits and `logs_pending_rows` shows.
+#[derive(Debug)]
+struct Held {
+    /// Rows in memory now.
+    rows: AtomicUsize,
+    /// `logs.max_buffered_rows`.
+    bound: usize,
+    /// The table's metric handles.
+    counters: LogCounters,
+}
+
+impl Held {
+    /// Takes a place for one row; `false` (and the row counted as dropped) when the table holds
+    /// its bound already.
+    fn admit(&self) -> bool {
+        if self.rows.fetch_add(1, Ordering::Relaxed) >= self.bound {
+            self.rows.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.inc();
+            return false;
+        }
+        self.counters.pending.inc();
+        true
+    }
+
+    /// `rows` left memory, written (or lost, when `written` is false).
+    fn release(&self, rows: usize, written: bool) {
+        self.rows.fetch_sub(rows, Ordering::Relaxed);
+        self.counters.pending.sub(rows as i64);
+        if written {
+            self.counters.written.inc_by(rows as u64);
+        } else {
+            self.counters.dropped.inc_by(rows as u64);
+        }
+    }
+}
+
+/// Rows of one table pushed by requests since the last flush.
+#[derive(Debug)]
+struct Buffer<R> {
+    /// The rows; the lock is held for a push or a swap, never across I/O.
+    rows: Mutex<Vec<R>>,
+    /// What the table holds in memory, shared with its files waiting to be written.
+    held: Arc<Held>,
+}
+
+impl<R: Row> Buffer<R> {
+    fn new(bound: usize, counters: LogCounters) -> Self {
+        Buffer {
+            rows: Mutex::new(Vec::new()),
+            held: Arc::new(Held {
+                rows: AtomicUsize::new(0),
+                bound,
+                counters,
+            }),
+        }
+    }
+
+    fn push(&self, row: R) {
+        if self.held.admit() {
+            self.rows.lock().unwrap_or_else(|p| p.into_inner()).push(row);
+        }
+    }
+
+    fn take(&self) -> Vec<R> {
+        std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// An encoded file waiting to be written, under the name it keeps until it is.
+#[derive(Debug)]
+struct File {
+    /// Where it goes.
+    path: Path,
+    /// The hidden name it is put under before the rename.
+    temporary: Path,
+    /// The whole Parquet file.
+    bytes: bytes::Bytes,
+    /// Rows in it.
+    rows: usize,
+    /// Its table's count of rows in memory.
+    held: Arc<Held>,
+}
+
+/// What the flusher owns: its file sequence and the files not yet written, oldest first.
+#[derive(Debug, Default)]
+struct Unwritten {
+    /// The sequence number of the next file.
+    seq: u64,
+    /// Encoded files waiting, in the order they were sealed.
+    files: VecDeque<File>,
+    /// Whether the last write failed, so an outage is logged when it starts and when it ends,
+    /// not at every interval.
+    failing: bool,
+}
+
+/// The exposure and event logs of this replica.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    /// The log root: its store and folder.
+    root: Place,
+    /// `{replica_id}-{run}` or `{run}`: what makes this process's file names its own.
+    name: String,
+    /// `logs.flush_interval`.
+    flush_interval: Duration,
+    /// Rows of `exposures/`.
+    exposures: Buffer<Exposure>,
+    /// Rows of `events/`.
+    events: Buffer<EventRow>,
+    /// The flusher's state; a tokio lock, since a flush holds it across writes (the periodic
+    /// task and the shutdown drain take turns).
+    unwritten: tokio::sync::Mutex<Unwritten>,
+}
+
+/// A random run id, 8 hex digits, drawn once per process.
+fn run_id() -> String {
+    let random = getrandom::u32().unwrap_or_else(|_| std::process::id() ^ (now_us() as u32));
+    format!("{random:08x}")
+}
+
+impl LogWriter {
+    /// The logs `settings` ask for, `None` when `logs.root` is not set. Resolving the root
+    /// contacts nothing, so an unreachable `hdfs://` root does not delay start-up.
+    pub(crate) fn new(settings: &LogSettings, metrics: &Metrics) -> Result<Option<Arc<LogWriter>>, StoreError> {
+        let Some(root) = settings.root() else {
+            return Ok(None);
+        };
+        // Log files are the only record of what they hold: sync them before counting them
+        // written (models are re-readable from their source, so they need not be synced).
+        let locator = Locator::with_local(root, object_store::local::LocalFileSystem::new().with_fsync(true))?;
+        let run = run_id();
+        let name = match settings.replica_id.as_str() {
+            "" => run,
+            replica => format!("{replica}-{run}"),
+        };
+        let bound = settings.max_buffered_rows;
+        let writer = LogWriter {
+            root: locator.root().clone(),
+            flush_interval: settings.flush_interval,
+            exposures: Buffer::new(bound, metrics.logs.table(Exposure::TABLE)),
+            events: Buffer::new(bound, metrics.logs.table(EventRow::TABLE)),
+            unwritten: tokio::sync::Mutex::new(Unwritten::default()),
+            name,
+        };
+        tracing::info!(
+            root = %writer.root.uri_of(&writer.root.path),
+            files = %format!("part-{}-*.parquet", writer.name),
+            "writing exposure and event logs"
+        );
+        Ok(Some(Arc::new(writer)))
+    }
+
+    /// Buffers an exposure row (or drops and counts it when the buffer is full).
+    pub(crate) fn exposure(&self, row: Exposure) {
+        self.exposures.push(row);
+    }
+
+    /// Buffers an event row (or drops and counts it when the buffer is full).
+    pub(crate) fn event(&self, row: EventRow) {
+        self.events.push(row);
+    }
+
+    /// Writes everything buffered and every file waiting; `true` when nothing is left in
+    /// memory. A failed write leaves its file (and those after it) for the next flush.
+    pub(crate) async fn flush(&self) -> bool {
+        let mut unwritten = self.unwritten.lock().await;
+        self.seal(&self.exposures, &mut unwritten).await;
+        self.seal(&self.events, &mut unwritten).await;
+        self.write(&mut unwritten).await
+    }
+
+    /// Encodes what `buffer` holds into files, one per hour its rows fall in, on a blocking
+    /// thread (a large interval's file takes a while to compress).
+    async fn seal<R: Row>(&self, buffer: &Buffer<R>, unwritten: &mut Unwritten) {
+        let rows = buffer.take();
+        if rows.is_empty() {
+            return;
+        }
+        let mut by_hour: BTreeMap<Hour, Vec<R>> = BTreeMap::new();
+        for row in rows {
+            by_hour.entry(Hour::of(row.timestamp_us())).or_default().push(row);
+        }
+        for (hour, rows) in by_hour {
+            let count = rows.len();
+            let seq = unwritten.seq;
+            unwritten.seq += 1;
+            let [dt, hour] = hour.folders();
+            let folder = self.root.path.clone().join(R::TABLE).join(dt.as_str()).join(hour.as_str());
+            let file_name = format!("part-{}-{seq:08}.parquet", self.name);
+            let encoded = tokio::task::spawn_blocking(move || table::encode(&rows)).await;
+            match encoded {
+                Ok(Ok(bytes)) => unwritten.files.push_back(File {
+                    temporary: folder.clone().join(format!(".{file_name}.tmp").as_str()),
+                    path: folder.join(file_name.as_str()),
+                    bytes: bytes.into(),
+                    rows: count,
+                    held: Arc::clone(&buffer.held),
+                }),
+                Ok(Err(e)) => {
+                    tracing::error!(table = R::TABLE, rows = count, error = %e, "log rows could not be encoded; dropped");
+                    buffer.held.release(count, false);
+                }
+                Err(e) => {
+                    tracing::error!(table = R::TABLE, rows = count, error = %e, "log rows could not be encoded; dropped");
+                    buffer.held.release(count, false);
+                }
+            }
+        }
+    }
+
+    /// Writes the waiting files in order until one fails.
+    async fn write(&self, unwritten: &mut Unwritten) -> bool {
+        while let Some(file) = unwritten.files.front() {
+            let uri = self.root.uri_of(&file.path);
+            let outcome = match tokio::time::timeout(WRITE_TIMEOUT, self.put(file)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+            };
+            match outcome {
+                Ok(()) => {
+                    if std::mem::take(&mut unwritten.failing) {
+                        tracing::info!(file = %uri, "log root writable again");
+                    }
+                    if let Some(file) = unwritten.files.pop_front() {
+                        file.held.release(file.rows, true);
+                    }
+                }
+                Err(error) => {
+                    file.held.counters.write_failures.inc();
+                    let waiting: usize = unwritten.files.iter().map(|f| f.rows).sum();
+                    if !std::mem::replace(&mut unwritten.failing, true) {
+                        tracing::warn!(file = %uri, %error, rows_waiting = waiting, "log file could not be written; kept in memory and tried again every logs.flush_interval");
+                    } else {
+                        tracing::debug!(file = %uri, %error, rows_waiting = waiting, "log file still not written");
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Puts `file` under its hidden name, then renames it into place (replacing a copy an
+    /// earlier try may have left).
+    async fn put(&self, file: &File) -> object_store::Result<()> {
+        let store: &dyn ObjectStore = &*self.root.store;
+        store
+            .put(&file.temporary, PutPayload::from_bytes(file.bytes.clone()))
+            .await?;
+        store.rename(&file.temporary, &file.path).await
+    }
+
+    /// Flushes every `logs.flush_interval` (the first after one interval).
+    pub(crate) fn spawn_flushing(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let writer = Arc::downgrade(self);
+        let interval = self.flush_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(writer) = writer.upgrade() else {
+                    return;
+                };
+                writer.flush().await;
+            }
+        })
+    }
+
+    /// At shutdown, after the last request: flushes until nothing is left in memory or
+    /// `deadline` passes (then says how many rows are lost); `true` when everything was
+    /// written. Waits for a flush under way rather than cut it.
+    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            match tokio::time::timeout_at(deadline, self.flush()).await {
+                Ok(true) => return true,
+                Ok(false) if tokio::time::Instant::now() + DRAIN_RETRY < deadline => {
+                    tokio::time::sleep(DRAIN_RETRY).await;
+                }
+                _ => {
+                    let lost = [&self.exposures.held, &self.events.held].map(|held| held.rows.load(Ordering::Relaxed));
+                    tracing::error!(
+                        exposures = lost[0],
+                        events = lost[1],
+                        "exposure and event log rows could not be written before exit"
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+}
