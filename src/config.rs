@@ -47,6 +47,11 @@ pub struct LogSettings {
     /// rows past it are dropped and counted (`logs_dropped_rows_total`) rather than let memory
     /// grow without end. About 200 bytes a row before it is encoded, far less after.
     pub max_buffered_rows: usize,
+    /// How long one file's write (put and rename) may take before it counts as failed and is
+    /// tried again at the next interval: an `hdfs://` name node that does not answer is retried
+    /// by the HDFS client with backoff for minutes, which must not hold the flusher that long.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
     /// A name for this replica in file names (`part-{replica_id}-{run}-{seq}.parquet`), e.g.
     /// the pod name, so an operator can tell whose files are whose; empty (the default) uses
     /// only the random run id drawn at each start. 1-64 characters from `[A-Za-z0-9_-]`.
@@ -59,6 +64,7 @@ impl Default for LogSettings {
             root: None,
             flush_interval: Duration::from_secs(60),
             max_buffered_rows: 1_000_000,
+            write_timeout: Duration::from_secs(30),
             replica_id: String::new(),
         }
     }
@@ -304,6 +310,7 @@ impl Settings {
             ("cache.redis_timeout", self.cache.redis_timeout),
             ("tracking.token_max_age", self.tracking.token_max_age),
             ("logs.flush_interval", self.logs.flush_interval),
+            ("logs.write_timeout", self.logs.write_timeout),
         ];
         for (key, value) in durations {
             if value.is_zero() {
@@ -433,6 +440,7 @@ mod tests {
             "CACHE__REDIS_TIMEOUT",
             "TRACKING__TOKEN_MAX_AGE",
             "LOGS__FLUSH_INTERVAL",
+            "LOGS__WRITE_TIMEOUT",
         ] {
             let name = key.to_ascii_lowercase().replace("__", ".");
             for value in ["0s", "0ms", "1000years"] {

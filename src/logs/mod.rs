@@ -19,7 +19,7 @@
 //! hidden from readers; the extra rename makes both stores look alike.)
 //!
 //! **Failures.** A file that could not be written (the root unreachable, unwritable, or slower
-//! than [`WRITE_TIMEOUT`]) stays in memory, encoded, and is written again at the next interval
+//! than `logs.write_timeout`) stays in memory, encoded, and is written again at the next interval
 //! under the *same* name: a write whose outcome was unknown (it timed out after renaming) is
 //! overwritten by the retry, never duplicated. Rows held this way count against
 //! `logs.max_buffered_rows` like buffered ones, so an outage past what the bound holds drops
@@ -44,11 +44,6 @@ use table::{Hour, Row};
 use crate::config::LogSettings;
 use crate::metrics::{LogCounters, Metrics};
 use crate::store::{Locator, Place, StoreError};
-
-/// One file write (put and rename) may take this long before it counts as failed and is tried
-/// again at the next interval: a name node that accepts connections and never answers must not
-/// hold the flusher forever.
-pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`LogWriter::drain`] waits between tries.
 const DRAIN_RETRY: Duration = Duration::from_millis(100);
@@ -133,6 +128,8 @@ impl<R: Row> Buffer<R> {
 /// An encoded file waiting to be written, under the name it keeps until it is.
 #[derive(Debug)]
 struct File {
+    /// Its table.
+    table: &'static str,
     /// Where it goes.
     path: Path,
     /// The hidden name it is put under before the rename.
@@ -166,6 +163,8 @@ pub(crate) struct LogWriter {
     name: String,
     /// `logs.flush_interval`.
     flush_interval: Duration,
+    /// `logs.write_timeout`: how long one file's put and rename may take.
+    write_timeout: Duration,
     /// Rows of `exposures/`.
     exposures: Buffer<Exposure>,
     /// Rows of `events/`.
@@ -200,6 +199,7 @@ impl LogWriter {
         let writer = LogWriter {
             root: locator.root().clone(),
             flush_interval: settings.flush_interval,
+            write_timeout: settings.write_timeout,
             exposures: Buffer::new(bound, metrics.logs.table(Exposure::TABLE)),
             events: Buffer::new(bound, metrics.logs.table(EventRow::TABLE)),
             unwritten: tokio::sync::Mutex::new(Unwritten::default()),
@@ -253,6 +253,7 @@ impl LogWriter {
             let encoded = tokio::task::spawn_blocking(move || table::encode(&rows)).await;
             match encoded {
                 Ok(Ok(bytes)) => unwritten.files.push_back(File {
+                    table: R::TABLE,
                     temporary: folder.clone().join(format!(".{file_name}.tmp").as_str()),
                     path: folder.join(file_name.as_str()),
                     bytes: bytes.into(),
@@ -271,37 +272,44 @@ impl LogWriter {
         }
     }
 
-    /// Writes the waiting files in order until one fails.
+    /// Writes the waiting files, oldest first; after a table's file fails, that table's later
+    /// files wait too (they would fail alike), and the other table's are still tried (a table
+    /// folder may be unwritable on its own). `true` when every file was written.
     async fn write(&self, unwritten: &mut Unwritten) -> bool {
-        while let Some(file) = unwritten.files.front() {
-            let uri = self.root.uri_of(&file.path);
-            let outcome = match tokio::time::timeout(WRITE_TIMEOUT, self.put(file)).await {
+        let mut failed: Vec<&'static str> = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(file) = unwritten.files.pop_front() {
+            if failed.contains(&file.table) {
+                kept.push_back(file);
+                continue;
+            }
+            let outcome = match tokio::time::timeout(self.write_timeout, self.put(&file)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+                Err(_) => Err(format!("no answer within logs.write_timeout ({:?})", self.write_timeout)),
             };
             match outcome {
-                Ok(()) => {
-                    if std::mem::take(&mut unwritten.failing) {
-                        tracing::info!(file = %uri, "log root writable again");
-                    }
-                    if let Some(file) = unwritten.files.pop_front() {
-                        file.held.release(file.rows, true);
-                    }
-                }
+                Ok(()) => file.held.release(file.rows, true),
                 Err(error) => {
                     file.held.counters.write_failures.inc();
-                    let waiting: usize = unwritten.files.iter().map(|f| f.rows).sum();
-                    if !std::mem::replace(&mut unwritten.failing, true) {
-                        tracing::warn!(file = %uri, %error, rows_waiting = waiting, "log file could not be written; kept in memory and tried again every logs.flush_interval");
+                    if failed.is_empty() && !unwritten.failing {
+                        let uri = self.root.uri_of(&file.path);
+                        tracing::warn!(file = %uri, %error, "log file could not be written; kept in memory and tried again every logs.flush_interval");
                     } else {
-                        tracing::debug!(file = %uri, %error, rows_waiting = waiting, "log file still not written");
+                        tracing::debug!(table = file.table, %error, "log file still not written");
                     }
-                    return false;
+                    failed.push(file.table);
+                    kept.push_back(file);
                 }
             }
         }
-        true
+        unwritten.files = kept;
+        let written = failed.is_empty();
+        if written && std::mem::take(&mut unwritten.failing) {
+            tracing::info!(root = %self.root.uri_of(&self.root.path), "log root writable again: every waiting log file is written");
+        }
+        unwritten.failing |= !written;
+        written
     }
 
     /// Puts `file` under its hidden name, then renames it into place (replacing a copy an
