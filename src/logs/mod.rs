@@ -362,3 +362,125 @@ impl LogWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposure(timestamp_us: i64, request_id: &str) -> Exposure {
+        Exposure {
+            timestamp_us,
+            user_id: "42".into(),
+            experiment_id: None,
+            variation_id: "default".into(),
+            placement: "home".into(),
+            model: "popular".into(),
+            model_version: "v".into(),
+            source: "local",
+            forced: false,
+            request_id: request_id.into(),
+        }
+    }
+
+    /// Every file under `dir`, relative to it.
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(&folder).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path.strip_prefix(dir).expect("under").display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn rows_of_two_hours_go_to_two_partitions_and_a_failed_file_keeps_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = LogSettings {
+            root: Some(dir.path().display().to_string()),
+            replica_id: "pod-1".into(),
+            ..LogSettings::default()
+        };
+        let metrics = Metrics::new();
+        let logs = LogWriter::new(&settings, &metrics).expect("root").expect("on");
+        // 2026-12-01T20:59:59Z and 21:00:00Z.
+        let nine_pm = (20_788 * 86_400 + 21 * 3_600) * 1_000_000;
+        logs.exposure(exposure(nine_pm - 1_000_000, "a"));
+        logs.exposure(exposure(nine_pm, "b"));
+        logs.exposure(exposure(nine_pm + 1, "c"));
+        assert!(logs.flush().await);
+        let name = &logs.name;
+        assert_eq!(
+            files(dir.path()),
+            [
+                format!("exposures/dt=2026-12-01/hour=20/part-{name}-00000000.parquet"),
+                format!("exposures/dt=2026-12-01/hour=21/part-{name}-00000001.parquet"),
+            ]
+        );
+        assert!(name.starts_with("pod-1-") && name.len() == "pod-1-".len() + 8, "{name}");
+
+        // The events folder is a file: the events file fails, the exposures file is written.
+        std::fs::write(dir.path().join("events"), b"in the way").expect("block");
+        logs.event(EventRow {
+            timestamp_us: nine_pm,
+            user_id: "42".into(),
+            experiment_id: None,
+            variation_id: "default".into(),
+            event_type: "click",
+            item_id: "7".into(),
+            position: 0,
+            event_id: "t:c0".into(),
+        });
+        logs.exposure(exposure(nine_pm, "d"));
+        assert!(!logs.flush().await, "the events file failed");
+        assert!(!logs.flush().await, "and fails again");
+        let counters = metrics.logs.table("events");
+        assert_eq!(counters.write_failures.get(), 2);
+        assert_eq!(counters.pending.get(), 1);
+        assert_eq!(metrics.logs.table("exposures").written.get(), 4);
+        std::fs::remove_file(dir.path().join("events")).expect("unblock");
+        assert!(logs.flush().await);
+        assert_eq!(counters.pending.get(), 0);
+        assert_eq!(counters.written.get(), 1);
+        let all = files(dir.path());
+        // A flush seals exposures before events: the failed flush sealed exposures 2 and
+        // events 3, which kept its name through the retries.
+        assert!(
+            all.contains(&format!("events/dt=2026-12-01/hour=21/part-{name}-00000003.parquet")),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&format!("exposures/dt=2026-12-01/hour=21/part-{name}-00000002.parquet")),
+            "{all:?}"
+        );
+        assert_eq!(all.len(), 4, "no temporary file left, nothing written twice: {all:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = LogSettings {
+            root: Some(format!("file://{}", dir.path().display())),
+            max_buffered_rows: 2,
+            ..LogSettings::default()
+        };
+        let metrics = Metrics::new();
+        let logs = LogWriter::new(&settings, &metrics).expect("root").expect("on");
+        for id in ["a", "b", "c"] {
+            logs.exposure(exposure(0, id));
+        }
+        let counters = metrics.logs.table("exposures");
+        assert_eq!((counters.pending.get(), counters.dropped.get()), (2, 1));
+        assert!(logs.flush().await);
+        assert_eq!((counters.pending.get(), counters.written.get()), (0, 2));
+        logs.exposure(exposure(0, "d"));
+        assert_eq!(counters.pending.get(), 1, "written rows free their place");
+    }
+}
