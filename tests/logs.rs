@@ -67,7 +67,8 @@ impl Logged {
     }
 
     fn text(&self, column: &str) -> &str {
-        self.get(column).unwrap_or_else(|| panic!("{column} is null in {self:?}"))
+        self.get(column)
+            .unwrap_or_else(|| panic!("{column} is null in {self:?}"))
     }
 }
 
@@ -102,7 +103,20 @@ fn days_of(date: &str) -> i64 {
     for y in 1970..year {
         days += if leap(y) { 366 } else { 365 };
     }
-    let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let lengths = [
+        31,
+        if leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     days += lengths[..(month - 1) as usize].iter().sum::<i64>();
     days + day - 1
 }
@@ -206,7 +220,12 @@ fn recommendations_per_arm(metrics: &str) -> BTreeMap<(String, String, String), 
     samples(metrics, "recommendations_total")
         .into_iter()
         .filter(|(_, v)| *v > 0.0)
-        .map(|(l, v)| ((l["placement"].clone(), l["experiment"].clone(), l["arm"].clone()), v as u64))
+        .map(|(l, v)| {
+            (
+                (l["placement"].clone(), l["experiment"].clone(), l["arm"].clone()),
+                v as u64,
+            )
+        })
         .collect()
 }
 
@@ -331,7 +350,8 @@ async fn events(gw: &TestGateway, served: &[Served]) -> (u64, u64) {
             batch.push(json!({"type": "impression", "tracking_token": s.token, "item_id": item}));
         }
         if let Some(first) = s.items.first() {
-            let click = json!({"type": "click", "tracking_token": s.token, "item_id": first, "event_id": format!("c-{n}")});
+            let click =
+                json!({"type": "click", "tracking_token": s.token, "item_id": first, "event_id": format!("c-{n}")});
             batch.push(click.clone());
             if n % 3 == 0 {
                 retries.push(click);
@@ -366,7 +386,9 @@ fn pyarrow_counts(root: &Path) -> Option<Value> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has {
-        eprintln!("pyarrow check skipped: `{python} -c 'import pyarrow'` fails (set RECGW_TEST_PYTHON to a Python that has it)");
+        eprintln!(
+            "pyarrow check skipped: `{python} -c 'import pyarrow'` fails (set RECGW_TEST_PYTHON to a Python that has it)"
+        );
         return None;
     }
     let script = r#"
@@ -411,7 +433,14 @@ fn part_files(root: &Path) -> Vec<String> {
             if entry.file_type().expect("type").is_dir() {
                 walk(&entry.path(), root, out);
             } else {
-                out.push(entry.path().strip_prefix(root).expect("under root").display().to_string());
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(root)
+                        .expect("under root")
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }
@@ -454,7 +483,12 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
         let text = gw.metrics().await;
         let written = |table| sample(&text, "logs_written_rows_total", &[("table", table)]);
         let pending = |table| sample(&text, "logs_pending_rows", &[("table", table)]);
-        match (written("exposures"), written("events"), pending("exposures"), pending("events")) {
+        match (
+            written("exposures"),
+            written("events"),
+            pending("exposures"),
+            pending("events"),
+        ) {
             (e, v, 0.0, 0.0) if e == total as f64 && v == accepted as f64 => Ok(()),
             got => Err(format!("written, pending: {got:?}")),
         }
@@ -476,18 +510,29 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
     let exposures = read_table(&root, "exposures", &EXPOSURE_COLUMNS);
     let logged_events = read_table(&root, "events", &EVENT_COLUMNS);
     assert_eq!(exposure_rows_per_arm(&exposures), recommended, "exposure rows per arm");
-    assert_eq!(event_rows_per_arm(&logged_events), counted, "event rows per arm and type");
+    assert_eq!(
+        event_rows_per_arm(&logged_events),
+        counted,
+        "event rows per arm and type"
+    );
     let request_ids = assert_unique(&exposures, "request_id");
     let asked: BTreeSet<String> = served.iter().map(|s| s.request_id.clone()).collect();
     assert_eq!(request_ids, asked, "one exposure row per response, by its X-Request-Id");
     assert_unique(&logged_events, "event_id");
 
     let files: BTreeSet<&PathBuf> = exposures.iter().map(|r| &r.file).collect();
-    assert!(files.len() > 1, "rows of several intervals are in several files: {files:?}");
+    assert!(
+        files.len() > 1,
+        "rows of several intervals are in several files: {files:?}"
+    );
     // Rows say what the responses said.
     let forced: Vec<&Logged> = exposures.iter().filter(|r| r.text("user_id") == "qa-user-1").collect();
     assert_eq!(forced.len(), 4);
-    assert!(forced.iter().all(|r| r.text("forced") == "true" && r.text("variation_id") == "treatment"));
+    assert!(
+        forced
+            .iter()
+            .all(|r| r.text("forced") == "true" && r.text("variation_id") == "treatment")
+    );
     assert!(
         exposures
             .iter()
@@ -511,7 +556,10 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
             .all(|r| r.text("position") == "0"),
         "clicks were on each page's first item, position 0"
     );
-    assert!(logged_events.iter().any(|r| r.text("position") == "4"), "positions are 0-based");
+    assert!(
+        logged_events.iter().any(|r| r.text("position") == "4"),
+        "positions are 0-based"
+    );
     eprintln!(
         "{} exposure rows, {} event rows in {} exposure files; per arm: {recommended:?}",
         exposures.len(),
@@ -540,7 +588,11 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
             );
         }
         for ((experiment, arm, kind), n) in &counted {
-            assert_eq!(read["events"]["counts"][format!("{experiment}|{arm}|{kind}")], *n, "{read}");
+            assert_eq!(
+                read["events"]["counts"][format!("{experiment}|{arm}|{kind}")],
+                *n,
+                "{read}"
+            );
         }
         eprintln!("pyarrow read the same rows: {}", read["exposures"]["rows"]);
     }
@@ -602,7 +654,10 @@ async fn an_unwritable_log_root_loses_nothing_once_it_is_back() {
     .await;
     let metrics = gw.metrics().await;
     let failures = sample(&metrics, "logs_write_failures_total", &[("table", "exposures")]);
-    assert_eq!(sample(&metrics, "logs_dropped_rows_total", &[("table", "exposures")]), 0.0);
+    assert_eq!(
+        sample(&metrics, "logs_dropped_rows_total", &[("table", "exposures")]),
+        0.0
+    );
     assert_eq!(sample(&metrics, "logs_dropped_rows_total", &[("table", "events")]), 0.0);
     gw.stop().await;
 
@@ -633,7 +688,10 @@ async fn rows_past_the_bound_are_dropped_and_counted_and_requests_never_fail() {
     }
     let text = gw.metrics().await;
     assert_eq!(sample(&text, "logs_pending_rows", &[("table", "exposures")]), 10.0);
-    assert_eq!(sample(&text, "logs_dropped_rows_total", &[("table", "exposures")]), 15.0);
+    assert_eq!(
+        sample(&text, "logs_dropped_rows_total", &[("table", "exposures")]),
+        15.0
+    );
     std::fs::remove_file(root.join("exposures")).expect("unblock");
     eventually(Duration::from_secs(10), "the 10 held rows written", async || {
         let text = gw.metrics().await;
@@ -726,7 +784,10 @@ async fn an_unreachable_hdfs_log_root_never_slows_a_request() {
         quantile(&b, 0.5),
         quantile(&b, 0.99)
     );
-    assert!(failures >= 1.0, "the unreachable root was tried and the failure counted");
+    assert!(
+        failures >= 1.0,
+        "the unreachable root was tried and the failure counted"
+    );
     assert_eq!(pending, 400.0, "every response's row waits");
     assert_eq!(sample(&text, "logs_written_rows_total", &[("table", "exposures")]), 0.0);
     assert_eq!(sample(&text, "logs_dropped_rows_total", &[("table", "exposures")]), 0.0);

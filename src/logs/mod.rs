@@ -248,7 +248,13 @@ impl LogWriter {
             let seq = unwritten.seq;
             unwritten.seq += 1;
             let [dt, hour] = hour.folders();
-            let folder = self.root.path.clone().join(R::TABLE).join(dt.as_str()).join(hour.as_str());
+            let folder = self
+                .root
+                .path
+                .clone()
+                .join(R::TABLE)
+                .join(dt.as_str())
+                .join(hour.as_str());
             let file_name = format!("part-{}-{seq:08}.parquet", self.name);
             let encoded = tokio::task::spawn_blocking(move || table::encode(&rows)).await;
             match encoded {
@@ -286,7 +292,10 @@ impl LogWriter {
             let outcome = match tokio::time::timeout(self.write_timeout, self.put(&file)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within logs.write_timeout ({:?})", self.write_timeout)),
+                Err(_) => Err(format!(
+                    "no answer within logs.write_timeout ({:?})",
+                    self.write_timeout
+                )),
             };
             match outcome {
                 Ok(()) => file.held.release(file.rows, true),

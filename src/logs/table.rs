@@ -182,9 +182,7 @@ impl Row for EventRow {
 /// default, so every engine that reads Spark's tables reads these).
 pub(crate) fn encode<R: Row>(rows: &[R]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let batch = R::batch(rows)?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut writer = ArrowWriter::try_new(Vec::new(), R::schema(), Some(properties))?;
     writer.write(&batch)?;
     writer.into_inner()
@@ -323,11 +321,7 @@ mod tests {
                 "request_id"
             ]
         );
-        let experiment = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("text");
+        let experiment = batch.column(2).as_any().downcast_ref::<StringArray>().expect("text");
         assert_eq!(experiment.value(0), "home-als-rank");
         assert!(experiment.is_null(1), "the placement default has no experiment");
 

@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub(crate) use location::{Locator, Place};
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
-pub(crate) use location::{Locator, Place};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.
