@@ -495,6 +495,10 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
     })
     .await;
     let final_metrics = gw.metrics().await;
+    let exposition = final_metrics.clone();
+    tokio::task::spawn_blocking(move || common::promtool::check_metrics(&exposition))
+        .await
+        .expect("promtool accepts /metrics with the log families");
     for table in ["exposures", "events"] {
         assert_eq!(
             sample(&final_metrics, "logs_dropped_rows_total", &[("table", table)]),
