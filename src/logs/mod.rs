@@ -256,9 +256,12 @@ impl LogWriter {
                 .join(dt.as_str())
                 .join(hour.as_str());
             let file_name = format!("part-{}-{seq:08}.parquet", self.name);
-            let encoded = tokio::task::spawn_blocking(move || table::encode(&rows)).await;
+            let encoded = match tokio::task::spawn_blocking(move || table::encode(&rows)).await {
+                Ok(encoded) => encoded.map_err(|e| e.to_string()),
+                Err(panicked) => Err(panicked.to_string()),
+            };
             match encoded {
-                Ok(Ok(bytes)) => unwritten.files.push_back(File {
+                Ok(bytes) => unwritten.files.push_back(File {
                     table: R::TABLE,
                     temporary: folder.clone().join(format!(".{file_name}.tmp").as_str()),
                     path: folder.join(file_name.as_str()),
@@ -266,12 +269,10 @@ impl LogWriter {
                     rows: count,
                     held: Arc::clone(&buffer.held),
                 }),
-                Ok(Err(e)) => {
-                    tracing::error!(table = R::TABLE, rows = count, error = %e, "log rows could not be encoded; dropped");
-                    buffer.held.release(count, false);
-                }
-                Err(e) => {
-                    tracing::error!(table = R::TABLE, rows = count, error = %e, "log rows could not be encoded; dropped");
+                // Not expected (the rows are built to the schema): counted as dropped, since
+                // they can never be written.
+                Err(error) => {
+                    tracing::error!(table = R::TABLE, rows = count, %error, "log rows could not be encoded; dropped");
                     buffer.held.release(count, false);
                 }
             }
