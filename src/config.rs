@@ -27,6 +27,54 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The analysts' results.
     pub results: ResultsSettings,
+    /// Exposure and event logs written as Parquet, for warehouse analyses.
+    pub logs: LogSettings,
+}
+
+/// `[logs]`: exposure and event logs (README, "Exposure logs"; `crate::logs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Where the `exposures/` and `events/` tables go: a folder, `file://…` or
+    /// `hdfs://host:port/path`, through the same object store layer as the models. Unset or
+    /// empty (the default) writes no logs and costs requests nothing.
+    pub root: Option<String>,
+    /// How often each replica writes what it buffered: one file per table and hour partition
+    /// per interval, so the interval trades file count against how fresh the tables are.
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    /// Rows held in memory at most per table, written or waiting for an unreachable log root;
+    /// rows past it are dropped and counted (`logs_dropped_rows_total`) rather than let memory
+    /// grow without end. About 200 bytes a row before it is encoded, far less after.
+    pub max_buffered_rows: usize,
+    /// How long one file's write (put and rename) may take before it counts as failed and is
+    /// tried again at the next interval: an `hdfs://` name node that does not answer is retried
+    /// by the HDFS client with backoff for minutes, which must not hold the flusher that long.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// A name for this replica in file names (`part-{replica_id}-{run}-{seq}.parquet`), e.g.
+    /// the pod name, so an operator can tell whose files are whose; empty (the default) uses
+    /// only the random run id drawn at each start. 1-64 characters from `[A-Za-z0-9_-]`.
+    pub replica_id: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            root: None,
+            flush_interval: Duration::from_secs(60),
+            max_buffered_rows: 1_000_000,
+            write_timeout: Duration::from_secs(30),
+            replica_id: String::new(),
+        }
+    }
+}
+
+impl LogSettings {
+    /// The log root, when logs are on.
+    pub(crate) fn root(&self) -> Option<&str> {
+        self.root.as_deref().map(str::trim).filter(|root| !root.is_empty())
+    }
 }
 
 /// `[results]`
@@ -261,6 +309,8 @@ impl Settings {
             ("cache.ttl", self.cache.ttl),
             ("cache.redis_timeout", self.cache.redis_timeout),
             ("tracking.token_max_age", self.tracking.token_max_age),
+            ("logs.flush_interval", self.logs.flush_interval),
+            ("logs.write_timeout", self.logs.write_timeout),
         ];
         for (key, value) in durations {
             if value.is_zero() {
@@ -278,6 +328,20 @@ impl Settings {
                 "server.idle_timeout ({:?}) must be longer than server.request_timeout ({:?}), or idle connections \
                  would be cut while their request is still being answered",
                 self.server.idle_timeout, self.server.request_timeout
+            ));
+        }
+        if self.logs.max_buffered_rows == 0 {
+            return invalid("logs.max_buffered_rows must be at least 1".into());
+        }
+        let replica = &self.logs.replica_id;
+        if !replica.is_empty()
+            && (replica.len() > 64
+                || !replica
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return invalid(format!(
+                "logs.replica_id {replica:?} must be 1-64 characters from [A-Za-z0-9_-]: it is part of file names"
             ));
         }
         let redis = [
@@ -322,6 +386,31 @@ mod tests {
         assert_eq!(settings.cache.local_capacity, 100_000);
         assert_eq!(settings.cache.ttl, Duration::from_secs(3600));
         assert_eq!(settings.cache.redis_timeout, Duration::from_millis(50));
+        assert_eq!(settings.logs.root(), None, "logs are off by default");
+        assert_eq!(settings.logs.flush_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn log_settings_come_from_the_environment_and_are_checked() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__LOGS__ROOT", "hdfs://nn:8020/logs"),
+                ("RECGW__LOGS__FLUSH_INTERVAL", "250ms"),
+                ("RECGW__LOGS__REPLICA_ID", "pod-7"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.logs.root(), Some("hdfs://nn:8020/logs"));
+        assert_eq!(settings.logs.flush_interval, Duration::from_millis(250));
+        let empty = Settings::load_from(None, env(&[("RECGW__LOGS__ROOT", " ")])).expect("valid");
+        assert_eq!(empty.logs.root(), None, "an empty root is off");
+        let refused = Settings::load_from(None, env(&[("RECGW__LOGS__REPLICA_ID", "a/b")])).expect_err("refused");
+        assert!(refused.to_string().contains("logs.replica_id"), "{refused}");
+        let refused = Settings::load_from(None, env(&[("RECGW__LOGS__MAX_BUFFERED_ROWS", "0")])).expect_err("refused");
+        assert!(refused.to_string().contains("logs.max_buffered_rows"), "{refused}");
+        let refused = Settings::load_from(None, env(&[("RECGW__LOGS__ROOTS", "x")])).expect_err("unknown key");
+        assert!(refused.to_string().contains("roots"), "{refused}");
     }
 
     #[test]
@@ -350,6 +439,8 @@ mod tests {
             "CACHE__TTL",
             "CACHE__REDIS_TIMEOUT",
             "TRACKING__TOKEN_MAX_AGE",
+            "LOGS__FLUSH_INTERVAL",
+            "LOGS__WRITE_TIMEOUT",
         ] {
             let name = key.to_ascii_lowercase().replace("__", ".");
             for value in ["0s", "0ms", "1000years"] {

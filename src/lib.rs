@@ -10,7 +10,8 @@
 //! - [`api`] puts it on HTTP, behind [`auth`]'s API keys;
 //! - [`feedback`] takes events back and turns them into results;
 //! - `redis` is the one Redis client all of them share;
-//! - [`metrics`] counts what happens;
+//! - [`metrics`] counts what happens, and `logs` writes what was served and clicked as
+//!   Parquet tables for the warehouse;
 //! - [`synthetic`] writes demo and benchmark model outputs in Spark's layout;
 //! - [`server`] starts it, [`cli`] and [`report`] are the subcommands.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod experiment;
 pub mod feedback;
 pub mod gateway;
+mod logs;
 pub mod metrics;
 mod redis;
 pub mod report;

@@ -92,6 +92,49 @@ pub struct Metrics {
     /// `redis_up`: 1 when the last Redis command succeeded, 0 after a failure; only exported
     /// when a Redis tier is configured.
     pub(crate) redis_up: IntGauge,
+    /// `logs_written_rows_total{table}`, `logs_dropped_rows_total{table}`,
+    /// `logs_pending_rows{table}` and `logs_write_failures_total{table}`: the exposure and event
+    /// logs (series exist only while `logs.root` is set).
+    pub(crate) logs: LogFamilies,
+}
+
+/// The families of the Parquet exposure and event logs, by `table` (`exposures`, `events`).
+#[derive(Debug, Clone)]
+pub(crate) struct LogFamilies {
+    /// `logs_written_rows_total`: rows in files committed under the log root.
+    pub(crate) written: IntCounterVec,
+    /// `logs_dropped_rows_total`: rows never written because the buffer was full (the log root
+    /// unreachable for too long, or traffic past what a flush interval can hold).
+    pub(crate) dropped: IntCounterVec,
+    /// `logs_pending_rows`: rows held in memory, buffered or waiting in a file not yet written.
+    pub(crate) pending: IntGaugeVec,
+    /// `logs_write_failures_total`: file writes that failed or timed out (retried next interval).
+    pub(crate) write_failures: IntCounterVec,
+}
+
+/// The handles of one log table.
+#[derive(Debug, Clone)]
+pub(crate) struct LogCounters {
+    /// See [`LogFamilies::written`].
+    pub(crate) written: IntCounter,
+    /// See [`LogFamilies::dropped`].
+    pub(crate) dropped: IntCounter,
+    /// See [`LogFamilies::pending`].
+    pub(crate) pending: IntGauge,
+    /// See [`LogFamilies::write_failures`].
+    pub(crate) write_failures: IntCounter,
+}
+
+impl LogFamilies {
+    /// The handles of `table`, creating its series at zero.
+    pub(crate) fn table(&self, table: &str) -> LogCounters {
+        LogCounters {
+            written: self.written.with_label_values(&[table]),
+            dropped: self.dropped.with_label_values(&[table]),
+            pending: self.pending.with_label_values(&[table]),
+            write_failures: self.write_failures.with_label_values(&[table]),
+        }
+    }
 }
 
 /// `cache_requests_total` handles, one per (tier, result) the cache can report.
@@ -351,6 +394,37 @@ impl Metrics {
                 redis_error: cache_requests.with_label_values(&["redis", "error"]),
                 redis_timeout: cache_requests.with_label_values(&["redis", "timeout"]),
                 redis_skipped: cache_requests.with_label_values(&["redis", "skipped"]),
+            },
+            logs: LogFamilies {
+                written: counters(
+                    r,
+                    "logs_written_rows_total",
+                    "Exposure and event log rows in files committed under logs.root.",
+                    &["table"],
+                ),
+                dropped: counters(
+                    r,
+                    "logs_dropped_rows_total",
+                    "Exposure and event log rows dropped because the buffer was full.",
+                    &["table"],
+                ),
+                pending: register(
+                    r,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "logs_pending_rows",
+                            "Exposure and event log rows held in memory, not yet written.",
+                        ),
+                        &["table"],
+                    )
+                    .expect("valid metric"),
+                ),
+                write_failures: counters(
+                    r,
+                    "logs_write_failures_total",
+                    "Log file writes that failed or timed out (retried at the next interval).",
+                    &["table"],
+                ),
             },
             redis_up: IntGauge::new(
                 "redis_up",

@@ -21,6 +21,7 @@ use crate::feedback::counts::Tally;
 use crate::feedback::events::EventLog;
 use crate::feedback::token::Signer;
 use crate::gateway::{Gateway, Parts};
+use crate::logs::LogWriter;
 use crate::metrics::Metrics;
 use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
 use crate::store::{ModelRegistry, SnapshotSettings, StoreError};
@@ -37,6 +38,9 @@ pub enum StartError {
     /// `models.root` is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `logs.root` is unusable.
+    #[error("invalid logs.root: {0}")]
+    Logs(#[source] StoreError),
     /// `auth.keys` holds a malformed digest.
     #[error("invalid settings: {0}")]
     Auth(String),
@@ -130,6 +134,7 @@ impl Server {
                 settings.server.listen
             );
         }
+        let logs = LogWriter::new(&settings.logs, &metrics).map_err(StartError::Logs)?;
         let dir = settings.experiments.dir.clone();
         let gateway = Arc::new(Gateway::new(
             catalog,
@@ -141,6 +146,7 @@ impl Server {
                 events,
                 tally,
                 redis: health,
+                logs,
             },
         ));
         let addr = settings.server.listen;
@@ -188,6 +194,8 @@ impl Server {
         let mut tasks = self.gateway.cache().spawn_sync(self.sync_interval);
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tasks.extend(self.gateway.tally().spawn_flushing());
+        // Not aborted with the others: the drain below waits for a flush under way instead.
+        let log_flushing = self.gateway.logs().map(LogWriter::spawn_flushing);
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let app = self.app();
         let acceptor = IdleClosing {
@@ -200,8 +208,18 @@ impl Server {
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        if !self.gateway.tally().drain(deadline).await {
+        let logs = async {
+            if let Some(logs) = self.gateway.logs() {
+                // drain says what it could not write.
+                logs.drain(deadline).await;
+            }
+        };
+        let (counts, ()) = tokio::join!(self.gateway.tally().drain(deadline), logs);
+        if !counts {
             tracing::error!("result counts could not be flushed to Redis before exit");
+        }
+        if let Some(task) = log_flushing {
+            task.abort();
         }
         result
     }

@@ -38,6 +38,9 @@ pub(crate) struct Front {
     /// `server.access_log`: one log line per request; off, requests log nothing unless they fail
     /// inside the gateway, and the request span is not built at all.
     access_log: bool,
+    /// Whether handlers are given the request id ([`RequestId`]): only while the exposure log
+    /// records it, so requests without logs pay nothing for it.
+    request_ids: bool,
     /// `response_time_seconds{endpoint}` of each route of [`ROUTES`] (then of unknown paths),
     /// resolved once so a request does no label lookup.
     latency: Vec<Histogram>,
@@ -45,7 +48,13 @@ pub(crate) struct Front {
 
 impl Front {
     /// The layer's state: counting into `metrics`, admitting the callers `keys` admit.
-    pub(crate) fn new(metrics: Metrics, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> Self {
+    pub(crate) fn new(
+        metrics: Metrics,
+        keys: Arc<Keys>,
+        timeout: Duration,
+        access_log: bool,
+        request_ids: bool,
+    ) -> Self {
         let latency = ROUTES
             .iter()
             .chain([&routes::OTHER])
@@ -56,8 +65,25 @@ impl Front {
             keys,
             timeout,
             access_log,
+            request_ids,
             latency,
         }
+    }
+}
+
+/// A request's id, as its response's `X-Request-Id` will say, for handlers that record it
+/// (the exposure log).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) HeaderValue);
+
+impl RequestId {
+    /// The id of `request`; empty when the front layer was told not to give it (logs off).
+    pub(crate) fn of(request: &Request) -> &str {
+        request
+            .extensions()
+            .get::<RequestId>()
+            .and_then(|id| id.0.to_str().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -89,11 +115,14 @@ fn request_id(request: &Request) -> HeaderValue {
 /// handler (parameter errors, timeouts, refused keys) is counted here.
 pub(crate) async fn front<E: Endpoint>(
     endpoint: Arc<E>,
-    request: Request,
+    mut request: Request,
     front: Arc<Front>,
 ) -> poem::Result<Response> {
     let (index, route) = routes::resolve(request.uri().path());
     let id = request_id(&request);
+    if front.request_ids {
+        request.extensions_mut().insert(RequestId(id.clone()));
+    }
     let span = match front.access_log {
         true => tracing::info_span!(
             "request",

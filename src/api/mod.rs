@@ -71,7 +71,14 @@ pub(crate) fn spec_yaml() -> String {
 /// longer than `timeout` get 504 (408 while their body has not arrived); `access_log` writes a
 /// line per request.
 pub(crate) fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> impl Endpoint {
-    let front = Arc::new(front::Front::new(gateway.metrics().clone(), keys, timeout, access_log));
+    let request_ids = gateway.logs().is_some();
+    let front = Arc::new(front::Front::new(
+        gateway.metrics().clone(),
+        keys,
+        timeout,
+        access_log,
+        request_ids,
+    ));
     let service = service();
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::{Enum, Object, OpenApi};
@@ -13,6 +14,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use super::fast_json::FastJson;
+use super::front::RequestId;
 use crate::experiment::{Arm, Team, is_valid_user_id};
 use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source};
 use crate::metrics::NONE;
@@ -204,10 +206,16 @@ impl RecommendationsApi {
         /// Comma-separated item ids to leave out (e.g. already shown), at most 500.
         exclude: Query<Option<String>>,
         _auth: Auth,
+        request: &Request,
     ) -> Result<FastJson<RecommendationsBody>, ApiError> {
         let started = Instant::now();
         let query = (*limit, *offset, *min_score);
-        match serve(&gateway, &user_id, &placement, query, exclude.as_deref(), started).await {
+        let asked = Asked {
+            user_id: &user_id,
+            placement: &placement,
+            request_id: RequestId::of(request),
+        };
+        match serve(&gateway, asked, query, exclude.as_deref(), started).await {
             Ok(body) => Ok(body),
             Err((placement, e)) => {
                 gateway
@@ -219,13 +227,27 @@ impl RecommendationsApi {
     }
 }
 
-/// The handler's work, counting what it served for the arm; failures carry the placement label
-/// they are counted under (the placement when it exists, else `unknown`, so bad input cannot
-/// grow the label set).
+/// Who asked for what, in which request.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    /// The user id of the path.
+    user_id: &'a str,
+    /// The placement asked for.
+    placement: &'a str,
+    /// The request's `X-Request-Id`, for the exposure log.
+    request_id: &'a str,
+}
+
+/// The handler's work, counting what it served for the arm (and logging it as an exposure);
+/// failures carry the placement label they are counted under (the placement when it exists,
+/// else `unknown`, so bad input cannot grow the label set).
 async fn serve(
     gateway: &Arc<Gateway>,
-    user_id: &str,
-    placement: &str,
+    Asked {
+        user_id,
+        placement,
+        request_id,
+    }: Asked<'_>,
     (limit, offset, min_score): (u32, u32, Option<f32>),
     exclude: Option<&str>,
     started: Instant,
@@ -276,6 +298,7 @@ async fn serve(
     gateway
         .arm_metrics(placement, served.experiment.as_deref(), &served.arm)
         .served(page.items.len(), served.fallback, started.elapsed());
+    gateway.log_exposure(&served, user_id, placement, request_id);
     let view = RecommendationsView {
         user_id,
         placement,

@@ -120,7 +120,16 @@ pub(crate) enum EventKind {
 }
 
 impl EventKind {
-    fn code(self) -> char {
+    /// The `type` of the event as clients send it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+        }
+    }
+
+    /// The letter of the type in claim keys (`i3`, `c3`).
+    pub(crate) fn code(self) -> char {
         match self {
             EventKind::Impression => 'i',
             EventKind::Click => 'c',
@@ -213,6 +222,10 @@ pub(crate) struct Accepted {
     pub(crate) fresh: bool,
     /// The rank bucket of the item's position in the list ([`POSITION_BUCKETS`]).
     pub(crate) bucket: usize,
+    /// The item's place in the token's page, 0-based.
+    pub(crate) position: usize,
+    /// The token's id: with the type and position, the key the event is counted under.
+    pub(crate) token: TokenId,
 }
 
 /// An event that passed the checks, waiting for its claim.
@@ -228,6 +241,8 @@ struct Checked {
     bucket: usize,
     /// The token's id.
     token: TokenId,
+    /// The item's place in the token's page, 0-based.
+    position: usize,
     /// Type and position in the page: `i3`, `c3`.
     field: String,
     /// The client's event id, if any.
@@ -331,6 +346,7 @@ impl EventLog {
             team,
             bucket: position_bucket(rank),
             token,
+            position,
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
         })
@@ -383,6 +399,8 @@ impl EventLog {
                     kind: c.kind,
                     fresh,
                     bucket: c.bucket,
+                    position: c.position,
+                    token: c.token,
                 })
             })
             .collect()
@@ -570,6 +588,7 @@ mod tests {
             team: None,
             bucket: 0,
             token: [token; 12],
+            position: 0,
             field: field.into(),
             event_id: event_id.map(String::from),
         }

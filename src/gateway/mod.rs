@@ -17,6 +17,7 @@ use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
 use crate::feedback::lists::overlap;
 use crate::feedback::token::{ClaimsRef, TeamsRef, next_nonce, unix_seconds};
+use crate::logs::{EventRow, Exposure, LogWriter, now_us};
 use crate::metrics::{Metrics, NONE};
 use crate::redis::Health;
 
@@ -50,6 +51,8 @@ pub(crate) struct Gateway {
     counters: ArcSwap<Counters>,
     /// Whether every configured Redis answers; `None` without Redis.
     redis: Option<Arc<Health>>,
+    /// The Parquet exposure and event logs, when `logs.root` is set.
+    logs: Option<Arc<LogWriter>>,
     /// The folder the catalog is (re)loaded from.
     experiments_dir: PathBuf,
     /// Serialises reloads.
@@ -76,6 +79,8 @@ pub(crate) struct Parts {
     pub(crate) tally: Arc<Tally>,
     /// The state of the Redis connections, when any is configured.
     pub(crate) redis: Option<Arc<Health>>,
+    /// The exposure and event logs, when configured.
+    pub(crate) logs: Option<Arc<LogWriter>>,
 }
 
 /// New models a reloaded catalog brings get this long to load before the catalog is swapped
@@ -420,6 +425,7 @@ impl Gateway {
             events,
             tally,
             redis,
+            logs,
         } = parts;
         let arms = ArmIndex::resolve(&metrics, &catalog);
         for rejection in Rejection::ALL {
@@ -436,6 +442,7 @@ impl Gateway {
             events,
             tally,
             redis,
+            logs,
             experiments_dir,
             reloading: tokio::sync::Mutex::new(()),
             rejected: ArcSwapOption::empty(),
@@ -532,6 +539,32 @@ impl Gateway {
     /// The results counters.
     pub(crate) fn tally(&self) -> &Arc<Tally> {
         &self.tally
+    }
+
+    /// The exposure and event logs, when `logs.root` is set.
+    pub(crate) fn logs(&self) -> Option<&Arc<LogWriter>> {
+        self.logs.as_ref()
+    }
+
+    /// Logs a served response as an exposure row, when logs are on: every response
+    /// `recommendations_total` counts, the placement default's too (with no experiment), so
+    /// the table's rows per arm are that counter's.
+    pub(crate) fn log_exposure(&self, served: &Recommendation, user: &str, placement: &str, request_id: &str) {
+        let Some(logs) = &self.logs else {
+            return;
+        };
+        logs.exposure(Exposure {
+            timestamp_us: now_us(),
+            user_id: user.to_string(),
+            experiment_id: served.experiment.clone(),
+            variation_id: served.arm.clone(),
+            placement: placement.to_string(),
+            model: served.model.clone(),
+            model_version: served.model_version.clone(),
+            source: served.source.as_str(),
+            forced: served.forced,
+            request_id: request_id.to_string(),
+        });
     }
 
     /// Whether every configured Redis answers (`None`: no Redis configured).
@@ -684,7 +717,8 @@ impl Gateway {
         let results = self.events.accept(events, SystemTime::now(), &self.tally).await;
         results
             .into_iter()
-            .map(|result| {
+            .zip(events)
+            .map(|(result, event)| {
                 let accepted = result.inspect_err(|r| self.metrics.event_rejected(r.as_str()))?;
                 if accepted.fresh {
                     let claims = &accepted.claims;
@@ -692,6 +726,9 @@ impl Gateway {
                     match accepted.kind {
                         EventKind::Impression => arm.impression(accepted.bucket),
                         EventKind::Click => arm.click(accepted.bucket),
+                    }
+                    if let Some(logs) = &self.logs {
+                        logs.event(event_row(accepted, event.item_id));
                     }
                 }
                 Ok(())
@@ -914,6 +951,24 @@ fn sampled(share: f64) -> bool {
     let x = xxhash_rust::xxh3::xxh3_64(&draw.to_le_bytes());
     let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
     unit < share
+}
+
+/// The log row of an event counted for the first time: the counted key is its `event_id`.
+fn event_row(accepted: crate::feedback::events::Accepted, item_id: &str) -> EventRow {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(accepted.token);
+    let claims = accepted.claims;
+    EventRow {
+        timestamp_us: now_us(),
+        event_id: format!("{token}:{}{}", accepted.kind.code(), accepted.position),
+        user_id: claims.user,
+        experiment_id: claims.experiment,
+        variation_id: claims.arm,
+        event_type: accepted.kind.as_str(),
+        item_id: item_id.to_string(),
+        // The place in the list, as CTR by position counts it, rather than on the page.
+        position: u16::try_from(claims.offset as usize + accepted.position).unwrap_or(u16::MAX),
+    }
 }
 
 /// Resolves the exposure counter of every arm of `catalog`.

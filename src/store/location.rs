@@ -68,7 +68,13 @@ impl Locator {
     /// `hdfs://host:port/path`. Building an HDFS client does not contact the name node, so an
     /// unreachable cluster fails the models on it, not start-up.
     pub(crate) fn new(root: &str) -> Result<Self, StoreError> {
-        let local = Arc::new(LocalFileSystem::new());
+        Self::with_local(root, LocalFileSystem::new())
+    }
+
+    /// As [`Locator::new`], with local files written through `local` (the logs use one that
+    /// syncs what it writes, which model reads have no need of).
+    pub(crate) fn with_local(root: &str, local: LocalFileSystem) -> Result<Self, StoreError> {
+        let local = Arc::new(local);
         let mut locator = Locator {
             root: Place {
                 store: local.clone(),
@@ -81,6 +87,11 @@ impl Locator {
         };
         locator.root = locator.parse(root)?;
         Ok(locator)
+    }
+
+    /// The resolved root.
+    pub(crate) fn root(&self) -> &Place {
+        &self.root
     }
 
     /// Resolves a model location: a full URI stands alone, anything else is under the root.

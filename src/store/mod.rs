@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub(crate) use location::{Locator, Place};
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
