@@ -9,7 +9,8 @@
 //! placement (an interleave experiment: both arms' lists read from the local tier and merged
 //! per request) is measured beside it, as a ratio of the split request.
 //!
-//! `cargo bench --bench request`
+//! `cargo bench --bench request`; with `RECGW_BENCH_LOGS=DIR` the gateway also writes its
+//! exposure and event logs under `DIR` (flushed every second), to see what they cost a request.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
@@ -64,6 +65,13 @@ fn demo_app(runtime: &tokio::runtime::Runtime) -> poem::endpoint::BoxEndpoint<'s
             snapshots.to_str().expect("UTF-8").to_string(),
         ),
     ];
+    let logs = std::env::var("RECGW_BENCH_LOGS").ok().map(|dir| {
+        [
+            ("RECGW__LOGS__ROOT", dir),
+            ("RECGW__LOGS__FLUSH_INTERVAL", "1s".to_string()),
+        ]
+    });
+    let env = env.into_iter().chain(logs.into_iter().flatten());
     let settings = Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v))).expect("settings");
     runtime.block_on(async {
         let server = Server::bind(&settings).await.expect("the demo gateway starts");
