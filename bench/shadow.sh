@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # What a shadow arm costs the users it does not serve: p99 of the control's responses on the
 # demo's `discover` placement (local hits, 1,000 hot users, wrk with 16 connections) with the
-# shadow arm compared on every response (`shadow_sample = 1.0`, the worst case) and without
-# the shadow arm at all, alternated over the rounds so both see the same machine. Prints the
-# rounds and the median p99 ratio, and writes them to bench/SHADOW.md.
+# shadow arm compared on a share of the responses (`--sample`, default 1.0: every response, the
+# worst case) and without the shadow arm, alternated over the rounds so both see the same
+# machine. Prints the rounds and the median p99 ratio, and writes them to bench/SHADOW.md.
 #
-#   bench/shadow.sh [--rounds 3] [--duration 5s]
+#   bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3
 DURATION=5s
+SAMPLE=1.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
-    *) echo "usage: bench/shadow.sh [--rounds 3] [--duration 5s]" >&2; exit 2 ;;
+    --sample) SAMPLE=$2; shift 2 ;;
+    *) echo "usage: bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0]" >&2; exit 2 ;;
   esac
 done
 
@@ -30,7 +32,7 @@ for variant in on off; do
   mkdir -p "$WORK/$variant"
   cp experiments/*.toml "$WORK/$variant/"
 done
-sed -i 's/^shadow_sample = .*/shadow_sample = 1.0/' "$WORK/on/discover-als-shadow.toml"
+sed -i "s/^shadow_sample = .*/shadow_sample = $SAMPLE/" "$WORK/on/discover-als-shadow.toml"
 python3 - "$WORK/off/discover-als-shadow.toml" <<'PY'
 import re, sys
 path = sys.argv[1]
@@ -70,7 +72,7 @@ for round in $(seq "$ROUNDS"); do
   read -r on_p99 on_rps < <(p99 on)
   ratio=$(awk -v a="$on_p99" -v b="$off_p99" 'BEGIN { printf "%.3f", a / b }')
   RATIOS+=("$ratio")
-  line="round $round: p99 without shadow ${off_p99} ms (${off_rps} req/s), with shadow on every response ${on_p99} ms (${on_rps} req/s): ${ratio} x"
+  line="round $round: p99 without shadow ${off_p99} ms (${off_rps} req/s), with shadow_sample $SAMPLE ${on_p99} ms (${on_rps} req/s): ${ratio} x"
   echo "$line"
   LINES+=("- $line")
 done
@@ -79,7 +81,7 @@ echo "median p99 with / without the shadow arm: $median x over $ROUNDS rounds"
 {
   echo "# p99 of the control with and without a shadow arm"
   echo
-  echo "\`bench/shadow.sh --rounds $ROUNDS --duration $DURATION\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
+  echo "\`bench/shadow.sh --rounds $ROUNDS --duration $DURATION --sample $SAMPLE\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
   echo "$(nproc) cores, wrk with $THREADS threads and $CONNECTIONS connections, demo \`discover\` placement, local hits."
   echo
   printf '%s\n' "${LINES[@]}"
