@@ -41,6 +41,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::gateway::{self, TestGateway, eventually};
 use common::process::run_bounded;
 use common::redis::{RedisCluster, RedisServer};
+use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
 use recgw::config::Settings;
 use recgw::experiment::{Catalog, Kind, Problem};
@@ -76,44 +77,6 @@ const FLUSH: Duration = Duration::from_millis(1100);
 const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// A seeded random number generator (no rand crate among the dev-dependencies)
-// ---------------------------------------------------------------------------------------------
-
-/// SplitMix64: small, fixed, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-/// FNV-1a of a user id, to seed its lists.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // The experiments folder and the models
 // ---------------------------------------------------------------------------------------------
 
@@ -125,10 +88,7 @@ type List = Vec<(String, f32)>;
 fn ranked_list(model: usize, user: &str) -> List {
     let mut rng = Rng::new(fnv(user) ^ [0x00A1_FA00, 0x00BE_7A00][model]);
     let mut items: Vec<u32> = (100..140).collect();
-    for i in (1..items.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        items.swap(i, j);
-    }
+    rng.shuffle(&mut items);
     let len = 12 + rng.below(9) as usize;
     let (top, step) = [(9.0f32, 0.125f32), (8.0, 0.25)][model];
     items

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use common::gateway::{self, TestGateway, eventually};
 use common::redis::{RedisCluster, RedisServer};
+use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
 use recgw::config::Settings;
 use recgw::experiment::{Catalog, Problem};
@@ -91,52 +92,6 @@ const POSITIONS: [&str; 6] = ["1", "2", "3", "4-5", "6-10", "11+"];
 const FLUSH: Duration = Duration::from_millis(1100);
 /// How long a background effect gets before a test fails.
 const WAIT: Duration = Duration::from_secs(15);
-
-// ---------------------------------------------------------------------------------------------
-// A seeded random number generator (no rand crate among the dev-dependencies)
-// ---------------------------------------------------------------------------------------------
-
-/// SplitMix64: small, fixed, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
-    /// Fisher-Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
-/// FNV-1a of a user id, to seed its lists.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // The test's own oracle: overlap, rank buckets, pages

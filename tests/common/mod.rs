@@ -13,6 +13,7 @@ pub mod process;
 pub mod promtool;
 pub mod proxy;
 pub mod redis;
+pub mod rng;
 pub mod spark;
 pub mod traffic;
 
