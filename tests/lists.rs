@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::gateway::{self, TestGateway, eventually};
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
 use recgw::config::Settings;
@@ -508,38 +508,6 @@ impl Env {
 // ---------------------------------------------------------------------------------------------
 // Where the counts live: memory, one Redis node, a Redis Cluster
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Memory,
-    Node,
-    Cluster,
-}
-
-/// The Redis of a mode, kept alive for the test.
-enum Redis {
-    None,
-    Node(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Redis {
-    fn start(mode: Mode) -> Redis {
-        match mode {
-            Mode::Memory => Redis::None,
-            Mode::Node => Redis::Node(RedisServer::start()),
-            Mode::Cluster => Redis::Cluster(RedisCluster::start(3)),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Redis::None => String::new(),
-            Redis::Node(server) => server.url(),
-            Redis::Cluster(cluster) => cluster.url(),
-        }
-    }
-}
 
 /// A gateway over `env` in `mode`, with the Redis it needs (kept alive by the caller); with
 /// `snapshots`, serving snapshots on, in a folder of the test's own (kept alive by `env`).

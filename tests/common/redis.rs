@@ -335,3 +335,39 @@ impl RedisCluster {
         panic!("slot {slot} of {key:?} is not served: {slots:?}")
     }
 }
+
+/// Where a test's counts live: in the gateway's memory, on one Redis node, or on a 3-node
+/// Redis Cluster. Tests of anything that talks to Redis run in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Memory,
+    Node,
+    Cluster,
+}
+
+/// The Redis of a [`Mode`], kept alive for the test.
+pub enum Redis {
+    None,
+    Node(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// Starts what `mode` needs (nothing for [`Mode::Memory`]).
+    pub fn start(mode: Mode) -> Redis {
+        match mode {
+            Mode::Memory => Redis::None,
+            Mode::Node => Redis::Node(RedisServer::start()),
+            Mode::Cluster => Redis::Cluster(RedisCluster::start(3)),
+        }
+    }
+
+    /// Its URL for `cache.redis_url`; empty (no Redis) for [`Mode::Memory`].
+    pub fn url(&self) -> String {
+        match self {
+            Redis::None => String::new(),
+            Redis::Node(server) => server.url(),
+            Redis::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
