@@ -88,6 +88,12 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
                 "lift_low",
                 "lift_high",
                 "p_value",
+                "sequential_lift_low",
+                "sequential_lift_high",
+                "sequential_p_value",
+                "p_value_adjusted",
+                "sequential_p_value_adjusted",
+                "decision",
                 "min_sample_reached",
                 "wins",
                 "distinct_items",
@@ -151,8 +157,21 @@ fn table(results: &Value, arms: &[Value]) -> String {
         "lift",
         "lift 95% CI",
         "p-value",
+        "always-valid CI",
+        "av p-value",
+        "decision",
         "enough",
     ];
+    // With several arms against the control, both p-values are shown Holm-adjusted.
+    let holm = results["adjustment"] == "holm";
+    let p_value = |a: &Value, field: &str| {
+        let v = if holm {
+            &a[format!("{field}_adjusted")]
+        } else {
+            &a[field]
+        };
+        v.as_f64().map_or_else(|| "-".into(), |p| format!("{p:.2e}"))
+    };
     let rows: Vec<Vec<String>> = arms
         .iter()
         .map(|a| {
@@ -172,7 +191,10 @@ fn table(results: &Value, arms: &[Value]) -> String {
                 interval(&a["ctr_low"], &a["ctr_high"], percent),
                 signed_percent(&a["lift"]),
                 interval(&a["lift_low"], &a["lift_high"], signed_percent),
-                a["p_value"].as_f64().map_or_else(|| "-".into(), |p| format!("{p:.2e}")),
+                p_value(a, "p_value"),
+                interval(&a["sequential_lift_low"], &a["sequential_lift_high"], signed_percent),
+                p_value(a, "sequential_p_value"),
+                a["decision"].as_str().unwrap_or("-").to_string(),
                 if a["min_sample_reached"].as_bool() == Some(true) {
                     "yes"
                 } else {
@@ -208,6 +230,21 @@ fn table(results: &Value, arms: &[Value]) -> String {
     let _ = writeln!(out, "{}", line(header.to_vec()));
     for row in &rows {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    if results["kind"] != "interleave" {
+        let _ = writeln!(
+            out,
+            "Act on `decision` and the always-valid (av) columns at any look; the 95% CI and p-value \
+             only at a sample size fixed in advance. Always-valid tuning N* = {} impressions.",
+            results["sequential_tuning"]
+        );
+        if holm {
+            let _ = writeln!(
+                out,
+                "p-values are Holm-adjusted for the {} arms compared with the control.",
+                results["comparisons"]
+            );
+        }
     }
     out.push_str(&chart(arms, widths[0]));
     out.push_str(&preference(results, arms));
@@ -359,13 +396,15 @@ mod tests {
         serde_json::json!({
             "experiment": "e", "status": "running", "age_seconds": 86400, "counts": "redis",
             "srm_p_value": 0.5, "srm_detected": false, "min_sample_size": 1000, "undefined": {},
+            "sequential_tuning": 5000.0, "comparisons": 1, "adjustment": "none",
             "arms": [
                 {"name": "control", "weight": 50.0, "users": 100, "exposures": 120, "impressions": 1000, "clicks": 40,
                  "clicking_users": 30, "ctr": 0.04, "ctr_low": 0.0295, "ctr_high": 0.0541, "lift": null, "lift_low": null,
                  "lift_high": null, "p_value": null, "min_sample_reached": true, "undefined": {"lift": "this is the control"}},
                 {"name": "treatment", "weight": 50.0, "users": 98, "exposures": 118, "impressions": 1000, "clicks": 60,
                  "clicking_users": 41, "ctr": 0.06, "ctr_low": 0.0468, "ctr_high": 0.0766, "lift": 0.5, "lift_low": 0.0152,
-                 "lift_high": 1.2163, "p_value": 0.0402, "min_sample_reached": true, "undefined": {}}
+                 "lift_high": 1.2163, "p_value": 0.0402, "sequential_lift_low": -0.1948, "sequential_lift_high": 1.7944,
+                 "sequential_p_value": 0.4226, "decision": "inconclusive", "min_sample_reached": true, "undefined": {}}
             ]
         })
     }
@@ -423,6 +462,15 @@ mod tests {
         assert!(lines[1].starts_with("arm") && lines[2].starts_with("control") && lines[3].starts_with("treatment"));
         assert!(lines[2].contains("4.00%"), "{table}");
         assert!(lines[3].contains("+50.0%") && lines[3].contains("[+1.5%, +121.6%]") && lines[3].contains("4.02e-2"));
+        // Significant at one look, not under continuous monitoring: the report says which.
+        assert!(
+            lines[3].contains("[-19.5%, +179.4%]") && lines[3].contains("4.23e-1") && lines[3].contains("inconclusive")
+        );
+        assert!(
+            table.contains("Act on `decision`") && table.contains("N* = 5000"),
+            "{table}"
+        );
+        assert!(!table.contains("Holm"), "{table}");
         let bars: Vec<&&str> = lines
             .iter()
             .filter(|l| l.contains('[') && l.contains(']') && l.contains('|'))
@@ -433,7 +481,29 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows[0].starts_with("experiment,name,weight,users"));
         assert!(rows[1].starts_with("e,control,50.0,100,120,1000,40,30,0.04,"), "{csv}");
-        assert!(rows[2].ends_with(",0.0402,true,,,,,,"), "{csv}");
+        assert!(
+            rows[2].ends_with(",0.0402,-0.1948,1.7944,0.4226,,,inconclusive,true,,,,,,"),
+            "{csv}"
+        );
+    }
+
+    /// With several arms against the control, the p-value columns show the Holm-adjusted
+    /// values, and the report says so.
+    #[test]
+    fn says_when_p_values_are_holm_adjusted() {
+        let mut results = sample();
+        results["adjustment"] = "holm".into();
+        results["comparisons"] = 2.into();
+        results["arms"][1]["p_value_adjusted"] = 0.0804.into();
+        results["arms"][1]["sequential_p_value_adjusted"] = 0.8452.into();
+        let table = render(&results, Format::Table);
+        let treatment = table.lines().nth(3).unwrap_or_default();
+        assert!(
+            treatment.contains("8.04e-2") && treatment.contains("8.45e-1"),
+            "{table}"
+        );
+        assert!(!treatment.contains("4.02e-2"), "{table}");
+        assert!(table.contains("Holm-adjusted for the 2 arms"), "{table}");
     }
 
     /// An interleave experiment's report says who won how many users and which arm the

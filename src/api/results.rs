@@ -52,8 +52,25 @@ struct ArmResultsBody {
     lift_low: Option<f64>,
     /// 95% interval of the lift, high end.
     lift_high: Option<f64>,
-    /// Two-sided two-proportion z-test against the control.
+    /// Two-sided two-proportion z-test against the control. Fixed-horizon, like `lift_low` and
+    /// `lift_high`: only valid read once, at a sample size chosen in advance.
     p_value: Option<f64>,
+    /// Always-valid 95% interval of the lift (a confidence sequence), low end: valid however
+    /// often it is read, so it may be acted on at any look.
+    sequential_lift_low: Option<f64>,
+    /// Always-valid 95% interval of the lift, high end.
+    sequential_lift_high: Option<f64>,
+    /// Always-valid p-value of no lift: below 0.05 exactly when the always-valid interval
+    /// leaves out 0.
+    sequential_p_value: Option<f64>,
+    /// `p_value` after Holm's adjustment for the arms compared with the control; only when
+    /// more than one is.
+    p_value_adjusted: Option<f64>,
+    /// `sequential_p_value` after Holm's adjustment; only when more than one arm is compared.
+    sequential_p_value_adjusted: Option<f64>,
+    /// What the always-valid test (Holm-adjusted with several arms) allows now: `better`,
+    /// `worse` or `inconclusive`.
+    decision: Option<String>,
     /// Whether the arm has `min_sample_size` impressions.
     min_sample_reached: bool,
     /// In an interleave experiment: users who clicked this arm's items more than the other's.
@@ -137,9 +154,23 @@ struct ResultsBody {
     arms: Vec<ArmResultsBody>,
     /// The preference test, for an interleave experiment.
     interleaving: Option<InterleavingBody>,
+    /// `N*` of the always-valid intervals: the impressions of a comparison (both arms) at which
+    /// they are tightest relative to the fixed-horizon ones.
+    sequential_tuning: f64,
+    /// Arms compared with the control (shadows and the control left out).
+    comparisons: u64,
+    /// `holm` when more than one arm is compared, so the `*_adjusted` p-values are given and
+    /// `decision` uses them; else `none`.
+    adjustment: String,
+    /// Which figures may be acted on at any look.
+    act_on: String,
     /// Why an experiment-level statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
+
+/// What `act_on` says.
+const ACT_ON: &str = "decision and the sequential_* figures are valid at every look; lift_low, lift_high \
+     and p_value only at a sample size fixed in advance";
 
 /// Splits a statistic into its value and, when undefined, the reason recorded under each of
 /// the `fields` it fills.
@@ -160,6 +191,11 @@ impl From<&ArmResults> for ArmResultsBody {
         let interval = value(arm.ctr_interval, &["ctr_low", "ctr_high"], &mut undefined);
         let lift = value(arm.lift, &["lift", "lift_low", "lift_high"], &mut undefined);
         let lift_interval = lift.and_then(|l| value(l.interval, &["lift_low", "lift_high"], &mut undefined));
+        let sequential = value(
+            arm.sequential,
+            &["sequential_lift_low", "sequential_lift_high", "sequential_p_value"],
+            &mut undefined,
+        );
         let overlap = match arm.overlap {
             // Only a shadow arm has an overlap to explain; the others leave the fields out.
             Err(_) if !arm.shadow => None,
@@ -181,6 +217,12 @@ impl From<&ArmResults> for ArmResultsBody {
             lift_low: lift_interval.map(|i| i.low),
             lift_high: lift_interval.map(|i| i.high),
             p_value: value(arm.p_value, &["p_value"], &mut undefined),
+            sequential_lift_low: sequential.map(|s| s.interval.low),
+            sequential_lift_high: sequential.map(|s| s.interval.high),
+            sequential_p_value: sequential.map(|s| s.p_value),
+            p_value_adjusted: arm.adjusted.and_then(|[fixed, _]| fixed),
+            sequential_p_value_adjusted: arm.adjusted.and_then(|[_, sequential]| sequential),
+            decision: value(arm.decision, &["decision"], &mut undefined).map(|d| d.as_str().to_string()),
             min_sample_reached: arm.min_sample_reached,
             wins: arm.wins,
             shadow: arm.shadow,
@@ -235,6 +277,10 @@ impl From<&ExperimentResults> for ResultsBody {
             min_sample_size: results.min_sample_size,
             arms: results.arms.iter().map(ArmResultsBody::from).collect(),
             interleaving: results.interleaving.as_ref().map(InterleavingBody::from),
+            sequential_tuning: results.sequential_tuning,
+            comparisons: results.comparisons as u64,
+            adjustment: if results.comparisons > 1 { "holm" } else { "none" }.to_string(),
+            act_on: ACT_ON.to_string(),
             undefined,
         }
     }

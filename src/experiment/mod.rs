@@ -80,6 +80,8 @@ pub struct Experiment {
     pub arms: Vec<Arm>,
     /// QA user → forced arm index.
     pub overrides: BTreeMap<String, usize>,
+    /// `N*` of the always-valid intervals: the planned impressions of one comparison.
+    pub sequential_tuning: f64,
     /// File it came from, for messages.
     pub file: PathBuf,
 }

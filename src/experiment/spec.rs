@@ -111,6 +111,9 @@ pub(crate) struct ExperimentSpec {
     /// QA users forced into an arm, never counted in results.
     #[serde(default)]
     pub(crate) overrides: BTreeMap<String, String>,
+    /// Impressions (both arms of a comparison) at which the analysts expect to decide: the
+    /// always-valid interval is tightest, relative to the fixed one, there (default 5000).
+    pub(crate) sequential_tuning: Option<f64>,
 }
 
 fn full_traffic() -> [f64; 2] {

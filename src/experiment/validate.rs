@@ -308,6 +308,16 @@ fn build_experiment(
         }
     }
 
+    let sequential_tuning = spec
+        .sequential_tuning
+        .unwrap_or(crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING);
+    if !(sequential_tuning.is_finite() && sequential_tuning >= 1.0) {
+        out.push(
+            "sequential_tuning",
+            format!("{sequential_tuning} must be at least 1: the impressions at which you expect to decide"),
+        );
+    }
+
     if out.out.len() > before {
         return None;
     }
@@ -325,6 +335,7 @@ fn build_experiment(
         winner,
         arms,
         overrides,
+        sequential_tuning,
         file: path.to_path_buf(),
     })
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::experiment::{Experiment, Kind, Status};
 use crate::feedback::counts::{ArmCounts, DuelCounts, Tally};
 use crate::feedback::lists::POSITION_BUCKETS;
-use crate::feedback::significance::{self, Interval, Lift};
+use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
 pub(crate) const SRM_THRESHOLD: f64 = 0.001;
@@ -32,6 +32,13 @@ pub(crate) struct ArmResults {
     pub(crate) lift: Result<Lift, &'static str>,
     /// Two-sided two-proportion z-test against the control.
     pub(crate) p_value: Result<f64, &'static str>,
+    /// The always-valid lift interval and p-value against the control.
+    pub(crate) sequential: Result<Sequential, &'static str>,
+    /// With more than one arm compared with the control: `p_value` and the always-valid
+    /// p-value after Holm's adjustment (`None` when the raw value is undefined).
+    pub(crate) adjusted: Option<[Option<f64>; 2]>,
+    /// What the always-valid test (adjusted, with several arms) says an analyst may do now.
+    pub(crate) decision: Result<Decision, &'static str>,
     /// Whether the arm has `min_sample_size` impressions.
     pub(crate) min_sample_reached: bool,
     /// Users the arm won, in an interleave experiment.
@@ -45,6 +52,28 @@ pub(crate) struct ArmResults {
     pub(crate) overlap: Result<(f64, f64), &'static str>,
     /// Impressions, clicks and CTR per rank bucket, in [`POSITION_BUCKETS`] order.
     pub(crate) by_position: Vec<PositionResults>,
+}
+
+/// What the always-valid test allows, at any look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The arm's CTR is higher than the control's.
+    Better,
+    /// The arm's CTR is lower than the control's.
+    Worse,
+    /// No difference shown yet: keep the experiment running (or stop it for lack of effect).
+    Inconclusive,
+}
+
+impl Decision {
+    /// The name in the API.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Decision::Better => "better",
+            Decision::Worse => "worse",
+            Decision::Inconclusive => "inconclusive",
+        }
+    }
 }
 
 /// One rank bucket of an arm.
@@ -96,6 +125,10 @@ pub(crate) struct ExperimentResults {
     pub(crate) kind: Kind,
     /// The preference test of an interleave experiment.
     pub(crate) interleaving: Option<InterleavingResults>,
+    /// `N*` of the always-valid intervals.
+    pub(crate) sequential_tuning: f64,
+    /// Arms compared with the control; above one, p-values are also given Holm-adjusted.
+    pub(crate) comparisons: usize,
 }
 
 /// Why a shadow arm has no lift or p-value.
@@ -140,7 +173,7 @@ pub(crate) fn from_counts(
     now: SystemTime,
 ) -> ExperimentResults {
     let control = counts.first().copied().unwrap_or_default();
-    let arms = experiment
+    let mut arms = experiment
         .arms
         .iter()
         .zip(counts)
@@ -168,6 +201,17 @@ pub(crate) fn from_counts(
                 p_value: is_control.and_then(|()| {
                     significance::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
                 }),
+                sequential: is_control.and_then(|()| {
+                    significance::sequential_lift(
+                        c.clicks,
+                        c.impressions,
+                        control.clicks,
+                        control.impressions,
+                        experiment.sequential_tuning,
+                    )
+                }),
+                adjusted: None,
+                decision: Err("this is the control"),
                 min_sample_reached: c.impressions >= min_sample_size,
                 wins: duel.and_then(|d| d.wins.get(i).copied()),
                 shadow: arm.shadow.is_some(),
@@ -199,8 +243,8 @@ pub(crate) fn from_counts(
                     .collect(),
             }
         })
-        .collect();
-    // Shadow arms are never assigned, so they have no share to check.
+        .collect::<Vec<ArmResults>>();
+    let comparisons = adjust(&mut arms);
     let serving = || {
         experiment
             .arms
@@ -214,6 +258,10 @@ pub(crate) fn from_counts(
         Some(_) => Err("an interleave experiment does not split users between its arms"),
         None => significance::sample_ratio_p(&users, &weights),
     };
+    let srm_detected = srm_p_value.is_ok_and(|p| p < SRM_THRESHOLD);
+    for arm in &mut arms {
+        arm.decision = decide(arm, srm_detected);
+    }
     ExperimentResults {
         experiment: experiment.id.clone(),
         status: experiment.status,
@@ -222,7 +270,7 @@ pub(crate) fn from_counts(
             None => Err("the experiment has no start"),
         },
         shared,
-        srm_detected: srm_p_value.is_ok_and(|p| p < SRM_THRESHOLD),
+        srm_detected,
         srm_p_value,
         min_sample_size,
         arms,
@@ -233,5 +281,48 @@ pub(crate) fn from_counts(
             interval: significance::preference_interval(duel.wins, duel.ties),
             p_value: significance::sign_test_p(duel.wins),
         }),
+        sequential_tuning: experiment.sequential_tuning,
+        comparisons,
     }
+}
+
+/// Adds Holm-adjusted p-values to the arms compared with the control when there are several;
+/// returns how many are compared.
+fn adjust(arms: &mut [ArmResults]) -> usize {
+    let compared: Vec<usize> = (0..arms.len())
+        .filter(|&i| !arms[i].control && !arms[i].shadow && arms[i].wins.is_none())
+        .collect();
+    if compared.len() > 1 {
+        let fixed = significance::holm(&compared.iter().map(|&i| arms[i].p_value.ok()).collect::<Vec<_>>());
+        let sequential = significance::holm(
+            &compared
+                .iter()
+                .map(|&i| arms[i].sequential.ok().map(|s| s.p_value))
+                .collect::<Vec<_>>(),
+        );
+        for (k, &i) in compared.iter().enumerate() {
+            arms[i].adjusted = Some([fixed[k], sequential[k]]);
+        }
+    }
+    compared.len()
+}
+
+/// What the always-valid p-value (Holm-adjusted when several arms are compared) lets an
+/// analyst conclude about `arm` now.
+fn decide(arm: &ArmResults, srm_detected: bool) -> Result<Decision, &'static str> {
+    let sequential = arm.sequential?;
+    if srm_detected {
+        return Err("sample-ratio mismatch: the split is broken, so no decision can be read");
+    }
+    let p = match arm.adjusted {
+        Some([_, adjusted]) => adjusted.unwrap_or(sequential.p_value),
+        None => sequential.p_value,
+    };
+    Ok(if p >= ALPHA {
+        Decision::Inconclusive
+    } else if sequential.interval.low > 0.0 {
+        Decision::Better
+    } else {
+        Decision::Worse
+    })
 }

@@ -15,6 +15,18 @@
 //!   `Δ = (wins₀ + ties/2) / n − ½`, with a 95% normal interval `Δ ± z·s/√n` (`s²` the sample
 //!   variance of the scores, `n − 1` in the denominator); the p-value is the two-sided exact
 //!   sign test of `wins₀` in `wins₀ + wins₁` at ½, ties left out.
+//! - Always-valid lift interval and p-value: the asymptotic confidence sequence of Waudby-Smith,
+//!   Arnold, Wu, Ramdas and Ruan ("Time-uniform central limit theory and asymptotic confidence
+//!   sequences", 2023, eq. 9 and 155), as GrowthBook's `docs/statistics/sequential.mdx` states
+//!   it, applied to the log ratio `μ̂ = ln(ctr₁/ctr₀)` and its standard error `σ̂` (Katz, as
+//!   above). With `N = n₁ + n₀` impressions and the tuning `N*` (the comparison's planned
+//!   impressions, default 5000):
+//!   `ρ = √((−2 ln α + ln(−2 ln α + 1)) / N*)`, half-width
+//!   `h = σ̂·√N·√(2(Nρ² + 1)/(N²ρ²) · ln(√(Nρ² + 1)/α))`, interval `exp(μ̂ ± h) − 1`;
+//!   p-value `min(1, 1/E)` with `E = exp(ρ²·N·(μ̂/σ̂)²/(2(Nρ² + 1))) / √(Nρ² + 1)`. The two are
+//!   dual: `p < α` exactly when the interval leaves out a lift of 0. Both stay valid however
+//!   often they are read, so an analyst may stop the experiment the first time either says so.
+//! - Several arms against one control: Holm's step-down adjustment of their p-values.
 
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Normal};
 
@@ -82,18 +94,11 @@ pub(crate) fn relative_lift(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<Lift, 
     if c0 == 0 {
         return Err("the control has no clicks");
     }
-    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
-    let value = p1 / p0 - 1.0;
-    let interval = if c1 == 0 {
-        Err("the arm has no clicks")
-    } else {
-        let se = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
-        let ln = (p1 / p0).ln();
-        Ok(Interval {
-            low: (ln - Z95 * se).exp() - 1.0,
-            high: (ln + Z95 * se).exp() - 1.0,
-        })
-    };
+    let value = (c1 as f64 / n1 as f64) / (c0 as f64 / n0 as f64) - 1.0;
+    let interval = log_ratio(c1, n1, c0, n0).map(|(ln, se)| Interval {
+        low: (ln - Z95 * se).exp() - 1.0,
+        high: (ln + Z95 * se).exp() - 1.0,
+    });
     Ok(Lift { value, interval })
 }
 
@@ -120,6 +125,82 @@ pub(crate) fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &
         .sum();
     let dist = ChiSquared::new((observed.len() - 1) as f64).map_err(|_| "invalid degrees of freedom")?;
     Ok(dist.sf(chi2))
+}
+
+/// The error rate of every test here: two-sided 95%.
+pub(crate) const ALPHA: f64 = 0.05;
+
+/// The default `sequential_tuning`: the impressions (both arms) at which analysts most often
+/// decide, where the always-valid interval is the least wider than the fixed one (GrowthBook's
+/// default).
+pub(crate) const DEFAULT_SEQUENTIAL_TUNING: f64 = 5000.0;
+
+/// The log ratio `ln(ctr₁/ctr₀)` and its Katz standard error; `Err` when a CTR is 0.
+fn log_ratio(c1: u64, n1: u64, c0: u64, n0: u64) -> Result<(f64, f64), &'static str> {
+    if n1 == 0 || n0 == 0 {
+        return Err("an arm has no impressions");
+    }
+    if c0 == 0 {
+        return Err("the control has no clicks");
+    }
+    if c1 == 0 {
+        return Err("the arm has no clicks");
+    }
+    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
+    let se = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
+    Ok(((p1 / p0).ln(), se))
+}
+
+/// `ρ` of the confidence sequence for a planned `tuning` impressions.
+fn sequential_rho(tuning: f64) -> f64 {
+    let l = -2.0 * ALPHA.ln();
+    ((l + (l + 1.0).ln()) / tuning).sqrt()
+}
+
+/// The always-valid results of an arm against the control.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sequential {
+    /// The 95% confidence sequence of the relative lift.
+    pub(crate) interval: Interval,
+    /// The always-valid two-sided p-value of no lift.
+    pub(crate) p_value: f64,
+}
+
+/// The always-valid lift interval and p-value of `c1/n1` against `c0/n0` (see the module doc).
+pub(crate) fn sequential_lift(c1: u64, n1: u64, c0: u64, n0: u64, tuning: f64) -> Result<Sequential, &'static str> {
+    let (mu, se) = log_ratio(c1, n1, c0, n0)?;
+    if se == 0.0 {
+        return Err("no variation: clicks on every impression in both arms");
+    }
+    let n = (n1 + n0) as f64;
+    let rho2 = sequential_rho(tuning).powi(2);
+    let spread = n * rho2 + 1.0;
+    let half = se * n.sqrt() * (2.0 * spread / (n * n * rho2) * (spread.sqrt() / ALPHA).ln()).sqrt();
+    let evidence = (rho2 * n * (mu / se).powi(2) / (2.0 * spread)).exp() / spread.sqrt();
+    Ok(Sequential {
+        interval: Interval {
+            low: (mu - half).exp() - 1.0,
+            high: (mu + half).exp() - 1.0,
+        },
+        p_value: (1.0 / evidence).min(1.0),
+    })
+}
+
+/// Holm's step-down adjustment of `p` (one per hypothesis; `None` for one not testable yet,
+/// which counts as a hypothesis with p = 1, so an arm without data cannot make the others look
+/// stronger). Adjusted values keep the input's order.
+pub(crate) fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].unwrap_or(1.0).total_cmp(&p[b].unwrap_or(1.0)));
+    let mut adjusted = vec![None; m];
+    let mut running = 0.0_f64;
+    for (rank, &i) in order.iter().enumerate() {
+        let Some(value) = p[i] else { continue };
+        running = running.max(((m - rank) as f64 * value).min(1.0));
+        adjusted[i] = Some(running);
+    }
+    adjusted
 }
 
 /// The interleaving preference for the first arm, `Δ`, of `wins` per arm and `ties`.
@@ -217,6 +298,198 @@ mod tests {
         assert!(preference([0, 0], 0).is_err());
         assert!(preference_interval([1, 0], 0).is_err());
         assert!(sign_test_p([0, 0]).is_err());
+    }
+
+    #[test]
+    fn sequential_lift_matches_growthbook() {
+        // GrowthBook's own code, gbstats 0.8.0, with the Katz log ratio for its estimate:
+        //   class Katz(SequentialTwoSidedTTest):
+        //       def __init__(s, c1, n1, c0, n0, tuning):
+        //           p1, p0 = c1 / n1, c0 / n0
+        //           s.mu, s.var = log(p1 / p0), (1 - p1) / (n1 * p1) + (1 - p0) / (n0 * p0)
+        //           s.stat_a, s.stat_b = SimpleNamespace(n=n0), SimpleNamespace(n=n1)
+        //           s.sequential_tuning_parameter, s.alpha, s.test_value = tuning, 0.05, 0
+        //       point_estimate = property(lambda s: s.mu)
+        //       variance = property(lambda s: s.var)
+        //   low, high = exp(Katz(...).confidence_interval) - 1; p = Katz(...).p_value
+        // (c1, n1, c0, n0, tuning, low, high, p)
+        let reference = [
+            (
+                60,
+                1000,
+                40,
+                1000,
+                5000.0,
+                -0.19481411489094302,
+                1.7943857953933864,
+                0.42257890618259325,
+            ),
+            (
+                90,
+                1000,
+                40,
+                1000,
+                5000.0,
+                0.2636361636661273,
+                3.006295598024364,
+                0.0013392826809000568,
+            ),
+            (
+                120,
+                5000,
+                100,
+                5000,
+                5000.0,
+                -0.2036029236319734,
+                0.8081432525683394,
+                1.0,
+            ),
+            (
+                520,
+                10000,
+                500,
+                10000,
+                100000.0,
+                -0.15298230809382418,
+                0.2769508952828441,
+                1.0,
+            ),
+            (30, 400, 45, 500, 2000.0, -0.5864369644363319, 0.6791743572970625, 1.0),
+            (
+                1234,
+                100000,
+                1100,
+                100000,
+                5000.0,
+                -0.02626093795763562,
+                0.29241609186168094,
+                0.3702168457629317,
+            ),
+            (
+                1400,
+                100000,
+                1100,
+                100000,
+                5000.0,
+                0.10922278044095535,
+                0.4603330722254555,
+                2.510093086733463e-07,
+            ),
+            (
+                300,
+                2000,
+                200,
+                2000,
+                1000.5,
+                0.14760808657689473,
+                0.9605996387768041,
+                0.00010916953136734117,
+            ),
+        ];
+        for (c1, n1, c0, n0, tuning, low, high, p) in reference {
+            let got = sequential_lift(c1, n1, c0, n0, tuning).expect("defined");
+            assert!(
+                close(got.interval.low, low) && close(got.interval.high, high) && close(got.p_value, p),
+                "{c1}/{n1} vs {c0}/{n0} at {tuning}: {got:?}"
+            );
+            // Dual: significant exactly when the interval leaves out no lift.
+            let excludes_zero = got.interval.low > 0.0 || got.interval.high < 0.0;
+            assert_eq!(got.p_value < ALPHA, excludes_zero, "{c1}/{n1} vs {c0}/{n0}");
+            // Wider than the fixed-horizon interval, which is only valid at one look.
+            let fixed = relative_lift(c1, n1, c0, n0)
+                .expect("defined")
+                .interval
+                .expect("defined");
+            assert!(got.interval.low < fixed.low && got.interval.high > fixed.high);
+        }
+        assert_eq!(sequential_lift(0, 100, 5, 100, 5000.0), Err("the arm has no clicks"));
+        assert_eq!(
+            sequential_lift(5, 100, 0, 100, 5000.0),
+            Err("the control has no clicks")
+        );
+        assert_eq!(sequential_lift(5, 0, 5, 100, 5000.0), Err("an arm has no impressions"));
+    }
+
+    #[test]
+    fn holm_matches_statsmodels() {
+        // statsmodels.stats.multitest.multipletests(p, method="holm")[1]
+        let reference: [(&[f64], &[f64]); 3] = [
+            (&[0.01, 0.04, 0.03], &[0.03, 0.06, 0.06]),
+            (&[0.2, 0.001, 0.5, 0.04], &[0.4, 0.004, 0.5, 0.12]),
+            (&[0.03, 0.03], &[0.06, 0.06]),
+        ];
+        for (p, want) in reference {
+            let got = holm(&p.iter().copied().map(Some).collect::<Vec<_>>());
+            for (g, w) in got.iter().zip(want) {
+                assert!(g.is_some_and(|g| (g - w).abs() < 1e-12), "{p:?}: {got:?}");
+            }
+        }
+        // An arm not testable yet still counts: the others are adjusted for three hypotheses.
+        assert_eq!(
+            holm(&[Some(0.01), None, Some(0.02)]),
+            vec![Some(0.03), None, Some(0.04)]
+        );
+    }
+
+    /// SplitMix64, so the simulation below is the same on every run.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Successes in `n` trials at `p`.
+        fn binomial(&mut self, n: u64, p: f64) -> u64 {
+            let threshold = (p * u64::MAX as f64) as u64;
+            (0..n).filter(|_| self.next() < threshold).count() as u64
+        }
+    }
+
+    /// An A/A experiment read after every 200 impressions per arm, 100 times: an analyst who
+    /// stops at the first p < 0.05 ships a false winner far more often than 5% with the
+    /// fixed-horizon test, and at most 5% of the time with the always-valid one.
+    #[test]
+    fn peeking_at_an_a_a_test_keeps_the_always_valid_error_rate() {
+        let (experiments, peeks, per_peek, ctr) = (400, 100, 200, 0.05);
+        let mut rng = SplitMix(0x5eed);
+        let (mut fixed_false, mut sequential_false) = (0, 0);
+        for _ in 0..experiments {
+            let (mut c, mut n) = ([0u64; 2], 0u64);
+            let (mut fixed_hit, mut sequential_hit) = (false, false);
+            for _ in 0..peeks {
+                n += per_peek;
+                for arm in &mut c {
+                    *arm += rng.binomial(per_peek, ctr);
+                }
+                let p = two_proportion_p(c[1], n, c[0], n).unwrap_or(1.0);
+                fixed_hit |= p < ALPHA;
+                let sequential = sequential_lift(c[1], n, c[0], n, DEFAULT_SEQUENTIAL_TUNING);
+                sequential_hit |= sequential.is_ok_and(|s| s.p_value < ALPHA);
+            }
+            fixed_false += u32::from(fixed_hit);
+            sequential_false += u32::from(sequential_hit);
+        }
+        let rate = |n: u32| f64::from(n) / f64::from(experiments);
+        assert!(
+            rate(fixed_false) > 2.0 * ALPHA,
+            "the fixed-horizon test peeked at should fail: {}",
+            rate(fixed_false)
+        );
+        assert!(
+            rate(sequential_false) <= ALPHA,
+            "always valid: {} false winners of {experiments}",
+            sequential_false
+        );
+        eprintln!(
+            "false winners after 100 looks: fixed {:.1}%, always valid {:.1}%",
+            100.0 * rate(fixed_false),
+            100.0 * rate(sequential_false)
+        );
     }
 
     #[test]
