@@ -18,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+mod calendar;
 pub mod cli;
 pub mod config;
 pub mod experiment;

@@ -1191,6 +1191,12 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         "lift_low",
         "lift_high",
         "p_value",
+        "sequential_lift_low",
+        "sequential_lift_high",
+        "sequential_p_value",
+        "p_value_adjusted",
+        "sequential_p_value_adjusted",
+        "decision",
         "min_sample_reached",
         "wins",
         "distinct_items",
@@ -1280,7 +1286,7 @@ async fn in_arm(gw: &TestGateway, arm: &str, candidates: impl Iterator<Item = u3
 
 /// The statistics of an arm that may be `null`, each with the fields whose reason also covers
 /// it (an interval's reason may be recorded once, under its low end or its point estimate).
-const NULLABLE: [(&str, &[&str]); 8] = [
+const NULLABLE: [(&str, &[&str]); 12] = [
     ("catalogue_coverage", &[]),
     ("ctr", &[]),
     ("ctr_low", &["ctr"]),
@@ -1289,6 +1295,10 @@ const NULLABLE: [(&str, &[&str]); 8] = [
     ("lift_low", &["lift"]),
     ("lift_high", &["lift_low", "lift"]),
     ("p_value", &[]),
+    ("sequential_lift_low", &[]),
+    ("sequential_lift_high", &[]),
+    ("sequential_p_value", &[]),
+    ("decision", &["sequential_p_value"]),
 ];
 
 /// Each `(field, reason)` is in the arm's `undefined`; every `null` statistic has a reason (its
@@ -1407,6 +1417,8 @@ async fn undefined_statistics_are_null_with_reasons() {
         treatment,
         &[
             ("lift", "the control has no clicks"),
+            ("sequential_p_value", "the control has no clicks"),
+            ("decision", "the control has no clicks"),
             (
                 "p_value",
                 "no variation: no clicks, or clicks on every impression, in both arms",
@@ -1427,7 +1439,13 @@ async fn undefined_statistics_are_null_with_reasons() {
     check_statistics(&body);
     let treatment = &body["arms"][1];
     assert!(treatment["p_value"].is_f64(), "{treatment}");
-    assert_reasons(treatment, &[("lift", "the control has no clicks")]);
+    assert_reasons(
+        treatment,
+        &[
+            ("lift", "the control has no clicks"),
+            ("sequential_lift_low", "the control has no clicks"),
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{Enum, Object, OpenApi};
 
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
-use crate::feedback::results::{self, ArmResults, ExperimentResults, InterleavingResults};
+use crate::feedback::results::{self, ArmResults, DayResults, ExperimentResults, InterleavingResults};
 use crate::gateway::Gateway;
 
 /// The results endpoint.
@@ -130,6 +130,79 @@ struct InterleavingBody {
     undefined: BTreeMap<String, String>,
 }
 
+/// How results may be broken down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+enum By {
+    /// Cumulative results at the end of each day (UTC) something was counted.
+    Day,
+}
+
+/// The results as they stood at the end of one day (UTC): counts since the first day kept
+/// (at most 400), so the last day's equal the totals unless older days were dropped.
+#[derive(Debug, Object)]
+struct DayBody {
+    /// `YYYY-MM-DD`.
+    day: String,
+    /// Every arm, control first.
+    arms: Vec<DayArmBody>,
+}
+
+/// One arm at the end of a day.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+struct DayArmBody {
+    /// Arm name.
+    name: String,
+    /// Impressions up to the end of the day.
+    impressions: u64,
+    /// Clicks up to the end of the day.
+    clicks: u64,
+    /// Clicks / impressions.
+    ctr: Option<f64>,
+    /// Relative lift of the CTR over the control.
+    lift: Option<f64>,
+    /// Always-valid 95% interval of the lift, low end: the interval that may be read every day.
+    sequential_lift_low: Option<f64>,
+    /// Always-valid 95% interval of the lift, high end.
+    sequential_lift_high: Option<f64>,
+    /// Always-valid p-value of no lift.
+    sequential_p_value: Option<f64>,
+    /// Why a statistic is absent, by field name.
+    undefined: BTreeMap<String, String>,
+}
+
+impl From<&DayResults> for DayBody {
+    fn from(day: &DayResults) -> Self {
+        DayBody {
+            day: crate::calendar::date(day.day),
+            arms: day
+                .arms
+                .iter()
+                .map(|arm| {
+                    let mut undefined = BTreeMap::new();
+                    let sequential = value(
+                        arm.sequential,
+                        &["sequential_lift_low", "sequential_lift_high", "sequential_p_value"],
+                        &mut undefined,
+                    );
+                    DayArmBody {
+                        name: arm.name.clone(),
+                        impressions: arm.impressions,
+                        clicks: arm.clicks,
+                        ctr: value(arm.ctr, &["ctr"], &mut undefined),
+                        lift: value(arm.lift, &["lift"], &mut undefined),
+                        sequential_lift_low: sequential.map(|s| s.interval.low),
+                        sequential_lift_high: sequential.map(|s| s.interval.high),
+                        sequential_p_value: sequential.map(|s| s.p_value),
+                        undefined,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// An experiment's results.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
@@ -164,6 +237,8 @@ struct ResultsBody {
     adjustment: String,
     /// Which figures may be acted on at any look.
     act_on: String,
+    /// With `?by=day`: the cumulative results at the end of each day, oldest first.
+    days: Option<Vec<DayBody>>,
     /// Why an experiment-level statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
@@ -281,6 +356,7 @@ impl From<&ExperimentResults> for ResultsBody {
             comparisons: results.comparisons as u64,
             adjustment: if results.comparisons > 1 { "holm" } else { "none" }.to_string(),
             act_on: ACT_ON.to_string(),
+            days: None,
             undefined,
         }
     }
@@ -290,12 +366,15 @@ impl From<&ExperimentResults> for ResultsBody {
 impl ResultsApi {
     /// Per-arm counts, CTR with a 95% Wilson interval, relative lift and p-value against the
     /// control, and the sample-ratio-mismatch test; for an interleave experiment, the wins per
-    /// arm and the preference test instead of lift and sample ratio.
+    /// arm and the preference test instead of lift and sample ratio. With `by=day`, also the
+    /// cumulative CTR, lift and always-valid interval at the end of each day.
     #[oai(path = "/experiments/:id/results", method = "get")]
     async fn results(
         &self,
         gateway: Data<&Arc<Gateway>>,
         id: Path<String>,
+        /// `day`: add the results as they stood at the end of each day (UTC).
+        by: Query<Option<By>>,
         _auth: Auth,
     ) -> Result<Json<ResultsBody>, ApiError> {
         let catalog = gateway.catalog();
@@ -304,9 +383,17 @@ impl ResultsApi {
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
         let models = gateway.models();
         let catalogue = |arm: &crate::experiment::Arm| models.get(&arm.model)?.catalogue_items();
+        let unavailable = || ApiError::unavailable("counts_unavailable", "Redis does not answer; retry shortly");
         let results = results::compute(experiment, gateway.tally(), catalogue)
             .await
-            .ok_or_else(|| ApiError::unavailable("counts_unavailable", "Redis does not answer; retry shortly"))?;
-        Ok(Json(ResultsBody::from(&results)))
+            .ok_or_else(unavailable)?;
+        let mut body = ResultsBody::from(&results);
+        if *by == Some(By::Day) {
+            let days = results::compute_days(experiment, gateway.tally())
+                .await
+                .ok_or_else(unavailable)?;
+            body.days = Some(days.iter().map(DayBody::from).collect());
+        }
+        Ok(Json(body))
     }
 }

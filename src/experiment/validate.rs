@@ -503,7 +503,7 @@ fn to_system_time(dt: &toml::value::Datetime, field: &str, out: &mut FileProblem
         toml::value::Offset::Z => 0,
         toml::value::Offset::Custom { minutes } => i64::from(minutes),
     };
-    let days = days_from_civil(i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let days = crate::calendar::days_from_civil(i64::from(date.year), i64::from(date.month), i64::from(date.day));
     let seconds = days * 86_400
         + i64::from(time.hour) * 3_600
         + i64::from(time.minute) * 60
@@ -517,16 +517,6 @@ fn to_system_time(dt: &toml::value::Datetime, field: &str, out: &mut FileProblem
             None
         }
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// Two experiments that take traffic on one placement must own disjoint slices while their
@@ -571,16 +561,4 @@ fn schedules_meet(a: &Experiment, b: &Experiment) -> bool {
     let a_before_b = matches!((a_end, b_start), (Some(end), Some(start)) if end <= start);
     let b_before_a = matches!((b_end, a_start), (Some(end), Some(start)) if end <= start);
     !a_before_b && !b_before_a
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_days_match_known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2026, 11, 1), 20_758);
-    }
 }

@@ -27,14 +27,21 @@
 //! neither). The event script that counts a click moves its user between outcomes in the same
 //! step, so the totals never need a scan of the users.
 //!
+//! **Days**: impressions and clicks are also counted per UTC day (the day the event was
+//! accepted), in the same step as the totals, so the days of an arm always sum to what it
+//! counted since they were kept; at most [`MAX_DAYS`] are kept, the oldest dropped first. They
+//! give the results over time (`?by=day`); exposures are not kept per day, since the daily
+//! statistics are of CTR.
+//!
 //! Keys, all under the `{experiment}` hash tag so one experiment's keys share a cluster slot:
 //! `recgw:results:{e}:{arm}` (a hash of counters), `…:users` / `…:clickers` (HyperLogLogs),
+//! `…:days` (a hash of `YYYY-MM-DD:i` and `YYYY-MM-DD:c` → impressions and clicks that day),
 //! `recgw:results:{e}:applied:{replica}` (the last sequence applied from one replica process,
 //! expiring 7 days after its last flush), `recgw:results:{e}:duel` (`wins0`, `wins1`, `ties`)
 //! and `recgw:results:{e}:duel:users` (`{user}:{team}` → clicks, about 100 bytes a clicking
 //! user).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -94,6 +101,12 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
+
+/// Days of counts kept per arm: more than a year, enough for any experiment's duration.
+pub(crate) const MAX_DAYS: i64 = 400;
+
+/// Impressions and clicks per day (days since 1970-01-01, UTC) of one arm.
+pub(crate) type DayCounts = BTreeMap<i64, [u64; 2]>;
 
 /// Fixed-point scale of the overlap sums: millionths.
 const MICRO: f64 = 1e6;
@@ -213,6 +226,9 @@ pub(crate) struct ArmCounter {
     impressions: AtomicU64,
     clicks: AtomicU64,
     clickers: AtomicHyperLogLog,
+    /// Impressions and clicks per day, kept here only without Redis; locked by events only,
+    /// never by a recommendation.
+    days: Mutex<DayCounts>,
 }
 
 impl ArmCounter {
@@ -229,6 +245,7 @@ impl ArmCounter {
             impressions: AtomicU64::new(0),
             clicks: AtomicU64::new(0),
             clickers: sketch(),
+            days: Mutex::default(),
         }
     }
 
@@ -407,8 +424,14 @@ impl Tally {
     }
 
     /// Counts an accepted event in this process (no Redis configured), `bucket` being its
-    /// item's rank bucket.
-    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count, bucket: usize) {
+    /// item's rank bucket and `day` the day it was accepted.
+    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count, bucket: usize, day: i64) {
+        let mut days = counter.days.lock().unwrap_or_else(|p| p.into_inner());
+        days.entry(day).or_default()[usize::from(count == Count::Click)] += 1;
+        while days.len() > MAX_DAYS as usize {
+            days.pop_first();
+        }
+        drop(days);
         match count {
             Count::Impression => {
                 counter.impressions_by_position[bucket].fetch_add(1, Ordering::Relaxed);
@@ -626,6 +649,53 @@ impl Tally {
                 })
             })
             .collect()
+    }
+
+    /// The impressions and clicks per day of `arms` of `experiment`, from Redis or this
+    /// process; `None` when Redis does not answer.
+    pub(crate) async fn read_days(&self, experiment: &str, arms: &[&str]) -> Option<Vec<DayCounts>> {
+        let Some(redis) = &self.redis else {
+            return Some(
+                arms.iter()
+                    .map(|arm| {
+                        let counter = self.arm(experiment, arm);
+                        let days = counter.days.lock().unwrap_or_else(|p| p.into_inner());
+                        days.clone()
+                    })
+                    .collect(),
+            );
+        };
+        let mut pipe = ::redis::pipe();
+        for arm in arms {
+            pipe.cmd("HGETALL").arg(format!("{}:days", arm_key(experiment, arm)));
+        }
+        let replies: Vec<HashMap<String, u64>> = redis.query(&pipe).await.ok()?;
+        Some(
+            replies
+                .into_iter()
+                .map(|fields| {
+                    let mut days = DayCounts::new();
+                    for (field, n) in fields {
+                        // Fields are `YYYY-MM-DD:i` and `YYYY-MM-DD:c`; anything else is not ours.
+                        let parsed = field.split_once(':').and_then(|(date, kind)| {
+                            let slot = match kind {
+                                "i" => 0,
+                                "c" => 1,
+                                _ => return None,
+                            };
+                            Some((crate::calendar::parse_date(date)?, slot))
+                        });
+                        if let Some((day, slot)) = parsed {
+                            days.entry(day).or_default()[slot] = n;
+                        }
+                    }
+                    while days.len() > MAX_DAYS as usize {
+                        days.pop_first();
+                    }
+                    days
+                })
+                .collect(),
+        )
     }
 }
 

@@ -36,7 +36,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::Team;
-use crate::feedback::counts::{Count, Tally, arm_key, duel_keys};
+use crate::feedback::counts::{Count, MAX_DAYS, Tally, arm_key, duel_keys};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::redis::{Failure, RedisClient};
@@ -49,9 +49,10 @@ const MAX_EVENT_ID: usize = 64;
 const MAX_ITEM_ID: usize = 256;
 
 /// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
-/// the tokens' claim hashes, per arm its counters hash and clickers HyperLogLog, and for an
-/// interleave experiment its duel hashes (per user, then totals; see
-/// [`crate::feedback::counts`]). ARGV, 10 per event: claim key index, field, value (the event
+/// the tokens' claim hashes, per arm its counters hash, clickers HyperLogLog and days hash, and
+/// for an interleave experiment its duel hashes (per user, then totals; see
+/// [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`, UTC), the day whose counts are
+/// dropped once today's are first counted ([`MAX_DAYS`] back), then 10 per event: claim key index, field, value (the event
 /// id, or this request's attempt id), expiry (unix seconds), counters key index (0: not
 /// counted), `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`),
 /// the item's rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the
@@ -70,8 +71,9 @@ local function outcome(mine, theirs, team)
   return 'wins' .. (1 - team)
 end
 local out = {}
-for e = 0, #ARGV / 10 - 1 do
-  local a = e * 10
+local day, expired = ARGV[1], ARGV[2]
+for e = 0, (#ARGV - 2) / 10 - 1 do
+  local a = 2 + e * 10
   local seen = KEYS[tonumber(ARGV[a + 1])]
   local prev = redis.call('HGET', seen, ARGV[a + 2])
   if not prev then
@@ -80,6 +82,9 @@ for e = 0, #ARGV / 10 - 1 do
     local arm = tonumber(ARGV[a + 5])
     if arm > 0 then
       redis.call('HINCRBY', KEYS[arm], ARGV[a + 6] .. '@' .. ARGV[a + 10], 1)
+      if redis.call('HINCRBY', KEYS[arm + 2], day .. ':' .. ARGV[a + 6], 1) == 1 then
+        redis.call('HDEL', KEYS[arm + 2], expired .. ':i', expired .. ':c')
+      end
       if ARGV[a + 6] == 'c' then
         redis.call('HINCRBY', KEYS[arm], 'clicks', 1)
         redis.call('PFADD', KEYS[arm + 1], ARGV[a + 7])
@@ -369,6 +374,7 @@ impl EventLog {
                 *result = Err(Rejection::Duplicate);
             }
         }
+        let today = crate::calendar::day_of(now);
         let outcomes: Vec<Result<bool, Rejection>> = match &self.redis {
             Some(redis) => self.claim_in_redis(redis, &checked, now).await,
             None => checked
@@ -379,7 +385,7 @@ impl EventLog {
                     if fresh && c.counted() {
                         let experiment = c.claims.experiment.as_deref().unwrap_or_default();
                         let counter = tally.arm(experiment, &c.claims.arm);
-                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket);
+                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket, today);
                         if let (Some(team), EventKind::Click) = (c.team, c.kind) {
                             tally.duel_click(experiment, &c.claims.user, team);
                         }
@@ -431,8 +437,11 @@ impl EventLog {
         let deadline = redis.timeout();
         let budget = deadline * 5 / 2;
         let started = Instant::now();
+        let today = crate::calendar::day_of(now);
+        let (day, expired) = (crate::calendar::date(today), crate::calendar::date(today - MAX_DAYS));
         let tries = groups.iter().map(|(group, members)| {
             let mut invocation = self.script.prepare_invoke();
+            invocation.arg(&day).arg(&expired);
             let mut keys: HashMap<String, usize> = HashMap::new();
             let mut key_index = |invocation: &mut ::redis::ScriptInvocation<'_>, key: String| {
                 let next = keys.len() + 1;
@@ -451,6 +460,7 @@ impl EventLog {
                     let key = arm_key(group, &c.claims.arm);
                     let counters = key_index(&mut invocation, key.clone());
                     key_index(&mut invocation, format!("{key}:clickers"));
+                    key_index(&mut invocation, format!("{key}:days"));
                     counters
                 } else {
                     0

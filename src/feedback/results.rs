@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Kind, Status};
-use crate::feedback::counts::{ArmCounts, DuelCounts, Tally};
+use crate::feedback::counts::{ArmCounts, DayCounts, DuelCounts, Tally};
 use crate::feedback::lists::POSITION_BUCKETS;
 use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential};
 
@@ -137,6 +137,94 @@ const SHADOW_ARM: &str = "a shadow arm serves nobody: read its overlap with the 
 /// Why split-experiment statistics are absent from an interleave experiment.
 const INTERLEAVED_ARMS: &str = "interleaved arms serve the same users: read the interleaving preference";
 
+/// Whether arm `i` of `experiment` is compared with the control, or why not.
+fn compared(experiment: &Experiment, i: usize) -> Result<(), &'static str> {
+    match (i, experiment.kind) {
+        (_, Kind::Interleave) => Err(INTERLEAVED_ARMS),
+        (0, Kind::Split) => Err("this is the control"),
+        _ if experiment.arms[i].shadow.is_some() => Err(SHADOW_ARM),
+        _ => Ok(()),
+    }
+}
+
+/// Clicks / impressions.
+fn rate(clicks: u64, impressions: u64) -> Result<f64, &'static str> {
+    match impressions {
+        0 => Err("no impressions"),
+        n => Ok(clicks as f64 / n as f64),
+    }
+}
+
+/// One arm's counts from its first kept day to the end of one day, and their statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DayArm {
+    /// Arm name.
+    pub(crate) name: String,
+    /// Impressions up to the end of the day.
+    pub(crate) impressions: u64,
+    /// Clicks up to the end of the day.
+    pub(crate) clicks: u64,
+    /// Their ratio.
+    pub(crate) ctr: Result<f64, &'static str>,
+    /// Relative lift over the control then.
+    pub(crate) lift: Result<f64, &'static str>,
+    /// The always-valid interval and p-value then: the one an analyst reading day by day may
+    /// act on.
+    pub(crate) sequential: Result<Sequential, &'static str>,
+}
+
+/// The cumulative results at the end of one day (UTC).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DayResults {
+    /// Days since 1970-01-01.
+    pub(crate) day: i64,
+    /// Every arm, control first.
+    pub(crate) arms: Vec<DayArm>,
+}
+
+/// The results of `experiment` at the end of each day something was counted; `None` when
+/// Redis does not answer.
+pub(crate) async fn compute_days(experiment: &Experiment, tally: &Tally) -> Option<Vec<DayResults>> {
+    let names: Vec<&str> = experiment.arms.iter().map(|a| a.name.as_str()).collect();
+    let days = tally.read_days(&experiment.id, &names).await?;
+    Some(days_from_counts(experiment, &days))
+}
+
+/// The cumulative statistics of per-day counts (one map per arm, in arm order).
+pub(crate) fn days_from_counts(experiment: &Experiment, days: &[DayCounts]) -> Vec<DayResults> {
+    let mut all: Vec<i64> = days.iter().flat_map(|d| d.keys().copied()).collect();
+    all.sort_unstable();
+    all.dedup();
+    let mut running = vec![[0u64; 2]; days.len()];
+    all.into_iter()
+        .map(|day| {
+            for (sum, arm) in running.iter_mut().zip(days) {
+                let [i, c] = arm.get(&day).copied().unwrap_or_default();
+                *sum = [sum[0] + i, sum[1] + c];
+            }
+            let [n0, c0] = running.first().copied().unwrap_or_default();
+            let arms = experiment
+                .arms
+                .iter()
+                .zip(&running)
+                .enumerate()
+                .map(|(i, (arm, &[n, c]))| DayArm {
+                    name: arm.name.clone(),
+                    impressions: n,
+                    clicks: c,
+                    ctr: rate(c, n),
+                    lift: compared(experiment, i)
+                        .and_then(|()| significance::relative_lift(c, n, c0, n0))
+                        .map(|l| l.value),
+                    sequential: compared(experiment, i)
+                        .and_then(|()| significance::sequential_lift(c, n, c0, n0, experiment.sequential_tuning)),
+                })
+                .collect();
+            DayResults { day, arms }
+        })
+        .collect()
+}
+
 /// Computes the results of `experiment`, `catalogue` telling the items of an arm's model;
 /// `None` when the counts cannot be read (Redis down).
 pub(crate) async fn compute(
@@ -179,21 +267,13 @@ pub(crate) fn from_counts(
         .zip(counts)
         .enumerate()
         .map(|(i, (arm, c))| {
-            let is_control = match (i, duel) {
-                (_, Some(_)) => Err(INTERLEAVED_ARMS),
-                (0, None) => Err("this is the control"),
-                _ if arm.shadow.is_some() => Err(SHADOW_ARM),
-                _ => Ok(()),
-            };
+            let is_control = compared(experiment, i);
             ArmResults {
                 name: arm.name.clone(),
                 weight: f64::from(arm.weight_bp) / 100.0,
                 control: i == 0,
                 counts: *c,
-                ctr: match c.impressions {
-                    0 => Err("no impressions"),
-                    n => Ok(c.clicks as f64 / n as f64),
-                },
+                ctr: rate(c.clicks, c.impressions),
                 ctr_interval: significance::wilson(c.clicks, c.impressions),
                 lift: is_control.and_then(|()| {
                     significance::relative_lift(c.clicks, c.impressions, control.clicks, control.impressions)
@@ -235,10 +315,7 @@ pub(crate) fn from_counts(
                         bucket,
                         impressions: c.impressions_by_position[b],
                         clicks: c.clicks_by_position[b],
-                        ctr: match c.impressions_by_position[b] {
-                            0 => Err("no impressions"),
-                            n => Ok(c.clicks_by_position[b] as f64 / n as f64),
-                        },
+                        ctr: rate(c.clicks_by_position[b], c.impressions_by_position[b]),
                     })
                     .collect(),
             }

@@ -211,32 +211,11 @@ impl Hour {
     /// The partition folders: `dt=YYYY-MM-DD` and `hour=HH` (two digits, as Hive and Spark
     /// jobs write them; Spark's discovery reads `hour` as an integer either way).
     pub(crate) fn folders(self) -> [String; 2] {
-        let (year, month, day) = civil_from_days(self.days);
         [
-            format!("dt={year:04}-{month:02}-{day:02}"),
+            format!("dt={}", crate::calendar::date(self.days)),
             format!("hour={:02}", self.hour),
         ]
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm,
-/// the inverse of `days_from_civil` in `experiment::validate`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    // Both within range by construction: 1-31 and 1-12.
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -245,16 +224,6 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
-
-    #[test]
-    fn civil_dates_match_known_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(20_758), (2026, 11, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29), "a leap day");
-        assert_eq!(civil_from_days(19_783), (2024, 3, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    }
 
     #[test]
     fn hours_name_their_partition_folders() {
