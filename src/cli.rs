@@ -61,6 +61,10 @@ enum Command {
         /// API key, when the gateway requires one.
         #[arg(long, env = "RECGW_API_KEY", hide_env_values = true)]
         key: Option<String>,
+        /// Also draw each arm's cumulative lift per day with its always-valid interval into
+        /// this SVG file (from `?by=day`).
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -93,17 +97,20 @@ pub fn main() -> ExitCode {
             url,
             format,
             key,
+            plot,
         } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(e),
             };
-            match runtime.block_on(fetch(&url, &experiment, key.as_deref())) {
-                Ok(results) => {
-                    print!("{}", render(&results, format));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
+            let results = match runtime.block_on(fetch(&url, &experiment, key.as_deref(), plot.is_some())) {
+                Ok(results) => results,
+                Err(e) => return fail(e),
+            };
+            print!("{}", render(&results, format));
+            match plot.map(|path| crate::report::write_plot(&results, &path)) {
+                Some(Err(e)) => fail(e),
+                _ => ExitCode::SUCCESS,
             }
         }
         Command::HashKey => {

@@ -1,10 +1,15 @@
 //! `recgw report EXPERIMENT --url URL`: the results endpoint of a running gateway as a terminal
 //! table with a bar chart of the CTR intervals (and, for an interleave experiment, the
-//! preference test), or as JSON or CSV for notebooks.
+//! preference test), or as JSON or CSV for notebooks; with `--plot FILE.svg`, also the cumulative
+//! lift over time ([`plot`]).
+
+mod plot;
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
+
+pub(crate) use plot::write as write_plot;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,9 +30,11 @@ pub(crate) enum ReportError {
     Http(String),
 }
 
-/// Fetches `/experiments/{experiment}/results` from `url` (with `key` as `X-API-Key`).
-pub(crate) async fn fetch(url: &str, experiment: &str, key: Option<&str>) -> Result<Value, ReportError> {
-    let endpoint = format!("{}/experiments/{experiment}/results", url.trim_end_matches('/'));
+/// Fetches `/experiments/{experiment}/results` from `url` (with `key` as `X-API-Key`), with the
+/// days too when `by_day`.
+pub(crate) async fn fetch(url: &str, experiment: &str, key: Option<&str>, by_day: bool) -> Result<Value, ReportError> {
+    let query = if by_day { "?by=day" } else { "" };
+    let endpoint = format!("{}/experiments/{experiment}/results{query}", url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().get(&endpoint);
     if let Some(key) = key {
         request = request.header("X-API-Key", key);
@@ -237,6 +244,8 @@ fn table(results: &Value, arms: &[Value]) -> String {
             "Act on `decision` and the always-valid (av) columns at any look; the 95% CI and p-value \
              only at a sample size fixed in advance. Always-valid tuning N* = {} impressions.",
             results["sequential_tuning"]
+                .as_f64()
+                .map_or_else(|| "?".into(), |n| n.to_string())
         );
         if holm {
             let _ = writeln!(
