@@ -62,6 +62,9 @@ pub struct Metrics {
     pub(crate) shadow_comparisons: IntCounterVec,
     /// `experiment_arm_weight{placement,experiment,arm}`: expected share of the experiment.
     pub(crate) arm_weight: GaugeVec,
+    /// `experiment_arm_paused{placement,experiment,arm}`: 1 while a guardrail holds the arm
+    /// paused (its users get the control's list), for guarded experiments' arms.
+    pub(crate) arm_paused: IntGaugeVec,
     /// `experiment_arm_info{placement,experiment,arm,model}`: 1 per arm, naming its model, so
     /// model-level series can be joined to arms.
     pub(crate) arm_info: IntGaugeVec,
@@ -308,6 +311,17 @@ impl Metrics {
                         "1 per experiment arm, naming the model it serves.",
                     ),
                     &["placement", "experiment", "arm", "model"],
+                )
+                .expect("valid metric"),
+            ),
+            arm_paused: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "experiment_arm_paused",
+                        "1 while a guardrail holds the arm paused: its users get the control's list.",
+                    ),
+                    &ARM_LABELS,
                 )
                 .expect("valid metric"),
             ),

@@ -147,6 +147,9 @@ impl Server {
                 tally,
                 redis: health,
                 logs,
+                guard_redis: results_redis
+                    .as_ref()
+                    .map(|r| r.client("guardrails", settings.cache.redis_timeout)),
             },
         ));
         let addr = settings.server.listen;
@@ -193,6 +196,7 @@ impl Server {
         self.gateway.models().spawn_polling(self.refresh_interval);
         let mut tasks = self.gateway.cache().spawn_sync(self.sync_interval);
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
+        tasks.push(self.gateway.spawn_guarding());
         tasks.extend(self.gateway.tally().spawn_flushing());
         // Not aborted with the others: the drain below waits for a flush under way instead.
         let log_flushing = self.gateway.logs().map(LogWriter::spawn_flushing);

@@ -1,9 +1,11 @@
 //! Operator routes. `POST /admin/cache/invalidate` drops cached lists on every replica, e.g.
-//! after a model was re-scored in place or a bad list was served.
+//! after a model was re-scored in place or a bad list was served;
+//! `POST /admin/experiments/{id}/arms/{arm}/resume` lifts a guardrail's pause.
 
 use std::sync::Arc;
 
 use poem::web::Data;
+use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -80,6 +82,17 @@ enum ReloadResponse {
     Rejected(Json<RejectedBody>),
 }
 
+/// The result of a resume.
+#[derive(Debug, Object)]
+struct ResumeBody {
+    /// The experiment.
+    experiment: String,
+    /// The arm, serving its own model again.
+    arm: String,
+    /// Whether it was paused (a resume of an arm serving already changes nothing).
+    was_paused: bool,
+}
+
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
     /// Re-reads the experiments folder now and answers with the validation result. A folder
@@ -103,6 +116,42 @@ impl AdminApi {
                 problems: problems.0.iter().map(ToString::to_string).collect(),
             })),
         })
+    }
+
+    /// Lifts a guardrail's pause of an arm on every replica (through Redis): its users get its
+    /// own model's lists again, and its guardrails judge it afresh over a whole new window.
+    #[oai(path = "/admin/experiments/:id/arms/:arm/resume", method = "post")]
+    async fn resume(
+        &self,
+        gateway: Data<&Arc<Gateway>>,
+        id: Path<String>,
+        arm: Path<String>,
+        _auth: Auth,
+    ) -> Result<Json<ResumeBody>, ApiError> {
+        let catalog = gateway.catalog();
+        let experiment = catalog
+            .experiment(&id)
+            .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
+        if !experiment.arms.iter().any(|a| a.name == *arm) {
+            return Err(ApiError::not_found(
+                "unknown_arm",
+                format!("experiment {:?} has no arm {:?}", *id, *arm),
+            ));
+        }
+        let was_paused = gateway.guard().resume(&id, &arm).await.map_err(|_| {
+            ApiError::unavailable(
+                "redis_unavailable",
+                "Redis does not answer, so the other replicas would keep the arm paused; retry shortly",
+            )
+        })?;
+        if was_paused {
+            tracing::info!(experiment = %*id, arm = %*arm, "guardrail pause lifted by an operator");
+        }
+        Ok(Json(ResumeBody {
+            experiment: id.0,
+            arm: arm.0,
+            was_paused,
+        }))
     }
 
     /// Drops cached lists of a model, an experiment's models or one arm's model, on every

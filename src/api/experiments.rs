@@ -13,7 +13,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use crate::experiment::{Experiment, is_valid_user_id};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Guard, Pause};
 
 /// The experiment endpoints.
 #[derive(Default)]
@@ -35,6 +35,31 @@ struct ArmBody {
     /// For a shadow arm (which serves nobody): the share of the control's responses its list
     /// is compared on.
     shadow_sample: Option<f64>,
+    /// `serving`, `shadow`, or `paused_by_guardrail`: a guardrail breached, and the arm's
+    /// users get the control's list until `POST /admin/experiments/{id}/arms/{arm}/resume`.
+    state: String,
+    /// Which guardrail paused the arm, with the figures.
+    paused_reason: Option<String>,
+    /// When it was paused, RFC 3339.
+    paused_since: Option<String>,
+}
+
+/// The limits an experiment's arms must keep.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+struct GuardrailsBody {
+    /// Highest share of an arm's requests whose model read failed.
+    error_rate: Option<f64>,
+    /// Highest p99 response time, milliseconds.
+    p99_ms: Option<f64>,
+    /// Highest share of an arm's requests the placement default answered.
+    fallback_rate: Option<f64>,
+    /// Largest relative CTR drop against the control, on the always-valid interval.
+    max_ctr_drop: Option<f64>,
+    /// Requests an arm needs in the window before rates and latency are judged.
+    min_requests: u64,
+    /// How long the rates and latency are judged over, humantime.
+    window: String,
 }
 
 /// One experiment as loaded.
@@ -70,6 +95,8 @@ struct ExperimentBody {
     arms: Vec<ArmBody>,
     /// QA users forced into an arm (user → arm).
     overrides: std::collections::BTreeMap<String, String>,
+    /// The limits whose breach pauses an arm, if any.
+    guardrails: Option<GuardrailsBody>,
 }
 
 /// Every loaded experiment.
@@ -113,8 +140,17 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339(t).to_string()
 }
 
+/// An arm's state: `paused_by_guardrail` with its pause, `shadow`, or `serving`.
+pub(crate) fn arm_state(arm: &crate::experiment::Arm, pause: Option<&Pause>) -> &'static str {
+    match (pause, arm.shadow) {
+        (Some(_), _) => "paused_by_guardrail",
+        (None, Some(_)) => "shadow",
+        (None, None) => "serving",
+    }
+}
+
 impl ExperimentBody {
-    fn new(e: &Experiment, now: SystemTime) -> Self {
+    fn new(e: &Experiment, now: SystemTime, guard: &Guard) -> Self {
         let percent = |bp: u16| f64::from(bp) / 100.0;
         ExperimentBody {
             id: e.id.clone(),
@@ -132,12 +168,20 @@ impl ExperimentBody {
             arms: e
                 .arms
                 .iter()
-                .map(|a| ArmBody {
-                    name: a.name.clone(),
-                    weight: percent(a.weight_bp),
-                    model: a.model.location.clone(),
-                    cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
-                    shadow_sample: a.shadow,
+                .map(|a| {
+                    let pause = guard.pause(&e.id, &a.name);
+                    ArmBody {
+                        name: a.name.clone(),
+                        weight: percent(a.weight_bp),
+                        model: a.model.location.clone(),
+                        cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
+                        shadow_sample: a.shadow,
+                        state: arm_state(a, pause.as_ref()).to_string(),
+                        paused_since: pause
+                            .as_ref()
+                            .map(|p| rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(p.since))),
+                        paused_reason: pause.map(|p| p.reason),
+                    }
                 })
                 .collect(),
             overrides: e
@@ -145,6 +189,14 @@ impl ExperimentBody {
                 .iter()
                 .map(|(user, &arm)| (user.clone(), e.arms[arm].name.clone()))
                 .collect(),
+            guardrails: e.guardrails.as_ref().map(|g| GuardrailsBody {
+                error_rate: g.error_rate,
+                p99_ms: g.p99.map(|d| d.as_secs_f64() * 1000.0),
+                fallback_rate: g.fallback_rate,
+                max_ctr_drop: g.max_ctr_drop,
+                min_requests: g.min_requests,
+                window: humantime::format_duration(g.window).to_string(),
+            }),
         }
     }
 }
@@ -162,7 +214,10 @@ impl ExperimentsApi {
         let now = SystemTime::now();
         Ok(Json(ExperimentsBody {
             digest: catalog.digest().to_string(),
-            experiments: catalog.experiments().map(|e| ExperimentBody::new(e, now)).collect(),
+            experiments: catalog
+                .experiments()
+                .map(|e| ExperimentBody::new(e, now, gateway.guard()))
+                .collect(),
         }))
     }
 
@@ -176,7 +231,11 @@ impl ExperimentsApi {
     ) -> Result<Json<ExperimentBody>, ApiError> {
         let catalog = gateway.catalog();
         let experiment = catalog.experiment(&id).ok_or_else(|| unknown_experiment(&id))?;
-        Ok(Json(ExperimentBody::new(experiment, SystemTime::now())))
+        Ok(Json(ExperimentBody::new(
+            experiment,
+            SystemTime::now(),
+            gateway.guard(),
+        )))
     }
 
     /// Which arm of this experiment a user gets, with the buckets that decided it.

@@ -93,6 +93,10 @@ struct RecommendationsBody {
     source: SourceBody,
     /// Why the arm's model did not answer, when `source` is `fallback`.
     fallback_reason: Option<FallbackBody>,
+    /// `true` when a guardrail paused the assigned arm: the items are the control's (and
+    /// `model` names it), while `arm` stays the one assigned, whose results count this
+    /// response. Absent otherwise.
+    paused_by_guardrail: Option<bool>,
     /// Signed proof of what was served: send it back with impression and click events.
     tracking_token: String,
 }
@@ -119,6 +123,8 @@ struct RecommendationsView<'a> {
     source: SourceBody,
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback_reason: Option<FallbackBody>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    paused_by_guardrail: bool,
     tracking_token: &'a str,
 }
 
@@ -325,6 +331,7 @@ async fn serve(
             FallbackReason::StoreError => FallbackBody::StoreError,
             FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
         }),
+        paused_by_guardrail: served.paused,
         tracking_token: &tracking_token,
     };
     // About 60 bytes an item with the fields around them; one buffer for the whole body.

@@ -77,6 +77,11 @@ struct ArmResultsBody {
     wins: Option<u64>,
     /// True for a shadow arm: it serves nobody; its list is compared with the control's.
     shadow: bool,
+    /// `serving`, `shadow`, or `paused_by_guardrail` (its users get the control's list and
+    /// are still counted here, as assigned).
+    state: String,
+    /// Which guardrail paused the arm, with the figures.
+    paused_reason: Option<String>,
     /// Distinct items this arm served (a shadow arm: in the lists compared; HyperLogLog with
     /// Redis, ±0.81%).
     distinct_items: u64,
@@ -301,6 +306,8 @@ impl From<&ArmResults> for ArmResultsBody {
             min_sample_reached: arm.min_sample_reached,
             wins: arm.wins,
             shadow: arm.shadow,
+            state: String::new(),
+            paused_reason: None,
             distinct_items: arm.counts.items,
             catalogue_coverage: value(arm.coverage, &["catalogue_coverage"], &mut undefined),
             compared: arm.shadow.then_some(arm.counts.compared),
@@ -388,6 +395,11 @@ impl ResultsApi {
             .await
             .ok_or_else(unavailable)?;
         let mut body = ResultsBody::from(&results);
+        for (arm, shown) in experiment.arms.iter().zip(&mut body.arms) {
+            let pause = gateway.guard().pause(&experiment.id, &arm.name);
+            shown.state = super::experiments::arm_state(arm, pause.as_ref()).to_string();
+            shown.paused_reason = pause.map(|p| p.reason);
+        }
         if *by == Some(By::Day) {
             let days = results::compute_days(experiment, gateway.tally())
                 .await

@@ -82,8 +82,28 @@ pub struct Experiment {
     pub overrides: BTreeMap<String, usize>,
     /// `N*` of the always-valid intervals: the planned impressions of one comparison.
     pub sequential_tuning: f64,
+    /// The limits its arms must keep, if any.
+    pub guardrails: Option<Guardrails>,
     /// File it came from, for messages.
     pub file: PathBuf,
+}
+
+/// Validated `guardrails`: each limit is optional, and an arm breaching any one of them over
+/// `window` is paused (see `gateway::guardrails`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guardrails {
+    /// Highest store-error share of an arm's requests.
+    pub error_rate: Option<f64>,
+    /// Highest p99 response time.
+    pub p99: Option<Duration>,
+    /// Highest fallback share of an arm's requests.
+    pub fallback_rate: Option<f64>,
+    /// Largest relative CTR drop the always-valid interval may show for certain.
+    pub max_ctr_drop: Option<f64>,
+    /// Requests in the window before rates and latency are judged.
+    pub min_requests: u64,
+    /// How long a breach must last.
+    pub window: Duration,
 }
 
 /// One variant of an experiment.

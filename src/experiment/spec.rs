@@ -114,6 +114,27 @@ pub(crate) struct ExperimentSpec {
     /// Impressions (both arms of a comparison) at which the analysts expect to decide: the
     /// always-valid interval is tightest, relative to the fixed one, there (default 5000).
     pub(crate) sequential_tuning: Option<f64>,
+    /// Limits an arm must keep; one it breaches for `guardrail_window` stops getting users.
+    pub(crate) guardrails: Option<GuardrailsSpec>,
+    /// How long a limit must be breached before the arm is paused (humantime, default `1m`).
+    pub(crate) guardrail_window: Option<String>,
+}
+
+/// `guardrails = { … }`: what each arm compared with the control must keep.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GuardrailsSpec {
+    /// Highest share of an arm's requests whose model read failed (store errors), 0 to 1.
+    pub(crate) error_rate: Option<f64>,
+    /// Highest 99th percentile of an arm's response time, in milliseconds.
+    pub(crate) p99_ms: Option<f64>,
+    /// Highest share of an arm's requests served the placement default instead, 0 to 1.
+    pub(crate) fallback_rate: Option<f64>,
+    /// Largest CTR drop against the control, relative (0.1 = −10%), judged on the always-valid
+    /// interval so that looking every second cannot trigger it by chance.
+    pub(crate) max_ctr_drop: Option<f64>,
+    /// Requests an arm needs in the window before its rates are judged (default 100).
+    pub(crate) min_requests: Option<u64>,
 }
 
 fn full_traffic() -> [f64; 2] {

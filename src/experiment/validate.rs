@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::bucket::{BUCKETS, percent_to_bp};
-use super::spec::{ArmSpec, ExperimentSpec, Kind, PlacementsFile, Status};
-use super::{Arm, Catalog, Experiment, INTERLEAVED, Placement, Problem, Problems, is_valid_user_id};
+use super::spec::{ArmSpec, ExperimentSpec, GuardrailsSpec, Kind, PlacementsFile, Status};
+use super::{Arm, Catalog, Experiment, Guardrails, INTERLEAVED, Placement, Problem, Problems, is_valid_user_id};
 use crate::store::ModelSpec;
 
 /// The file naming the placements; every other `*.toml` is one experiment.
@@ -318,6 +318,13 @@ fn build_experiment(
         );
     }
 
+    let guardrails = guardrails(
+        spec.guardrails.as_ref(),
+        spec.guardrail_window.as_deref(),
+        spec.kind,
+        out,
+    );
+
     if out.out.len() > before {
         return None;
     }
@@ -336,7 +343,96 @@ fn build_experiment(
         arms,
         overrides,
         sequential_tuning,
+        guardrails,
         file: path.to_path_buf(),
+    })
+}
+
+/// Default `guardrail_window`.
+const DEFAULT_GUARDRAIL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Default `guardrails.min_requests`.
+const DEFAULT_GUARDRAIL_MIN_REQUESTS: u64 = 100;
+
+/// Checks `guardrails` and `guardrail_window`.
+fn guardrails(
+    spec: Option<&GuardrailsSpec>,
+    window: Option<&str>,
+    kind: Kind,
+    out: &mut FileProblems<'_>,
+) -> Option<Guardrails> {
+    let Some(spec) = spec else {
+        if window.is_some() {
+            out.push("guardrail_window", "is only used with guardrails");
+        }
+        return None;
+    };
+    if kind == Kind::Interleave {
+        out.push(
+            "guardrails",
+            "pause an arm, but every user of an interleave experiment sees both arms",
+        );
+    }
+    let share = |value: Option<f64>, name: &str, out: &mut FileProblems<'_>| {
+        if let Some(v) = value
+            && !(v > 0.0 && v <= 1.0)
+        {
+            out.push(
+                format!("guardrails.{name}"),
+                format!("{v} must be above 0 and at most 1"),
+            );
+        }
+        value
+    };
+    let error_rate = share(spec.error_rate, "error_rate", out);
+    let fallback_rate = share(spec.fallback_rate, "fallback_rate", out);
+    let max_ctr_drop = share(spec.max_ctr_drop, "max_ctr_drop", out);
+    let p99 = spec.p99_ms.and_then(|ms| {
+        if ms.is_finite() && ms > 0.0 {
+            Some(Duration::from_secs_f64(ms / 1000.0))
+        } else {
+            out.push(
+                "guardrails.p99_ms",
+                format!("{ms} must be a positive number of milliseconds"),
+            );
+            None
+        }
+    });
+    if [spec.error_rate, spec.p99_ms, spec.fallback_rate, spec.max_ctr_drop]
+        .iter()
+        .all(Option::is_none)
+    {
+        out.push(
+            "guardrails",
+            "names no limit: give error_rate, p99_ms, fallback_rate or max_ctr_drop",
+        );
+    }
+    let min_requests = spec.min_requests.unwrap_or(DEFAULT_GUARDRAIL_MIN_REQUESTS);
+    if min_requests == 0 {
+        out.push("guardrails.min_requests", "must be at least 1");
+    }
+    let window = match window.map(parse_duration) {
+        None => DEFAULT_GUARDRAIL_WINDOW,
+        Some(Ok(window)) if window >= Duration::from_secs(1) => window,
+        Some(Ok(window)) => {
+            out.push(
+                "guardrail_window",
+                format!("{window:?} is shorter than the 1s guardrails are checked at"),
+            );
+            window
+        }
+        Some(Err(message)) => {
+            out.push("guardrail_window", message);
+            DEFAULT_GUARDRAIL_WINDOW
+        }
+    };
+    Some(Guardrails {
+        error_rate,
+        p99,
+        fallback_rate,
+        max_ctr_drop,
+        min_requests,
+        window,
     })
 }
 

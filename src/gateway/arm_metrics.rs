@@ -6,12 +6,66 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::core::Metric as _;
 use prometheus::{Histogram, IntCounter};
 
 use super::FallbackReason;
 use crate::experiment::{Catalog, INTERLEAVED, Kind};
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
-use crate::metrics::{Metrics, NONE};
+use crate::metrics::{LATENCY_BUCKETS, Metrics, NONE};
+
+/// What an arm served since start, from its metric handles: what guardrails judge, as the
+/// difference of two samples a window apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Sample {
+    /// Responses.
+    pub(crate) requests: u64,
+    /// Of them, those whose model read failed.
+    pub(crate) errors: u64,
+    /// Of them, those the placement default answered.
+    pub(crate) fallbacks: u64,
+    /// Cumulative response counts per [`LATENCY_BUCKETS`] bound, then in all.
+    pub(crate) latency: Vec<u64>,
+}
+
+impl Sample {
+    /// What was served between `earlier` and this sample.
+    pub(crate) fn since(&self, earlier: &Sample) -> Sample {
+        Sample {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
+            latency: self
+                .latency
+                .iter()
+                .zip(earlier.latency.iter().chain(std::iter::repeat(&0)))
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile of the response times in seconds, interpolated inside its bucket as
+    /// Prometheus's `histogram_quantile` does (so it agrees with the dashboard); `None`
+    /// without responses.
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
+        let total = *self.latency.last()?;
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let i = self.latency.iter().position(|&n| n as f64 >= rank)?;
+        let Some(&upper) = LATENCY_BUCKETS.get(i) else {
+            // Beyond the last bound: Prometheus answers that bound.
+            return LATENCY_BUCKETS.last().copied();
+        };
+        let (lower, below) = match i {
+            0 => (0.0, 0),
+            _ => (LATENCY_BUCKETS[i - 1], self.latency[i - 1]),
+        };
+        let inside = (self.latency[i] - below) as f64;
+        Some(lower + (upper - lower) * (rank - below as f64) / inside.max(1.0))
+    }
+}
 
 /// Pre-resolved handles of one (placement, experiment, arm).
 #[derive(Debug, Clone)]
@@ -123,6 +177,24 @@ impl ArmMetrics {
             if reason == FallbackReason::StoreError {
                 self.store_errors.inc();
             }
+        }
+    }
+
+    /// What the arm served since start.
+    pub(crate) fn sample(&self) -> Sample {
+        let histogram = self.latency.metric();
+        let mut latency: Vec<u64> = histogram
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| b.cumulative_count())
+            .collect();
+        latency.push(self.latency.get_sample_count());
+        Sample {
+            requests: self.recommendations.get(),
+            errors: self.store_errors.get(),
+            fallbacks: self.fallbacks.iter().map(IntCounter::get).sum(),
+            latency,
         }
     }
 

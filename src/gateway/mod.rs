@@ -3,6 +3,7 @@
 //! knows nothing of HTTP, so the CLI, benchmarks and tests drive it directly.
 
 mod arm_metrics;
+mod guardrails;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -19,11 +20,12 @@ use crate::feedback::lists::overlap;
 use crate::feedback::token::{ClaimsRef, TeamsRef, next_nonce, unix_seconds};
 use crate::logs::{EventRow, Exposure, LogWriter, now_us};
 use crate::metrics::{Metrics, NONE};
-use crate::redis::Health;
+use crate::redis::{Health, RedisClient};
 
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};
 use arm_metrics::ArmIndex;
 pub(crate) use arm_metrics::ArmMetrics;
+pub(crate) use guardrails::{Guard, Pause};
 
 /// Exposure counters of the catalog in force, by experiment id: the experiment they were
 /// resolved for (a request may still hold the catalog before a swap) and one per arm, in arm
@@ -62,6 +64,8 @@ pub(crate) struct Gateway {
     rejected: ArcSwapOption<Problems>,
     /// Permits for shadow comparisons in flight ([`SHADOW_SLOTS`]).
     shadow_slots: Arc<tokio::sync::Semaphore>,
+    /// Arms paused by their guardrails, and the windows they are judged on.
+    guard: Guard,
 }
 
 /// The services a gateway is assembled from (see `server::Server::bind`).
@@ -81,6 +85,8 @@ pub(crate) struct Parts {
     pub(crate) redis: Option<Arc<Health>>,
     /// The exposure and event logs, when configured.
     pub(crate) logs: Option<Arc<LogWriter>>,
+    /// Where guardrail pauses are shared, with the counts' Redis.
+    pub(crate) guard_redis: Option<RedisClient>,
 }
 
 /// New models a reloaded catalog brings get this long to load before the catalog is swapped
@@ -221,6 +227,9 @@ pub(crate) struct Recommendation {
     pub(crate) source: Source,
     /// Why the arm did not answer, when `source` is `Fallback`.
     pub(crate) fallback: Option<FallbackReason>,
+    /// The assigned arm is paused by a guardrail: this is the control's list, counted as an
+    /// exposure of the assigned arm (intent to treat).
+    pub(crate) paused: bool,
     /// The counter of the arm whose list this is, when the results count it: the page's items
     /// go into its catalogue coverage.
     counter: Option<Arc<ArmCounter>>,
@@ -426,6 +435,7 @@ impl Gateway {
             tally,
             redis,
             logs,
+            guard_redis,
         } = parts;
         let arms = ArmIndex::resolve(&metrics, &catalog);
         for rejection in Rejection::ALL {
@@ -447,6 +457,7 @@ impl Gateway {
             reloading: tokio::sync::Mutex::new(()),
             rejected: ArcSwapOption::empty(),
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS)),
+            guard: Guard::new(guard_redis),
         }
     }
 
@@ -763,16 +774,24 @@ impl Gateway {
             .assign(placement, user, SystemTime::now())
             .ok_or_else(|| ServeError::UnknownPlacement(placement.to_string()))?;
         let default = &assignment.placement.default_model;
+        // A paused arm's users get the control's list; everything else about them stays.
+        let paused = match (assignment.experiment, assignment.arm) {
+            (Some(experiment), Some(arm)) if experiment.guardrails.is_some() => {
+                self.guard.is_paused(&experiment.id, &arm.name)
+            }
+            _ => false,
+        };
         let served =
             |model: &LoadedModel, spec: &ModelSpec, list: RankedList, source, fallback: Option<FallbackReason>| {
-                // An exposure of the assigned arm, even when the default answered for it: results
-                // compare arms as assigned (intent to treat). Its coverage counts only its own lists.
+                // An exposure of the assigned arm, even when the default (or, paused, the
+                // control) answered for it: results compare arms as assigned (intent to treat).
+                // Its coverage counts only its own lists.
                 let (mut counter, mut shadows) = (None, None);
                 if let (true, Some(experiment), Some(arm)) =
                     (assignment.counted(), assignment.experiment, assignment.arm)
                 {
                     let exposed = self.expose(experiment, arm, user);
-                    if fallback.is_none() {
+                    if fallback.is_none() && !paused {
                         counter = Some(exposed);
                         let is_control = experiment
                             .arms
@@ -793,6 +812,7 @@ impl Gateway {
                     lists: Lists::One(list),
                     source,
                     fallback,
+                    paused,
                     counter,
                     shadows,
                 }
@@ -801,7 +821,11 @@ impl Gateway {
             return self.interleave(&assignment, experiment, arms, user).await;
         }
 
-        let (arm, spec) = match assignment.arm {
+        let serving = match (paused, assignment.experiment) {
+            (true, Some(experiment)) => experiment.arms.first(),
+            _ => assignment.arm,
+        };
+        let (arm, spec) = match serving {
             Some(arm) if arm.model != *default => (arm, &arm.model),
             // Users on the default (and arms serving the default model) have no other tier to
             // fall back to: their primary source is the default itself.
@@ -870,6 +894,7 @@ impl Gateway {
                 })),
                 source,
                 fallback,
+                paused: false,
                 counter: None,
                 shadows: None,
             };
@@ -910,6 +935,7 @@ impl Gateway {
                     lists: Lists::One(list),
                     source: Source::Fallback,
                     fallback: Some(reason),
+                    paused: false,
                     counter: None,
                     shadows: None,
                 }
