@@ -1,0 +1,824 @@
+//! The results over time end to end (`GET /experiments/{id}/results?by=day` and
+//! `recgw report … --plot FILE.svg`, ../shared/DESIGN.md): real `recgw` gateways in this
+//! process on free loopback ports over a copy of the repository's own `experiments/` and
+//! `models/` (`home-als-rank`: control/treatment 50/50 on all of placement `home`, QA override
+//! `qa-user-1` → treatment; `feed-als-interleave` on `feed`), plus a completed experiment the
+//! tests add, `side-done` on a placement `side` of their own, whose winner serves everyone
+//! uncounted.
+//!
+//! Impressions and clicks of counted events are also counted per UTC day, in the same step as
+//! the totals, and `?by=day` gives per day the cumulative counts and statistics. What the tests
+//! check, each against a ledger of what the gateway answered 202/accepted and statistics the
+//! test computes itself:
+//!
+//! 1. on no Redis, one Redis node and a 3-node Redis Cluster (`common/redis.rs` [`Mode`]):
+//!    traffic on `home-als-rank` shows as exactly one day, today (UTC, from the test's own
+//!    clock), whose cumulative counts equal the ledger and the body's totals and whose CTR,
+//!    lift and always-valid interval and p-value equal the test's own computation; QA overrides
+//!    and a completed experiment's winner add no day; a retried batch changes no day;
+//! 2. two replicas on one Redis (node and cluster) add up exactly in `?by=day`;
+//! 3. `by=week` is a 400 JSON error `invalid_parameter`, no `by` gives no `days`, and an
+//!    experiment without traffic has no day;
+//! 4. `recgw report home-als-rank --plot DIR/out.svg` writes an SVG whose `<desc>` holds exactly
+//!    the points of the `?by=day` body; a `.png` path and an interleave experiment fail.
+//!
+//! **Several days cannot be tested here.** The day is the one on which the gateway accepted an
+//! event, read from the system clock, and the gateway has no clock a test could set; faking
+//! one (or writing Redis keys by hand) would test the fake rather than the contract. So these
+//! tests see one day (two when a run crosses midnight UTC, which they accept, checking the
+//! sums), and the cumulative sums over several days, the 400-day limit and the plot of several
+//! days are left to the unit tests of `src/feedback/results.rs` (`days_from_counts`) and
+//! `src/report/plot.rs`, which take the per-day counts as input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::gateway::{self, DemoCopy, TestGateway};
+use common::process::{Finished, run_bounded};
+use common::redis::{Mode, Redis};
+use common::rng::Rng;
+use recgw::config::Settings;
+use serde_json::{Value, json};
+
+const EXPERIMENT: &str = "home-als-rank";
+const PLACEMENT: &str = "home";
+/// The arms of `home-als-rank`, in arm order (the control first).
+const ARMS: [&str; 2] = ["control", "treatment"];
+/// The QA override of `home-als-rank`, forced into the treatment and never counted.
+const QA_USER: &str = "qa-user-1";
+/// The interleave experiment of the demo, and its placement.
+const INTERLEAVE: &str = "feed-als-interleave";
+const INTERLEAVE_PLACEMENT: &str = "feed";
+/// The completed experiment the tests add (see [`demo`]), its placement and winner.
+const COMPLETED: &str = "side-done";
+const COMPLETED_PLACEMENT: &str = "side";
+const WINNER: &str = "treatment";
+/// The results path of `home-als-rank` with the days.
+const BY_DAY: &str = "/experiments/home-als-rank/results?by=day";
+/// `sequential_tuning` when an experiment sets none (the demo's do not).
+const DEFAULT_TUNING: f64 = 5000.0;
+/// The always-valid interval's level.
+const ALPHA: f64 = 0.05;
+/// Click probability per shown item of each arm, so that the lift is clearly not zero.
+const CLICK_P: [f64; 2] = [0.10, 0.18];
+/// Events per `POST /events`.
+const BATCH: usize = 250;
+/// The fields a day's arm may have: the contract's.
+const DAY_ARM_FIELDS: [&str; 9] = [
+    "name",
+    "impressions",
+    "clicks",
+    "ctr",
+    "lift",
+    "sequential_lift_low",
+    "sequential_lift_high",
+    "sequential_p_value",
+    "undefined",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Gateways over a copy of the demo
+// ---------------------------------------------------------------------------------------------
+
+/// A copy of the demo with placement `side` and the completed experiment `side-done` on it
+/// (winner `treatment`), which serves every user of `side` uncounted.
+fn demo() -> DemoCopy {
+    let demo = DemoCopy::new();
+    let placements = demo.experiments().join("placements.toml");
+    let mut text = std::fs::read_to_string(&placements).expect("the demo has placements.toml");
+    text.push_str("\n[placements.side]\ndefault_model = \"popular\"\n");
+    std::fs::write(&placements, text).expect("write placements.toml");
+    let completed = format!(
+        "id = \"{COMPLETED}\"\nplacement = \"{COMPLETED_PLACEMENT}\"\nstatus = \"completed\"\n\
+         winner = \"{WINNER}\"\n\n[[arms]]\nname = \"control\"\nweight = 50.0\nmodel = \"als-v1\"\n\n\
+         [[arms]]\nname = \"treatment\"\nweight = 50.0\nmodel = \"als-v2\"\n"
+    );
+    std::fs::write(demo.experiments().join("side-done.toml"), completed).expect("write side-done.toml");
+    demo
+}
+
+/// Settings of one replica over `demo`: `redis_url` (empty: no Redis), the shared tracking
+/// secret, a Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
+fn settings(demo: &DemoCopy, redis_url: &str) -> Settings {
+    let mut settings = gateway::settings(&demo.experiments(), &demo.models(), "1s");
+    settings.cache.redis_url = redis_url.to_string();
+    settings.cache.redis_timeout = Duration::from_millis(500);
+    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
+    settings.server.shutdown_grace = Duration::from_secs(3);
+    settings
+}
+
+/// The Redis of `mode` (started off the async threads; kept alive by the caller).
+fn redis(mode: Mode) -> Redis {
+    tokio::task::block_in_place(|| Redis::start(mode))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test's clock: today's date (UTC)
+// ---------------------------------------------------------------------------------------------
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`, written
+/// here again so that the test does not trust the gateway's calendar).
+fn date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Today (UTC) by the system clock, as days since 1970-01-01.
+fn today() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    (since.as_secs() / 86_400) as i64
+}
+
+/// The test's own calendar, on which every expected day rests, against dates known
+/// independently (a leap day, a year boundary, the demo's start).
+#[test]
+fn the_test_calendar_names_known_days() {
+    assert_eq!(date(0), "1970-01-01");
+    assert_eq!(date(-1), "1969-12-31");
+    assert_eq!(date(11_017), "2000-03-01");
+    assert_eq!(date(19_782), "2024-02-29");
+    assert_eq!(date(19_783), "2024-03-01");
+    assert_eq!(date(20_758), "2026-11-01");
+    assert_eq!(date(20_819), "2027-01-01");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic and the ledger of what was accepted
+// ---------------------------------------------------------------------------------------------
+
+/// One recommendation response.
+#[derive(Debug, Clone)]
+struct Served {
+    /// Its arm (`interleaved` in an interleave experiment).
+    arm: String,
+    /// True for a QA override (forced into its arm, never counted).
+    forced: bool,
+    items: Vec<String>,
+    token: String,
+}
+
+/// `GET /recommendations/{user}?placement={placement}`, expecting 200 from `experiment`.
+async fn recommend(gw: &TestGateway, user: &str, placement: &str, experiment: &str) -> Served {
+    let body = gw.ok(&format!("/recommendations/{user}?placement={placement}")).await;
+    assert_eq!(body["experiment"], experiment, "covers the whole placement: {body}");
+    let items = gateway::item_ids(&body);
+    assert!(!items.is_empty(), "{body}");
+    Served {
+        arm: body["arm"].as_str().expect("arm").to_string(),
+        forced: body["forced"].as_bool().expect("forced"),
+        items,
+        token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
+    }
+}
+
+/// One event, and the arm whose counts it belongs in (`None`: not counted).
+#[derive(Debug, Clone)]
+struct Event {
+    json: Value,
+    /// Index into [`ARMS`] when the event counts in `home-als-rank`'s results.
+    counts_for: Option<usize>,
+    click: bool,
+}
+
+/// An impression of every item of every response and, by `rng`, a click with the arm's
+/// [`CLICK_P`]; each with an explicit `event_id` `{prefix}-{response}-{i|c}-{item}`, so a resend
+/// is a safe retry. `counted` tells whether a response's events count in `home-als-rank`.
+fn events_for(served: &[Served], prefix: &str, rng: &mut Rng, counted: impl Fn(&Served) -> bool) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (n, s) in served.iter().enumerate() {
+        let arm = ARMS.iter().position(|a| *a == s.arm);
+        let counts_for = arm.filter(|_| counted(s));
+        for item in &s.items {
+            let mut push = |kind: &str, click: bool| {
+                let tag = &kind[..1];
+                events.push(Event {
+                    json: json!({
+                        "type": kind,
+                        "tracking_token": s.token,
+                        "item_id": item,
+                        "event_id": format!("{prefix}-{n}-{tag}-{item}"),
+                    }),
+                    counts_for,
+                    click,
+                });
+            };
+            push("impression", false);
+            if rng.chance(CLICK_P[arm.unwrap_or(0)]) {
+                push("click", true);
+            }
+        }
+    }
+    events
+}
+
+/// `POST /events` of `events`, expecting 202: per event `None` when accepted, else the
+/// reason (checking that the counts and the rejections agree).
+async fn post_events(gw: &TestGateway, events: &[Event]) -> Vec<Option<String>> {
+    let body = json!({ "events": events.iter().map(|e| e.json.clone()).collect::<Vec<_>>() });
+    let reply = gw.post_json("/events", &body).await;
+    assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
+    let outcome = reply.json();
+    let mut results = vec![None; events.len()];
+    for rejection in outcome["rejections"].as_array().expect("rejections") {
+        let index = rejection["index"].as_u64().expect("index") as usize;
+        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
+    }
+    let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
+    assert_eq!(outcome["rejected"], rejected, "{outcome}");
+    assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
+    results
+}
+
+/// What `home-als-rank`'s arms must show: impressions and clicks of the events accepted for
+/// the first time, per arm in [`ARMS`] order.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Ledger {
+    /// `[impressions, clicks]` per arm.
+    arms: [[u64; 2]; 2],
+    /// Events accepted (counted or not).
+    accepted: u64,
+}
+
+impl Ledger {
+    /// Posts fresh `events` in batches of [`BATCH`], round-robin over `gateways`; every one
+    /// must be accepted, and is credited to its arm when it counts.
+    async fn post_fresh(&mut self, gateways: &[&TestGateway], events: &[Event]) {
+        for (i, chunk) in events.chunks(BATCH).enumerate() {
+            let outcomes = post_events(gateways[i % gateways.len()], chunk).await;
+            for (event, outcome) in chunk.iter().zip(&outcomes) {
+                assert_eq!(outcome, &None, "a fresh event is accepted: {}", event.json);
+                self.accepted += 1;
+                if let Some(arm) = event.counts_for {
+                    self.arms[arm][usize::from(event.click)] += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Resends `events` (all accepted before, with their ids) in batches of [`BATCH`], round-robin
+/// over `gateways`: every one is accepted again, as a safe retry that counts nothing.
+async fn resend(gateways: &[&TestGateway], events: &[Event]) {
+    for (i, chunk) in events.chunks(BATCH).enumerate() {
+        let outcomes = post_events(gateways[i % gateways.len()], chunk).await;
+        assert!(
+            outcomes.iter().all(Option::is_none),
+            "a resend with the same event ids is answered accepted: {outcomes:?}"
+        );
+    }
+}
+
+/// Users `from..=to` served round-robin over `gateways` on `home`, plus the QA override once.
+async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32) -> Vec<Served> {
+    let mut served = Vec::new();
+    for (i, user) in (from..=to).enumerate() {
+        let s = recommend(gateways[i % gateways.len()], &user.to_string(), PLACEMENT, EXPERIMENT).await;
+        assert!(!s.forced && ARMS.contains(&s.arm.as_str()), "{s:?}");
+        served.push(s);
+    }
+    let qa = recommend(gateways[0], QA_USER, PLACEMENT, EXPERIMENT).await;
+    assert_eq!(
+        (qa.arm.as_str(), qa.forced),
+        ("treatment", true),
+        "the QA override: {qa:?}"
+    );
+    served.push(qa);
+    for arm in ARMS {
+        assert!(served.iter().any(|s| s.arm == arm && !s.forced), "users in {arm}");
+    }
+    served
+}
+
+// ---------------------------------------------------------------------------------------------
+// The days as the test expects them
+// ---------------------------------------------------------------------------------------------
+
+/// `GET {path}`, expecting 200 JSON.
+async fn results(gw: &TestGateway, path: &str) -> Value {
+    gw.ok(path).await
+}
+
+/// The `days` array of a `?by=day` body.
+fn days_of(body: &Value) -> &Vec<Value> {
+    body["days"]
+        .as_array()
+        .unwrap_or_else(|| panic!("?by=day gives a days array: {body}"))
+}
+
+/// Whether `got` is `want` within a relative 1e-9 (the same formula computed in another
+/// order may differ in the last bits).
+fn close(got: &Value, want: f64) -> bool {
+    got.as_f64()
+        .is_some_and(|g| (g - want).abs() <= 1e-9 * want.abs().max(1e-12))
+}
+
+/// The always-valid interval of the lift and its p-value (GrowthBook's sequential test on the
+/// log ratio, Waudby-Smith et al.), as the contract writes it: `(low, high, p)`.
+fn sequential(c1: u64, n1: u64, c0: u64, n0: u64, tuning: f64) -> (f64, f64, f64) {
+    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
+    let mu = (p1 / p0).ln();
+    let sigma = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
+    let n = (n1 + n0) as f64;
+    let l = -2.0 * ALPHA.ln();
+    let rho2 = (l + (l + 1.0).ln()) / tuning;
+    let spread = n * rho2 + 1.0;
+    let h = sigma * n.sqrt() * (2.0 * spread / (n * n * rho2) * (spread.sqrt() / ALPHA).ln()).sqrt();
+    let evidence = (rho2 * n * (mu / sigma).powi(2) / (2.0 * spread)).exp() / spread.sqrt();
+    ((mu - h).exp() - 1.0, (mu + h).exp() - 1.0, (1.0 / evidence).min(1.0))
+}
+
+/// Checks one day's entry against its cumulative `counts` (per arm `[impressions, clicks]`):
+/// every arm in arm order with exactly those counts, its CTR, and for the treatment the lift,
+/// always-valid interval and p-value of the contract's formula; the control's lift and
+/// sequential fields absent, each with the reason "this is the control". The test's traffic
+/// gives both arms impressions and clicks on every day, so nothing else may be undefined.
+fn check_day(day: &Value, counts: &[[u64; 2]; 2], tuning: f64) {
+    let arms = day["arms"].as_array().unwrap_or_else(|| panic!("arms: {day}"));
+    let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, ARMS, "every arm, the control first: {day}");
+    let [n0, c0] = counts[0];
+    for (i, arm) in arms.iter().enumerate() {
+        let [n, c] = counts[i];
+        for key in arm.as_object().expect("an object").keys() {
+            assert!(DAY_ARM_FIELDS.contains(&key.as_str()), "unknown field {key}: {arm}");
+        }
+        assert_eq!(
+            (arm["impressions"].as_u64(), arm["clicks"].as_u64()),
+            (Some(n), Some(c)),
+            "cumulative impressions and clicks of {}: {day}",
+            ARMS[i]
+        );
+        assert!(
+            n > 0 && c > 0 && c0 > 0,
+            "the traffic gives every arm clicks: {counts:?}"
+        );
+        assert_eq!(arm["ctr"].as_f64(), Some(c as f64 / n as f64), "CTR: {arm}");
+        let undefined = arm["undefined"]
+            .as_object()
+            .unwrap_or_else(|| panic!("undefined: {arm}"));
+        let statistics = [
+            "lift",
+            "sequential_lift_low",
+            "sequential_lift_high",
+            "sequential_p_value",
+        ];
+        if i == 0 {
+            for field in statistics {
+                assert!(arm.get(field).is_none(), "the control has no {field}: {arm}");
+                assert_eq!(
+                    undefined.get(field).and_then(Value::as_str),
+                    Some("this is the control"),
+                    "{field}: {arm}"
+                );
+            }
+            assert_eq!(undefined.len(), statistics.len(), "no other reason: {arm}");
+            continue;
+        }
+        assert!(undefined.is_empty(), "everything defined: {arm}");
+        let lift = (c as f64 / n as f64) / (c0 as f64 / n0 as f64) - 1.0;
+        let (low, high, p) = sequential(c, n, c0, n0, tuning);
+        for (field, want) in [
+            ("lift", lift),
+            ("sequential_lift_low", low),
+            ("sequential_lift_high", high),
+            ("sequential_p_value", p),
+        ] {
+            assert!(
+                close(&arm[field], want),
+                "{field} = {} (want {want}): {arm}",
+                arm[field]
+            );
+        }
+        assert!(low < lift && lift < high, "the interval holds the lift: {arm}");
+    }
+}
+
+/// Checks the `days` of a `?by=day` body after traffic on `[first, last]` (the test's days
+/// before the first event and after the last) whose accepted events the ledger holds: one
+/// entry, `first`, when the date did not change; when it did, entries on days of
+/// `[first, last]` only, oldest first, whose cumulative counts never decrease. Every entry's
+/// statistics are those of its counts; the last one's counts equal the ledger and the body's
+/// totals.
+fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
+    let days = days_of(body);
+    let tuning = body["sequential_tuning"].as_f64().expect("sequential_tuning");
+    assert_eq!(tuning, DEFAULT_TUNING, "the demo sets no tuning: {body}");
+    let names: Vec<&str> = days.iter().map(|d| d["day"].as_str().expect("day")).collect();
+    if first == last {
+        assert_eq!(names, [date(first)], "exactly one day, today (UTC): {body}");
+    } else {
+        eprintln!("the test crossed midnight UTC ({} to {})", date(first), date(last));
+        let allowed: Vec<String> = (first..=last).map(date).collect();
+        assert!(!names.is_empty(), "a day: {body}");
+        assert!(
+            names.iter().all(|d| allowed.iter().any(|a| a == d)),
+            "days among {allowed:?}: {names:?}"
+        );
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "oldest first: {names:?}");
+    }
+    let mut previous = [[0u64; 2]; 2];
+    for day in days {
+        let mut counts = [[0u64; 2]; 2];
+        for (i, arm) in day["arms"].as_array().expect("arms").iter().enumerate().take(2) {
+            counts[i] = [
+                arm["impressions"].as_u64().expect("impressions"),
+                arm["clicks"].as_u64().expect("clicks"),
+            ];
+            for k in 0..2 {
+                assert!(counts[i][k] >= previous[i][k], "cumulative: {days:?}");
+            }
+        }
+        check_day(day, &counts, tuning);
+        previous = counts;
+    }
+    assert_eq!(previous, ledger.arms, "the last day's counts are what was accepted");
+    let totals = body["arms"].as_array().expect("arms");
+    for (i, arm) in totals.iter().enumerate() {
+        assert_eq!(arm["name"], ARMS[i], "{body}");
+        assert_eq!(
+            [arm["impressions"].as_u64(), arm["clicks"].as_u64()],
+            [Some(ledger.arms[i][0]), Some(ledger.arms[i][1])],
+            "the totals of {}: {body}",
+            ARMS[i]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. One gateway: one day, equal to the ledger, in each mode
+// ---------------------------------------------------------------------------------------------
+
+/// Traffic on `home-als-rank` (160 users, the QA override) shows in `?by=day` as one day,
+/// today by the test's clock, whose cumulative counts are exactly what was accepted for the
+/// counted users and the body's totals, and whose statistics are the test's own; the QA
+/// override's events, and those of a completed experiment's winner, add nothing (the latter's
+/// `?by=day` has no day at all); and a retried batch (the same event ids, answered accepted)
+/// changes no day. One day only: a test cannot move the gateway's clock (see the file's doc).
+async fn one_day_equals_the_ledger(mode: Mode) {
+    let demo = demo();
+    let redis = redis(mode);
+    let gw = TestGateway::launch_up(&settings(&demo, &redis.url())).await;
+    let first = today();
+    let mut rng = Rng::new(0xDA15_0001);
+    let served = serve_home(&[&gw], 1, 160).await;
+    let events = events_for(&served, "one", &mut rng, |s| !s.forced);
+    let mut ledger = Ledger::default();
+    ledger.post_fresh(&[&gw], &events).await;
+
+    // The winner of a completed experiment is served and its events accepted, uncounted.
+    let mut winner_pages = Vec::new();
+    for user in 1..=20 {
+        let s = recommend(&gw, &user.to_string(), COMPLETED_PLACEMENT, COMPLETED).await;
+        assert_eq!(s.arm, WINNER, "{s:?}");
+        winner_pages.push(s);
+    }
+    let winner_events = events_for(&winner_pages, "won", &mut rng, |_| false);
+    ledger.post_fresh(&[&gw], &winner_events).await;
+    let last = today();
+    assert_eq!(ledger.accepted, (events.len() + winner_events.len()) as u64);
+    assert!(
+        events.iter().any(|e| e.counts_for.is_none()),
+        "the QA override's events were posted"
+    );
+
+    let body = results(&gw, BY_DAY).await;
+    let counts = match mode {
+        Mode::Memory => "memory",
+        Mode::Node | Mode::Cluster => "redis",
+    };
+    assert_eq!(body["counts"], counts, "{body}");
+    check_days(&body, first, last, &ledger);
+    let completed = results(&gw, &format!("/experiments/{COMPLETED}/results?by=day")).await;
+    assert_eq!(
+        completed["days"],
+        json!([]),
+        "a completed experiment's winner counts on no day: {completed}"
+    );
+
+    // The client lost the answers and sends everything again: accepted, counted on no day.
+    resend(&[&gw], &events).await;
+    resend(&[&gw], &winner_events).await;
+    let again = results(&gw, BY_DAY).await;
+    assert_eq!(again["days"], body["days"], "a retried batch changes no day");
+    check_days(&again, first, last, &ledger);
+    gw.stop().await;
+}
+
+/// [`one_day_equals_the_ledger`] without Redis: the days counted beside the totals in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_day_equals_the_ledger_in_memory() {
+    one_day_equals_the_ledger(Mode::Memory).await;
+}
+
+/// [`one_day_equals_the_ledger`] on one Redis node: the days counted by the events' claim script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_day_equals_the_ledger_on_one_redis_node() {
+    one_day_equals_the_ledger(Mode::Node).await;
+}
+
+/// [`one_day_equals_the_ledger`] on a 3-node Redis Cluster: the days hash in the experiment's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_day_equals_the_ledger_on_a_redis_cluster() {
+    one_day_equals_the_ledger(Mode::Cluster).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Two replicas on one Redis
+// ---------------------------------------------------------------------------------------------
+
+/// Two replicas sharing one Redis each count part of the traffic (responses and batches
+/// alternate between them): `?by=day` of either shows the sum exactly, the same on both, and
+/// a batch retried on the other replica changes no day.
+async fn replicas_add_up(mode: Mode) {
+    let demo = demo();
+    let redis = redis(mode);
+    let settings = settings(&demo, &redis.url());
+    let a = TestGateway::launch_up(&settings).await;
+    let b = TestGateway::launch_up(&settings).await;
+    let first = today();
+    let mut rng = Rng::new(0xDA15_0002);
+    let served = serve_home(&[&a, &b], 201, 400).await;
+    let events = events_for(&served, "two", &mut rng, |s| !s.forced);
+    let mut ledger = Ledger::default();
+    ledger.post_fresh(&[&a, &b], &events).await;
+    let last = today();
+    assert!(events.len() > BATCH, "batches went to both replicas: {}", events.len());
+
+    let from_a = results(&a, BY_DAY).await;
+    let from_b = results(&b, BY_DAY).await;
+    check_days(&from_a, first, last, &ledger);
+    assert_eq!(from_a["days"], from_b["days"], "both replicas show the same days");
+
+    // The batches A took, retried on B, and B's on A.
+    resend(&[&b, &a], &events).await;
+    for gw in [&a, &b] {
+        assert_eq!(
+            results(gw, BY_DAY).await["days"],
+            from_a["days"],
+            "a retry on the other replica changes no day"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// [`replicas_add_up`] on one Redis node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_add_up_on_one_redis_node() {
+    replicas_add_up(Mode::Node).await;
+}
+
+/// [`replicas_add_up`] on a 3-node Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_add_up_on_a_redis_cluster() {
+    replicas_add_up(Mode::Cluster).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The `by` parameter
+// ---------------------------------------------------------------------------------------------
+
+/// `by` takes `day` only: `by=week` is a 400 JSON `{error: "invalid_parameter", message}`;
+/// without `by` the body has no `days`; with `by=day` and nothing counted yet, `days` is empty
+/// (a day appears only once something was counted on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_takes_day_only_and_days_only_when_asked() {
+    let demo = demo();
+    let gw = TestGateway::launch_up(&settings(&demo, "")).await;
+
+    let empty = results(&gw, BY_DAY).await;
+    assert_eq!(empty["days"], json!([]), "nothing counted, no day: {empty}");
+
+    let week = gw
+        .get_json(&format!("/experiments/{EXPERIMENT}/results?by=week"), 400)
+        .await;
+    assert_eq!(week["error"], "invalid_parameter", "{week}");
+    assert!(
+        week["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message: {week}"
+    );
+
+    let mut rng = Rng::new(0xDA15_0003);
+    let served = serve_home(&[&gw], 401, 440).await;
+    let mut ledger = Ledger::default();
+    ledger
+        .post_fresh(&[&gw], &events_for(&served, "by", &mut rng, |s| !s.forced))
+        .await;
+    let plain = results(&gw, &format!("/experiments/{EXPERIMENT}/results")).await;
+    assert!(plain.get("days").is_none(), "no `by`, no days: {plain}");
+    assert_eq!(
+        plain["arms"][1]["impressions"].as_u64(),
+        Some(ledger.arms[1][0]),
+        "the traffic is counted: {plain}"
+    );
+    let by_day = results(&gw, BY_DAY).await;
+    assert_eq!(days_of(&by_day).len(), 1, "now a day: {by_day}");
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. `recgw report --plot`
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `recgw report ARGS` (bounded: 30 s), without settings or a proxy from the environment
+/// (`recgw report` would send even loopback URLs to `http_proxy`).
+async fn report(args: Vec<String>) -> Finished {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
+        command.arg("report").args(&args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RECGW") || key.to_ascii_lowercase().ends_with("_proxy") {
+                command.env_remove(key);
+            }
+        }
+        command.env("RUST_LOG", "warn");
+        run_bounded(&mut command, b"", Duration::from_secs(30))
+    })
+    .await
+    .expect("report thread")
+}
+
+/// `recgw report EXPERIMENT --url URL --plot PATH` as arguments.
+fn plot_args(experiment: &str, gw: &TestGateway, path: &Path) -> Vec<String> {
+    vec![
+        experiment.to_string(),
+        "--url".to_string(),
+        gw.base(),
+        "--plot".to_string(),
+        path.to_str().expect("utf-8 path").to_string(),
+    ]
+}
+
+/// The JSON in the `<desc>` element that must follow the opening `<svg …>` tag of `svg`,
+/// unescaped.
+fn description(svg: &str) -> Value {
+    let at = svg.find("<svg").unwrap_or_else(|| panic!("no <svg: {svg}"));
+    let open = at + svg[at..].find('>').expect("the <svg> tag closes") + 1;
+    let rest = svg[open..].trim_start();
+    let text = rest
+        .strip_prefix("<desc>")
+        .and_then(|r| r.split_once("</desc>"))
+        .map(|(desc, _)| desc)
+        .unwrap_or_else(|| panic!("<desc> right after <svg …>: {}", &rest[..rest.len().min(200)]));
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("<desc> is not JSON ({e}): {text}"))
+}
+
+/// What the plot's `<desc>` must hold for a `?by=day` body: per arm compared with the control
+/// (not the control, not a shadow), in arm order, the days on which its lift and always-valid
+/// interval are defined, with those values as the endpoint gave them.
+fn plotted(body: &Value) -> Value {
+    let compared = body["arms"]
+        .as_array()
+        .expect("arms")
+        .iter()
+        .filter(|a| a["control"] != true && a["shadow"] != true)
+        .map(|a| a["name"].as_str().expect("name"));
+    let series: Vec<Value> = compared
+        .map(|name| {
+            let days: Vec<Value> = days_of(body)
+                .iter()
+                .filter_map(|day| {
+                    let arm = day["arms"].as_array()?.iter().find(|a| a["name"] == name)?;
+                    let [lift, low, high] = ["lift", "sequential_lift_low", "sequential_lift_high"].map(|f| &arm[f]);
+                    (lift.is_f64() && low.is_f64() && high.is_f64()).then(|| {
+                        json!({
+                            "day": day["day"], "lift": lift,
+                            "sequential_lift_low": low, "sequential_lift_high": high,
+                        })
+                    })
+                })
+                .collect();
+            json!({ "arm": name, "days": days })
+        })
+        .collect();
+    Value::Array(series)
+}
+
+/// `recgw report home-als-rank --plot DIR/out.svg` against a gateway with traffic prints the
+/// usual table and writes an SVG document whose `<desc>` holds exactly the points of the
+/// `?by=day` body the test fetched itself (the treatment, today, its lift and always-valid
+/// interval); a path not ending in `.svg` fails naming `.svg`, and the interleave experiment
+/// `feed-als-interleave`, even with traffic, fails with "nothing to plot"; neither writes a
+/// file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_plots_the_days_of_the_endpoint() {
+    let demo = demo();
+    let gw = TestGateway::launch_up(&settings(&demo, "")).await;
+    let first = today();
+    let mut rng = Rng::new(0xDA15_0004);
+    let served = serve_home(&[&gw], 501, 620).await;
+    let mut ledger = Ledger::default();
+    ledger
+        .post_fresh(&[&gw], &events_for(&served, "plot", &mut rng, |s| !s.forced))
+        .await;
+    // The interleave experiment gets traffic too, so that its refusal is not for want of days.
+    let mut pages = Vec::new();
+    for user in 1..=30 {
+        let page = recommend(&gw, &user.to_string(), INTERLEAVE_PLACEMENT, INTERLEAVE).await;
+        assert_eq!(page.arm, "interleaved", "{page:?}");
+        pages.push(page);
+    }
+    let mut ignored = Ledger::default();
+    ignored
+        .post_fresh(&[&gw], &events_for(&pages, "feed", &mut rng, |_| false))
+        .await;
+    let last = today();
+    let out = tempfile::tempdir().expect("tempdir");
+
+    let svg_path = out.path().join("out.svg");
+    let finished = report(plot_args(EXPERIMENT, &gw, &svg_path)).await;
+    let stdout = finished.expect_success("recgw report --plot out.svg");
+    assert!(
+        stdout.starts_with("home-als-rank (running, ") && stdout.lines().any(|l| l.starts_with("treatment")),
+        "the usual table: {stdout}"
+    );
+    let body = results(&gw, BY_DAY).await;
+    check_days(&body, first, last, &ledger);
+    let svg = std::fs::read_to_string(&svg_path).expect("the plot was written");
+    assert!(
+        svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+        "an SVG document: {svg}"
+    );
+    let want = plotted(&body);
+    assert_eq!(
+        want[0]["days"].as_array().map(Vec::len),
+        Some(days_of(&body).len()),
+        "the treatment has a lift and an interval every day: {want}"
+    );
+    assert_eq!(description(&svg), want, "the plot shows what the endpoint said");
+
+    let png = out.path().join("out.png");
+    let finished = report(plot_args(EXPERIMENT, &gw, &png)).await;
+    assert!(!finished.success(), "--plot out.png: {finished:?}");
+    assert!(finished.stderr.contains(".svg"), "names .svg: {}", finished.stderr);
+    assert!(!png.exists(), "no .png written");
+
+    let interleaved = out.path().join("feed.svg");
+    let finished = report(plot_args(INTERLEAVE, &gw, &interleaved)).await;
+    assert!(!finished.success(), "an interleave experiment: {finished:?}");
+    assert!(
+        finished.stderr.contains("nothing to plot"),
+        "says nothing to plot: {}",
+        finished.stderr
+    );
+    assert!(!interleaved.exists(), "no plot written");
+    gw.stop().await;
+}
+
+/// A sanity check of [`plotted`], the test's own reading of a `?by=day` body, on a body
+/// written here: the control and a shadow arm are left out, and so is a day without a lift.
+#[test]
+fn plotted_keeps_compared_arms_and_defined_days() {
+    let arm = |name: &str, lift: Option<f64>| {
+        let mut a = json!({ "name": name, "impressions": 10, "clicks": 1, "undefined": {} });
+        if let Some(lift) = lift {
+            a["lift"] = json!(lift);
+            a["sequential_lift_low"] = json!(lift - 1.0);
+            a["sequential_lift_high"] = json!(lift + 1.0);
+        }
+        a
+    };
+    let body = json!({
+        "arms": [
+            { "name": "control", "control": true },
+            { "name": "b", "control": false },
+            { "name": "shadow", "control": false, "shadow": true },
+        ],
+        "days": [
+            { "day": "2026-12-01", "arms": [arm("control", None), arm("b", None), arm("shadow", Some(0.5))] },
+            { "day": "2026-12-02", "arms": [arm("control", None), arm("b", Some(0.25)), arm("shadow", Some(0.5))] },
+        ],
+    });
+    let mut by_arm = BTreeMap::new();
+    for series in plotted(&body).as_array().expect("array") {
+        by_arm.insert(series["arm"].as_str().expect("arm").to_string(), series["days"].clone());
+    }
+    assert_eq!(
+        by_arm,
+        BTreeMap::from([(
+            "b".to_string(),
+            json!([{ "day": "2026-12-02", "lift": 0.25, "sequential_lift_low": -0.75, "sequential_lift_high": 1.25 }])
+        )])
+    );
+}
