@@ -45,6 +45,11 @@ pub enum Reason {
         /// `B("placement:" + p, u)`.
         placement_bucket: u16,
     },
+    /// Inside the placement's holdout: the default, counted as the holdout's users.
+    Holdout {
+        /// `B("placement:" + p, u)`.
+        placement_bucket: u16,
+    },
     /// No active experiment's slice holds the placement bucket.
     Uncovered {
         /// `B("placement:" + p, u)`.
@@ -77,7 +82,10 @@ impl<'c> Assignment<'c> {
 
     /// Whether this exposure belongs in the experiment's results: overrides and winners do not.
     pub(crate) fn counted(&self) -> bool {
-        matches!(self.reason, Reason::Covered { .. } | Reason::Interleaved { .. })
+        matches!(
+            self.reason,
+            Reason::Covered { .. } | Reason::Interleaved { .. } | Reason::Holdout { .. }
+        )
     }
 }
 
@@ -113,6 +121,16 @@ impl Placement {
         }
 
         let placement_bucket = self.slice_bucket(user);
+        if let Some(holdout) = &self.holdout
+            && holdout.slice.contains(&placement_bucket)
+        {
+            return Assignment {
+                experiment: Some(holdout),
+                arm: holdout.arms.first(),
+                reason: Reason::Holdout { placement_bucket },
+                ..base
+            };
+        }
         let Some(experiment) = self
             .experiments
             .iter()
@@ -212,6 +230,10 @@ impl Explanation<'_> {
             ),
             Reason::Winner { placement_bucket } => format!(
                 "placement bucket {placement_bucket} is inside the slice {slice} of a completed experiment serving its winner"
+            ),
+            Reason::Holdout { placement_bucket } => format!(
+                "placement bucket {placement_bucket} is inside the placement's holdout {slice}: placement default, \
+                 counted as held out"
             ),
             Reason::Uncovered { placement_bucket } if e.slice.contains(&placement_bucket) => format!(
                 "{} takes no traffic now (status {}, or outside its schedule): placement default",

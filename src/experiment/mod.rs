@@ -22,6 +22,15 @@ pub use assign::{Assignment, Explanation, Reason};
 pub use bucket::{BUCKETS, bucket};
 pub use diff::{ArmChange, diff};
 pub use interleave::{INTERLEAVED, team_draft};
+
+/// The arm of a holdout's users, and that of everyone else on its placement.
+pub const HOLDOUT_ARMS: [&str; 2] = ["holdout", "exposed"];
+
+/// The id a placement's holdout is counted under: `holdout:{placement}`, which no experiment
+/// id can be (ids have no `:`).
+pub fn holdout_id(placement: &str) -> String {
+    format!("holdout:{placement}")
+}
 pub(crate) use interleave::{Team, merge_seed};
 pub use spec::{Kind, Status};
 
@@ -49,6 +58,9 @@ pub struct Placement {
     slice_salt: String,
     /// Experiments on this placement ordered by id, so override precedence is deterministic.
     experiments: Vec<Arc<Experiment>>,
+    /// Its holdout, as the experiment that counts it: arm `holdout` (the held-out users, served
+    /// the default) against arm `exposed` (everyone else on the placement).
+    pub(crate) holdout: Option<Arc<Experiment>>,
 }
 
 /// One experiment, with percentages already turned into basis-point ranges.

@@ -27,6 +27,25 @@ pub(crate) struct PlacementSpec {
     pub(crate) default_columns: ColumnNames,
 }
 
+/// `experiments/holdouts.toml`: per placement, users no experiment may cover.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HoldoutsFile {
+    /// Placement name → its holdout.
+    pub(crate) holdouts: BTreeMap<String, HoldoutSpec>,
+}
+
+/// One `[holdouts.<placement>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HoldoutSpec {
+    /// The held-out slice of the placement's users, percent, on the experiments' slice hash.
+    pub(crate) traffic: [f64; 2],
+    /// Free text for the people reading `/experiments`.
+    #[serde(default)]
+    pub(crate) description: String,
+}
+
 /// Lifecycle of an experiment; only `running` ones take traffic (and `completed` ones that name
 /// a winner, which keep serving it to their slice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

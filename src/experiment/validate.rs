@@ -2,6 +2,7 @@
 //! stopping at the first, so one `recgw validate` run lists everything a team has to fix.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,12 +10,18 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::bucket::{BUCKETS, percent_to_bp};
-use super::spec::{ArmSpec, ExperimentSpec, GuardrailsSpec, Kind, PlacementsFile, Status};
-use super::{Arm, Catalog, Experiment, Guardrails, INTERLEAVED, Placement, Problem, Problems, is_valid_user_id};
+use super::spec::{ArmSpec, ExperimentSpec, GuardrailsSpec, HoldoutsFile, Kind, PlacementsFile, Status};
+use super::{
+    Arm, Catalog, Experiment, Guardrails, HOLDOUT_ARMS, INTERLEAVED, Placement, Problem, Problems, holdout_id,
+    is_valid_user_id,
+};
 use crate::store::ModelSpec;
 
 /// The file naming the placements; every other `*.toml` is one experiment.
 pub(crate) const PLACEMENTS_FILE: &str = "placements.toml";
+
+/// The optional file of per-placement holdouts.
+pub(crate) const HOLDOUTS_FILE: &str = "holdouts.toml";
 
 /// Weights may be written with float noise (`33.33 + 33.33 + 33.34`); §3 allows ±0.01.
 const WEIGHT_SUM_TOLERANCE: f64 = 0.01;
@@ -69,8 +76,19 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
         .map(|file| build_placements(&placements_path, file, &mut problems))
         .unwrap_or_default();
 
+    let holdouts_path = dir.join(HOLDOUTS_FILE);
+    let holdouts = files
+        .iter()
+        .find(|(p, _)| *p == holdouts_path)
+        .and_then(|(path, text)| parse::<HoldoutsFile>(path, text, &mut problems))
+        .map(|file| build_holdouts(&holdouts_path, file, &placements, &mut problems))
+        .unwrap_or_default();
+
     let mut experiments: BTreeMap<String, Arc<Experiment>> = BTreeMap::new();
-    for (path, text) in files.iter().filter(|(p, _)| *p != placements_path) {
+    for (path, text) in files
+        .iter()
+        .filter(|(p, _)| *p != placements_path && *p != holdouts_path)
+    {
         let Some(spec) = parse::<ExperimentSpec>(path, text, &mut problems) else {
             continue;
         };
@@ -96,6 +114,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
     }
 
     check_overlaps(&experiments, &mut problems);
+    check_holdouts(&experiments, &holdouts, &mut problems);
     if !problems.is_empty() {
         return Err(Problems(problems));
     }
@@ -103,6 +122,12 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Catalog, Problems> {
         if let Some(placement) = placements.get_mut(&experiment.placement) {
             placement.experiments.push(Arc::clone(experiment));
         }
+    }
+    for (name, holdout) in holdouts {
+        if let Some(placement) = placements.get_mut(&name) {
+            placement.holdout = Some(Arc::clone(&holdout));
+        }
+        experiments.insert(holdout.id.clone(), holdout);
     }
     Ok(Catalog {
         placements,
@@ -204,6 +229,7 @@ fn build_placements(path: &Path, file: PlacementsFile, problems: &mut Vec<Proble
             name: name.clone(),
             default_model: ModelSpec::new(spec.default_model, spec.default_columns),
             experiments: Vec::new(),
+            holdout: None,
         };
         placements.insert(name, placement);
     }
@@ -246,15 +272,7 @@ fn build_experiment(
         out.push("end", "must be after start");
     }
 
-    let [lo, hi] = spec.traffic;
-    if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) {
-        out.push("traffic", format!("[{lo}, {hi}] must lie inside [0, 100]"));
-    } else if percent_to_bp(lo) >= percent_to_bp(hi) {
-        out.push(
-            "traffic",
-            format!("[{lo}, {hi}] is empty: the lower bound must be below the upper"),
-        );
-    }
+    let slice = slice(spec.traffic, out);
 
     let salt = spec.salt.unwrap_or_else(|| spec.id.clone());
     if salt.is_empty() {
@@ -336,7 +354,7 @@ fn build_experiment(
         status: spec.status,
         start,
         end,
-        slice: percent_to_bp(lo)..percent_to_bp(hi),
+        slice,
         salt,
         kind: spec.kind,
         winner,
@@ -346,6 +364,118 @@ fn build_experiment(
         guardrails,
         file: path.to_path_buf(),
     })
+}
+
+/// The basis points of a `traffic = [lo, hi]` slice in percent, checked.
+fn slice([lo, hi]: [f64; 2], out: &mut FileProblems<'_>) -> Range<u16> {
+    if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) {
+        out.push("traffic", format!("[{lo}, {hi}] must lie inside [0, 100]"));
+        return 0..0;
+    }
+    if percent_to_bp(lo) >= percent_to_bp(hi) {
+        out.push(
+            "traffic",
+            format!("[{lo}, {hi}] is empty: the lower bound must be below the upper"),
+        );
+    }
+    percent_to_bp(lo)..percent_to_bp(hi)
+}
+
+/// The holdouts of `holdouts.toml`, each as the experiment that counts it (see
+/// [`Placement::holdout`]), by placement.
+fn build_holdouts(
+    path: &Path,
+    file: HoldoutsFile,
+    placements: &BTreeMap<String, Placement>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Arc<Experiment>> {
+    let mut out = FileProblems {
+        file: path,
+        out: problems,
+    };
+    let mut holdouts = BTreeMap::new();
+    for (name, spec) in file.holdouts {
+        let Some(placement) = placements.get(&name) else {
+            let known: Vec<&str> = placements.keys().map(String::as_str).collect();
+            out.push(
+                format!("holdouts.{name}"),
+                format!("unknown placement {name:?}; placements.toml declares {known:?}"),
+            );
+            continue;
+        };
+        let before = out.out.len();
+        let slice = slice(spec.traffic, &mut out);
+        for problem in &mut out.out[before..] {
+            problem.field = format!("holdouts.{name}.traffic");
+        }
+        if out.out.len() > before {
+            continue;
+        }
+        let width = slice.end - slice.start;
+        let arm = |i: usize, buckets: Range<u16>| Arm {
+            name: HOLDOUT_ARMS[i].to_string(),
+            weight_bp: buckets.end - buckets.start,
+            buckets,
+            model: placement.default_model.clone(),
+            cache_ttl: None,
+            shadow: None,
+        };
+        let holdout = Experiment {
+            id: holdout_id(&name),
+            placement: name.clone(),
+            description: match spec.description.as_str() {
+                "" => format!("users held out of every experiment on {name}, against everyone else there"),
+                text => text.to_string(),
+            },
+            owner: String::new(),
+            status: Status::Running,
+            start: None,
+            end: None,
+            // Its arms split the placement hash itself: `holdout` owns the slice, `exposed` the
+            // rest (the last arm takes what no range holds).
+            salt: placement.slice_salt.clone(),
+            slice: slice.clone(),
+            kind: Kind::Split,
+            winner: None,
+            arms: vec![arm(0, slice.clone()), arm(1, slice.end..slice.end + (BUCKETS - width))],
+            overrides: BTreeMap::new(),
+            sequential_tuning: crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING,
+            guardrails: None,
+            file: path.to_path_buf(),
+        };
+        holdouts.insert(name, Arc::new(holdout));
+    }
+    holdouts
+}
+
+/// An experiment whose slice meets its placement's holdout is refused, whatever its status:
+/// the holdout promises its users never see one.
+fn check_holdouts(
+    experiments: &BTreeMap<String, Arc<Experiment>>,
+    holdouts: &BTreeMap<String, Arc<Experiment>>,
+    problems: &mut Vec<Problem>,
+) {
+    for experiment in experiments.values() {
+        let Some(holdout) = holdouts.get(&experiment.placement) else {
+            continue;
+        };
+        if experiment.slice.start < holdout.slice.end && holdout.slice.start < experiment.slice.end {
+            problems.push(Problem {
+                file: experiment.file.clone(),
+                line: None,
+                field: "traffic".into(),
+                message: format!(
+                    "slice [{}, {}) bp overlaps the holdout [{}, {}) bp of placement {:?} ({}), whose users no experiment may cover",
+                    experiment.slice.start,
+                    experiment.slice.end,
+                    holdout.slice.start,
+                    holdout.slice.end,
+                    experiment.placement,
+                    holdout.file.display()
+                ),
+            });
+        }
+    }
 }
 
 /// Default `guardrail_window`.

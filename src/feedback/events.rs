@@ -35,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
 use crate::feedback::counts::{Count, MAX_DAYS, Tally, arm_key, duel_keys};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
@@ -252,6 +253,9 @@ struct Checked {
     field: String,
     /// The client's event id, if any.
     event_id: Option<String>,
+    /// The holdout of the token's placement, when the event is not the holdout's own: the
+    /// event is also counted for its `exposed` arm (everyone on the placement not held out).
+    holdout: Option<String>,
 }
 
 impl Checked {
@@ -354,16 +358,19 @@ impl EventLog {
             position,
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
+            holdout: None,
         })
     }
 
     /// Checks a batch and claims every event that passes: in Redis when configured (counting
     /// it there in the same script), else in this process (counting it in `tally`).
+    /// `holdout` names the holdout of a placement, if it has one.
     pub(crate) async fn accept(
         &self,
         events: &[Event<'_>],
         now: SystemTime,
         tally: &Tally,
+        holdout: impl Fn(&str) -> Option<String>,
     ) -> Vec<Result<Accepted, Rejection>> {
         let mut checked: Vec<Result<Checked, Rejection>> = events.iter().map(|e| self.check(e, now)).collect();
         let mut in_batch = HashSet::new();
@@ -372,6 +379,9 @@ impl EventLog {
                 && !in_batch.insert((c.token, c.field.clone()))
             {
                 *result = Err(Rejection::Duplicate);
+            }
+            if let Ok(c) = result {
+                c.holdout = holdout(&c.claims.placement).filter(|h| c.claims.experiment.as_ref() != Some(h));
             }
         }
         let today = crate::calendar::day_of(now);
@@ -389,6 +399,10 @@ impl EventLog {
                         if let (Some(team), EventKind::Click) = (c.team, c.kind) {
                             tally.duel_click(experiment, &c.claims.user, team);
                         }
+                    }
+                    if let (true, Some(holdout)) = (fresh, &c.holdout) {
+                        let counter = tally.arm(holdout, HOLDOUT_ARMS[1]);
+                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket, today);
                     }
                     Ok(fresh)
                 })
@@ -424,10 +438,15 @@ impl EventLog {
             .iter()
             .map(|c| c.as_ref().map(|_| false).map_err(|r| *r))
             .collect();
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        // Per slot group, its events, each flagged when it is counted there as the holdout's
+        // `exposed` arm rather than for its own experiment.
+        let mut groups: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
         for (i, c) in checked.iter().enumerate() {
             if let Ok(c) = c {
-                groups.entry(c.group()).or_default().push(i);
+                groups.entry(c.group()).or_default().push((i, false));
+                if let Some(holdout) = &c.holdout {
+                    groups.entry(holdout.clone()).or_default().push((i, true));
+                }
             }
         }
         let attempt = format!("~{:016x}", self.attempts.hash_one((Instant::now(), now)));
@@ -450,14 +469,18 @@ impl EventLog {
                     next
                 })
             };
-            for &i in members {
+            for &(i, exposed) in members {
                 let Ok(c) = &checked[i] else { continue };
                 let seen = key_index(
                     &mut invocation,
                     format!("recgw:seen:{{{group}}}:{}", URL_SAFE_NO_PAD.encode(c.token)),
                 );
-                let arm = if c.counted() {
-                    let key = arm_key(group, &c.claims.arm);
+                let credited = match exposed {
+                    true => Some(HOLDOUT_ARMS[1]),
+                    false => c.counted().then_some(c.claims.arm.as_str()),
+                };
+                let arm = if let Some(credited) = credited {
+                    let key = arm_key(group, credited);
                     let counters = key_index(&mut invocation, key.clone());
                     key_index(&mut invocation, format!("{key}:clickers"));
                     key_index(&mut invocation, format!("{key}:days"));
@@ -466,7 +489,7 @@ impl EventLog {
                     0
                 };
                 let duel = match c.team {
-                    Some(_) if c.counted() => {
+                    Some(_) if c.counted() && !exposed => {
                         let [users, totals] = duel_keys(group);
                         let users = key_index(&mut invocation, users);
                         key_index(&mut invocation, totals);
@@ -497,23 +520,28 @@ impl EventLog {
                 (members, answer)
             }
         });
+        // An event's own group decides its answer; its count for a holdout's `exposed` arm can
+        // only refuse it (as unavailable, so the client sends it again and both claims agree:
+        // a claim taken before answers 2, a retry).
+        let mut unavailable = Vec::new();
         for (members, answer) in futures::future::join_all(tries).await {
             match answer {
                 Ok(replies) if replies.len() == members.len() => {
-                    for (&i, reply) in members.iter().zip(replies) {
-                        outcomes[i] = match reply {
-                            1 => Ok(true),
-                            2 => Ok(false),
-                            _ => Err(Rejection::Duplicate),
-                        };
+                    for (&(i, exposed), reply) in members.iter().zip(replies) {
+                        if !exposed {
+                            outcomes[i] = match reply {
+                                1 => Ok(true),
+                                2 => Ok(false),
+                                _ => Err(Rejection::Duplicate),
+                            };
+                        }
                     }
                 }
-                _ => {
-                    for &i in members {
-                        outcomes[i] = Err(Rejection::Unavailable);
-                    }
-                }
+                _ => unavailable.extend(members.iter().map(|&(i, _)| i)),
             }
+        }
+        for i in unavailable {
+            outcomes[i] = Err(Rejection::Unavailable);
         }
         outcomes
     }
@@ -601,6 +629,7 @@ mod tests {
             position: 0,
             field: field.into(),
             event_id: event_id.map(String::from),
+            holdout: None,
         }
     }
 
@@ -666,7 +695,7 @@ mod tests {
         let tally = tally();
         let token = log.signer().sign(claims(now).view());
         let one = async |event: Event<'_>| {
-            log.accept(&[event], now, &tally)
+            log.accept(&[event], now, &tally, |_| None)
                 .await
                 .remove(0)
                 .map(|a| (a.claims.arm, a.kind, a.fresh))
@@ -723,7 +752,7 @@ mod tests {
 
         let twice = [Event { item_id: "10", ..event }, Event { item_id: "10", ..event }];
         let results: Vec<bool> = log
-            .accept(&twice, now, &tally)
+            .accept(&twice, now, &tally, |_| None)
             .await
             .iter()
             .map(Result::is_ok)
@@ -756,7 +785,7 @@ mod tests {
             },
         ];
         let reasons: Vec<&str> = log
-            .accept(&batch, now, &tally)
+            .accept(&batch, now, &tally, |_| None)
             .await
             .into_iter()
             .map(|r| r.map(|_| ()).expect_err("rejected").as_str())
@@ -775,7 +804,7 @@ mod tests {
         );
         let later = now + Duration::from_secs(120);
         let expired = log
-            .accept(&[Event { item_id: "9", ..event }], later, &tally)
+            .accept(&[Event { item_id: "9", ..event }], later, &tally, |_| None)
             .await
             .remove(0)
             .map(|_| ());

@@ -231,6 +231,26 @@ impl ArmIndex {
                 "default".to_string(),
                 Arc::new(ArmMetrics::resolve(metrics, &placement.name, NONE, "default", false)),
             );
+            if let Some(holdout) = &placement.holdout
+                && let Some(arm) = holdout.arms.first()
+            {
+                // Only the held-out users are served as the holdout; `exposed` is everyone
+                // else, whose series are their own arms'.
+                by_experiment.entry(holdout.id.clone()).or_default().insert(
+                    arm.name.clone(),
+                    Arc::new(ArmMetrics::resolve(
+                        metrics,
+                        &placement.name,
+                        &holdout.id,
+                        &arm.name,
+                        false,
+                    )),
+                );
+                metrics
+                    .arm_weight
+                    .with_label_values(&[&placement.name, &holdout.id, &arm.name])
+                    .set(f64::from(arm.weight_bp) / 10_000.0);
+            }
             for experiment in placement.experiments() {
                 let arms = by_experiment.entry(experiment.id.clone()).or_default();
                 let resolve = |arm: &str, shadow: bool| {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::cache::{Tier, TieredCache};
-use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Team, merge_seed, team_draft};
+use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Reason, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
 use crate::feedback::lists::overlap;
@@ -725,7 +725,12 @@ impl Gateway {
     /// results (see [`EventLog::accept`]) and, unless a retry of one counted before, in the
     /// metrics.
     pub(crate) async fn record_events(&self, events: &[Event<'_>]) -> Vec<Result<(), Rejection>> {
-        let results = self.events.accept(events, SystemTime::now(), &self.tally).await;
+        let catalog = self.catalog.load_full();
+        let holdout = |placement: &str| Some(catalog.placement(placement)?.holdout.as_ref()?.id.clone());
+        let results = self
+            .events
+            .accept(events, SystemTime::now(), &self.tally, holdout)
+            .await;
         results
             .into_iter()
             .zip(events)
@@ -773,6 +778,20 @@ impl Gateway {
         let assignment = catalog
             .assign(placement, user, SystemTime::now())
             .ok_or_else(|| ServeError::UnknownPlacement(placement.to_string()))?;
+        let served = self.serve(&assignment, user).await?;
+        // Everyone on a placement with a holdout who is not held out is its `exposed` arm,
+        // whatever serves them: the holdout measures all of it together.
+        if let Some(holdout) = &assignment.placement.holdout
+            && !matches!(assignment.reason, Reason::Holdout { .. })
+            && let Some(exposed) = holdout.arms.get(1)
+        {
+            self.expose(holdout, exposed, user);
+        }
+        Ok(served)
+    }
+
+    /// What `assignment` serves `user`.
+    async fn serve(&self, assignment: &Assignment<'_>, user: &str) -> Result<Recommendation, ServeError> {
         let default = &assignment.placement.default_model;
         // A paused arm's users get the control's list; everything else about them stays.
         let paused = match (assignment.experiment, assignment.arm) {
@@ -818,7 +837,7 @@ impl Gateway {
                 }
             };
         if let Some((experiment, arms)) = assignment.interleaved() {
-            return self.interleave(&assignment, experiment, arms, user).await;
+            return self.interleave(assignment, experiment, arms, user).await;
         }
 
         let serving = match (paused, assignment.experiment) {
