@@ -516,8 +516,32 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
         },
     )
     .await;
+    // `recommendations_total` counts the same responses under the assigned arm.
+    for arm in [CONTROL, TREATMENT] {
+        let labels = [("placement", PLACEMENT), ("experiment", EXPERIMENT), ("arm", arm)];
+        let served = gw.metric("recommendations_total", &labels).await;
+        assert_eq!(
+            served,
+            want[index_of(arm)].exposures as f64,
+            "recommendations_total of {arm}"
+        );
+    }
     // The control was never paused, however long it served.
     assert_eq!(gw.arm_state(CONTROL).await["state"], "serving");
+
+    // A resume lifts the pause at once on this replica: the broken model's fallback again.
+    let (status, body) = gw.resume(EXPERIMENT, TREATMENT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"experiment": EXPERIMENT, "arm": TREATMENT, "was_paused": true})
+    );
+    assert_eq!(gw.arm_state(TREATMENT).await["state"], "serving", "resumed");
+    let user = &users_of(TREATMENT, 1)[0];
+    assert!(
+        !gw.recommend(user).await.paused,
+        "user {user} unpaused right after the resume"
+    );
     gw.stop().await;
 }
 
@@ -623,6 +647,7 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     // The broken model still breaches: a whole new window later, A pauses it again.
     let load = traffic(&a, 3);
     a.wait_state(TREATMENT, "paused_by_guardrail", PAUSE_WITHIN).await;
+    load.overlap(30, "traffic after the second pause").await;
     let sent = load.stop().await;
     let served = judge_traffic(&sent).unwrap_or_else(|e| panic!("replica A after resume: {e}"));
     let first_paused = served
