@@ -210,11 +210,16 @@ fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
         Ok(catalog) => catalog,
         Err(code) => return code,
     };
+    let holdouts = catalog.placements().filter(|p| p.holdout.is_some()).count();
+    let also = match holdouts {
+        0 => String::new(),
+        n => format!(", {n} holdout(s)"),
+    };
     println!(
-        "{}: ok, {} placement(s), {} experiment(s), digest {}",
+        "{}: ok, {} placement(s), {} experiment(s){also}, digest {}",
         dir.display(),
         catalog.placements().count(),
-        catalog.experiments().count(),
+        catalog.experiments().count() - holdouts,
         catalog.digest()
     );
     warn_missing_models(&catalog, dir, models_root);

@@ -113,7 +113,11 @@ struct Route {
 impl Route {
     /// A valid concrete request for the route: path with parameters and query, and body.
     fn request(&self) -> (Method, String, Option<Value>) {
-        let path = self.template.replace("{user_id}", "42").replace("{id}", EXPERIMENT);
+        let path = self
+            .template
+            .replace("{user_id}", "42")
+            .replace("{id}", EXPERIMENT)
+            .replace("{arm}", "treatment");
         let path = match self.template.as_str() {
             "/recommendations/{user_id}" => format!("{path}?placement=home&limit=5"),
             _ => path,
@@ -122,6 +126,7 @@ impl Route {
             ("post", "/events") => Some(json!({ "events": [] })),
             ("post", "/admin/cache/invalidate") => Some(json!({ "experiment": EXPERIMENT })),
             ("post", "/admin/reload") => None,
+            ("post", "/admin/experiments/{id}/arms/{arm}/resume") => None,
             ("post", other) => panic!("no valid body known for POST {other}: add one"),
             _ => None,
         };

@@ -83,6 +83,11 @@ pub(crate) static ROUTES: &[RouteInfo] = &[
         role: Some(Role::Admin),
     },
     RouteInfo {
+        template: "/admin/experiments/{id}/arms/{arm}/resume",
+        label: "admin",
+        role: Some(Role::Admin),
+    },
+    RouteInfo {
         template: "/openapi.json",
         label: "openapi",
         role: None,
@@ -152,6 +157,10 @@ mod tests {
             ("/docs", "/docs/*"),
             ("/docs/index.css", "/docs/*"),
             ("/admin/cache/invalidate", "/admin/cache/invalidate"),
+            (
+                "/admin/experiments/x/arms/treatment/resume",
+                "/admin/experiments/{id}/arms/{arm}/resume",
+            ),
             ("/recommendations", "other"),
             ("/recommendations//", "other"),
             ("/experiments/x/unknown", "other"),
