@@ -744,6 +744,27 @@ mod tests {
         assert_eq!(total(&tally), DuelCounts { wins: [0, 2], ties: 0 });
     }
 
+    /// Without Redis, days are counted beside the totals and the oldest go past [`MAX_DAYS`].
+    #[test]
+    fn days_kept_here_are_bounded() {
+        let tally = Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1);
+        let counter = tally.arm("e", "a");
+        let first = 20_000;
+        for day in first..first + MAX_DAYS + 2 {
+            tally.count_locally(&counter, "u", Count::Impression, 0, day);
+        }
+        tally.count_locally(&counter, "u", Count::Click, 0, first + MAX_DAYS + 1);
+        let days = counter.days.lock().expect("lock").clone();
+        assert_eq!(days.len(), MAX_DAYS as usize);
+        assert_eq!(days.keys().next(), Some(&(first + 2)), "the two oldest dropped");
+        assert_eq!(days[&(first + MAX_DAYS + 1)], [1, 1]);
+        assert_eq!(
+            counter.totals().impressions,
+            (MAX_DAYS + 2) as u64,
+            "totals keep everything"
+        );
+    }
+
     #[test]
     fn dense_registers_are_packed_as_redis_lays_them_out() {
         let hll = sketch();

@@ -403,3 +403,43 @@ fn decide(arm: &ArmResults, srm_detected: bool) -> Result<Decision, &'static str
         Decision::Worse
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::Catalog;
+
+    /// Days are cumulative from the first kept day, every arm on every day any arm counted.
+    #[test]
+    fn days_add_up_in_order_across_arms() {
+        let catalog = Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"))
+            .expect("demo experiments");
+        let experiment = catalog.experiment("home-als-rank").expect("demo experiment");
+        let control = DayCounts::from([(20_000, [100, 5]), (20_002, [100, 6])]);
+        let treatment = DayCounts::from([(20_000, [100, 7]), (20_001, [50, 1])]);
+        let days = days_from_counts(experiment, &[control, treatment]);
+        let seen: Vec<(i64, [u64; 2], [u64; 2])> = days
+            .iter()
+            .map(|d| {
+                let n = |i: usize| [d.arms[i].impressions, d.arms[i].clicks];
+                (d.day, n(0), n(1))
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (20_000, [100, 5], [100, 7]),
+                (20_001, [100, 5], [150, 8]),
+                (20_002, [200, 11], [150, 8]),
+            ]
+        );
+        let last = &days[2].arms;
+        assert_eq!(last[0].lift, Err("this is the control"));
+        let lift = last[1].lift.expect("defined");
+        assert!((lift - ((8.0 / 150.0) / (11.0 / 200.0) - 1.0)).abs() < 1e-12);
+        assert_eq!(
+            last[1].sequential,
+            significance::sequential_lift(8, 150, 11, 200, experiment.sequential_tuning)
+        );
+    }
+}
