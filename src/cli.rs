@@ -323,14 +323,7 @@ fn assign(dir: &Path, experiment: &str, user: &str) -> ExitCode {
         e.status.as_str()
     );
     println!("user        {user}");
-    println!(
-        "arm         {}",
-        if x.in_experiment {
-            x.served.arm_name()
-        } else {
-            "- (not in this experiment)"
-        }
-    );
+    println!("arm         {}", x.arm().unwrap_or("- (not in this experiment)"));
     println!("forced      {}", x.in_experiment && x.served.forced);
     println!(
         "buckets     placement {} (slice [{}, {})), arm {} -> {}",

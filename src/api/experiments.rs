@@ -116,9 +116,11 @@ struct AssignmentBody {
     experiment: String,
     /// The user asked about.
     user_id: String,
-    /// Whether this experiment serves the user now.
+    /// Whether this experiment counts the user now: serves them, or, for a placement's holdout
+    /// (`holdout:<placement>`), has them on its placement.
     in_experiment: bool,
-    /// The arm this experiment serves the user, absent when it does not.
+    /// The arm this experiment counts the user in (for a holdout, `holdout` or `exposed`),
+    /// absent when it does not.
     arm: Option<String>,
     /// True for QA overrides.
     forced: bool,
@@ -261,7 +263,7 @@ impl ExperimentsApi {
         Ok(Json(AssignmentBody {
             experiment: x.experiment.id.clone(),
             in_experiment: x.in_experiment,
-            arm: x.in_experiment.then(|| x.served.arm_name().to_string()),
+            arm: x.arm().map(str::to_string),
             forced: x.in_experiment && x.served.forced,
             placement_bucket: x.placement_bucket,
             arm_bucket: x.arm_bucket,

@@ -177,8 +177,11 @@ pub struct Explanation<'c> {
     pub(crate) experiment: &'c Arc<Experiment>,
     /// What the placement actually serves the user.
     pub served: Assignment<'c>,
-    /// Whether `served` is this experiment.
+    /// Whether this experiment counts the user: serves them, or, for a placement's holdout,
+    /// has them on its placement (held out, or in its `exposed` arm).
     pub in_experiment: bool,
+    /// Whether the experiment asked about is a placement's holdout.
+    holdout: bool,
     /// `B("placement:" + p, u)`.
     pub(crate) placement_bucket: u16,
     /// `B(salt, u)` for this experiment.
@@ -195,9 +198,11 @@ impl Catalog {
         let placement = self.placement(&experiment.placement)?;
         let served = placement.assign(user, now);
         let arm_bucket = bucket(&experiment.salt, user);
+        let holdout = placement.holdout.as_ref().is_some_and(|h| Arc::ptr_eq(h, experiment));
         Some(Explanation {
             experiment,
-            in_experiment: served.experiment.is_some_and(|e| Arc::ptr_eq(e, experiment)),
+            in_experiment: holdout || served.experiment.is_some_and(|e| Arc::ptr_eq(e, experiment)),
+            holdout,
             placement_bucket: placement.slice_bucket(user),
             arm_bucket,
             arm_for_bucket: match experiment.kind {
@@ -209,11 +214,31 @@ impl Catalog {
     }
 }
 
-impl Explanation<'_> {
+impl<'c> Explanation<'c> {
+    /// The arm this experiment counts the user in: the one served, or for a holdout `holdout`
+    /// or `exposed`; `None` outside the experiment.
+    pub fn arm(&self) -> Option<&'c str> {
+        match (self.in_experiment, self.holdout) {
+            (false, _) => None,
+            (true, true) => Some(self.arm_for_bucket),
+            (true, false) => Some(self.served.arm_name()),
+        }
+    }
+
     /// The decision in words.
     pub(crate) fn reason(&self) -> String {
         let e = self.experiment;
         let slice = format!("[{}, {})", e.slice.start, e.slice.end);
+        if self.holdout && !matches!(self.served.reason, Reason::Holdout { .. }) {
+            let by = self
+                .served
+                .experiment
+                .map_or("the placement default", |x| x.id.as_str());
+            return format!(
+                "placement bucket {} is outside the holdout {slice}: counted as exposed, served by {by}",
+                self.placement_bucket
+            );
+        }
         if let (false, Some(other)) = (self.in_experiment, self.served.experiment) {
             return format!("served by experiment {} instead", other.id);
         }
