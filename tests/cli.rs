@@ -11,30 +11,14 @@ use std::time::{Duration, SystemTime};
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type};
+use common::cli::{COMMAND_TIMEOUT, recgw};
+use common::edits::{copy_of_experiments, edit};
 use common::free_port;
 use common::gateway::repo;
 use common::process::run_bounded;
 use common::spark::hadoop_crc;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recgw::experiment::Catalog;
-use tempfile::TempDir;
-
-/// `recgw ARGS` in the repository, with no `RECGW__*` variables from the caller's environment
-/// and quiet logs.
-fn recgw(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command.args(args).current_dir(repo()).env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RECGW__") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-/// How long one `recgw` command gets; the slowest, building a serving snapshot of a test
-/// model, takes seconds.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `command` (bounded by [`COMMAND_TIMEOUT`]), returning exit success, stdout and stderr.
 fn run(command: &mut Command) -> (bool, String, String) {
@@ -42,24 +26,7 @@ fn run(command: &mut Command) -> (bool, String, String) {
     (finished.success(), finished.stdout, finished.stderr)
 }
 
-/// A copy of the repository's `experiments/` folder.
-fn copy_of_experiments() -> TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for entry in fs::read_dir(repo().join("experiments")).expect("experiments folder") {
-        let path = entry.expect("entry").path();
-        fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy");
-    }
-    dir
-}
-
-/// Replaces exactly one occurrence of `from` in `dir/file`.
-fn edit(dir: &Path, file: &str, from: &str, to: &str) {
-    let path = dir.join(file);
-    let text = fs::read_to_string(&path).expect("read");
-    assert_eq!(text.matches(from).count(), 1, "{from:?} once in {file}");
-    fs::write(&path, text.replacen(from, to, 1)).expect("write");
-}
-
+/// `path` as a `str`; the tests' paths are UTF-8.
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }

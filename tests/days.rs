@@ -34,14 +34,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use common::cli::report_async as report;
+use common::events::{self, Kind};
 use common::gateway::{self, DemoCopy, TestGateway};
-use common::process::{Finished, run_bounded};
 use common::redis::{Mode, Redis};
 use common::rng::Rng;
-use recgw::config::Settings;
+use common::stats::{close_value as close, sequential};
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -61,8 +61,6 @@ const WINNER: &str = "treatment";
 const BY_DAY: &str = "/experiments/home-als-rank/results?by=day";
 /// `sequential_tuning` when an experiment sets none (the demo's do not).
 const DEFAULT_TUNING: f64 = 5000.0;
-/// The always-valid interval's level.
-const ALPHA: f64 = 0.05;
 /// Click probability per shown item of each arm, so that the lift is clearly not zero.
 const CLICK_P: [f64; 2] = [0.10, 0.18];
 /// Events per `POST /events`.
@@ -99,22 +97,6 @@ fn demo() -> DemoCopy {
     );
     std::fs::write(demo.experiments().join("side-done.toml"), completed).expect("write side-done.toml");
     demo
-}
-
-/// Settings of one replica over `demo`: `redis_url` (empty: no Redis), the shared tracking
-/// secret, a Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(demo: &DemoCopy, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&demo.experiments(), &demo.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
-}
-
-/// The Redis of `mode` (started off the async threads; kept alive by the caller).
-fn redis(mode: Mode) -> Redis {
-    tokio::task::block_in_place(|| Redis::start(mode))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,44 +186,28 @@ fn events_for(served: &[Served], prefix: &str, rng: &mut Rng, counted: impl Fn(&
         let arm = ARMS.iter().position(|a| *a == s.arm);
         let counts_for = arm.filter(|_| counted(s));
         for item in &s.items {
-            let mut push = |kind: &str, click: bool| {
-                let tag = &kind[..1];
+            let mut push = |kind: Kind| {
+                let id = format!("{prefix}-{n}-{}-{item}", kind.tag());
                 events.push(Event {
-                    json: json!({
-                        "type": kind,
-                        "tracking_token": s.token,
-                        "item_id": item,
-                        "event_id": format!("{prefix}-{n}-{tag}-{item}"),
-                    }),
+                    json: events::event(kind.name(), &s.token, item, Some(&id)),
                     counts_for,
-                    click,
+                    click: kind == Kind::Click,
                 });
             };
-            push("impression", false);
+            push(Kind::Impression);
             if rng.chance(CLICK_P[arm.unwrap_or(0)]) {
-                push("click", true);
+                push(Kind::Click);
             }
         }
     }
     events
 }
 
-/// `POST /events` of `events`, expecting 202: per event `None` when accepted, else the
-/// reason (checking that the counts and the rejections agree).
+/// `POST /events` of `events` (`common/events.rs` [`events::post_events`]), expecting 202:
+/// per event `None` when accepted, else the reason.
 async fn post_events(gw: &TestGateway, events: &[Event]) -> Vec<Option<String>> {
-    let body = json!({ "events": events.iter().map(|e| e.json.clone()).collect::<Vec<_>>() });
-    let reply = gw.post_json("/events", &body).await;
-    assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-    let outcome = reply.json();
-    let mut results = vec![None; events.len()];
-    for rejection in outcome["rejections"].as_array().expect("rejections") {
-        let index = rejection["index"].as_u64().expect("index") as usize;
-        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
-    }
-    let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
-    assert_eq!(outcome["rejected"], rejected, "{outcome}");
-    assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
-    results
+    let body: Vec<Value> = events.iter().map(|e| e.json.clone()).collect();
+    events::post_events(gw, &body).await
 }
 
 /// What `home-als-rank`'s arms must show: impressions and clicks of the events accepted for
@@ -318,28 +284,6 @@ fn days_of(body: &Value) -> &Vec<Value> {
     body["days"]
         .as_array()
         .unwrap_or_else(|| panic!("?by=day gives a days array: {body}"))
-}
-
-/// Whether `got` is `want` within a relative 1e-9 (the same formula computed in another
-/// order may differ in the last bits).
-fn close(got: &Value, want: f64) -> bool {
-    got.as_f64()
-        .is_some_and(|g| (g - want).abs() <= 1e-9 * want.abs().max(1e-12))
-}
-
-/// The always-valid interval of the lift and its p-value (GrowthBook's sequential test on the
-/// log ratio, Waudby-Smith et al.), as the contract writes it: `(low, high, p)`.
-fn sequential(c1: u64, n1: u64, c0: u64, n0: u64, tuning: f64) -> (f64, f64, f64) {
-    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
-    let mu = (p1 / p0).ln();
-    let sigma = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
-    let n = (n1 + n0) as f64;
-    let l = -2.0 * ALPHA.ln();
-    let rho2 = (l + (l + 1.0).ln()) / tuning;
-    let spread = n * rho2 + 1.0;
-    let h = sigma * n.sqrt() * (2.0 * spread / (n * n * rho2) * (spread.sqrt() / ALPHA).ln()).sqrt();
-    let evidence = (rho2 * n * (mu / sigma).powi(2) / (2.0 * spread)).exp() / spread.sqrt();
-    ((mu - h).exp() - 1.0, (mu + h).exp() - 1.0, (1.0 / evidence).min(1.0))
 }
 
 /// Checks one day's entry against its cumulative `counts` (per arm `[impressions, clicks]`):
@@ -471,8 +415,8 @@ fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
 /// changes no day. One day only: a test cannot move the gateway's clock (see the file's doc).
 async fn one_day_equals_the_ledger(mode: Mode) {
     let demo = demo();
-    let redis = redis(mode);
-    let gw = TestGateway::launch_up(&settings(&demo, &redis.url())).await;
+    let redis = Redis::start_in_place(mode);
+    let gw = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let first = today();
     let mut rng = Rng::new(0xDA15_0001);
     let served = serve_home(&[&gw], 1, 160).await;
@@ -497,11 +441,7 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     );
 
     let body = results(&gw, BY_DAY).await;
-    let counts = match mode {
-        Mode::Memory => "memory",
-        Mode::Node | Mode::Cluster => "redis",
-    };
-    assert_eq!(body["counts"], counts, "{body}");
+    assert_eq!(body["counts"], mode.counts(), "{body}");
     check_days(&body, first, last, &ledger);
     let completed = results(&gw, &format!("/experiments/{COMPLETED}/results?by=day")).await;
     assert_eq!(
@@ -546,8 +486,8 @@ async fn one_day_equals_the_ledger_on_a_redis_cluster() {
 /// a batch retried on the other replica changes no day.
 async fn replicas_add_up(mode: Mode) {
     let demo = demo();
-    let redis = redis(mode);
-    let settings = settings(&demo, &redis.url());
+    let redis = Redis::start_in_place(mode);
+    let settings = demo.settings(&redis.url());
     let a = TestGateway::launch_up(&settings).await;
     let b = TestGateway::launch_up(&settings).await;
     let first = today();
@@ -599,7 +539,7 @@ async fn replicas_add_up_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_takes_day_only_and_days_only_when_asked() {
     let demo = demo();
-    let gw = TestGateway::launch_up(&settings(&demo, "")).await;
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
 
     let empty = results(&gw, BY_DAY).await;
     assert_eq!(empty["days"], json!([]), "nothing counted, no day: {empty}");
@@ -634,24 +574,6 @@ async fn by_takes_day_only_and_days_only_when_asked() {
 // ---------------------------------------------------------------------------------------------
 // 4. `recgw report --plot`
 // ---------------------------------------------------------------------------------------------
-
-/// Runs `recgw report ARGS` (bounded: 30 s), without settings or a proxy from the environment
-/// (`recgw report` would send even loopback URLs to `http_proxy`).
-async fn report(args: Vec<String>) -> Finished {
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-        command.arg("report").args(&args);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("RECGW") || key.to_ascii_lowercase().ends_with("_proxy") {
-                command.env_remove(key);
-            }
-        }
-        command.env("RUST_LOG", "warn");
-        run_bounded(&mut command, b"", Duration::from_secs(30))
-    })
-    .await
-    .expect("report thread")
-}
 
 /// `recgw report EXPERIMENT --url URL --plot PATH` as arguments.
 fn plot_args(experiment: &str, gw: &TestGateway, path: &Path) -> Vec<String> {
@@ -724,7 +646,7 @@ fn plotted(body: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_plots_the_days_of_the_endpoint() {
     let demo = demo();
-    let gw = TestGateway::launch_up(&settings(&demo, "")).await;
+    let gw = TestGateway::launch_up(&demo.settings("")).await;
     let first = today();
     let mut rng = Rng::new(0xDA15_0004);
     let served = serve_home(&[&gw], 501, 620).await;

@@ -28,16 +28,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::assignment::bucket;
+use common::cli::{self, report_stdout as report};
+use common::edits::with_lines;
+use common::events::{self, ArmWant, Counts, Kind, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
-use common::process::run_bounded;
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
-use recgw::config::Settings;
+use common::stats::{self, ALPHA, close};
 use recgw::experiment::Catalog;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -76,8 +76,6 @@ const DEMO_PLACEMENT: &str = "home";
 const DEMO_ARMS: [&str; 2] = ["control", "treatment"];
 /// Items asked for per page: the demo models hold 20 per user, so each page is 20 impressions.
 const PAGE: usize = 20;
-/// The error rate of every test in the contract.
-const ALPHA: f64 = 0.05;
 /// The default `sequential_tuning` (N*).
 const DEFAULT_TUNING: f64 = 5000.0;
 /// Exposures are flushed to Redis every second; waits for one start after this.
@@ -101,31 +99,12 @@ fn three_arm_demo() -> DemoCopy {
     demo
 }
 
-/// Settings over `demo` with `redis_url` (empty: no Redis), the shared tracking secret, a
-/// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(demo: &DemoCopy, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&demo.experiments(), &demo.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
-}
-
 /// A gateway over `demo` whose counts live where `mode` says, with the Redis it needs (kept
 /// alive by the caller).
 async fn launch(demo: &DemoCopy, mode: Mode) -> (TestGateway, Redis) {
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
-    let gw = TestGateway::launch_up(&settings(demo, &redis.url())).await;
+    let redis = Redis::start_in_place(mode);
+    let gw = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     (gw, redis)
-}
-
-/// What `counts` the results of a mode say.
-fn counts_of(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Memory => "memory",
-        Mode::Node | Mode::Cluster => "redis",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,12 +167,6 @@ fn users(from: u32, to: u32) -> Vec<String> {
     (from..=to).map(|u| u.to_string()).collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Impression,
-    Click,
-}
-
 /// One event and the arm it must be credited to.
 #[derive(Debug, Clone)]
 struct Event {
@@ -202,20 +175,13 @@ struct Event {
     body: Value,
 }
 
+/// `kind` on `item` of `page`, with the id `{user}-{i|c}-{item}`.
 fn event(page: &Page, kind: Kind, item: &str) -> Event {
-    let (name, tag) = match kind {
-        Kind::Impression => ("impression", "i"),
-        Kind::Click => ("click", "c"),
-    };
+    let id = format!("{}-{}-{item}", page.user, kind.tag());
     Event {
         arm: page.arm,
         kind,
-        body: json!({
-            "type": name,
-            "tracking_token": page.token,
-            "item_id": item,
-            "event_id": format!("{}-{tag}-{item}", page.user),
-        }),
+        body: events::event(kind.name(), &page.token, item, Some(&id)),
     }
 }
 
@@ -242,14 +208,6 @@ fn clicks(pages: &[Page], ctr: &[f64], seed: u64) -> Vec<Event> {
     events
 }
 
-/// What one arm was served and accepted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    exposures: u64,
-    impressions: u64,
-    clicks: u64,
-}
-
 /// What the results must show, per arm in arm order.
 #[derive(Debug, Clone)]
 struct Ledger {
@@ -258,6 +216,7 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// Nothing served yet to the arms `names`.
     fn new(names: &[&str]) -> Ledger {
         Ledger {
             names: names.iter().map(|n| n.to_string()).collect(),
@@ -267,47 +226,26 @@ impl Ledger {
 
     /// Whether `body` shows exactly these counts, arm by arm; the differences otherwise.
     fn matches(&self, body: &Value) -> Result<(), String> {
-        let arms = body["arms"].as_array().ok_or_else(|| format!("no arms: {body}"))?;
-        let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
-        if names != self.names {
-            return Err(format!("arms {names:?}, want {:?}", self.names));
-        }
-        let mut diffs = Vec::new();
-        for (arm, want) in arms.iter().zip(&self.arms) {
-            for (field, want) in [
-                ("exposures", want.exposures),
-                ("impressions", want.impressions),
-                ("clicks", want.clicks),
-            ] {
-                if arm[field].as_u64() != Some(want) {
-                    diffs.push(format!("{}.{field} = {} (want {want})", arm["name"], arm[field]));
-                }
-            }
-        }
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(diffs.join("; "))
-        }
+        let want: Vec<ArmWant> = self
+            .names
+            .iter()
+            .zip(&self.arms)
+            .map(|(name, arm)| arm.of(name))
+            .collect();
+        arms_match(body, "", &want)
     }
 }
 
 /// Posts `events` in batches of 1000 (the most one batch may hold), expecting every one
 /// accepted, and credits them to the ledger.
 async fn post_all(gw: &TestGateway, events: &[Event], ledger: &mut Ledger) {
-    for chunk in events.chunks(1000) {
-        let batch: Vec<&Value> = chunk.iter().map(|e| &e.body).collect();
-        let reply = gw.post_json("/events", &json!({ "events": batch })).await;
-        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-        let outcome = reply.json();
-        assert_eq!(outcome["rejected"], 0, "every event is valid: {outcome}");
-        assert_eq!(outcome["accepted"], chunk.len() as u64, "{outcome}");
-        for e in chunk {
-            let arm = &mut ledger.arms[e.arm];
-            match e.kind {
-                Kind::Impression => arm.impressions += 1,
-                Kind::Click => arm.clicks += 1,
-            }
+    let bodies: Vec<Value> = events.iter().map(|e| e.body.clone()).collect();
+    post_all_accepted(gw, &bodies, 1000).await;
+    for e in events {
+        let arm = &mut ledger.arms[e.arm];
+        match e.kind {
+            Kind::Impression => arm.impressions += 1,
+            Kind::Click => arm.clicks += 1,
         }
     }
 }
@@ -352,21 +290,8 @@ fn sequential(arm: Counts, control: Counts, tuning: f64) -> Result<Sequential, &
     if arm.clicks == 0 {
         return Err("the arm has no clicks");
     }
-    let (n1, n0) = (arm.impressions as f64, control.impressions as f64);
-    let (p1, p0) = (arm.clicks as f64 / n1, control.clicks as f64 / n0);
-    let mu = (p1 / p0).ln();
-    let sigma = ((1.0 - p1) / (n1 * p1) + (1.0 - p0) / (n0 * p0)).sqrt();
-    let n = n1 + n0;
-    let two_log_alpha = -2.0 * ALPHA.ln();
-    let rho = ((two_log_alpha + (two_log_alpha + 1.0).ln()) / tuning).sqrt();
-    let r2 = rho * rho;
-    let h = sigma * n.sqrt() * (2.0 * (n * r2 + 1.0) / (n * n * r2) * ((n * r2 + 1.0).sqrt() / ALPHA).ln()).sqrt();
-    let e = (r2 * n * (mu / sigma).powi(2) / (2.0 * (n * r2 + 1.0))).exp() / (n * r2 + 1.0).sqrt();
-    Ok(Sequential {
-        low: (mu - h).exp() - 1.0,
-        high: (mu + h).exp() - 1.0,
-        p: (1.0 / e).min(1.0),
-    })
+    let (low, high, p) = stats::sequential(arm.clicks, arm.impressions, control.clicks, control.impressions, tuning);
+    Ok(Sequential { low, high, p })
 }
 
 /// The fixed-horizon two-sided pooled two-proportion z-test of `arm` against `control`;
@@ -461,11 +386,6 @@ fn expected(ledger: &Ledger, tuning: f64, srm_detected: bool) -> Vec<Expected> {
             }
         })
         .collect()
-}
-
-/// Equal up to the rounding of two independent computations of one formula: 1e-9 relative.
-fn close(got: f64, want: f64) -> bool {
-    got == want || (got - want).abs() <= 1e-9 * want.abs().max(f64::MIN_POSITIVE)
 }
 
 /// `arm[field]` is a number equal to `want` ([`close`]) and has no reason in `undefined`.
@@ -698,7 +618,7 @@ async fn three_arms_decide_as_computed(mode: Mode) {
     let demo = three_arm_demo();
     let (gw, _redis) = launch(&demo, mode).await;
     let (ledger, body) = three_arm_traffic(&gw).await;
-    assert_eq!(body["counts"], counts_of(mode), "{body}");
+    assert_eq!(body["counts"], mode.counts(), "{body}");
     assert_eq!(body["kind"], "split", "{body}");
     // Users are split by hash: a mismatch here would withhold every decision (test 3 checks
     // that), and would mean the split is broken.
@@ -824,14 +744,7 @@ async fn reload(gw: &TestGateway) -> (u16, Value) {
 
 /// Rewrites `home-als-rank.toml` of `demo` with `line` added before its arms.
 fn set_demo_tuning(demo: &DemoCopy, line: &str) {
-    let path = demo.experiments().join(format!("{DEMO}.toml"));
-    let text = std::fs::read_to_string(&path).expect("read home-als-rank.toml");
-    let anchor = "\n[[arms]]";
-    assert!(text.contains(anchor), "{text}");
-    let pristine = std::fs::read_to_string(gateway::repo().join("experiments").join(format!("{DEMO}.toml")))
-        .expect("read the repository's home-als-rank.toml");
-    std::fs::write(&path, pristine.replacen(anchor, &format!("\n{line}\n{anchor}"), 1))
-        .expect("write home-als-rank.toml");
+    with_lines(&demo.experiments(), &format!("{DEMO}.toml"), line);
 }
 
 /// With one arm compared with the control nothing is adjusted (`adjustment` `none`, no
@@ -1045,17 +958,13 @@ async fn shadow_and_interleaved_arms_have_no_sequential_figures() {
             assert_eq!(page["experiment"], experiment, "{page}");
             let token = page["tracking_token"].as_str().expect("tracking_token");
             for (i, item) in gateway::item_ids(&page).iter().enumerate() {
-                events.push(json!({ "type": "impression", "tracking_token": token, "item_id": item }));
+                events.push(events::event("impression", token, item, None));
                 if i % 3 == 0 {
-                    events.push(json!({ "type": "click", "tracking_token": token, "item_id": item }));
+                    events.push(events::event("click", token, item, None));
                 }
             }
         }
-        for chunk in events.chunks(1000) {
-            let reply = gw.post_json("/events", &json!({ "events": chunk })).await;
-            assert_eq!(reply.status, 202, "{}", reply.body);
-            assert_eq!(reply.json()["rejected"], 0, "{}", reply.body);
-        }
+        post_all_accepted(&gw, &events, 1000).await;
         let body = results(&gw, experiment).await;
         assert_eq!(body["comparisons"], 0, "{experiment}: {body}");
         assert_eq!(body["adjustment"], "none", "{experiment}: {body}");
@@ -1089,23 +998,6 @@ async fn shadow_and_interleaved_arms_have_no_sequential_figures() {
 // 4. Validation
 // ---------------------------------------------------------------------------------------------
 
-/// `recgw validate DIR`, bounded, with no settings from the caller's environment; exit
-/// success, stdout and stderr.
-fn validate(dir: &Path) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command
-        .args(["validate", dir.to_str().expect("utf-8 path")])
-        .current_dir(gateway::repo())
-        .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RECGW__") {
-            command.env_remove(key);
-        }
-    }
-    let finished = run_bounded(&mut command, b"", Duration::from_secs(60));
-    (finished.success(), finished.stdout, finished.stderr)
-}
-
 /// `sequential_tuning` is N*, a number of impressions: `recgw validate` refuses 0, a negative,
 /// a fraction below 1, `nan`, `inf` and a string, each time naming the file and the field, and
 /// accepts 1 (a TOML integer) and 12345.5, which the catalog then holds as given; without
@@ -1116,20 +1008,16 @@ fn validate_checks_sequential_tuning() {
     let file = format!("{DEMO}.toml");
     for bad in ["0", "-5", "0.5", "nan", "inf", "\"fast\""] {
         set_demo_tuning(&demo, &format!("sequential_tuning = {bad}"));
-        let (ok, stdout, stderr) = validate(&demo.experiments());
-        assert!(!ok, "sequential_tuning = {bad} accepted:\n{stdout}\n{stderr}");
-        let output = format!("{stdout}\n{stderr}");
-        assert!(
-            output
-                .lines()
-                .any(|l| l.contains(&file) && l.contains(": sequential_tuning: ")),
-            "sequential_tuning = {bad}: no line names {file} and the field:\n{output}"
+        cli::assert_refused(
+            &demo.experiments(),
+            &file,
+            "sequential_tuning",
+            &format!("sequential_tuning = {bad}"),
         );
     }
     for (good, want) in [("1", 1.0), ("12345.5", 12345.5)] {
         set_demo_tuning(&demo, &format!("sequential_tuning = {good}"));
-        let (ok, stdout, stderr) = validate(&demo.experiments());
-        assert!(ok, "sequential_tuning = {good} refused:\n{stdout}\n{stderr}");
+        cli::assert_accepted(&demo.experiments(), &format!("sequential_tuning = {good}"));
         let catalog = Catalog::load_dir(&demo.experiments()).expect("valid");
         let experiment = catalog.experiment(DEMO).expect("home-als-rank");
         assert_eq!(experiment.sequential_tuning, want, "sequential_tuning = {good}");
@@ -1144,24 +1032,6 @@ fn validate_checks_sequential_tuning() {
 // ---------------------------------------------------------------------------------------------
 // 5. `recgw report`
 // ---------------------------------------------------------------------------------------------
-
-/// Runs `recgw report EXPERIMENT --url URL [--format F]` (bounded: 20 s); its stdout.
-fn report(url: &str, experiment: &str, format: Option<&str>) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command.args(["report", experiment, "--url", url]);
-    if let Some(format) = format {
-        command.args(["--format", format]);
-    }
-    // Neither settings nor a proxy from the environment: `recgw report` sends even loopback
-    // URLs to `http_proxy` when one is set.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RECGW") || key.to_ascii_lowercase().ends_with("_proxy") {
-            command.env_remove(key);
-        }
-    }
-    command.env("RUST_LOG", "warn");
-    run_bounded(&mut command, b"", Duration::from_secs(20)).expect_success(&format!("recgw report {format:?}"))
-}
 
 /// `{:.2e}` of a p-value, or `-` when absent, as the report prints it.
 fn printed_p(v: &Value) -> String {

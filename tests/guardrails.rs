@@ -25,17 +25,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::assignment::bucket;
+use common::cli;
+use common::edits::{copy_of_experiments, edit, with_lines};
+use common::events::{self, Counts, arm_named, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
-use common::process::run_bounded;
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::traffic::{Sent, Traffic};
-use recgw::config::Settings;
-use recgw::experiment::Catalog;
+use recgw::experiment::{Catalog, Guardrails};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -71,34 +71,22 @@ const PAUSE_KEY: &str = "recgw:guardrails:{home-als-rank}";
 /// `lines` (guardrails) before its arms.
 fn guarded_demo(lines: &str, treatment_model: &str) -> DemoCopy {
     let demo = DemoCopy::new();
-    let path = demo.experiments().join(format!("{EXPERIMENT}.toml"));
-    let text = std::fs::read_to_string(&path).expect("read home-als-rank.toml");
-    let anchor = "\n[[arms]]";
-    assert!(text.contains(anchor), "{text}");
-    assert!(text.contains("model = \"als-v2\""), "{text}");
-    let text = text
-        .replacen(anchor, &format!("\n{lines}\n{anchor}"), 1)
-        .replace("model = \"als-v2\"", &format!("model = \"{treatment_model}\""));
-    std::fs::write(&path, text).expect("write home-als-rank.toml");
+    let file = format!("{EXPERIMENT}.toml");
+    with_lines(&demo.experiments(), &file, lines);
+    edit(
+        &demo.experiments(),
+        &file,
+        "model = \"als-v2\"",
+        &format!("model = \"{treatment_model}\""),
+    );
     demo
-}
-
-/// Settings over `demo` with `redis_url` (empty: no Redis), the shared tracking secret, a
-/// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(demo: &DemoCopy, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&demo.experiments(), &demo.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
 }
 
 /// A gateway over `demo` on `redis_url`, once the control's model and the placement default
 /// are loaded (`/ready` stays 503 while a referenced model is missing) and, with Redis, once
 /// Redis answered.
 async fn launch(demo: &DemoCopy, redis_url: &str) -> TestGateway {
-    let gw = TestGateway::launch(&settings(demo, redis_url)).await;
+    let gw = TestGateway::launch(&demo.settings(redis_url)).await;
     for model in [CONTROL_MODEL, DEFAULT_MODEL] {
         gw.wait_model(model, &format!("{model} loaded"), |m| m["version"].is_string())
             .await;
@@ -218,7 +206,7 @@ impl TestGateway {
     /// `GET /experiments/home-als-rank`, the arm named `arm`.
     async fn arm_state(&self, arm: &str) -> Value {
         let body = self.ok(&format!("/experiments/{EXPERIMENT}")).await;
-        arm_named(&body, arm)
+        arm_named(&body, arm).clone()
     }
 
     /// Waits (at most `within`) until `/experiments/home-als-rank` shows `arm` in `state`;
@@ -285,17 +273,6 @@ impl TestGateway {
         )
         .await
     }
-}
-
-/// The arm named `name` of an experiment or results body.
-fn arm_named(body: &Value, name: &str) -> Value {
-    body["arms"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no arms: {body}"))
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no arm {name}: {body}"))
-        .clone()
 }
 
 /// Traffic of `clients` clients on `gw`, client `c` asking for users `c, c + clients, …`
@@ -377,14 +354,6 @@ async fn assert_paused_state(gw: &TestGateway) -> (String, String) {
 // 1. A broken treatment is paused
 // ---------------------------------------------------------------------------------------------
 
-/// Counts per arm (control, treatment) that the results must show.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    exposures: u64,
-    impressions: u64,
-    clicks: u64,
-}
-
 /// Index of an arm in the results, in arm order.
 fn index_of(arm: &str) -> usize {
     usize::from(arm == TREATMENT)
@@ -392,35 +361,11 @@ fn index_of(arm: &str) -> usize {
 
 /// Whether the results `body` shows exactly `want` per arm; the differences otherwise.
 fn counts_match(body: &Value, want: &[Counts; 2]) -> Result<(), String> {
-    let mut diffs = Vec::new();
-    for (name, want) in [CONTROL, TREATMENT].iter().zip(want) {
-        let arm = arm_named(body, name);
-        for (field, want) in [
-            ("exposures", want.exposures),
-            ("impressions", want.impressions),
-            ("clicks", want.clicks),
-        ] {
-            if arm[field].as_u64() != Some(want) {
-                diffs.push(format!("{name}.{field} = {} (want {want})", arm[field]));
-            }
-        }
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(diffs.join("; "))
-    }
-}
-
-/// `POST /events` with `events`, expecting every one accepted.
-async fn post_events(gw: &TestGateway, events: &[Value]) {
-    for chunk in events.chunks(1000) {
-        let reply = gw.post_json("/events", &json!({ "events": chunk })).await;
-        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-        let outcome = reply.json();
-        assert_eq!(outcome["rejected"], 0, "every event is valid: {outcome}");
-        assert_eq!(outcome["accepted"], chunk.len() as u64, "{outcome}");
-    }
+    arms_match(
+        body,
+        "",
+        &[CONTROL, TREATMENT].map(|name| want[index_of(name)].of(name)),
+    )
 }
 
 /// The treatment serving a model folder that does not exist, under
@@ -433,7 +378,7 @@ async fn post_events(gw: &TestGateway, events: &[Value]) {
 /// its assigned arm, paused ones under the treatment, as are events with their tokens.
 async fn a_broken_treatment_is_paused(mode: Mode) {
     let demo = guarded_demo(BROKEN_GUARDRAILS, BROKEN_MODEL);
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
+    let redis = Redis::start_in_place(mode);
     let gw = launch(&demo, &redis.url()).await;
     let started = Instant::now();
     let load = traffic(&gw, 3);
@@ -493,18 +438,14 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     assert_eq!((paused.len(), control_pages.len()), (40, 30), "enough of each");
     for (n, s) in paused.iter().chain(&control_pages).enumerate() {
         let item = &s.items[0];
-        events.push(
-            json!({"type": "impression", "tracking_token": s.token, "item_id": item, "event_id": format!("g{n}-i")}),
-        );
+        events.push(events::event("impression", &s.token, item, Some(&format!("g{n}-i"))));
         want[index_of(s.arm)].impressions += 1;
         if s.paused {
-            events.push(
-                json!({"type": "click", "tracking_token": s.token, "item_id": item, "event_id": format!("g{n}-c")}),
-            );
+            events.push(events::event("click", &s.token, item, Some(&format!("g{n}-c"))));
             want[index_of(s.arm)].clicks += 1;
         }
     }
-    post_events(&gw, &events).await;
+    post_all_accepted(&gw, &events, 1000).await;
     assert_eq!(want[1].impressions, 40);
     assert_eq!(want[1].clicks, 40);
     eventually(
@@ -580,7 +521,7 @@ fn pause_fields(redis: &Redis) -> BTreeMap<String, String> {
 /// a whole new window, and B follows again.
 async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     let demo = guarded_demo(BROKEN_GUARDRAILS, BROKEN_MODEL);
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
+    let redis = Redis::start_in_place(mode);
     let a = launch(&demo, &redis.url()).await;
     let b = launch(&demo, &redis.url()).await;
     let treatment_users = users_of(TREATMENT, 5);
@@ -714,15 +655,16 @@ async fn an_a_a_experiment_is_never_paused() {
             let token = body["tracking_token"].as_str().expect("tracking_token");
             let mut rng = Rng::new(fnv(&user) ^ SEED ^ round);
             for (i, item) in gateway::item_ids(&body).iter().enumerate() {
-                events.push(json!({"type": "impression", "tracking_token": token, "item_id": item, "event_id": format!("r{round}-u{user}-{i}-i")}));
+                let id = |tag: &str| format!("r{round}-u{user}-{i}-{tag}");
+                events.push(events::event("impression", token, item, Some(&id("i"))));
                 want[index_of(arm)].impressions += 1;
                 if rng.chance(CTR) {
-                    events.push(json!({"type": "click", "tracking_token": token, "item_id": item, "event_id": format!("r{round}-u{user}-{i}-c")}));
+                    events.push(events::event("click", token, item, Some(&id("c"))));
                     want[index_of(arm)].clicks += 1;
                 }
             }
         }
-        post_events(&gw, &events).await;
+        post_all_accepted(&gw, &events, 1000).await;
         let body = gw.ok(&format!("/experiments/{EXPERIMENT}")).await;
         for arm in [CONTROL, TREATMENT] {
             assert_eq!(arm_named(&body, arm)["state"], "serving", "round {round}: {body}");
@@ -750,34 +692,15 @@ async fn an_a_a_experiment_is_never_paused() {
 // 4. Validation
 // ---------------------------------------------------------------------------------------------
 
-/// `recgw validate DIR`, bounded, with no settings from the caller's environment; exit
-/// success, stdout and stderr.
-fn validate(dir: &Path) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command
-        .args(["validate", dir.to_str().expect("utf-8 path")])
-        .current_dir(gateway::repo())
-        .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RECGW__") {
-            command.env_remove(key);
-        }
-    }
-    let finished = run_bounded(&mut command, b"", Duration::from_secs(60));
-    (finished.success(), finished.stdout, finished.stderr)
-}
-
-/// Writes `lines` before the first `[[arms]]` of `file` in `dir`, from the repository's copy.
-fn with_lines(dir: &Path, file: &str, lines: &str) {
-    let pristine = std::fs::read_to_string(gateway::repo().join("experiments").join(file))
-        .unwrap_or_else(|e| panic!("read {file}: {e}"));
-    let anchor = "\n[[arms]]";
-    assert!(pristine.contains(anchor), "{pristine}");
-    std::fs::write(
-        dir.join(file),
-        pristine.replacen(anchor, &format!("\n{lines}\n{anchor}"), 1),
-    )
-    .unwrap_or_else(|e| panic!("write {file}: {e}"));
+/// The guardrails the catalog of `dir` holds for `home-als-rank`.
+fn guardrails_in(dir: &Path) -> Guardrails {
+    let catalog = Catalog::load_dir(dir).expect("valid");
+    catalog
+        .experiment(EXPERIMENT)
+        .expect("home-als-rank")
+        .guardrails
+        .clone()
+        .expect("guardrails")
 }
 
 /// `recgw validate` refuses each malformed guardrail with a line naming the file and the
@@ -823,36 +746,19 @@ fn validate_checks_guardrails() {
         (INTERLEAVE, "guardrails = { fallback_rate = 0.2 }", "guardrails"),
     ];
     for (file, lines, field) in cases {
-        let dir = tempfile::tempdir().expect("tempdir");
-        gateway::copy_dir(&gateway::repo().join("experiments"), dir.path());
+        let dir = copy_of_experiments();
         with_lines(dir.path(), file, lines);
-        let (ok, stdout, stderr) = validate(dir.path());
-        let output = format!("{stdout}\n{stderr}");
-        assert!(!ok, "{file} with {lines:?} accepted:\n{output}");
-        assert!(
-            output
-                .lines()
-                .any(|l| l.contains(file) && l.contains(&format!(": {field}: "))),
-            "{file} with {lines:?}: no line names {file} and {field}:\n{output}"
-        );
+        cli::assert_refused(dir.path(), file, field, &format!("{file} with {lines:?}"));
     }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    gateway::copy_dir(&gateway::repo().join("experiments"), dir.path());
+    let dir = copy_of_experiments();
     with_lines(
         dir.path(),
         SPLIT,
         "guardrails = { error_rate = 0.02, p99_ms = 300, fallback_rate = 0.2, max_ctr_drop = 0.1, min_requests = 50 }\nguardrail_window = \"90s\"",
     );
-    let (ok, stdout, stderr) = validate(dir.path());
-    assert!(ok, "a complete guardrail refused:\n{stdout}\n{stderr}");
-    let catalog = Catalog::load_dir(dir.path()).expect("valid");
-    let limits = catalog
-        .experiment(EXPERIMENT)
-        .expect("home-als-rank")
-        .guardrails
-        .clone()
-        .expect("guardrails");
+    cli::assert_accepted(dir.path(), "a complete guardrail");
+    let limits = guardrails_in(dir.path());
     assert_eq!(limits.error_rate, Some(0.02));
     assert_eq!(limits.p99, Some(Duration::from_millis(300)));
     assert_eq!(limits.fallback_rate, Some(0.2));
@@ -861,15 +767,8 @@ fn validate_checks_guardrails() {
     assert_eq!(limits.window, Duration::from_secs(90));
 
     with_lines(dir.path(), SPLIT, "guardrails = { max_ctr_drop = 1 }");
-    let (ok, stdout, stderr) = validate(dir.path());
-    assert!(ok, "a minimal guardrail refused:\n{stdout}\n{stderr}");
-    let catalog = Catalog::load_dir(dir.path()).expect("valid");
-    let limits = catalog
-        .experiment(EXPERIMENT)
-        .expect("home-als-rank")
-        .guardrails
-        .clone()
-        .expect("guardrails");
+    cli::assert_accepted(dir.path(), "a minimal guardrail");
+    let limits = guardrails_in(dir.path());
     assert_eq!(
         (limits.min_requests, limits.window),
         (100, Duration::from_secs(60)),

@@ -22,17 +22,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::assignment::bucket;
+use common::cli;
+use common::edits::{copy_of_experiments, edit};
+use common::events::{self, ArmLedger, Claims, Kind, arm_named, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
-use common::process::run_bounded;
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
-use recgw::config::Settings;
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -70,11 +70,12 @@ fn holdout_demo(experiment_traffic: &str, holdouts: &str) -> DemoCopy {
 
 /// Replaces the traffic line of `home-als-rank.toml` in `dir` with `traffic`.
 fn narrow(dir: &Path, traffic: &str) {
-    let path = dir.join(format!("{EXPERIMENT}.toml"));
-    let text = std::fs::read_to_string(&path).expect("read home-als-rank.toml");
-    let line = "traffic = [0.0, 100.0]";
-    assert!(text.contains(line), "the demo's slice line: {text}");
-    std::fs::write(&path, text.replace(line, &format!("traffic = {traffic}"))).expect("write home-als-rank.toml");
+    edit(
+        dir,
+        &format!("{EXPERIMENT}.toml"),
+        "traffic = [0.0, 100.0]",
+        &format!("traffic = {traffic}"),
+    );
 }
 
 /// The `home` demo of tests 1 and 2: `home-als-rank` on `[10, 100]`, the holdout `[0, 10]`.
@@ -85,21 +86,10 @@ fn home_demo() -> DemoCopy {
     )
 }
 
-/// Settings over `demo` with `redis_url` (empty: no Redis), the shared tracking secret, a
-/// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(demo: &DemoCopy, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&demo.experiments(), &demo.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
-}
-
 /// A gateway over `demo` on `redis_url`, ready (every model loaded) and, with Redis, once a
 /// Redis command succeeded.
 async fn launch(demo: &DemoCopy, redis_url: &str) -> TestGateway {
-    TestGateway::launch_up(&settings(demo, redis_url)).await
+    TestGateway::launch_up(&demo.settings(redis_url)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,12 +205,6 @@ impl TestGateway {
 // The ledger: what was served and accepted, per (experiment, arm)
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Impression,
-    Click,
-}
-
 /// One event and the response it belongs to.
 #[derive(Debug, Clone)]
 struct Event {
@@ -231,12 +215,9 @@ struct Event {
 }
 
 impl Event {
+    /// As `POST /events` takes it.
     fn to_json(&self) -> Value {
-        let kind = match self.kind {
-            Kind::Impression => "impression",
-            Kind::Click => "click",
-        };
-        json!({ "type": kind, "tracking_token": self.served.token, "item_id": self.item, "event_id": self.id })
+        events::event(self.kind.name(), &self.served.token, &self.item, Some(&self.id))
     }
 }
 
@@ -247,38 +228,30 @@ fn events_for(served: &[Served], prefix: &str, seed: u64, ctr: impl Fn(&Served) 
     for (n, s) in served.iter().enumerate() {
         let mut rng = Rng::new(fnv(&s.user) ^ seed ^ n as u64);
         for (i, item) in s.items.iter().enumerate() {
-            let mut push = |kind: Kind, tag: &str| {
+            let mut push = |kind: Kind| {
                 events.push(Event {
                     kind,
                     item: item.clone(),
-                    id: format!("{prefix}-{n}-{tag}{i}"),
+                    id: format!("{prefix}-{n}-{}{i}", kind.tag()),
                     served: s.clone(),
                 });
             };
-            push(Kind::Impression, "i");
+            push(Kind::Impression);
             if rng.chance(ctr(s)) {
-                push(Kind::Click, "c");
+                push(Kind::Click);
             }
         }
     }
     events
 }
 
-/// What one arm of some results should show.
-#[derive(Debug, Default, Clone)]
-struct ArmLedger {
-    exposures: u64,
-    impressions: u64,
-    clicks: u64,
-    users: BTreeSet<String>,
-}
-
+/// What the results should show, per (experiment, arm).
 #[derive(Debug, Default)]
 struct Ledger {
     arms: BTreeMap<(String, String), ArmLedger>,
-    /// Every event accepted so far by (token, type, item), with its id: a second acceptance
-    /// must be a resend with the same id, which counts nothing.
-    seen: HashMap<(String, Kind, String), String>,
+    /// Every event accepted so far: a second acceptance must be a resend with the same id,
+    /// which counts nothing.
+    seen: Claims,
     /// Events accepted for the first time.
     accepted: u64,
     /// Accepted resends of events accepted before (same id): counted nowhere.
@@ -286,6 +259,7 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// Credits a response to every results it counts for.
     fn served(&mut self, s: &Served) {
         for key in &s.want.credits {
             let arm = self.arms.entry(key.clone()).or_default();
@@ -296,17 +270,13 @@ impl Ledger {
 
     /// Credits an accepted event, once.
     fn accepted(&mut self, event: &Event) {
-        let key = (event.served.token.clone(), event.kind, event.item.clone());
-        if let Some(first) = self.seen.get(&key) {
-            assert_eq!(
-                *first, event.id,
-                "{:?} of {} accepted twice under different ids",
-                event.kind, event.item
-            );
+        if !self
+            .seen
+            .accept(&event.served.token, event.kind, &event.item, Some(&event.id))
+        {
             self.retried += 1;
             return;
         }
-        self.seen.insert(key, event.id.clone());
         self.accepted += 1;
         for credit in &event.served.want.credits {
             let arm = self.arms.entry(credit.clone()).or_default();
@@ -317,6 +287,7 @@ impl Ledger {
         }
     }
 
+    /// What arm `arm` of `experiment` should show.
     fn arm(&self, experiment: &str, arm: &str) -> ArmLedger {
         self.arms
             .get(&(experiment.to_string(), arm.to_string()))
@@ -328,35 +299,8 @@ impl Ledger {
     /// that order: exposures, impressions and clicks to the unit, distinct users within ±2%
     /// (HyperLogLog); the differences otherwise.
     fn matches(&self, body: &Value, experiment: &str, arms: [&str; 2]) -> Result<(), String> {
-        let found = body["arms"].as_array().ok_or_else(|| format!("no arms: {body}"))?;
-        let names: Vec<&str> = found.iter().filter_map(|a| a["name"].as_str()).collect();
-        if names != arms {
-            return Err(format!("{experiment}: arms {names:?}, want {arms:?}"));
-        }
-        let mut diffs = Vec::new();
-        for arm in found {
-            let name = arm["name"].as_str().expect("arm name");
-            let want = self.arm(experiment, name);
-            for (field, want) in [
-                ("exposures", want.exposures),
-                ("impressions", want.impressions),
-                ("clicks", want.clicks),
-            ] {
-                if arm[field].as_u64() != Some(want) {
-                    diffs.push(format!("{experiment} {name}.{field} = {} (want {want})", arm[field]));
-                }
-            }
-            let users = want.users.len() as u64;
-            let got = arm["users"].as_u64();
-            if got.is_none_or(|got| got.abs_diff(users) > (users as f64 * 0.02).ceil() as u64) {
-                diffs.push(format!("{experiment} {name}.users = {got:?} (want {users} ±2%)"));
-            }
-        }
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(diffs.join("; "))
-        }
+        let want = arms.map(|name| self.arm(experiment, name).want(name, false));
+        arms_match(body, &format!("{experiment} "), &want)
     }
 }
 
@@ -382,19 +326,9 @@ async fn serve_all(
 /// Posts `events` in batches of `batch` to `gw`, expecting 202 with every event accepted (each
 /// is valid: a first send or a resend with the same id), crediting the ledger.
 async fn post_all(gw: &TestGateway, events: &[Event], batch: usize, ledger: &mut Ledger) {
-    for chunk in events.chunks(batch) {
-        let body = json!({ "events": chunk.iter().map(Event::to_json).collect::<Vec<_>>() });
-        let reply = gw.post_json("/events", &body).await;
-        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-        let outcome = reply.json();
-        assert_eq!(
-            (&outcome["accepted"], &outcome["rejected"]),
-            (&json!(chunk.len()), &json!(0)),
-            "every event is valid (first sends and same-id resends): {outcome}"
-        );
-        for event in chunk {
-            ledger.accepted(event);
-        }
+    post_all_accepted(gw, &events.iter().map(Event::to_json).collect::<Vec<_>>(), batch).await;
+    for event in events {
+        ledger.accepted(event);
     }
 }
 
@@ -411,14 +345,6 @@ async fn assert_home_results(gw: &TestGateway, ledger: &Ledger, what: &str) -> (
         }
     })
     .await
-}
-
-/// The arm named `name` of a results body.
-fn arm_named<'a>(body: &'a Value, name: &str) -> &'a Value {
-    body["arms"]
-        .as_array()
-        .and_then(|arms| arms.iter().find(|a| a["name"] == name))
-        .unwrap_or_else(|| panic!("no arm {name}: {body}"))
 }
 
 /// Checks the statistics of holdout results `body` beyond the counts: `holdout` is the control
@@ -491,7 +417,7 @@ fn home_ctr(s: &Served) -> f64 {
 /// (QA user excluded), as if there were no holdout.
 async fn held_out_users_never_see_an_experiment(mode: Mode) {
     let demo = home_demo();
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
+    let redis = Redis::start_in_place(mode);
     let gw = launch(&demo, &redis.url()).await;
     let holdout_bp = (HOLDOUT_PERCENT * 100.0) as u16;
     let mut ledger = Ledger::default();
@@ -564,7 +490,7 @@ async fn held_out_users_never_see_an_experiment_on_a_redis_cluster() {
 /// ledger after another flush.
 async fn replayed_events_count_once(mode: Mode) {
     let demo = home_demo();
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
+    let redis = Redis::start_in_place(mode);
     let (a, b) = (launch(&demo, &redis.url()).await, launch(&demo, &redis.url()).await);
     let mut ledger = Ledger::default();
     let served = serve_all(&[&a, &b], HOME, &home_users(300), 1000, &mut ledger).await;
@@ -638,40 +564,20 @@ async fn replayed_events_count_once_without_redis() {
 // 3. Validation
 // ---------------------------------------------------------------------------------------------
 
-/// `recgw validate DIR`, bounded, with no settings from the caller's environment; exit
-/// success, stdout and stderr.
-fn validate(dir: &Path) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command
-        .args(["validate", dir.to_str().expect("utf-8 path")])
-        .current_dir(gateway::repo())
-        .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RECGW__") {
-            command.env_remove(key);
-        }
-    }
-    let finished = run_bounded(&mut command, b"", Duration::from_secs(60));
-    (finished.success(), format!("{}\n{}", finished.stdout, finished.stderr))
-}
-
 /// A copy of the repository's `experiments/`, `home-als-rank` on `traffic` (`None`: as it is,
 /// `[0, 100]`), its status `status` when given, and `holdouts.toml` = `holdouts`.
 fn experiments_dir(traffic: Option<&str>, status: Option<&str>, holdouts: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    gateway::copy_dir(&gateway::repo().join("experiments"), dir.path());
+    let dir = copy_of_experiments();
     if let Some(traffic) = traffic {
         narrow(dir.path(), traffic);
     }
     if let Some(status) = status {
-        let path = dir.path().join(format!("{EXPERIMENT}.toml"));
-        let text = std::fs::read_to_string(&path).expect("read home-als-rank.toml");
-        assert!(text.contains("status = \"running\""), "{text}");
-        std::fs::write(
-            &path,
-            text.replace("status = \"running\"", &format!("status = \"{status}\"")),
-        )
-        .expect("write home-als-rank.toml");
+        edit(
+            dir.path(),
+            &format!("{EXPERIMENT}.toml"),
+            "status = \"running\"",
+            &format!("status = \"{status}\""),
+        );
     }
     std::fs::write(dir.path().join("holdouts.toml"), holdouts).expect("write holdouts.toml");
     dir
@@ -745,22 +651,16 @@ fn validate_checks_holdouts() {
     ];
     for (traffic, status, holdouts, file, field) in cases {
         let dir = experiments_dir(traffic, status, &holdouts);
-        let (ok, output) = validate(dir.path());
-        assert!(
-            !ok,
-            "traffic {traffic:?}, status {status:?}, holdouts {holdouts:?} accepted:\n{output}"
-        );
-        assert!(
-            output
-                .lines()
-                .any(|l| l.contains(file) && l.contains(&format!(": {field}: "))),
-            "holdouts {holdouts:?} (experiment traffic {traffic:?}): no line names {file} and {field}:\n{output}"
+        cli::assert_refused(
+            dir.path(),
+            file,
+            field,
+            &format!("traffic {traffic:?}, status {status:?}, holdouts {holdouts:?}"),
         );
     }
 
     let dir = experiments_dir(Some("[10.0, 100.0]"), None, home);
-    let (ok, output) = validate(dir.path());
-    assert!(ok, "a valid holdout refused:\n{output}");
+    let output = cli::assert_accepted(dir.path(), "a valid holdout");
     assert!(
         output.lines().any(|l| l.contains(": ok,")),
         "validate says ok:\n{output}"

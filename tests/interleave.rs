@@ -33,19 +33,20 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::gateway::{self, TestGateway, eventually};
-use common::process::run_bounded;
+use common::cli::{self, line_naming};
+use common::events::{event, post_all_accepted, post_events, wait_flushed};
+use common::gateway::{self, TestGateway};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
+use common::stats::Z95;
 use recgw::config::Settings;
 use recgw::experiment::{Catalog, Kind, Problem};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// The interleave experiment on `home`.
@@ -69,8 +70,6 @@ const ONLY_ALPHA: &str = "9001";
 const ONLY_BETA: &str = "9002";
 /// The QA override of `home-interleave`, forced into `beta`.
 const QA_USER: &str = "qa-1";
-/// The 0.975 quantile of the standard normal.
-const Z95: f64 = 1.959_963_984_540_054;
 /// Exposures are flushed to Redis every second; a wait for one starts after this.
 const FLUSH: Duration = Duration::from_millis(1100);
 /// How long a background effect gets before a test fails.
@@ -287,30 +286,11 @@ async fn launch(env: &Env, mode: Mode) -> (TestGateway, Redis) {
 
 /// [`launch`] with settings changed by `tweak`.
 async fn launch_with(env: &Env, mode: Mode, tweak: impl FnOnce(&mut Settings)) -> (TestGateway, Redis) {
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
-    let mut settings = settings(env, &redis.url());
+    let redis = Redis::start_in_place(mode);
+    let mut settings = gateway::replica_settings(&env.experiments(), &env.models(), &redis.url());
     tweak(&mut settings);
     let gw = TestGateway::launch_up(&settings).await;
     (gw, redis)
-}
-
-/// Settings over `env`: `redis_url` (empty: no Redis), the shared tracking secret, a Redis
-/// timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(env: &Env, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&env.experiments(), &env.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
-}
-
-/// What `counts` the results of a mode say.
-fn counts_of(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Memory => "memory",
-        Mode::Node | Mode::Cluster => "redis",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,42 +384,6 @@ fn assert_interleaved(page: &Page, experiment: &str, arms: [&str; 2]) {
     page.teams(arms);
 }
 
-/// An event without `event_id` (`id = None`) or with one.
-fn event(kind: &str, token: &str, item: &str, id: Option<&str>) -> Value {
-    let mut event = json!({ "type": kind, "tracking_token": token, "item_id": item });
-    if let Some(id) = id {
-        event["event_id"] = json!(id);
-    }
-    event
-}
-
-/// `POST /events`, expecting 202: per event `None` when accepted, else the reason (checking
-/// that the counts and the rejections agree).
-async fn post_events(gw: &TestGateway, events: &[Value]) -> Vec<Option<String>> {
-    let reply = gw.post_json("/events", &json!({ "events": events })).await;
-    assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-    let outcome = reply.json();
-    let mut results = vec![None; events.len()];
-    for rejection in outcome["rejections"].as_array().expect("rejections") {
-        let index = rejection["index"].as_u64().expect("index") as usize;
-        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
-    }
-    let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
-    assert_eq!(outcome["rejected"], rejected, "{outcome}");
-    assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
-    results
-}
-
-/// [`post_events`] in batches of 200, expecting every event accepted.
-async fn post_all_accepted(gw: &TestGateway, events: &[Value]) {
-    for chunk in events.chunks(200) {
-        let outcomes = post_events(gw, chunk).await;
-        for (event, outcome) in chunk.iter().zip(&outcomes) {
-            assert_eq!(outcome, &None, "accepted: {event}");
-        }
-    }
-}
-
 /// `GET /experiments/{id}/results`, expecting 200 and JSON.
 async fn results(gw: &TestGateway, id: &str) -> Value {
     gw.ok(&format!("/experiments/{id}/results")).await
@@ -449,20 +393,6 @@ async fn results(gw: &TestGateway, id: &str) -> Value {
 fn ageless(mut body: Value) -> Value {
     body.as_object_mut().expect("object").remove("age_seconds");
     body
-}
-
-/// Waits one flush period, then until nothing waits for Redis (`results_pending_updates 0`).
-async fn wait_flushed(gw: &TestGateway) {
-    tokio::time::sleep(FLUSH).await;
-    eventually(WAIT, "results_pending_updates 0", async || {
-        let pending = gw.metric("results_pending_updates", &[]).await;
-        if pending == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("{pending} pending"))
-        }
-    })
-    .await;
 }
 
 /// The per-arm series `name{arm, experiment, placement}` of `/metrics` text.
@@ -857,11 +787,11 @@ async fn population_prefers_the_better_arm(mode: Mode) {
             }
         }
     }
-    post_all_accepted(&gw, &events).await;
+    post_all_accepted(&gw, &events, 200).await;
 
     // Exact at once: the events were accepted (counted in Redis in the same step, with Redis).
     let body = results(&gw, EXPERIMENT).await;
-    assert_eq!(body["counts"], counts_of(mode), "{body}");
+    assert_eq!(body["counts"], mode.counts(), "{body}");
     let want = assert_results(&body, ARMS, &ledger);
     assert!(want.n > 200, "most users clicked something: {want:?}");
     let delta = want.preference.expect("defined");
@@ -875,7 +805,7 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     // Each interleaved page showed both arms: it is an exposure of each, as a split page is of
     // its arm ("responses served to counted users"), once flushed; users within the ±2% of the
     // HyperLogLog sketches.
-    wait_flushed(&gw).await;
+    wait_flushed(&gw, FLUSH, WAIT).await;
     let body = results(&gw, EXPERIMENT).await;
     for arm in body["arms"].as_array().expect("arms") {
         assert_eq!(arm["exposures"], u64::from(POPULATION), "one exposure a page: {arm}");
@@ -967,7 +897,7 @@ async fn aa_interleave_interval_contains_zero(mode: Mode) {
             }
         }
     }
-    post_all_accepted(&gw, &events).await;
+    post_all_accepted(&gw, &events, 200).await;
     let body = results(&gw, AA_EXPERIMENT).await;
     let want = assert_results(&body, AA_ARMS, &ledger);
     assert!(want.ties > 50, "{want:?}");
@@ -1267,8 +1197,8 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
             }
         }
     }
-    post_all_accepted(&gw, &events).await;
-    wait_flushed(&gw).await;
+    post_all_accepted(&gw, &events, 200).await;
+    wait_flushed(&gw, FLUSH, WAIT).await;
     let before = results(&gw, EXPERIMENT).await;
     assert_results(&before, ARMS, &ledger);
 
@@ -1306,8 +1236,8 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
             uncounted.push(event("click", &page.token, &item, None));
         }
     }
-    post_all_accepted(&gw, &uncounted).await;
-    wait_flushed(&gw).await;
+    post_all_accepted(&gw, &uncounted, 200).await;
+    wait_flushed(&gw, FLUSH, WAIT).await;
     let after = results(&gw, EXPERIMENT).await;
     assert_eq!(
         ageless(after),
@@ -1544,7 +1474,7 @@ async fn json_tokens_credit_the_item_team(mode: Mode) {
             }
         }
     }
-    post_all_accepted(&gw, &events).await;
+    post_all_accepted(&gw, &events, 200).await;
     let body = results(&gw, EXPERIMENT).await;
     assert_results(&body, ARMS, &ledger);
     let text = gw.metrics().await;
@@ -1730,26 +1660,9 @@ fn recgw_validate_names_the_interleave_problems() {
         .replace("id = \"il\"", "id = \"il-weight\"")
         .replace("placement = \"home\"", "placement = \"search\"");
     let dir = folder(&[("il-three.toml", &three), ("il-weight.toml", &weighted)]);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command
-        .args(["validate", dir.path().to_str().expect("utf-8")])
-        .current_dir(gateway::repo())
-        .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RECGW__") {
-            command.env_remove(key);
-        }
-    }
-    let finished = run_bounded(&mut command, b"", Duration::from_secs(120));
+    let finished = cli::validate(dir.path());
     assert!(!finished.success(), "{}\n{}", finished.stdout, finished.stderr);
-    let line = |file: &str| {
-        finished
-            .stderr
-            .lines()
-            .find(|l| l.contains(file))
-            .unwrap_or_else(|| panic!("no line names {file}: {}", finished.stderr))
-            .to_string()
-    };
+    let line = |file: &str| line_naming(&finished.stderr, file);
     assert!(line("il-three.toml").contains("arms"), "{}", finished.stderr);
     assert!(line("il-weight.toml").contains("arms[1].weight"), "{}", finished.stderr);
     assert!(finished.stderr.contains("2 problem(s)"), "{}", finished.stderr);

@@ -41,13 +41,14 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::events::{arm_named as arm, event, post_all_accepted, wait_flushed};
 use common::gateway::{self, TestGateway, eventually};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
 use recgw::config::Settings;
 use recgw::experiment::{Catalog, Problem};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// The shadow experiment, its placement and arms.
@@ -522,8 +523,8 @@ async fn launch_with(
     snapshots: bool,
     tweak: impl FnOnce(&mut Settings),
 ) -> (TestGateway, Redis) {
-    let redis = tokio::task::block_in_place(|| Redis::start(mode));
-    let mut settings = settings(env, &redis.url());
+    let redis = Redis::start_in_place(mode);
+    let mut settings = gateway::replica_settings(&env.experiments(), &env.models(), &redis.url());
     tweak(&mut settings);
     if snapshots {
         let dir = env.dir.path().join("snapshots");
@@ -532,25 +533,6 @@ async fn launch_with(
     }
     let gw = TestGateway::launch_up(&settings).await;
     (gw, redis)
-}
-
-/// Settings over `env`: `redis_url` (empty: no Redis), the shared tracking secret, a Redis
-/// timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-fn settings(env: &Env, redis_url: &str) -> Settings {
-    let mut settings = gateway::settings(&env.experiments(), &env.models(), "1s");
-    settings.cache.redis_url = redis_url.to_string();
-    settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-    settings.server.shutdown_grace = Duration::from_secs(3);
-    settings
-}
-
-/// What `counts` the results of a mode say.
-fn counts_of(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Memory => "memory",
-        Mode::Node | Mode::Cluster => "redis",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -649,61 +631,9 @@ async fn recommend(gw: &TestGateway, placement: &str, ask: &Ask) -> Page {
     Page { body, ids, token }
 }
 
-/// An event with an `event_id`.
-fn event(kind: &str, token: &str, item: &str, id: &str) -> Value {
-    json!({ "type": kind, "tracking_token": token, "item_id": item, "event_id": id })
-}
-
-/// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
-async fn post_events(gw: &TestGateway, events: &[Value]) -> Vec<Option<String>> {
-    let reply = gw.post_json("/events", &json!({ "events": events })).await;
-    assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-    let outcome = reply.json();
-    let mut results = vec![None; events.len()];
-    for rejection in outcome["rejections"].as_array().expect("rejections") {
-        let index = rejection["index"].as_u64().expect("index") as usize;
-        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
-    }
-    results
-}
-
-/// [`post_events`] in batches of 200, expecting every event accepted.
-async fn post_all_accepted(gw: &TestGateway, events: &[Value]) {
-    for chunk in events.chunks(200) {
-        let outcomes = post_events(gw, chunk).await;
-        for (event, outcome) in chunk.iter().zip(&outcomes) {
-            assert_eq!(outcome, &None, "accepted: {event}");
-        }
-    }
-}
-
 /// `GET /experiments/{id}/results`, expecting 200 and JSON.
 async fn results(gw: &TestGateway, id: &str) -> Value {
     gw.ok(&format!("/experiments/{id}/results")).await
-}
-
-/// The entry of arm `name` in a results body.
-fn arm<'a>(body: &'a Value, name: &str) -> &'a Value {
-    body["arms"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no arms: {body}"))
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no arm {name}: {body}"))
-}
-
-/// Waits one flush period, then until nothing waits for Redis (`results_pending_updates 0`).
-async fn wait_flushed(gw: &TestGateway) {
-    tokio::time::sleep(FLUSH).await;
-    eventually(WAIT, "results_pending_updates 0", async || {
-        let pending = gw.metric("results_pending_updates", &[]).await;
-        if pending == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("{pending} pending"))
-        }
-    })
-    .await;
 }
 
 /// `shadow_comparisons_total{outcome}` of a shadow arm in `/metrics` text.
@@ -923,7 +853,7 @@ async fn wait_compared(gw: &TestGateway, ledger: &ShadowLedger) -> (Value, Strin
         }
     })
     .await;
-    wait_flushed(gw).await;
+    wait_flushed(gw, FLUSH, WAIT).await;
     let want = (ledger.comparisons.len() as u64, ledger.exposures);
     eventually(WAIT, "results: compared and exposures", async || {
         let body = results(gw, EXPERIMENT).await;
@@ -972,7 +902,7 @@ async fn shadow_is_never_served_and_overlap_is_exact(mode: Mode) {
     assert_eq!(ledger.no_list, 3, "only-c-1 twice, only-c-2 once");
 
     let (body, text) = wait_compared(&gw, &ledger).await;
-    assert_eq!(body["counts"], counts_of(mode), "{body}");
+    assert_eq!(body["counts"], mode.counts(), "{body}");
     let names: Vec<&str> = body["arms"]
         .as_array()
         .expect("arms")
@@ -1200,11 +1130,16 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
         let mut sent = Vec::new();
         for (index, item) in page.ids.iter().enumerate() {
             let b = bucket(ask.offset + index + 1);
-            sent.push(event("impression", &page.token, item, &format!("p{pages}-i{index}")));
+            sent.push(event(
+                "impression",
+                &page.token,
+                item,
+                Some(&format!("p{pages}-i{index}")),
+            ));
             entry[b][0] += 1;
             let p = [0.6, 0.45, 0.35, 0.25, 0.15, 0.1][b];
             if rng.chance(p) {
-                sent.push(event("click", &page.token, item, &format!("p{pages}-c{index}")));
+                sent.push(event("click", &page.token, item, Some(&format!("p{pages}-c{index}"))));
                 entry[b][1] += 1;
             }
         }
@@ -1240,13 +1175,13 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
         let counts = ledger[&(SPLIT_EXPERIMENT.to_string(), name.to_string())];
         assert!(counts.iter().all(|b| b[0] > 0 && b[1] > 0), "{name}: {counts:?}");
     }
-    post_all_accepted(&gw, &events).await;
+    post_all_accepted(&gw, &events, 200).await;
     // Retries: accepted again, not counted again.
-    post_all_accepted(&gw, &events[..30]).await;
+    post_all_accepted(&gw, &events[..30], 200).await;
 
     // Events are counted before they are answered: exact at once.
     let split = results(&gw, SPLIT_EXPERIMENT).await;
-    assert_eq!(split["counts"], counts_of(mode), "{split}");
+    assert_eq!(split["counts"], mode.counts(), "{split}");
     assert_by_position(&split, SPLIT_EXPERIMENT, &SPLIT_ARMS, &ledger);
     let shadow = results(&gw, EXPERIMENT).await;
     assert_by_position(&shadow, EXPERIMENT, &[CONTROL, SHADOW], &ledger);
@@ -1266,13 +1201,13 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
                         kind,
                         &page.token,
                         item,
-                        &format!("qa-{user}-{}-{index}-{kind}", ask.offset),
+                        Some(&format!("qa-{user}-{}-{index}-{kind}", ask.offset)),
                     ));
                 }
             }
         }
     }
-    post_all_accepted(&gw, &qa_events).await;
+    post_all_accepted(&gw, &qa_events, 200).await;
     assert_by_position(
         &results(&gw, SPLIT_EXPERIMENT).await,
         SPLIT_EXPERIMENT,
@@ -1654,7 +1589,7 @@ async fn comparisons_are_sampled(mode: Mode) {
     }
     let responses = u64::from(REGULAR) * rounds;
     // Settled: Prometheus stops moving, and the results (flushed) agree with it.
-    wait_flushed(&gw).await;
+    wait_flushed(&gw, FLUSH, WAIT).await;
     let (body, text) = eventually(WAIT, "results agree with Prometheus", async || {
         let text = gw.metrics().await;
         let body = results(&gw, SAMPLED_EXPERIMENT).await;
@@ -1774,7 +1709,7 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
         }
     })
     .await;
-    wait_flushed(&gw).await;
+    wait_flushed(&gw, FLUSH, WAIT).await;
     let body = eventually(WAIT, "results: compared", async || {
         let body = results(&gw, TRIO_EXPERIMENT).await;
         if arm(&body, SHADOW)["compared"].as_f64() == Some(n) {

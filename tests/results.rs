@@ -23,15 +23,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Command;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::gateway;
-use common::gateway::{DemoCopy, Reply, TestGateway, eventually};
-use common::process::run_bounded;
+use common::cli::report_stdout;
+use common::events::{self, ArmLedger, Claims, Kind, arms_match};
+use common::gateway::{self, DemoCopy, Reply, TestGateway, eventually};
 use common::redis::RedisServer;
-use recgw::config::Settings;
+use common::stats::{Z95, close_value as close};
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -46,25 +45,10 @@ const WAIT: Duration = Duration::from_secs(10);
 const FLUSH: Duration = Duration::from_millis(1100);
 /// The results path.
 const RESULTS: &str = "/experiments/home-als-rank/results";
-/// The 0.975 quantile of the standard normal.
-const Z95: f64 = 1.959_963_984_540_054;
 
 // ---------------------------------------------------------------------------------------------
 // Replicas over a copy of the demo, and what the tests ask them
 // ---------------------------------------------------------------------------------------------
-
-impl DemoCopy {
-    /// Settings of one replica: `redis_url` (empty: no Redis), the shared tracking secret, a
-    /// Redis timeout generous enough for a loaded 2-core machine, a short shutdown grace.
-    fn settings(&self, redis_url: &str) -> Settings {
-        let mut settings = gateway::settings(&self.experiments(), &self.models(), "1s");
-        settings.cache.redis_url = redis_url.to_string();
-        settings.cache.redis_timeout = Duration::from_millis(500);
-        settings.tracking.secret = gateway::SHARED_SECRET.to_string();
-        settings.server.shutdown_grace = Duration::from_secs(3);
-        settings
-    }
-}
 
 impl TestGateway {
     /// `GET /recommendations/{user}?placement=home`, expecting 200.
@@ -96,29 +80,9 @@ impl TestGateway {
         }
     }
 
-    /// `POST /events`: for a 202, per event `None` when accepted, else the reason (checking
-    /// that the counts and the rejections agree); any other reply as it came.
+    /// `POST /events` of `events` (`common/events.rs` [`events::try_post_events`]).
     async fn try_post_events(&self, events: &[Event]) -> Result<Vec<Option<String>>, Reply> {
-        let body = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
-        let reply = self.post_json("/events", &body).await;
-        if reply.status != 202 {
-            return Err(reply);
-        }
-        let outcome = reply.json();
-        let mut results = vec![None; events.len()];
-        for rejection in outcome["rejections"].as_array().expect("rejections") {
-            let index = rejection["index"].as_u64().expect("index") as usize;
-            assert_eq!(
-                rejection["event_id"].as_str(),
-                events[index].id.as_deref(),
-                "the rejection names the event: {outcome}"
-            );
-            results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
-        }
-        let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
-        assert_eq!(outcome["rejected"], rejected, "{outcome}");
-        assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
-        Ok(results)
+        events::try_post_events(self, &events.iter().map(Event::to_json).collect::<Vec<_>>()).await
     }
 
     /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
@@ -181,12 +145,6 @@ struct Served {
     first: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Impression,
-    Click,
-}
-
 /// One event, with what the ledger needs to credit it.
 #[derive(Debug, Clone)]
 struct Event {
@@ -203,16 +161,9 @@ struct Event {
 }
 
 impl Event {
+    /// As `POST /events` takes it.
     fn to_json(&self) -> Value {
-        let kind = match self.kind {
-            Kind::Impression => "impression",
-            Kind::Click => "click",
-        };
-        let mut event = json!({ "type": kind, "tracking_token": self.token, "item_id": self.item });
-        if let Some(id) = &self.id {
-            event["event_id"] = json!(id);
-        }
-        event
+        events::event(self.kind.name(), &self.token, &self.item, self.id.as_deref())
     }
 }
 
@@ -225,7 +176,7 @@ fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, 
     for (i, s) in served.iter().enumerate() {
         let explicit = !(anonymous && s.first && s.serial % 2 == 0);
         let mut push = |kind: Kind, item: &String| {
-            let tag = if kind == Kind::Click { "c" } else { "i" };
+            let tag = kind.tag();
             events.push(Event {
                 kind,
                 arm: s.arm.clone(),
@@ -246,16 +197,6 @@ fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, 
     events
 }
 
-/// What one arm should show.
-#[derive(Debug, Default, Clone)]
-struct ArmLedger {
-    exposures: u64,
-    impressions: u64,
-    clicks: u64,
-    users: BTreeSet<String>,
-    clickers: BTreeSet<String>,
-}
-
 /// What the results should show, per arm.
 #[derive(Debug, Default, Clone)]
 struct Ledger {
@@ -269,10 +210,8 @@ struct Ledger {
     retried: u64,
     /// Events refused.
     rejected: u64,
-    /// Every event accepted so far, by (token, type, item), with the id it was accepted under:
-    /// a page's item takes one impression and one click, so a second acceptance of one of
-    /// these is a retry or a count too many.
-    seen: HashMap<(String, Kind, String), Option<String>>,
+    /// Every event accepted so far: a second acceptance is a retry or a count too many.
+    seen: Claims,
 }
 
 impl Ledger {
@@ -294,20 +233,13 @@ impl Ledger {
             self.rejected += 1;
             return false;
         }
-        let key = (event.token.clone(), event.kind, event.item.clone());
-        if let Some(counted_as) = self.seen.get(&key) {
-            assert!(
-                event.id.is_some() && *counted_as == event.id,
-                "{:?} of item {} on one page accepted twice: first as {counted_as:?}, again as {:?} \
-                 (only a resend with the same event_id may be accepted again, and is not counted)",
-                event.kind,
-                event.item,
-                event.id
-            );
+        if !self
+            .seen
+            .accept(&event.token, event.kind, &event.item, event.id.as_deref())
+        {
             self.retried += 1;
             return false;
         }
-        self.seen.insert(key, event.id.clone());
         self.accepted += 1;
         if !event.counted {
             return true;
@@ -325,8 +257,7 @@ impl Ledger {
 
     /// Whether the ledger has seen `event`'s (token, type, item) accepted.
     fn has_seen(&self, event: &Event) -> bool {
-        self.seen
-            .contains_key(&(event.token.clone(), event.kind, event.item.clone()))
+        self.seen.contains(&event.token, event.kind, &event.item)
     }
 
     fn arm(&self, name: &str) -> ArmLedger {
@@ -337,40 +268,11 @@ impl Ledger {
     /// distinct users and clicking users within ±2% (HyperLogLog estimates, ±0.81% standard
     /// error, with Redis and in memory alike); the differences otherwise.
     fn matches(&self, body: &Value) -> Result<(), String> {
-        let mut diffs = Vec::new();
-        let arms = body["arms"].as_array().ok_or_else(|| format!("no arms: {body}"))?;
-        let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
-        if names != [CONTROL, TREATMENT] {
-            diffs.push(format!("arms {names:?}"));
-        }
-        for arm in arms {
-            let name = arm["name"].as_str().unwrap_or("?");
-            let want = self.arm(name);
-            for (field, want) in [
-                ("exposures", want.exposures),
-                ("impressions", want.impressions),
-                ("clicks", want.clicks),
-            ] {
-                if arm[field].as_u64() != Some(want) {
-                    diffs.push(format!("{name}.{field} = {} (want {want})", arm[field]));
-                }
-            }
-            for (field, want) in [
-                ("users", want.users.len() as u64),
-                ("clicking_users", want.clickers.len() as u64),
-            ] {
-                let got = arm[field].as_u64();
-                let tolerance = (want as f64 * 0.02).ceil() as u64;
-                if got.is_none_or(|got| got.abs_diff(want) > tolerance) {
-                    diffs.push(format!("{name}.{field} = {got:?} (want {want} ±2%)"));
-                }
-            }
-        }
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(diffs.join("; "))
-        }
+        arms_match(
+            body,
+            "",
+            &[CONTROL, TREATMENT].map(|name| self.arm(name).want(name, true)),
+        )
     }
 }
 
@@ -424,19 +326,6 @@ async fn settled(gw: &TestGateway, ledger: &Ledger) -> Value {
         ledger.matches(&body).map(|()| body)
     })
     .await
-}
-
-/// Waits until `gw` has no result counts waiting for Redis.
-async fn wait_flushed(gw: &TestGateway) {
-    eventually(WAIT, "results_pending_updates 0", async || {
-        let pending = gw.metric("results_pending_updates", &[]).await;
-        if pending == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("{pending} pending"))
-        }
-    })
-    .await;
 }
 
 /// The body without `age_seconds`, which may tick between two reads.
@@ -581,11 +470,7 @@ impl ExactParser<'_> {
 // Statistics, recomputed independently
 // ---------------------------------------------------------------------------------------------
 
-fn close(got: &Value, want: f64) -> bool {
-    got.as_f64()
-        .is_some_and(|g| (g - want).abs() <= 1e-9 * want.abs().max(1e-12))
-}
-
+/// The Wilson score interval of `c` clicks in `n` impressions at 95%.
 fn wilson(c: u64, n: u64) -> (f64, f64) {
     let (n, p) = (n as f64, c as f64 / n as f64);
     let z2 = Z95 * Z95;
@@ -764,7 +649,7 @@ async fn two_replicas_share_exact_counts_and_agree() {
     );
     tokio::time::sleep(FLUSH * 2).await;
     for gw in [&a, &b] {
-        wait_flushed(gw).await;
+        events::wait_flushed(gw, Duration::ZERO, WAIT).await;
         assert_eq!(
             ageless(gw.results().await),
             ageless(from_a.clone()),
@@ -809,8 +694,8 @@ async fn retried_batch_is_counted_once_across_replicas() {
         assert!(ledger.outcome(event, outcome), "new: {event:?}");
     }
     // Every exposure flushed, so what the results show now is final until more is counted.
-    wait_flushed(&a).await;
-    wait_flushed(&b).await;
+    events::wait_flushed(&a, Duration::ZERO, WAIT).await;
+    events::wait_flushed(&b, Duration::ZERO, WAIT).await;
     let before = ageless(settled(&a, &ledger).await);
     let accepted = ledger.accepted;
 
@@ -1041,7 +926,7 @@ async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
     let body = settled(&a, &ledger).await;
     assert_eq!(body["counts"], "redis");
     check_statistics(&body);
-    wait_flushed(&a).await;
+    events::wait_flushed(&a, Duration::ZERO, WAIT).await;
     // And nothing is flushed twice later on.
     tokio::time::sleep(FLUSH * 2).await;
     ledger.matches(&a.results().await).expect("stable");
@@ -1103,26 +988,9 @@ async fn without_redis_counts_each_event_once_in_memory() {
 // 6. `recgw report`
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `recgw report home-als-rank --url URL [--format F]` (bounded: 20 s); its stdout.
-fn report(url: &str, format: Option<&str>) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-    command.args(["report", EXPERIMENT, "--url", url]);
-    if let Some(format) = format {
-        command.args(["--format", format]);
-    }
-    // Neither settings nor a proxy from the environment: `recgw report` sends even loopback
-    // URLs to `http_proxy` when one is set.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RECGW") || key.to_ascii_lowercase().ends_with("_proxy") {
-            command.env_remove(key);
-        }
-    }
-    command.env("RUST_LOG", "warn");
-    run_bounded(&mut command, b"", Duration::from_secs(20)).expect_success(&format!("recgw report {format:?}"))
-}
-
+/// `recgw report home-als-rank --url URL [--format F]` on a blocking thread; its stdout.
 async fn report_async(url: String, format: Option<&'static str>) -> String {
-    tokio::task::spawn_blocking(move || report(&url, format))
+    tokio::task::spawn_blocking(move || report_stdout(&url, EXPERIMENT, format))
         .await
         .expect("report thread")
 }

@@ -96,6 +96,11 @@ impl DemoCopy {
     pub fn models(&self) -> PathBuf {
         self.dir.path().join("models")
     }
+
+    /// [`replica_settings`] over this copy.
+    pub fn settings(&self, redis_url: &str) -> Settings {
+        replica_settings(&self.experiments(), &self.models(), redis_url)
+    }
 }
 
 /// One HTTP answer, read whole.
@@ -189,6 +194,19 @@ pub fn settings(experiments: &Path, models: &Path, refresh: &str) -> Settings {
         ("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0"),
     ];
     Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).expect("settings")
+}
+
+/// [`settings`] of one replica of a test that counts results: models polled every second,
+/// `redis_url` (empty: no Redis), the shared tracking secret (so that replicas accept each
+/// other's tokens), a Redis timeout generous enough for a loaded 2-core machine, a short
+/// shutdown grace.
+pub fn replica_settings(experiments: &Path, models: &Path, redis_url: &str) -> Settings {
+    let mut settings = settings(experiments, models, "1s");
+    settings.cache.redis_url = redis_url.to_string();
+    settings.cache.redis_timeout = Duration::from_millis(500);
+    settings.tracking.secret = SHARED_SECRET.to_string();
+    settings.server.shutdown_grace = Duration::from_secs(3);
+    settings
 }
 
 /// `settings` with serving snapshots on, written to `dir`.

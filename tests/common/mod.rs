@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub mod assignment;
+pub mod cli;
+pub mod edits;
+pub mod events;
 pub mod examples;
 pub mod gateway;
 pub mod openapi;
@@ -15,6 +18,7 @@ pub mod proxy;
 pub mod redis;
 pub mod rng;
 pub mod spark;
+pub mod stats;
 pub mod traffic;
 
 use std::net::TcpListener;

@@ -345,6 +345,16 @@ pub enum Mode {
     Cluster,
 }
 
+impl Mode {
+    /// What the `counts` field of the results says in this mode.
+    pub fn counts(self) -> &'static str {
+        match self {
+            Mode::Memory => "memory",
+            Mode::Node | Mode::Cluster => "redis",
+        }
+    }
+}
+
 /// The Redis of a [`Mode`], kept alive for the test.
 pub enum Redis {
     None,
@@ -360,6 +370,11 @@ impl Redis {
             Mode::Node => Redis::Node(RedisServer::start()),
             Mode::Cluster => Redis::Cluster(RedisCluster::start(3)),
         }
+    }
+
+    /// [`Redis::start`] from a test on the multi-threaded runtime, off its async threads.
+    pub fn start_in_place(mode: Mode) -> Redis {
+        tokio::task::block_in_place(|| Redis::start(mode))
     }
 
     /// Its URL for `cache.redis_url`; empty (no Redis) for [`Mode::Memory`].
