@@ -224,6 +224,9 @@ impl ArmIndex {
         // sample-ratio checks) nor in the arm → model map.
         metrics.arm_weight.reset();
         metrics.arm_info.reset();
+        // Nor may a pause of an experiment that lost its guardrails keep its alert firing; the
+        // guardrail check sets the arms still guarded within a second.
+        metrics.arm_paused.reset();
         let mut index: HashMap<String, HashMap<String, HashMap<String, Arc<ArmMetrics>>>> = HashMap::new();
         for placement in catalog.placements() {
             let by_experiment = index.entry(placement.name.clone()).or_default();
