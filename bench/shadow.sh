@@ -5,7 +5,11 @@
 # worst case) and without the shadow arm, alternated over the rounds so both see the same
 # machine. Prints the rounds and the median p99 ratio, and writes them to bench/SHADOW.md.
 #
-#   bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0] [--pin]
+#   bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0] [--pin] [--rate N]
+#
+# `--rate N` offers N requests/s at a fixed pace (open loop, `oha -q N --latency-correction`,
+# `cargo install oha`) instead of wrk's 16 requests always in flight: below capacity, extra work
+# then shows as latency rather than as lost throughput.
 #
 # `--pin` keeps the gateway on CPU 0 (one tokio worker) and wrk on CPU 1 (one thread), so the
 # two never take each other's core: on a 2-core machine the p99 of identical rounds otherwise
@@ -17,17 +21,22 @@ ROUNDS=3
 DURATION=5s
 SAMPLE=1.0
 PIN=0
+RATE=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --rate) RATE=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --sample) SAMPLE=$2; shift 2 ;;
-    *) echo "usage: bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0] [--pin]" >&2; exit 2 ;;
+    *) echo "usage: bench/shadow.sh [--rounds 3] [--duration 5s] [--sample 1.0] [--pin] [--rate N]" >&2; exit 2 ;;
   esac
 done
 
 source bench/common.sh wrk:wrk --
+if [ -n "$RATE" ]; then
+  command -v oha >/dev/null || { echo "--rate needs oha on PATH (cargo install oha)" >&2; exit 2; }
+fi
 CONNECTIONS=16
 THREADS=$(nproc)
 SERVER=()
@@ -68,15 +77,24 @@ p99() {
   PIDS+=("$pid")
   for _ in $(seq 600); do curl -sf "127.0.0.1:$port/ready" >/dev/null && break; sleep 0.05; done
   USERS=1000 PLACEMENT=discover "${CLIENT[@]}" wrk -t1 -c"$CONNECTIONS" -d2s -s bench/users.lua "http://127.0.0.1:$port" >/dev/null
-  USERS=1000 PLACEMENT=discover "${CLIENT[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/users.lua \
-    "http://127.0.0.1:$port" > "$WORK/wrk.txt"
+  if [ -n "$RATE" ]; then
+    "${CLIENT[@]}" oha -c "$CONNECTIONS" -q "$RATE" -z "$DURATION" --latency-correction --no-tui --output-format json \
+      --rand-regex-url "http://127.0.0.1:$port/recommendations/[1-9][0-9]{0,2}\\?placement=discover" > "$WORK/oha.json"
+  else
+    USERS=1000 PLACEMENT=discover "${CLIENT[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/users.lua \
+      "http://127.0.0.1:$port" > "$WORK/wrk.txt"
+  fi
   if [ "$1" = on ]; then
     compared=$(curl -s "127.0.0.1:$port/metrics" | awk '/^shadow_comparisons_total/ && /outcome="compared"/ {s += $2} END {print s + 0}')
     [ "$compared" -gt 0 ] || { echo "no shadow comparison was made" >&2; exit 1; }
   fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  awk '/^ +99%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms/, "", v)} else if (v ~ /s$/) {sub(/s/, "", v); v *= 1000}; p = v}
-       /Requests\/sec/ {r = $2} END {printf "%.3f %s\n", p, r}' "$WORK/wrk.txt"
+  if [ -n "$RATE" ]; then
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("%.3f %.2f" % (r["latencyPercentiles"]["p99"] * 1000, r["summary"]["requestsPerSec"]))' "$WORK/oha.json"
+  else
+    awk '/^ +99%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms/, "", v)} else if (v ~ /s$/) {sub(/s/, "", v); v *= 1000}; p = v}
+         /Requests\/sec/ {r = $2} END {printf "%.3f %s\n", p, r}' "$WORK/wrk.txt"
+  fi
 }
 
 RATIOS=()
@@ -97,9 +115,10 @@ echo "median p99 with / without the shadow arm: $median x over $ROUNDS rounds"
   echo
   pinned=""
   [ "$PIN" = 1 ] && pinned=" --pin"
+  [ -n "$RATE" ] && pinned="$pinned --rate $RATE"
   echo "\`bench/shadow.sh --rounds $ROUNDS --duration $DURATION --sample $SAMPLE$pinned\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
   if [ "$PIN" = 1 ]; then
-    echo "gateway pinned to CPU 0 with one tokio worker, wrk to CPU 1 with one thread and $CONNECTIONS connections, demo \`discover\` placement, local hits."
+    echo "gateway pinned to CPU 0 with one tokio worker, the load (${RATE:+oha at $RATE requests/s, }wrk otherwise) on CPU 1 with $CONNECTIONS connections, demo \`discover\` placement, local hits."
   else
     echo "$(nproc) cores, wrk with $THREADS threads and $CONNECTIONS connections, demo \`discover\` placement, local hits."
   fi
