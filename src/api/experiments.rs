@@ -143,11 +143,11 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// An arm's state: `paused_by_guardrail` with its pause, `shadow`, or `serving`.
-pub(crate) fn arm_state(arm: &crate::experiment::Arm, pause: Option<&Pause>) -> &'static str {
-    match (pause, arm.shadow) {
+pub(crate) fn arm_state(shadow: bool, pause: Option<&Pause>) -> &'static str {
+    match (pause, shadow) {
         (Some(_), _) => "paused_by_guardrail",
-        (None, Some(_)) => "shadow",
-        (None, None) => "serving",
+        (None, true) => "shadow",
+        (None, false) => "serving",
     }
 }
 
@@ -178,7 +178,7 @@ impl ExperimentBody {
                         model: a.model.location.clone(),
                         cache_ttl: a.cache_ttl.map(|d| humantime::format_duration(d).to_string()),
                         shadow_sample: a.shadow,
-                        state: arm_state(a, pause.as_ref()).to_string(),
+                        state: arm_state(a.shadow.is_some(), pause.as_ref()).to_string(),
                         paused_since: pause
                             .as_ref()
                             .map(|p| rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(p.since))),

@@ -12,7 +12,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use crate::feedback::results::{self, ArmResults, DayResults, ExperimentResults, InterleavingResults};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Pause};
 
 /// The results endpoint.
 #[derive(Default)]
@@ -264,8 +264,9 @@ fn value<T>(result: Result<T, &'static str>, fields: &[&str], undefined: &mut BT
         .ok()
 }
 
-impl From<&ArmResults> for ArmResultsBody {
-    fn from(arm: &ArmResults) -> Self {
+impl ArmResultsBody {
+    /// The body of `arm`, paused by a guardrail when `pause` is given.
+    fn new(arm: &ArmResults, pause: Option<Pause>) -> Self {
         let mut undefined = BTreeMap::new();
         let ctr = value(arm.ctr, &["ctr"], &mut undefined);
         let interval = value(arm.ctr_interval, &["ctr_low", "ctr_high"], &mut undefined);
@@ -306,8 +307,8 @@ impl From<&ArmResults> for ArmResultsBody {
             min_sample_reached: arm.min_sample_reached,
             wins: arm.wins,
             shadow: arm.shadow,
-            state: String::new(),
-            paused_reason: None,
+            state: super::experiments::arm_state(arm.shadow, pause.as_ref()).to_string(),
+            paused_reason: pause.map(|p| p.reason),
             distinct_items: arm.counts.items,
             catalogue_coverage: value(arm.coverage, &["catalogue_coverage"], &mut undefined),
             compared: arm.shadow.then_some(arm.counts.compared),
@@ -345,8 +346,9 @@ impl From<&InterleavingResults> for InterleavingBody {
     }
 }
 
-impl From<&ExperimentResults> for ResultsBody {
-    fn from(results: &ExperimentResults) -> Self {
+impl ResultsBody {
+    /// The body of `results`, `pause` telling each arm's guardrail pause by name.
+    fn new(results: &ExperimentResults, pause: impl Fn(&str) -> Option<Pause>) -> Self {
         let mut undefined = BTreeMap::new();
         ResultsBody {
             experiment: results.experiment.clone(),
@@ -357,7 +359,11 @@ impl From<&ExperimentResults> for ResultsBody {
             srm_p_value: value(results.srm_p_value, &["srm_p_value"], &mut undefined),
             srm_detected: results.srm_detected,
             min_sample_size: results.min_sample_size,
-            arms: results.arms.iter().map(ArmResultsBody::from).collect(),
+            arms: results
+                .arms
+                .iter()
+                .map(|arm| ArmResultsBody::new(arm, pause(&arm.name)))
+                .collect(),
             interleaving: results.interleaving.as_ref().map(InterleavingBody::from),
             sequential_tuning: results.sequential_tuning,
             comparisons: results.comparisons as u64,
@@ -394,12 +400,7 @@ impl ResultsApi {
         let results = results::compute(experiment, gateway.tally(), catalogue)
             .await
             .ok_or_else(unavailable)?;
-        let mut body = ResultsBody::from(&results);
-        for (arm, shown) in experiment.arms.iter().zip(&mut body.arms) {
-            let pause = gateway.guard().pause(&experiment.id, &arm.name);
-            shown.state = super::experiments::arm_state(arm, pause.as_ref()).to_string();
-            shown.paused_reason = pause.map(|p| p.reason);
-        }
+        let mut body = ResultsBody::new(&results, |arm| gateway.guard().pause(&experiment.id, arm));
         if *by == Some(By::Day) {
             let days = results::compute_days(experiment, gateway.tally())
                 .await

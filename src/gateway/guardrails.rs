@@ -197,6 +197,19 @@ impl Guard {
         Ok(was)
     }
 
+    /// Drops the windows of arms no longer guarded (a reload removed them or their
+    /// guardrails), so they do not outlive the catalog.
+    fn keep_windows(&self, guarded: &[&Arc<Experiment>]) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(experiment, arm), _| {
+                guarded
+                    .iter()
+                    .any(|e| e.id == *experiment && e.arms.iter().any(|a| a.name == *arm))
+            });
+    }
+
     /// Drops an arm's window, so it is judged on a whole new one.
     fn forget(&self, experiment: &str, arm: &str) {
         self.windows
@@ -284,6 +297,7 @@ impl Gateway {
             .experiments()
             .filter(|e| e.guardrails.is_some() && e.status == Status::Running)
             .collect();
+        self.guard.keep_windows(&guarded);
         for (experiment, arm) in self.guard.sync(&guarded).await {
             tracing::info!(%experiment, %arm, "guardrail pause lifted; the arm serves again");
             self.guard.forget(&experiment, &arm);
