@@ -15,6 +15,12 @@
 #   page read   users uniform over N, both tiers off, no snapshot (models.snapshot_max_bytes = 0)
 #   mixed       Zipf-like users over N, both tiers on, 5% of requests are POST /events, then the
 #               same while a new version of the model commits and loads (swap under load)
+# Then, with 16 connections, on the demo's folders with Redis configured (what clients do most):
+#   local hit, experiment placement   1,000 hot users on `home`, whose running experiment
+#               assigns, counts and signs every response
+#   assignment  GET /experiments/home-als-rank/assignment/{user}
+# each after its own baseline (the minimal server answering that endpoint's bytes, 16
+# connections), whose row the ratio is against.
 # It also reports the snapshot's build time, file size and RSS, and how fast a restarted gateway
 # is ready with the snapshot on disk.
 # With --replicas 2 the mixed scenario also runs on two gateways sharing one Redis, wrk split
@@ -65,7 +71,7 @@ start_gateway() {
   PORT=$(free_port)
   local started
   started=$(date +%s%N)
-  RECGW__SERVER__LISTEN="127.0.0.1:$PORT" RECGW__EXPERIMENTS__DIR="$1" RECGW__MODELS__ROOT="$MODELS" \
+  RECGW__SERVER__LISTEN="127.0.0.1:$PORT" RECGW__EXPERIMENTS__DIR="$1" RECGW__MODELS__ROOT="${MODELS_ROOT:-$MODELS}" \
     RECGW__CACHE__LOCAL_CAPACITY="$2" RECGW__CACHE__REDIS_URL="$3" RECGW__TRACKING__SECRET=bench-secret-of-at-least-32-bytes \
     RECGW__MODELS__SNAPSHOT_DIR="$WORK/snapshots" RECGW__MODELS__SNAPSHOT_MAX_BYTES="${4:-0}" \
     RECGW__MODELS__REFRESH_INTERVAL="${REFRESH:-60s}" \
@@ -92,7 +98,8 @@ to_ms() { # wrk latency (e.g. 1.23ms, 456.00us, 1.02s) -> milliseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-# measure NAME PORT SCRIPT USERS [RSS_PID]
+# measure NAME PORT SCRIPT USERS [RSS_PID]: ratios against the first row measured, or the
+# first after BASE_RPS is emptied.
 measure() {
   local name=$1 port=$2 script=$3 users=$4 pid=${5:-}
   USERS=$users wrk -t1 -c"$CONNECTIONS" -d2s -s "$script" "http://127.0.0.1:$port" >/dev/null
@@ -163,6 +170,30 @@ SWAP_P99=$(awk -F'|' '{gsub(/ /, "", $6); print $6}' <<<"${ROWS[-1]}")
 SWAP="Swap under load: the model re-committed at the start of the second mixed run (every key changes; the new version is converted on one of the cores while the old one serves, then swapped in): p99 $SWAP_P99 ms against $BEFORE_P99 ms before ($(awk -v a="$SWAP_P99" -v b="$BEFORE_P99" 'BEGIN { printf "%.1f", a / b }') x)."
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
+# The demo, 16 connections: each endpoint after a baseline answering its own bytes.
+CONNECTIONS=16
+MODELS_ROOT=$PWD/models start_gateway "$PWD/experiments" 100000 "$REDIS"
+curl -sf "127.0.0.1:$PORT/recommendations/1?placement=home" > "$WORK/home.json"
+curl -sf "127.0.0.1:$PORT/experiments/home-als-rank/assignment/1" > "$WORK/assignment.json"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+for endpoint in home assignment; do
+  BPORT=$(free_port)
+  "$BASELINE" "127.0.0.1:$BPORT" "$WORK/$endpoint.json" &
+  BPID=$!; PIDS+=("$BPID")
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$BPORT/recommendations/1" >/dev/null && break; sleep 0.05; done
+  MODELS_ROOT=$PWD/models start_gateway "$PWD/experiments" 100000 "$REDIS"
+  BASE_RPS=""
+  if [ "$endpoint" = home ]; then
+    PLACEMENT=home measure "baseline, 16 connections, home's bytes" "$BPORT" bench/users.lua 1000 "$BPID"
+    PLACEMENT=home measure "local hit, experiment placement, 16 connections" "$PORT" bench/users.lua 1000 "$PID"
+  else
+    ASSIGNMENT=home-als-rank measure "baseline, 16 connections, assignment's bytes" "$BPORT" bench/users.lua 1000 "$BPID"
+    ASSIGNMENT=home-als-rank measure "assignment, 16 connections" "$PORT" bench/users.lua 1000 "$PID"
+  fi
+  kill "$PID" "$BPID"; wait "$PID" "$BPID" 2>/dev/null || true
+done
+CONNECTIONS=$((2 * CORES))
+
 SCALE=""
 if [ "$REPLICAS" -ge 2 ]; then
   start_gateway "$WORK/experiments" 100000 "$REDIS"; PORT_A=$PORT
@@ -188,7 +219,7 @@ fi
   echo "# Benchmark results"
   echo
   echo "\`bench/run.sh --users $USERS --duration $DURATION --replicas $REPLICAS\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD),"
-  echo "$CORES cores, wrk with $CORES threads and $CONNECTIONS connections; latencies in ms; ratios against the baseline of this run."
+  echo "$CORES cores, wrk with $CORES threads and $CONNECTIONS connections (16 in the last four rows); latencies in ms; ratios against the baseline of this run (the last two gateway rows: against the baseline row above each)."
   echo
   echo "| scenario | requests/s | x baseline | p50 | p99 | p99 x baseline | p99.9 | RSS | non-2xx |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"

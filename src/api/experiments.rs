@@ -8,10 +8,12 @@ use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
+use serde::Serialize;
 
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
+use super::fast_json::FastJson;
 use crate::experiment::{Experiment, is_valid_user_id};
 use crate::gateway::{Gateway, Guard, Pause};
 
@@ -138,6 +140,25 @@ struct AssignmentBody {
     reason: String,
 }
 
+/// [`AssignmentBody`] as written, borrowed from the catalog: QA tools and client SDKs that
+/// resolve arms call this per user, so it skips the owned body and its value tree.
+#[derive(Serialize)]
+struct AssignmentView<'a> {
+    experiment: &'a str,
+    user_id: &'a str,
+    in_experiment: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arm: Option<&'a str>,
+    forced: bool,
+    placement_bucket: u16,
+    arm_bucket: u16,
+    arm_for_bucket: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement_experiment: Option<&'a str>,
+    placement_arm: &'a str,
+    reason: &'a str,
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339(t).to_string()
 }
@@ -249,7 +270,7 @@ impl ExperimentsApi {
         /// Opaque user id: 1-128 characters from `[A-Za-z0-9._:@-]`.
         user_id: Path<String>,
         _auth: Auth,
-    ) -> Result<Json<AssignmentBody>, ApiError> {
+    ) -> Result<FastJson<AssignmentBody>, ApiError> {
         if !is_valid_user_id(&user_id) {
             return Err(ApiError::bad_request(
                 "invalid_user_id",
@@ -260,18 +281,19 @@ impl ExperimentsApi {
         let x = catalog
             .explain(&id, &user_id, SystemTime::now())
             .ok_or_else(|| unknown_experiment(&id))?;
-        Ok(Json(AssignmentBody {
-            experiment: x.experiment.id.clone(),
+        let view = AssignmentView {
+            experiment: &x.experiment.id,
+            user_id: &user_id,
             in_experiment: x.in_experiment,
-            arm: x.arm().map(str::to_string),
+            arm: x.arm(),
             forced: x.in_experiment && x.served.forced,
             placement_bucket: x.placement_bucket,
             arm_bucket: x.arm_bucket,
-            arm_for_bucket: x.arm_for_bucket.to_string(),
-            placement_experiment: x.served.experiment.map(|e| e.id.clone()),
-            placement_arm: x.served.arm_name().to_string(),
-            reason: x.reason(),
-            user_id: user_id.0,
-        }))
+            arm_for_bucket: x.arm_for_bucket,
+            placement_experiment: x.served.experiment.map(|e| e.id.as_str()),
+            placement_arm: x.served.arm_name(),
+            reason: &x.reason(),
+        };
+        Ok(FastJson::write(&view, 512))
     }
 }

@@ -49,8 +49,12 @@ impl<T: Type> Payload for FastJson<T> {
 impl<T: Type> IntoResponse for FastJson<T> {
     fn into_response(self) -> Response {
         match self.body {
+            // A static header value: `content_type` would copy the string per response.
             Ok(body) => Response::builder()
-                .content_type(<Self as Payload>::CONTENT_TYPE)
+                .header(
+                    poem::http::header::CONTENT_TYPE,
+                    poem::http::HeaderValue::from_static(<Self as Payload>::CONTENT_TYPE),
+                )
                 .body(body),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize a response");

@@ -1,7 +1,10 @@
 //! The one layer in front of every route: the request id, the key check, the size and time
 //! limits, the endpoint metrics, the JSON error shape and the access log, in one `async fn`
-//! around the router. Five nested layers each wrapped the next one's future and moved it, which
+//! around the routes. Five nested layers each wrapped the next one's future and moved it, which
 //! cost more than the checks themselves; one layer reads the route once and keeps one future.
+//! The route it reads also picks the endpoint: the API, or the documents about it. An outer
+//! router in front of the API's own cost a second match, a boxed future and the path's
+//! captures as strings per request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,12 +91,21 @@ impl RequestId {
 }
 
 /// Generated request ids: a random per-process prefix and a counter, unique across replicas
-/// without coordination.
-fn next_request_id() -> String {
+/// without coordination. Written on the stack and copied once into the header's bytes.
+fn next_request_id() -> HeaderValue {
+    use std::io::Write;
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| getrandom::u32().unwrap_or_else(|_| std::process::id()));
-    format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    // 8 hex digits, a dash and at most 16 more.
+    let mut id = [0u8; 25];
+    let mut rest = &mut id[..];
+    let written = write!(rest, "{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    let len = 25 - rest.len();
+    written
+        .ok()
+        .and_then(|()| HeaderValue::from_bytes(&id[..len]).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
 /// The caller's `X-Request-Id` when it is sane, else a new one; echoed on the response.
@@ -104,20 +116,35 @@ fn request_id(request: &Request) -> HeaderValue {
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic));
     match given {
         Some(id) => id.clone(),
-        None => HeaderValue::from_maybe_shared(bytes::Bytes::from(next_request_id()))
-            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        None => next_request_id(),
     }
 }
 
-/// Runs `request` through the route behind this layer. Every answer leaves it with the request
+/// The whole application: [`Front`] in front of the API and of its documents.
+pub(crate) struct App<A, D> {
+    /// The OpenAPI service, with the gateway as its data: every route of [`ROUTES`] but the
+    /// documents, and the 404s and 405s of unknown paths and methods.
+    pub(crate) api: A,
+    /// `/docs/*` (Swagger UI) and `/openapi.json`.
+    pub(crate) documents: D,
+    /// What the layer needs.
+    pub(crate) front: Front,
+}
+
+impl<A: Endpoint, D: Endpoint> Endpoint for App<A, D> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> poem::Result<Response> {
+        front(self, request).await
+    }
+}
+
+/// Runs `request` through its route. Every answer leaves it with the request
 /// id, every error as the JSON shape, every request timed under its route's `endpoint` label;
 /// `/recommendations` counts its own outcomes with arm labels, so only what never reached its
 /// handler (parameter errors, timeouts, refused keys) is counted here.
-pub(crate) async fn front<E: Endpoint>(
-    endpoint: Arc<E>,
-    mut request: Request,
-    front: Arc<Front>,
-) -> poem::Result<Response> {
+async fn front<A: Endpoint, D: Endpoint>(app: &App<A, D>, mut request: Request) -> poem::Result<Response> {
+    let front = &app.front;
     let (index, route) = routes::resolve(request.uri().path());
     let id = request_id(&request);
     if front.request_ids {
@@ -137,11 +164,9 @@ pub(crate) async fn front<E: Endpoint>(
         false => tracing::Span::none(),
     };
     let started = Instant::now();
-    let result = guarded(&*endpoint, request, route, &front)
-        .instrument(span.clone())
-        .await;
+    let result = guarded(app, request, route).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    count(&front, index, route, &result, elapsed);
+    count(front, index, route, &result, elapsed);
     let mut response = match result {
         Ok(response) => response,
         Err(e) => error::json_errors(e),
@@ -159,12 +184,12 @@ pub(crate) async fn front<E: Endpoint>(
 /// is the client's fault, not the gateway's); either way hyper then closes the connection,
 /// since the body was not read to its end. Admin routes get the time a reload may wait for new
 /// models on top, so `POST /admin/reload` answers what the reload did.
-async fn guarded<E: Endpoint>(
-    endpoint: &E,
+async fn guarded<A: Endpoint, D: Endpoint>(
+    app: &App<A, D>,
     mut request: Request,
     route: &RouteInfo,
-    front: &Front,
 ) -> poem::Result<Response> {
+    let front = &app.front;
     if let Some(role) = route.role {
         auth::authorize(&request, role, &front.keys)?;
     }
@@ -193,8 +218,14 @@ async fn guarded<E: Endpoint>(
         request.set_body(poem::Body::from_bytes_stream(body));
         read
     });
-    match tokio::time::timeout(timeout, endpoint.call(request)).await {
-        Ok(result) => result.map(IntoResponse::into_response),
+    let call = async {
+        match routes::is_document(route) {
+            true => app.documents.call(request).await.map(IntoResponse::into_response),
+            false => app.api.call(request).await.map(IntoResponse::into_response),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
         Err(_) if body_read.is_some_and(|read| !read.load(Ordering::Relaxed)) => Err(poem::Error::from_string(
             format!("the request body did not arrive within {timeout:?}"),
             StatusCode::REQUEST_TIMEOUT,

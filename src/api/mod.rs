@@ -72,22 +72,16 @@ pub(crate) fn spec_yaml() -> String {
 /// line per request.
 pub(crate) fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> impl Endpoint {
     let request_ids = gateway.logs().is_some();
-    let front = Arc::new(front::Front::new(
-        gateway.metrics().clone(),
-        keys,
-        timeout,
-        access_log,
-        request_ids,
-    ));
+    let front = front::Front::new(gateway.metrics().clone(), keys, timeout, access_log, request_ids);
     let service = service();
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
-    Route::new()
-        .nest("/", service)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .data(gateway)
-        .around(move |endpoint, request| front::front(endpoint, request, Arc::clone(&front)))
+    let documents = Route::new()
+        .nest("/docs", service.swagger_ui())
+        .at("/openapi.json", service.spec_endpoint());
+    front::App {
+        api: service.data(gateway),
+        documents,
+        front,
+    }
 }
 
 /// Largest body accepted: a batch of 1000 events of about 400 bytes, with room to spare. Bodies

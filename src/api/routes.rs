@@ -122,6 +122,11 @@ pub(crate) fn resolve(path: &str) -> (usize, &'static RouteInfo) {
     }
 }
 
+/// Whether `route` serves the API's documents (`/openapi.json`, `/docs/*`) rather than the API.
+pub(crate) fn is_document(route: &RouteInfo) -> bool {
+    matches!(route.label, "openapi" | "docs")
+}
+
 /// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest.
 fn matches(template: &str, path: &str) -> bool {
     let mut path = path.trim_matches('/').split('/');

@@ -215,6 +215,21 @@ impl TieredCache {
             }
             self.metrics.cache.local_miss.inc();
         }
+        // Boxed: the miss path's futures (the coalesced load, a Redis round trip) are several
+        // times the size of the hit's, and every request's future would carry them, moved on
+        // each poll through the layers above.
+        Box::pin(self.miss(key, location, model, user, ttl)).await
+    }
+
+    /// [`TieredCache::list`] past the local tier.
+    async fn miss(
+        &self,
+        key: u128,
+        location: &str,
+        model: &LoadedModel,
+        user: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Option<RankedList>, Tier), Arc<StoreError>> {
         let ttl = self.jittered(ttl.unwrap_or(self.default_ttl));
         // A mapped snapshot answers faster than a Redis round trip: Redis is neither read nor
         // written for its lists, only the local tier keeps them (saving the list's assembly).

@@ -353,12 +353,14 @@ impl PageRequest<'_> {
 /// Cuts one page out of `list` after the filters.
 fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
     let total = list.iter().filter(|item| request.keeps(item)).count();
-    let items = list
-        .iter()
-        .filter(|item| request.keeps(item))
-        .skip(request.offset)
-        .take(request.limit)
-        .collect();
+    // Sized from the count, so the page is one allocation whatever its length.
+    let mut items = Vec::with_capacity(total.saturating_sub(request.offset).min(request.limit));
+    items.extend(
+        list.iter()
+            .filter(|item| request.keeps(item))
+            .skip(request.offset)
+            .take(request.limit),
+    );
     Page {
         items,
         teams: Vec::new(),
@@ -837,7 +839,9 @@ impl Gateway {
                 }
             };
         if let Some((experiment, arms)) = assignment.interleaved() {
-            return self.interleave(assignment, experiment, arms, user).await;
+            // Boxed: two arms' reads at once make a future twice a split request's, which
+            // every request would otherwise carry.
+            return Box::pin(self.interleave(assignment, experiment, arms, user)).await;
         }
 
         let serving = match (paused, assignment.experiment) {
