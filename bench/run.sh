@@ -98,6 +98,14 @@ to_ms() { # wrk latency (e.g. 1.23ms, 456.00us, 1.02s) -> milliseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
+# start_baseline BODY_FILE -> BPORT, BPID: the minimal server answering BODY_FILE's bytes
+start_baseline() {
+  BPORT=$(free_port)
+  "$BASELINE" "127.0.0.1:$BPORT" "$1" &
+  BPID=$!; PIDS+=("$BPID")
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$BPORT/recommendations/1" >/dev/null && break; sleep 0.05; done
+}
+
 # measure NAME PORT SCRIPT USERS [RSS_PID]: ratios against the first row measured, or the
 # first after BASE_RPS is emptied.
 measure() {
@@ -122,10 +130,7 @@ measure() {
 start_gateway "$WORK/experiments" 100000 ""
 curl -sf "127.0.0.1:$PORT/recommendations/1?placement=bench" > "$WORK/body.json"
 kill "$PID"; wait "$PID" 2>/dev/null || true
-BPORT=$(free_port)
-"$BASELINE" "127.0.0.1:$BPORT" "$WORK/body.json" &
-BPID=$!; PIDS+=("$BPID")
-for _ in $(seq 100); do curl -sf "127.0.0.1:$BPORT/recommendations/1" >/dev/null && break; sleep 0.05; done
+start_baseline "$WORK/body.json"
 measure "baseline" "$BPORT" bench/users.lua 1000 "$BPID"
 kill "$BPID"
 
@@ -177,21 +182,18 @@ curl -sf "127.0.0.1:$PORT/recommendations/1?placement=home" > "$WORK/home.json"
 curl -sf "127.0.0.1:$PORT/experiments/home-als-rank/assignment/1" > "$WORK/assignment.json"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 for endpoint in home assignment; do
-  BPORT=$(free_port)
-  "$BASELINE" "127.0.0.1:$BPORT" "$WORK/$endpoint.json" &
-  BPID=$!; PIDS+=("$BPID")
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$BPORT/recommendations/1" >/dev/null && break; sleep 0.05; done
+  case $endpoint in
+    home) export PLACEMENT=home; unset ASSIGNMENT; name="local hit, experiment placement" ;;
+    assignment) export ASSIGNMENT=home-als-rank; name="assignment" ;;
+  esac
+  start_baseline "$WORK/$endpoint.json"
   MODELS_ROOT=$PWD/models start_gateway "$PWD/experiments" 100000 "$REDIS"
   BASE_RPS=""
-  if [ "$endpoint" = home ]; then
-    PLACEMENT=home measure "baseline, 16 connections, home's bytes" "$BPORT" bench/users.lua 1000 "$BPID"
-    PLACEMENT=home measure "local hit, experiment placement, 16 connections" "$PORT" bench/users.lua 1000 "$PID"
-  else
-    ASSIGNMENT=home-als-rank measure "baseline, 16 connections, assignment's bytes" "$BPORT" bench/users.lua 1000 "$BPID"
-    ASSIGNMENT=home-als-rank measure "assignment, 16 connections" "$PORT" bench/users.lua 1000 "$PID"
-  fi
+  measure "baseline, 16 connections, $endpoint's bytes" "$BPORT" bench/users.lua 1000 "$BPID"
+  measure "$name, 16 connections" "$PORT" bench/users.lua 1000 "$PID"
   kill "$PID" "$BPID"; wait "$PID" "$BPID" 2>/dev/null || true
 done
+unset PLACEMENT ASSIGNMENT
 CONNECTIONS=$((2 * CORES))
 
 SCALE=""

@@ -1,5 +1,6 @@
 //! The benchmark's baseline: a minimal poem server answering `GET /recommendations/:user_id`
-//! (and `GET /experiments/:id/assignment/:user_id`, for the assignment endpoint's figure) with a pre-serialized body read from a file (a real gateway response of the same size), so
+//! (and `GET /experiments/:id/assignment/:user_id`, for the assignment endpoint's figure) with a
+//! pre-serialized body read from a file (a real gateway response of the same size), so
 //! `bench/run.sh` can report every scenario as a ratio of what the HTTP stack alone does.
 //!
 //! `cargo run --release --example baseline -- ADDR BODY_FILE`
