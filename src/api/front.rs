@@ -2,9 +2,11 @@
 //! limits, the endpoint metrics, the JSON error shape and the access log, in one `async fn`
 //! around the routes. Five nested layers each wrapped the next one's future and moved it, which
 //! cost more than the checks themselves; one layer reads the route once and keeps one future.
-//! The route it reads also picks the endpoint: the API, or the documents about it. An outer
-//! router in front of the API's own cost a second match, a boxed future and the path's
-//! captures as strings per request.
+//! The route it reads also picks the endpoint: the API, the documents about it, or, for a
+//! plain recommendation request (the request clients make on every page view), the handler's
+//! own work without the API's extractor chain (`recommendations::direct`). An outer router in
+//! front of the API's own cost a second match, a boxed future and the path's captures as
+//! strings per request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,9 +19,9 @@ use prometheus::Histogram;
 use tracing::Instrument;
 
 use super::routes::{self, ROUTES, RouteInfo};
-use super::{auth, error};
+use super::{auth, error, recommendations};
 use crate::auth::{Keys, Role};
-use crate::gateway::RELOAD_BUDGET;
+use crate::gateway::{Gateway, RELOAD_BUDGET};
 use crate::metrics::{Metrics, NONE};
 
 /// Request headers larger than this in all (names and values) get a 431 JSON error. Real
@@ -125,6 +127,9 @@ pub(crate) struct App<A, D> {
     /// The OpenAPI service, with the gateway as its data: every route of [`ROUTES`] but the
     /// documents, and the 404s and 405s of unknown paths and methods.
     pub(crate) api: A,
+    /// The gateway, for the recommendation requests answered without the OpenAPI service
+    /// ([`recommendations::direct`]).
+    pub(crate) gateway: Arc<Gateway>,
     /// `/docs/*` (Swagger UI) and `/openapi.json`.
     pub(crate) documents: D,
     /// What the layer needs.
@@ -219,6 +224,11 @@ async fn guarded<A: Endpoint, D: Endpoint>(
         read
     });
     let call = async {
+        if route.label == "recommendations"
+            && let Some(answered) = recommendations::direct(&app.gateway, &request).await
+        {
+            return answered;
+        }
         match routes::is_document(route) {
             true => app.documents.call(request).await.map(IntoResponse::into_response),
             false => app.api.call(request).await.map(IntoResponse::into_response),

@@ -78,7 +78,8 @@ pub(crate) fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, acc
         .nest("/docs", service.swagger_ui())
         .at("/openapi.json", service.spec_endpoint());
     front::App {
-        api: service.data(gateway),
+        api: service.data(Arc::clone(&gateway)),
+        gateway,
         documents,
         front,
     }

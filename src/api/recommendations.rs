@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::Request;
 use poem::web::Data;
+use poem::{IntoResponse, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::{Enum, Object, OpenApi};
 use serde::Serialize;
@@ -177,12 +177,21 @@ enum FallbackBody {
 /// is paging wrong, and the cap bounds the set built per request whatever the URI limit.
 pub(crate) const MAX_EXCLUDE: usize = 500;
 
+/// The placement a request names none of.
+const DEFAULT_PLACEMENT: &str = "default";
+
+/// The page size a request names none of.
+const DEFAULT_LIMIT: u32 = 10;
+
+/// The page sizes accepted, as the operation's `limit` validator states them.
+const LIMITS: std::ops::RangeInclusive<u32> = 1..=100;
+
 fn default_placement() -> String {
-    "default".to_string()
+    DEFAULT_PLACEMENT.to_string()
 }
 
 fn default_limit() -> u32 {
-    10
+    DEFAULT_LIMIT
 }
 
 #[OpenApi(tag = "ApiTags::Recommendations")]
@@ -214,23 +223,126 @@ impl RecommendationsApi {
         _auth: Auth,
         request: &Request,
     ) -> Result<FastJson<RecommendationsBody>, ApiError> {
-        let started = Instant::now();
-        let query = (*limit, *offset, *min_score);
         let asked = Asked {
             user_id: &user_id,
             placement: &placement,
             request_id: RequestId::of(request),
         };
-        match serve(&gateway, asked, query, exclude.as_deref(), started).await {
-            Ok(body) => Ok(body),
-            Err((placement, e)) => {
-                gateway
-                    .metrics()
-                    .request_failed("recommendations", &placement, e.code(), started.elapsed());
-                Err(e)
+        answer(&gateway, asked, (*limit, *offset, *min_score), exclude.as_deref()).await
+    }
+}
+
+/// `GET /recommendations/{user_id}` straight from the front layer, past the operation's
+/// extractor chain: poem's route match, the query parsed into owned pairs, the gateway cloned
+/// into the request's extensions (an allocation, and a reference count every request on every
+/// core writes), a boxed future per step. It takes only requests the operation would read the
+/// same way: a GET, a plain path segment, each parameter at most once with a plain value (no
+/// percent or plus escapes) that parses and is in range. Everything else (`None`) goes to the
+/// operation, which also gives every malformed parameter its documented error, so both paths
+/// answer a request alike and only the cost differs.
+pub(crate) async fn direct(gateway: &Arc<Gateway>, request: &Request) -> Option<poem::Result<poem::Response>> {
+    let plain = Plain::of(request)?;
+    let asked = Asked {
+        user_id: plain.user_id,
+        placement: plain.placement,
+        request_id: RequestId::of(request),
+    };
+    let answered = answer(
+        gateway,
+        asked,
+        (plain.limit, plain.offset, plain.min_score),
+        plain.exclude,
+    )
+    .await;
+    Some(match answered {
+        Ok(body) => Ok(body.into_response()),
+        // What the operation's `Err` becomes: a response of its own, which the front layer
+        // neither counts again nor rewrites.
+        Err(e) => Err(poem::Error::from_response(e.into_response())),
+    })
+}
+
+/// The parameters of a request [`direct`] takes, borrowed from its URI.
+#[derive(Debug, PartialEq)]
+struct Plain<'a> {
+    user_id: &'a str,
+    placement: &'a str,
+    limit: u32,
+    offset: u32,
+    min_score: Option<f32>,
+    exclude: Option<&'a str>,
+}
+
+impl<'a> Plain<'a> {
+    /// The parameters of `request`, when it is one the operation would read the same way.
+    fn of(request: &'a Request) -> Option<Self> {
+        if request.method() != poem::http::Method::GET {
+            return None;
+        }
+        Self::parse(request.uri().path(), request.uri().query())
+    }
+
+    fn parse(path: &'a str, query: Option<&'a str>) -> Option<Self> {
+        let plain_value = |v: &str| !v.is_empty() && !v.contains(['%', '+', '/']);
+        let user_id = path.strip_prefix("/recommendations/").filter(|id| plain_value(id))?;
+        let mut plain = Plain {
+            user_id,
+            placement: DEFAULT_PLACEMENT,
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+            min_score: None,
+            exclude: None,
+        };
+        let mut seen = [false; 5];
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            let (key, value) = pair.split_once('=').filter(|(_, v)| plain_value(v))?;
+            let index = match key {
+                "placement" => {
+                    plain.placement = value;
+                    0
+                }
+                "limit" => {
+                    plain.limit = value.parse().ok().filter(|l| LIMITS.contains(l))?;
+                    1
+                }
+                "offset" => {
+                    plain.offset = value.parse().ok()?;
+                    2
+                }
+                "min_score" => {
+                    plain.min_score = Some(value.parse().ok()?);
+                    3
+                }
+                "exclude" => {
+                    plain.exclude = Some(value);
+                    4
+                }
+                _ => return None,
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                return None;
             }
         }
+        Some(plain)
     }
+}
+
+/// What both paths answer: the page, or the error counted for the placement it is counted under.
+async fn answer(
+    gateway: &Arc<Gateway>,
+    asked: Asked<'_>,
+    query: (u32, u32, Option<f32>),
+    exclude: Option<&str>,
+) -> Result<FastJson<RecommendationsBody>, ApiError> {
+    let started = Instant::now();
+    serve(gateway, asked, query, exclude, started)
+        .await
+        .map_err(|(placement, e)| {
+            gateway
+                .metrics()
+                .request_failed("recommendations", &placement, e.code(), started.elapsed());
+            e
+        })
 }
 
 /// Who asked for what, in which request.
@@ -336,4 +448,88 @@ async fn serve(
     };
     // About 60 bytes an item with the fields around them; one buffer for the whole body.
     Ok(FastJson::write(&view, 512 + 64 * page.items.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(uri: &str) -> Option<Plain<'_>> {
+        let (path, query) = match uri.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (uri, None),
+        };
+        Plain::parse(path, query)
+    }
+
+    /// The direct path reads what the operation would read, defaults included.
+    #[test]
+    fn plain_requests_are_read_as_the_operation_reads_them() {
+        let defaults = Plain {
+            user_id: "42",
+            placement: "default",
+            limit: 10,
+            offset: 0,
+            min_score: None,
+            exclude: None,
+        };
+        assert_eq!(parse("/recommendations/42"), Some(defaults));
+        let uri = "/recommendations/u.1:a@b-c?placement=home&limit=100&offset=7&min_score=-0.5&exclude=a,b";
+        assert_eq!(
+            parse(uri),
+            Some(Plain {
+                user_id: "u.1:a@b-c",
+                placement: "home",
+                limit: 100,
+                offset: 7,
+                min_score: Some(-0.5),
+                exclude: Some("a,b"),
+            })
+        );
+        assert_eq!(parse("/recommendations/42?limit=1").map(|p| p.limit), Some(1));
+    }
+
+    /// Whatever the operation might read otherwise, or refuses with its own message, is left
+    /// to it.
+    #[test]
+    fn anything_else_is_left_to_the_operation() {
+        for uri in [
+            "/recommendations/",
+            "/recommendations/42/",
+            "/recommendations/a%2Fb",
+            "/recommendations/42?",
+            "/recommendations/42?&limit=5",
+            "/recommendations/42?limit",
+            "/recommendations/42?limit=",
+            "/recommendations/42?limit=0",
+            "/recommendations/42?limit=101",
+            "/recommendations/42?limit=abc",
+            "/recommendations/42?limit=%35",
+            "/recommendations/42?limit=+5",
+            "/recommendations/42?offset=-1",
+            "/recommendations/42?min_score=high",
+            "/recommendations/42?placement=home&placement=feed",
+            "/recommendations/42?exclude=a%2Cb",
+            "/recommendations/42?unknown=1",
+            "/experiments/x/assignment/42",
+        ] {
+            assert_eq!(parse(uri), None, "{uri}");
+        }
+    }
+
+    /// The page sizes the direct path takes are those the operation documents and validates.
+    #[test]
+    fn the_limits_are_the_documented_ones() {
+        let spec: serde_json::Value = serde_json::from_str(&crate::api::service().spec()).expect("JSON");
+        let parameters = spec["paths"]["/recommendations/{user_id}"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let limit = parameters.iter().find(|p| p["name"] == "limit").expect("limit");
+        // The document gives the bounds as numbers (`1.0`).
+        assert_eq!(limit["schema"]["minimum"].as_f64(), Some(f64::from(*LIMITS.start())));
+        assert_eq!(limit["schema"]["maximum"].as_f64(), Some(f64::from(*LIMITS.end())));
+        assert_eq!(limit["schema"]["default"], DEFAULT_LIMIT);
+        let placement = parameters.iter().find(|p| p["name"] == "placement").expect("placement");
+        assert_eq!(placement["schema"]["default"], DEFAULT_PLACEMENT);
+    }
 }
