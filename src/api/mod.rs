@@ -11,6 +11,7 @@ mod front;
 mod health;
 mod metrics;
 mod recommendations;
+mod request_id;
 mod results;
 mod routes;
 mod stats;

@@ -14,7 +14,7 @@ use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
 use super::fast_json::FastJson;
-use super::front::RequestId;
+use super::request_id::RequestId;
 use crate::experiment::{Arm, Team, is_valid_user_id};
 use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source};
 use crate::metrics::NONE;
@@ -265,11 +265,17 @@ pub(crate) async fn direct(gateway: &Arc<Gateway>, request: &Request) -> Option<
 /// The parameters of a request [`direct`] takes, borrowed from its URI.
 #[derive(Debug, PartialEq)]
 struct Plain<'a> {
+    /// The path's segment, as the operation's `user_id`.
     user_id: &'a str,
+    /// `placement`, or the operation's default.
     placement: &'a str,
+    /// `limit`, within the operation's bounds, or its default.
     limit: u32,
+    /// `offset`, or 0.
     offset: u32,
+    /// `min_score`, parsed as the operation parses it (`f32::from_str`).
     min_score: Option<f32>,
+    /// `exclude`, still comma-separated.
     exclude: Option<&'a str>,
 }
 
