@@ -223,6 +223,7 @@ fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
         catalog.digest()
     );
     warn_missing_models(&catalog, dir, models_root);
+    note_sequential_tuning(&catalog);
     let Some(old_dir) = against else {
         return ExitCode::SUCCESS;
     };
@@ -245,6 +246,22 @@ fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Notes every experiment that sets its own `sequential_tuning`: the number counted impressions
+/// before results took the user as the unit, and counts users now, so a value planned in
+/// impressions makes the always-valid interval tightest far later than meant.
+fn note_sequential_tuning(catalog: &Catalog) {
+    for experiment in catalog.experiments() {
+        if experiment.sequential_tuning != crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING {
+            eprintln!(
+                "note: {}: sequential_tuning = {} counts users (both arms), not impressions as before results \
+                 were per user: a value planned in impressions should be divided by the impressions per user",
+                experiment.file.display(),
+                experiment.sequential_tuning
+            );
+        }
+    }
 }
 
 /// Warns, without failing, about every model whose local folder does not exist: a typo there

@@ -87,13 +87,27 @@ pub struct ResultsSettings {
     /// cache wants `maxmemory-policy allkeys-lru`, and counts must never be evicted
     /// (`noeviction`), so a large deployment gives them a Redis of their own.
     pub redis_url: String,
+    /// Hash tags (`{experiment:shard}`) each experiment's per-user state is spread over, so a
+    /// large experiment's users fill every node of a Redis Cluster rather than one slot. Fixed
+    /// for the life of the counts: a changed value puts users under other keys, where they
+    /// count again.
+    pub(crate) shards: u32,
+    /// Users this process holds in memory at most: with Redis, new users waiting out an outage;
+    /// without, every user it counts. Past it users are not counted, and the results say so.
+    pub(crate) max_buffered_users: u64,
 }
+
+/// The largest `results.shards`: a cluster has 16,384 slots, and a read sends a pipeline per
+/// shard.
+const MAX_SHARDS: u32 = 1024;
 
 impl Default for ResultsSettings {
     fn default() -> Self {
         ResultsSettings {
             min_sample_size: 1000,
             redis_url: String::new(),
+            shards: 16,
+            max_buffered_users: 1_000_000,
         }
     }
 }
@@ -329,6 +343,15 @@ impl Settings {
                  would be cut while their request is still being answered",
                 self.server.idle_timeout, self.server.request_timeout
             ));
+        }
+        if !(1..=MAX_SHARDS).contains(&self.results.shards) {
+            return invalid(format!(
+                "results.shards ({}) must be 1-{MAX_SHARDS}: the hash tags an experiment's users are spread over",
+                self.results.shards
+            ));
+        }
+        if self.results.max_buffered_users == 0 {
+            return invalid("results.max_buffered_users must be at least 1".into());
         }
         if self.logs.max_buffered_rows == 0 {
             return invalid("logs.max_buffered_rows must be at least 1".into());

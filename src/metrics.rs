@@ -87,6 +87,9 @@ pub struct Metrics {
     experiments_info: IntGaugeVec,
     /// `results_pending_updates`: exposures counted here and not yet confirmed by Redis.
     pub(crate) results_pending: IntGauge,
+    /// `results_users_uncounted_total`: users served but not counted, because the memory bound
+    /// or an arm's queue was full; the results then say users are not exact.
+    pub(crate) results_users_uncounted: IntCounter,
     /// `redis_commands_total{client,result}`: every Redis command by caller (`cache`,
     /// `invalidation`, `counts`, `events`) and outcome (`ok`, `error`, `timeout`, `skipped`).
     pub(crate) redis_commands: IntCounterVec,
@@ -391,6 +394,14 @@ impl Metrics {
                 IntGauge::new(
                     "results_pending_updates",
                     "Exposures counted here and not yet confirmed by Redis.",
+                )
+                .expect("valid metric"),
+            ),
+            results_users_uncounted: register(
+                r,
+                IntCounter::new(
+                    "results_users_uncounted_total",
+                    "Users served but not counted in the results: a memory bound or an arm's queue was full.",
                 )
                 .expect("valid metric"),
             ),

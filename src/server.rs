@@ -124,7 +124,8 @@ impl Server {
         let tally = Arc::new(Tally::new(
             results_redis.as_ref().map(|r| r.client("counts", timeout)),
             metrics.results_pending.clone(),
-            settings.results.min_sample_size,
+            metrics.results_users_uncounted.clone(),
+            &settings.results,
         ));
         let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
         if keys.is_off() {
@@ -197,7 +198,7 @@ impl Server {
         let mut tasks = self.gateway.cache().spawn_sync(self.sync_interval);
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tasks.push(self.gateway.spawn_guarding());
-        tasks.extend(self.gateway.tally().spawn_flushing());
+        tasks.push(self.gateway.tally().spawn_flushing());
         // Not aborted with the others: the drain below waits for a flush under way instead.
         let log_flushing = self.gateway.logs().map(LogWriter::spawn_flushing);
         tracing::info!(addr = %self.local_addr, "recgw listening");

@@ -30,7 +30,8 @@ struct ArmResultsBody {
     weight: f64,
     /// True for the control (the first arm), which the others are compared with.
     control: bool,
-    /// Distinct users served (HyperLogLog with Redis: ±0.81%).
+    /// Distinct users served from the arm, counted exactly (each user once, the first time it
+    /// is served from the arm, across replicas, restarts and resends): the unit of analysis.
     users: u64,
     /// Responses served to counted users (QA overrides excluded).
     exposures: u64,
@@ -38,22 +39,32 @@ struct ArmResultsBody {
     impressions: u64,
     /// Clicks reported.
     clicks: u64,
-    /// Distinct users who clicked.
+    /// Of `impressions`, those outside the per-user statistics: counted before per-user
+    /// counting began (see `per_user_since`), or of users past the memory bound. Absent when 0.
+    impressions_outside_per_user: Option<u64>,
+    /// Of `clicks`, those outside the per-user statistics. Absent when 0.
+    clicks_outside_per_user: Option<u64>,
+    /// Distinct users who clicked (exact, since per-user counting began).
     clicking_users: u64,
-    /// Clicks / impressions.
+    /// The sums over the arm's users that its CTR, lift and p-values are computed from.
+    per_user_sums: PerUserSumsBody,
+    /// Clicks / impressions over the users counted: the ratio of the users' mean clicks to
+    /// their mean impressions.
     ctr: Option<f64>,
-    /// 95% Wilson interval of the CTR, low end.
+    /// 95% interval of the CTR, low end: users are the unit, its variance by the delta method
+    /// from the per-user sums (impressions of one user are not independent).
     ctr_low: Option<f64>,
-    /// 95% Wilson interval of the CTR, high end.
+    /// 95% interval of the CTR, high end.
     ctr_high: Option<f64>,
     /// Relative lift of the CTR over the control (`0.05` is +5%).
     lift: Option<f64>,
-    /// 95% interval of the lift (delta method on the log ratio), low end.
+    /// 95% interval of the lift (delta method over users, on the log ratio), low end.
     lift_low: Option<f64>,
     /// 95% interval of the lift, high end.
     lift_high: Option<f64>,
-    /// Two-sided two-proportion z-test against the control. Fixed-horizon, like `lift_low` and
-    /// `lift_high`: only valid read once, at a sample size chosen in advance.
+    /// Two-sided z-test of the CTR difference against the control, users the unit (delta
+    /// method). Fixed-horizon, like `lift_low` and `lift_high`: only valid read once, at a
+    /// sample size chosen in advance.
     p_value: Option<f64>,
     /// Always-valid 95% interval of the lift (a confidence sequence), low end: valid however
     /// often it is read, so it may be acted on at any look.
@@ -97,6 +108,25 @@ struct ArmResultsBody {
     by_position: Vec<PositionBody>,
     /// Why a statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
+}
+
+/// The per-user sums of an arm (STATISTICS.md §1): with `c` a user's clicks and `i` its
+/// impressions in the arm, sums over the arm's users, kept exactly, so that every statistic of
+/// the arm can be computed again from them (delta method: Deng, Knoblich and Lu, KDD 2018).
+#[derive(Debug, Object)]
+struct PerUserSumsBody {
+    /// `n`: users counted in the arm, with or without events.
+    users: u64,
+    /// `Σc`.
+    clicks: u64,
+    /// `Σi`.
+    impressions: u64,
+    /// `Σc²`.
+    clicks_squared: u64,
+    /// `Σi²`.
+    impressions_squared: u64,
+    /// `Σc·i`.
+    clicks_times_impressions: u64,
 }
 
 /// One rank bucket of an arm's events.
@@ -159,6 +189,8 @@ struct DayBody {
 struct DayArmBody {
     /// Arm name.
     name: String,
+    /// Users counted up to the end of the day.
+    users: u64,
     /// Impressions up to the end of the day.
     impressions: u64,
     /// Clicks up to the end of the day.
@@ -193,6 +225,7 @@ impl From<&DayResults> for DayBody {
                     );
                     DayArmBody {
                         name: arm.name.clone(),
+                        users: arm.users,
                         impressions: arm.impressions,
                         clicks: arm.clicks,
                         ctr: value(arm.ctr, &["ctr"], &mut undefined),
@@ -222,7 +255,18 @@ struct ResultsBody {
     age_seconds: Option<u64>,
     /// `redis`: counts shared by every replica; `memory`: this process's only.
     counts: String,
-    /// Chi-square p-value of users per arm against the weights.
+    /// The unit of analysis: `user`. Users are what is randomized, so every interval and
+    /// p-value treats a user as one observation.
+    unit: String,
+    /// False when some users could not be counted (a memory bound was reached during a Redis
+    /// outage, or without Redis): `users` is then short, and no sample-ratio verdict is given.
+    users_exact: bool,
+    /// Why `users_exact` is false.
+    users_exact_reason: Option<String>,
+    /// `YYYY-MM-DD`, the first day (UTC) of the per-user statistics, given when some arm also
+    /// counted impressions or clicks outside them (before per-user counting began).
+    per_user_since: Option<String>,
+    /// Chi-square p-value of exact users per arm against the weights.
     srm_p_value: Option<f64>,
     /// `srm_p_value < 0.001`: the split is broken; do not trust the comparison.
     srm_detected: bool,
@@ -232,8 +276,8 @@ struct ResultsBody {
     arms: Vec<ArmResultsBody>,
     /// The preference test, for an interleave experiment.
     interleaving: Option<InterleavingBody>,
-    /// `N*` of the always-valid intervals: the impressions of a comparison (both arms) at which
-    /// they are tightest relative to the fixed-horizon ones.
+    /// `N*` of the always-valid intervals: the users of a comparison (both arms) at which they
+    /// are tightest relative to the fixed-horizon ones.
     sequential_tuning: f64,
     /// Arms compared with the control (shadows and the control left out).
     comparisons: u64,
@@ -286,11 +330,21 @@ impl ArmResultsBody {
             name: arm.name.clone(),
             weight: arm.weight,
             control: arm.control,
-            users: arm.counts.users,
+            users: arm.counts.sums.users,
             exposures: arm.counts.exposures,
-            impressions: arm.counts.impressions,
-            clicks: arm.counts.clicks,
+            impressions: arm.counts.impressions(),
+            clicks: arm.counts.clicks(),
+            impressions_outside_per_user: Some(arm.counts.outside[0]).filter(|&n| n > 0),
+            clicks_outside_per_user: Some(arm.counts.outside[1]).filter(|&n| n > 0),
             clicking_users: arm.counts.clickers,
+            per_user_sums: PerUserSumsBody {
+                users: arm.counts.sums.users,
+                clicks: arm.counts.sums.clicks,
+                impressions: arm.counts.sums.impressions,
+                clicks_squared: arm.counts.sums.clicks_sq,
+                impressions_squared: arm.counts.sums.impressions_sq,
+                clicks_times_impressions: arm.counts.sums.cross,
+            },
             ctr,
             ctr_low: interval.map(|i| i.low),
             ctr_high: interval.map(|i| i.high),
@@ -356,6 +410,10 @@ impl ResultsBody {
             status: results.status.as_str().to_string(),
             age_seconds: value(results.age_seconds, &["age_seconds"], &mut undefined),
             counts: if results.shared { "redis" } else { "memory" }.to_string(),
+            unit: "user".to_string(),
+            users_exact: results.inexact.is_none(),
+            users_exact_reason: results.inexact.clone(),
+            per_user_since: results.per_user_since.map(crate::calendar::date),
             srm_p_value: value(results.srm_p_value, &["srm_p_value"], &mut undefined),
             srm_detected: results.srm_detected,
             min_sample_size: results.min_sample_size,
@@ -377,8 +435,9 @@ impl ResultsBody {
 
 #[OpenApi(tag = "ApiTags::Experiments")]
 impl ResultsApi {
-    /// Per-arm counts, CTR with a 95% Wilson interval, relative lift and p-value against the
-    /// control, and the sample-ratio-mismatch test; for an interleave experiment, the wins per
+    /// Per-arm counts, CTR with its 95% interval, relative lift and p-value against the
+    /// control, users the unit (delta method over per-user sums), and the sample-ratio-mismatch
+    /// test on exact users; for an interleave experiment, the wins per
     /// arm and the preference test instead of lift and sample ratio. With `by=day`, also the
     /// cumulative CTR, lift and always-valid interval at the end of each day.
     #[oai(path = "/experiments/:id/results", method = "get")]

@@ -332,7 +332,7 @@ fn build_experiment(
     if !(sequential_tuning.is_finite() && sequential_tuning >= 1.0) {
         out.push(
             "sequential_tuning",
-            format!("{sequential_tuning} must be at least 1: the impressions at which you expect to decide"),
+            format!("{sequential_tuning} must be at least 1: the users (both arms) at which you expect to decide"),
         );
     }
 

@@ -1,60 +1,88 @@
 //! Durable per-arm counts for the analysts' results, shared by every replica through Redis:
-//! exposures, distinct users, impressions, clicks and distinct clicking users, and the list
-//! metrics of [`crate::feedback::lists`]: distinct items served, impressions and clicks per
-//! rank bucket, and a shadow arm's overlap with the control.
+//! exposures, users and the per-user sums of [`crate::feedback::users`], impressions, clicks
+//! and clicking users, and the list metrics of [`crate::feedback::lists`]: distinct items
+//! served, impressions and clicks per rank bucket, and a shadow arm's overlap with the control.
 //!
 //! **Exposures** are counted on the request path without a lock, an allocation or a Redis
 //! round trip: each arm has an [`ArmCounter`] resolved when the catalog loads, holding an atomic
-//! count and a lock-free HyperLogLog of its users (precision 14, Redis's). A background task
-//! flushes them every second as one Lua script per experiment that is applied at most once:
-//! each batch carries this replica's sequence number, and the script adds its counts only if
-//! the replica's last applied number (kept beside the counts) is lower. A batch whose reply
-//! was lost (a timeout after Redis ran it) is sent again unchanged and skipped the second
-//! time, so a slow Redis cannot inflate the counts. Users travel as the sketch's registers in
-//! Redis's own dense format, merged with `PFMERGE`: a merge taken twice changes nothing.
+//! count, a lock-free sketch of the items served and a bounded lock-free queue of the users
+//! served. Every 100 ms a background task collects the queues into each arm's pending users
+//! (without Redis: into the users this process counts); every second it flushes:
+//! - the exposures, sketches and overlap sums as one Lua script per experiment that is applied
+//!   at most once: each batch carries this replica's sequence number, and the script adds its
+//!   counts only if the replica's last applied number (kept beside the counts) is lower. A
+//!   batch whose reply was lost (a timeout after Redis ran it) is sent again unchanged and
+//!   skipped the second time, so a slow Redis cannot inflate the counts. Items travel as the
+//!   sketch's registers in Redis's own dense format, merged with `PFMERGE`;
+//! - the pending users as one script per shard ([`crate::feedback::users`]): a user absent from
+//!   its bucket is added, and counted in the arm's `users` and today's `n`, exactly once
+//!   however often it is sent, so a resend, a restart or another replica's copy adds nothing.
 //!
-//! Memory does not grow with an outage: a counter and a 16 KiB sketch per arm hold any number
-//! of exposures and users until Redis is back, and a graceful shutdown drains them (past the
-//! breaker, which may still be waiting out a backoff when Redis has just returned).
+//! **Exact users, bounded.** Users wait in memory only while Redis does not confirm them, at most
+//! `results.max_buffered_users` for the process (without Redis, that bounds every user held).
+//! A user that finds no room (or a queue full for longer than 100 ms of traffic) is not
+//! counted, and the arm's results say so (`users_exact: false`, with the reason, shared with the
+//! other replicas through `recgw:results:{e}:inexact`) and withhold the sample-ratio verdict
+//! rather than report a wrong one; `results_users_uncounted_total` counts them.
 //!
 //! **Impressions and clicks** are counted by [`crate::feedback::events`] in the same script
-//! that claims the event, so an event is answered accepted only once Redis has counted it.
+//! that claims the event and updates the user's `(c, i)` and the arm's sums, so an event is
+//! answered accepted only once Redis has counted it.
 //!
-//! Without Redis configured the same counters are the results of this process, and say so.
+//! Without Redis configured the same counts are the results of this process, and say so.
 //!
 //! **Duels** are what an interleave experiment compares: per user, the clicks on each team's
 //! items, and the totals of users each team wins and of ties (users with no click are in
 //! neither). The event script that counts a click moves its user between outcomes in the same
 //! step, so the totals never need a scan of the users.
 //!
-//! **Days**: impressions and clicks are also counted per UTC day (the day the event was
-//! accepted), in the same step as the totals, so the days of an arm always sum to what it
-//! counted since they were kept; at most [`MAX_DAYS`] are kept, the oldest dropped first. They
-//! give the results over time (`?by=day`); exposures are not kept per day, since the daily
-//! statistics are of CTR.
+//! **Days**: what each UTC day added to the per-user sums (`n`, `Σc`, `Σi`, `Σc²`, `Σi²`,
+//! `Σc·i`: the sums at the end of a day are the days' additions up to it) is counted in the
+//! same step as the totals, so the days of an arm always sum to what it counted since they were
+//! kept; at most [`MAX_DAYS`] are kept, the oldest dropped first. They give the results over
+//! time (`?by=day`) with the same estimator as the totals.
 //!
-//! Keys, all under the `{experiment}` hash tag so one experiment's keys share a cluster slot:
-//! `recgw:results:{e}:{arm}` (a hash of counters), `…:users` / `…:clickers` (HyperLogLogs),
-//! `…:days` (a hash of `YYYY-MM-DD:i` and `YYYY-MM-DD:c` → impressions and clicks that day),
-//! `recgw:results:{e}:applied:{replica}` (the last sequence applied from one replica process,
-//! expiring 7 days after its last flush), `recgw:results:{e}:duel` (`wins0`, `wins1`, `ties`)
-//! and `recgw:results:{e}:duel:users` (`{user}:{team}` → clicks, about 100 bytes a clicking
-//! user).
+//! **Keys.** Under the experiment's own tag `{e}`: `recgw:results:{e}:{arm}` (exposures,
+//! overlap sums), `…:items` (a HyperLogLog), `recgw:results:{e}:applied:{replica}` (the last
+//! sequence applied from one replica process, expiring 7 days after its last flush) and
+//! `recgw:results:{e}:inexact` (why users are not exact, once they are not). Under each shard's
+//! tag `{e:k}`: `recgw:results:{e:k}:{arm}` (a hash of `users`, `impressions`, `clicks`,
+//! `cc`, `ii`, `ci`, `clickers`, and `i@{bucket}`/`c@{bucket}` per rank bucket),
+//! `…:{arm}:days` (`YYYY-MM-DD:{n,i,c,ii,cc,ci}`), the users' buckets, and for an interleave
+//! experiment `recgw:results:{e:k}:duel` (`wins0`, `wins1`, `ties`) and `…:duel:users`
+//! (`{user}:{team}` → clicks). Reading adds the shards.
+//!
+//! **Counts from before per-user counting.** Impressions, clicks and days an experiment
+//! counted under `recgw:results:{e}:{arm}` before the shards existed carry no per-user sums:
+//! they are read as counted *outside* the per-user sums (in the totals, not in the statistics),
+//! and the results say from which day the statistics run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
 
 use hyperloglockless::AtomicHyperLogLog;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
+use crate::config::ResultsSettings;
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
+use crate::feedback::significance::UserSums;
+use crate::feedback::users::{Day, LocalUsers, UserKey, bucket_key, shard_tag};
 use crate::redis::RedisClient;
+
+pub(crate) use crate::feedback::users::{DayCounts, MAX_DAYS};
 
 /// A flush starts this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The users' queues are collected this often: a queue holds this long's worth of traffic.
+const COLLECT_EVERY: Duration = Duration::from_millis(100);
+
+/// Exposures an arm's queue holds between two collections (160,000 a second per arm; 32 bytes
+/// a slot, so 512 KiB an arm).
+const ARRIVALS: usize = 1 << 14;
 
 /// How long Redis remembers a replica's last applied batch: longer than any outage a batch
 /// waits through, short enough that replicas long gone leave no keys behind.
@@ -63,8 +91,8 @@ const APPLIED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// HyperLogLog precision: 2^14 registers, Redis's, so a sketch merges into its HyperLogLogs.
 const PRECISION: u8 = 14;
 
-/// The sketch's hash key. Fixed, so every replica puts a user in the same register and the
-/// merged sketch counts a user seen by two replicas once.
+/// The sketch's hash key. Fixed, so every replica puts an item in the same register and the
+/// merged sketch counts an item seen by two replicas once.
 const SKETCH_SEED: u128 = 0x7265_6367_772d_7573_6572_732d_686c_6c31;
 
 /// Redis's dense HyperLogLog: a 16-byte header, then 16384 registers of 6 bits.
@@ -73,41 +101,70 @@ const DENSE_BYTES: usize = DENSE_HEADER + (1 << PRECISION) * 6 / 8;
 /// The largest rank Redis's estimator reads at precision 14 (64 - 14 + 1).
 const MAX_RANK: u8 = 51;
 
+/// Why users are not exact, as the results say it.
+const QUEUE_FULL: &str = "more users were served from one arm within 100 ms than a replica queues (16,384): \
+     some were not counted, so users and the sample-ratio test are not exact";
+const BUFFER_FULL: &str = "new users waited for Redis on one replica past results.max_buffered_users: \
+     some were not counted, so users and the sample-ratio test are not exact";
+const MEMORY_FULL: &str = "without Redis this process holds at most results.max_buffered_users users: \
+     later users are not counted and their events are outside the per-user statistics";
+
+/// Adds `n` to a day's field of an arm's days hash; the first count of a day drops the day
+/// [`MAX_DAYS`] back, so the days stay bounded. Shared by the scripts that count per shard.
+pub(crate) const DAY_BUMP: &str = r"
+local function bump(days, day, expired, field, n)
+  if n ~= 0 and redis.call('HINCRBY', days, day .. ':' .. field, n) == n then
+    redis.call('HDEL', days, expired .. ':n', expired .. ':i', expired .. ':c',
+      expired .. ':ii', expired .. ':cc', expired .. ':ci')
+  end
+end
+";
+
 /// Applies one replica's batch to an experiment's counts at most once. KEYS[1] is the replica's
-/// applied-sequence key, KEYS[2] a scratch key for a sketch, then per arm its counters hash,
-/// users HyperLogLog and items HyperLogLog; ARGV: the batch's sequence, the applied key's TTL,
-/// then per arm its exposures, users sketch, items sketch, comparisons, and the sums of their
-/// Jaccard and RBO in millionths (integers, so a sum is exact whatever the order of adds).
+/// applied-sequence key, KEYS[2] a scratch key for a sketch, KEYS[3] the experiment's
+/// `inexact` key, then per arm its counters hash and items HyperLogLog; ARGV: the batch's
+/// sequence, the applied key's TTL, why users are not exact (empty when they are), then per arm
+/// its exposures, items sketch, comparisons, and the sums of their Jaccard and RBO in
+/// millionths (integers, so a sum is exact whatever the order of adds).
 const FLUSH_SCRIPT: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) <= last then return 0 end
-local function merge(key, sketch)
-  if #sketch > 0 then
-    redis.call('SET', KEYS[2], sketch)
-    redis.call('PFMERGE', key, KEYS[2])
-    redis.call('DEL', KEYS[2])
-  end
-end
-for arm = 0, (#KEYS - 2) / 3 - 1 do
-  local k = 3 + arm * 3
-  local a = 3 + arm * 6
-  local fields = {'exposures', nil, nil, 'compared', 'jaccard_micro', 'rbo_micro'}
-  for _, f in ipairs({1, 4, 5, 6}) do
+if #ARGV[3] > 0 then redis.call('SET', KEYS[3], ARGV[3]) end
+for arm = 0, (#KEYS - 3) / 2 - 1 do
+  local k = 4 + arm * 2
+  local a = 4 + arm * 5
+  local fields = {'exposures', nil, 'compared', 'jaccard_micro', 'rbo_micro'}
+  for _, f in ipairs({1, 3, 4, 5}) do
     local n = tonumber(ARGV[a + f - 1])
     if n > 0 then redis.call('HINCRBY', KEYS[k], fields[f], n) end
   end
-  merge(KEYS[k + 1], ARGV[a + 1])
-  merge(KEYS[k + 2], ARGV[a + 2])
+  if #ARGV[a + 1] > 0 then
+    redis.call('SET', KEYS[2], ARGV[a + 1])
+    redis.call('PFMERGE', KEYS[k + 1], KEYS[2])
+    redis.call('DEL', KEYS[2])
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
 
-/// Days of counts kept per arm: more than a year, enough for any experiment's duration.
-pub(crate) const MAX_DAYS: i64 = 400;
-
-/// Impressions and clicks per day (days since 1970-01-01, UTC) of one arm.
-pub(crate) type DayCounts = BTreeMap<i64, [u64; 2]>;
+/// Counts users served, in one shard, each once. KEYS: per arm its counters hash and days
+/// hash, then the users' bucket hashes; ARGV: the day they were served (`YYYY-MM-DD`), the day
+/// [`MAX_DAYS`] before it, then per user its arm's counters key index, its bucket key index and
+/// its field. Returns the users new to their arm.
+const USERS_SCRIPT: &str = r"
+local added = 0
+for u = 0, (#ARGV - 2) / 3 - 1 do
+  local a = 3 + u * 3
+  local arm = tonumber(ARGV[a])
+  if redis.call('HSETNX', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], '') == 1 then
+    redis.call('HINCRBY', KEYS[arm], 'users', 1)
+    bump(KEYS[arm + 1], ARGV[1], ARGV[2], 'n', 1)
+    added = added + 1
+  end
+end
+return added
+";
 
 /// Fixed-point scale of the overlap sums: millionths.
 const MICRO: f64 = 1e6;
@@ -126,13 +183,12 @@ pub(crate) enum Count {
 pub(crate) struct ArmCounts {
     /// Responses served.
     pub(crate) exposures: u64,
-    /// Distinct users served (HyperLogLog, ±0.81%).
-    pub(crate) users: u64,
-    /// Impressions.
-    pub(crate) impressions: u64,
-    /// Clicks.
-    pub(crate) clicks: u64,
-    /// Distinct users who clicked (HyperLogLog, ±0.81%).
+    /// The per-user sums: `users` is the distinct users served from the arm, exactly.
+    pub(crate) sums: UserSums,
+    /// Impressions and clicks in the totals but not in `sums`: counted before per-user sums
+    /// were kept, or (without Redis) of users past the memory bound.
+    pub(crate) outside: [u64; 2],
+    /// Distinct users who clicked, since per-user counting began.
     pub(crate) clickers: u64,
     /// Distinct items served (HyperLogLog, ±0.81%); for a shadow arm, in the lists compared.
     pub(crate) items: u64,
@@ -148,15 +204,37 @@ pub(crate) struct ArmCounts {
     pub(crate) rbo_micro: u64,
 }
 
-/// `recgw:results:{experiment}:{arm}`, the counters hash of an arm; its HyperLogLogs add
-/// `:users` and `:clickers`.
-pub(crate) fn arm_key(experiment: &str, arm: &str) -> String {
-    format!("recgw:results:{{{experiment}}}:{arm}")
+impl ArmCounts {
+    /// Every impression counted.
+    pub(crate) fn impressions(&self) -> u64 {
+        self.sums.impressions + self.outside[0]
+    }
+
+    /// Every click counted.
+    pub(crate) fn clicks(&self) -> u64 {
+        self.sums.clicks + self.outside[1]
+    }
 }
 
-/// The duel hashes of an interleave experiment: clicks per user and team, then the totals.
-pub(crate) fn duel_keys(experiment: &str) -> [String; 2] {
-    let totals = format!("recgw:results:{{{experiment}}}:duel");
+/// An experiment's counts, as [`Tally::read`] gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// One per arm asked for, in that order.
+    pub(crate) arms: Vec<ArmCounts>,
+    /// Why users are not exact, when some could not be counted.
+    pub(crate) inexact: Option<String>,
+}
+
+/// `recgw:results:{tag}:{arm}`, the counters hash of an arm under a tag (the experiment's, or
+/// one of its shards'); its days add `:days`, its items `:items`.
+pub(crate) fn arm_key(tag: &str, arm: &str) -> String {
+    format!("recgw:results:{{{tag}}}:{arm}")
+}
+
+/// The duel hashes of an interleave experiment under a tag: clicks per user and team, then the
+/// totals.
+pub(crate) fn duel_keys(tag: &str) -> [String; 2] {
+    let totals = format!("recgw:results:{{{tag}}}:duel");
     [format!("{totals}:users"), totals]
 }
 
@@ -205,7 +283,7 @@ fn sketch() -> AtomicHyperLogLog {
 /// Adds `value` to `sketch`, writing only when it raises its register. The crate's insert is a
 /// `fetch_max`, a locked write whether or not the register changes; a served page made ten of
 /// them a request, to lines both cores share, where a read finding the register high enough
-/// (an item or user seen before: nearly every request) leaves the line shared. The register and
+/// (an item seen before: nearly every request) leaves the line shared. The register and
 /// rank are the crate's own (`hash >> (64 - precision)`, `1 + trailing_zeros`), which
 /// `inserts_leave_the_registers_the_crate_would` holds it to.
 fn insert(sketch: &AtomicHyperLogLog, value: &str) {
@@ -219,66 +297,63 @@ fn insert(sketch: &AtomicHyperLogLog, value: &str) {
 }
 
 /// One arm's counts in this process, resolved once per catalog so the request path only
-/// touches atomics.
+/// touches atomics and a lock-free queue.
 #[derive(Debug)]
 pub(crate) struct ArmCounter {
     /// Exposures recorded since start.
     exposures: AtomicU64,
     /// Of them, those already put into a flush batch (written by the flusher only).
     sealed: AtomicU64,
-    /// Users exposed since start; merged into Redis whole, which is idempotent.
-    users: AtomicHyperLogLog,
-    /// Items served since start (catalogue coverage), merged whole like `users`.
+    /// Items served since start (catalogue coverage); merged into Redis whole, which is
+    /// idempotent.
     items: AtomicHyperLogLog,
     /// Shadow comparisons recorded since start, and the sums of their Jaccard and RBO in
     /// millionths; sealed into batches like the exposures.
     overlap: [AtomicU64; 3],
     /// Of them, those already put into a flush batch.
     overlap_sealed: [AtomicU64; 3],
-    /// Impressions and clicks per rank bucket, kept here only without Redis.
-    impressions_by_position: [AtomicU64; POSITION_BUCKETS.len()],
-    clicks_by_position: [AtomicU64; POSITION_BUCKETS.len()],
-    /// Impressions and clicks, clicking users: kept here only without Redis (with Redis the
-    /// event script counts them there).
-    impressions: AtomicU64,
-    clicks: AtomicU64,
-    clickers: AtomicHyperLogLog,
-    /// Impressions and clicks per day, kept here only without Redis; locked by events only,
-    /// never by a recommendation.
-    days: Mutex<DayCounts>,
+    /// Users served and not collected yet: the request path's side of the queue.
+    arrivals: crossbeam_channel::Sender<UserKey>,
+    /// The collector's side.
+    collected: crossbeam_channel::Receiver<UserKey>,
+    /// With Redis: users collected and not yet confirmed by Redis, with the day each was first
+    /// served. Locked by the collector and the flusher, never by a request.
+    pending: Mutex<HashMap<UserKey, i64>>,
+    /// Without Redis: the arm's users and everything counted of them; locked by events and the
+    /// collector, never by a recommendation.
+    local: Mutex<LocalUsers>,
+    /// Why some users of this arm could not be counted, once that happened.
+    inexact: OnceLock<&'static str>,
 }
 
 impl ArmCounter {
     fn new() -> Self {
+        let (arrivals, collected) = crossbeam_channel::bounded(ARRIVALS);
         ArmCounter {
             exposures: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
-            users: sketch(),
             items: sketch(),
             overlap: Default::default(),
             overlap_sealed: Default::default(),
-            impressions_by_position: Default::default(),
-            clicks_by_position: Default::default(),
-            impressions: AtomicU64::new(0),
-            clicks: AtomicU64::new(0),
-            clickers: sketch(),
-            days: Mutex::default(),
+            arrivals,
+            collected,
+            pending: Mutex::default(),
+            local: Mutex::default(),
+            inexact: OnceLock::new(),
         }
     }
 
+    /// This process's counts (no Redis).
     fn totals(&self) -> ArmCounts {
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         ArmCounts {
             exposures: self.exposures.load(Ordering::Relaxed),
-            users: estimate(&self.users),
-            impressions: self.impressions.load(Ordering::Relaxed),
-            clicks: self.clicks.load(Ordering::Relaxed),
-            clickers: estimate(&self.clickers),
+            sums: local.sums,
+            outside: local.outside,
+            clickers: local.clickers,
             items: estimate(&self.items),
-            impressions_by_position: self
-                .impressions_by_position
-                .each_ref()
-                .map(|n| n.load(Ordering::Relaxed)),
-            clicks_by_position: self.clicks_by_position.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            impressions_by_position: local.by_position.map(|[i, _]| i),
+            clicks_by_position: local.by_position.map(|[_, c]| c),
             compared: self.overlap[0].load(Ordering::Relaxed),
             jaccard_micro: self.overlap[1].load(Ordering::Relaxed),
             rbo_micro: self.overlap[2].load(Ordering::Relaxed),
@@ -304,7 +379,7 @@ impl ArmCounter {
 }
 
 /// The distinct count of `sketch`, rounded to the nearest integer as Redis's `PFCOUNT` rounds it
-/// (`count()` truncates: one user's estimate of 0.99… would read 0 here and 1 from Redis).
+/// (`count()` truncates: one item's estimate of 0.99… would read 0 here and 1 from Redis).
 fn estimate(sketch: &AtomicHyperLogLog) -> u64 {
     sketch.raw_count().round() as u64
 }
@@ -338,6 +413,8 @@ struct Batch {
     seq: u64,
     /// Arms with something new in the batch.
     arms: Vec<Sealed>,
+    /// Why users of the experiment are not exact, when an arm could not count some.
+    inexact: Option<&'static str>,
 }
 
 /// What one arm adds in a batch.
@@ -345,13 +422,16 @@ struct Batch {
 struct Sealed {
     /// The arm's name.
     arm: String,
-    /// Its counter, whose sketches travel whole.
+    /// Its counter, whose sketch travels whole.
     counter: Arc<ArmCounter>,
     /// New exposures.
     exposures: u64,
     /// New comparisons and the sums of their Jaccard and RBO (millionths).
     overlap: [u64; 3],
 }
+
+/// Users of one shard and day waiting for Redis: `(arm, counter, user)`.
+type ShardUsers = Vec<(String, Arc<ArmCounter>, UserKey)>;
 
 /// The counters and where they go.
 #[derive(Debug)]
@@ -362,7 +442,7 @@ pub(crate) struct Tally {
     /// starts a sequence of its own.
     replica: String,
     /// `experiment → arm → counter`, for every arm this process counted or resolved; read-locked
-    /// only when a catalog loads, an event names an arm, or a flush starts.
+    /// only when a catalog loads, an event names an arm, or a collection or flush starts.
     arms: RwLock<HashMap<String, HashMap<String, Arc<ArmCounter>>>>,
     /// Batches out of the counters and not yet confirmed, by experiment: kept here rather than in
     /// the flushing task, so a flush cut short (shutdown aborts the flusher) loses nothing.
@@ -373,18 +453,33 @@ pub(crate) struct Tally {
     flushing: tokio::sync::Mutex<()>,
     /// The flush script.
     script: ::redis::Script,
+    /// The script that counts users per shard.
+    users_script: ::redis::Script,
     /// Duels of interleave experiments, by experiment, without Redis.
     duels: Mutex<HashMap<String, Duel>>,
     /// `results_pending_updates`: exposures not yet confirmed by Redis.
     depth: IntGauge,
+    /// `results_users_uncounted_total`: users that found no room.
+    uncounted: IntCounter,
     /// `results.min_sample_size`: impressions an arm needs before its comparison is read.
     min_sample_size: u64,
+    /// `results.shards`: hash tags each experiment's per-user state is spread over.
+    shards: u32,
+    /// `results.max_buffered_users`.
+    max_buffered: u64,
+    /// Users held in memory now: pending for Redis, or (without Redis) every user counted.
+    buffered: AtomicU64,
 }
 
 impl Tally {
     /// Counts into Redis when `redis` is given (its deadline bounds a flush, which carries a
     /// 12 KiB sketch per arm: see [`crate::redis::batch_deadline`]), else in this process.
-    pub(crate) fn new(redis: Option<RedisClient>, depth: IntGauge, min_sample_size: u64) -> Self {
+    pub(crate) fn new(
+        redis: Option<RedisClient>,
+        depth: IntGauge,
+        uncounted: IntCounter,
+        settings: &ResultsSettings,
+    ) -> Self {
         // Without OS randomness the process id still tells this process from its neighbours.
         let replica = getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()));
         Tally {
@@ -396,14 +491,24 @@ impl Tally {
             next_seq: AtomicU64::new(1),
             flushing: tokio::sync::Mutex::new(()),
             script: ::redis::Script::new(FLUSH_SCRIPT),
+            users_script: ::redis::Script::new(&format!("{DAY_BUMP}{USERS_SCRIPT}")),
             depth,
-            min_sample_size,
+            uncounted,
+            min_sample_size: settings.min_sample_size,
+            shards: settings.shards,
+            max_buffered: settings.max_buffered_users,
+            buffered: AtomicU64::new(0),
         }
     }
 
     /// Impressions an arm needs before its comparison is worth reading.
     pub(crate) fn min_sample_size(&self) -> u64 {
         self.min_sample_size
+    }
+
+    /// Hash tags an experiment's per-user state is spread over.
+    pub(crate) fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// Whether the counts are shared through Redis (else they are this process's only).
@@ -431,36 +536,65 @@ impl Tally {
         )
     }
 
-    /// Records an exposure of `user` on an arm: one atomic update, a second only when the user
-    /// raises a register of the sketch; never a wait.
+    /// Records an exposure of `user` on an arm: atomic updates and a queue slot; never a lock
+    /// or a wait. A full queue loses the user, and says so in the results.
     pub(crate) fn expose(&self, counter: &ArmCounter, user: &str) {
         counter.exposures.fetch_add(1, Ordering::Relaxed);
-        insert(&counter.users, user);
+        if counter.arrivals.try_send(UserKey::of(user)).is_err() {
+            counter.inexact.get_or_init(|| QUEUE_FULL);
+            self.uncounted.inc();
+        }
         if self.redis.is_some() {
             self.depth.inc();
         }
     }
 
+    /// Makes room for one more user in memory, or records on `counter` why there is none.
+    fn admit(&self, counter: &ArmCounter, reason: &'static str) -> bool {
+        if self.buffered.fetch_add(1, Ordering::Relaxed) < self.max_buffered {
+            return true;
+        }
+        self.buffered.fetch_sub(1, Ordering::Relaxed);
+        counter.inexact.get_or_init(|| reason);
+        self.uncounted.inc();
+        false
+    }
+
+    /// Moves the users each arm's queue holds into its pending users (with Redis) or its
+    /// users (without).
+    pub(crate) fn collect(&self) {
+        let day = crate::calendar::day_of(SystemTime::now());
+        let counters: Vec<Arc<ArmCounter>> = {
+            let arms = self.arms.read().unwrap_or_else(|p| p.into_inner());
+            arms.values().flat_map(|arms| arms.values().cloned()).collect()
+        };
+        for counter in counters {
+            if counter.collected.is_empty() {
+                continue;
+            }
+            if self.redis.is_some() {
+                let mut pending = counter.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for user in counter.collected.try_iter() {
+                    if !pending.contains_key(&user) && self.admit(&counter, BUFFER_FULL) {
+                        pending.insert(user, day);
+                    }
+                }
+            } else {
+                let mut local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
+                for user in counter.collected.try_iter() {
+                    local.serve(user, day, || self.admit(&counter, MEMORY_FULL));
+                }
+            }
+        }
+    }
+
     /// Counts an accepted event in this process (no Redis configured), `bucket` being its
     /// item's rank bucket and `day` the day it was accepted.
-    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: &str, count: Count, bucket: usize, day: i64) {
-        let mut days = counter.days.lock().unwrap_or_else(|p| p.into_inner());
-        days.entry(day).or_default()[usize::from(count == Count::Click)] += 1;
-        while days.len() > MAX_DAYS as usize {
-            days.pop_first();
-        }
-        drop(days);
-        match count {
-            Count::Impression => {
-                counter.impressions_by_position[bucket].fetch_add(1, Ordering::Relaxed);
-                counter.impressions.fetch_add(1, Ordering::Relaxed)
-            }
-            Count::Click => {
-                insert(&counter.clickers, user);
-                counter.clicks_by_position[bucket].fetch_add(1, Ordering::Relaxed);
-                counter.clicks.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+    pub(crate) fn count_locally(&self, counter: &ArmCounter, user: UserKey, count: Count, bucket: usize, day: i64) {
+        let mut local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.event(user, count == Count::Click, bucket, day, || {
+            self.admit(counter, MEMORY_FULL)
+        });
     }
 
     /// Counts an accepted click of `user` on an item of `team` on an interleaved page, in this
@@ -475,21 +609,32 @@ impl Tally {
         duel.totals.moved(before, after);
     }
 
-    /// The duel of an interleave experiment, from Redis or this process; `None` when Redis does
-    /// not answer.
+    /// The duel of an interleave experiment, from Redis (its shards and the totals kept before
+    /// them) or this process; `None` when Redis does not answer.
     pub(crate) async fn read_duel(&self, experiment: &str) -> Option<DuelCounts> {
         let Some(redis) = &self.redis else {
             let duels = self.duels.lock().unwrap_or_else(|p| p.into_inner());
             return Some(duels.get(experiment).map(|d| d.totals).unwrap_or_default());
         };
-        let [_, totals] = duel_keys(experiment);
-        let mut command = ::redis::cmd("HMGET");
-        command.arg(totals).arg("wins0").arg("wins1").arg("ties");
-        let [a, b, ties]: [Option<u64>; 3] = redis.query(&command).await.ok()?;
-        Some(DuelCounts {
-            wins: [a.unwrap_or(0), b.unwrap_or(0)],
-            ties: ties.unwrap_or(0),
-        })
+        let reads = self.tags(experiment).map(|tag| async move {
+            let [_, totals] = duel_keys(&tag);
+            let mut command = ::redis::cmd("HMGET");
+            command.arg(totals).arg("wins0").arg("wins1").arg("ties");
+            redis.query::<[Option<u64>; 3]>(&command).await
+        });
+        let mut duel = DuelCounts::default();
+        for reply in futures::future::join_all(reads).await {
+            let [a, b, ties] = reply.ok()?.map(|n| n.unwrap_or(0));
+            duel.wins[0] += a;
+            duel.wins[1] += b;
+            duel.ties += ties;
+        }
+        Some(duel)
+    }
+
+    /// The experiment's own tag, then its shards'.
+    fn tags<'a>(&self, experiment: &'a str) -> impl Iterator<Item = String> + 'a {
+        std::iter::once(experiment.to_string()).chain((0..self.shards).map(move |k| shard_tag(experiment, k)))
     }
 
     /// Seals what each experiment counted since its last batch, unless a batch of it still
@@ -521,20 +666,47 @@ impl Tally {
                 .collect();
             if !batch.is_empty() {
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                in_flight.insert(experiment.clone(), Batch { seq, arms: batch });
+                let inexact = counters.values().find_map(|c| c.inexact.get().copied());
+                in_flight.insert(
+                    experiment.clone(),
+                    Batch {
+                        seq,
+                        arms: batch,
+                        inexact,
+                    },
+                );
             }
         }
     }
 
-    /// Sends every batch waiting for Redis (sealing new ones first); a batch Redis does not
-    /// confirm stays for the next flush, unchanged. Returns whether nothing is left waiting.
-    /// With `drain_until` (the shutdown drain), Redis is tried even in the breaker's backoff
-    /// window, and no script waits past that instant.
+    /// Takes every arm's pending users, grouped by experiment, shard and day.
+    fn take_pending(&self) -> BTreeMap<(String, u32, i64), ShardUsers> {
+        let arms = self.arms.read().unwrap_or_else(|p| p.into_inner());
+        let mut groups: BTreeMap<(String, u32, i64), ShardUsers> = BTreeMap::new();
+        for (experiment, counters) in arms.iter() {
+            for (arm, counter) in counters {
+                let pending = std::mem::take(&mut *counter.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                for (user, day) in pending {
+                    groups
+                        .entry((experiment.clone(), user.shard(self.shards), day))
+                        .or_default()
+                        .push((arm.clone(), Arc::clone(counter), user));
+                }
+            }
+        }
+        groups
+    }
+
+    /// Sends every batch and pending user waiting for Redis (collecting and sealing new ones
+    /// first); what Redis does not confirm stays for the next flush, unchanged. Returns whether
+    /// nothing is left waiting. With `drain_until` (the shutdown drain), Redis is tried even in
+    /// the breaker's backoff window, and no script waits past that instant.
     pub(crate) async fn flush(&self, drain_until: Option<tokio::time::Instant>) -> bool {
         let Some(redis) = &self.redis else {
             return true;
         };
         let _flushing = self.flushing.lock().await;
+        self.collect();
         self.seal();
         let waiting: Vec<(String, Batch)> = self
             .in_flight
@@ -543,40 +715,41 @@ impl Tally {
             .iter()
             .map(|(experiment, batch)| (experiment.clone(), batch.clone()))
             .collect();
-        if waiting.is_empty() && drain_until.is_none() {
+        let users = self.take_pending();
+        if waiting.is_empty() && users.is_empty() && drain_until.is_none() {
             // Nothing to send: a PING keeps `redis_up` true to this Redis without traffic.
             let _ = redis.query::<String>(&::redis::cmd("PING")).await;
             return true;
         }
+        let ask = async |invocation: &::redis::ScriptInvocation<'_>| match drain_until {
+            Some(until) => {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                redis.query_now::<u64>(invocation, left.min(redis.timeout())).await
+            }
+            None => redis.query::<u64>(invocation).await,
+        };
         let mut done = true;
-        for (experiment, Batch { seq, arms }) in waiting {
+        for (experiment, Batch { seq, arms, inexact }) in waiting {
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(format!("recgw:results:{{{experiment}}}:applied:{}", self.replica))
                 .key(format!("recgw:results:{{{experiment}}}:scratch:{}", self.replica))
+                .key(format!("recgw:results:{{{experiment}}}:inexact"))
                 .arg(seq)
-                .arg(APPLIED_TTL.as_secs());
+                .arg(APPLIED_TTL.as_secs())
+                .arg(inexact.unwrap_or_default());
             for sealed in &arms {
                 let key = arm_key(&experiment, &sealed.arm);
                 invocation
                     .key(&key)
-                    .key(format!("{key}:users"))
                     .key(format!("{key}:items"))
                     .arg(sealed.exposures)
-                    .arg(redis_dense(&sealed.counter.users))
                     .arg(redis_dense(&sealed.counter.items));
                 for n in sealed.overlap {
                     invocation.arg(n);
                 }
             }
-            let answer = match drain_until {
-                Some(until) => {
-                    let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    redis.query_now::<u8>(&invocation, left.min(redis.timeout())).await
-                }
-                None => redis.query::<u8>(&invocation).await,
-            };
-            if answer.is_ok() {
+            if ask(&invocation).await.is_ok() {
                 self.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -584,6 +757,31 @@ impl Tally {
                 self.depth.sub(arms.iter().map(|sealed| sealed.exposures as i64).sum());
             } else {
                 done = false;
+            }
+        }
+        for ((experiment, shard, day), members) in users {
+            let tag = shard_tag(&experiment, shard);
+            let mut invocation = self.users_script.prepare_invoke();
+            invocation
+                .arg(crate::calendar::date(day))
+                .arg(crate::calendar::date(day - MAX_DAYS));
+            let mut keys: HashMap<String, usize> = HashMap::new();
+            for (arm, _, user) in &members {
+                let counters = key_index(&mut invocation, &mut keys, arm_key(&tag, arm));
+                key_index(&mut invocation, &mut keys, format!("{}:days", arm_key(&tag, arm)));
+                let bucket = key_index(&mut invocation, &mut keys, bucket_key(&tag, arm, user.bucket()));
+                invocation.arg(counters).arg(bucket).arg(&user.field()[..]);
+            }
+            if ask(&invocation).await.is_ok() {
+                self.buffered.fetch_sub(members.len() as u64, Ordering::Relaxed);
+            } else {
+                done = false;
+                for (_, counter, user) in members {
+                    let mut pending = counter.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    // Already made room for: going back changes nothing of the bound.
+                    let first = pending.entry(user).or_insert(day);
+                    *first = (*first).min(day);
+                }
             }
         }
         done
@@ -603,155 +801,232 @@ impl Tally {
         }
     }
 
-    /// Flushes every second.
-    pub(crate) fn spawn_flushing(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        self.redis.as_ref()?;
+    /// Collects the users' queues every 100 ms and, with Redis, flushes every second.
+    pub(crate) fn spawn_flushing(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let tally = Arc::downgrade(self);
-        Some(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(FLUSH_EVERY);
-            loop {
+        let per_flush = (FLUSH_EVERY.as_millis() / COLLECT_EVERY.as_millis()) as u64;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(COLLECT_EVERY);
+            for tick in 0u64.. {
                 ticker.tick().await;
                 let Some(strong) = tally.upgrade() else {
                     return;
                 };
-                strong.flush(None).await;
-            }
-        }))
-    }
-
-    /// The totals of `arms` of `experiment`, from Redis (every replica's flushed counts) or
-    /// from this process; `None` when Redis does not answer.
-    pub(crate) async fn read(&self, experiment: &str, arms: &[&str]) -> Option<Vec<ArmCounts>> {
-        let Some(redis) = &self.redis else {
-            return Some(arms.iter().map(|arm| self.arm(experiment, arm).totals()).collect());
-        };
-        let mut pipe = ::redis::pipe();
-        for arm in arms {
-            let key = arm_key(experiment, arm);
-            let hmget = pipe.cmd("HMGET").arg(&key);
-            for field in COUNTER_FIELDS {
-                hmget.arg(field);
-            }
-            for kind in ["i", "c"] {
-                for bucket in POSITION_BUCKETS {
-                    hmget.arg(format!("{kind}@{bucket}"));
+                match strong.redis.is_some() && tick % per_flush == 0 {
+                    true => {
+                        strong.flush(None).await;
+                    }
+                    false => strong.collect(),
                 }
             }
-            pipe.cmd("PFCOUNT").arg(format!("{key}:users"));
-            pipe.cmd("PFCOUNT").arg(format!("{key}:clickers"));
-            pipe.cmd("PFCOUNT").arg(format!("{key}:items"));
-        }
-        let replies: Vec<::redis::Value> = redis.query(&pipe).await.ok()?;
-        replies
-            .chunks(4)
-            .map(|reply| {
-                let [counters, users, clickers, items] = reply else {
-                    return None;
-                };
-                let fields: Vec<Option<u64>> = ::redis::from_redis_value(counters.clone()).ok()?;
-                let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
-                let n = COUNTER_FIELDS.len();
-                let buckets = POSITION_BUCKETS.len();
-                Some(ArmCounts {
-                    exposures: field(0),
-                    impressions: field(1),
-                    clicks: field(2),
-                    compared: field(3),
-                    jaccard_micro: field(4),
-                    rbo_micro: field(5),
-                    impressions_by_position: std::array::from_fn(|b| field(n + b)),
-                    clicks_by_position: std::array::from_fn(|b| field(n + buckets + b)),
-                    users: ::redis::from_redis_value(users.clone()).ok()?,
-                    clickers: ::redis::from_redis_value(clickers.clone()).ok()?,
-                    items: ::redis::from_redis_value(items.clone()).ok()?,
-                })
-            })
-            .collect()
+        })
     }
 
-    /// The impressions and clicks per day of `arms` of `experiment`, from Redis or this
-    /// process; `None` when Redis does not answer.
+    /// The totals of `arms` of `experiment`, from Redis (every replica's flushed counts, the
+    /// shards added) or from this process; `None` when Redis does not answer.
+    pub(crate) async fn read(&self, experiment: &str, arms: &[&str]) -> Option<Counts> {
+        let Some(redis) = &self.redis else {
+            self.collect();
+            let counters: Vec<Arc<ArmCounter>> = arms.iter().map(|arm| self.arm(experiment, arm)).collect();
+            return Some(Counts {
+                arms: counters.iter().map(|c| c.totals()).collect(),
+                inexact: counters.iter().find_map(|c| c.inexact.get()).map(|r| r.to_string()),
+            });
+        };
+        let reads = self.tags(experiment).enumerate().map(|(k, tag)| {
+            let mut pipe = ::redis::pipe();
+            for arm in arms {
+                let key = arm_key(&tag, arm);
+                let hmget = pipe.cmd("HMGET").arg(&key);
+                let fields = if k == 0 { &TAG_FIELDS[..] } else { &SHARD_FIELDS[..] };
+                for field in fields {
+                    hmget.arg(field);
+                }
+                for kind in ["i", "c"] {
+                    for bucket in POSITION_BUCKETS {
+                        hmget.arg(format!("{kind}@{bucket}"));
+                    }
+                }
+                if k == 0 {
+                    pipe.cmd("PFCOUNT").arg(format!("{key}:items"));
+                }
+            }
+            if k == 0 {
+                pipe.cmd("GET").arg(format!("recgw:results:{{{experiment}}}:inexact"));
+            }
+            async move { redis.query::<Vec<::redis::Value>>(&pipe).await }
+        });
+        let replies = futures::future::join_all(reads).await;
+        let mut counts = Counts {
+            arms: vec![ArmCounts::default(); arms.len()],
+            inexact: None,
+        };
+        for (k, reply) in replies.into_iter().enumerate() {
+            let mut reply = reply.ok()?.into_iter();
+            for arm in &mut counts.arms {
+                let fields: Vec<Option<u64>> = ::redis::from_redis_value(reply.next()?).ok()?;
+                let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
+                let n = if k == 0 { TAG_FIELDS.len() } else { SHARD_FIELDS.len() };
+                let buckets = POSITION_BUCKETS.len();
+                for b in 0..buckets {
+                    arm.impressions_by_position[b] += field(n + b);
+                    arm.clicks_by_position[b] += field(n + buckets + b);
+                }
+                if k == 0 {
+                    arm.exposures = field(0);
+                    arm.compared = field(1);
+                    arm.jaccard_micro = field(2);
+                    arm.rbo_micro = field(3);
+                    arm.outside = [field(4), field(5)];
+                    arm.items = ::redis::from_redis_value(reply.next()?).ok()?;
+                } else {
+                    arm.sums.add(&UserSums {
+                        users: field(0),
+                        impressions: field(1),
+                        clicks: field(2),
+                        clicks_sq: field(3),
+                        impressions_sq: field(4),
+                        cross: field(5),
+                    });
+                    arm.clickers += field(6);
+                }
+            }
+            if k == 0 {
+                counts.inexact = ::redis::from_redis_value(reply.next()?).ok()?;
+            }
+        }
+        Some(counts)
+    }
+
+    /// What each day added to `arms` of `experiment`, from Redis (the shards added, and the
+    /// days kept before them as counted outside the sums) or this process; `None` when Redis
+    /// does not answer.
     pub(crate) async fn read_days(&self, experiment: &str, arms: &[&str]) -> Option<Vec<DayCounts>> {
         let Some(redis) = &self.redis else {
+            self.collect();
             return Some(
                 arms.iter()
                     .map(|arm| {
                         let counter = self.arm(experiment, arm);
-                        let days = counter.days.lock().unwrap_or_else(|p| p.into_inner());
-                        days.clone()
+                        let local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
+                        local.days.clone()
                     })
                     .collect(),
             );
         };
-        let mut pipe = ::redis::pipe();
-        for arm in arms {
-            pipe.cmd("HGETALL").arg(format!("{}:days", arm_key(experiment, arm)));
+        let reads = self.tags(experiment).map(|tag| {
+            let mut pipe = ::redis::pipe();
+            for arm in arms {
+                pipe.cmd("HGETALL").arg(format!("{}:days", arm_key(&tag, arm)));
+            }
+            async move { redis.query::<Vec<HashMap<String, u64>>>(&pipe).await }
+        });
+        let mut days = vec![DayCounts::new(); arms.len()];
+        for (k, reply) in futures::future::join_all(reads).await.into_iter().enumerate() {
+            for (arm, fields) in days.iter_mut().zip(reply.ok()?) {
+                for (field, n) in fields {
+                    // Fields are `YYYY-MM-DD:{n,i,c,ii,cc,ci}`; anything else is not ours.
+                    let Some((date, kind)) = field.split_once(':') else { continue };
+                    let Some(day) = crate::calendar::parse_date(date) else { continue };
+                    let entry: &mut Day = arm.entry(day).or_default();
+                    let slot = match (k, kind) {
+                        (0, "i") => &mut entry.outside[0],
+                        (0, "c") => &mut entry.outside[1],
+                        (0, _) => continue,
+                        (_, "n") => &mut entry.sums.users,
+                        (_, "i") => &mut entry.sums.impressions,
+                        (_, "c") => &mut entry.sums.clicks,
+                        (_, "ii") => &mut entry.sums.impressions_sq,
+                        (_, "cc") => &mut entry.sums.clicks_sq,
+                        (_, "ci") => &mut entry.sums.cross,
+                        _ => continue,
+                    };
+                    *slot += n;
+                }
+            }
         }
-        let replies: Vec<HashMap<String, u64>> = redis.query(&pipe).await.ok()?;
-        Some(
-            replies
-                .into_iter()
-                .map(|fields| {
-                    let mut days = DayCounts::new();
-                    for (field, n) in fields {
-                        // Fields are `YYYY-MM-DD:i` and `YYYY-MM-DD:c`; anything else is not ours.
-                        let parsed = field.split_once(':').and_then(|(date, kind)| {
-                            let slot = match kind {
-                                "i" => 0,
-                                "c" => 1,
-                                _ => return None,
-                            };
-                            Some((crate::calendar::parse_date(date)?, slot))
-                        });
-                        if let Some((day, slot)) = parsed {
-                            days.entry(day).or_default()[slot] = n;
-                        }
-                    }
-                    while days.len() > MAX_DAYS as usize {
-                        days.pop_first();
-                    }
-                    days
-                })
-                .collect(),
-        )
+        for arm in &mut days {
+            while arm.len() > MAX_DAYS as usize {
+                arm.pop_first();
+            }
+        }
+        Some(days)
     }
 }
 
-/// The counters of an arm's hash that [`Tally::read`] reads first, in [`ArmCounts`] order; the
-/// rank buckets' `i@{bucket}` and `c@{bucket}` follow.
-const COUNTER_FIELDS: [&str; 6] = [
-    "exposures",
-    "impressions",
-    "clicks",
-    "compared",
-    "jaccard_micro",
-    "rbo_micro",
-];
+/// The index of `key` among an invocation's keys, adding it on first use.
+pub(crate) fn key_index(
+    invocation: &mut ::redis::ScriptInvocation<'_>,
+    keys: &mut HashMap<String, usize>,
+    key: String,
+) -> usize {
+    let next = keys.len() + 1;
+    *keys.entry(key).or_insert_with_key(|key| {
+        invocation.key(key);
+        next
+    })
+}
+
+/// The fields of an arm's hash under the experiment's own tag that [`Tally::read`] reads first:
+/// what the flush counts, then the impressions and clicks counted before the shards; the rank
+/// buckets' `i@{bucket}` and `c@{bucket}` follow.
+const TAG_FIELDS: [&str; 6] = ["exposures", "compared", "jaccard_micro", "rbo_micro", "impressions", "clicks"];
+
+/// The fields of an arm's hash under a shard's tag: the per-user sums, then clicking users;
+/// the rank buckets follow.
+const SHARD_FIELDS: [&str; 7] = ["users", "impressions", "clicks", "cc", "ii", "ci", "clickers"];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Small counts are exact, as `PFCOUNT` reports them for the same users.
-    #[test]
-    fn small_distinct_counts_are_exact() {
-        let counter = ArmCounter::new();
-        for (users, repeats) in [(1u64, 2), (2, 3), (10, 1), (100, 2)] {
-            let counter_users = sketch();
-            for _ in 0..repeats {
-                for user in 0..users {
-                    counter_users.insert(&user.to_string());
-                }
+    fn tally(max_buffered_users: u64) -> Tally {
+        let settings = ResultsSettings {
+            max_buffered_users,
+            ..ResultsSettings::default()
+        };
+        Tally::new(
+            None,
+            IntGauge::new("depth", "test").expect("gauge"),
+            IntCounter::new("uncounted", "test").expect("counter"),
+            &settings,
+        )
+    }
+
+    /// Users are exact without Redis: each distinct user once, whatever the repeats.
+    #[tokio::test]
+    async fn users_are_counted_once_each() {
+        let tally = tally(1_000);
+        let counter = tally.arm("e", "a");
+        for round in 0..3 {
+            for user in 0..(100 + round) {
+                tally.expose(&counter, &user.to_string());
             }
-            assert_eq!(estimate(&counter_users), users, "{users} users seen {repeats} times");
         }
-        assert_eq!(counter.totals().users, 0);
+        let counts = tally.read("e", &["a"]).await.expect("local counts");
+        assert_eq!(counts.arms[0].sums.users, 102);
+        assert_eq!(counts.arms[0].exposures, 303);
+        assert_eq!(counts.inexact, None);
+    }
+
+    /// Past the bound, users are not counted and the counts say so.
+    #[tokio::test]
+    async fn users_past_the_bound_make_the_counts_inexact() {
+        let tally = tally(10);
+        let counter = tally.arm("e", "a");
+        for user in 0..12 {
+            tally.expose(&counter, &user.to_string());
+        }
+        let counts = tally.read("e", &["a"]).await.expect("local counts");
+        assert_eq!(counts.arms[0].sums.users, 10);
+        assert_eq!(counts.inexact.as_deref(), Some(MEMORY_FULL));
+        assert_eq!(tally.uncounted.get(), 2);
     }
 
     /// A user moves between outcomes as clicks come in, and is counted in one at a time.
     #[test]
     fn duel_totals_hold_each_clicking_user_once() {
-        let tally = Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1);
+        let tally = tally(1_000);
         let total = |tally: &Tally| tally.duels.lock().expect("lock")["e"].totals;
         tally.duel_click("e", "u", 0);
         assert_eq!(total(&tally), DuelCounts { wins: [1, 0], ties: 0 });
@@ -765,22 +1040,19 @@ mod tests {
     /// Without Redis, days are counted beside the totals and the oldest go past [`MAX_DAYS`].
     #[test]
     fn days_kept_here_are_bounded() {
-        let tally = Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1);
+        let tally = tally(1_000);
         let counter = tally.arm("e", "a");
         let first = 20_000;
         for day in first..first + MAX_DAYS + 2 {
-            tally.count_locally(&counter, "u", Count::Impression, 0, day);
+            tally.count_locally(&counter, UserKey::of("u"), Count::Impression, 0, day);
         }
-        tally.count_locally(&counter, "u", Count::Click, 0, first + MAX_DAYS + 1);
-        let days = counter.days.lock().expect("lock").clone();
-        assert_eq!(days.len(), MAX_DAYS as usize);
-        assert_eq!(days.keys().next(), Some(&(first + 2)), "the two oldest dropped");
-        assert_eq!(days[&(first + MAX_DAYS + 1)], [1, 1]);
-        assert_eq!(
-            counter.totals().impressions,
-            (MAX_DAYS + 2) as u64,
-            "totals keep everything"
-        );
+        tally.count_locally(&counter, UserKey::of("u"), Count::Click, 0, first + MAX_DAYS + 1);
+        let local = counter.local.lock().expect("lock");
+        assert_eq!(local.days.len(), MAX_DAYS as usize);
+        assert_eq!(local.days.keys().next(), Some(&(first + 2)), "the two oldest dropped");
+        let last = local.days[&(first + MAX_DAYS + 1)].sums;
+        assert_eq!([last.impressions, last.clicks], [1, 1]);
+        assert_eq!(local.sums.impressions, (MAX_DAYS + 2) as u64, "totals keep everything");
     }
 
     #[test]

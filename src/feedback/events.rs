@@ -37,7 +37,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
-use crate::feedback::counts::{Count, MAX_DAYS, Tally, arm_key, duel_keys};
+use crate::feedback::counts::{Count, DAY_BUMP, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
+use crate::feedback::users::{UserKey, bucket_key, shard_tag};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::redis::{Failure, RedisClient};
@@ -49,17 +50,22 @@ const DEDUPE_CAPACITY: usize = 1_000_000;
 const MAX_EVENT_ID: usize = 64;
 const MAX_ITEM_ID: usize = 256;
 
-/// Claims and counts a group of events of one experiment (or one placement's default). KEYS:
-/// the tokens' claim hashes, per arm its counters hash, clickers HyperLogLog and days hash, and
-/// for an interleave experiment its duel hashes (per user, then totals; see
-/// [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`, UTC), the day whose counts are
-/// dropped once today's are first counted ([`MAX_DAYS`] back), then 10 per event: claim key index, field, value (the event
-/// id, or this request's attempt id), expiry (unix seconds), counters key index (0: not
-/// counted), `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`),
-/// the item's rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the
-/// arm's `i@{bucket}` and `c@{bucket}`).
+/// Claims and counts a group of events of one shard of an experiment (or of one placement's
+/// default), after [`DAY_BUMP`]. KEYS: the tokens' claim hashes, per arm its counters hash and
+/// days hash, the users' bucket hashes, and for an interleave experiment its duel hashes (per
+/// user, then totals; see [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`, UTC), the
+/// day whose counts are dropped once today's are first counted ([`MAX_DAYS`] back), then 12 per
+/// event: claim key index, field, value (the event id, or this request's attempt id), expiry
+/// (unix seconds), counters key index (0: not counted; the days hash follows it), `i`/`c`,
+/// user, duel key index (0: not interleaved), the item's team (`0`/`1`), the item's rank
+/// bucket (`3`, `4-5`: its impressions and clicks are also counted in the arm's `i@{bucket}` and
+/// `c@{bucket}`), the user's bucket key index and the user's field in it.
 /// Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
 /// duplicate).
+///
+/// A counted event moves the user's `(c, i)` (kept as `"{i}:{c}"` in the bucket; a user not
+/// there yet is counted in the arm's `users` first) and the arm's per-user sums by the
+/// increments of STATISTICS.md §1, in the totals and in today's fields alike.
 ///
 /// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
 /// outcome (which team has more clicks, or a tie) is compared before and after, and the totals
@@ -73,8 +79,14 @@ local function outcome(mine, theirs, team)
 end
 local out = {}
 local day, expired = ARGV[1], ARGV[2]
-for e = 0, (#ARGV - 2) / 10 - 1 do
-  local a = 2 + e * 10
+local function add(counters, days, total, short, n)
+  if n ~= 0 then
+    redis.call('HINCRBY', counters, total, n)
+    bump(days, day, expired, short, n)
+  end
+end
+for e = 0, (#ARGV - 2) / 12 - 1 do
+  local a = 2 + e * 12
   local seen = KEYS[tonumber(ARGV[a + 1])]
   local prev = redis.call('HGET', seen, ARGV[a + 2])
   if not prev then
@@ -82,13 +94,24 @@ for e = 0, (#ARGV - 2) / 10 - 1 do
     redis.call('EXPIREAT', seen, ARGV[a + 4])
     local arm = tonumber(ARGV[a + 5])
     if arm > 0 then
-      redis.call('HINCRBY', KEYS[arm], ARGV[a + 6] .. '@' .. ARGV[a + 10], 1)
-      if redis.call('HINCRBY', KEYS[arm + 2], day .. ':' .. ARGV[a + 6], 1) == 1 then
-        redis.call('HDEL', KEYS[arm + 2], expired .. ':i', expired .. ':c')
+      local counters, days, kind = KEYS[arm], KEYS[arm + 1], ARGV[a + 6]
+      local bucket, field = KEYS[tonumber(ARGV[a + 11])], ARGV[a + 12]
+      local state = redis.call('HGET', bucket, field)
+      local i, c = 0, 0
+      if not state then
+        add(counters, days, 'users', 'n', 1)
+      elseif #state > 0 then
+        local colon = string.find(state, ':', 1, true)
+        i = tonumber(string.sub(state, 1, colon - 1))
+        c = tonumber(string.sub(state, colon + 1))
       end
-      if ARGV[a + 6] == 'c' then
-        redis.call('HINCRBY', KEYS[arm], 'clicks', 1)
-        redis.call('PFADD', KEYS[arm + 1], ARGV[a + 7])
+      redis.call('HINCRBY', counters, kind .. '@' .. ARGV[a + 10], 1)
+      if kind == 'c' then
+        add(counters, days, 'clicks', 'c', 1)
+        add(counters, days, 'cc', 'cc', 2 * c + 1)
+        add(counters, days, 'ci', 'ci', i)
+        if c == 0 then redis.call('HINCRBY', counters, 'clickers', 1) end
+        c = c + 1
         local duel = tonumber(ARGV[a + 8])
         if duel > 0 then
           local team = tonumber(ARGV[a + 9])
@@ -103,8 +126,12 @@ for e = 0, (#ARGV - 2) / 10 - 1 do
           end
         end
       else
-        redis.call('HINCRBY', KEYS[arm], 'impressions', 1)
+        add(counters, days, 'impressions', 'i', 1)
+        add(counters, days, 'ii', 'ii', 2 * i + 1)
+        add(counters, days, 'ci', 'ci', c)
+        i = i + 1
       end
+      redis.call('HSET', bucket, field, i .. ':' .. c)
     end
     out[e + 1] = 1
   elseif prev == ARGV[a + 3] then
@@ -256,6 +283,8 @@ struct Checked {
     /// The holdout of the token's placement, when the event is not the holdout's own: the
     /// event is also counted for its `exposed` arm (everyone on the placement not held out).
     holdout: Option<String>,
+    /// The token's user, as the per-user state knows it: its shard is the event's slot.
+    user: UserKey,
 }
 
 impl Checked {
@@ -303,7 +332,7 @@ impl EventLog {
             seen: RecentClaims::new(DEDUPE_CAPACITY, signer.max_age()),
             signer,
             redis,
-            script: ::redis::Script::new(CLAIM_SCRIPT),
+            script: ::redis::Script::new(&format!("{DAY_BUMP}{CLAIM_SCRIPT}")),
             attempts: RandomState::new(),
         }
     }
@@ -349,6 +378,7 @@ impl EventLog {
             None => None,
         };
         let rank = claims.offset as usize + position + 1;
+        let user = UserKey::of(&claims.user);
         Ok(Checked {
             claims,
             kind,
@@ -359,6 +389,7 @@ impl EventLog {
             field: format!("{}{position}", kind.code()),
             event_id: event_id.map(str::to_string),
             holdout: None,
+            user,
         })
     }
 
@@ -386,7 +417,7 @@ impl EventLog {
         }
         let today = crate::calendar::day_of(now);
         let outcomes: Vec<Result<bool, Rejection>> = match &self.redis {
-            Some(redis) => self.claim_in_redis(redis, &checked, now).await,
+            Some(redis) => self.claim_in_redis(redis, &checked, now, tally.shards()).await,
             None => checked
                 .iter()
                 .map(|c| {
@@ -395,14 +426,14 @@ impl EventLog {
                     if fresh && c.counted() {
                         let experiment = c.claims.experiment.as_deref().unwrap_or_default();
                         let counter = tally.arm(experiment, &c.claims.arm);
-                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket, today);
+                        tally.count_locally(&counter, c.user, c.kind.count(), c.bucket, today);
                         if let (Some(team), EventKind::Click) = (c.team, c.kind) {
                             tally.duel_click(experiment, &c.claims.user, team);
                         }
                     }
                     if let (true, Some(holdout)) = (fresh, &c.holdout) {
                         let counter = tally.arm(holdout, HOLDOUT_ARMS[1]);
-                        tally.count_locally(&counter, &c.claims.user, c.kind.count(), c.bucket, today);
+                        tally.count_locally(&counter, c.user, c.kind.count(), c.bucket, today);
                     }
                     Ok(fresh)
                 })
@@ -433,19 +464,21 @@ impl EventLog {
         redis: &RedisClient,
         checked: &[Result<Checked, Rejection>],
         now: SystemTime,
+        shards: u32,
     ) -> Vec<Result<bool, Rejection>> {
         let mut outcomes: Vec<Result<bool, Rejection>> = checked
             .iter()
             .map(|c| c.as_ref().map(|_| false).map_err(|r| *r))
             .collect();
-        // Per slot group, its events, each flagged when it is counted there as the holdout's
-        // `exposed` arm rather than for its own experiment.
+        // Per slot (a shard of a group: the user's), its events, each flagged when it is
+        // counted there as the holdout's `exposed` arm rather than for its own experiment.
         let mut groups: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
         for (i, c) in checked.iter().enumerate() {
             if let Ok(c) = c {
-                groups.entry(c.group()).or_default().push((i, false));
+                let shard = c.user.shard(shards);
+                groups.entry(shard_tag(&c.group(), shard)).or_default().push((i, false));
                 if let Some(holdout) = &c.holdout {
-                    groups.entry(holdout.clone()).or_default().push((i, true));
+                    groups.entry(shard_tag(holdout, shard)).or_default().push((i, true));
                 }
             }
         }
@@ -458,41 +491,35 @@ impl EventLog {
         let started = Instant::now();
         let today = crate::calendar::day_of(now);
         let (day, expired) = (crate::calendar::date(today), crate::calendar::date(today - MAX_DAYS));
-        let tries = groups.iter().map(|(group, members)| {
+        let tries = groups.iter().map(|(tag, members)| {
             let mut invocation = self.script.prepare_invoke();
             invocation.arg(&day).arg(&expired);
             let mut keys: HashMap<String, usize> = HashMap::new();
-            let mut key_index = |invocation: &mut ::redis::ScriptInvocation<'_>, key: String| {
-                let next = keys.len() + 1;
-                *keys.entry(key).or_insert_with_key(|key| {
-                    invocation.key(key);
-                    next
-                })
-            };
             for &(i, exposed) in members {
                 let Ok(c) = &checked[i] else { continue };
                 let seen = key_index(
                     &mut invocation,
-                    format!("recgw:seen:{{{group}}}:{}", URL_SAFE_NO_PAD.encode(c.token)),
+                    &mut keys,
+                    format!("recgw:seen:{{{tag}}}:{}", URL_SAFE_NO_PAD.encode(c.token)),
                 );
                 let credited = match exposed {
                     true => Some(HOLDOUT_ARMS[1]),
                     false => c.counted().then_some(c.claims.arm.as_str()),
                 };
-                let arm = if let Some(credited) = credited {
-                    let key = arm_key(group, credited);
-                    let counters = key_index(&mut invocation, key.clone());
-                    key_index(&mut invocation, format!("{key}:clickers"));
-                    key_index(&mut invocation, format!("{key}:days"));
-                    counters
+                let (arm, bucket) = if let Some(credited) = credited {
+                    let key = arm_key(tag, credited);
+                    let counters = key_index(&mut invocation, &mut keys, key.clone());
+                    key_index(&mut invocation, &mut keys, format!("{key}:days"));
+                    let bucket = bucket_key(tag, credited, c.user.bucket());
+                    (counters, key_index(&mut invocation, &mut keys, bucket))
                 } else {
-                    0
+                    (0, 0)
                 };
                 let duel = match c.team {
                     Some(_) if c.counted() && !exposed => {
-                        let [users, totals] = duel_keys(group);
-                        let users = key_index(&mut invocation, users);
-                        key_index(&mut invocation, totals);
+                        let [users, totals] = duel_keys(tag);
+                        let users = key_index(&mut invocation, &mut keys, users);
+                        key_index(&mut invocation, &mut keys, totals);
                         users
                     }
                     _ => 0,
@@ -507,7 +534,9 @@ impl EventLog {
                     .arg(&c.claims.user)
                     .arg(duel)
                     .arg(c.team.unwrap_or(0))
-                    .arg(POSITION_BUCKETS[c.bucket]);
+                    .arg(POSITION_BUCKETS[c.bucket])
+                    .arg(bucket)
+                    .arg(&c.user.field()[..]);
             }
             async move {
                 let mut answer = redis.query::<Vec<u8>>(&invocation).await;
@@ -614,7 +643,7 @@ impl RecentClaims {
 
 #[cfg(test)]
 mod tests {
-    use prometheus::IntGauge;
+    use prometheus::{IntCounter, IntGauge};
 
     use super::*;
     use crate::feedback::token::{item_tag, unix_seconds};
@@ -630,6 +659,7 @@ mod tests {
             field: field.into(),
             event_id: event_id.map(String::from),
             holdout: None,
+            user: UserKey::of("42"),
         }
     }
 
@@ -685,7 +715,12 @@ mod tests {
     }
 
     fn tally() -> Tally {
-        Tally::new(None, IntGauge::new("depth", "test").expect("gauge"), 1)
+        Tally::new(
+            None,
+            IntGauge::new("depth", "test").expect("gauge"),
+            IntCounter::new("uncounted", "test").expect("counter"),
+            &crate::config::ResultsSettings::default(),
+        )
     }
 
     #[tokio::test]
@@ -748,7 +783,7 @@ mod tests {
             "an id is scoped to its position"
         );
         let counts = tally.read("e", &["treatment"]).await.expect("local counts");
-        assert_eq!((counts[0].clicks, counts[0].impressions), (3, 1));
+        assert_eq!((counts.arms[0].clicks(), counts.arms[0].impressions()), (3, 1));
 
         let twice = [Event { item_id: "10", ..event }, Event { item_id: "10", ..event }];
         let results: Vec<bool> = log

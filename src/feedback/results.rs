@@ -6,9 +6,9 @@
 use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Kind, Status};
-use crate::feedback::counts::{ArmCounts, DayCounts, DuelCounts, Tally};
+use crate::feedback::counts::{ArmCounts, Counts, DayCounts, DuelCounts, Tally};
 use crate::feedback::lists::POSITION_BUCKETS;
-use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential};
+use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential, UserSums};
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
 pub(crate) const SRM_THRESHOLD: f64 = 0.001;
@@ -24,13 +24,13 @@ pub(crate) struct ArmResults {
     pub(crate) control: bool,
     /// The counts.
     pub(crate) counts: ArmCounts,
-    /// Clicks / impressions.
+    /// Clicks / impressions over the per-user sums (a ratio of per-user means).
     pub(crate) ctr: Result<f64, &'static str>,
-    /// 95% Wilson interval of the CTR.
+    /// 95% interval of the CTR, its variance by the delta method over users.
     pub(crate) ctr_interval: Result<Interval, &'static str>,
     /// Relative lift over the control (`Err` for the control itself).
     pub(crate) lift: Result<Lift, &'static str>,
-    /// Two-sided two-proportion z-test against the control.
+    /// Two-sided test of the CTR difference against the control, users the unit.
     pub(crate) p_value: Result<f64, &'static str>,
     /// The always-valid lift interval and p-value against the control.
     pub(crate) sequential: Result<Sequential, &'static str>,
@@ -113,8 +113,14 @@ pub(crate) struct ExperimentResults {
     pub(crate) age_seconds: Result<u64, &'static str>,
     /// Whether the counts are shared by every replica (Redis) or this process's only.
     pub(crate) shared: bool,
-    /// Chi-square p-value of distinct users per arm against the weights.
+    /// Chi-square p-value of exact users per arm against the weights; withheld while users
+    /// are not exact.
     pub(crate) srm_p_value: Result<f64, &'static str>,
+    /// Why users are not exact, when some could not be counted.
+    pub(crate) inexact: Option<String>,
+    /// The first day (UTC) of the per-user sums, when some arm also has impressions or clicks
+    /// outside them (counted before per-user counting began): the statistics run from then.
+    pub(crate) per_user_since: Option<i64>,
     /// `srm_p_value < 0.001`: the split is broken, the comparison untrustworthy.
     pub(crate) srm_detected: bool,
     /// Impressions each arm needs before its comparison is worth reading.
@@ -160,6 +166,8 @@ fn rate(clicks: u64, impressions: u64) -> Result<f64, &'static str> {
 pub(crate) struct DayArm {
     /// Arm name.
     pub(crate) name: String,
+    /// Users counted up to the end of the day.
+    pub(crate) users: u64,
     /// Impressions up to the end of the day.
     pub(crate) impressions: u64,
     /// Clicks up to the end of the day.
@@ -190,39 +198,54 @@ pub(crate) async fn compute_days(experiment: &Experiment, tally: &Tally) -> Opti
     Some(days_from_counts(experiment, &days))
 }
 
-/// The cumulative statistics of per-day counts (one map per arm, in arm order).
+/// The cumulative statistics of per-day counts (one map per arm, in arm order): the per-user
+/// sums up to the end of each day are the days' additions up to it, so each day's figures are
+/// the same estimator as the totals, over the users counted by then.
 pub(crate) fn days_from_counts(experiment: &Experiment, days: &[DayCounts]) -> Vec<DayResults> {
     let mut all: Vec<i64> = days.iter().flat_map(|d| d.keys().copied()).collect();
     all.sort_unstable();
     all.dedup();
-    let mut running = vec![[0u64; 2]; days.len()];
+    let mut running = vec![(UserSums::default(), [0u64; 2]); days.len()];
     all.into_iter()
         .map(|day| {
-            for (sum, arm) in running.iter_mut().zip(days) {
-                let [i, c] = arm.get(&day).copied().unwrap_or_default();
-                *sum = [sum[0] + i, sum[1] + c];
+            for ((sums, outside), arm) in running.iter_mut().zip(days) {
+                if let Some(added) = arm.get(&day) {
+                    sums.add(&added.sums);
+                    *outside = [outside[0] + added.outside[0], outside[1] + added.outside[1]];
+                }
             }
-            let [n0, c0] = running.first().copied().unwrap_or_default();
+            let control = running.first().map(|(sums, _)| *sums).unwrap_or_default();
             let arms = experiment
                 .arms
                 .iter()
                 .zip(&running)
                 .enumerate()
-                .map(|(i, (arm, &[n, c]))| DayArm {
+                .map(|(i, (arm, (sums, outside)))| DayArm {
                     name: arm.name.clone(),
-                    impressions: n,
-                    clicks: c,
-                    ctr: rate(c, n),
+                    users: sums.users,
+                    impressions: sums.impressions + outside[0],
+                    clicks: sums.clicks + outside[1],
+                    ctr: per_user(sums, significance::ctr(sums)),
                     lift: compared(experiment, i)
-                        .and_then(|()| significance::relative_lift(c, n, c0, n0))
+                        .and_then(|()| significance::relative_lift(sums, &control))
                         .map(|l| l.value),
-                    sequential: compared(experiment, i)
-                        .and_then(|()| significance::sequential_lift(c, n, c0, n0, experiment.sequential_tuning)),
+                    sequential: compared(experiment, i).and_then(|()| {
+                        significance::sequential_lift(sums, &control, experiment.sequential_tuning)
+                    }),
                 })
                 .collect();
             DayResults { day, arms }
         })
         .collect()
+}
+
+/// A statistic of `sums`, with the reason for its absence told plainly when nothing was
+/// counted per user yet (only before per-user counting began, or nothing at all).
+fn per_user<T>(sums: &UserSums, statistic: Result<T, &'static str>) -> Result<T, &'static str> {
+    match sums.impressions {
+        0 => Err("no impressions counted per user yet"),
+        _ => statistic,
+    }
 }
 
 /// Computes the results of `experiment`, `catalogue` telling the items of an arm's model;
@@ -239,7 +262,7 @@ pub(crate) async fn compute(
         Kind::Split => None,
         Kind::Interleave => Some(tally.read_duel(&experiment.id).await?),
     };
-    Some(from_counts(
+    let mut results = from_counts(
         experiment,
         &counts,
         &catalogue,
@@ -247,13 +270,24 @@ pub(crate) async fn compute(
         tally.is_shared(),
         tally.min_sample_size(),
         SystemTime::now(),
-    ))
+    );
+    // Only an experiment counted partly outside the per-user sums needs to say since when they
+    // run; the days tell it.
+    if counts.arms.iter().any(|arm| arm.outside != [0, 0]) {
+        let days = tally.read_days(&experiment.id, &names).await?;
+        results.per_user_since = days
+            .iter()
+            .filter_map(|arm| arm.iter().find(|(_, day)| day.sums != UserSums::default()))
+            .map(|(&day, _)| day)
+            .min();
+    }
+    Some(results)
 }
 
 /// The statistics of already-read counts (one per arm, in arm order).
 pub(crate) fn from_counts(
     experiment: &Experiment,
-    counts: &[ArmCounts],
+    Counts { arms: counts, inexact }: &Counts,
     catalogue: &[Option<usize>],
     duel: Option<DuelCounts>,
     shared: bool,
@@ -273,26 +307,16 @@ pub(crate) fn from_counts(
                 weight: f64::from(arm.weight_bp) / 100.0,
                 control: i == 0,
                 counts: *c,
-                ctr: rate(c.clicks, c.impressions),
-                ctr_interval: significance::wilson(c.clicks, c.impressions),
-                lift: is_control.and_then(|()| {
-                    significance::relative_lift(c.clicks, c.impressions, control.clicks, control.impressions)
-                }),
-                p_value: is_control.and_then(|()| {
-                    significance::two_proportion_p(c.clicks, c.impressions, control.clicks, control.impressions)
-                }),
+                ctr: per_user(&c.sums, significance::ctr(&c.sums)),
+                ctr_interval: per_user(&c.sums, significance::ctr_interval(&c.sums)),
+                lift: is_control.and_then(|()| significance::relative_lift(&c.sums, &control.sums)),
+                p_value: is_control.and_then(|()| significance::difference_p(&c.sums, &control.sums)),
                 sequential: is_control.and_then(|()| {
-                    significance::sequential_lift(
-                        c.clicks,
-                        c.impressions,
-                        control.clicks,
-                        control.impressions,
-                        experiment.sequential_tuning,
-                    )
+                    significance::sequential_lift(&c.sums, &control.sums, experiment.sequential_tuning)
                 }),
                 adjusted: None,
                 decision: Err("this is the control"),
-                min_sample_reached: c.impressions >= min_sample_size,
+                min_sample_reached: c.impressions() >= min_sample_size,
                 wins: duel.and_then(|d| d.wins.get(i).copied()),
                 shadow: arm.shadow.is_some(),
                 coverage: match catalogue.get(i).copied().flatten() {
@@ -329,11 +353,12 @@ pub(crate) fn from_counts(
             .zip(counts)
             .filter(|(arm, _)| arm.shadow.is_none())
     };
-    let users: Vec<u64> = serving().map(|(_, c)| c.users).collect();
+    let users: Vec<u64> = serving().map(|(_, c)| c.sums.users).collect();
     let weights: Vec<f64> = serving().map(|(a, _)| f64::from(a.weight_bp)).collect();
-    let srm_p_value = match duel {
-        Some(_) => Err("an interleave experiment does not split users between its arms"),
-        None => significance::sample_ratio_p(&users, &weights),
+    let srm_p_value = match (duel, inexact) {
+        (Some(_), _) => Err("an interleave experiment does not split users between its arms"),
+        (None, Some(_)) => Err("users are not exact (see users_exact_reason), so no sample-ratio verdict is given"),
+        (None, None) => significance::sample_ratio_p(&users, &weights),
     };
     let srm_detected = srm_p_value.is_ok_and(|p| p < SRM_THRESHOLD);
     for arm in &mut arms {
@@ -349,6 +374,8 @@ pub(crate) fn from_counts(
         shared,
         srm_detected,
         srm_p_value,
+        inexact: inexact.clone(),
+        per_user_since: None,
         min_sample_size,
         arms,
         kind: experiment.kind,
@@ -410,36 +437,65 @@ mod tests {
     use crate::experiment::Catalog;
 
     /// Days are cumulative from the first kept day, every arm on every day any arm counted.
+    /// What one day added: `users` new users with `impressions` impressions and `clicks`
+    /// clicks between them, each user with at most one click (so the sums are simple to state).
+    fn day(users: u64, impressions: u64, clicks: u64) -> crate::feedback::users::Day {
+        let mut sums = UserSums::default();
+        for u in 0..users {
+            sums.add_user();
+            let own = impressions / users + u64::from(u < impressions % users);
+            for i in 0..own {
+                sums.add_impression(0, i);
+            }
+            if u < clicks {
+                sums.add_click(0, own);
+            }
+        }
+        crate::feedback::users::Day { sums, outside: [0, 0] }
+    }
+
+    /// Days are cumulative from the first kept day, every arm on every day any arm counted,
+    /// and each day's statistics are those of the per-user sums up to it.
     #[test]
     fn days_add_up_in_order_across_arms() {
         let catalog = Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"))
             .expect("demo experiments");
         let experiment = catalog.experiment("home-als-rank").expect("demo experiment");
-        let control = DayCounts::from([(20_000, [100, 5]), (20_002, [100, 6])]);
-        let treatment = DayCounts::from([(20_000, [100, 7]), (20_001, [50, 1])]);
-        let days = days_from_counts(experiment, &[control, treatment]);
-        let seen: Vec<(i64, [u64; 2], [u64; 2])> = days
+        let control = DayCounts::from([(20_000, day(10, 100, 5)), (20_002, day(10, 100, 6))]);
+        let mut before = day(0, 0, 0);
+        before.outside = [40, 2];
+        let treatment = DayCounts::from([(19_999, before), (20_000, day(10, 100, 7)), (20_001, day(5, 50, 1))]);
+        let days = days_from_counts(experiment, &[control.clone(), treatment.clone()]);
+        let seen: Vec<(i64, [u64; 3], [u64; 3])> = days
             .iter()
             .map(|d| {
-                let n = |i: usize| [d.arms[i].impressions, d.arms[i].clicks];
+                let n = |i: usize| [d.arms[i].users, d.arms[i].impressions, d.arms[i].clicks];
                 (d.day, n(0), n(1))
             })
             .collect();
         assert_eq!(
             seen,
             vec![
-                (20_000, [100, 5], [100, 7]),
-                (20_001, [100, 5], [150, 8]),
-                (20_002, [200, 11], [150, 8]),
+                (19_999, [0, 0, 0], [0, 40, 2]),
+                (20_000, [10, 100, 5], [10, 140, 9]),
+                (20_001, [10, 100, 5], [15, 190, 10]),
+                (20_002, [20, 200, 11], [15, 190, 10]),
             ]
         );
-        let last = &days[2].arms;
+        assert_eq!(days[0].arms[1].ctr, Err("no impressions counted per user yet"));
+        let last = &days[3].arms;
         assert_eq!(last[0].lift, Err("this is the control"));
+        let mut sums = [UserSums::default(); 2];
+        for (total, arm) in sums.iter_mut().zip([&control, &treatment]) {
+            for added in arm.values() {
+                total.add(&added.sums);
+            }
+        }
         let lift = last[1].lift.expect("defined");
-        assert!((lift - ((8.0 / 150.0) / (11.0 / 200.0) - 1.0)).abs() < 1e-12);
+        assert!((lift - ((8.0 / 150.0) / (11.0 / 200.0) - 1.0)).abs() < 1e-12, "{lift}");
         assert_eq!(
             last[1].sequential,
-            significance::sequential_lift(8, 150, 11, 200, experiment.sequential_tuning)
+            significance::sequential_lift(&sums[1], &sums[0], experiment.sequential_tuning)
         );
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::Gateway;
 use super::arm_metrics::Sample;
 use crate::experiment::{Experiment, Guardrails, Status};
-use crate::feedback::significance;
+use crate::feedback::significance::{self, UserSums};
 use crate::redis::RedisClient;
 
 /// How often arms are judged and pauses read back from Redis.
@@ -274,10 +274,8 @@ pub(crate) fn breach(limits: &Guardrails, served: &Sample) -> Option<String> {
 
 /// Why an arm's CTR breaches `max_ctr_drop` against the control's, if it does: the whole
 /// always-valid interval of its lift is below `−max_ctr_drop`.
-pub(crate) fn ctr_breach(max_drop: f64, arm: [u64; 2], control: [u64; 2], tuning: f64) -> Option<String> {
-    let [c1, n1] = arm;
-    let [c0, n0] = control;
-    let sequential = significance::sequential_lift(c1, n1, c0, n0, tuning).ok()?;
+pub(crate) fn ctr_breach(max_drop: f64, arm: &UserSums, control: &UserSums, tuning: f64) -> Option<String> {
+    let sequential = significance::sequential_lift(arm, control, tuning).ok()?;
     (sequential.interval.high < -max_drop).then(|| {
         format!(
             "max_ctr_drop: CTR lift at most {:+.1}% (always-valid 95% interval [{:+.1}%, {:+.1}%]), below -{:.1}%",
@@ -329,8 +327,8 @@ impl Gateway {
                 let ctr = match (limits.max_ctr_drop, &counts) {
                     (Some(drop), Some(counts)) => ctr_breach(
                         drop,
-                        [counts[i].clicks, counts[i].impressions],
-                        [counts[0].clicks, counts[0].impressions],
+                        &counts.arms[i].sums,
+                        &counts.arms[0].sums,
                         experiment.sequential_tuning,
                     ),
                     _ => None,
@@ -446,14 +444,33 @@ mod tests {
         assert!(latency.starts_with("p99 "), "{latency}");
     }
 
+    /// `users` users with `each` impressions, the first `clicks` of them with one click.
+    fn sums(users: u64, each: u64, clicks: u64) -> UserSums {
+        let mut sums = UserSums::default();
+        for u in 0..users {
+            sums.add_user();
+            for i in 0..each {
+                sums.add_impression(0, i);
+            }
+            if u < clicks {
+                sums.add_click(0, each);
+            }
+        }
+        sums
+    }
+
     /// The CTR guardrail fires only when the always-valid interval is wholly below the drop.
     #[test]
     fn ctr_drop_is_judged_on_the_always_valid_interval() {
-        // 3% against 5% over 20k impressions each: clearly more than 10% down.
-        let reason = ctr_breach(0.1, [600, 20_000], [1000, 20_000], 5000.0).expect("breach");
+        // 3% against 5% over 2,000 users of 10 impressions each: clearly more than 10% down.
+        let reason = ctr_breach(0.1, &sums(2000, 10, 600), &sums(2000, 10, 1000), 5000.0).expect("breach");
         assert!(reason.starts_with("max_ctr_drop: CTR lift at most"), "{reason}");
-        // The same drop on 500 impressions each: the interval still reaches above −10%.
-        assert_eq!(ctr_breach(0.1, [15, 500], [25, 500], 5000.0), None);
-        assert_eq!(ctr_breach(0.1, [0, 500], [25, 500], 5000.0), None, "no interval yet");
+        // The same drop over 50 users each: the interval still reaches above −10%.
+        assert_eq!(ctr_breach(0.1, &sums(50, 10, 15), &sums(50, 10, 25), 5000.0), None);
+        assert_eq!(
+            ctr_breach(0.1, &sums(50, 10, 0), &sums(50, 10, 25), 5000.0),
+            None,
+            "no interval yet"
+        );
     }
 }

@@ -23,16 +23,73 @@ pub fn close_value(got: &Value, want: f64) -> bool {
     got.as_f64().is_some_and(|g| close(g, want))
 }
 
-/// The always-valid interval of the lift of `c1` clicks in `n1` impressions against `c0` in
-/// `n0`, and its p-value, at tuning `tuning` (N*) and level [`ALPHA`]: the confidence sequence
-/// of Waudby-Smith et al. 2023 as GrowthBook's sequential test states it, on `μ = ln(p1/p0)`
-/// with the Katz standard error, as the contract writes it: `(low, high, p)`. Every count must
-/// be positive (the callers say why a figure is undefined otherwise).
-pub fn sequential(c1: u64, n1: u64, c0: u64, n0: u64, tuning: f64) -> (f64, f64, f64) {
-    let (p1, p0) = (c1 as f64 / n1 as f64, c0 as f64 / n0 as f64);
-    let mu = (p1 / p0).ln();
-    let sigma = ((1.0 - p1) / (n1 as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
-    let n = (n1 + n0) as f64;
+/// One user's counts in one arm, as a test's ledger keeps them: `(clicks, impressions)`.
+pub type UserRow = (u64, u64);
+
+/// The per-user sums of an arm (STATISTICS.md §1), computed directly from the users' final
+/// counts: `[n, Σc, Σi, Σc², Σi², Σc·i]`, the order of the results' `per_user_sums`.
+pub fn sums(rows: &[UserRow]) -> [u64; 6] {
+    let mut out = [rows.len() as u64, 0, 0, 0, 0, 0];
+    for &(c, i) in rows {
+        out[1] += c;
+        out[2] += i;
+        out[3] += c * c;
+        out[4] += i * i;
+        out[5] += c * i;
+    }
+    out
+}
+
+/// The CTR of an arm and the delta-method variance of it, from the users' rows by two passes
+/// (means first, then centred moments), not from the sums the gateway keeps:
+/// `Var(R) = (s_cc − 2R·s_ci + R²·s_ii) / (n·ī²)`.
+pub fn ratio(rows: &[UserRow]) -> (f64, f64) {
+    let n = rows.len() as f64;
+    let c_mean = rows.iter().map(|r| r.0 as f64).sum::<f64>() / n;
+    let i_mean = rows.iter().map(|r| r.1 as f64).sum::<f64>() / n;
+    let moment = |f: &dyn Fn(&UserRow) -> f64| rows.iter().map(f).sum::<f64>() / (n - 1.0);
+    let s_cc = moment(&|r| (r.0 as f64 - c_mean).powi(2));
+    let s_ii = moment(&|r| (r.1 as f64 - i_mean).powi(2));
+    let s_ci = moment(&|r| (r.0 as f64 - c_mean) * (r.1 as f64 - i_mean));
+    let r = c_mean / i_mean;
+    (r, (s_cc - 2.0 * r * s_ci + r * r * s_ii) / (n * i_mean * i_mean))
+}
+
+/// The 95% interval of an arm's CTR: `R ± z·√Var(R)`, the low end at least 0.
+pub fn ctr_interval(rows: &[UserRow]) -> (f64, f64) {
+    let (r, var) = ratio(rows);
+    ((r - Z95 * var.sqrt()).max(0.0), r + Z95 * var.sqrt())
+}
+
+/// `μ = ln(R₁/R₀)` and `σ = √(Var(R₁)/R₁² + Var(R₀)/R₀²)`: the log ratio the lift intervals
+/// are built on.
+pub fn log_ratio(arm: &[UserRow], control: &[UserRow]) -> (f64, f64) {
+    let ((r1, v1), (r0, v0)) = (ratio(arm), ratio(control));
+    ((r1 / r0).ln(), (v1 / (r1 * r1) + v0 / (r0 * r0)).sqrt())
+}
+
+/// The lift and its fixed-horizon 95% interval: `(lift, low, high)`.
+pub fn lift(arm: &[UserRow], control: &[UserRow]) -> (f64, f64, f64) {
+    let (mu, sigma) = log_ratio(arm, control);
+    (mu.exp() - 1.0, (mu - Z95 * sigma).exp() - 1.0, (mu + Z95 * sigma).exp() - 1.0)
+}
+
+/// The two-sided p-value of `Δ = R₁ − R₀` with `Var(Δ) = Var(R₁) + Var(R₀)`.
+pub fn p_value(arm: &[UserRow], control: &[UserRow]) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    let ((r1, v1), (r0, v0)) = (ratio(arm), ratio(control));
+    let z = (r1 - r0) / (v1 + v0).sqrt();
+    (2.0 * Normal::standard().sf(z.abs())).min(1.0)
+}
+
+/// The always-valid interval of the lift of `arm` against `control` and its p-value, at tuning
+/// `tuning` (N*, users) and level [`ALPHA`]: the confidence sequence of Waudby-Smith et al.
+/// 2023 as GrowthBook's sequential test states it, on the log ratio of [`log_ratio`] with `N`
+/// the users of both arms: `(low, high, p)`. Both arms need clicks (the callers say why a
+/// figure is undefined otherwise).
+pub fn sequential(arm: &[UserRow], control: &[UserRow], tuning: f64) -> (f64, f64, f64) {
+    let (mu, sigma) = log_ratio(arm, control);
+    let n = (arm.len() + control.len()) as f64;
     let l = -2.0 * ALPHA.ln();
     let rho2 = (l + (l + 1.0).ln()) / tuning;
     let spread = n * rho2 + 1.0;
