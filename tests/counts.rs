@@ -230,15 +230,20 @@ impl Topology {
         }
     }
 
-    /// `[exposures, impressions, clicks]` of an arm, straight from Redis.
+    /// `[exposures, impressions, clicks]` of an arm, straight from Redis: exposures under the
+    /// experiment's tag, impressions and clicks added over its 16 shards' tags (`{e:k}`).
     fn arm_counts(&self, arm: &str) -> [u64; 3] {
-        let key = format!("recgw:results:{{{EXPERIMENT}}}:{arm}");
-        let args = ["HMGET", key.as_str(), "exposures", "impressions", "clicks"];
-        let values: Vec<Option<u64>> = match self {
-            Topology::Node(node) => node.query(&args),
-            Topology::Cluster(cluster) => cluster.query_key(&args, &key),
+        let field = |tag: String, name: &str| -> u64 {
+            let key = format!("recgw:results:{{{tag}}}:{arm}");
+            let args = ["HGET", key.as_str(), name];
+            let value: Option<u64> = match self {
+                Topology::Node(node) => node.query(&args),
+                Topology::Cluster(cluster) => cluster.query_key(&args, &key),
+            };
+            value.unwrap_or(0)
         };
-        [0, 1, 2].map(|i| values[i].unwrap_or(0))
+        let shards = |name: &str| (0..16).map(|k| field(format!("{EXPERIMENT}:{k}"), name)).sum();
+        [field(EXPERIMENT.to_string(), "exposures"), shards("impressions"), shards("clicks")]
     }
 }
 
@@ -501,29 +506,33 @@ async fn replies_delayed_past_the_deadline_count_once_on_a_cluster() {
     let Topology::Cluster(cluster) = &topology else {
         unreachable!()
     };
-    // The node of the experiment's slot, which holds its counts and claims, stalls for 1.5 s
-    // at a time (under the cluster's 2 s node timeout, so it is not failed over): commands
-    // sent meanwhile run when it wakes, after their 1 s deadline.
-    let slot_key = format!("recgw:results:{{{EXPERIMENT}}}:control");
-    // Only the owner answers a read of the key; the others redirect (MOVED).
-    let owner = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.try_query::<Option<String>>(&["GET", &slot_key]).is_ok())
-        .map(|n| n.url())
-        .expect("a node owns the slot");
+    // Every node stalls for 1.5 s at a time (under the cluster's 2 s node timeout, so none is
+    // failed over), since an experiment's counts and claims are spread over the slots of its
+    // shards: commands sent meanwhile run when a node wakes, after their 1 s deadline.
+    let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
     late_replies_count_once(&topology, &cluster.url(), async |gw, next, ledger| {
-        let stall = std::thread::spawn(move || {
-            let client = redis::Client::open(owner).expect("node url");
-            let mut connection = client.get_connection().expect("node connection");
-            let until = Instant::now() + Duration::from_secs(6);
-            while Instant::now() < until {
-                let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("1.5").query(&mut connection);
-                std::thread::sleep(Duration::from_millis(50));
+        let stalls: Vec<_> = nodes
+            .iter()
+            .cloned()
+            .map(|node| {
+                std::thread::spawn(move || {
+                    let client = redis::Client::open(node).expect("node url");
+                    let mut connection = client.get_connection().expect("node connection");
+                    let until = Instant::now() + Duration::from_secs(6);
+                    while Instant::now() < until {
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("DEBUG").arg("SLEEP").arg("1.5").query(&mut connection);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+            })
+            .collect();
+        let refused = traffic(gw, Duration::from_secs(6), next, ledger).await;
+        tokio::task::block_in_place(|| {
+            for stall in stalls {
+                stall.join().expect("stalling thread");
             }
         });
-        let refused = traffic(gw, Duration::from_secs(6), next, ledger).await;
-        tokio::task::block_in_place(|| stall.join().expect("stalling thread"));
         refused
     })
     .await;
@@ -585,6 +594,7 @@ async fn counts_and_claims_live_on_results_redis_url_and_the_cache_apart() {
     gw.settled(&ledger).await;
     assert!(cache.keys("recgw:results:*").is_empty() && cache.keys("recgw:seen:*").is_empty());
     assert!(!results.keys("recgw:results:*").is_empty() && !results.keys("recgw:seen:*").is_empty());
+    assert!(cache.keys("recgw:u:*").is_empty() && !results.keys("recgw:u:*").is_empty(), "users' state");
     let cached = results.keys("recgw:als-*");
     assert!(cached.is_empty(), "no cached list on the counts' Redis: {cached:?}");
     assert!(
