@@ -85,7 +85,8 @@ pub struct Metrics {
     /// `experiments_info{digest}`: 1 for the experiment set in force, so every replica's set
     /// can be compared in one query.
     experiments_info: IntGaugeVec,
-    /// `results_pending_updates`: exposures counted here and not yet confirmed by Redis.
+    /// `results_pending_updates`: exposures and new users counted here and not yet confirmed by
+    /// Redis.
     pub(crate) results_pending: IntGauge,
     /// `results_users_uncounted_total`: users served but not counted, because the memory bound
     /// or an arm's queue was full; the results then say users are not exact.
@@ -393,7 +394,7 @@ impl Metrics {
                 r,
                 IntGauge::new(
                     "results_pending_updates",
-                    "Exposures counted here and not yet confirmed by Redis.",
+                    "Exposures and new users counted here and not yet confirmed by Redis.",
                 )
                 .expect("valid metric"),
             ),

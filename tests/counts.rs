@@ -243,7 +243,11 @@ impl Topology {
             value.unwrap_or(0)
         };
         let shards = |name: &str| (0..16).map(|k| field(format!("{EXPERIMENT}:{k}"), name)).sum();
-        [field(EXPERIMENT.to_string(), "exposures"), shards("impressions"), shards("clicks")]
+        [
+            field(EXPERIMENT.to_string(), "exposures"),
+            shards("impressions"),
+            shards("clicks"),
+        ]
     }
 }
 
@@ -594,7 +598,10 @@ async fn counts_and_claims_live_on_results_redis_url_and_the_cache_apart() {
     gw.settled(&ledger).await;
     assert!(cache.keys("recgw:results:*").is_empty() && cache.keys("recgw:seen:*").is_empty());
     assert!(!results.keys("recgw:results:*").is_empty() && !results.keys("recgw:seen:*").is_empty());
-    assert!(cache.keys("recgw:u:*").is_empty() && !results.keys("recgw:u:*").is_empty(), "users' state");
+    assert!(
+        cache.keys("recgw:u:*").is_empty() && !results.keys("recgw:u:*").is_empty(),
+        "users' state"
+    );
     let cached = results.keys("recgw:als-*");
     assert!(cached.is_empty(), "no cached list on the counts' Redis: {cached:?}");
     assert!(

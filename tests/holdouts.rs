@@ -262,9 +262,7 @@ impl Ledger {
     /// Credits a response to every results it counts for.
     fn served(&mut self, s: &Served) {
         for key in &s.want.credits {
-            let arm = self.arms.entry(key.clone()).or_default();
-            arm.exposures += 1;
-            arm.users.insert(s.user.clone());
+            self.arms.entry(key.clone()).or_default().served(&s.user);
         }
     }
 
@@ -280,10 +278,7 @@ impl Ledger {
         self.accepted += 1;
         for credit in &event.served.want.credits {
             let arm = self.arms.entry(credit.clone()).or_default();
-            match event.kind {
-                Kind::Impression => arm.impressions += 1,
-                Kind::Click => arm.clicks += 1,
-            }
+            arm.event(&event.served.user, event.kind);
         }
     }
 
@@ -296,8 +291,8 @@ impl Ledger {
     }
 
     /// Whether the results `body` of `experiment` shows exactly this ledger for `arms`, in
-    /// that order: exposures, impressions and clicks to the unit, distinct users within ±2%
-    /// (HyperLogLog); the differences otherwise.
+    /// that order: exposures, impressions, clicks, users and per-user sums to the unit; the
+    /// differences otherwise.
     fn matches(&self, body: &Value, experiment: &str, arms: [&str; 2]) -> Result<(), String> {
         let want = arms.map(|name| self.arm(experiment, name).want(name, false));
         arms_match(body, &format!("{experiment} "), &want)

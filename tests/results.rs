@@ -30,7 +30,7 @@ use common::cli::report_stdout;
 use common::events::{self, ArmLedger, Claims, Kind, arms_match};
 use common::gateway::{self, DemoCopy, Reply, TestGateway, eventually};
 use common::redis::RedisServer;
-use common::stats::{Z95, close_value as close};
+use common::stats::{self, UserRow, close_value as close};
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -218,9 +218,7 @@ impl Ledger {
     fn served(&mut self, s: &Served) {
         self.responses += 1;
         if s.counted {
-            let arm = self.arms.entry(s.arm.clone()).or_default();
-            arm.exposures += 1;
-            arm.users.insert(s.user.clone());
+            self.arms.entry(s.arm.clone()).or_default().served(&s.user);
         }
     }
 
@@ -244,14 +242,10 @@ impl Ledger {
         if !event.counted {
             return true;
         }
-        let arm = self.arms.entry(event.arm.clone()).or_default();
-        match event.kind {
-            Kind::Impression => arm.impressions += 1,
-            Kind::Click => {
-                arm.clicks += 1;
-                arm.clickers.insert(event.user.clone());
-            }
-        }
+        self.arms
+            .entry(event.arm.clone())
+            .or_default()
+            .event(&event.user, event.kind);
         true
     }
 
@@ -264,9 +258,8 @@ impl Ledger {
         self.arms.get(name).cloned().unwrap_or_default()
     }
 
-    /// Whether `body` shows exactly this ledger: exposures, impressions and clicks to the unit,
-    /// distinct users and clicking users within ±2% (HyperLogLog estimates, ±0.81% standard
-    /// error, with Redis and in memory alike); the differences otherwise.
+    /// Whether `body` shows exactly this ledger: exposures, impressions, clicks, users, clicking
+    /// users and the per-user sums, to the unit; the differences otherwise.
     fn matches(&self, body: &Value) -> Result<(), String> {
         arms_match(
             body,
@@ -470,31 +463,28 @@ impl ExactParser<'_> {
 // Statistics, recomputed independently
 // ---------------------------------------------------------------------------------------------
 
-/// The Wilson score interval of `c` clicks in `n` impressions at 95%.
-fn wilson(c: u64, n: u64) -> (f64, f64) {
-    let (n, p) = (n as f64, c as f64 / n as f64);
-    let z2 = Z95 * Z95;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
-
-/// Checks every statistic of a results body against its counts: CTR exactly clicks /
-/// impressions, the Wilson interval, lift and its delta-method interval, p-values in range, and
-/// `min_sample_reached`; every `null` has its reason.
-fn check_statistics(body: &Value) {
+/// Checks every statistic of a results body against the ledger's users, computed again by
+/// `common::stats` from each user's `(clicks, impressions)`: the CTR exactly Σc / Σi, its
+/// delta-method interval, the lift and its interval, the p-value of the difference, and
+/// `min_sample_reached`; a statistic left out must be one the ledger cannot define, with its
+/// reason.
+fn check_statistics(body: &Value, ledger: &Ledger) {
     let min = body["min_sample_size"].as_u64().expect("min_sample_size");
     let arms = body["arms"].as_array().expect("arms");
     assert_eq!(arms.len(), 2, "{body}");
-    let (c0, n0) = (
-        arms[0]["clicks"].as_u64().unwrap(),
-        arms[0]["impressions"].as_u64().unwrap(),
-    );
-    for (i, arm) in arms.iter().enumerate() {
+    assert_eq!(body["unit"], "user", "{body}");
+    let control = ledger.arm(CONTROL).rows();
+    let defined = |rows: &[UserRow]| {
+        let [n, c, i, ..] = stats::sums(rows);
+        // Two users, impressions, and users whose CTRs differ: a variance between users.
+        n >= 2 && i > 0 && stats::ratio(rows).1 > 0.0 && c > 0
+    };
+    for (k, arm) in arms.iter().enumerate() {
         let why = |field: &str| arm["undefined"][field].as_str().map(str::to_string);
-        assert_eq!(arm["control"], i == 0, "{arm}");
+        let rows = ledger.arm(arm["name"].as_str().expect("name")).rows();
+        let [_, c, n, ..] = stats::sums(&rows);
+        assert_eq!(arm["control"], k == 0, "{arm}");
         assert_eq!(arm["weight"], 50.0, "{arm}");
-        let (c, n) = (arm["clicks"].as_u64().unwrap(), arm["impressions"].as_u64().unwrap());
         assert_eq!(arm["min_sample_reached"], n >= min, "{arm}");
         if n == 0 {
             for field in ["ctr", "ctr_low", "ctr_high"] {
@@ -507,14 +497,17 @@ fn check_statistics(body: &Value) {
                 Some(c as f64 / n as f64),
                 "CTR = clicks / impressions: {arm}"
             );
-            let (low, high) = wilson(c, n);
-            assert!(
-                close(&arm["ctr_low"], low) && close(&arm["ctr_high"], high),
-                "Wilson ({low}, {high}): {arm}"
-            );
-            assert!(why("ctr").is_none() && why("ctr_low").is_none(), "{arm}");
+            if defined(&rows) {
+                let (low, high) = stats::ctr_interval(&rows);
+                assert!(
+                    close(&arm["ctr_low"], low) && close(&arm["ctr_high"], high),
+                    "delta method ({low}, {high}): {arm}"
+                );
+            } else {
+                assert!(arm["ctr_low"].is_null() && why("ctr_low").is_some(), "{arm}");
+            }
         }
-        if i == 0 {
+        if k == 0 {
             for field in ["lift", "lift_low", "lift_high", "p_value"] {
                 assert!(arm[field].is_null(), "{field} of the control: {arm}");
             }
@@ -522,6 +515,7 @@ fn check_statistics(body: &Value) {
             assert_eq!(why("p_value").as_deref(), Some("this is the control"), "{arm}");
             continue;
         }
+        let [_, c0, n0, ..] = stats::sums(&control);
         if n == 0 || n0 == 0 {
             assert!(arm["lift"].is_null() && arm["p_value"].is_null(), "{arm}");
             assert_eq!(why("lift").as_deref(), Some("an arm has no impressions"), "{arm}");
@@ -532,27 +526,24 @@ fn check_statistics(body: &Value) {
             assert!(arm["lift"].is_null() && arm["lift_low"].is_null(), "{arm}");
             assert_eq!(why("lift").as_deref(), Some("the control has no clicks"), "{arm}");
         } else {
-            let (p1, p0) = (c as f64 / n as f64, c0 as f64 / n0 as f64);
-            assert!(close(&arm["lift"], p1 / p0 - 1.0), "lift {}: {arm}", p1 / p0 - 1.0);
-            if c == 0 {
-                assert!(arm["lift_low"].is_null() && arm["lift_high"].is_null(), "{arm}");
-                assert_eq!(why("lift_low").as_deref(), Some("the arm has no clicks"), "{arm}");
-            } else {
-                let se = ((1.0 - p1) / (n as f64 * p1) + (1.0 - p0) / (n0 as f64 * p0)).sqrt();
-                let ln = (p1 / p0).ln();
-                let (low, high) = ((ln - Z95 * se).exp() - 1.0, (ln + Z95 * se).exp() - 1.0);
+            let (lift, low, high) = stats::lift(&rows, &control);
+            assert!(close(&arm["lift"], lift), "lift {lift}: {arm}");
+            if defined(&rows) && defined(&control) {
                 assert!(
                     close(&arm["lift_low"], low) && close(&arm["lift_high"], high),
-                    "lift CI: {arm}"
+                    "lift CI ({low}, {high}): {arm}"
                 );
+            } else {
+                assert!(arm["lift_low"].is_null() && arm["lift_high"].is_null(), "{arm}");
+                assert!(why("lift_low").is_some(), "{arm}");
             }
         }
-        if c + c0 == 0 || c + c0 == n + n0 {
-            assert!(arm["p_value"].is_null(), "{arm}");
-            assert!(why("p_value").is_some_and(|r| r.starts_with("no variation")), "{arm}");
+        let variance = stats::ratio(&rows).1 + stats::ratio(&control).1;
+        if rows.len() < 2 || control.len() < 2 || !(variance > 0.0) {
+            assert!(arm["p_value"].is_null() && why("p_value").is_some(), "{arm}");
         } else {
-            let p = arm["p_value"].as_f64().unwrap_or_else(|| panic!("p_value: {arm}"));
-            assert!((0.0..=1.0).contains(&p), "{arm}");
+            let p = stats::p_value(&rows, &control);
+            assert!(close(&arm["p_value"], p), "p-value {p}: {arm}");
         }
     }
 }
@@ -588,7 +579,7 @@ async fn two_replicas_share_exact_counts_and_agree() {
     );
     for arm in [CONTROL, TREATMENT] {
         let l = ledger.arm(arm);
-        assert!(l.impressions > 0 && l.clicks > 0, "{arm}: {l:?}");
+        assert!(l.impressions() > 0 && l.clicks() > 0, "{arm}: {l:?}");
     }
 
     let from_a = settled(&a, &ledger).await;
@@ -618,7 +609,7 @@ async fn two_replicas_share_exact_counts_and_agree() {
         from_a["undefined"].as_object().expect("undefined").is_empty(),
         "{from_a}"
     );
-    check_statistics(&from_a);
+    check_statistics(&from_a, &ledger);
     // Every exposure confirmed by Redis. (Nothing can be dropped any more: a replica holds
     // any number of exposures in a counter and a sketch per arm, so there is no
     // `results_dropped_updates_total` to check.)
@@ -815,7 +806,7 @@ async fn replica_restart_loses_nothing() {
     let from_a = settled(&a, &ledger).await;
     let from_b = settled(&b, &ledger).await;
     assert_eq!(ageless(from_a.clone()), ageless(from_b));
-    check_statistics(&from_a);
+    check_statistics(&from_a, &ledger);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,8 +852,8 @@ async fn resend_refused(gw: &TestGateway, events: &[Event], ledger: &mut Ledger)
 }
 
 /// An outage of the counts' Redis costs no recommendation and no count: exposures are held by
-/// the replica (however many: a counter and a sketch per arm, so its memory does not grow with
-/// the outage) and delivered on recovery; events, which are counted in Redis before they are
+/// the replica (however many: a counter per arm, and each new user once, up to
+/// `results.max_buffered_users`) and delivered on recovery; events, which are counted in Redis before they are
 /// answered, are refused with 503 `counts_unavailable`, and counted once when sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
@@ -905,9 +896,7 @@ async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
         "traffic flowed during the outage: {during:?}"
     );
     assert_eq!(ledger.accepted, 0, "no event accepted while Redis was down");
-    let pending = a.metric("results_pending_updates", &[]).await;
-    let exposures: u64 = ledger.arms.values().map(|arm| arm.exposures).sum();
-    assert_eq!(pending, exposures as f64, "every exposure of the outage held");
+    held(&a, &ledger, "every exposure and new user of the outage held").await;
 
     tokio::task::block_in_place(|| redis.restart());
     // The client sends the refused events again once the gateway takes them, then traffic
@@ -925,7 +914,7 @@ async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
     );
     let body = settled(&a, &ledger).await;
     assert_eq!(body["counts"], "redis");
-    check_statistics(&body);
+    check_statistics(&body, &ledger);
     events::wait_flushed(&a, Duration::ZERO, WAIT).await;
     // And nothing is flushed twice later on.
     tokio::time::sleep(FLUSH * 2).await;
@@ -980,7 +969,7 @@ async fn without_redis_counts_each_event_once_in_memory() {
     assert_eq!(body["counts"], "memory");
     assert_eq!(ledger.arm(CONTROL).users.len() + ledger.arm(TREATMENT).users.len(), 120);
     assert_eq!(body["srm_detected"], false, "{body}");
-    check_statistics(&body);
+    check_statistics(&body, &ledger);
     assert_eq!(gw.metric("results_pending_updates", &[]).await, 0.0);
 }
 
@@ -1235,7 +1224,7 @@ async fn undefined_statistics_are_null_with_reasons() {
             ],
         );
     }
-    check_statistics(&body);
+    check_statistics(&body, &Ledger::default());
 
     // Only the control has data: the treatment's CTR, lift and p-value are undefined, and a
     // split of n users to 0 is a sample-ratio mismatch.
@@ -1245,7 +1234,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     post_all(&[&gw], &events_for(&served, "one", clicks, true), 200, &mut ledger).await;
     let body = gw.results().await;
     ledger.matches(&body).expect("counted");
-    check_statistics(&body);
+    check_statistics(&body, &ledger);
     let (control, treatment) = (&body["arms"][0], &body["arms"][1]);
     assert!(control["ctr"].is_f64() && control["ctr_low"].is_f64(), "{control}");
     assert_eq!(treatment["impressions"], 0);
@@ -1275,28 +1264,26 @@ async fn undefined_statistics_are_null_with_reasons() {
     post_all(&[&gw], &events_for(&served, "zero", |_| 0, true), 500, &mut ledger).await;
     let body = gw.results().await;
     ledger.matches(&body).expect("counted");
-    check_statistics(&body);
+    check_statistics(&body, &ledger);
     let treatment = &body["arms"][1];
-    assert_eq!(
-        (treatment["ctr"].as_f64(), treatment["ctr_low"].as_f64()),
-        (Some(0.0), Some(0.0))
-    );
+    assert_eq!(treatment["ctr"].as_f64(), Some(0.0), "{treatment}");
+    let no_variation = "no variation between users: each user's clicks are the same fraction of their impressions";
     assert_reasons(
         treatment,
         &[
+            ("ctr_low", no_variation),
             ("lift", "the control has no clicks"),
             ("sequential_p_value", "the control has no clicks"),
             ("decision", "the control has no clicks"),
-            (
-                "p_value",
-                "no variation: no clicks, or clicks on every impression, in both arms",
-            ),
+            ("p_value", no_variation),
         ],
     );
 
     // Then clicks in the treatment only: a p-value, still no lift over a control without clicks.
     let treated: Vec<Served> = served.into_iter().filter(|s| s.arm == TREATMENT).collect();
-    let clicks_only: Vec<Event> = events_for(&treated, "zero-click", |_| 1, false)
+    // One click for some users, two for others: their CTRs differ, so the difference has a
+    // variance between users.
+    let clicks_only: Vec<Event> = events_for(&treated, "zero-click", |i| 1 + i % 2, false)
         .into_iter()
         .filter(|e| e.kind == Kind::Click)
         .collect();
@@ -1304,7 +1291,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     assert_eq!(ledger.rejected, 0);
     let body = gw.results().await;
     ledger.matches(&body).expect("counted");
-    check_statistics(&body);
+    check_statistics(&body, &ledger);
     let treatment = &body["arms"][1];
     assert!(treatment["p_value"].is_f64(), "{treatment}");
     assert_reasons(
@@ -1327,6 +1314,20 @@ async fn counts_commands(gw: &TestGateway) -> (f64, f64) {
     let text = gw.metrics().await;
     let result = |r: &str| gateway::sample(&text, "redis_commands_total", &[("client", "counts"), ("result", r)]);
     (result("ok"), result("error") + result("timeout"))
+}
+
+/// Waits (at most a second: users are collected from the request path every 100 ms) until
+/// `gw` holds for Redis exactly the ledger's exposures and its distinct users
+/// (`results_pending_updates`): nothing of the outage dropped, nothing held twice.
+async fn held(gw: &TestGateway, ledger: &Ledger, what: &str) {
+    let exposures: u64 = ledger.arms.values().map(|arm| arm.exposures).sum();
+    let users: usize = ledger.arms.values().map(|arm| arm.users.len()).sum();
+    let want = (exposures + users as u64) as f64;
+    eventually(Duration::from_secs(1), what, async || {
+        let pending = gw.metric("results_pending_updates", &[]).await;
+        if pending == want { Ok(()) } else { Err(format!("{pending} pending, want {want}")) }
+    })
+    .await;
 }
 
 /// A deploy stops a replica just after Redis came back from an outage, while the breaker of its
@@ -1375,9 +1376,8 @@ async fn graceful_shutdown_after_redis_recovered_flushes_held_exposures() {
     );
     tokio::task::block_in_place(|| redis.restart());
     assert_eq!(redis.query::<String>(&["PING"]), "PONG");
+    held(&a, &ledger, "A still holds every exposure and new user of the outage").await;
     let pending = a.metric("results_pending_updates", &[]).await;
-    let exposures: u64 = ledger.arms.values().map(|arm| arm.exposures).sum();
-    assert_eq!(pending, exposures as f64, "A still holds every exposure of the outage");
     assert_eq!(counts_commands(&a).await.0, answered, "no flush reached Redis yet");
     // Redis answers again; a deploy now stops the replica gracefully, before its breaker lets
     // a flush through.
@@ -1388,7 +1388,7 @@ async fn graceful_shutdown_after_redis_recovered_flushes_held_exposures() {
     );
     let took = a.stop().await;
     eprintln!(
-        "A stopped {since:?} after its counts' breaker opened for {OPEN:?}, in {took:?}, holding {pending} exposures"
+        "A stopped {since:?} after its counts' breaker opened for {OPEN:?}, in {took:?}, holding {pending} exposures and new users"
     );
     // Whatever A held must have reached Redis: another replica reads it, and takes the events
     // refused during the outage.
@@ -1397,7 +1397,7 @@ async fn graceful_shutdown_after_redis_recovered_flushes_held_exposures() {
     let body = b.results().await;
     if let Err(diff) = ledger.matches(&body) {
         panic!(
-            "a graceful shutdown just after Redis came back lost the {pending} held exposures: {diff}; \
+            "a graceful shutdown just after Redis came back lost the {pending} held exposures and new users: {diff}; \
              keys in Redis: {:?}",
             redis.keys("recgw:results:*")
         );

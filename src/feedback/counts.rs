@@ -166,6 +166,10 @@ end
 return added
 ";
 
+/// Users one script adds at most: after an outage a shard may have hundreds of thousands
+/// waiting, and one script blocks Redis while it runs (10,000 `HSETNX` take a few ms).
+const USERS_PER_SCRIPT: usize = 10_000;
+
 /// Fixed-point scale of the overlap sums: millionths.
 const MICRO: f64 = 1e6;
 
@@ -457,7 +461,7 @@ pub(crate) struct Tally {
     users_script: ::redis::Script,
     /// Duels of interleave experiments, by experiment, without Redis.
     duels: Mutex<HashMap<String, Duel>>,
-    /// `results_pending_updates`: exposures not yet confirmed by Redis.
+    /// `results_pending_updates`: exposures and new users not yet confirmed by Redis.
     depth: IntGauge,
     /// `results_users_uncounted_total`: users that found no room.
     uncounted: IntCounter,
@@ -560,6 +564,12 @@ impl Tally {
         false
     }
 
+    /// Gives back the room of `users` pending users Redis confirmed (or that wait twice).
+    fn release(&self, users: usize) {
+        self.buffered.fetch_sub(users as u64, Ordering::Relaxed);
+        self.depth.sub(users as i64);
+    }
+
     /// Moves the users each arm's queue holds into its pending users (with Redis) or its
     /// users (without).
     pub(crate) fn collect(&self) {
@@ -577,6 +587,7 @@ impl Tally {
                 for user in counter.collected.try_iter() {
                     if !pending.contains_key(&user) && self.admit(&counter, BUFFER_FULL) {
                         pending.insert(user, day);
+                        self.depth.inc();
                     }
                 }
             } else {
@@ -759,7 +770,17 @@ impl Tally {
                 done = false;
             }
         }
-        for ((experiment, shard, day), members) in users {
+        let chunks = users.into_iter().flat_map(|(group, members)| {
+            let mut members = members.into_iter().peekable();
+            std::iter::from_fn(move || {
+                members.peek()?;
+                Some((
+                    group.clone(),
+                    members.by_ref().take(USERS_PER_SCRIPT).collect::<ShardUsers>(),
+                ))
+            })
+        });
+        for ((experiment, shard, day), members) in chunks {
             let tag = shard_tag(&experiment, shard);
             let mut invocation = self.users_script.prepare_invoke();
             invocation
@@ -773,14 +794,21 @@ impl Tally {
                 invocation.arg(counters).arg(bucket).arg(&user.field()[..]);
             }
             if ask(&invocation).await.is_ok() {
-                self.buffered.fetch_sub(members.len() as u64, Ordering::Relaxed);
+                self.release(members.len());
             } else {
                 done = false;
                 for (_, counter, user) in members {
                     let mut pending = counter.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    // Already made room for: going back changes nothing of the bound.
-                    let first = pending.entry(user).or_insert(day);
-                    *first = (*first).min(day);
+                    match pending.entry(user) {
+                        // Collected again meanwhile, and made room for then: one place is enough.
+                        std::collections::hash_map::Entry::Occupied(mut first) => {
+                            *first.get_mut() = (*first.get()).min(day);
+                            self.release(1);
+                        }
+                        std::collections::hash_map::Entry::Vacant(vacant) => {
+                            vacant.insert(day);
+                        }
+                    }
                 }
             }
         }
@@ -926,8 +954,12 @@ impl Tally {
             for (arm, fields) in days.iter_mut().zip(reply.ok()?) {
                 for (field, n) in fields {
                     // Fields are `YYYY-MM-DD:{n,i,c,ii,cc,ci}`; anything else is not ours.
-                    let Some((date, kind)) = field.split_once(':') else { continue };
-                    let Some(day) = crate::calendar::parse_date(date) else { continue };
+                    let Some((date, kind)) = field.split_once(':') else {
+                        continue;
+                    };
+                    let Some(day) = crate::calendar::parse_date(date) else {
+                        continue;
+                    };
                     let entry: &mut Day = arm.entry(day).or_default();
                     let slot = match (k, kind) {
                         (0, "i") => &mut entry.outside[0],
@@ -970,7 +1002,14 @@ pub(crate) fn key_index(
 /// The fields of an arm's hash under the experiment's own tag that [`Tally::read`] reads first:
 /// what the flush counts, then the impressions and clicks counted before the shards; the rank
 /// buckets' `i@{bucket}` and `c@{bucket}` follow.
-const TAG_FIELDS: [&str; 6] = ["exposures", "compared", "jaccard_micro", "rbo_micro", "impressions", "clicks"];
+const TAG_FIELDS: [&str; 6] = [
+    "exposures",
+    "compared",
+    "jaccard_micro",
+    "rbo_micro",
+    "impressions",
+    "clicks",
+];
 
 /// The fields of an arm's hash under a shard's tag: the per-user sums, then clicking users;
 /// the rank buckets follow.

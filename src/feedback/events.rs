@@ -38,9 +38,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
 use crate::feedback::counts::{Count, DAY_BUMP, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
-use crate::feedback::users::{UserKey, bucket_key, shard_tag};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
+use crate::feedback::users::{UserKey, bucket_key, shard_tag};
 use crate::redis::{Failure, RedisClient};
 
 /// Claims this process remembers at most without Redis (see [`RecentClaims`]).

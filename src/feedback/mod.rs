@@ -9,5 +9,5 @@ pub(crate) mod events;
 pub(crate) mod lists;
 pub(crate) mod results;
 pub(crate) mod significance;
-pub(crate) mod users;
 pub mod token;
+pub(crate) mod users;

@@ -225,13 +225,12 @@ pub(crate) fn days_from_counts(experiment: &Experiment, days: &[DayCounts]) -> V
                     users: sums.users,
                     impressions: sums.impressions + outside[0],
                     clicks: sums.clicks + outside[1],
-                    ctr: per_user(sums, significance::ctr(sums)),
+                    ctr: per_user(sums, *outside, significance::ctr(sums)),
                     lift: compared(experiment, i)
                         .and_then(|()| significance::relative_lift(sums, &control))
                         .map(|l| l.value),
-                    sequential: compared(experiment, i).and_then(|()| {
-                        significance::sequential_lift(sums, &control, experiment.sequential_tuning)
-                    }),
+                    sequential: compared(experiment, i)
+                        .and_then(|()| significance::sequential_lift(sums, &control, experiment.sequential_tuning)),
                 })
                 .collect();
             DayResults { day, arms }
@@ -239,11 +238,11 @@ pub(crate) fn days_from_counts(experiment: &Experiment, days: &[DayCounts]) -> V
         .collect()
 }
 
-/// A statistic of `sums`, with the reason for its absence told plainly when nothing was
-/// counted per user yet (only before per-user counting began, or nothing at all).
-fn per_user<T>(sums: &UserSums, statistic: Result<T, &'static str>) -> Result<T, &'static str> {
-    match sums.impressions {
-        0 => Err("no impressions counted per user yet"),
+/// A statistic of `sums`, with the reason for its absence told plainly when the only
+/// impressions are `outside` the per-user sums (counted before per-user counting began).
+fn per_user<T>(sums: &UserSums, outside: [u64; 2], statistic: Result<T, &'static str>) -> Result<T, &'static str> {
+    match (sums.impressions, outside[0]) {
+        (0, 1..) => Err("no impressions counted per user yet: those counted are from before per-user counting"),
         _ => statistic,
     }
 }
@@ -307,13 +306,12 @@ pub(crate) fn from_counts(
                 weight: f64::from(arm.weight_bp) / 100.0,
                 control: i == 0,
                 counts: *c,
-                ctr: per_user(&c.sums, significance::ctr(&c.sums)),
-                ctr_interval: per_user(&c.sums, significance::ctr_interval(&c.sums)),
+                ctr: per_user(&c.sums, c.outside, significance::ctr(&c.sums)),
+                ctr_interval: per_user(&c.sums, c.outside, significance::ctr_interval(&c.sums)),
                 lift: is_control.and_then(|()| significance::relative_lift(&c.sums, &control.sums)),
                 p_value: is_control.and_then(|()| significance::difference_p(&c.sums, &control.sums)),
-                sequential: is_control.and_then(|()| {
-                    significance::sequential_lift(&c.sums, &control.sums, experiment.sequential_tuning)
-                }),
+                sequential: is_control
+                    .and_then(|()| significance::sequential_lift(&c.sums, &control.sums, experiment.sequential_tuning)),
                 adjusted: None,
                 decision: Err("this is the control"),
                 min_sample_reached: c.impressions() >= min_sample_size,
@@ -482,7 +480,10 @@ mod tests {
                 (20_002, [20, 200, 11], [15, 190, 10]),
             ]
         );
-        assert_eq!(days[0].arms[1].ctr, Err("no impressions counted per user yet"));
+        assert_eq!(
+            days[0].arms[1].ctr,
+            Err("no impressions counted per user yet: those counted are from before per-user counting")
+        );
         let last = &days[3].arms;
         assert_eq!(last[0].lift, Err("this is the control"));
         let mut sums = [UserSums::default(); 2];

@@ -23,6 +23,7 @@
 //! 8 million users per arm; past that, raise `hash-max-listpack-entries` (README "Results for
 //! analysts").
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::feedback::lists::POSITION_BUCKETS;
@@ -148,8 +149,8 @@ impl LocalUsers {
 
     /// The day's entry, created (dropping the oldest past [`MAX_DAYS`]) when new.
     fn day(&mut self, day: i64) -> &mut Day {
-        if !self.days.contains_key(&day) {
-            self.days.insert(day, Day::default());
+        if let Entry::Vacant(vacant) = self.days.entry(day) {
+            vacant.insert(Day::default());
             while self.days.len() > MAX_DAYS as usize {
                 self.days.pop_first();
             }
@@ -168,7 +169,15 @@ mod tests {
     fn local_sums_equal_the_users_counts() {
         let mut arm = LocalUsers::default();
         let (a, b, c) = (UserKey::of("a"), UserKey::of("b"), UserKey::of("c"));
-        let events = [(a, false), (a, true), (b, false), (a, false), (b, false), (a, true), (b, true)];
+        let events = [
+            (a, false),
+            (a, true),
+            (b, false),
+            (a, false),
+            (b, false),
+            (a, true),
+            (b, true),
+        ];
         arm.serve(c, 1, || true);
         arm.serve(a, 1, || true);
         for (user, click) in events {

@@ -242,11 +242,22 @@ fn table(results: &Value, arms: &[Value]) -> String {
         let _ = writeln!(
             out,
             "Act on `decision` and the always-valid (av) columns at any look; the 95% CI and p-value \
-             only at a sample size fixed in advance. Always-valid tuning N* = {} impressions.",
+             only at a sample size fixed in advance. Users are the unit of analysis; always-valid tuning N* = {} \
+             users.",
             results["sequential_tuning"]
                 .as_f64()
                 .map_or_else(|| "?".into(), |n| n.to_string())
         );
+        if let Some(reason) = results["users_exact_reason"].as_str() {
+            let _ = writeln!(out, "Users are not exact, so no sample-ratio verdict: {reason}.");
+        }
+        if let Some(since) = results["per_user_since"].as_str() {
+            let _ = writeln!(
+                out,
+                "Statistics are over the users counted since {since}; impressions and clicks counted before \
+                 then are in the totals only."
+            );
+        }
         if holm {
             let _ = writeln!(
                 out,

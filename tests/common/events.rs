@@ -4,12 +4,13 @@
 //! (the counts and the rejections agree, a rejection names the event), and credits an event
 //! accepted a second time only as a safe retry (the same `event_id`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::gateway::{Reply, TestGateway, eventually};
+use super::stats::UserRow;
 
 /// The type of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,31 +135,62 @@ impl Counts {
             clicks: self.clicks,
             users: None,
             clicking_users: None,
+            per_user_sums: None,
         }
     }
 }
 
-/// What one arm was served and accepted, with who was served and who clicked.
+/// What one arm was served and accepted, user by user: the unit the results count in.
 #[derive(Debug, Default, Clone)]
 pub struct ArmLedger {
     pub exposures: u64,
-    pub impressions: u64,
-    pub clicks: u64,
-    pub users: BTreeSet<String>,
-    pub clickers: BTreeSet<String>,
+    /// Each user served from the arm or credited an event of it: `(clicks, impressions)`.
+    pub users: BTreeMap<String, UserRow>,
 }
 
 impl ArmLedger {
-    /// What arm `name` must show: these counts, the distinct users and, with `clicking`, the
-    /// clicking users.
+    /// A counted response to `user`.
+    pub fn served(&mut self, user: &str) {
+        self.exposures += 1;
+        self.users.entry(user.to_string()).or_default();
+    }
+
+    /// An accepted, counted event of `user`.
+    pub fn event(&mut self, user: &str, kind: Kind) {
+        let row = self.users.entry(user.to_string()).or_default();
+        match kind {
+            Kind::Impression => row.1 += 1,
+            Kind::Click => row.0 += 1,
+        }
+    }
+
+    /// Impressions accepted.
+    pub fn impressions(&self) -> u64 {
+        self.users.values().map(|row| row.1).sum()
+    }
+
+    /// Clicks accepted.
+    pub fn clicks(&self) -> u64 {
+        self.users.values().map(|row| row.0).sum()
+    }
+
+    /// The users' rows, for the statistics of `common::stats`.
+    pub fn rows(&self) -> Vec<UserRow> {
+        self.users.values().copied().collect()
+    }
+
+    /// What arm `name` must show: these counts, the exact users and their per-user sums, and,
+    /// with `clicking`, the clicking users.
     pub fn want<'a>(&self, name: &'a str, clicking: bool) -> ArmWant<'a> {
+        let sums = super::stats::sums(&self.rows());
         ArmWant {
             name,
             exposures: self.exposures,
-            impressions: self.impressions,
-            clicks: self.clicks,
-            users: Some(self.users.len() as u64),
-            clicking_users: clicking.then_some(self.clickers.len() as u64),
+            impressions: sums[2],
+            clicks: sums[1],
+            users: Some(sums[0]),
+            clicking_users: clicking.then(|| self.users.values().filter(|row| row.0 > 0).count() as u64),
+            per_user_sums: Some(sums),
         }
     }
 }
@@ -171,11 +203,12 @@ pub struct ArmWant<'a> {
     pub exposures: u64,
     pub impressions: u64,
     pub clicks: u64,
-    /// `users` when given: a HyperLogLog estimate (±0.81% standard error, with Redis and in
-    /// memory alike), so within ±2%.
+    /// `users` when given, exactly.
     pub users: Option<u64>,
-    /// `clicking_users` when given, within ±2% like `users`.
+    /// `clicking_users` when given, exactly.
     pub clicking_users: Option<u64>,
+    /// `per_user_sums` when given (`[n, Σc, Σi, Σc², Σi², Σc·i]`), exactly.
+    pub per_user_sums: Option<[u64; 6]>,
 }
 
 /// Whether the results `body` shows exactly the arms `want`, in that order; the differences
@@ -201,10 +234,24 @@ pub fn arms_match(body: &Value, label: &str, want: &[ArmWant]) -> Result<(), Str
         }
         for (field, want) in [("users", want.users), ("clicking_users", want.clicking_users)] {
             let Some(want) = want else { continue };
-            let got = arm[field].as_u64();
-            let tolerance = (want as f64 * 0.02).ceil() as u64;
-            if got.is_none_or(|got| got.abs_diff(want) > tolerance) {
-                diffs.push(format!("{label}{name}.{field} = {got:?} (want {want} ±2%)"));
+            if arm[field].as_u64() != Some(want) {
+                diffs.push(format!("{label}{name}.{field} = {} (want {want})", arm[field]));
+            }
+        }
+        if let Some(sums) = want.per_user_sums {
+            let fields = [
+                "users",
+                "clicks",
+                "impressions",
+                "clicks_squared",
+                "impressions_squared",
+                "clicks_times_impressions",
+            ];
+            for (field, want) in fields.into_iter().zip(sums) {
+                let got = &arm["per_user_sums"][field];
+                if got.as_u64() != Some(want) {
+                    diffs.push(format!("{label}{name}.per_user_sums.{field} = {got} (want {want})"));
+                }
             }
         }
     }
