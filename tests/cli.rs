@@ -13,7 +13,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type};
 use common::cli::{COMMAND_TIMEOUT, recgw};
 use common::edits::{copy_of_experiments, edit};
-use common::free_port;
 use common::gateway::repo;
 use common::process::run_bounded;
 use common::spark::hadoop_crc;
@@ -421,11 +420,12 @@ fn settings_errors_name_the_key() {
     assert!(stderr.contains("/nonexistent/recgw-experiments"), "{stderr}");
 }
 
-/// `recgw serve` with `env`: it must exit at once, failing, without binding (a free port is
-/// given so that a start that goes wrong would serve rather than clash), and name `key`.
+/// `recgw serve` with `env`: it must exit at once, failing, without binding (port 0 is given, so
+/// that a start that goes wrong would serve on a port it picks, rather than clash with a port
+/// someone else holds), and name `key`.
 fn assert_serve_refused(env: &[(&str, &str)], key: &str) -> String {
     let mut command = recgw(&["serve"]);
-    command.env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{}", free_port()));
+    command.env("RECGW__SERVER__LISTEN", "127.0.0.1:0");
     for (name, value) in env {
         command.env(name, value);
     }

@@ -756,7 +756,9 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_hdfs_log_root_never_slows_a_request() {
-    let port = common::free_port();
+    // Held for the whole test: no other process can start listening there meanwhile.
+    let closed = common::ports::ClosedPort::hold();
+    let port = closed.port();
     let mut off = demo_settings();
     off.server.shutdown_grace = Duration::from_secs(1);
     let mut on = off.clone();

@@ -2,8 +2,8 @@
 //! gateway over the repository's own `experiments/` and `models/` serves traffic to both arms
 //! of `home-als-rank` (requests, impressions and clicks with the responses' tracking tokens,
 //! rejected events, 4xx), a real Prometheus (Debian package `prometheus`, started here on a
-//! free port) scrapes it every second and evaluates the repository's `prometheus/alerts.yml`,
-//! and then:
+//! port it picks and logs) scrapes it every second and evaluates the repository's
+//! `prometheus/alerts.yml`, and then:
 //!
 //! - every query of every panel of `grafana/dashboards/recgw-experiments.json` is evaluated
 //!   through Prometheus's HTTP API with the dashboard variables substituted: each must parse and
@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_port;
 use common::gateway::{TestGateway, http_client, item_ids, repo};
+use common::process::watch_log;
 use common::promtool;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -126,15 +126,20 @@ fn per_arm(target: &Value) -> bool {
 /// A `prometheus` process scraping one gateway every second with the repository's rules; killed
 /// on drop.
 struct Prometheus {
+    /// The process, killed on drop.
     child: Child,
+    /// `http://127.0.0.1:P`, P the port it picked and logged.
     base: String,
+    /// Its stdout and stderr, which say why it failed.
     log: PathBuf,
+    /// Client for its HTTP API ([`http_client`]: no proxy).
     client: reqwest::Client,
+    /// Its configuration, data and log, removed on drop.
     _dir: TempDir,
 }
 
 impl Prometheus {
-    /// Starts Prometheus on a free port, scraping `target` as job `recgw` and evaluating
+    /// Starts Prometheus on a port it picks, scraping `target` as job `recgw` and evaluating
     /// `rules`, and waits until it is ready.
     async fn start(target: SocketAddr, rules: &Path) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -153,19 +158,24 @@ impl Prometheus {
         fs::write(&config_path, config.to_string()).expect("write prometheus.yml");
         let log = dir.path().join("prometheus.log");
         let out = fs::File::create(&log).expect("log file");
-        let port = free_port();
-        let child = Command::new("prometheus")
+        // Port 0: Prometheus picks a free port itself and logs it, so no other process can take
+        // it between being found free and being bound.
+        let mut child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run prometheus ({e}): install the Debian package `prometheus`"));
+        let address = tokio::task::block_in_place(|| {
+            watch_log(&mut child, &log, 0, PROMETHEUS_TIMEOUT, "prometheus", listening_address)
+        })
+        .unwrap_or_else(|exited| panic!("prometheus exited ({}):\n{}", exited.status, exited.log));
         let mut prometheus = Prometheus {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{address}"),
             log,
             client: http_client(),
             _dir: dir,
@@ -188,6 +198,7 @@ impl Prometheus {
         }
     }
 
+    /// `http://127.0.0.1:P` + `path`.
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -273,6 +284,15 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in Prometheus's `msg="Listening on" … address=127.0.0.1:P` log line, which it
+/// writes once its web listener is bound (to the port it picked, when given port 0).
+fn listening_address(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|line| line.contains(r#"msg="Listening on""#))
+        .find_map(|line| line.split_whitespace().find_map(|field| field.strip_prefix("address=")))
+        .map(|address| address.trim_matches('"').to_string())
 }
 
 /// The number in a series' `value` pair (NaN when it is not one).

@@ -18,10 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::assignment::bucket;
-use common::free_port;
 use common::gateway;
 use common::gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
-use common::process::{run_bounded, try_run_bounded};
+use common::process::{run_bounded, try_run_bounded, watch_log};
 use common::redis::RedisServer;
 use recgw::auth::{KeySettings, Role, hash_key};
 use recgw::config::Settings;
@@ -1089,13 +1088,19 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
 
 /// The `recgw serve` child process; killed on drop if still running.
 struct Process {
+    /// The process.
     child: Child,
+    /// Its JSON log (stderr), which the tests read and failures show.
     log: PathBuf,
+    /// Where it listens, as its `recgw listening` line says: it is told port 0, so that it picks
+    /// a port no other process can take first.
+    addr: SocketAddr,
 }
 
 impl Process {
     /// `recgw serve` with JSON logs at `info` into `log`, configured further by `configure`
-    /// (arguments, settings in the environment).
+    /// (arguments, settings in the environment, which must listen on port 0); returns once it
+    /// listens. Call it on the multi-threaded runtime: it waits in `block_in_place`.
     fn serve(log: PathBuf, configure: impl FnOnce(&mut Command) -> &mut Command) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
         configure(&mut command)
@@ -1105,10 +1110,20 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        let child = command.spawn().expect("run recgw serve");
-        Process { child, log }
+        let mut child = command.spawn().expect("run recgw serve");
+        let addr = tokio::task::block_in_place(|| {
+            watch_log(&mut child, &log, 0, READY_TIMEOUT, "recgw serve", listening_addr)
+        })
+        .unwrap_or_else(|exited| panic!("recgw exited with {} before listening:\n{}", exited.status, exited.log));
+        Process { child, log, addr }
     }
 
+    /// `http://addr`.
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What it logged so far.
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -1129,6 +1144,15 @@ impl Process {
     }
 }
 
+/// The address of the `recgw listening` line of a JSON log, which the gateway writes once it is
+/// bound (to the port it picked, when told port 0).
+fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "recgw listening")
+        .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -1142,13 +1166,12 @@ impl Drop for Process {
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let toml_path = |p: &Path| p.to_str().expect("utf-8 path").replace('\\', "\\\\");
     let config = dir.path().join("recgw.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\nrequest_timeout = \"8s\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\nrequest_timeout = \"8s\"\n\n\
              [experiments]\ndir = \"{}\"\n\n[models]\nroot = \"{}\"\nsnapshot_max_bytes = 0\n\n\
              [cache]\nredis_url = \"{}\"\nredis_timeout = \"3s\"\nlocal_capacity = 0\n\n\
              [tracking]\nsecret = \"{}\"\n\n\
@@ -1164,7 +1187,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let mut process = Process::serve(dir.path().join("recgw.log"), |command| {
         command.args(["--config", config.to_str().expect("utf-8")])
     });
-    let base = format!("http://127.0.0.1:{port}");
+    let base = process.base();
     let client = http_client();
 
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -1277,16 +1300,15 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_access_log_requests_write_no_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let mut process = Process::serve(dir.path().join("recgw.log"), |command| {
         command
-            .env("RECGW__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RECGW__SERVER__LISTEN", "127.0.0.1:0")
             .env("RECGW__SERVER__ACCESS_LOG", "false")
             .env("RECGW__EXPERIMENTS__DIR", repo().join("experiments"))
             .env("RECGW__MODELS__ROOT", repo().join("models"))
             .env("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0")
     });
-    let base = format!("http://127.0.0.1:{port}");
+    let base = process.base();
     let client = http_client();
     eventually(READY_TIMEOUT, "recgw ready", async || {
         match send(&client, Method::GET, &format!("{base}/ready"), &[], None).await {

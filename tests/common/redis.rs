@@ -1,7 +1,9 @@
 //! Real Redis for the cache tests: [`RedisServer::start`] runs a private `redis-server` on a
 //! free loopback port (never 6379, which belongs to the machine's own Redis) with nothing
-//! persisted, and [`RedisCluster::start`] runs a Redis Cluster of such nodes. Every process is
-//! killed when its handle is dropped; every wait is bounded and panics with the server's log.
+//! persisted, and [`RedisCluster::start`] runs a Redis Cluster of such nodes. A port another
+//! process took before the server bound it is replaced by a fresh one ([`on_free_ports`]), or
+//! tried again a while on a restart, which cannot move. Every process is killed when its handle
+//! is dropped; every wait is bounded and panics with the server's log.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::process::run_bounded;
-use super::{RESERVED_PORT, free_port};
+use super::ports::{PortTaken, RESERVED_PORT, on_free_ports, retry_taken};
+use super::process::{file_len, run_bounded, watch_log};
 
 /// The binaries of the Debian `redis-server` package (in `/usr/bin`), found on `PATH`.
 const REDIS_SERVER: &str = "redis-server";
@@ -20,71 +22,131 @@ const REDIS_CLI: &str = "redis-cli";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
+/// What redis-server logs once it listens on its port (and, in a cluster, its bus port).
+const READY: &str = "Ready to accept connections";
+/// What redis-server logs, after "Could not create server TCP listening socket 127.0.0.1:P:
+/// bind:", before it exits when one of its ports is taken.
+const ADDRESS_IN_USE: &str = "Address already in use";
 
-/// One `redis-server` process on a fixed port; killed on drop.
+/// One `redis-server` process on fixed ports; killed on drop.
 pub struct RedisServer {
+    /// The port clients use.
     port: u16,
+    /// The cluster bus port, for a cluster node: a port of its own rather than port + 10000,
+    /// which may be taken or beyond 65535.
+    bus: Option<u16>,
     /// `--dir`, and where `redis.log` goes.
     dir: TempDir,
-    /// Arguments beyond the common ones (cluster mode).
-    extra: Vec<String>,
+    /// The running process; `None` once stopped.
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// A stand-alone server on a free port, persisting nothing; returns once PING answers.
     pub fn start() -> RedisServer {
-        Self::launch(free_port(), Vec::new())
+        Self::launch(false)
     }
 
-    fn launch(port: u16, extra: Vec<String>) -> RedisServer {
-        assert_ne!(port, RESERVED_PORT, "never the machine's own Redis");
-        let mut server = RedisServer {
-            port,
-            dir: tempfile::tempdir().expect("tempdir for redis"),
-            extra,
-            child: None,
+    /// A server, a cluster node when `cluster`, on free ports, in a folder of its own; ports
+    /// another process took first are replaced by fresh ones.
+    fn launch(cluster: bool) -> RedisServer {
+        let what = if cluster {
+            "redis-server (cluster node)"
+        } else {
+            REDIS_SERVER
         };
-        server.spawn();
-        server
+        on_free_ports(what, if cluster { 2 } else { 1 }, |ports| {
+            assert!(!ports.contains(&RESERVED_PORT), "never the machine's own Redis");
+            let mut server = RedisServer {
+                port: ports[0],
+                bus: ports.get(1).copied(),
+                dir: tempfile::tempdir().expect("tempdir for redis"),
+                child: None,
+            };
+            server.spawn()?;
+            Ok(server)
+        })
     }
 
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "redis-server on {} already runs", self.port);
-        let dir = self.dir.path().to_str().expect("utf-8 path").to_string();
-        let log = self.log_path().to_str().expect("utf-8 path").to_string();
-        let port = self.port.to_string();
-        let mut args: Vec<&str> = vec![
-            "--port",
-            &port,
+    /// The arguments of `redis-server` beyond its port, folder and log: nothing persisted, and
+    /// cluster mode on the bus port of a cluster node.
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
             "no",
-            "--dir",
-            &dir,
-            "--logfile",
-            &log,
             "--daemonize",
             "no",
             // `DEBUG SLEEP` simulates a slow server; Redis 7 refuses DEBUG unless enabled.
             "--enable-debug-command",
             "local",
-        ];
-        args.extend(self.extra.iter().map(String::as_str));
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(bus) = self.bus {
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .map(String::from),
+            );
+        }
+        args
+    }
+
+    /// Runs the process and waits until its log says it listens and PING answers.
+    /// [`PortTaken`] when one of its ports was taken (the process has exited then); any other
+    /// failure panics with the log.
+    fn spawn(&mut self) -> Result<(), PortTaken> {
+        assert!(self.child.is_none(), "redis-server on {} already runs", self.port);
+        let log = self.log_path();
+        // A restarted server appends to the log of its earlier runs, whose READY does not count.
+        let skip = file_len(&log);
         let child = Command::new(REDIS_SERVER)
-            .args(&args)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {REDIS_SERVER}: {e}"));
-        self.child = Some(child);
-        self.wait_for_ping();
+        let child = self.child.insert(child);
+        let what = format!("redis-server on port {} (bus {:?})", self.port, self.bus);
+        match watch_log(child, &log, skip, START_TIMEOUT, &what, |text| {
+            text.contains(READY).then_some(())
+        }) {
+            Ok(()) => {
+                self.wait_for_ping();
+                Ok(())
+            }
+            Err(exited) => {
+                self.child = None;
+                if exited.log.contains(ADDRESS_IN_USE) {
+                    Err(PortTaken(exited.log))
+                } else {
+                    panic!("{what} exited with {}; log:\n{}", exited.status, exited.log)
+                }
+            }
+        }
     }
 
+    /// Waits until PING answers, which follows at once once the log said it listens (the port
+    /// is its own by then); panics with the log when it does not.
     fn wait_for_ping(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -129,6 +191,7 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// Where the server logs (in its folder), which says why it failed.
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
@@ -151,10 +214,14 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (stopping it first when it runs), empty.
+    /// Starts the server again on the same ports (stopping it first when it runs), empty. Its
+    /// clients and cluster know it by its ports, so a port taken meanwhile cannot be replaced:
+    /// it is tried again a while, for a process that held it only for a moment.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        let ports: Vec<u16> = [self.port].into_iter().chain(self.bus).collect();
+        let what = format!("redis-server restarted on port {} (bus {:?})", self.port, self.bus);
+        retry_taken(&what, || ports.clone(), |_| self.spawn());
     }
 
     /// A new synchronous connection (1 s connect and I/O timeouts).
@@ -222,24 +289,7 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
-        let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| {
-                // The cluster bus gets its own free port rather than port + 10000, which may
-                // be taken or beyond 65535.
-                let bus = free_port().to_string();
-                let extra = [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    "2000",
-                ];
-                RedisServer::launch(free_port(), extra.map(String::from).to_vec())
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..masters).map(|_| RedisServer::launch(true)).collect();
         let mut create = Command::new(REDIS_CLI);
         create.arg("--cluster").arg("create");
         for node in &nodes {
