@@ -82,6 +82,32 @@ fn validate_names_file_and_field_of_a_broken_folder() {
     assert!(stderr.contains("colour"), "{stderr}");
 }
 
+/// `sequential_tuning` counted impressions before results were per user and counts users now:
+/// validate notes every experiment that sets its own, so a value planned in impressions is
+/// looked at again; the demo's, which set none, get no note.
+#[test]
+fn validate_notes_a_sequential_tuning_now_counted_in_users() {
+    let (ok, _, stderr) = run(&mut recgw(&["validate", "experiments"]));
+    assert!(ok && !stderr.contains("sequential_tuning"), "{stderr}");
+    let dir = copy_of_experiments();
+    edit(
+        dir.path(),
+        "home-als-rank.toml",
+        "status = \"running\"\n",
+        "status = \"running\"\nsequential_tuning = 20000\n",
+    );
+    let (ok, stdout, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+    assert!(ok, "a note, not a problem\nstdout: {stdout}\nstderr: {stderr}");
+    let note = stderr
+        .lines()
+        .find(|l| l.starts_with("note:") && l.contains("sequential_tuning"))
+        .unwrap_or_else(|| panic!("no note: {stderr}"));
+    assert!(
+        note.contains("home-als-rank.toml") && note.contains("20000") && note.contains("counts users"),
+        "names the file and the value, and says it counts users: {note}"
+    );
+}
+
 #[test]
 fn validate_warns_about_model_folders_that_do_not_exist() {
     let (ok, _, stderr) = run(&mut recgw(&["validate", "experiments"]));

@@ -561,9 +561,17 @@ async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(mut topology: T
         "no event answered accepted while nothing counts it"
     );
     assert_eq!(refused.len() as u64, exposures, "every event refused, retryably");
-    // Every exposure is held, none dropped: the pending gauge is the exact count, and the
-    // memory that holds it is a counter and a sketch per arm, whatever the count.
-    assert_eq!(gw.metric("results_pending_updates", &[]).await, exposures as f64);
+    // Every exposure is held, none dropped, and every new user (each page here is a user of
+    // its own) once: the pending gauge is the exact count of both once the users' queues are
+    // collected (every 100 ms).
+    let held = (2 * exposures) as f64;
+    eventually(Duration::from_secs(1), "exposures and users held", async || {
+        match gw.metric("results_pending_updates", &[]).await {
+            pending if pending == held => Ok(()),
+            pending => Err(format!("{pending} pending, want {held}")),
+        }
+    })
+    .await;
     let reply = gw.get(RESULTS).await;
     assert_eq!(
         (reply.status, reply.json()["error"].clone()),

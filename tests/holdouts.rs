@@ -440,7 +440,7 @@ async fn held_out_users_never_see_an_experiment(mode: Mode) {
     let holdout = ledger.arm(HOLDOUT_HOME, HOLDOUT_ARM);
     let exposed = ledger.arm(HOLDOUT_HOME, EXPOSED_ARM);
     assert_eq!(holdout.exposures + exposed.exposures, served.len() as u64);
-    assert!(holdout.clicks > 0 && exposed.clicks > 0, "{holdout:?} {exposed:?}");
+    assert!(holdout.clicks() > 0 && exposed.clicks() > 0, "{holdout:?} {exposed:?}");
     let (results, _) = assert_home_results(&gw, &ledger, "results equal the ledger").await;
     assert_holdout_statistics(&results, HOLDOUT_PERCENT);
     // Nothing more arrives after another flush.
