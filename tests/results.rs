@@ -539,7 +539,7 @@ fn check_statistics(body: &Value, ledger: &Ledger) {
             }
         }
         let variance = stats::ratio(&rows).1 + stats::ratio(&control).1;
-        if rows.len() < 2 || control.len() < 2 || !(variance > 0.0) {
+        if rows.len() < 2 || control.len() < 2 || variance.is_nan() || variance <= 0.0 {
             assert!(arm["p_value"].is_null() && why("p_value").is_some(), "{arm}");
         } else {
             let p = stats::p_value(&rows, &control);
@@ -1325,7 +1325,11 @@ async fn held(gw: &TestGateway, ledger: &Ledger, what: &str) {
     let want = (exposures + users as u64) as f64;
     eventually(Duration::from_secs(1), what, async || {
         let pending = gw.metric("results_pending_updates", &[]).await;
-        if pending == want { Ok(()) } else { Err(format!("{pending} pending, want {want}")) }
+        if pending == want {
+            Ok(())
+        } else {
+            Err(format!("{pending} pending, want {want}"))
+        }
     })
     .await;
 }

@@ -71,7 +71,11 @@ pub fn log_ratio(arm: &[UserRow], control: &[UserRow]) -> (f64, f64) {
 /// The lift and its fixed-horizon 95% interval: `(lift, low, high)`.
 pub fn lift(arm: &[UserRow], control: &[UserRow]) -> (f64, f64, f64) {
     let (mu, sigma) = log_ratio(arm, control);
-    (mu.exp() - 1.0, (mu - Z95 * sigma).exp() - 1.0, (mu + Z95 * sigma).exp() - 1.0)
+    (
+        mu.exp() - 1.0,
+        (mu - Z95 * sigma).exp() - 1.0,
+        (mu + Z95 * sigma).exp() - 1.0,
+    )
 }
 
 /// The two-sided p-value of `Δ = R₁ − R₀` with `Var(Δ) = Var(R₁) + Var(R₀)`.
