@@ -6,16 +6,23 @@
 //! tests add, `side-done` on a placement `side` of their own, whose winner serves everyone
 //! uncounted.
 //!
-//! Impressions and clicks of counted events are also counted per UTC day, in the same step as
-//! the totals, and `?by=day` gives per day the cumulative counts and statistics. What the tests
-//! check, each against a ledger of what the gateway answered 202/accepted and statistics the
-//! test computes itself:
+//! Users are the unit of analysis (../shared/STATISTICS.md §1–3): what each UTC day added to an
+//! arm's per-user sums (`n, Σc, Σi, Σc², Σi², Σc·i`) is counted in the same step as the totals
+//! — an event's increments on the day it was accepted, a user on the day it was first counted
+//! (first served, or its first event if that came first) — and `?by=day` gives per day the
+//! cumulative users, impressions and clicks and the statistics of the per-user sums up to the
+//! end of that day. What the tests check, each against a ledger of each counted user's
+//! `(clicks, impressions)` per arm — the users the client was served, the events the gateway
+//! answered 202/accepted, and on which days of the test's clock each happened — and statistics
+//! the test computes itself from the ledger's rows (`common/stats.rs`):
 //!
 //! 1. on no Redis, one Redis node and a 3-node Redis Cluster (`common/redis.rs` [`Mode`]):
-//!    traffic on `home-als-rank` shows as exactly one day, today (UTC, from the test's own
-//!    clock), whose cumulative counts equal the ledger and the body's totals and whose CTR,
-//!    lift and always-valid interval and p-value equal the test's own computation; QA overrides
-//!    and a completed experiment's winner add no day; a retried batch changes no day;
+//!    traffic on `home-als-rank` from users who differ (some served and never showing an
+//!    event, the others looking at 1 to 10 items) shows as exactly one day, today (UTC, from
+//!    the test's own clock), whose cumulative users and counts equal the ledger and the body's
+//!    totals (whose `per_user_sums` are the ledger's) and whose CTR, lift and always-valid
+//!    interval and p-value equal the test's own computation; QA overrides and a completed
+//!    experiment's winner add no day; a retried batch changes no day;
 //! 2. two replicas on one Redis (node and cluster) add up exactly in `?by=day`;
 //! 3. `by=week` is a 400 JSON error `invalid_parameter`, no `by` gives no `days`, and an
 //!    experiment without traffic has no day;
@@ -25,23 +32,25 @@
 //! **Several days cannot be tested here.** The day is the one on which the gateway accepted an
 //! event, read from the system clock, and the gateway has no clock a test could set; faking
 //! one (or writing Redis keys by hand) would test the fake rather than the contract. So these
-//! tests see one day (two when a run crosses midnight UTC, which they accept, checking the
-//! sums), and the cumulative sums over several days, the 400-day limit and the plot of several
-//! days are left to the unit tests of `src/feedback/results.rs` (`days_from_counts`) and
-//! `src/report/plot.rs`, which take the per-day counts as input.
+//! tests see one day (two when a run crosses midnight UTC, which they accept: the ledger knows
+//! between which days of the test's clock each response and batch happened, so it still checks
+//! every day it can place, and the cumulative counts of any other), and the cumulative sums
+//! over several days, the 400-day limit and the plot of several days are left to the unit
+//! tests of `src/feedback/results.rs` (`days_from_counts`) and `src/report/plot.rs`, which take
+//! the per-day counts as input.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use common::cli::report_async as report;
 use common::events::{self, Kind};
-use common::gateway::{self, DemoCopy, TestGateway};
+use common::gateway::{self, DemoCopy, TestGateway, eventually};
 use common::redis::{Mode, Redis};
 use common::rng::Rng;
-use common::stats::{close_value as close, sequential};
+use common::stats::{self, UserRow, close_value as close};
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
@@ -63,11 +72,25 @@ const BY_DAY: &str = "/experiments/home-als-rank/results?by=day";
 const DEFAULT_TUNING: f64 = 5000.0;
 /// Click probability per shown item of each arm, so that the lift is clearly not zero.
 const CLICK_P: [f64; 2] = [0.10, 0.18];
+/// Every this many numeric users is served and looks at nothing: counted, without events.
+const IDLE_EVERY: u32 = 8;
 /// Events per `POST /events`.
 const BATCH: usize = 250;
+/// How long the users served get to be counted (in the background) before a test fails.
+const WAIT: Duration = Duration::from_secs(10);
+/// The fields of `per_user_sums`, in the order of [`stats::sums`].
+const PER_USER_SUMS: [&str; 6] = [
+    "users",
+    "clicks",
+    "impressions",
+    "clicks_squared",
+    "impressions_squared",
+    "clicks_times_impressions",
+];
 /// The fields a day's arm may have: the contract's.
-const DAY_ARM_FIELDS: [&str; 9] = [
+const DAY_ARM_FIELDS: [&str; 10] = [
     "name",
+    "users",
     "impressions",
     "clicks",
     "ctr",
@@ -143,28 +166,68 @@ fn the_test_calendar_names_known_days() {
 // Traffic and the ledger of what was accepted
 // ---------------------------------------------------------------------------------------------
 
+/// The days (since 1970-01-01, UTC, by the test's clock) just before and just after something
+/// the gateway did: it did it on one of the days `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    first: i64,
+    last: i64,
+}
+
+impl Window {
+    /// Today, before doing something; [`Window::close`] it after.
+    fn open() -> Window {
+        let day = today();
+        Window { first: day, last: day }
+    }
+
+    /// The window with today as its last day.
+    fn close(self) -> Window {
+        Window { last: today(), ..self }
+    }
+
+    /// Whether what happened in the window is counted by the end of `day`: `None` when the
+    /// window holds `day` and a later day, so the test cannot tell (only across midnight UTC).
+    fn by(self, day: i64) -> Option<bool> {
+        if self.last <= day {
+            Some(true)
+        } else if self.first > day {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// One recommendation response.
 #[derive(Debug, Clone)]
 struct Served {
+    user: String,
     /// Its arm (`interleaved` in an interleave experiment).
     arm: String,
     /// True for a QA override (forced into its arm, never counted).
     forced: bool,
     items: Vec<String>,
     token: String,
+    /// When it was served.
+    when: Window,
 }
 
 /// `GET /recommendations/{user}?placement={placement}`, expecting 200 from `experiment`.
 async fn recommend(gw: &TestGateway, user: &str, placement: &str, experiment: &str) -> Served {
+    let when = Window::open();
     let body = gw.ok(&format!("/recommendations/{user}?placement={placement}")).await;
+    let when = when.close();
     assert_eq!(body["experiment"], experiment, "covers the whole placement: {body}");
     let items = gateway::item_ids(&body);
     assert!(!items.is_empty(), "{body}");
     Served {
+        user: user.to_string(),
         arm: body["arm"].as_str().expect("arm").to_string(),
         forced: body["forced"].as_bool().expect("forced"),
         items,
         token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
+        when,
     }
 }
 
@@ -175,23 +238,39 @@ struct Event {
     /// Index into [`ARMS`] when the event counts in `home-als-rank`'s results.
     counts_for: Option<usize>,
     click: bool,
+    /// The user of the page.
+    user: String,
 }
 
-/// An impression of every item of every response and, by `rng`, a click with the arm's
-/// [`CLICK_P`]; each with an explicit `event_id` `{prefix}-{response}-{i|c}-{item}`, so a resend
-/// is a safe retry. `counted` tells whether a response's events count in `home-als-rank`.
+/// How many items of `s` its user looks at: none for every [`IDLE_EVERY`]-th numeric user
+/// (served, counted, and never shows an event), else 1 to all of them by `rng`, so that users
+/// differ in impressions.
+fn depth(s: &Served, rng: &mut Rng) -> usize {
+    if s.user.parse::<u32>().is_ok_and(|u| u % IDLE_EVERY == 0) {
+        0
+    } else {
+        1 + rng.below(s.items.len() as u64) as usize
+    }
+}
+
+/// Per response, an impression of every item its user looks at ([`depth`]) and, by `rng`, a
+/// click on it with the arm's [`CLICK_P`]; each with an explicit `event_id`
+/// `{prefix}-{response}-{i|c}-{item}`, so a resend is a safe retry. `counted` tells whether a
+/// response's events count in `home-als-rank`.
 fn events_for(served: &[Served], prefix: &str, rng: &mut Rng, counted: impl Fn(&Served) -> bool) -> Vec<Event> {
     let mut events = Vec::new();
     for (n, s) in served.iter().enumerate() {
         let arm = ARMS.iter().position(|a| *a == s.arm);
         let counts_for = arm.filter(|_| counted(s));
-        for item in &s.items {
+        let shown = depth(s, rng);
+        for item in &s.items[..shown] {
             let mut push = |kind: Kind| {
                 let id = format!("{prefix}-{n}-{}-{item}", kind.tag());
                 events.push(Event {
                     json: events::event(kind.name(), &s.token, item, Some(&id)),
                     counts_for,
                     click: kind == Kind::Click,
+                    user: s.user.clone(),
                 });
             };
             push(Kind::Impression);
@@ -210,30 +289,105 @@ async fn post_events(gw: &TestGateway, events: &[Event]) -> Vec<Option<String>> 
     events::post_events(gw, &body).await
 }
 
-/// What `home-als-rank`'s arms must show: impressions and clicks of the events accepted for
-/// the first time, per arm in [`ARMS`] order.
+/// One counted user of an arm as the ledger knows them.
+#[derive(Debug, Clone, PartialEq)]
+struct UserLedger {
+    /// When the user was first served from the arm.
+    served: Window,
+    /// Each of its events accepted for the first time, a click or an impression, with the
+    /// window of its batch.
+    events: Vec<(bool, Window)>,
+}
+
+impl UserLedger {
+    /// The user's `(clicks, impressions)` of the events in `events`.
+    fn row<'a>(events: impl Iterator<Item = &'a (bool, Window)>) -> UserRow {
+        events.fold(
+            (0, 0),
+            |(c, i), &(click, _)| if click { (c + 1, i) } else { (c, i + 1) },
+        )
+    }
+}
+
+/// What `home-als-rank`'s arms must show: per arm in [`ARMS`] order, each counted user served
+/// from it with the events accepted for them for the first time, and when each happened, so
+/// that the ledger can tell what the results held at the end of any day.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Ledger {
-    /// `[impressions, clicks]` per arm.
-    arms: [[u64; 2]; 2],
+    users: [BTreeMap<String, UserLedger>; 2],
     /// Events accepted (counted or not).
     accepted: u64,
 }
 
 impl Ledger {
+    /// Records the counted responses of `served` (not a QA override, in an arm of
+    /// `home-als-rank`): each user is one of its arm's users from then on, `(0, 0)` until
+    /// events are accepted for them.
+    fn serve(&mut self, served: &[Served]) {
+        for s in served.iter().filter(|s| !s.forced) {
+            let arm = ARMS.iter().position(|a| *a == s.arm).expect("an arm of home-als-rank");
+            self.users[arm].entry(s.user.clone()).or_insert(UserLedger {
+                served: s.when,
+                events: Vec::new(),
+            });
+        }
+    }
+
     /// Posts fresh `events` in batches of [`BATCH`], round-robin over `gateways`; every one
-    /// must be accepted, and is credited to its arm when it counts.
+    /// must be accepted, and is credited to its arm's user when it counts.
     async fn post_fresh(&mut self, gateways: &[&TestGateway], events: &[Event]) {
         for (i, chunk) in events.chunks(BATCH).enumerate() {
+            let when = Window::open();
             let outcomes = post_events(gateways[i % gateways.len()], chunk).await;
+            let when = when.close();
             for (event, outcome) in chunk.iter().zip(&outcomes) {
                 assert_eq!(outcome, &None, "a fresh event is accepted: {}", event.json);
                 self.accepted += 1;
                 if let Some(arm) = event.counts_for {
-                    self.arms[arm][usize::from(event.click)] += 1;
+                    self.users[arm]
+                        .get_mut(&event.user)
+                        .unwrap_or_else(|| panic!("an event of a user served from the arm: {}", event.json))
+                        .events
+                        .push((event.click, when));
                 }
             }
         }
+    }
+
+    /// Per arm, the rows of every user: what the totals must be.
+    fn rows(&self) -> [Vec<UserRow>; 2] {
+        self.users
+            .each_ref()
+            .map(|users| users.values().map(|user| UserLedger::row(user.events.iter())).collect())
+    }
+
+    /// Per arm, the rows of the users counted by the end of `day` with their events accepted
+    /// by then: what the cumulative sums of that day must be. A user is counted when first
+    /// served or at their first event, whichever comes first (after the serving, at the latest
+    /// with the batch of their first event; a user without events at the latest by `seen`, the
+    /// day the test saw every user counted). `None` when a window holds `day` and a later day,
+    /// so the test cannot tell on which side of midnight something was counted.
+    fn rows_by(&self, day: i64, seen: i64) -> Option<[Vec<UserRow>; 2]> {
+        let mut rows = [Vec::new(), Vec::new()];
+        for (arm, users) in self.users.iter().enumerate() {
+            for user in users.values() {
+                let counted = Window {
+                    first: user.served.first,
+                    last: user.events.first().map_or(seen, |(_, batch)| batch.last),
+                };
+                if !counted.by(day)? {
+                    continue;
+                }
+                let mut events = Vec::new();
+                for event in &user.events {
+                    if event.1.by(day)? {
+                        events.push(event);
+                    }
+                }
+                rows[arm].push(UserLedger::row(events.into_iter()));
+            }
+        }
+        Some(rows)
     }
 }
 
@@ -249,8 +403,9 @@ async fn resend(gateways: &[&TestGateway], events: &[Event]) {
     }
 }
 
-/// Users `from..=to` served round-robin over `gateways` on `home`, plus the QA override once.
-async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32) -> Vec<Served> {
+/// Users `from..=to` served round-robin over `gateways` on `home`, plus the QA override once;
+/// the counted ones recorded in `ledger`.
+async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32, ledger: &mut Ledger) -> Vec<Served> {
     let mut served = Vec::new();
     for (i, user) in (from..=to).enumerate() {
         let s = recommend(gateways[i % gateways.len()], &user.to_string(), PLACEMENT, EXPERIMENT).await;
@@ -267,6 +422,7 @@ async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32) -> Vec<Served
     for arm in ARMS {
         assert!(served.iter().any(|s| s.arm == arm && !s.forced), "users in {arm}");
     }
+    ledger.serve(&served);
     served
 }
 
@@ -279,6 +435,22 @@ async fn results(gw: &TestGateway, path: &str) -> Value {
     gw.ok(path).await
 }
 
+/// `?by=day` of `home-als-rank` once every user of the ledger is counted (users served without
+/// events are counted by the gateway in the background, events synchronously).
+async fn settled(gw: &TestGateway, ledger: &Ledger) -> Value {
+    let want = ledger.users.each_ref().map(|users| users.len() as u64);
+    eventually(WAIT, "every user served is counted", async || {
+        let body = results(gw, BY_DAY).await;
+        let users = [0, 1].map(|i| body["arms"][i]["users"].as_u64().unwrap_or(0));
+        if users == want {
+            Ok(body)
+        } else {
+            Err(format!("users {users:?}, want {want:?}"))
+        }
+    })
+    .await
+}
+
 /// The `days` array of a `?by=day` body.
 fn days_of(body: &Value) -> &Vec<Value> {
     body["days"]
@@ -286,30 +458,45 @@ fn days_of(body: &Value) -> &Vec<Value> {
         .unwrap_or_else(|| panic!("?by=day gives a days array: {body}"))
 }
 
-/// Checks one day's entry against its cumulative `counts` (per arm `[impressions, clicks]`):
-/// every arm in arm order with exactly those counts, its CTR, and for the treatment the lift,
-/// always-valid interval and p-value of the contract's formula; the control's lift and
-/// sequential fields absent, each with the reason "this is the control". The test's traffic
-/// gives both arms impressions and clicks on every day, so nothing else may be undefined.
-fn check_day(day: &Value, counts: &[[u64; 2]; 2], tuning: f64) {
+/// `[users, impressions, clicks]` of a day's arm or a body's arm.
+fn counts_of(arm: &Value) -> [u64; 3] {
+    ["users", "impressions", "clicks"].map(|field| {
+        arm[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} is a count: {arm}"))
+    })
+}
+
+/// `[users, impressions, clicks]` of per-user rows.
+fn counts_of_rows(rows: &[UserRow]) -> [u64; 3] {
+    let sums = stats::sums(rows);
+    [sums[0], sums[2], sums[1]]
+}
+
+/// Checks one day's entry against the rows of its arms' users up to the end of it, as the
+/// ledger tells them: every arm in arm order with exactly those users, impressions and clicks,
+/// its CTR, and for the treatment the lift, always-valid interval and p-value of
+/// `common/stats.rs` over those rows; the control's lift and sequential fields absent, each
+/// with the reason "this is the control". The test's traffic gives both arms users who differ,
+/// impressions and clicks on every day, so nothing else may be undefined.
+fn check_day(day: &Value, rows: &[Vec<UserRow>; 2], tuning: f64) {
     let arms = day["arms"].as_array().unwrap_or_else(|| panic!("arms: {day}"));
     let names: Vec<&str> = arms.iter().filter_map(|a| a["name"].as_str()).collect();
     assert_eq!(names, ARMS, "every arm, the control first: {day}");
-    let [n0, c0] = counts[0];
     for (i, arm) in arms.iter().enumerate() {
-        let [n, c] = counts[i];
+        let [users, n, c] = counts_of_rows(&rows[i]);
         for key in arm.as_object().expect("an object").keys() {
             assert!(DAY_ARM_FIELDS.contains(&key.as_str()), "unknown field {key}: {arm}");
         }
         assert_eq!(
-            (arm["impressions"].as_u64(), arm["clicks"].as_u64()),
-            (Some(n), Some(c)),
-            "cumulative impressions and clicks of {}: {day}",
+            counts_of(arm),
+            [users, n, c],
+            "cumulative users, impressions and clicks of {}: {day}",
             ARMS[i]
         );
         assert!(
-            n > 0 && c > 0 && c0 > 0,
-            "the traffic gives every arm clicks: {counts:?}"
+            users >= 2 && n > 0 && c > 0 && counts_of_rows(&rows[0])[2] > 0,
+            "the traffic gives every arm users and clicks: {rows:?}"
         );
         assert_eq!(arm["ctr"].as_f64(), Some(c as f64 / n as f64), "CTR: {arm}");
         let undefined = arm["undefined"]
@@ -334,8 +521,8 @@ fn check_day(day: &Value, counts: &[[u64; 2]; 2], tuning: f64) {
             continue;
         }
         assert!(undefined.is_empty(), "everything defined: {arm}");
-        let lift = (c as f64 / n as f64) / (c0 as f64 / n0 as f64) - 1.0;
-        let (low, high, p) = sequential(c, n, c0, n0, tuning);
+        let (lift, _, _) = stats::lift(&rows[1], &rows[0]);
+        let (low, high, p) = stats::sequential(&rows[1], &rows[0], tuning);
         for (field, want) in [
             ("lift", lift),
             ("sequential_lift_low", low),
@@ -353,15 +540,19 @@ fn check_day(day: &Value, counts: &[[u64; 2]; 2], tuning: f64) {
 }
 
 /// Checks the `days` of a `?by=day` body after traffic on `[first, last]` (the test's days
-/// before the first event and after the last) whose accepted events the ledger holds: one
-/// entry, `first`, when the date did not change; when it did, entries on days of
-/// `[first, last]` only, oldest first, whose cumulative counts never decrease. Every entry's
-/// statistics are those of its counts; the last one's counts equal the ledger and the body's
-/// totals.
+/// before the first response and after the last event, `last` taken once the results showed
+/// every user counted) whose users and accepted events the ledger holds: one entry, `first`,
+/// when the date did not change; when it did, entries on days of `[first, last]` only, oldest
+/// first, whose cumulative counts never decrease. Every entry whose users and events the
+/// ledger can place before or after its midnight (all of them unless a response or a batch
+/// straddled midnight) has the users, counts and statistics of the ledger's rows by then; the
+/// last one's counts equal the ledger's and the body's totals, whose `per_user_sums` are those
+/// of the ledger's rows.
 fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
     let days = days_of(body);
     let tuning = body["sequential_tuning"].as_f64().expect("sequential_tuning");
     assert_eq!(tuning, DEFAULT_TUNING, "the demo sets no tuning: {body}");
+    assert_eq!(body["unit"], "user", "{body}");
     let names: Vec<&str> = days.iter().map(|d| d["day"].as_str().expect("day")).collect();
     if first == last {
         assert_eq!(names, [date(first)], "exactly one day, today (UTC): {body}");
@@ -375,29 +566,39 @@ fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
         );
         assert!(names.windows(2).all(|w| w[0] < w[1]), "oldest first: {names:?}");
     }
-    let mut previous = [[0u64; 2]; 2];
-    for day in days {
-        let mut counts = [[0u64; 2]; 2];
+    let mut previous = [[0u64; 3]; 2];
+    for (day, name) in days.iter().zip(&names) {
+        let mut counts = [[0u64; 3]; 2];
         for (i, arm) in day["arms"].as_array().expect("arms").iter().enumerate().take(2) {
-            counts[i] = [
-                arm["impressions"].as_u64().expect("impressions"),
-                arm["clicks"].as_u64().expect("clicks"),
-            ];
-            for k in 0..2 {
+            counts[i] = counts_of(arm);
+            for k in 0..3 {
                 assert!(counts[i][k] >= previous[i][k], "cumulative: {days:?}");
             }
         }
-        check_day(day, &counts, tuning);
+        let number = (first..=last).find(|&d| date(d) == *name).expect("a day of the test");
+        match ledger.rows_by(number, last) {
+            Some(rows) => check_day(day, &rows, tuning),
+            None => {
+                assert_ne!(first, last, "on one day the ledger places everything");
+                eprintln!("{name}: something was counted across midnight; its cumulative counts only are checked");
+            }
+        }
         previous = counts;
     }
-    assert_eq!(previous, ledger.arms, "the last day's counts are what was accepted");
-    let totals = body["arms"].as_array().expect("arms");
-    for (i, arm) in totals.iter().enumerate() {
+    let rows = ledger.rows();
+    let totals = rows.each_ref().map(|rows| counts_of_rows(rows));
+    assert_eq!(
+        previous, totals,
+        "the last day's counts are what was served and accepted"
+    );
+    for (i, arm) in body["arms"].as_array().expect("arms").iter().enumerate() {
         assert_eq!(arm["name"], ARMS[i], "{body}");
+        assert_eq!(counts_of(arm), totals[i], "the totals of {}: {body}", ARMS[i]);
+        let sums = PER_USER_SUMS.map(|field| arm["per_user_sums"][field].as_u64());
         assert_eq!(
-            [arm["impressions"].as_u64(), arm["clicks"].as_u64()],
-            [Some(ledger.arms[i][0]), Some(ledger.arms[i][1])],
-            "the totals of {}: {body}",
+            sums,
+            stats::sums(&rows[i]).map(Some),
+            "per_user_sums of {} ({PER_USER_SUMS:?}): {body}",
             ARMS[i]
         );
     }
@@ -407,21 +608,24 @@ fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
 // 1. One gateway: one day, equal to the ledger, in each mode
 // ---------------------------------------------------------------------------------------------
 
-/// Traffic on `home-als-rank` (160 users, the QA override) shows in `?by=day` as one day,
-/// today by the test's clock, whose cumulative counts are exactly what was accepted for the
-/// counted users and the body's totals, and whose statistics are the test's own; the QA
-/// override's events, and those of a completed experiment's winner, add nothing (the latter's
-/// `?by=day` has no day at all); and a retried batch (the same event ids, answered accepted)
-/// changes no day. One day only: a test cannot move the gateway's clock (see the file's doc).
+/// Traffic on `home-als-rank` (160 users, one in eight served without events, the QA
+/// override) shows in `?by=day`, once every user served is counted, as one day, today by the
+/// test's clock, whose cumulative users, impressions and clicks are exactly those the client
+/// was served and got accepted for the counted users and the body's totals (whose
+/// `per_user_sums` are the ledger's rows' sums), and whose statistics are the test's own over
+/// those rows; the QA override's events, and those of a completed experiment's winner, add
+/// nothing (the latter's `?by=day` has no day at all); and a retried batch (the same event
+/// ids, answered accepted) changes no day. One day only: a test cannot move the gateway's
+/// clock (see the file's doc).
 async fn one_day_equals_the_ledger(mode: Mode) {
     let demo = demo();
     let redis = Redis::start_in_place(mode);
     let gw = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let first = today();
     let mut rng = Rng::new(0xDA15_0001);
-    let served = serve_home(&[&gw], 1, 160).await;
-    let events = events_for(&served, "one", &mut rng, |s| !s.forced);
     let mut ledger = Ledger::default();
+    let served = serve_home(&[&gw], 1, 160, &mut ledger).await;
+    let events = events_for(&served, "one", &mut rng, |s| !s.forced);
     ledger.post_fresh(&[&gw], &events).await;
 
     // The winner of a completed experiment is served and its events accepted, uncounted.
@@ -433,14 +637,14 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     }
     let winner_events = events_for(&winner_pages, "won", &mut rng, |_| false);
     ledger.post_fresh(&[&gw], &winner_events).await;
-    let last = today();
     assert_eq!(ledger.accepted, (events.len() + winner_events.len()) as u64);
     assert!(
         events.iter().any(|e| e.counts_for.is_none()),
         "the QA override's events were posted"
     );
 
-    let body = results(&gw, BY_DAY).await;
+    let body = settled(&gw, &ledger).await;
+    let last = today();
     assert_eq!(body["counts"], mode.counts(), "{body}");
     check_days(&body, first, last, &ledger);
     let completed = results(&gw, &format!("/experiments/{COMPLETED}/results?by=day")).await;
@@ -482,8 +686,10 @@ async fn one_day_equals_the_ledger_on_a_redis_cluster() {
 // ---------------------------------------------------------------------------------------------
 
 /// Two replicas sharing one Redis each count part of the traffic (responses and batches
-/// alternate between them): `?by=day` of either shows the sum exactly, the same on both, and
-/// a batch retried on the other replica changes no day.
+/// alternate between them, so a user's events may reach the replica that did not serve it):
+/// `?by=day` of either shows the sum exactly — each user once, the per-user sums and the
+/// statistics of the whole ledger — the same on both, and a batch retried on the other
+/// replica changes no day.
 async fn replicas_add_up(mode: Mode) {
     let demo = demo();
     let redis = Redis::start_in_place(mode);
@@ -492,15 +698,15 @@ async fn replicas_add_up(mode: Mode) {
     let b = TestGateway::launch_up(&settings).await;
     let first = today();
     let mut rng = Rng::new(0xDA15_0002);
-    let served = serve_home(&[&a, &b], 201, 400).await;
-    let events = events_for(&served, "two", &mut rng, |s| !s.forced);
     let mut ledger = Ledger::default();
+    let served = serve_home(&[&a, &b], 201, 400, &mut ledger).await;
+    let events = events_for(&served, "two", &mut rng, |s| !s.forced);
     ledger.post_fresh(&[&a, &b], &events).await;
-    let last = today();
     assert!(events.len() > BATCH, "batches went to both replicas: {}", events.len());
 
-    let from_a = results(&a, BY_DAY).await;
-    let from_b = results(&b, BY_DAY).await;
+    let from_a = settled(&a, &ledger).await;
+    let from_b = settled(&b, &ledger).await;
+    let last = today();
     check_days(&from_a, first, last, &ledger);
     assert_eq!(from_a["days"], from_b["days"], "both replicas show the same days");
 
@@ -554,8 +760,8 @@ async fn by_takes_day_only_and_days_only_when_asked() {
     );
 
     let mut rng = Rng::new(0xDA15_0003);
-    let served = serve_home(&[&gw], 401, 440).await;
     let mut ledger = Ledger::default();
+    let served = serve_home(&[&gw], 401, 440, &mut ledger).await;
     ledger
         .post_fresh(&[&gw], &events_for(&served, "by", &mut rng, |s| !s.forced))
         .await;
@@ -563,7 +769,7 @@ async fn by_takes_day_only_and_days_only_when_asked() {
     assert!(plain.get("days").is_none(), "no `by`, no days: {plain}");
     assert_eq!(
         plain["arms"][1]["impressions"].as_u64(),
-        Some(ledger.arms[1][0]),
+        Some(stats::sums(&ledger.rows()[1])[2]),
         "the traffic is counted: {plain}"
     );
     let by_day = results(&gw, BY_DAY).await;
@@ -649,8 +855,8 @@ async fn report_plots_the_days_of_the_endpoint() {
     let gw = TestGateway::launch_up(&demo.settings("")).await;
     let first = today();
     let mut rng = Rng::new(0xDA15_0004);
-    let served = serve_home(&[&gw], 501, 620).await;
     let mut ledger = Ledger::default();
+    let served = serve_home(&[&gw], 501, 620, &mut ledger).await;
     ledger
         .post_fresh(&[&gw], &events_for(&served, "plot", &mut rng, |s| !s.forced))
         .await;
@@ -665,6 +871,7 @@ async fn report_plots_the_days_of_the_endpoint() {
     ignored
         .post_fresh(&[&gw], &events_for(&pages, "feed", &mut rng, |_| false))
         .await;
+    settled(&gw, &ledger).await;
     let last = today();
     let out = tempfile::tempdir().expect("tempdir");
 
@@ -713,7 +920,7 @@ async fn report_plots_the_days_of_the_endpoint() {
 #[test]
 fn plotted_keeps_compared_arms_and_defined_days() {
     let arm = |name: &str, lift: Option<f64>| {
-        let mut a = json!({ "name": name, "impressions": 10, "clicks": 1, "undefined": {} });
+        let mut a = json!({ "name": name, "users": 3, "impressions": 10, "clicks": 1, "undefined": {} });
         if let Some(lift) = lift {
             a["lift"] = json!(lift);
             a["sequential_lift_low"] = json!(lift - 1.0);
