@@ -78,15 +78,6 @@ const IDLE_EVERY: u32 = 8;
 const BATCH: usize = 250;
 /// How long the users served get to be counted (in the background) before a test fails.
 const WAIT: Duration = Duration::from_secs(10);
-/// The fields of `per_user_sums`, in the order of [`stats::sums`].
-const PER_USER_SUMS: [&str; 6] = [
-    "users",
-    "clicks",
-    "impressions",
-    "clicks_squared",
-    "impressions_squared",
-    "clicks_times_impressions",
-];
 /// The fields a day's arm may have: the contract's.
 const DAY_ARM_FIELDS: [&str; 10] = [
     "name",
@@ -594,12 +585,13 @@ fn check_days(body: &Value, first: i64, last: i64, ledger: &Ledger) {
     for (i, arm) in body["arms"].as_array().expect("arms").iter().enumerate() {
         assert_eq!(arm["name"], ARMS[i], "{body}");
         assert_eq!(counts_of(arm), totals[i], "the totals of {}: {body}", ARMS[i]);
-        let sums = PER_USER_SUMS.map(|field| arm["per_user_sums"][field].as_u64());
+        let sums = stats::PER_USER_SUMS.map(|field| arm["per_user_sums"][field].as_u64());
         assert_eq!(
             sums,
             stats::sums(&rows[i]).map(Some),
-            "per_user_sums of {} ({PER_USER_SUMS:?}): {body}",
-            ARMS[i]
+            "per_user_sums of {} ({:?}): {body}",
+            ARMS[i],
+            stats::PER_USER_SUMS
         );
     }
 }

@@ -98,15 +98,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const SEQUENTIAL: [&str; 3] = ["sequential_lift_low", "sequential_lift_high", "sequential_p_value"];
 /// The Holm-adjusted p-values of an arm.
 const ADJUSTED: [&str; 2] = ["p_value_adjusted", "sequential_p_value_adjusted"];
-/// The fields of `per_user_sums`, in the order of [`stats::sums`].
-const PER_USER_SUMS: [&str; 6] = [
-    "users",
-    "clicks",
-    "impressions",
-    "clicks_squared",
-    "impressions_squared",
-    "clicks_times_impressions",
-];
 
 /// Why a comparison is undefined, as the contract words it (`src/feedback/significance.rs`).
 const NO_IMPRESSIONS: &str = "an arm has no impressions";
@@ -342,11 +333,12 @@ impl Ledger {
             if arm["users"].as_u64() != Some(sums[0]) {
                 diffs.push(format!("{name}.users = {} (want {})", arm["users"], sums[0]));
             }
-            let got = PER_USER_SUMS.map(|field| arm["per_user_sums"][field].as_u64());
+            let got = stats::PER_USER_SUMS.map(|field| arm["per_user_sums"][field].as_u64());
             if got != sums.map(Some) {
                 diffs.push(format!(
-                    "{name}.per_user_sums = {} (want {sums:?} in the order {PER_USER_SUMS:?})",
-                    arm["per_user_sums"]
+                    "{name}.per_user_sums = {} (want {sums:?} in the order {:?})",
+                    arm["per_user_sums"],
+                    stats::PER_USER_SUMS
                 ));
             }
         }

@@ -323,15 +323,7 @@ impl Counts {
             impressions: n(&arm["impressions"]),
             clicks: n(&arm["clicks"]),
             clicking_users: n(&arm["clicking_users"]),
-            sums: [
-                "users",
-                "clicks",
-                "impressions",
-                "clicks_squared",
-                "impressions_squared",
-                "clicks_times_impressions",
-            ]
-            .map(|field| n(&sums[field])),
+            sums: stats::PER_USER_SUMS.map(|field| n(&sums[field])),
         }
     }
 }

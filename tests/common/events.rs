@@ -239,15 +239,7 @@ pub fn arms_match(body: &Value, label: &str, want: &[ArmWant]) -> Result<(), Str
             }
         }
         if let Some(sums) = want.per_user_sums {
-            let fields = [
-                "users",
-                "clicks",
-                "impressions",
-                "clicks_squared",
-                "impressions_squared",
-                "clicks_times_impressions",
-            ];
-            for (field, want) in fields.into_iter().zip(sums) {
+            for (field, want) in super::stats::PER_USER_SUMS.into_iter().zip(sums) {
                 let got = &arm["per_user_sums"][field];
                 if got.as_u64() != Some(want) {
                     diffs.push(format!("{label}{name}.per_user_sums.{field} = {got} (want {want})"));

@@ -26,6 +26,16 @@ pub fn close_value(got: &Value, want: f64) -> bool {
 /// One user's counts in one arm, as a test's ledger keeps them: `(clicks, impressions)`.
 pub type UserRow = (u64, u64);
 
+/// The fields of a results arm's `per_user_sums`, in the order of [`sums`].
+pub const PER_USER_SUMS: [&str; 6] = [
+    "users",
+    "clicks",
+    "impressions",
+    "clicks_squared",
+    "impressions_squared",
+    "clicks_times_impressions",
+];
+
 /// The per-user sums of an arm (STATISTICS.md §1), computed directly from the users' final
 /// counts: `[n, Σc, Σi, Σc², Σi², Σc·i]`, the order of the results' `per_user_sums`.
 pub fn sums(rows: &[UserRow]) -> [u64; 6] {
