@@ -109,13 +109,37 @@ const BUFFER_FULL: &str = "new users waited for Redis on one replica past result
 const MEMORY_FULL: &str = "without Redis this process holds at most results.max_buffered_users users: \
      later users are not counted and their events are outside the per-user statistics";
 
-/// Adds `n` to a day's field of an arm's days hash; the first count of a day drops the day
-/// [`MAX_DAYS`] back, so the days stay bounded. Shared by the scripts that count per shard.
-pub(crate) const DAY_BUMP: &str = r"
-local function bump(days, day, expired, field, n)
-  if n ~= 0 and redis.call('HINCRBY', days, day .. ':' .. field, n) == n then
-    redis.call('HDEL', days, expired .. ':n', expired .. ':i', expired .. ':c',
-      expired .. ':ii', expired .. ':cc', expired .. ':ci')
+/// The head of the scripts that count into a shard: increments are gathered while the script
+/// runs and applied at its end, one `HINCRBY` per field, so a batch of many events of a few
+/// users costs a command per field rather than several per event. ARGV[1] is the day counted
+/// (`YYYY-MM-DD`), ARGV[2] the day [`MAX_DAYS`] before it: the first count of a day in a days
+/// hash drops that day's fields, so the days stay bounded.
+pub(crate) const GATHERED_COUNTS: &str = r"
+local day, expired = ARGV[1], ARGV[2]
+local adds, days_keys = {}, {}
+local function add(key, field, n)
+  if n ~= 0 then
+    local fields = adds[key]
+    if not fields then
+      fields = {}
+      adds[key] = fields
+    end
+    fields[field] = (fields[field] or 0) + n
+  end
+end
+local function count(counters, days, total, short, n)
+  add(counters, total, n)
+  days_keys[days] = true
+  add(days, day .. ':' .. short, n)
+end
+local function apply()
+  for key, fields in pairs(adds) do
+    for field, n in pairs(fields) do
+      if redis.call('HINCRBY', key, field, n) == n and days_keys[key] then
+        redis.call('HDEL', key, expired .. ':n', expired .. ':i', expired .. ':c',
+          expired .. ':ii', expired .. ':cc', expired .. ':ci')
+      end
+    end
   end
 end
 ";
@@ -148,21 +172,21 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
 
-/// Counts users served, in one shard, each once. KEYS: per arm its counters hash and days
-/// hash, then the users' bucket hashes; ARGV: the day they were served (`YYYY-MM-DD`), the day
-/// [`MAX_DAYS`] before it, then per user its arm's counters key index, its bucket key index and
-/// its field. Returns the users new to their arm.
+/// Counts users served, in one shard, each once, after [`GATHERED_COUNTS`]. KEYS: per arm its
+/// counters hash and days hash, then the users' bucket hashes; ARGV: the day they were served
+/// (`YYYY-MM-DD`), the day [`MAX_DAYS`] before it, then per user its arm's counters key index,
+/// its bucket key index and its field. Returns the users new to their arm.
 const USERS_SCRIPT: &str = r"
 local added = 0
 for u = 0, (#ARGV - 2) / 3 - 1 do
   local a = 3 + u * 3
   local arm = tonumber(ARGV[a])
   if redis.call('HSETNX', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], '') == 1 then
-    redis.call('HINCRBY', KEYS[arm], 'users', 1)
-    bump(KEYS[arm + 1], ARGV[1], ARGV[2], 'n', 1)
+    count(KEYS[arm], KEYS[arm + 1], 'users', 'n', 1)
     added = added + 1
   end
 end
+apply()
 return added
 ";
 
@@ -495,7 +519,7 @@ impl Tally {
             next_seq: AtomicU64::new(1),
             flushing: tokio::sync::Mutex::new(()),
             script: ::redis::Script::new(FLUSH_SCRIPT),
-            users_script: ::redis::Script::new(&format!("{DAY_BUMP}{USERS_SCRIPT}")),
+            users_script: ::redis::Script::new(&format!("{GATHERED_COUNTS}{USERS_SCRIPT}")),
             depth,
             uncounted,
             min_sample_size: settings.min_sample_size,

@@ -37,7 +37,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
-use crate::feedback::counts::{Count, DAY_BUMP, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
+use crate::feedback::counts::{Count, GATHERED_COUNTS, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::feedback::users::{UserKey, bucket_key, shard_tag};
@@ -51,21 +51,22 @@ const MAX_EVENT_ID: usize = 64;
 const MAX_ITEM_ID: usize = 256;
 
 /// Claims and counts a group of events of one shard of an experiment (or of one placement's
-/// default), after [`DAY_BUMP`]. KEYS: the tokens' claim hashes, per arm its counters hash and
-/// days hash, the users' bucket hashes, and for an interleave experiment its duel hashes (per
-/// user, then totals; see [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`, UTC), the
-/// day whose counts are dropped once today's are first counted ([`MAX_DAYS`] back), then 12 per
-/// event: claim key index, field, value (the event id, or this request's attempt id), expiry
-/// (unix seconds), counters key index (0: not counted; the days hash follows it), `i`/`c`,
-/// user, duel key index (0: not interleaved), the item's team (`0`/`1`), the item's rank
-/// bucket (`3`, `4-5`: its impressions and clicks are also counted in the arm's `i@{bucket}` and
-/// `c@{bucket}`), the user's bucket key index and the user's field in it.
+/// default), after [`GATHERED_COUNTS`]. KEYS: the tokens' claim hashes, per arm its counters
+/// hash and days hash, the users' bucket hashes, and for an interleave experiment its duel
+/// hashes (per user, then totals; see [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`,
+/// UTC), the day whose counts are dropped once today's are first counted ([`MAX_DAYS`] back),
+/// then 12 per event: claim key index, field, value (the event id, or this request's attempt
+/// id), expiry (unix seconds), counters key index (0: not counted; the days hash follows it),
+/// `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`), the item's
+/// rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the arm's
+/// `i@{bucket}` and `c@{bucket}`), the user's bucket key index and the user's field in it.
 /// Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
 /// duplicate).
 ///
 /// A counted event moves the user's `(c, i)` (kept as `"{i}:{c}"` in the bucket; a user not
 /// there yet is counted in the arm's `users` first) and the arm's per-user sums by the
-/// increments of STATISTICS.md §1, in the totals and in today's fields alike.
+/// increments of STATISTICS.md §1, in the totals and in today's fields alike. Each user's state
+/// is read once and written once per script, however many of its events the batch holds.
 ///
 /// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
 /// outcome (which team has more clicks, or a tie) is compared before and after, and the totals
@@ -78,13 +79,7 @@ local function outcome(mine, theirs, team)
   return 'wins' .. (1 - team)
 end
 local out = {}
-local day, expired = ARGV[1], ARGV[2]
-local function add(counters, days, total, short, n)
-  if n ~= 0 then
-    redis.call('HINCRBY', counters, total, n)
-    bump(days, day, expired, short, n)
-  end
-end
+local states = {}
 for e = 0, (#ARGV - 2) / 12 - 1 do
   local a = 2 + e * 12
   local seen = KEYS[tonumber(ARGV[a + 1])]
@@ -96,22 +91,28 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
     if arm > 0 then
       local counters, days, kind = KEYS[arm], KEYS[arm + 1], ARGV[a + 6]
       local bucket, field = KEYS[tonumber(ARGV[a + 11])], ARGV[a + 12]
-      local state = redis.call('HGET', bucket, field)
-      local i, c = 0, 0
+      local id = bucket .. '/' .. field
+      local state = states[id]
       if not state then
-        add(counters, days, 'users', 'n', 1)
-      elseif #state > 0 then
-        local colon = string.find(state, ':', 1, true)
-        i = tonumber(string.sub(state, 1, colon - 1))
-        c = tonumber(string.sub(state, colon + 1))
+        state = {bucket, field, 0, 0}
+        local kept = redis.call('HGET', bucket, field)
+        if not kept then
+          count(counters, days, 'users', 'n', 1)
+        elseif #kept > 0 then
+          local colon = string.find(kept, ':', 1, true)
+          state[3] = tonumber(string.sub(kept, 1, colon - 1))
+          state[4] = tonumber(string.sub(kept, colon + 1))
+        end
+        states[id] = state
       end
-      redis.call('HINCRBY', counters, kind .. '@' .. ARGV[a + 10], 1)
+      local i, c = state[3], state[4]
+      add(counters, kind .. '@' .. ARGV[a + 10], 1)
       if kind == 'c' then
-        add(counters, days, 'clicks', 'c', 1)
-        add(counters, days, 'cc', 'cc', 2 * c + 1)
-        add(counters, days, 'ci', 'ci', i)
-        if c == 0 then redis.call('HINCRBY', counters, 'clickers', 1) end
-        c = c + 1
+        count(counters, days, 'clicks', 'c', 1)
+        count(counters, days, 'cc', 'cc', 2 * c + 1)
+        count(counters, days, 'ci', 'ci', i)
+        if c == 0 then add(counters, 'clickers', 1) end
+        state[4] = c + 1
         local duel = tonumber(ARGV[a + 8])
         if duel > 0 then
           local team = tonumber(ARGV[a + 9])
@@ -126,12 +127,11 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
           end
         end
       else
-        add(counters, days, 'impressions', 'i', 1)
-        add(counters, days, 'ii', 'ii', 2 * i + 1)
-        add(counters, days, 'ci', 'ci', c)
-        i = i + 1
+        count(counters, days, 'impressions', 'i', 1)
+        count(counters, days, 'ii', 'ii', 2 * i + 1)
+        count(counters, days, 'ci', 'ci', c)
+        state[3] = i + 1
       end
-      redis.call('HSET', bucket, field, i .. ':' .. c)
     end
     out[e + 1] = 1
   elseif prev == ARGV[a + 3] then
@@ -140,6 +140,10 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
     out[e + 1] = 0
   end
 end
+for _, state in pairs(states) do
+  redis.call('HSET', state[1], state[2], state[3] .. ':' .. state[4])
+end
+apply()
 return out
 ";
 
@@ -332,7 +336,7 @@ impl EventLog {
             seen: RecentClaims::new(DEDUPE_CAPACITY, signer.max_age()),
             signer,
             redis,
-            script: ::redis::Script::new(&format!("{DAY_BUMP}{CLAIM_SCRIPT}")),
+            script: ::redis::Script::new(&format!("{GATHERED_COUNTS}{CLAIM_SCRIPT}")),
             attempts: RandomState::new(),
         }
     }
