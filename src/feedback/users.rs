@@ -19,9 +19,10 @@
 //! **Redis memory.** A bucket is one small hash, `recgw:u:{e:k}:{arm}:{bucket}`, field the
 //! user's 8 bytes, value `"{impressions}:{clicks}"` (empty for a user served without events):
 //! hashes of up to `hash-max-listpack-entries` (128 by default) fields stay in Redis's compact
-//! listpack encoding, about 12–16 bytes a user. With [`BUCKETS`] buckets per arm that holds
-//! 8 million users per arm; past that, raise `hash-max-listpack-entries` (README "Results for
-//! analysts").
+//! listpack encoding: about 12 bytes a user and 105 a bucket key, measured as 25.6 bytes a user
+//! at a million users and 85 at 100,000 (`bench/USERS.md`). With [`BUCKETS`] buckets per arm
+//! that holds 8 million users per arm; past that, raise `hash-max-listpack-entries` (README
+//! "Results for analysts").
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
