@@ -34,7 +34,7 @@ pub fn holdout_id(placement: &str) -> String {
 pub(crate) use interleave::{Team, merge_seed};
 pub use spec::{Kind, Status};
 
-use crate::store::ModelSpec;
+use crate::store::{CovariateSpec, ModelSpec};
 
 /// The validated set of placements and experiments loaded from one folder.
 #[derive(Debug)]
@@ -96,6 +96,8 @@ pub struct Experiment {
     pub sequential_tuning: f64,
     /// The limits its arms must keep, if any.
     pub guardrails: Option<Guardrails>,
+    /// The pre-period table its results are adjusted by (CUPED), if any.
+    pub covariates: Option<CovariateSpec>,
     /// File it came from, for messages.
     pub file: PathBuf,
 }
@@ -222,6 +224,14 @@ impl Catalog {
     /// the store knows what to load and `/ready` what to report.
     pub fn models(&self) -> Vec<ModelSpec> {
         self.models_of(|e| &e.arms)
+    }
+
+    /// Every covariate table the experiments name, sorted, without duplicates.
+    pub fn covariates(&self) -> Vec<CovariateSpec> {
+        let mut tables: Vec<CovariateSpec> = self.experiments.values().filter_map(|e| e.covariates.clone()).collect();
+        tables.sort();
+        tables.dedup();
+        tables
     }
 
     /// The models traffic reaches at `t`: placement defaults, every arm of a running

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::store::ColumnNames;
+use crate::store::{ColumnNames, CovariateColumns};
 
 /// `experiments/placements.toml`: every slot a client app may ask for.
 #[derive(Debug, Deserialize)]
@@ -137,6 +137,12 @@ pub(crate) struct ExperimentSpec {
     pub(crate) guardrails: Option<GuardrailsSpec>,
     /// How long a limit must be breached before the arm is paused (humantime, default `1m`).
     pub(crate) guardrail_window: Option<String>,
+    /// Where each user's pre-period clicks and impressions on the placement are (a model
+    /// location), for CUPED: results then also give the comparison adjusted for them.
+    pub(crate) covariates: Option<String>,
+    /// The covariate table's column names, when not `user`, `clicks`, `impressions`.
+    #[serde(default)]
+    pub(crate) covariate_columns: CovariateColumns,
 }
 
 /// `guardrails = { … }`: what each arm compared with the control must keep.

@@ -15,7 +15,7 @@ use super::{
     Arm, Catalog, Experiment, Guardrails, HOLDOUT_ARMS, INTERLEAVED, Placement, Problem, Problems, holdout_id,
     is_valid_user_id,
 };
-use crate::store::ModelSpec;
+use crate::store::{CovariateSpec, ModelSpec};
 
 /// The file naming the placements; every other `*.toml` is one experiment.
 pub(crate) const PLACEMENTS_FILE: &str = "placements.toml";
@@ -343,6 +343,25 @@ fn build_experiment(
         out,
     );
 
+    let covariates = match (spec.covariates, spec.kind) {
+        (None, _) => None,
+        (Some(_), Kind::Interleave) => {
+            out.push(
+                "covariates",
+                "only a split experiment is adjusted by covariates: interleaved arms serve the same users",
+            );
+            None
+        }
+        (Some(location), Kind::Split) if location.trim().is_empty() => {
+            out.push("covariates", "must name a table's location (or be left out)");
+            None
+        }
+        (Some(location), Kind::Split) => Some(CovariateSpec {
+            location,
+            columns: spec.covariate_columns,
+        }),
+    };
+
     if out.out.len() > before {
         return None;
     }
@@ -362,6 +381,7 @@ fn build_experiment(
         overrides,
         sequential_tuning,
         guardrails,
+        covariates,
         file: path.to_path_buf(),
     })
 }
@@ -441,6 +461,7 @@ fn build_holdouts(
             overrides: BTreeMap::new(),
             sequential_tuning: crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING,
             guardrails: None,
+            covariates: None,
             file: path.to_path_buf(),
         };
         holdouts.insert(name, Arc::new(holdout));

@@ -67,10 +67,12 @@ use hyperloglockless::AtomicHyperLogLog;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::config::ResultsSettings;
+use crate::feedback::cuped::{PrePeriod, PreSums};
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
 use crate::feedback::significance::UserSums;
-use crate::feedback::users::{Day, LocalUsers, UserKey, bucket_key, shard_tag};
+use crate::feedback::users::{Day, LocalUsers, UserKey, bucket_key, pre_state, shard_tag};
 use crate::redis::RedisClient;
+use crate::store::CovariateSlot;
 
 pub(crate) use crate::feedback::users::{DayCounts, MAX_DAYS};
 
@@ -132,6 +134,26 @@ local function count(counters, days, total, short, n)
   days_keys[days] = true
   add(days, day .. ':' .. short, n)
 end
+-- A user's state in a bucket: `i:c`, with the pre-period `i':c'` appended when the user
+-- entered with a covariate row (CUPED); empty for a user served without events.
+local function parse(kept)
+  local n = {}
+  for part in string.gmatch(kept, '[^:]+') do n[#n + 1] = tonumber(part) end
+  return n[1] or 0, n[2] or 0, n[3], n[4]
+end
+-- Counts a user new to an arm, with its pre-period `i':c'` (`pre`, empty without a row).
+local function enter(counters, days, pre)
+  count(counters, days, 'users', 'n', 1)
+  if #pre == 0 then return nil, nil end
+  local _, _, pi, pc = parse('0:0:' .. pre)
+  add(counters, 'p_users', 1)
+  add(counters, 'p_i', pi)
+  add(counters, 'p_c', pc)
+  add(counters, 'p_ii', pi * pi)
+  add(counters, 'p_cc', pc * pc)
+  add(counters, 'p_ci', pc * pi)
+  return pi, pc
+end
 local function apply()
   for key, fields in pairs(adds) do
     for field, n in pairs(fields) do
@@ -175,14 +197,17 @@ return 1
 /// Counts users served, in one shard, each once, after [`GATHERED_COUNTS`]. KEYS: per arm its
 /// counters hash and days hash, then the users' bucket hashes; ARGV: the day they were served
 /// (`YYYY-MM-DD`), the day [`MAX_DAYS`] before it, then per user its arm's counters key index,
-/// its bucket key index and its field. Returns the users new to their arm.
+/// its bucket key index, its field and its pre-period row (`i':c'`, empty without one). A user
+/// already there keeps the row it entered with. Returns the users new to their arm.
 const USERS_SCRIPT: &str = r"
 local added = 0
-for u = 0, (#ARGV - 2) / 3 - 1 do
-  local a = 3 + u * 3
-  local arm = tonumber(ARGV[a])
-  if redis.call('HSETNX', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], '') == 1 then
-    count(KEYS[arm], KEYS[arm + 1], 'users', 'n', 1)
+for u = 0, (#ARGV - 2) / 4 - 1 do
+  local a = 3 + u * 4
+  local arm, pre = tonumber(ARGV[a]), ARGV[a + 3]
+  local state = ''
+  if #pre > 0 then state = '0:0:' .. pre end
+  if redis.call('HSETNX', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], state) == 1 then
+    enter(KEYS[arm], KEYS[arm + 1], pre)
     added = added + 1
   end
 end
@@ -216,6 +241,8 @@ pub(crate) struct ArmCounts {
     /// Impressions and clicks in the totals but not in `sums`: counted before per-user sums
     /// were kept, or (without Redis) of users past the memory bound.
     pub(crate) outside: [u64; 2],
+    /// The pre-period sums of the users in `sums` (CUPED), zero without covariates.
+    pub(crate) pre: PreSums,
     /// Distinct users who clicked, since per-user counting began.
     pub(crate) clickers: u64,
     /// Distinct items served (HyperLogLog, ±0.81%); for a shadow arm, in the lists compared.
@@ -345,13 +372,17 @@ pub(crate) struct ArmCounter {
     /// The collector's side.
     collected: crossbeam_channel::Receiver<UserKey>,
     /// With Redis: users collected and not yet confirmed by Redis, with the day each was first
-    /// served. Locked by the collector and the flusher, never by a request.
-    pending: Mutex<HashMap<UserKey, i64>>,
+    /// served and its pre-period row. Locked by the collector and the flusher, never by a
+    /// request.
+    pending: Mutex<HashMap<UserKey, (i64, Option<PrePeriod>)>>,
     /// Without Redis: the arm's users and everything counted of them; locked by events and the
     /// collector, never by a recommendation.
     local: Mutex<LocalUsers>,
     /// Why some users of this arm could not be counted, once that happened.
     inexact: OnceLock<&'static str>,
+    /// The experiment's covariate table, when it names one: a user's row is looked up when
+    /// the user enters the arm (collected, or counted by an event first) and kept with them.
+    covariates: arc_swap::ArcSwapOption<CovariateSlot>,
 }
 
 impl ArmCounter {
@@ -368,7 +399,18 @@ impl ArmCounter {
             pending: Mutex::default(),
             local: Mutex::default(),
             inexact: OnceLock::new(),
+            covariates: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Looks users entering the arm up in `covariates` from now on (none: no adjustment).
+    pub(crate) fn use_covariates(&self, covariates: Option<Arc<CovariateSlot>>) {
+        self.covariates.store(covariates);
+    }
+
+    /// The pre-period row of `user`, when the experiment has covariates and the table one.
+    fn pre_period(&self, user: UserKey) -> Option<PrePeriod> {
+        self.covariates.load().as_ref()?.get(user)
     }
 
     /// This process's counts (no Redis).
@@ -377,6 +419,7 @@ impl ArmCounter {
         ArmCounts {
             exposures: self.exposures.load(Ordering::Relaxed),
             sums: local.sums,
+            pre: local.pre,
             outside: local.outside,
             clickers: local.clickers,
             items: estimate(&self.items),
@@ -458,8 +501,8 @@ struct Sealed {
     overlap: [u64; 3],
 }
 
-/// Users of one shard and day waiting for Redis: `(arm, counter, user)`.
-type ShardUsers = Vec<(String, Arc<ArmCounter>, UserKey)>;
+/// Users of one shard and day waiting for Redis: `(arm, counter, user, pre-period row)`.
+type ShardUsers = Vec<(String, Arc<ArmCounter>, UserKey, Option<PrePeriod>)>;
 
 /// The counters and where they go.
 #[derive(Debug)]
@@ -610,14 +653,14 @@ impl Tally {
                 let mut pending = counter.pending.lock().unwrap_or_else(|p| p.into_inner());
                 for user in counter.collected.try_iter() {
                     if !pending.contains_key(&user) && self.admit(&counter, BUFFER_FULL) {
-                        pending.insert(user, day);
+                        pending.insert(user, (day, counter.pre_period(user)));
                         self.depth.inc();
                     }
                 }
             } else {
                 let mut local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
                 for user in counter.collected.try_iter() {
-                    local.serve(user, day, || self.admit(&counter, MEMORY_FULL));
+                    local.serve(user, day, || self.admit(&counter, MEMORY_FULL), || counter.pre_period(user));
                 }
             }
         }
@@ -627,9 +670,21 @@ impl Tally {
     /// item's rank bucket and `day` the day it was accepted.
     pub(crate) fn count_locally(&self, counter: &ArmCounter, user: UserKey, count: Count, bucket: usize, day: i64) {
         let mut local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
-        local.event(user, count == Count::Click, bucket, day, || {
-            self.admit(counter, MEMORY_FULL)
-        });
+        local.event(
+            user,
+            count == Count::Click,
+            bucket,
+            day,
+            || self.admit(counter, MEMORY_FULL),
+            || counter.pre_period(user),
+        );
+    }
+
+    /// The pre-period row an event of `user` on `arm` enters them with, should it be the first
+    /// to count them.
+    pub(crate) fn pre_period(&self, experiment: &str, arm: &str, user: UserKey) -> Option<PrePeriod> {
+        let arms = self.arms.read().unwrap_or_else(|p| p.into_inner());
+        arms.get(experiment)?.get(arm)?.pre_period(user)
     }
 
     /// Counts an accepted click of `user` on an item of `team` on an interleaved page, in this
@@ -721,11 +776,11 @@ impl Tally {
         for (experiment, counters) in arms.iter() {
             for (arm, counter) in counters {
                 let pending = std::mem::take(&mut *counter.pending.lock().unwrap_or_else(|p| p.into_inner()));
-                for (user, day) in pending {
+                for (user, (day, pre)) in pending {
                     groups
                         .entry((experiment.clone(), user.shard(self.shards), day))
                         .or_default()
-                        .push((arm.clone(), Arc::clone(counter), user));
+                        .push((arm.clone(), Arc::clone(counter), user, pre));
                 }
             }
         }
@@ -811,26 +866,32 @@ impl Tally {
                 .arg(crate::calendar::date(day))
                 .arg(crate::calendar::date(day - MAX_DAYS));
             let mut keys: HashMap<String, usize> = HashMap::new();
-            for (arm, _, user) in &members {
+            for (arm, _, user, pre) in &members {
                 let counters = key_index(&mut invocation, &mut keys, arm_key(&tag, arm));
                 key_index(&mut invocation, &mut keys, format!("{}:days", arm_key(&tag, arm)));
                 let bucket = key_index(&mut invocation, &mut keys, bucket_key(&tag, arm, user.bucket()));
-                invocation.arg(counters).arg(bucket).arg(&user.field()[..]);
+                invocation
+                    .arg(counters)
+                    .arg(bucket)
+                    .arg(&user.field()[..])
+                    .arg(pre_state(*pre));
             }
             if ask(&invocation).await.is_ok() {
                 self.release(members.len());
             } else {
                 done = false;
-                for (_, counter, user) in members {
+                for (_, counter, user, pre) in members {
                     let mut pending = counter.pending.lock().unwrap_or_else(|p| p.into_inner());
                     match pending.entry(user) {
-                        // Collected again meanwhile, and made room for then: one place is enough.
+                        // Collected again meanwhile, and made room for then: one place is enough,
+                        // with the first day and the row looked up first.
                         std::collections::hash_map::Entry::Occupied(mut first) => {
-                            *first.get_mut() = (*first.get()).min(day);
+                            let (later, _) = *first.get();
+                            *first.get_mut() = (later.min(day), pre);
                             self.release(1);
                         }
                         std::collections::hash_map::Entry::Vacant(vacant) => {
-                            vacant.insert(day);
+                            vacant.insert((day, pre));
                         }
                     }
                 }
@@ -941,6 +1002,18 @@ impl Tally {
                         cross: field(5),
                     });
                     arm.clickers += field(6);
+                    arm.pre.add(&PreSums {
+                        covered: field(7),
+                        clicks: field(8),
+                        impressions: field(9),
+                        clicks_sq: field(10),
+                        impressions_sq: field(11),
+                        cross: field(12),
+                        clicks_by_clicks: field(13),
+                        clicks_by_impressions: field(14),
+                        impressions_by_clicks: field(15),
+                        impressions_by_impressions: field(16),
+                    });
                 }
             }
             if k == 0 {
@@ -1035,9 +1108,13 @@ const TAG_FIELDS: [&str; 6] = [
     "clicks",
 ];
 
-/// The fields of an arm's hash under a shard's tag: the per-user sums, then clicking users;
-/// the rank buckets follow.
-const SHARD_FIELDS: [&str; 7] = ["users", "impressions", "clicks", "cc", "ii", "ci", "clickers"];
+/// The fields of an arm's hash under a shard's tag: the per-user sums, clicking users, then the
+/// pre-period sums (users with a row, `Σc'`, `Σi'`, `Σc'²`, `Σi'²`, `Σc'·i'`) and the cross sums
+/// `Σc·c'`, `Σc·i'`, `Σi·c'`, `Σi·i'`; the rank buckets follow.
+const SHARD_FIELDS: [&str; 17] = [
+    "users", "impressions", "clicks", "cc", "ii", "ci", "clickers", "p_users", "p_c", "p_i", "p_cc", "p_ii", "p_ci",
+    "x_cc", "x_ci", "x_ic", "x_ii",
+];
 
 #[cfg(test)]
 mod tests {

@@ -40,7 +40,7 @@ use crate::experiment::Team;
 use crate::feedback::counts::{Count, GATHERED_COUNTS, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
-use crate::feedback::users::{UserKey, bucket_key, shard_tag};
+use crate::feedback::users::{UserKey, bucket_key, pre_state, shard_tag};
 use crate::redis::{Failure, RedisClient};
 
 /// Claims this process remembers at most without Redis (see [`RecentClaims`]).
@@ -55,17 +55,20 @@ const MAX_ITEM_ID: usize = 256;
 /// hash and days hash, the users' bucket hashes, and for an interleave experiment its duel
 /// hashes (per user, then totals; see [`crate::feedback::counts`]). ARGV: today (`YYYY-MM-DD`,
 /// UTC), the day whose counts are dropped once today's are first counted ([`MAX_DAYS`] back),
-/// then 12 per event: claim key index, field, value (the event id, or this request's attempt
+/// then 13 per event: claim key index, field, value (the event id, or this request's attempt
 /// id), expiry (unix seconds), counters key index (0: not counted; the days hash follows it),
 /// `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`), the item's
 /// rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the arm's
-/// `i@{bucket}` and `c@{bucket}`), the user's bucket key index and the user's field in it.
-/// Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
+/// `i@{bucket}` and `c@{bucket}`), the user's bucket key index, the user's field in it and
+/// the user's pre-period row (`i':c'`, empty without one: used only if the event enters the
+/// user). Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
 /// duplicate).
 ///
 /// A counted event moves the user's `(c, i)` (kept as `"{i}:{c}"` in the bucket; a user not
 /// there yet is counted in the arm's `users` first) and the arm's per-user sums by the
-/// increments of STATISTICS.md §1, in the totals and in today's fields alike. Each user's state
+/// increments of STATISTICS.md §1, in the totals and in today's fields alike; a user who
+/// entered with a pre-period row (kept as `"{i}:{c}:{i'}:{c'}"`) also moves the cross sums of
+/// STATISTICS.md §5 (`x_cc`, `x_ci`, `x_ic`, `x_ii`: totals only). Each user's state
 /// is read once and written once per script, however many of its events the batch holds.
 ///
 /// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
@@ -80,8 +83,8 @@ local function outcome(mine, theirs, team)
 end
 local out = {}
 local states = {}
-for e = 0, (#ARGV - 2) / 12 - 1 do
-  local a = 2 + e * 12
+for e = 0, (#ARGV - 2) / 13 - 1 do
+  local a = 2 + e * 13
   local seen = KEYS[tonumber(ARGV[a + 1])]
   local prev = redis.call('HGET', seen, ARGV[a + 2])
   if not prev then
@@ -97,20 +100,22 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
         state = {bucket, field, 0, 0}
         local kept = redis.call('HGET', bucket, field)
         if not kept then
-          count(counters, days, 'users', 'n', 1)
-        elseif #kept > 0 then
-          local colon = string.find(kept, ':', 1, true)
-          state[3] = tonumber(string.sub(kept, 1, colon - 1))
-          state[4] = tonumber(string.sub(kept, colon + 1))
+          state[5], state[6] = enter(counters, days, ARGV[a + 13])
+        else
+          state[3], state[4], state[5], state[6] = parse(kept)
         end
         states[id] = state
       end
-      local i, c = state[3], state[4]
+      local i, c, pi, pc = state[3], state[4], state[5], state[6]
       add(counters, kind .. '@' .. ARGV[a + 10], 1)
       if kind == 'c' then
         count(counters, days, 'clicks', 'c', 1)
         count(counters, days, 'cc', 'cc', 2 * c + 1)
         count(counters, days, 'ci', 'ci', i)
+        if pi then
+          add(counters, 'x_cc', pc)
+          add(counters, 'x_ci', pi)
+        end
         if c == 0 then add(counters, 'clickers', 1) end
         state[4] = c + 1
         local duel = tonumber(ARGV[a + 8])
@@ -130,6 +135,10 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
         count(counters, days, 'impressions', 'i', 1)
         count(counters, days, 'ii', 'ii', 2 * i + 1)
         count(counters, days, 'ci', 'ci', c)
+        if pi then
+          add(counters, 'x_ic', pc)
+          add(counters, 'x_ii', pi)
+        end
         state[3] = i + 1
       end
     end
@@ -141,7 +150,9 @@ for e = 0, (#ARGV - 2) / 12 - 1 do
   end
 end
 for _, state in pairs(states) do
-  redis.call('HSET', state[1], state[2], state[3] .. ':' .. state[4])
+  local kept = state[3] .. ':' .. state[4]
+  if state[5] then kept = kept .. ':' .. state[5] .. ':' .. state[6] end
+  redis.call('HSET', state[1], state[2], kept)
 end
 apply()
 return out
@@ -421,7 +432,7 @@ impl EventLog {
         }
         let today = crate::calendar::day_of(now);
         let outcomes: Vec<Result<bool, Rejection>> = match &self.redis {
-            Some(redis) => self.claim_in_redis(redis, &checked, now, tally.shards()).await,
+            Some(redis) => self.claim_in_redis(redis, &checked, now, tally).await,
             None => checked
                 .iter()
                 .map(|c| {
@@ -468,8 +479,9 @@ impl EventLog {
         redis: &RedisClient,
         checked: &[Result<Checked, Rejection>],
         now: SystemTime,
-        shards: u32,
+        tally: &Tally,
     ) -> Vec<Result<bool, Rejection>> {
+        let shards = tally.shards();
         let mut outcomes: Vec<Result<bool, Rejection>> = checked
             .iter()
             .map(|c| c.as_ref().map(|_| false).map_err(|r| *r))
@@ -510,6 +522,11 @@ impl EventLog {
                     true => Some(HOLDOUT_ARMS[1]),
                     false => c.counted().then_some(c.claims.arm.as_str()),
                 };
+                // Only the experiment's own arms are adjusted by covariates, not a holdout's.
+                let pre = match (exposed, c.counted(), &c.claims.experiment) {
+                    (false, true, Some(experiment)) => tally.pre_period(experiment, &c.claims.arm, c.user),
+                    _ => None,
+                };
                 let (arm, bucket) = if let Some(credited) = credited {
                     let key = arm_key(tag, credited);
                     let counters = key_index(&mut invocation, &mut keys, key.clone());
@@ -540,7 +557,8 @@ impl EventLog {
                     .arg(c.team.unwrap_or(0))
                     .arg(POSITION_BUCKETS[c.bucket])
                     .arg(bucket)
-                    .arg(&c.user.field()[..]);
+                    .arg(&c.user.field()[..])
+                    .arg(pre_state(pre));
             }
             async move {
                 let mut answer = redis.query::<Vec<u8>>(&invocation).await;

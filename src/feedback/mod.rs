@@ -5,6 +5,7 @@
 //! reads.
 
 pub(crate) mod counts;
+pub(crate) mod cuped;
 pub(crate) mod events;
 pub(crate) mod lists;
 pub(crate) mod results;

@@ -27,6 +27,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
+use crate::feedback::cuped::{PrePeriod, PreSums};
 use crate::feedback::lists::POSITION_BUCKETS;
 use crate::feedback::significance::UserSums;
 
@@ -44,6 +45,11 @@ impl UserKey {
     /// The key of user id `user`.
     pub(crate) fn of(user: &str) -> Self {
         UserKey(xxhash_rust::xxh3::xxh3_128_with_seed(user.as_bytes(), USER_SEED))
+    }
+
+    /// The whole 128 bits, by which covariate tables sort their rows.
+    pub(crate) fn raw(self) -> u128 {
+        self.0
     }
 
     /// The bucket the user's state lives in.
@@ -74,6 +80,11 @@ pub(crate) fn bucket_key(tag: &str, arm: &str, bucket: u32) -> String {
     format!("recgw:u:{{{tag}}}:{arm}:{bucket}")
 }
 
+/// A pre-period row as the counting scripts take it: `i':c'`, empty without a row.
+pub(crate) fn pre_state(pre: Option<PrePeriod>) -> String {
+    pre.map(|p| format!("{}:{}", p.impressions, p.clicks)).unwrap_or_default()
+}
+
 /// What one UTC day added to an arm: the increments of its per-user sums (so the sums up to
 /// the end of a day are the days' sums added in order), and the events not in them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,14 +102,25 @@ pub(crate) type DayCounts = BTreeMap<i64, Day>;
 /// Days of counts kept per arm: more than a year, enough for any experiment's duration.
 pub(crate) const MAX_DAYS: i64 = 400;
 
+/// One user's state in an arm: what the per-user sums need to move by integers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct UserState {
+    /// `[clicks, impressions]` in the arm.
+    counts: [u64; 2],
+    /// The user's pre-period row, frozen when the user entered the arm (CUPED).
+    pre: Option<PrePeriod>,
+}
+
 /// An arm's per-user state in this process, without Redis: every user it counted, so memory
-/// grows with users (about 48 bytes each) up to `results.max_buffered_users` for the process.
+/// grows with users (about 80 bytes each) up to `results.max_buffered_users` for the process.
 #[derive(Debug, Default)]
 pub(crate) struct LocalUsers {
-    /// Each counted user's `[clicks, impressions]` in the arm.
-    users: HashMap<UserKey, [u64; 2]>,
+    /// Each counted user's state in the arm.
+    users: HashMap<UserKey, UserState>,
     /// The per-user sums.
     pub(crate) sums: UserSums,
+    /// The pre-period sums, for CUPED (zero without covariates).
+    pub(crate) pre: PreSums,
     /// Impressions and clicks of users past the bound, counted in the totals but not in the
     /// sums (so the statistics are over the users held, and say they are not exact).
     pub(crate) outside: [u64; 2],
@@ -111,40 +133,70 @@ pub(crate) struct LocalUsers {
 }
 
 impl LocalUsers {
-    /// Counts `user` in the arm on `day` unless held already; `admit` says whether there is
-    /// room for one more user. Returns the user's state, `None` when not held.
-    fn enter(&mut self, user: UserKey, day: i64, admit: impl FnOnce() -> bool) -> Option<&mut [u64; 2]> {
+    /// Counts `user` in the arm on `day` unless held already, with the pre-period row `pre`
+    /// gives (asked only for a user new to the arm); `admit` says whether there is room for
+    /// one more user. Returns the user's state, `None` when not held.
+    fn enter(
+        &mut self,
+        user: UserKey,
+        day: i64,
+        admit: impl FnOnce() -> bool,
+        pre: impl FnOnce() -> Option<PrePeriod>,
+    ) -> Option<&mut UserState> {
         if !self.users.contains_key(&user) {
             if !admit() {
                 return None;
             }
+            let pre = pre();
             self.sums.add_user();
+            self.pre.add_user(pre);
             self.day(day).sums.add_user();
+            self.users.insert(user, UserState { counts: [0, 0], pre });
         }
-        Some(self.users.entry(user).or_default())
+        self.users.get_mut(&user)
     }
 
     /// A user served from the arm (its first serving counts it).
-    pub(crate) fn serve(&mut self, user: UserKey, day: i64, admit: impl FnOnce() -> bool) {
-        self.enter(user, day, admit);
+    pub(crate) fn serve(
+        &mut self,
+        user: UserKey,
+        day: i64,
+        admit: impl FnOnce() -> bool,
+        pre: impl FnOnce() -> Option<PrePeriod>,
+    ) {
+        self.enter(user, day, admit, pre);
     }
 
     /// An impression (`click == false`) or click of `user` at rank bucket `bucket`.
-    pub(crate) fn event(&mut self, user: UserKey, click: bool, bucket: usize, day: i64, admit: impl FnOnce() -> bool) {
+    pub(crate) fn event(
+        &mut self,
+        user: UserKey,
+        click: bool,
+        bucket: usize,
+        day: i64,
+        admit: impl FnOnce() -> bool,
+        pre: impl FnOnce() -> Option<PrePeriod>,
+    ) {
         self.by_position[bucket][usize::from(click)] += 1;
-        let Some(&mut [c, i]) = self.enter(user, day, admit) else {
+        let Some(state) = self.enter(user, day, admit, pre) else {
             self.outside[usize::from(click)] += 1;
             self.day(day).outside[usize::from(click)] += 1;
             return;
         };
-        let after = if click { [c + 1, i] } else { [c, i + 1] };
-        self.users.insert(user, after);
+        let before = *state;
+        let [c, i] = before.counts;
+        state.counts = if click { [c + 1, i] } else { [c, i + 1] };
         let add = |sums: &mut UserSums| match click {
             true => sums.add_click(c, i),
             false => sums.add_impression(c, i),
         };
         add(&mut self.sums);
         add(&mut self.day(day).sums);
+        let pre = before.pre.unwrap_or_default();
+        match click {
+            true => self.pre.add_click(pre),
+            false => self.pre.add_impression(pre),
+        }
         self.clickers += u64::from(click && c == 0);
     }
 
@@ -179,12 +231,12 @@ mod tests {
             (a, true),
             (b, true),
         ];
-        arm.serve(c, 1, || true);
-        arm.serve(a, 1, || true);
+        arm.serve(c, 1, || true, || None);
+        arm.serve(a, 1, || true, || None);
         for (user, click) in events {
-            arm.event(user, click, 0, 2, || true);
+            arm.event(user, click, 0, 2, || true, || None);
         }
-        arm.serve(a, 3, || true);
+        arm.serve(a, 3, || true, || None);
         // a: 2 impressions 2 clicks; b: 2 impressions 1 click; c: nothing.
         let want = UserSums {
             users: 3,
@@ -209,8 +261,8 @@ mod tests {
     #[test]
     fn users_past_the_bound_count_outside_the_sums() {
         let mut arm = LocalUsers::default();
-        arm.event(UserKey::of("a"), false, 0, 1, || true);
-        arm.event(UserKey::of("b"), true, 0, 1, || false);
+        arm.event(UserKey::of("a"), false, 0, 1, || true, || None);
+        arm.event(UserKey::of("b"), true, 0, 1, || false, || None);
         assert_eq!(arm.sums.users, 1);
         assert_eq!((arm.sums.impressions, arm.sums.clicks), (1, 0));
         assert_eq!(arm.outside, [0, 1]);

@@ -444,8 +444,10 @@ impl Gateway {
             metrics.track_rejection(rejection.as_str());
         }
         metrics.experiments_loaded(None, catalog.digest());
+        // Loaded by the first poll, which runs as soon as polling starts.
+        models.track_covariates(&catalog.covariates());
         Gateway {
-            counters: ArcSwap::from_pointee(counters(&tally, &catalog)),
+            counters: ArcSwap::from_pointee(counters(&tally, &models, &catalog)),
             catalog: ArcSwap::from_pointee(catalog),
             models,
             cache,
@@ -504,6 +506,14 @@ impl Gateway {
             return Ok(Reload::Unchanged { digest: previous });
         }
         let models = catalog.models();
+        let tables = self.models.track_covariates(&catalog.covariates());
+        if !tables.is_empty()
+            && tokio::time::timeout(NEW_MODEL_WAIT, self.models.refresh_covariates(Some(&tables)))
+                .await
+                .is_err()
+        {
+            tracing::warn!(covariates = ?tables, "new covariate tables still loading; users entering meanwhile count without a pre-period row");
+        }
         let added = self.models.add(&models);
         if !added.is_empty() {
             self.cache.track(added.iter().map(|m| m.location.clone())).await;
@@ -516,7 +526,7 @@ impl Gateway {
         }
         let digest = catalog.digest().to_string();
         self.arms.store(Arc::new(ArmIndex::resolve(&self.metrics, &catalog)));
-        self.counters.store(Arc::new(counters(&self.tally, &catalog)));
+        self.counters.store(Arc::new(counters(&self.tally, &self.models, &catalog)));
         self.catalog.store(Arc::new(catalog));
         self.models.retain(&models);
         self.metrics.experiments_loaded(Some(&previous), &digest);
@@ -1021,14 +1031,19 @@ fn event_row(accepted: crate::feedback::events::Accepted, item_id: &str) -> Even
 }
 
 /// Resolves the exposure counter of every arm of `catalog`.
-fn counters(tally: &Tally, catalog: &Catalog) -> Counters {
+fn counters(tally: &Tally, models: &ModelRegistry, catalog: &Catalog) -> Counters {
     catalog
         .experiments()
         .map(|experiment| {
+            let covariates = experiment.covariates.as_ref().and_then(|spec| models.covariate_slot(spec));
             let arms = experiment
                 .arms
                 .iter()
-                .map(|arm| tally.arm(&experiment.id, &arm.name))
+                .map(|arm| {
+                    let counter = tally.arm(&experiment.id, &arm.name);
+                    counter.use_covariates(covariates.clone());
+                    counter
+                })
                 .collect();
             (experiment.id.clone(), (Arc::clone(experiment), arms))
         })

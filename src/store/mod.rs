@@ -8,6 +8,7 @@
 //! the previous one serving.
 
 mod columns;
+pub(crate) mod covariates;
 mod index;
 mod layout;
 mod location;
@@ -22,6 +23,8 @@ use serde::Deserialize;
 
 pub(crate) use location::{Locator, Place};
 pub use model::LoadedModel;
+pub use covariates::{CovariateColumns, CovariateSpec};
+pub(crate) use registry::CovariateSlot;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::layout::committed;
+use super::covariates::{CovariateSpec, CovariateTable};
+use super::layout::{Committed, committed};
 use super::location::Locator;
 use super::snapshot::{Snapshot, SnapshotSettings, path_for};
 use super::{LoadedModel, ModelSpec, StoreError};
@@ -68,6 +69,27 @@ pub struct ModelStatus {
 
 type Slots = HashMap<ModelSpec, Arc<Slot>>;
 
+/// One covariate table's current version and what went wrong last; the counters of its
+/// experiment hold it to look users up.
+#[derive(Debug, Default)]
+pub(crate) struct CovariateSlot {
+    /// The version users entering an arm are looked up in; `None` until a first one loads.
+    current: ArcSwapOption<CovariateTable>,
+    /// Error and failed version, only touched by the poller and `/ready`.
+    state: Mutex<SlotState>,
+}
+
+impl CovariateSlot {
+    /// The user's pre-period row. A user entering while no version is loaded has none, as
+    /// a user missing from the table: that costs precision (their pre-period explains
+    /// nothing), never bias, since the table does not depend on the arm.
+    pub(crate) fn get(&self, user: crate::feedback::users::UserKey) -> Option<crate::feedback::cuped::PrePeriod> {
+        self.current.load().as_ref()?.get(user)
+    }
+}
+
+type CovariateSlots = HashMap<CovariateSpec, Arc<CovariateSlot>>;
+
 /// All model slots and the resolver of their locations.
 #[derive(Debug)]
 pub struct ModelRegistry {
@@ -85,6 +107,11 @@ pub struct ModelRegistry {
     metrics: Metrics,
     /// Where serving snapshots go; off unless [`ModelRegistry::with_snapshots`] says.
     snapshots: SnapshotSettings,
+    /// One slot per covariate table the catalog in force references, replaced whole like
+    /// `slots`.
+    covariates: ArcSwap<CovariateSlots>,
+    /// The task polling the covariate tables, once polling runs.
+    covariate_poller: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl ModelRegistry {
@@ -101,6 +128,8 @@ impl ModelRegistry {
             polling: Mutex::default(),
             metrics,
             snapshots: SnapshotSettings::default(),
+            covariates: ArcSwap::default(),
+            covariate_poller: Mutex::default(),
         })
     }
 
@@ -141,9 +170,106 @@ impl ModelRegistry {
                     snapshot_bytes: current.as_ref().and_then(|m| m.snapshot_bytes()),
                 }
             })
+            .chain(self.covariates.load().iter().map(|(spec, slot)| {
+                let current = slot.current.load_full();
+                let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                ModelStatus {
+                    location: spec.location.clone(),
+                    version: current.as_ref().map(|t| t.version().to_string()),
+                    shape: current.as_ref().map(|_| "covariates"),
+                    users: current.as_ref().map_or(0, |t| t.users()),
+                    error: state.error.clone(),
+                    serving: current.as_ref().map(|t| if t.mapped() { "snapshot" } else { "memory" }),
+                    snapshot: None,
+                    snapshot_bytes: None,
+                }
+            }))
             .collect();
         out.sort_by(|a, b| a.location.cmp(&b.location));
         out
+    }
+
+    /// Tracks exactly the covariate tables in `specs` (tables already tracked keep their
+    /// loaded versions) and returns the new ones, which the next poll loads; see
+    /// [`ModelRegistry::refresh_covariates`] to load them at once.
+    pub(crate) fn track_covariates(&self, specs: &[CovariateSpec]) -> Vec<CovariateSpec> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.covariates.load_full();
+        let added: Vec<CovariateSpec> = specs.iter().filter(|s| !current.contains_key(*s)).cloned().collect();
+        let slots: CovariateSlots = specs
+            .iter()
+            .map(|spec| (spec.clone(), current.get(spec).cloned().unwrap_or_default()))
+            .collect();
+        self.covariates.store(Arc::new(slots));
+        added
+    }
+
+    /// The slot of a tracked covariate table.
+    pub(crate) fn covariate_slot(&self, spec: &CovariateSpec) -> Option<Arc<CovariateSlot>> {
+        self.covariates.load().get(spec).cloned()
+    }
+
+    /// Checks the given tracked covariate tables (all when `None`) and loads versions that
+    /// changed, concurrently.
+    pub(crate) async fn refresh_covariates(&self, only: Option<&[CovariateSpec]>) {
+        let slots = self.covariates.load_full();
+        let wanted = slots
+            .iter()
+            .filter(|(spec, _)| only.is_none_or(|only| only.contains(spec)));
+        futures::future::join_all(wanted.map(|(spec, slot)| self.refresh_covariate(spec, slot))).await;
+    }
+
+    /// Loads a new committed version of one covariate table, on a blocking thread (it reads
+    /// and sorts the whole table); a version that fails keeps the previous one in force.
+    async fn refresh_covariate(&self, spec: &CovariateSpec, slot: &CovariateSlot) {
+        let record = |error: Option<String>, failed_version: Option<String>| {
+            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.error = error;
+            if failed_version.is_some() {
+                state.failed_version = failed_version;
+            }
+        };
+        let committed = match self.committed(&spec.location).await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(message)) => return record(Some(message), None),
+            Err(e) => {
+                tracing::warn!(covariates = %spec.location, error = %e, "cannot check the covariate table's version");
+                return record(Some(e.to_string()), None);
+            }
+        };
+        let current = slot.current.load_full();
+        if current.as_ref().is_some_and(|t| t.version() == committed.version) {
+            return record(None, None);
+        }
+        let version = committed.version.clone();
+        let failed = slot.state.lock().unwrap_or_else(|p| p.into_inner()).failed_version.clone();
+        if failed.as_deref() == Some(version.as_str()) {
+            return;
+        }
+        let (dir, for_spec, runtime) = (self.snapshots.dir.clone(), spec.clone(), tokio::runtime::Handle::current());
+        let started = std::time::Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || {
+            super::covariates::load(&committed, &for_spec, dir.as_deref(), &runtime)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(table)) => {
+                tracing::info!(covariates = %spec.location, version = %version, users = table.users(),
+                    load_ms = started.elapsed().as_millis() as u64, "covariate table version loaded");
+                if let Some(previous) = current {
+                    previous.supersede();
+                }
+                slot.current.store(Some(Arc::new(table)));
+                record(None, None);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(covariates = %spec.location, version = %version, error = %e,
+                    "covariate table version failed to load; the previous one stays in force");
+                self.metrics.model_load_failed(&spec.location);
+                record(Some(format!("version {version} failed to load: {e}")), Some(version));
+            }
+            Err(e) => record(Some(format!("loading version {version} stopped: {e}")), None),
+        }
     }
 
     /// Checks every model's marker and loads versions that changed, all models concurrently.
@@ -200,11 +326,28 @@ impl ModelRegistry {
         for (spec, slot) in self.slots.load().iter() {
             self.poll(spec.clone(), slot, interval);
         }
+        // Covariate tables change once per experiment, if ever: one task polls them all.
+        let registry = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                registry.refresh_covariates(None).await;
+            }
+        });
+        *self.covariate_poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
     /// Stops every poller (shutdown).
     pub(crate) fn stop_polling(&self) {
         *self.polling.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(poller) = self.covariate_poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            poller.abort();
+        }
         for slot in self.slots.load().values() {
             if let Some(poller) = slot.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 poller.abort();
@@ -231,6 +374,25 @@ impl ModelRegistry {
         *slot.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
+    /// The committed version `location` names now; the inner `Err` says nothing is committed
+    /// there, the outer one that the storage could not be asked.
+    async fn committed(&self, location: &str) -> Result<Result<Committed, String>, StoreError> {
+        let (folder, wildcard) = match location.strip_suffix("/*") {
+            Some(folder) => (folder, true),
+            None => (location, false),
+        };
+        let place = self.locator.resolve(folder)?;
+        match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
+            Ok(found) => Ok(found?.ok_or_else(|| {
+                format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path))
+            })),
+            Err(_) => Err(StoreError::Timeout {
+                uri: place.uri_of(&place.path),
+                after: MARKER_TIMEOUT,
+            }),
+        }
+    }
+
     async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
         let record = |error: Option<String>, failed_version: Option<String>| {
             let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -239,24 +401,9 @@ impl ModelRegistry {
                 state.failed_version = failed_version;
             }
         };
-        let (folder, wildcard) = match spec.location.strip_suffix("/*") {
-            Some(folder) => (folder, true),
-            None => (spec.location.as_str(), false),
-        };
-        let found = match self.locator.resolve(folder) {
-            Ok(place) => match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
-                Ok(result) => result.map(|c| (place, c)),
-                Err(_) => Err(StoreError::Timeout {
-                    uri: place.uri_of(&place.path),
-                    after: MARKER_TIMEOUT,
-                }),
-            },
-            Err(e) => Err(e),
-        };
-        let committed = match found {
-            Ok((_, Some(committed))) => committed,
-            Ok((place, None)) => {
-                let message = format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path));
+        let committed = match self.committed(&spec.location).await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(message)) => {
                 if slot.current.load().is_none() {
                     tracing::warn!(model = %spec.location, "{message}");
                 }

@@ -1,0 +1,371 @@
+//! Covariate tables for CUPED (`covariates = "LOCATION"` on an experiment): each user's
+//! pre-period clicks and impressions on the experiment's placement, one row per user, as Spark
+//! writes them from the gateway's own logs (README "Variance reduction (CUPED)"). Same
+//! locations and layout as a model: a committed folder of part files, `name/*` for the newest
+//! committed sub-folder, polled for new versions.
+//!
+//! A user's row is read when the user first enters an arm (off the request path: by the
+//! collector of served users, or by the event that enters them first) and then frozen in the
+//! user's per-user state, so a newer table version changes nothing already counted. Lookups
+//! are a bisection over a mapped file, never a Parquet read: loading a version reads every
+//! part file once, sorts the rows by the user's key ([`UserKey`], the hash the per-user state
+//! already uses, so a lookup costs no second hash) and writes them, 24 bytes a user, into
+//! `models.snapshot_dir` (in memory when snapshots are off). The sort holds the rows in memory
+//! once while a version loads: 1.2 GB at 50 million users.
+//!
+//! File layout (little-endian): magic `RECGWCV1`, rows (u64), xxh3-64 of the rows (u64), the
+//! version's length (u64), the version padded to 8 bytes, then per row the key (u128), clicks
+//! and impressions (u32 each), sorted by key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use futures::TryStreamExt;
+use memmap2::Mmap;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use serde::Deserialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use super::StoreError;
+use super::columns::{Ids, UserKey as ColumnKey};
+use super::layout::{Committed, part_files};
+use super::reader::ObjectReader;
+use crate::feedback::cuped::PrePeriod;
+use crate::feedback::users::UserKey;
+
+const MAGIC: &[u8; 8] = b"RECGWCV1";
+/// Pre-period counts above this are taken as this (winsorised, as CUPED implementations cap
+/// outliers): a crawler's millions of impressions would otherwise dominate the regression, and
+/// the counting scripts add squares of these counts in Lua numbers, exact only below 2^53.
+pub(crate) const PRE_PERIOD_CAP: u32 = 65_535;
+const HEADER: usize = 32;
+const ROW: usize = 24;
+
+/// Column names of a covariate table, when not `user`, `clicks`, `impressions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CovariateColumns {
+    /// The user id column (text or integer, as in the gateway's logs).
+    pub user: Option<String>,
+    /// The user's pre-period clicks (an integer column).
+    pub clicks: Option<String>,
+    /// The user's pre-period impressions (an integer column).
+    pub impressions: Option<String>,
+}
+
+/// A covariate table as an experiment names it; the registry's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CovariateSpec {
+    /// Where the table lives, with a model's location rules.
+    pub location: String,
+    /// Column-name overrides.
+    pub columns: CovariateColumns,
+}
+
+/// The rows of a loaded version: mapped from its file, or held when snapshots are off.
+enum Rows {
+    Mapped(Mmap),
+    Held(Vec<u8>),
+}
+
+/// One loaded version of a covariate table.
+pub(crate) struct CovariateTable {
+    /// The version string (folder and marker), as `/ready` shows it.
+    version: String,
+    /// The file's bytes, the rows from [`CovariateTable::rows_at`].
+    rows: Rows,
+    /// Where the rows start.
+    rows_at: usize,
+    /// Rows (users) in the table.
+    users: usize,
+    /// The file, removed once a newer version replaced this one and no reader holds it.
+    path: Option<PathBuf>,
+    /// Set when a newer version replaced this one.
+    superseded: AtomicBool,
+}
+
+impl std::fmt::Debug for CovariateTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CovariateTable")
+            .field("version", &self.version)
+            .field("users", &self.users)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CovariateTable {
+    fn drop(&mut self) {
+        if let (true, Some(path)) = (self.superseded.load(Ordering::Relaxed), &self.path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl CovariateTable {
+    fn bytes(&self) -> &[u8] {
+        match &self.rows {
+            Rows::Mapped(map) => &map[..],
+            Rows::Held(bytes) => &bytes[..],
+        }
+    }
+
+    /// The user's pre-period row, `None` when the table has none for them.
+    pub(crate) fn get(&self, user: UserKey) -> Option<PrePeriod> {
+        let rows = &self.bytes()[self.rows_at..];
+        let key_at = |row: usize| u128::from_le_bytes(word(rows, row * ROW));
+        let wanted = user.raw();
+        let (mut lo, mut hi) = (0, self.users);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match key_at(mid).cmp(&wanted) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let at = mid * ROW + 16;
+                    return Some(PrePeriod {
+                        clicks: u64::from(u32::from_le_bytes(word(rows, at))),
+                        impressions: u64::from(u32::from_le_bytes(word(rows, at + 4))),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// The version string.
+    pub(crate) fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Users with a row.
+    pub(crate) fn users(&self) -> usize {
+        self.users
+    }
+
+    /// Whether the rows are read from a mapped file (else from memory).
+    pub(crate) fn mapped(&self) -> bool {
+        matches!(self.rows, Rows::Mapped(_))
+    }
+
+    /// Lets the file go once no reader holds this version.
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Relaxed);
+    }
+
+    /// A table checked and laid out in `bytes` (the file's), or what is wrong with them.
+    fn from_bytes(rows: Rows, version: &str, path: Option<PathBuf>) -> Result<Self, String> {
+        let bytes = match &rows {
+            Rows::Mapped(map) => &map[..],
+            Rows::Held(bytes) => &bytes[..],
+        };
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err("not a covariate table file".into());
+        }
+        let [users, checksum, length] = [8, 16, 24].map(|at| u64::from_le_bytes(word(bytes, at)) as usize);
+        let rows_at = HEADER + length.div_ceil(8) * 8;
+        if bytes.get(HEADER..HEADER + length) != Some(version.as_bytes()) {
+            return Err("written for another version".into());
+        }
+        if bytes.len() != rows_at + users * ROW {
+            return Err(format!("{} bytes, {} expected", bytes.len(), rows_at + users * ROW));
+        }
+        if xxh3_64(&bytes[rows_at..]) as usize != checksum {
+            return Err("checksum mismatch".into());
+        }
+        Ok(CovariateTable {
+            version: version.to_string(),
+            rows,
+            rows_at,
+            users,
+            path,
+            superseded: AtomicBool::new(false),
+        })
+    }
+
+    /// Maps the file at `path` if it is a whole table of `version`.
+    fn open(path: &Path, version: &str) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        // SAFETY: the file is written under a temporary name and renamed into place, never
+        // modified afterwards; one altered by someone else fails the length and checksum
+        // checks before any lookup reads it.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        Self::from_bytes(Rows::Mapped(map), version, Some(path.to_path_buf()))
+    }
+}
+
+fn word<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+/// The file of `version` of `spec` in `dir`.
+fn path_for(dir: &Path, spec: &CovariateSpec, version: &str) -> PathBuf {
+    let name = xxh3_128(format!("covariates\0{}\0{:?}\0{version}", spec.location, spec.columns).as_bytes());
+    dir.join(format!("{name:032x}.cov"))
+}
+
+/// An integer count column, of either width; nulls and negatives are refused, counts above
+/// [`PRE_PERIOD_CAP`] capped.
+enum Counts<'a> {
+    I32(&'a arrow_array::Int32Array),
+    I64(&'a arrow_array::Int64Array),
+}
+
+impl<'a> Counts<'a> {
+    fn new(array: &'a dyn Array, name: &str) -> Result<Self, String> {
+        Ok(match array.data_type() {
+            DataType::Int32 => Counts::I32(array.as_primitive::<Int32Type>()),
+            DataType::Int64 => Counts::I64(array.as_primitive::<Int64Type>()),
+            other => return Err(format!("column {name:?} has type {other}; an integer column is needed")),
+        })
+    }
+
+    fn at(&self, row: usize, name: &str) -> Result<u32, String> {
+        let value = match self {
+            Counts::I32(a) => a.is_valid(row).then(|| i64::from(a.value(row))),
+            Counts::I64(a) => a.is_valid(row).then(|| a.value(row)),
+        };
+        match value {
+            None => Err(format!("column {name:?} holds a null")),
+            Some(v) if v < 0 => Err(format!("column {name:?} holds {v}: counts are not negative")),
+            Some(v) => Ok(u32::try_from(v).unwrap_or(u32::MAX).min(PRE_PERIOD_CAP)),
+        }
+    }
+}
+
+/// Reads every row of a committed table: `(user key, clicks, impressions)`, sorted by key.
+/// Checks the shape (the three columns, integer counts, text or integer users) and that no
+/// user has two rows.
+pub(crate) async fn read_rows(committed: &Committed, columns: &CovariateColumns) -> Result<Vec<(u128, u32, u32)>, StoreError> {
+    let folder = &committed.folder;
+    let folder_uri = folder.uri_of(&folder.path);
+    let names = [
+        columns.user.as_deref().unwrap_or("user"),
+        columns.clicks.as_deref().unwrap_or("clicks"),
+        columns.impressions.as_deref().unwrap_or("impressions"),
+    ];
+    let mut rows = Vec::new();
+    for part in part_files(folder).await? {
+        let uri = folder.uri_of(&part.location);
+        let invalid = |message: String| StoreError::Invalid {
+            uri: uri.clone(),
+            message,
+        };
+        let parquet = |source| StoreError::Parquet {
+            uri: uri.clone(),
+            source,
+        };
+        let mut reader = ObjectReader::open(folder, part.location.clone(), part.size).await?;
+        let meta = reader.load_metadata().await.map_err(parquet)?;
+        let schema = meta.schema().clone();
+        let mut roots = Vec::with_capacity(3);
+        for name in names {
+            let Some((index, _)) = schema.column_with_name(name) else {
+                let found: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(invalid(format!(
+                    "no column {name:?} (columns: {found:?}); a covariate table has user, clicks and impressions \
+                     (rename with covariate_columns)"
+                )));
+            };
+            roots.push(index);
+        }
+        let mask = ProjectionMask::roots(meta.parquet_schema(), roots.iter().copied());
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+            .with_projection(mask)
+            .build()
+            .map_err(parquet)?;
+        while let Some(batch) = stream.try_next().await.map_err(parquet)? {
+            read_batch(&batch, &names, &mut rows).map_err(invalid)?;
+        }
+    }
+    rows.sort_unstable_by_key(|row| row.0);
+    if rows.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(StoreError::Invalid {
+            uri: folder_uri,
+            message: "a user has two rows: the table must hold one row per user".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Adds one batch's rows to `rows`.
+fn read_batch(batch: &RecordBatch, names: &[&str; 3], rows: &mut Vec<(u128, u32, u32)>) -> Result<(), String> {
+    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| format!("no column {name:?}"));
+    let users = Ids::new(column(names[0])?.as_ref()).map_err(|e| format!("column {:?}: {e}", names[0]))?;
+    let clicks = Counts::new(column(names[1])?.as_ref(), names[1])?;
+    let impressions = Counts::new(column(names[2])?.as_ref(), names[2])?;
+    let mut text = String::new();
+    for row in 0..batch.num_rows() {
+        let key = match users.key(row) {
+            None => return Err(format!("column {:?} holds a null", names[0])),
+            Some(ColumnKey::Text(user)) => UserKey::of(user),
+            Some(ColumnKey::Int(user)) => {
+                // An integer user is the request id spelled in decimal, as the logs write it.
+                text.clear();
+                let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{user}"));
+                UserKey::of(&text)
+            }
+        };
+        rows.push((key.raw(), clicks.at(row, names[1])?, impressions.at(row, names[2])?));
+    }
+    Ok(())
+}
+
+/// Loads a committed version: mapped from its file in `dir` when one is there and intact (a
+/// restart), else read from the table and written there (held in memory when `dir` is
+/// `None`). Blocking: run it off the runtime's workers.
+pub(crate) fn load(
+    committed: &Committed,
+    spec: &CovariateSpec,
+    dir: Option<&Path>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<CovariateTable, StoreError> {
+    let version = committed.version.as_str();
+    let uri = committed.folder.uri_of(&committed.folder.path);
+    let path = dir.map(|dir| path_for(dir, spec, version));
+    if let Some(path) = &path
+        && let Ok(table) = CovariateTable::open(path, version)
+    {
+        return Ok(table);
+    }
+    let rows = runtime.block_on(read_rows(committed, &spec.columns))?;
+    let mut bytes = Vec::with_capacity(HEADER + version.len() + 8 + rows.len() * ROW);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&(version.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(version.as_bytes());
+    bytes.resize(HEADER + version.len().div_ceil(8) * 8, 0);
+    let rows_at = bytes.len();
+    for (key, clicks, impressions) in rows {
+        bytes.extend_from_slice(&key.to_le_bytes());
+        bytes.extend_from_slice(&clicks.to_le_bytes());
+        bytes.extend_from_slice(&impressions.to_le_bytes());
+    }
+    let checksum = xxh3_64(&bytes[rows_at..]);
+    bytes[16..24].copy_from_slice(&checksum.to_le_bytes());
+    let unusable = |message: String| StoreError::Invalid {
+        uri: uri.clone(),
+        message,
+    };
+    let Some(path) = path else {
+        return CovariateTable::from_bytes(Rows::Held(bytes), version, None).map_err(unusable);
+    };
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the covariate table's file; held in memory");
+        return CovariateTable::from_bytes(Rows::Held(bytes), version, None).map_err(unusable);
+    }
+    drop(bytes);
+    CovariateTable::open(&path, version).map_err(unusable)
+}
