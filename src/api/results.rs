@@ -11,6 +11,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
+use crate::feedback::cuped::Cuped;
 use crate::feedback::results::{self, ArmResults, DayResults, ExperimentResults, InterleavingResults};
 use crate::gateway::{Gateway, Pause};
 
@@ -48,6 +49,12 @@ struct ArmResultsBody {
     clicking_users: u64,
     /// The sums over the arm's users that its CTR, lift and p-values are computed from.
     per_user_sums: PerUserSumsBody,
+    /// With `covariates`: the sums of the arm's users' pre-period rows that the CUPED
+    /// comparison is computed from.
+    pre_period_sums: Option<PrePeriodSumsBody>,
+    /// With `covariates`: the comparison with the control adjusted for each user's pre-period
+    /// clicks and impressions (CUPED); `decision` then reads it.
+    cuped: Option<CupedBody>,
     /// Clicks / impressions over the users counted: the ratio of the users' mean clicks to
     /// their mean impressions.
     ctr: Option<f64>,
@@ -79,8 +86,9 @@ struct ArmResultsBody {
     p_value_adjusted: Option<f64>,
     /// `sequential_p_value` after Holm's adjustment; only when more than one arm is compared.
     sequential_p_value_adjusted: Option<f64>,
-    /// What the always-valid test (Holm-adjusted with several arms) allows now: `better`,
-    /// `worse` or `inconclusive`.
+    /// What the always-valid test (Holm-adjusted with several arms; of the CUPED-adjusted
+    /// comparison when the experiment names covariates) allows now: `better`, `worse` or
+    /// `inconclusive`.
     decision: Option<String>,
     /// Whether the arm has `min_sample_size` impressions.
     min_sample_reached: bool,
@@ -127,6 +135,95 @@ struct PerUserSumsBody {
     impressions_squared: u64,
     /// `Σc·i`.
     clicks_times_impressions: u64,
+}
+
+/// The pre-period sums of an arm (STATISTICS.md §5): with `c'`, `i'` a user's clicks and
+/// impressions before the experiment (0 and 0 without a row in the covariate table, frozen
+/// when the user entered the arm) and `c`, `i` the user's in the arm, sums over the arm's users.
+#[derive(Debug, Object)]
+struct PrePeriodSumsBody {
+    /// Users with a row in the covariate table.
+    users_with_row: u64,
+    /// `Σc'`.
+    clicks: u64,
+    /// `Σi'`.
+    impressions: u64,
+    /// `Σc'²`.
+    clicks_squared: u64,
+    /// `Σi'²`.
+    impressions_squared: u64,
+    /// `Σc'·i'`.
+    clicks_times_impressions: u64,
+    /// `Σc·c'`.
+    clicks_times_pre_clicks: u64,
+    /// `Σc·i'`.
+    clicks_times_pre_impressions: u64,
+    /// `Σi·c'`.
+    impressions_times_pre_clicks: u64,
+    /// `Σi·i'`.
+    impressions_times_pre_impressions: u64,
+}
+
+/// The comparison of an arm with the control adjusted for the users' pre-period (CUPED, Deng,
+/// Xu, Kohavi and Walker, WSDM 2013): the same estimands as the unadjusted figures, with the
+/// part of each user's clicks and impressions their pre-period predicts regressed out (the
+/// coefficients fitted on both arms pooled), so intervals are narrower by
+/// `variance_reduction`.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+struct CupedBody {
+    /// Relative lift of the CTR over the control, adjusted.
+    lift: Option<f64>,
+    /// Its 95% interval, low end (fixed-horizon).
+    lift_low: Option<f64>,
+    /// Its 95% interval, high end (fixed-horizon).
+    lift_high: Option<f64>,
+    /// Two-sided z-test of the adjusted CTR difference (fixed-horizon).
+    p_value: Option<f64>,
+    /// Always-valid 95% interval of the adjusted lift, low end.
+    sequential_lift_low: Option<f64>,
+    /// Always-valid 95% interval of the adjusted lift, high end.
+    sequential_lift_high: Option<f64>,
+    /// Always-valid p-value of no lift, adjusted.
+    sequential_p_value: Option<f64>,
+    /// `1 − Var(lift, adjusted) / Var(lift, unadjusted)`: the share of the lift's variance the
+    /// pre-period explains (0.5 halves the users needed for the same power).
+    variance_reduction: Option<f64>,
+    /// Users of this arm and the control with a row in the covariate table.
+    users_with_pre_period: Option<u64>,
+    /// Why a figure is absent, by field name.
+    undefined: BTreeMap<String, String>,
+}
+
+impl CupedBody {
+    fn new(cuped: Result<Cuped, &'static str>) -> Self {
+        let mut undefined = BTreeMap::new();
+        let fields = [
+            "lift",
+            "lift_low",
+            "lift_high",
+            "p_value",
+            "sequential_lift_low",
+            "sequential_lift_high",
+            "sequential_p_value",
+            "variance_reduction",
+            "users_with_pre_period",
+        ];
+        let cuped = value(cuped, &fields, &mut undefined);
+        let interval = cuped.and_then(|c| value(c.lift.interval, &["lift_low", "lift_high"], &mut undefined));
+        CupedBody {
+            lift: cuped.map(|c| c.lift.value),
+            lift_low: interval.map(|i| i.low),
+            lift_high: interval.map(|i| i.high),
+            p_value: cuped.map(|c| c.p_value),
+            sequential_lift_low: cuped.map(|c| c.sequential.interval.low),
+            sequential_lift_high: cuped.map(|c| c.sequential.interval.high),
+            sequential_p_value: cuped.map(|c| c.sequential.p_value),
+            variance_reduction: cuped.map(|c| c.variance_reduction),
+            users_with_pre_period: cuped.map(|c| c.covered),
+            undefined,
+        }
+    }
 }
 
 /// One rank bucket of an arm's events.
@@ -296,6 +393,11 @@ struct ResultsBody {
 const ACT_ON: &str = "decision and the sequential_* figures are valid at every look; lift_low, lift_high \
      and p_value only at a sample size fixed in advance";
 
+/// What `act_on` says when the experiment names covariates.
+const ACT_ON_CUPED: &str = "decision reads the CUPED-adjusted figures (cuped.sequential_*), valid at every look \
+     like the unadjusted sequential_* figures; lift_low, lift_high and p_value, adjusted or not, only at a \
+     sample size fixed in advance";
+
 /// Splits a statistic into its value and, when undefined, the reason recorded under each of
 /// the `fields` it fills.
 fn value<T>(result: Result<T, &'static str>, fields: &[&str], undefined: &mut BTreeMap<String, String>) -> Option<T> {
@@ -345,6 +447,22 @@ impl ArmResultsBody {
                 impressions_squared: arm.counts.sums.impressions_sq,
                 clicks_times_impressions: arm.counts.sums.cross,
             },
+            pre_period_sums: arm.cuped.map(|_| {
+                let pre = &arm.counts.pre;
+                PrePeriodSumsBody {
+                    users_with_row: pre.covered,
+                    clicks: pre.clicks,
+                    impressions: pre.impressions,
+                    clicks_squared: pre.clicks_sq,
+                    impressions_squared: pre.impressions_sq,
+                    clicks_times_impressions: pre.cross,
+                    clicks_times_pre_clicks: pre.clicks_by_clicks,
+                    clicks_times_pre_impressions: pre.clicks_by_impressions,
+                    impressions_times_pre_clicks: pre.impressions_by_clicks,
+                    impressions_times_pre_impressions: pre.impressions_by_impressions,
+                }
+            }),
+            cuped: arm.cuped.map(CupedBody::new),
             ctr,
             ctr_low: interval.map(|i| i.low),
             ctr_high: interval.map(|i| i.high),
@@ -426,7 +544,11 @@ impl ResultsBody {
             sequential_tuning: results.sequential_tuning,
             comparisons: results.comparisons as u64,
             adjustment: if results.comparisons > 1 { "holm" } else { "none" }.to_string(),
-            act_on: ACT_ON.to_string(),
+            act_on: match results.adjusted_by_covariates {
+                true => ACT_ON_CUPED,
+                false => ACT_ON,
+            }
+            .to_string(),
             days: None,
             undefined,
         }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::experiment::{Experiment, Kind, Status};
 use crate::feedback::counts::{ArmCounts, Counts, DayCounts, DuelCounts, Tally};
+use crate::feedback::cuped::{self, Cuped};
 use crate::feedback::lists::POSITION_BUCKETS;
 use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential, UserSums};
 
@@ -34,8 +35,12 @@ pub(crate) struct ArmResults {
     pub(crate) p_value: Result<f64, &'static str>,
     /// The always-valid lift interval and p-value against the control.
     pub(crate) sequential: Result<Sequential, &'static str>,
+    /// The comparison adjusted for the users' pre-period (CUPED), when the experiment names
+    /// covariates; `decision` then reads it.
+    pub(crate) cuped: Option<Result<Cuped, &'static str>>,
     /// With more than one arm compared with the control: `p_value` and the always-valid
-    /// p-value after Holm's adjustment (`None` when the raw value is undefined).
+    /// p-value after Holm's adjustment (`None` when the raw value is undefined); with
+    /// covariates, of the adjusted comparison.
     pub(crate) adjusted: Option<[Option<f64>; 2]>,
     /// What the always-valid test (adjusted, with several arms) says an analyst may do now.
     pub(crate) decision: Result<Decision, &'static str>,
@@ -135,6 +140,8 @@ pub(crate) struct ExperimentResults {
     pub(crate) sequential_tuning: f64,
     /// Arms compared with the control; above one, p-values are also given Holm-adjusted.
     pub(crate) comparisons: usize,
+    /// Whether the experiment names covariates, so `decision` reads the adjusted comparison.
+    pub(crate) adjusted_by_covariates: bool,
 }
 
 /// Why a shadow arm has no lift or p-value.
@@ -312,6 +319,10 @@ pub(crate) fn from_counts(
                 p_value: is_control.and_then(|()| significance::difference_p(&c.sums, &control.sums)),
                 sequential: is_control
                     .and_then(|()| significance::sequential_lift(&c.sums, &control.sums, experiment.sequential_tuning)),
+                cuped: experiment
+                    .covariates
+                    .as_ref()
+                    .map(|_| is_control.and_then(|()| adjusted_comparison(experiment, c, &control))),
                 adjusted: None,
                 decision: Err("this is the control"),
                 min_sample_reached: c.impressions() >= min_sample_size,
@@ -385,6 +396,39 @@ pub(crate) fn from_counts(
         }),
         sequential_tuning: experiment.sequential_tuning,
         comparisons,
+        adjusted_by_covariates: experiment.covariates.is_some(),
+    }
+}
+
+/// The comparison of `arm` with `control` adjusted for the users' pre-period (CUPED).
+fn adjusted_comparison(experiment: &Experiment, arm: &ArmCounts, control: &ArmCounts) -> Result<Cuped, &'static str> {
+    cuped::cuped(
+        &arm.sums,
+        &arm.pre,
+        &control.sums,
+        &control.pre,
+        experiment.sequential_tuning,
+    )
+}
+
+/// The always-valid comparison of `arm` with `control` that decisions and the `max_ctr_drop`
+/// guardrail act on: adjusted for the pre-period when the experiment names covariates (the
+/// same error guarantee, a narrower interval), else unadjusted.
+pub(crate) fn acted_on(experiment: &Experiment, arm: &ArmCounts, control: &ArmCounts) -> Result<Sequential, &'static str> {
+    match experiment.covariates {
+        Some(_) => adjusted_comparison(experiment, arm, control).map(|c| c.sequential),
+        None => significance::sequential_lift(&arm.sums, &control.sums, experiment.sequential_tuning),
+    }
+}
+
+impl ArmResults {
+    /// The fixed-horizon p-value and the always-valid comparison decisions read: adjusted
+    /// (CUPED) when the experiment names covariates.
+    fn acted_on(&self) -> (Result<f64, &'static str>, Result<Sequential, &'static str>) {
+        match self.cuped {
+            Some(cuped) => (cuped.map(|c| c.p_value), cuped.map(|c| c.sequential)),
+            None => (self.p_value, self.sequential),
+        }
     }
 }
 
@@ -395,11 +439,11 @@ fn adjust(arms: &mut [ArmResults]) -> usize {
         .filter(|&i| !arms[i].control && !arms[i].shadow && arms[i].wins.is_none())
         .collect();
     if compared.len() > 1 {
-        let fixed = significance::holm(&compared.iter().map(|&i| arms[i].p_value.ok()).collect::<Vec<_>>());
+        let fixed = significance::holm(&compared.iter().map(|&i| arms[i].acted_on().0.ok()).collect::<Vec<_>>());
         let sequential = significance::holm(
             &compared
                 .iter()
-                .map(|&i| arms[i].sequential.ok().map(|s| s.p_value))
+                .map(|&i| arms[i].acted_on().1.ok().map(|s| s.p_value))
                 .collect::<Vec<_>>(),
         );
         for (k, &i) in compared.iter().enumerate() {
@@ -409,10 +453,10 @@ fn adjust(arms: &mut [ArmResults]) -> usize {
     compared.len()
 }
 
-/// What the always-valid p-value (Holm-adjusted when several arms are compared) lets an
-/// analyst conclude about `arm` now.
+/// What the always-valid p-value (Holm-adjusted when several arms are compared; of the
+/// CUPED-adjusted comparison with covariates) lets an analyst conclude about `arm` now.
 fn decide(arm: &ArmResults, srm_detected: bool) -> Result<Decision, &'static str> {
-    let sequential = arm.sequential?;
+    let sequential = arm.acted_on().1?;
     if srm_detected {
         return Err("sample-ratio mismatch: the split is broken, so no decision can be read");
     }

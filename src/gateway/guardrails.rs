@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use super::Gateway;
 use super::arm_metrics::Sample;
 use crate::experiment::{Experiment, Guardrails, Status};
-use crate::feedback::significance::{self, UserSums};
+use crate::feedback::results::acted_on;
+use crate::feedback::significance::Sequential;
 use crate::redis::RedisClient;
 
 /// How often arms are judged and pauses read back from Redis.
@@ -273,13 +274,15 @@ pub(crate) fn breach(limits: &Guardrails, served: &Sample) -> Option<String> {
 }
 
 /// Why an arm's CTR breaches `max_ctr_drop` against the control's, if it does: the whole
-/// always-valid interval of its lift is below `−max_ctr_drop`.
-pub(crate) fn ctr_breach(max_drop: f64, arm: &UserSums, control: &UserSums, tuning: f64) -> Option<String> {
-    let sequential = significance::sequential_lift(arm, control, tuning).ok()?;
+/// always-valid interval of its lift (`sequential`, CUPED-adjusted when the experiment names
+/// covariates) is below `−max_ctr_drop`.
+pub(crate) fn ctr_breach(max_drop: f64, sequential: Result<Sequential, &'static str>, adjusted: bool) -> Option<String> {
+    let sequential = sequential.ok()?;
     (sequential.interval.high < -max_drop).then(|| {
         format!(
-            "max_ctr_drop: CTR lift at most {:+.1}% (always-valid 95% interval [{:+.1}%, {:+.1}%]), below -{:.1}%",
+            "max_ctr_drop: CTR lift at most {:+.1}% ({}always-valid 95% interval [{:+.1}%, {:+.1}%]), below -{:.1}%",
             sequential.interval.high * 100.0,
+            if adjusted { "CUPED-adjusted " } else { "" },
             sequential.interval.low * 100.0,
             sequential.interval.high * 100.0,
             max_drop * 100.0
@@ -327,9 +330,8 @@ impl Gateway {
                 let ctr = match (limits.max_ctr_drop, &counts) {
                     (Some(drop), Some(counts)) => ctr_breach(
                         drop,
-                        &counts.arms[i].sums,
-                        &counts.arms[0].sums,
-                        experiment.sequential_tuning,
+                        acted_on(experiment, &counts.arms[i], &counts.arms[0]),
+                        experiment.covariates.is_some(),
                     ),
                     _ => None,
                 };
@@ -390,6 +392,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::significance::{self, UserSums};
 
     fn limits() -> Guardrails {
         Guardrails {
@@ -463,14 +466,13 @@ mod tests {
     #[test]
     fn ctr_drop_is_judged_on_the_always_valid_interval() {
         // 3% against 5% over 2,000 users of 10 impressions each: clearly more than 10% down.
-        let reason = ctr_breach(0.1, &sums(2000, 10, 600), &sums(2000, 10, 1000), 5000.0).expect("breach");
+        let judge = |arm: UserSums, control: UserSums| {
+            ctr_breach(0.1, significance::sequential_lift(&arm, &control, 5000.0), false)
+        };
+        let reason = judge(sums(2000, 10, 600), sums(2000, 10, 1000)).expect("breach");
         assert!(reason.starts_with("max_ctr_drop: CTR lift at most"), "{reason}");
         // The same drop over 50 users each: the interval still reaches above −10%.
-        assert_eq!(ctr_breach(0.1, &sums(50, 10, 15), &sums(50, 10, 25), 5000.0), None);
-        assert_eq!(
-            ctr_breach(0.1, &sums(50, 10, 0), &sums(50, 10, 25), 5000.0),
-            None,
-            "no interval yet"
-        );
+        assert_eq!(judge(sums(50, 10, 15), sums(50, 10, 25)), None);
+        assert_eq!(judge(sums(50, 10, 0), sums(50, 10, 25)), None, "no interval yet");
     }
 }
