@@ -302,6 +302,8 @@ struct DayArmBody {
     sequential_lift_high: Option<f64>,
     /// Always-valid p-value of no lift.
     sequential_p_value: Option<f64>,
+    /// With `covariates`: the comparison adjusted for the pre-period then.
+    cuped: Option<CupedBody>,
     /// Why a statistic is absent, by field name.
     undefined: BTreeMap<String, String>,
 }
@@ -330,6 +332,7 @@ impl From<&DayResults> for DayBody {
                         sequential_lift_low: sequential.map(|s| s.interval.low),
                         sequential_lift_high: sequential.map(|s| s.interval.high),
                         sequential_p_value: sequential.map(|s| s.p_value),
+                        cuped: arm.cuped.map(CupedBody::new),
                         undefined,
                     }
                 })

@@ -48,7 +48,8 @@
 //! `recgw:results:{e}:inexact` (why users are not exact, once they are not). Under each shard's
 //! tag `{e:k}`: `recgw:results:{e:k}:{arm}` (a hash of `users`, `impressions`, `clicks`,
 //! `cc`, `ii`, `ci`, `clickers`, and `i@{bucket}`/`c@{bucket}` per rank bucket),
-//! `…:{arm}:days` (`YYYY-MM-DD:{n,i,c,ii,cc,ci}`), the users' buckets, and for an interleave
+//! `…:{arm}:days` (`YYYY-MM-DD:{n,i,c,ii,cc,ci}` and, with covariates, the pre-period sums'
+//! `pn`, `pc`, `pi`, `pcc`, `pii`, `pci`, `xcc`, `xci`, `xic`, `xii`), the users' buckets, and for an interleave
 //! experiment `recgw:results:{e:k}:duel` (`wins0`, `wins1`, `ties`) and `…:duel:users`
 //! (`{user}:{team}` → clicks). Reading adds the shards.
 //!
@@ -118,6 +119,7 @@ const MEMORY_FULL: &str = "without Redis this process holds at most results.max_
 /// hash drops that day's fields, so the days stay bounded.
 pub(crate) const GATHERED_COUNTS: &str = r"
 local day, expired = ARGV[1], ARGV[2]
+local DAY_FIELDS = {'n', 'i', 'c', 'ii', 'cc', 'ci', 'pn', 'pc', 'pi', 'pcc', 'pii', 'pci', 'xcc', 'xci', 'xic', 'xii'}
 local adds, days_keys = {}, {}
 local function add(key, field, n)
   if n ~= 0 then
@@ -146,20 +148,21 @@ local function enter(counters, days, pre)
   count(counters, days, 'users', 'n', 1)
   if #pre == 0 then return nil, nil end
   local _, _, pi, pc = parse('0:0:' .. pre)
-  add(counters, 'p_users', 1)
-  add(counters, 'p_i', pi)
-  add(counters, 'p_c', pc)
-  add(counters, 'p_ii', pi * pi)
-  add(counters, 'p_cc', pc * pc)
-  add(counters, 'p_ci', pc * pi)
+  count(counters, days, 'p_users', 'pn', 1)
+  count(counters, days, 'p_i', 'pi', pi)
+  count(counters, days, 'p_c', 'pc', pc)
+  count(counters, days, 'p_ii', 'pii', pi * pi)
+  count(counters, days, 'p_cc', 'pcc', pc * pc)
+  count(counters, days, 'p_ci', 'pci', pc * pi)
   return pi, pc
 end
 local function apply()
   for key, fields in pairs(adds) do
     for field, n in pairs(fields) do
       if redis.call('HINCRBY', key, field, n) == n and days_keys[key] then
-        redis.call('HDEL', key, expired .. ':n', expired .. ':i', expired .. ':c',
-          expired .. ':ii', expired .. ':cc', expired .. ':ci')
+        local gone = {}
+        for _, short in ipairs(DAY_FIELDS) do gone[#gone + 1] = expired .. ':' .. short end
+        redis.call('HDEL', key, unpack(gone))
       end
     end
   end
@@ -1050,7 +1053,7 @@ impl Tally {
         for (k, reply) in futures::future::join_all(reads).await.into_iter().enumerate() {
             for (arm, fields) in days.iter_mut().zip(reply.ok()?) {
                 for (field, n) in fields {
-                    // Fields are `YYYY-MM-DD:{n,i,c,ii,cc,ci}`; anything else is not ours.
+                    // Fields are `YYYY-MM-DD:{short}`; anything else is not ours.
                     let Some((date, kind)) = field.split_once(':') else {
                         continue;
                     };
@@ -1068,6 +1071,16 @@ impl Tally {
                         (_, "ii") => &mut entry.sums.impressions_sq,
                         (_, "cc") => &mut entry.sums.clicks_sq,
                         (_, "ci") => &mut entry.sums.cross,
+                        (_, "pn") => &mut entry.pre.covered,
+                        (_, "pc") => &mut entry.pre.clicks,
+                        (_, "pi") => &mut entry.pre.impressions,
+                        (_, "pcc") => &mut entry.pre.clicks_sq,
+                        (_, "pii") => &mut entry.pre.impressions_sq,
+                        (_, "pci") => &mut entry.pre.cross,
+                        (_, "xcc") => &mut entry.pre.clicks_by_clicks,
+                        (_, "xci") => &mut entry.pre.clicks_by_impressions,
+                        (_, "xic") => &mut entry.pre.impressions_by_clicks,
+                        (_, "xii") => &mut entry.pre.impressions_by_impressions,
                         _ => continue,
                     };
                     *slot += n;

@@ -68,7 +68,7 @@ const MAX_ITEM_ID: usize = 256;
 /// there yet is counted in the arm's `users` first) and the arm's per-user sums by the
 /// increments of STATISTICS.md §1, in the totals and in today's fields alike; a user who
 /// entered with a pre-period row (kept as `"{i}:{c}:{i'}:{c'}"`) also moves the cross sums of
-/// STATISTICS.md §5 (`x_cc`, `x_ci`, `x_ic`, `x_ii`: totals only). Each user's state
+/// STATISTICS.md §5 (`x_cc`, `x_ci`, `x_ic`, `x_ii`). Each user's state
 /// is read once and written once per script, however many of its events the batch holds.
 ///
 /// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
@@ -113,8 +113,8 @@ for e = 0, (#ARGV - 2) / 13 - 1 do
         count(counters, days, 'cc', 'cc', 2 * c + 1)
         count(counters, days, 'ci', 'ci', i)
         if pi then
-          add(counters, 'x_cc', pc)
-          add(counters, 'x_ci', pi)
+          count(counters, days, 'x_cc', 'xcc', pc)
+          count(counters, days, 'x_ci', 'xci', pi)
         end
         if c == 0 then add(counters, 'clickers', 1) end
         state[4] = c + 1
@@ -136,8 +136,8 @@ for e = 0, (#ARGV - 2) / 13 - 1 do
         count(counters, days, 'ii', 'ii', 2 * i + 1)
         count(counters, days, 'ci', 'ci', c)
         if pi then
-          add(counters, 'x_ic', pc)
-          add(counters, 'x_ii', pi)
+          count(counters, days, 'x_ic', 'xic', pc)
+          count(counters, days, 'x_ii', 'xii', pi)
         end
         state[3] = i + 1
       end

@@ -186,6 +186,8 @@ pub(crate) struct DayArm {
     /// The always-valid interval and p-value then: the one an analyst reading day by day may
     /// act on.
     pub(crate) sequential: Result<Sequential, &'static str>,
+    /// The comparison adjusted for the pre-period then, when the experiment names covariates.
+    pub(crate) cuped: Option<Result<Cuped, &'static str>>,
 }
 
 /// The cumulative results at the end of one day (UTC).
@@ -212,32 +214,40 @@ pub(crate) fn days_from_counts(experiment: &Experiment, days: &[DayCounts]) -> V
     let mut all: Vec<i64> = days.iter().flat_map(|d| d.keys().copied()).collect();
     all.sort_unstable();
     all.dedup();
-    let mut running = vec![(UserSums::default(), [0u64; 2]); days.len()];
+    let mut running = vec![(ArmCounts::default(), [0u64; 2]); days.len()];
     all.into_iter()
         .map(|day| {
-            for ((sums, outside), arm) in running.iter_mut().zip(days) {
+            for ((counts, outside), arm) in running.iter_mut().zip(days) {
                 if let Some(added) = arm.get(&day) {
-                    sums.add(&added.sums);
+                    counts.sums.add(&added.sums);
+                    counts.pre.add(&added.pre);
                     *outside = [outside[0] + added.outside[0], outside[1] + added.outside[1]];
                 }
             }
-            let control = running.first().map(|(sums, _)| *sums).unwrap_or_default();
+            let control = running.first().map(|(counts, _)| *counts).unwrap_or_default();
             let arms = experiment
                 .arms
                 .iter()
                 .zip(&running)
                 .enumerate()
-                .map(|(i, (arm, (sums, outside)))| DayArm {
-                    name: arm.name.clone(),
-                    users: sums.users,
-                    impressions: sums.impressions + outside[0],
-                    clicks: sums.clicks + outside[1],
-                    ctr: per_user(sums, *outside, significance::ctr(sums)),
-                    lift: compared(experiment, i)
-                        .and_then(|()| significance::relative_lift(sums, &control))
-                        .map(|l| l.value),
-                    sequential: compared(experiment, i)
-                        .and_then(|()| significance::sequential_lift(sums, &control, experiment.sequential_tuning)),
+                .map(|(i, (arm, (counts, outside)))| {
+                    let sums = &counts.sums;
+                    DayArm {
+                        name: arm.name.clone(),
+                        users: sums.users,
+                        impressions: sums.impressions + outside[0],
+                        clicks: sums.clicks + outside[1],
+                        ctr: per_user(sums, *outside, significance::ctr(sums)),
+                        lift: compared(experiment, i)
+                            .and_then(|()| significance::relative_lift(sums, &control.sums))
+                            .map(|l| l.value),
+                        sequential: compared(experiment, i).and_then(|()| {
+                            significance::sequential_lift(sums, &control.sums, experiment.sequential_tuning)
+                        }),
+                        cuped: experiment.covariates.as_ref().map(|_| {
+                            compared(experiment, i).and_then(|()| adjusted_comparison(experiment, counts, &control))
+                        }),
+                    }
                 })
                 .collect();
             DayResults { day, arms }
@@ -493,7 +503,10 @@ mod tests {
                 sums.add_click(0, own);
             }
         }
-        crate::feedback::users::Day { sums, outside: [0, 0] }
+        crate::feedback::users::Day {
+            sums,
+            ..Default::default()
+        }
     }
 
     /// Days are cumulative from the first kept day, every arm on every day any arm counted,

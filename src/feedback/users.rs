@@ -91,6 +91,8 @@ pub(crate) fn pre_state(pre: Option<PrePeriod>) -> String {
 pub(crate) struct Day {
     /// Increments of the per-user sums that day; `users` is the users first counted that day.
     pub(crate) sums: UserSums,
+    /// Increments of the pre-period sums that day (CUPED).
+    pub(crate) pre: PreSums,
     /// Impressions and clicks counted that day outside the per-user sums (see
     /// [`LocalUsers::outside`]).
     pub(crate) outside: [u64; 2],
@@ -150,7 +152,9 @@ impl LocalUsers {
             let pre = pre();
             self.sums.add_user();
             self.pre.add_user(pre);
-            self.day(day).sums.add_user();
+            let today = self.day(day);
+            today.sums.add_user();
+            today.pre.add_user(pre);
             self.users.insert(user, UserState { counts: [0, 0], pre });
         }
         self.users.get_mut(&user)
@@ -193,10 +197,12 @@ impl LocalUsers {
         add(&mut self.sums);
         add(&mut self.day(day).sums);
         let pre = before.pre.unwrap_or_default();
-        match click {
-            true => self.pre.add_click(pre),
-            false => self.pre.add_impression(pre),
-        }
+        let add_pre = |sums: &mut PreSums| match click {
+            true => sums.add_click(pre),
+            false => sums.add_impression(pre),
+        };
+        add_pre(&mut self.pre);
+        add_pre(&mut self.day(day).pre);
         self.clickers += u64::from(click && c == 0);
     }
 

@@ -108,12 +108,20 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
                 "compared",
                 "overlap_jaccard",
                 "overlap_rbo",
+                "cuped_lift",
+                "cuped_lift_low",
+                "cuped_lift_high",
+                "cuped_p_value",
+                "cuped_sequential_lift_low",
+                "cuped_sequential_lift_high",
+                "cuped_sequential_p_value",
+                "cuped_variance_reduction",
             ];
             let mut out = format!("experiment,{}\n", columns.join(","));
             for arm in &arms {
                 let cells: Vec<String> = columns
                     .iter()
-                    .map(|c| match &arm[c] {
+                    .map(|c| match c.strip_prefix("cuped_").map_or(&arm[c], |field| &arm["cuped"][field]) {
                         Value::Null => String::new(),
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
@@ -179,10 +187,23 @@ fn table(results: &Value, arms: &[Value]) -> String {
         };
         v.as_f64().map_or_else(|| "-".into(), |p| format!("{p:.2e}"))
     };
+    // With covariates, the adjusted lift and always-valid interval (what `decision` reads)
+    // and how much variance the pre-period took out.
+    let adjusted = arms.iter().any(|a| a["cuped"].is_object());
+    let mut header = header.to_vec();
+    if adjusted {
+        header.extend(["CUPED lift", "CUPED av CI", "var. red."]);
+    }
     let rows: Vec<Vec<String>> = arms
         .iter()
         .map(|a| {
-            vec![
+            let c = &a["cuped"];
+            let cuped = [
+                signed_percent(&c["lift"]),
+                interval(&c["sequential_lift_low"], &c["sequential_lift_high"], signed_percent),
+                percent(&c["variance_reduction"]),
+            ];
+            let mut row = vec![
                 a["name"].as_str().unwrap_or("?").to_string(),
                 match a["weight"].as_f64() {
                     // Interleaved arms both serve every user, a shadow nobody: a share would
@@ -208,7 +229,11 @@ fn table(results: &Value, arms: &[Value]) -> String {
                     "no"
                 }
                 .to_string(),
-            ]
+            ];
+            if adjusted {
+                row.extend(cuped);
+            }
+            row
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
@@ -234,7 +259,7 @@ fn table(results: &Value, arms: &[Value]) -> String {
             .collect();
         padded.join("  ").trim_end().to_string()
     };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
+    let _ = writeln!(out, "{}", line(header.clone()));
     for row in &rows {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
     }
@@ -248,6 +273,13 @@ fn table(results: &Value, arms: &[Value]) -> String {
                 .as_f64()
                 .map_or_else(|| "?".into(), |n| n.to_string())
         );
+        if adjusted {
+            let _ = writeln!(
+                out,
+                "`decision` reads the CUPED columns: the lift adjusted for each user's pre-period clicks and \
+                 impressions (var. red. is the share of the lift's variance that took out)."
+            );
+        }
         if let Some(reason) = results["users_exact_reason"].as_str() {
             let _ = writeln!(out, "Users are not exact, so no sample-ratio verdict: {reason}.");
         }

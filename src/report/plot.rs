@@ -42,8 +42,8 @@ pub(crate) enum PlotError {
 /// One arm's series: `(day, lift, low, high)`, days since 1970-01-01.
 type Series = (String, Vec<(i64, f64, f64, f64)>);
 
-/// The compared arms' cumulative lift and always-valid interval per day, from `?by=day`
-/// results; a day where an arm's interval is undefined (no clicks yet) is left out of its
+/// The compared arms' cumulative lift and always-valid interval per day (CUPED-adjusted when
+/// the experiment names covariates), from `?by=day` results; a day where an arm's interval is undefined (no clicks yet) is left out of its
 /// series.
 fn series(results: &Value) -> Vec<Series> {
     let days = results["days"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -62,11 +62,13 @@ fn series(results: &Value) -> Vec<Series> {
                 .filter_map(|d| {
                     let day = crate::calendar::parse_date(d["day"].as_str()?)?;
                     let arm = d["arms"].as_array()?.iter().find(|a| a["name"] == name)?;
+                    // With covariates, the adjusted figures: the ones decisions read.
+                    let shown = if arm["cuped"].is_object() { &arm["cuped"] } else { arm };
                     Some((
                         day,
-                        arm["lift"].as_f64()?,
-                        arm["sequential_lift_low"].as_f64()?,
-                        arm["sequential_lift_high"].as_f64()?,
+                        shown["lift"].as_f64()?,
+                        shown["sequential_lift_low"].as_f64()?,
+                        shown["sequential_lift_high"].as_f64()?,
                     ))
                 })
                 .collect();
@@ -109,10 +111,14 @@ fn render(results: &Value) -> Result<String, PlotError> {
     let margin = ((high - low) * 0.05).max(0.01);
     let x = (first as f64 - 0.5)..(last as f64 + 0.5);
     let y = (low - margin)..(high + margin);
+    let adjusted = results["arms"]
+        .as_array()
+        .is_some_and(|arms| arms.iter().any(|a| a["cuped"].is_object()));
     let title = format!(
-        "{}: cumulative CTR lift over {}, always-valid 95% interval",
+        "{}: cumulative CTR lift over {}{}, always-valid 95% interval",
         results["experiment"].as_str().unwrap_or("?"),
-        results["arms"][0]["name"].as_str().unwrap_or("the control")
+        results["arms"][0]["name"].as_str().unwrap_or("the control"),
+        if adjusted { " (CUPED-adjusted)" } else { "" }
     );
 
     let mut svg = String::new();
