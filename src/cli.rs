@@ -224,6 +224,9 @@ fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
     );
     warn_missing_models(&catalog, dir, models_root);
     note_sequential_tuning(&catalog);
+    if !check_covariates(&catalog, models_root) {
+        return ExitCode::FAILURE;
+    }
     let Some(old_dir) = against else {
         return ExitCode::SUCCESS;
     };
@@ -303,6 +306,48 @@ fn warn_missing_models(catalog: &Catalog, dir: &Path, root: &str) {
              /ready reports each model's error)"
         );
     }
+}
+
+/// Reads every covariate table on a local folder as the gateway would (committed, the three
+/// columns, integer counts, one row per user) and says how many users it holds; a folder not
+/// there yet is a warning, as for a model, but a table that is there and cannot be read fails
+/// the validation. Tables on HDFS are left to the gateway's `/ready`.
+fn check_covariates(catalog: &Catalog, root: &str) -> bool {
+    let tables: Vec<_> = catalog
+        .experiments()
+        .filter_map(|e| e.covariates.as_ref().map(|spec| (e, spec)))
+        .collect();
+    if tables.is_empty() {
+        return true;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime to read covariate tables: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for (experiment, spec) in tables {
+        let file = experiment.file.display();
+        match local_folder(root, &spec.location) {
+            None => eprintln!(
+                "note: {file}: covariates {:?} on hdfs:// not checked (the gateway's /ready reports it)",
+                spec.location
+            ),
+            Some(folder) if !folder.is_dir() => {
+                eprintln!("warning: {file}: covariates: no folder {} (models.root {root:?})", folder.display())
+            }
+            Some(_) => match runtime.block_on(crate::store::covariates::check(root, spec)) {
+                Ok(users) => println!("{file}: covariates {:?}: ok, {users} user(s)", spec.location),
+                Err(problem) => {
+                    eprintln!("error: {file}: covariates {:?}: {problem}", spec.location);
+                    ok = false;
+                }
+            },
+        }
+    }
+    ok
 }
 
 /// The local folder a model location names under `root` (for `name/*`, the folder of its

@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float32Array, Int32Array, RecordBatch};
+use arrow_array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_array::{ListArray, StructArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -26,6 +26,9 @@ pub enum GenFormat {
     Long,
     /// `item int, rating float`: one list for everyone.
     Global,
+    /// `user string, clicks bigint, impressions bigint`: a covariate table for CUPED, each
+    /// user's pre-period counts, as the README's PySpark job writes it from the logs.
+    Covariates,
 }
 
 /// What to generate (also the arguments of `recgw gen-models`).
@@ -124,6 +127,53 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> GenError + '_ {
     }
 }
 
+/// One user's row of a covariate table: pre-period clicks and impressions on the placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CovariateRow {
+    /// The user id, as requests and the logs spell it.
+    pub user: String,
+    /// Clicks before the experiment.
+    pub clicks: i64,
+    /// Impressions before the experiment.
+    pub impressions: i64,
+}
+
+/// The deterministic pre-period of user `user` for `gen-models --format covariates`: users
+/// differ in how much they click (a propensity skewed towards 0, mean about 7%) and see 0 to
+/// 30 items, so the in-experiment behaviour of a user with the same propensity correlates
+/// with it as real users' does.
+pub fn covariate_row(seed: u64, user: u32) -> CovariateRow {
+    let mut rng = SplitMix(seed ^ u64::from(user).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let propensity = rng.unit().powi(3) * 0.3;
+    let impressions = (rng.next() % 31) as i64;
+    let clicks = (0..impressions).filter(|_| rng.unit() < propensity).count() as i64;
+    CovariateRow {
+        user: user.to_string(),
+        clicks,
+        impressions,
+    }
+}
+
+/// Writes a covariate table of `rows` in Spark's layout into `out` (replacing it), spread
+/// over `partitions` part files: `user string, clicks bigint, impressions bigint`.
+pub fn write_covariates(out: &Path, rows: &[CovariateRow], partitions: u32, seed: u64) -> Result<(), GenError> {
+    let schema = schema(GenFormat::Covariates);
+    let per_part = rows.len().div_ceil(partitions.max(1) as usize).max(1);
+    let chunks: Vec<&[CovariateRow]> = rows.chunks(per_part).collect();
+    spark_folder(out, seed, 65_536, partitions.max(1), &schema, |part, writer| match chunks.get(part as usize) {
+        Some(rows) => Ok(writer.write(&covariate_batch(&schema, rows)?)?),
+        None => Ok(()),
+    })
+}
+
+fn covariate_batch(schema: &Arc<Schema>, rows: &[CovariateRow]) -> Result<RecordBatch, GenError> {
+    let users: StringArray = rows.iter().map(|r| Some(r.user.as_str())).collect();
+    let clicks: Int64Array = rows.iter().map(|r| r.clicks).collect();
+    let impressions: Int64Array = rows.iter().map(|r| r.impressions).collect();
+    let columns: Vec<ArrayRef> = vec![Arc::new(users), Arc::new(clicks), Arc::new(impressions)];
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| GenError::Options(e.to_string()))
+}
+
 /// Writes the model folder described by `opts`, replacing any previous content.
 pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
     if opts.items == 0 || opts.k == 0 || opts.k > opts.items || opts.partitions == 0 {
@@ -131,11 +181,44 @@ pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
             "need items > 0, 0 < k <= items and partitions > 0".into(),
         ));
     }
-    if opts.out.exists() {
-        fs::remove_dir_all(&opts.out).map_err(io_err(&opts.out))?;
+    // A global list is one small table: Spark would coalesce it into a single part file.
+    let partitions = if opts.format == GenFormat::Global {
+        1
+    } else {
+        opts.partitions
+    };
+    let per_part = opts.users.div_ceil(partitions).max(1);
+    let schema = schema(opts.format);
+    spark_folder(&opts.out, opts.seed, opts.row_group_rows, partitions, &schema, |part, writer| {
+        let users = (part * per_part).min(opts.users)..((part + 1) * per_part).min(opts.users);
+        if opts.format == GenFormat::Global {
+            writer.write(&batch(opts, &schema, 0..0)?)?;
+        } else {
+            // Users are encoded a block at a time so 1M users never sit in memory at once.
+            for start in users.clone().step_by(16_384) {
+                let end = (start + 16_384).min(users.end);
+                writer.write(&batch(opts, &schema, start..end)?)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Recreates `out` as a Spark job's output: `partitions` part files named by a job id drawn
+/// from `seed`, each filled by `fill`, a `.crc` beside each, and `_SUCCESS` last.
+fn spark_folder(
+    out: &Path,
+    seed: u64,
+    row_group_rows: usize,
+    partitions: u32,
+    schema: &Arc<Schema>,
+    mut fill: impl FnMut(u32, &mut ArrowWriter<fs::File>) -> Result<(), GenError>,
+) -> Result<(), GenError> {
+    if out.exists() {
+        fs::remove_dir_all(out).map_err(io_err(out))?;
     }
-    fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
-    let mut ids = SplitMix(opts.seed ^ 0x5EED);
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    let mut ids = SplitMix(seed ^ 0x5EED);
     let job_uuid = format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         ids.next() as u32,
@@ -146,37 +229,20 @@ pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
     );
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(opts.row_group_rows))
+        .set_max_row_group_row_count(Some(row_group_rows))
         .build();
-    // A global list is one small table: Spark would coalesce it into a single part file.
-    let partitions = if opts.format == GenFormat::Global {
-        1
-    } else {
-        opts.partitions
-    };
-    let per_part = opts.users.div_ceil(partitions).max(1);
     for part in 0..partitions {
-        let users = (part * per_part).min(opts.users)..((part + 1) * per_part).min(opts.users);
         let name = format!("part-{part:05}-{job_uuid}-c000.snappy.parquet");
-        let path = opts.out.join(&name);
+        let path = out.join(&name);
         let file = fs::File::create(&path).map_err(io_err(&path))?;
-        let schema = schema(opts.format);
-        let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props.clone()))?;
-        if opts.format == GenFormat::Global {
-            writer.write(&batch(opts, &schema, 0..0)?)?;
-        } else {
-            // Users are encoded a block at a time so 1M users never sit in memory at once.
-            for start in users.clone().step_by(16_384) {
-                let end = (start + 16_384).min(users.end);
-                writer.write(&batch(opts, &schema, start..end)?)?;
-            }
-        }
+        let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(props.clone()))?;
+        fill(part, &mut writer)?;
         writer.close()?;
-        write_crc(&opts.out, &name)?;
+        write_crc(out, &name)?;
     }
-    let success = opts.out.join("_SUCCESS");
+    let success = out.join("_SUCCESS");
     fs::write(&success, b"").map_err(io_err(&success))?;
-    write_crc(&opts.out, "_SUCCESS")
+    write_crc(out, "_SUCCESS")
 }
 
 fn schema(format: GenFormat) -> Arc<Schema> {
@@ -193,6 +259,11 @@ fn schema(format: GenFormat) -> Arc<Schema> {
             Field::new("rank", DataType::Int32, false),
         ]),
         GenFormat::Global => Schema::new(vec![Field::new("item", DataType::Int32, false), rating]),
+        GenFormat::Covariates => Schema::new(vec![
+            Field::new("user", DataType::Utf8, true),
+            Field::new("clicks", DataType::Int64, false),
+            Field::new("impressions", DataType::Int64, false),
+        ]),
     })
 }
 
@@ -210,6 +281,10 @@ fn rec_fields() -> Fields {
 
 fn batch(opts: &GenOptions, schema: &Arc<Schema>, users: std::ops::Range<u32>) -> Result<RecordBatch, GenError> {
     let columns: Vec<ArrayRef> = match opts.format {
+        GenFormat::Covariates => {
+            let rows: Vec<CovariateRow> = users.map(|user| covariate_row(opts.seed, user)).collect();
+            return covariate_batch(schema, &rows);
+        }
         GenFormat::Nested => {
             let (mut items, mut scores) = (Vec::new(), Vec::new());
             for user in users.clone() {

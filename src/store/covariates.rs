@@ -317,6 +317,19 @@ fn read_batch(batch: &RecordBatch, names: &[&str; 3], rows: &mut Vec<(u128, u32,
     Ok(())
 }
 
+/// Reads the committed version of `spec` under `root` as the gateway would and says how many
+/// users it holds, or what is wrong with it (`recgw validate`).
+pub(crate) async fn check(root: &str, spec: &CovariateSpec) -> Result<usize, String> {
+    let locator = super::location::Locator::new(root).map_err(|e| e.to_string())?;
+    let committed = super::layout::committed_at(&locator, &spec.location)
+        .await
+        .map_err(|e| e.to_string())??;
+    read_rows(&committed, &spec.columns)
+        .await
+        .map(|rows| rows.len())
+        .map_err(|e| e.to_string())
+}
+
 /// Loads a committed version: mapped from its file in `dir` when one is there and intact (a
 /// restart), else read from the table and written there (held in memory when `dir` is
 /// `None`). Blocking: run it off the runtime's workers.

@@ -7,7 +7,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::StoreError;
-use super::location::Place;
+use super::location::{Locator, Place};
 
 /// The marker Spark's committer writes last.
 const SUCCESS: &str = "_SUCCESS";
@@ -19,6 +19,30 @@ pub(crate) struct Committed {
     pub(crate) folder: Place,
     /// `{leaf folder}@{marker etag or mtime}`: changes whenever Spark commits again.
     pub(crate) version: String,
+}
+
+/// A marker check slower than this is reported as a failure (an unreachable name node makes
+/// the HDFS client retry for minutes), and tried again at the next interval.
+const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The committed version a model (or covariate table) location names now, `name/*` for the
+/// newest committed sub-folder; the inner `Err` says nothing is committed there, the outer one
+/// that the storage could not be asked.
+pub(crate) async fn committed_at(locator: &Locator, location: &str) -> Result<Result<Committed, String>, StoreError> {
+    let (folder, wildcard) = match location.strip_suffix("/*") {
+        Some(folder) => (folder, true),
+        None => (location, false),
+    };
+    let place = locator.resolve(folder)?;
+    match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
+        Ok(found) => Ok(found?.ok_or_else(|| {
+            format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path))
+        })),
+        Err(_) => Err(StoreError::Timeout {
+            uri: place.uri_of(&place.path),
+            after: MARKER_TIMEOUT,
+        }),
+    }
 }
 
 /// Finds the committed folder for a location: the folder itself, or with `wildcard`, its

@@ -9,15 +9,11 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::covariates::{CovariateSpec, CovariateTable};
-use super::layout::{Committed, committed};
+use super::layout::committed_at;
 use super::location::Locator;
 use super::snapshot::{Snapshot, SnapshotSettings, path_for};
 use super::{LoadedModel, ModelSpec, StoreError};
 use crate::metrics::Metrics;
-
-/// A marker check slower than this is reported as a failure (an unreachable name node makes
-/// the HDFS client retry for minutes), and tried again at the next interval.
-const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One model's current version and what went wrong last.
 #[derive(Debug, Default)]
@@ -229,7 +225,7 @@ impl ModelRegistry {
                 state.failed_version = failed_version;
             }
         };
-        let committed = match self.committed(&spec.location).await {
+        let committed = match committed_at(&self.locator, &spec.location).await {
             Ok(Ok(committed)) => committed,
             Ok(Err(message)) => return record(Some(message), None),
             Err(e) => {
@@ -374,25 +370,6 @@ impl ModelRegistry {
         *slot.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
-    /// The committed version `location` names now; the inner `Err` says nothing is committed
-    /// there, the outer one that the storage could not be asked.
-    async fn committed(&self, location: &str) -> Result<Result<Committed, String>, StoreError> {
-        let (folder, wildcard) = match location.strip_suffix("/*") {
-            Some(folder) => (folder, true),
-            None => (location, false),
-        };
-        let place = self.locator.resolve(folder)?;
-        match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
-            Ok(found) => Ok(found?.ok_or_else(|| {
-                format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path))
-            })),
-            Err(_) => Err(StoreError::Timeout {
-                uri: place.uri_of(&place.path),
-                after: MARKER_TIMEOUT,
-            }),
-        }
-    }
-
     async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
         let record = |error: Option<String>, failed_version: Option<String>| {
             let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,7 +378,7 @@ impl ModelRegistry {
                 state.failed_version = failed_version;
             }
         };
-        let committed = match self.committed(&spec.location).await {
+        let committed = match committed_at(&self.locator, &spec.location).await {
             Ok(Ok(committed)) => committed,
             Ok(Err(message)) => {
                 if slot.current.load().is_none() {
