@@ -30,7 +30,7 @@ const EXPOSURE_COLUMNS: [&str; 10] = [
     "forced",
     "request_id",
 ];
-const EVENT_COLUMNS: [&str; 8] = [
+const EVENT_COLUMNS: [&str; 9] = [
     "timestamp",
     "user_id",
     "experiment_id",
@@ -39,6 +39,7 @@ const EVENT_COLUMNS: [&str; 8] = [
     "item_id",
     "position",
     "event_id",
+    "placement",
 ];
 
 /// The demo with logs written under `root` (a local folder) every `interval`.

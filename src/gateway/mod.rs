@@ -1020,6 +1020,7 @@ fn event_row(accepted: crate::feedback::events::Accepted, item_id: &str) -> Even
     EventRow {
         timestamp_us: now_us(),
         event_id: format!("{token}:{}{}", accepted.kind.code(), accepted.position),
+        placement: claims.placement,
         user_id: claims.user,
         experiment_id: claims.experiment,
         variation_id: claims.arm,

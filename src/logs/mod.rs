@@ -447,6 +447,7 @@ mod tests {
             item_id: "7".into(),
             position: 0,
             event_id: "t:c0".into(),
+            placement: "home".into(),
         });
         logs.exposure(exposure(nine_pm, "d"));
         assert!(!logs.flush().await, "the events file failed");

@@ -80,6 +80,9 @@ pub(crate) struct EventRow {
     /// is unique across every replica's files (the token id being the first 12 bytes of the
     /// token's HMAC, URL-safe base64).
     pub(crate) event_id: String,
+    /// The placement of the token's response: a user's pre-period clicks and impressions on a
+    /// placement (CUPED covariates) are counted from this.
+    pub(crate) placement: String,
 }
 
 /// The timestamp column: microseconds, UTC (Parquet `TIMESTAMP(MICROS, isAdjustedToUTC)`, which
@@ -160,6 +163,7 @@ impl Row for EventRow {
             text("item_id", false),
             Field::new("position", DataType::Int32, false),
             text("event_id", false),
+            text("placement", false),
         ]))
     }
 
@@ -173,6 +177,7 @@ impl Row for EventRow {
             strings(rows.iter().map(|r| r.item_id.as_str())),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| i32::from(r.position)))),
             strings(rows.iter().map(|r| r.event_id.as_str())),
+            strings(rows.iter().map(|r| r.placement.as_str())),
         ];
         RecordBatch::try_new(Self::schema(), columns)
     }
@@ -303,6 +308,7 @@ mod tests {
             item_id: "9".into(),
             position: 3,
             event_id: "AAAA:c3".into(),
+            placement: "home".into(),
         }];
         let bytes = encode(&events).expect("encodes");
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).expect("a Parquet file");
