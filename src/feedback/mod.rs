@@ -1,6 +1,7 @@
 //! The feedback loop, from a served page to an analyst's decision: [`token`] signs what each
 //! response served, [`events`] takes impressions and clicks back against it, [`counts`] keeps
 //! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests,
+//! [`cuped`] narrows the CTR comparison with each user's pre-period clicks and impressions,
 //! [`lists`] compares two arms' lists, and [`results`] turns the counts into what an analyst
 //! reads.
 
@@ -10,5 +11,7 @@ pub(crate) mod events;
 pub(crate) mod lists;
 pub(crate) mod results;
 pub(crate) mod significance;
+#[cfg(test)]
+pub(crate) mod sim;
 pub mod token;
 pub(crate) mod users;

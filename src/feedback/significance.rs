@@ -133,7 +133,7 @@ pub(crate) fn ctr(s: &UserSums) -> Result<f64, &'static str> {
 /// `(Σxy − n·x̄·ȳ) / (n − 1)`, written `(n·Σxy − Σx·Σy) / (n·(n − 1))` so that the subtraction,
 /// where floating point would cancel away the digits of large sums, is exact in 128 bits (a
 /// product of two `u64` always fits).
-fn centred(n: u64, sum_x: u64, sum_y: u64, sum_xy: u64) -> f64 {
+pub(super) fn centred(n: u64, sum_x: u64, sum_y: u64, sum_xy: u64) -> f64 {
     let (a, b) = (
         u128::from(n) * u128::from(sum_xy),
         u128::from(sum_x) * u128::from(sum_y),
@@ -144,11 +144,11 @@ fn centred(n: u64, sum_x: u64, sum_y: u64, sum_xy: u64) -> f64 {
 
 /// An arm's CTR with its delta-method variance.
 #[derive(Clone, Copy)]
-struct Ratio {
+pub(super) struct Ratio {
     /// `R`.
-    value: f64,
+    pub(super) value: f64,
     /// `Var(R)`, never negative.
-    variance: f64,
+    pub(super) variance: f64,
 }
 
 /// The CTR of an arm and its variance by the delta method (STATISTICS.md §2).
@@ -199,8 +199,9 @@ fn ratios(arm: &UserSums, control: &UserSums) -> Result<[Ratio; 2], &'static str
     Ok([ratio(arm)?, ratio(control)?])
 }
 
-fn standard_normal() -> Normal {
-    Normal::standard()
+/// The two-sided p-value of a standard normal statistic `z`.
+pub(super) fn two_sided_p(z: f64) -> f64 {
+    (2.0 * Normal::standard().sf(z.abs())).min(1.0)
 }
 
 /// Two-sided p-value of no difference between the CTRs of an arm and the control: `z` of
@@ -211,8 +212,7 @@ pub(crate) fn difference_p(arm: &UserSums, control: &UserSums) -> Result<f64, &'
     if variance == 0.0 {
         return Err(NO_VARIATION);
     }
-    let z = (a.value - c.value) / variance.sqrt();
-    Ok((2.0 * standard_normal().sf(z.abs())).min(1.0))
+    Ok(two_sided_p((a.value - c.value) / variance.sqrt()))
 }
 
 /// Relative lift of an arm's CTR over the control's and its 95% interval.
@@ -235,11 +235,17 @@ pub(crate) fn relative_lift(arm: &UserSums, control: &UserSums) -> Result<Lift, 
         return Err(NO_CONTROL_CLICKS);
     }
     let value = ctr(arm)? / ctr(control)? - 1.0;
-    let interval = log_ratio(arm, control).map(|(mu, se)| Interval {
+    let interval = log_ratio(arm, control).map(|(mu, se)| lift_interval(mu, se));
+    Ok(Lift { value, interval })
+}
+
+/// The 95% interval of a relative lift, `exp(μ̂ ± z·σ̂) − 1`, from the log ratio `mu` and its
+/// standard error `se`.
+pub(super) fn lift_interval(mu: f64, se: f64) -> Interval {
+    Interval {
         low: (mu - Z95 * se).exp() - 1.0,
         high: (mu + Z95 * se).exp() - 1.0,
-    });
-    Ok(Lift { value, interval })
+    }
 }
 
 /// p-value of the chi-square test of `observed` users per arm against `weights` (any scale).
@@ -276,7 +282,7 @@ pub(crate) const ALPHA: f64 = 0.05;
 pub(crate) const DEFAULT_SEQUENTIAL_TUNING: f64 = 5000.0;
 
 /// The log ratio `μ̂ = ln(R₁/R₀)` and its delta-method standard error `σ̂` (STATISTICS.md §3).
-fn log_ratio(arm: &UserSums, control: &UserSums) -> Result<(f64, f64), &'static str> {
+pub(super) fn log_ratio(arm: &UserSums, control: &UserSums) -> Result<(f64, f64), &'static str> {
     let [a, c] = ratios(arm, control)?;
     if control.clicks == 0 {
         return Err(NO_CONTROL_CLICKS);
@@ -309,8 +315,9 @@ pub(crate) struct Sequential {
 
 /// The confidence sequence of the module doc for an estimate `mu` of the log ratio with standard
 /// error `se > 0` from `n` units, tuned for `tuning` of them. Apart from [`sequential_lift`], so
-/// that it can be checked against GrowthBook with any estimate fed to it.
-fn confidence_sequence(mu: f64, se: f64, n: f64, tuning: f64) -> Sequential {
+/// that it can be checked against GrowthBook with any estimate fed to it, and fed the CUPED
+/// estimate by [`super::cuped`].
+pub(super) fn confidence_sequence(mu: f64, se: f64, n: f64, tuning: f64) -> Sequential {
     let rho2 = sequential_rho(tuning).powi(2);
     let spread = n * rho2 + 1.0;
     let half = se * n.sqrt() * (2.0 * spread / (n * n * rho2) * (spread.sqrt() / ALPHA).ln()).sqrt();
@@ -391,6 +398,7 @@ pub(crate) fn sign_test_p(wins: [u64; 2]) -> Result<f64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::sim::{Event, SplitMix, near_rate, shuffled_events};
 
     /// Relative closeness, for reference values computed once with scipy/statsmodels.
     fn close(got: f64, want: f64) -> bool {
@@ -574,83 +582,6 @@ mod tests {
         );
     }
 
-    /// SplitMix64, so every simulation here is the same on every run.
-    struct SplitMix(u64);
-
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        /// Successes in `n` trials at `p`, by a plain loop: an iterator chain is several times
-        /// slower in the debug builds the simulations run in.
-        fn binomial(&mut self, n: u64, p: f64) -> u64 {
-            let threshold = (p * u64::MAX as f64) as u64;
-            let mut successes = 0;
-            for _ in 0..n {
-                successes += u64::from(self.next() < threshold);
-            }
-            successes
-        }
-
-        /// Uniform on `0..n` (the modulo bias is below 1e-17 for the small `n` used here).
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        /// Uniform on (0, 1]: never 0, so its logarithm and powers stay finite.
-        fn uniform(&mut self) -> f64 {
-            ((self.next() >> 11) + 1) as f64 / (1_u64 << 53) as f64
-        }
-
-        /// Standard normal, by Box and Muller.
-        fn normal(&mut self) -> f64 {
-            (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
-        }
-
-        /// Gamma(`shape`, 1) by Marsaglia and Tsang ("A simple method for generating gamma
-        /// variables", 2000); a shape below 1 from shape + 1 times `U^(1/shape)`, as they show.
-        fn gamma(&mut self, shape: f64) -> f64 {
-            if shape < 1.0 {
-                let boost = self.uniform().powf(1.0 / shape);
-                return self.gamma(shape + 1.0) * boost;
-            }
-            let d = shape - 1.0 / 3.0;
-            let c = 1.0 / (9.0 * d).sqrt();
-            loop {
-                let x = self.normal();
-                let v = (1.0 + c * x).powi(3);
-                if v > 0.0 && self.uniform().ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-                    return d * v;
-                }
-            }
-        }
-
-        /// Beta(`a`, `b`), as `X / (X + Y)` of independent Gamma(a) and Gamma(b).
-        fn beta(&mut self, a: f64, b: f64) -> f64 {
-            let x = self.gamma(a);
-            x / (x + self.gamma(b))
-        }
-    }
-
-    /// The simulations rest on the Beta sampler: Beta(0.3, 5.7) has mean 0.05 and variance
-    /// 0.3·5.7 / (6²·7), and its shape 0.3 goes through the boosted branch of `gamma`.
-    #[test]
-    fn the_beta_sampler_has_the_right_moments() {
-        let mut rng = SplitMix(0xbe7a);
-        let draws: Vec<f64> = (0..200_000).map(|_| rng.beta(0.3, 5.7)).collect();
-        let n = draws.len() as f64;
-        let mean = draws.iter().sum::<f64>() / n;
-        let variance = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        assert!((mean - 0.05).abs() < 0.0015, "mean {mean}");
-        let want = 0.3 * 5.7 / (36.0 * 7.0);
-        assert!((variance / want - 1.0).abs() < 0.05, "variance {variance}, want {want}");
-    }
-
     /// Per-user `(clicks, impressions)` of `users` heterogeneous users: propensities from
     /// Beta(`a`, `b`), 0 to 30 impressions, so some users are served but have no event.
     fn rows(rng: &mut SplitMix, users: usize, a: f64, b: f64) -> Vec<(u64, u64)> {
@@ -667,21 +598,7 @@ mod tests {
     /// all users shuffled together (a user counted at their first event, the served-only ones
     /// included) and alternated between two shards added up at the end.
     fn sums_by_events(rows: &[(u64, u64)], rng: &mut SplitMix) -> UserSums {
-        #[derive(Clone, Copy)]
-        enum Event {
-            Served,
-            Impression,
-            Click,
-        }
-        let mut events = Vec::new();
-        for (user, &(clicks, impressions)) in rows.iter().enumerate() {
-            events.push((user, Event::Served));
-            events.extend(std::iter::repeat_n((user, Event::Impression), impressions as usize));
-            events.extend(std::iter::repeat_n((user, Event::Click), clicks as usize));
-        }
-        for k in (1..events.len()).rev() {
-            events.swap(k, rng.below(k as u64 + 1) as usize);
-        }
+        let events = shuffled_events(rows.iter().copied(), rng);
         let mut seen: Vec<Option<(u64, u64)>> = vec![None; rows.len()];
         let mut shards = [UserSums::default(); 2];
         for (k, (user, event)) in events.into_iter().enumerate() {
@@ -912,12 +829,6 @@ mod tests {
     /// size, where the sequence is tightest; a looser tuning would only make it more cautious.
     const PLANNED_USERS: f64 = (2 * USERS_PER_ARM) as f64;
 
-    /// Whether `count` of `EXPERIMENTS` is within three binomial standard deviations of `rate`.
-    fn near_rate(count: u32, rate: f64) -> bool {
-        let experiments = f64::from(EXPERIMENTS);
-        (f64::from(count) / experiments - rate).abs() <= 3.0 * (rate * (1.0 - rate) / experiments).sqrt()
-    }
-
     /// A/A experiments: the user-level tests are significant 5% of the time at a fixed horizon,
     /// and the always-valid one at most 5% though read every day. The impression-level tests
     /// they replace, computed inline from the same sums, are significant far more often.
@@ -969,8 +880,12 @@ mod tests {
             rate(sequential),
             widths[widths.len() / 2]
         );
-        assert!(near_rate(fixed, ALPHA), "difference p: {}%", rate(fixed));
-        assert!(near_rate(excluded, ALPHA), "lift interval: {}%", rate(excluded));
+        assert!(near_rate(fixed, EXPERIMENTS, ALPHA), "difference p: {}%", rate(fixed));
+        assert!(
+            near_rate(excluded, EXPERIMENTS, ALPHA),
+            "lift interval: {}%",
+            rate(excluded)
+        );
         assert!(
             f64::from(sequential) <= ALPHA * f64::from(EXPERIMENTS),
             "always valid: {}%",
