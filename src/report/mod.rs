@@ -277,7 +277,7 @@ fn table(results: &Value, arms: &[Value]) -> String {
             let _ = writeln!(
                 out,
                 "`decision` reads the CUPED columns: the lift adjusted for each user's pre-period clicks and \
-                 impressions (var. red. is the share of the lift's variance that took out)."
+                 impressions (var. red. is the share of the lift's variance the pre-period explains)."
             );
         }
         if let Some(reason) = results["users_exact_reason"].as_str() {
@@ -534,9 +534,36 @@ mod tests {
         assert!(rows[0].starts_with("experiment,name,weight,users"));
         assert!(rows[1].starts_with("e,control,50.0,100,120,1000,40,30,0.04,"), "{csv}");
         assert!(
-            rows[2].ends_with(",0.0402,-0.1948,1.7944,0.4226,,,inconclusive,true,,,,,,"),
+            rows[2].ends_with(",0.0402,-0.1948,1.7944,0.4226,,,inconclusive,true,,,,,,,,,,,,,,"),
             "{csv}"
         );
+    }
+
+    /// With covariates, the table adds the adjusted lift, its always-valid interval and the
+    /// variance reduction, says `decision` reads them, and the CSV carries every `cuped` field.
+    #[test]
+    fn shows_the_cuped_figures_when_the_experiment_has_covariates() {
+        let mut results = sample();
+        results["arms"][0]["cuped"] = serde_json::json!({"undefined": {"lift": "this is the control"}});
+        results["arms"][1]["cuped"] = serde_json::json!({
+            "lift": 0.45, "lift_low": 0.1, "lift_high": 0.9, "p_value": 0.01, "sequential_lift_low": 0.02,
+            "sequential_lift_high": 1.1, "sequential_p_value": 0.03, "variance_reduction": 0.42,
+            "users_with_pre_period": 150, "undefined": {}
+        });
+        let table = render(&results, Format::Table);
+        let header = table.lines().nth(1).unwrap_or_default();
+        let cells: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells[cells.len() - 3..], ["CUPED lift", "CUPED av CI", "var. red."], "{table}");
+        let treatment = table.lines().nth(3).unwrap_or_default();
+        assert!(treatment.ends_with("+45.0%  [+2.0%, +110.0%]     42.00%"), "{table}");
+        assert!(table.contains("`decision` reads the CUPED columns"), "{table}");
+        let csv = render(&results, Format::Csv);
+        assert!(csv.lines().nth(0).unwrap_or_default().ends_with(",cuped_sequential_p_value,cuped_variance_reduction"));
+        assert!(
+            csv.lines().nth(2).unwrap_or_default().ends_with(",0.45,0.1,0.9,0.01,0.02,1.1,0.03,0.42"),
+            "{csv}"
+        );
+        assert!(!render(&sample(), Format::Table).contains("CUPED"), "only with covariates");
     }
 
     /// With several arms against the control, the p-value columns show the Holm-adjusted
@@ -585,7 +612,7 @@ mod tests {
         );
         let csv = render(&results, Format::Csv);
         assert!(
-            csv.lines().nth(2).unwrap_or_default().ends_with(",true,50,,,,,"),
+            csv.lines().nth(2).unwrap_or_default().ends_with(",true,50,,,,,,,,,,,,,"),
             "{csv}"
         );
     }

@@ -271,6 +271,31 @@ mod tests {
         assert!(svg.contains("<polygon") || svg.contains("<path"), "the interval band");
     }
 
+    /// With covariates the plot draws the adjusted lift and band, the figures `decision`
+    /// reads, and its title says so.
+    #[test]
+    fn draws_the_cuped_figures_when_the_experiment_has_covariates() {
+        let mut results = results();
+        results["arms"][1]["cuped"] = json!({"lift": 0.25});
+        results["days"][2]["arms"][1]["cuped"] =
+            json!({"lift": 0.25, "sequential_lift_low": 0.1, "sequential_lift_high": 0.45});
+        let svg = render(&results).expect("plot");
+        let desc = svg
+            .split_once("<desc>")
+            .and_then(|(_, rest)| rest.split_once("</desc>"))
+            .map(|(desc, _)| desc)
+            .expect("desc");
+        let data: Value = serde_json::from_str(desc).expect("json");
+        assert_eq!(
+            data[0]["days"],
+            json!([
+                {"day": "2026-12-01", "lift": 0.5, "sequential_lift_low": -0.2, "sequential_lift_high": 1.8},
+                {"day": "2026-12-02", "lift": 0.25, "sequential_lift_low": 0.1, "sequential_lift_high": 0.45},
+            ])
+        );
+        assert!(svg.contains("(CUPED-adjusted)"), "the title says which figures");
+    }
+
     #[test]
     fn refuses_what_it_cannot_draw() {
         let mut empty = results();

@@ -382,3 +382,116 @@ pub(crate) fn load(
     drop(bytes);
     CovariateTable::open(&path, version).map_err(unusable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{CovariateRow, write_covariates};
+
+    fn row(user: &str, clicks: i64, impressions: i64) -> CovariateRow {
+        CovariateRow {
+            user: user.to_string(),
+            clicks,
+            impressions,
+        }
+    }
+
+    fn spec(location: &str) -> CovariateSpec {
+        CovariateSpec {
+            location: location.to_string(),
+            columns: CovariateColumns::default(),
+        }
+    }
+
+    /// Loads `location` under `root` as the registry does (on a blocking thread), into `dir`.
+    async fn load_from(root: &Path, location: &str, dir: Option<&Path>) -> Result<CovariateTable, StoreError> {
+        let locator = super::super::location::Locator::new(root.to_str().expect("utf-8")).expect("root");
+        let committed = super::super::layout::committed_at(&locator, location)
+            .await
+            .expect("storage")
+            .expect("committed");
+        let (spec, dir, runtime) = (spec(location), dir.map(Path::to_path_buf), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || load(&committed, &spec, dir.as_deref(), &runtime))
+            .await
+            .expect("load task")
+    }
+
+    /// Every user's row is found, in a mapped file or in memory alike; absent users have none;
+    /// counts past the cap are capped.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rows_are_found_by_user_mapped_or_held() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let snapshots = tempfile::tempdir().expect("tempdir");
+        let mut rows: Vec<CovariateRow> = (0..500).map(|u| row(&format!("u{u}"), u % 7, u % 30)).collect();
+        rows.push(row("crawler", 10, 1_000_000));
+        write_covariates(&root.path().join("pre"), &rows, 3, 7).expect("table");
+        for dir in [Some(snapshots.path()), None] {
+            let table = load_from(root.path(), "pre", dir).await.expect("loads");
+            assert_eq!(table.users(), 501);
+            assert_eq!(table.mapped(), dir.is_some());
+            for u in 0..500 {
+                let want = PrePeriod {
+                    clicks: u % 7,
+                    impressions: u % 30,
+                };
+                assert_eq!(table.get(UserKey::of(&format!("u{u}"))), Some(want), "u{u}");
+            }
+            assert_eq!(table.get(UserKey::of("u500")), None);
+            let capped = table.get(UserKey::of("crawler")).expect("row");
+            assert_eq!(capped.impressions, u64::from(PRE_PERIOD_CAP));
+        }
+    }
+
+    /// A restart maps the file it wrote without reading the table again; a file that does not
+    /// check out is rebuilt rather than served.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_written_file_is_mapped_again_and_a_damaged_one_rebuilt() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let snapshots = tempfile::tempdir().expect("tempdir");
+        write_covariates(&root.path().join("pre"), &[row("a", 1, 2), row("b", 3, 4)], 1, 1).expect("table");
+        let first = load_from(root.path(), "pre", Some(snapshots.path())).await.expect("loads");
+        let (file, version) = (first.path.clone().expect("a file"), first.version().to_string());
+        assert!(CovariateTable::open(&file, &version).is_ok(), "mapped again as written");
+        drop(first);
+        // Damage one row: the checksum no longer matches.
+        let mut bytes = std::fs::read(&file).expect("file");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).expect("damaged");
+        assert_eq!(
+            CovariateTable::open(&file, &version).map(|_| ()),
+            Err("checksum mismatch".to_string())
+        );
+        let again = load_from(root.path(), "pre", Some(snapshots.path())).await.expect("rebuilt");
+        assert_eq!(again.get(UserKey::of("a")), Some(PrePeriod { clicks: 1, impressions: 2 }));
+        assert_eq!(again.get(UserKey::of("b")), Some(PrePeriod { clicks: 3, impressions: 4 }));
+    }
+
+    /// What is not a covariate table is refused with the reason: a user with two rows, a
+    /// negative count, a missing column.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tables_that_are_not_one_row_per_user_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            (vec![row("a", 1, 2), row("a", 0, 1)], "two rows"),
+            (vec![row("a", -1, 2)], "not negative"),
+        ];
+        for (rows, reason) in cases {
+            write_covariates(&root.path().join("bad"), &rows, 1, 1).expect("table");
+            let error = load_from(root.path(), "bad", None).await.expect_err("refused").to_string();
+            assert!(error.contains(reason), "{error}");
+        }
+        write_covariates(&root.path().join("renamed"), &[row("a", 1, 2)], 1, 1).expect("table");
+        let locator = super::super::location::Locator::new(root.path().to_str().expect("utf-8")).expect("root");
+        let committed = super::super::layout::committed_at(&locator, "renamed")
+            .await
+            .expect("storage")
+            .expect("committed");
+        let columns = CovariateColumns {
+            clicks: Some("pre_clicks".into()),
+            ..CovariateColumns::default()
+        };
+        let error = read_rows(&committed, &columns).await.expect_err("refused").to_string();
+        assert!(error.contains("no column \"pre_clicks\""), "{error}");
+    }
+}
