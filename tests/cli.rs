@@ -151,6 +151,62 @@ fn validate_warns_about_model_folders_that_do_not_exist() {
     );
 }
 
+/// `recgw validate` reads a local covariate table as the gateway would: a table written by
+/// `gen-models --format covariates` passes with its users counted; a folder that is a model
+/// rather than a covariate table fails, naming the file and the missing column; a folder not
+/// there yet only warns; and covariates on an interleave experiment are refused.
+#[test]
+fn validate_reads_covariate_tables() {
+    let tables = tempfile::tempdir().expect("tempdir");
+    let good = tables.path().join("pre");
+    let (ok, stdout, stderr) = run(&mut recgw(&[
+        "gen-models",
+        "--out",
+        path_str(&good),
+        "--format",
+        "covariates",
+        "--users",
+        "120",
+    ]));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(good.join("_SUCCESS").is_file() && good.join("._SUCCESS.crc").is_file());
+    let model = tables.path().join("model");
+    gen_models(&model, "1");
+
+    let validate_with = |location: &str| {
+        let dir = copy_of_experiments();
+        common::edits::with_lines(dir.path(), "home-als-rank.toml", &format!("covariates = {location:?}"));
+        let (ok, stdout, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+        (ok, stdout, stderr, dir)
+    };
+    let (ok, stdout, stderr, _dir) = validate_with(&format!("file://{}", good.display()));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("home-als-rank.toml: covariates") && stdout.contains("ok, 120 user(s)"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr, _dir) = validate_with(&format!("file://{}", model.display()));
+    assert!(!ok, "a model is not a covariate table\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("error:") && stderr.contains("home-als-rank.toml") && stderr.contains("no column \"clicks\""),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr, _dir) = validate_with(&format!("file://{}", tables.path().join("later").display()));
+    assert!(ok, "a table not written yet warns, it does not fail: {stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("covariates: no folder"), "{stderr}");
+
+    let dir = copy_of_experiments();
+    common::edits::with_lines(dir.path(), "feed-als-interleave.toml", "covariates = \"pre\"");
+    let (ok, _, stderr) = run(&mut recgw(&["validate", path_str(dir.path())]));
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("feed-als-interleave.toml") && stderr.contains("covariates") && stderr.contains("only a split"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validate_against_reports_the_basis_points_that_change_arm() {
     // OLD: the slice [0, 50) split 50/50; NEW: the same slice split 40/60.
