@@ -336,7 +336,10 @@ fn check_covariates(catalog: &Catalog, root: &str) -> bool {
                 spec.location
             ),
             Some(folder) if !folder.is_dir() => {
-                eprintln!("warning: {file}: covariates: no folder {} (models.root {root:?})", folder.display())
+                eprintln!(
+                    "warning: {file}: covariates: no folder {} (models.root {root:?})",
+                    folder.display()
+                )
             }
             Some(_) => match runtime.block_on(crate::store::covariates::check(root, spec)) {
                 Ok(users) => println!("{file}: covariates {:?}: ok, {users} user(s)", spec.location),

@@ -160,10 +160,17 @@ pub fn write_covariates(out: &Path, rows: &[CovariateRow], partitions: u32, seed
     let schema = schema(GenFormat::Covariates);
     let per_part = rows.len().div_ceil(partitions.max(1) as usize).max(1);
     let chunks: Vec<&[CovariateRow]> = rows.chunks(per_part).collect();
-    spark_folder(out, seed, 65_536, partitions.max(1), &schema, |part, writer| match chunks.get(part as usize) {
-        Some(rows) => Ok(writer.write(&covariate_batch(&schema, rows)?)?),
-        None => Ok(()),
-    })
+    spark_folder(
+        out,
+        seed,
+        65_536,
+        partitions.max(1),
+        &schema,
+        |part, writer| match chunks.get(part as usize) {
+            Some(rows) => Ok(writer.write(&covariate_batch(&schema, rows)?)?),
+            None => Ok(()),
+        },
+    )
 }
 
 fn covariate_batch(schema: &Arc<Schema>, rows: &[CovariateRow]) -> Result<RecordBatch, GenError> {
@@ -189,19 +196,26 @@ pub fn generate(opts: &GenOptions) -> Result<(), GenError> {
     };
     let per_part = opts.users.div_ceil(partitions).max(1);
     let schema = schema(opts.format);
-    spark_folder(&opts.out, opts.seed, opts.row_group_rows, partitions, &schema, |part, writer| {
-        let users = (part * per_part).min(opts.users)..((part + 1) * per_part).min(opts.users);
-        if opts.format == GenFormat::Global {
-            writer.write(&batch(opts, &schema, 0..0)?)?;
-        } else {
-            // Users are encoded a block at a time so 1M users never sit in memory at once.
-            for start in users.clone().step_by(16_384) {
-                let end = (start + 16_384).min(users.end);
-                writer.write(&batch(opts, &schema, start..end)?)?;
+    spark_folder(
+        &opts.out,
+        opts.seed,
+        opts.row_group_rows,
+        partitions,
+        &schema,
+        |part, writer| {
+            let users = (part * per_part).min(opts.users)..((part + 1) * per_part).min(opts.users);
+            if opts.format == GenFormat::Global {
+                writer.write(&batch(opts, &schema, 0..0)?)?;
+            } else {
+                // Users are encoded a block at a time so 1M users never sit in memory at once.
+                for start in users.clone().step_by(16_384) {
+                    let end = (start + 16_384).min(users.end);
+                    writer.write(&batch(opts, &schema, start..end)?)?;
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// Recreates `out` as a Spark job's output: `partitions` part files named by a job id drawn

@@ -187,7 +187,10 @@ fn validate_reads_covariate_tables() {
     );
 
     let (ok, stdout, stderr, _dir) = validate_with(&format!("file://{}", model.display()));
-    assert!(!ok, "a model is not a covariate table\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        !ok,
+        "a model is not a covariate table\nstdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(
         stderr.contains("error:") && stderr.contains("home-als-rank.toml") && stderr.contains("no column \"clicks\""),
         "{stderr}"
@@ -195,7 +198,10 @@ fn validate_reads_covariate_tables() {
 
     let (ok, _, stderr, _dir) = validate_with(&format!("file://{}", tables.path().join("later").display()));
     assert!(ok, "a table not written yet warns, it does not fail: {stderr}");
-    assert!(stderr.contains("warning:") && stderr.contains("covariates: no folder"), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("covariates: no folder"),
+        "{stderr}"
+    );
 
     let dir = copy_of_experiments();
     common::edits::with_lines(dir.path(), "feed-als-interleave.toml", "covariates = \"pre\"");

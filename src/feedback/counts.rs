@@ -663,7 +663,12 @@ impl Tally {
             } else {
                 let mut local = counter.local.lock().unwrap_or_else(|p| p.into_inner());
                 for user in counter.collected.try_iter() {
-                    local.serve(user, day, || self.admit(&counter, MEMORY_FULL), || counter.pre_period(user));
+                    local.serve(
+                        user,
+                        day,
+                        || self.admit(&counter, MEMORY_FULL),
+                        || counter.pre_period(user),
+                    );
                 }
             }
         }
@@ -1125,8 +1130,23 @@ const TAG_FIELDS: [&str; 6] = [
 /// pre-period sums (users with a row, `Σc'`, `Σi'`, `Σc'²`, `Σi'²`, `Σc'·i'`) and the cross sums
 /// `Σc·c'`, `Σc·i'`, `Σi·c'`, `Σi·i'`; the rank buckets follow.
 const SHARD_FIELDS: [&str; 17] = [
-    "users", "impressions", "clicks", "cc", "ii", "ci", "clickers", "p_users", "p_c", "p_i", "p_cc", "p_ii", "p_ci",
-    "x_cc", "x_ci", "x_ic", "x_ii",
+    "users",
+    "impressions",
+    "clicks",
+    "cc",
+    "ii",
+    "ci",
+    "clickers",
+    "p_users",
+    "p_c",
+    "p_i",
+    "p_cc",
+    "p_ii",
+    "p_ci",
+    "x_cc",
+    "x_ci",
+    "x_ic",
+    "x_ii",
 ];
 
 #[cfg(test)]

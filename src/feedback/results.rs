@@ -424,7 +424,11 @@ fn adjusted_comparison(experiment: &Experiment, arm: &ArmCounts, control: &ArmCo
 /// The always-valid comparison of `arm` with `control` that decisions and the `max_ctr_drop`
 /// guardrail act on: adjusted for the pre-period when the experiment names covariates (the
 /// same error guarantee, a narrower interval), else unadjusted.
-pub(crate) fn acted_on(experiment: &Experiment, arm: &ArmCounts, control: &ArmCounts) -> Result<Sequential, &'static str> {
+pub(crate) fn acted_on(
+    experiment: &Experiment,
+    arm: &ArmCounts,
+    control: &ArmCounts,
+) -> Result<Sequential, &'static str> {
     match experiment.covariates {
         Some(_) => adjusted_comparison(experiment, arm, control).map(|c| c.sequential),
         None => significance::sequential_lift(&arm.sums, &control.sums, experiment.sequential_tuning),

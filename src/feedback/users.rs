@@ -82,7 +82,8 @@ pub(crate) fn bucket_key(tag: &str, arm: &str, bucket: u32) -> String {
 
 /// A pre-period row as the counting scripts take it: `i':c'`, empty without a row.
 pub(crate) fn pre_state(pre: Option<PrePeriod>) -> String {
-    pre.map(|p| format!("{}:{}", p.impressions, p.clicks)).unwrap_or_default()
+    pre.map(|p| format!("{}:{}", p.impressions, p.clicks))
+        .unwrap_or_default()
 }
 
 /// What one UTC day added to an arm: the increments of its per-user sums (so the sums up to

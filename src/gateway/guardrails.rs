@@ -276,7 +276,11 @@ pub(crate) fn breach(limits: &Guardrails, served: &Sample) -> Option<String> {
 /// Why an arm's CTR breaches `max_ctr_drop` against the control's, if it does: the whole
 /// always-valid interval of its lift (`sequential`, CUPED-adjusted when the experiment names
 /// covariates) is below `−max_ctr_drop`.
-pub(crate) fn ctr_breach(max_drop: f64, sequential: Result<Sequential, &'static str>, adjusted: bool) -> Option<String> {
+pub(crate) fn ctr_breach(
+    max_drop: f64,
+    sequential: Result<Sequential, &'static str>,
+    adjusted: bool,
+) -> Option<String> {
     let sequential = sequential.ok()?;
     (sequential.interval.high < -max_drop).then(|| {
         format!(

@@ -526,7 +526,8 @@ impl Gateway {
         }
         let digest = catalog.digest().to_string();
         self.arms.store(Arc::new(ArmIndex::resolve(&self.metrics, &catalog)));
-        self.counters.store(Arc::new(counters(&self.tally, &self.models, &catalog)));
+        self.counters
+            .store(Arc::new(counters(&self.tally, &self.models, &catalog)));
         self.catalog.store(Arc::new(catalog));
         self.models.retain(&models);
         self.metrics.experiments_loaded(Some(&previous), &digest);
@@ -1036,7 +1037,10 @@ fn counters(tally: &Tally, models: &ModelRegistry, catalog: &Catalog) -> Counter
     catalog
         .experiments()
         .map(|experiment| {
-            let covariates = experiment.covariates.as_ref().and_then(|spec| models.covariate_slot(spec));
+            let covariates = experiment
+                .covariates
+                .as_ref()
+                .and_then(|spec| models.covariate_slot(spec));
             let arms = experiment
                 .arms
                 .iter()

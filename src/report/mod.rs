@@ -121,11 +121,13 @@ pub(crate) fn render(results: &Value, format: Format) -> String {
             for arm in &arms {
                 let cells: Vec<String> = columns
                     .iter()
-                    .map(|c| match c.strip_prefix("cuped_").map_or(&arm[c], |field| &arm["cuped"][field]) {
-                        Value::Null => String::new(),
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
+                    .map(
+                        |c| match c.strip_prefix("cuped_").map_or(&arm[c], |field| &arm["cuped"][field]) {
+                            Value::Null => String::new(),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                    )
                     .collect();
                 let _ = writeln!(
                     out,
@@ -553,17 +555,32 @@ mod tests {
         let table = render(&results, Format::Table);
         let header = table.lines().nth(1).unwrap_or_default();
         let cells: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
-        assert_eq!(cells[cells.len() - 3..], ["CUPED lift", "CUPED av CI", "var. red."], "{table}");
+        assert_eq!(
+            cells[cells.len() - 3..],
+            ["CUPED lift", "CUPED av CI", "var. red."],
+            "{table}"
+        );
         let treatment = table.lines().nth(3).unwrap_or_default();
         assert!(treatment.ends_with("+45.0%  [+2.0%, +110.0%]     42.00%"), "{table}");
         assert!(table.contains("`decision` reads the CUPED columns"), "{table}");
         let csv = render(&results, Format::Csv);
-        assert!(csv.lines().nth(0).unwrap_or_default().ends_with(",cuped_sequential_p_value,cuped_variance_reduction"));
         assert!(
-            csv.lines().nth(2).unwrap_or_default().ends_with(",0.45,0.1,0.9,0.01,0.02,1.1,0.03,0.42"),
+            csv.lines()
+                .next()
+                .unwrap_or_default()
+                .ends_with(",cuped_sequential_p_value,cuped_variance_reduction")
+        );
+        assert!(
+            csv.lines()
+                .nth(2)
+                .unwrap_or_default()
+                .ends_with(",0.45,0.1,0.9,0.01,0.02,1.1,0.03,0.42"),
             "{csv}"
         );
-        assert!(!render(&sample(), Format::Table).contains("CUPED"), "only with covariates");
+        assert!(
+            !render(&sample(), Format::Table).contains("CUPED"),
+            "only with covariates"
+        );
     }
 
     /// With several arms against the control, the p-value columns show the Holm-adjusted
@@ -612,7 +629,10 @@ mod tests {
         );
         let csv = render(&results, Format::Csv);
         assert!(
-            csv.lines().nth(2).unwrap_or_default().ends_with(",true,50,,,,,,,,,,,,,"),
+            csv.lines()
+                .nth(2)
+                .unwrap_or_default()
+                .ends_with(",true,50,,,,,,,,,,,,,"),
             "{csv}"
         );
     }

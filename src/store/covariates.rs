@@ -242,7 +242,10 @@ impl<'a> Counts<'a> {
 /// Reads every row of a committed table: `(user key, clicks, impressions)`, sorted by key.
 /// Checks the shape (the three columns, integer counts, text or integer users) and that no
 /// user has two rows.
-pub(crate) async fn read_rows(committed: &Committed, columns: &CovariateColumns) -> Result<Vec<(u128, u32, u32)>, StoreError> {
+pub(crate) async fn read_rows(
+    committed: &Committed,
+    columns: &CovariateColumns,
+) -> Result<Vec<(u128, u32, u32)>, StoreError> {
     let folder = &committed.folder;
     let folder_uri = folder.uri_of(&folder.path);
     let names = [
@@ -410,7 +413,11 @@ mod tests {
             .await
             .expect("storage")
             .expect("committed");
-        let (spec, dir, runtime) = (spec(location), dir.map(Path::to_path_buf), tokio::runtime::Handle::current());
+        let (spec, dir, runtime) = (
+            spec(location),
+            dir.map(Path::to_path_buf),
+            tokio::runtime::Handle::current(),
+        );
         tokio::task::spawn_blocking(move || load(&committed, &spec, dir.as_deref(), &runtime))
             .await
             .expect("load task")
@@ -449,7 +456,9 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let snapshots = tempfile::tempdir().expect("tempdir");
         write_covariates(&root.path().join("pre"), &[row("a", 1, 2), row("b", 3, 4)], 1, 1).expect("table");
-        let first = load_from(root.path(), "pre", Some(snapshots.path())).await.expect("loads");
+        let first = load_from(root.path(), "pre", Some(snapshots.path()))
+            .await
+            .expect("loads");
         let (file, version) = (first.path.clone().expect("a file"), first.version().to_string());
         assert!(CovariateTable::open(&file, &version).is_ok(), "mapped again as written");
         drop(first);
@@ -462,9 +471,23 @@ mod tests {
             CovariateTable::open(&file, &version).map(|_| ()),
             Err("checksum mismatch".to_string())
         );
-        let again = load_from(root.path(), "pre", Some(snapshots.path())).await.expect("rebuilt");
-        assert_eq!(again.get(UserKey::of("a")), Some(PrePeriod { clicks: 1, impressions: 2 }));
-        assert_eq!(again.get(UserKey::of("b")), Some(PrePeriod { clicks: 3, impressions: 4 }));
+        let again = load_from(root.path(), "pre", Some(snapshots.path()))
+            .await
+            .expect("rebuilt");
+        assert_eq!(
+            again.get(UserKey::of("a")),
+            Some(PrePeriod {
+                clicks: 1,
+                impressions: 2
+            })
+        );
+        assert_eq!(
+            again.get(UserKey::of("b")),
+            Some(PrePeriod {
+                clicks: 3,
+                impressions: 4
+            })
+        );
     }
 
     /// What is not a covariate table is refused with the reason: a user with two rows, a
@@ -478,7 +501,10 @@ mod tests {
         ];
         for (rows, reason) in cases {
             write_covariates(&root.path().join("bad"), &rows, 1, 1).expect("table");
-            let error = load_from(root.path(), "bad", None).await.expect_err("refused").to_string();
+            let error = load_from(root.path(), "bad", None)
+                .await
+                .expect_err("refused")
+                .to_string();
             assert!(error.contains(reason), "{error}");
         }
         write_covariates(&root.path().join("renamed"), &[row("a", 1, 2)], 1, 1).expect("table");

@@ -35,9 +35,9 @@ pub(crate) async fn committed_at(locator: &Locator, location: &str) -> Result<Re
     };
     let place = locator.resolve(folder)?;
     match tokio::time::timeout(MARKER_TIMEOUT, committed(&place, wildcard)).await {
-        Ok(found) => Ok(found?.ok_or_else(|| {
-            format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path))
-        })),
+        Ok(found) => {
+            Ok(found?.ok_or_else(|| format!("{}: no committed version (_SUCCESS missing)", place.uri_of(&place.path))))
+        }
         Err(_) => Err(StoreError::Timeout {
             uri: place.uri_of(&place.path),
             after: MARKER_TIMEOUT,

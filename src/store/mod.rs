@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use covariates::{CovariateColumns, CovariateSpec};
 pub(crate) use location::{Locator, Place};
 pub use model::LoadedModel;
-pub use covariates::{CovariateColumns, CovariateSpec};
 pub(crate) use registry::CovariateSlot;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;

@@ -238,11 +238,20 @@ impl ModelRegistry {
             return record(None, None);
         }
         let version = committed.version.clone();
-        let failed = slot.state.lock().unwrap_or_else(|p| p.into_inner()).failed_version.clone();
+        let failed = slot
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed_version
+            .clone();
         if failed.as_deref() == Some(version.as_str()) {
             return;
         }
-        let (dir, for_spec, runtime) = (self.snapshots.dir.clone(), spec.clone(), tokio::runtime::Handle::current());
+        let (dir, for_spec, runtime) = (
+            self.snapshots.dir.clone(),
+            spec.clone(),
+            tokio::runtime::Handle::current(),
+        );
         let started = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || {
             super::covariates::load(&committed, &for_spec, dir.as_deref(), &runtime)
