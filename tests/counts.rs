@@ -214,6 +214,14 @@ impl Topology {
         }
     }
 
+    /// Runs a command about `key` on the node holding it.
+    fn query_key<T: redis::FromRedisValue>(&self, args: &[&str], key: &str) -> T {
+        match self {
+            Topology::Node(node) => node.query(args),
+            Topology::Cluster(cluster) => cluster.query_key(args, key),
+        }
+    }
+
     /// Kills the node, or every node of the cluster.
     fn stop(&mut self) {
         match self {
@@ -236,10 +244,7 @@ impl Topology {
         let field = |tag: String, name: &str| -> u64 {
             let key = format!("recgw:results:{{{tag}}}:{arm}");
             let args = ["HGET", key.as_str(), name];
-            let value: Option<u64> = match self {
-                Topology::Node(node) => node.query(&args),
-                Topology::Cluster(cluster) => cluster.query_key(&args, &key),
-            };
+            let value: Option<u64> = self.query_key(&args, &key);
             value.unwrap_or(0)
         };
         let shards = |name: &str| (0..16).map(|k| field(format!("{EXPERIMENT}:{k}"), name)).sum();
@@ -260,6 +265,10 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     let url = topology.url();
     let a = TestGateway::launch_up(&settings(&demo, &url, "")).await;
     let b = TestGateway::launch_up(&settings(&demo, &url, "")).await;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
     let mut ledger = Ledger::default();
     let mut pages = Vec::new();
     for user in 100..104 {
@@ -308,7 +317,20 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
             "Redis holds the same for {arm}"
         );
     }
-    assert_eq!(topology.keys("recgw:seen:*").len(), 4, "one claim hash per token");
+    let claims = topology.keys("recgw:seen:*");
+    assert_eq!(claims.len(), 4, "one claim hash per token");
+    // A claim outlives its token by the margin for clock skew, so no event in the token's last
+    // seconds (by a clock behind Redis's) can be counted again: the tokens were issued after
+    // `started`, and live `token_max_age`.
+    let token_life = settings(&demo, &url, "").tracking.token_max_age.as_secs();
+    for claim in &claims {
+        let expires: i64 = topology.query_key(&["EXPIRETIME", claim], claim);
+        assert!(
+            expires >= (started + token_life + 300) as i64,
+            "{claim} expires at {expires}, before the token's end ({}) and the margin",
+            started + token_life
+        );
+    }
 
     // The cache kept working beside the claims: each replica's second read of a user is a
     // hit, and no Redis command of any caller was refused.

@@ -22,7 +22,7 @@
 //! step.
 //!
 //! Keys: `recgw:seen:{experiment}:{token id}`, a hash of `i3`/`c3` (type and position) → the
-//! event id, expiring with the token. One event adds at most a field of 3–4 bytes and its id
+//! event id, expiring [`CLAIM_MARGIN`] after the token does. One event adds at most a field of 3–4 bytes and its id
 //! (at most 64), about 80 bytes with the hash's overhead; a token's hash, about 100 bytes more,
 //! holds at most 2 × its page's length fields. Events of the placement default (no experiment)
 //! are claimed under `{p:placement}` and counted only in the metrics.
@@ -42,6 +42,12 @@ use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::feedback::users::{UserKey, bucket_key, pre_state, shard_tag};
 use crate::redis::{Failure, RedisClient};
+
+/// How long a claim outlives its token: tokens are verified by each replica's clock and claims
+/// expire by Redis's, so a claim kept only to the token's last second lets an event in that
+/// second, or on a replica whose clock runs behind Redis's, be counted again. Five minutes
+/// covers any skew NTP leaves between hosts.
+pub(crate) const CLAIM_MARGIN: Duration = Duration::from_secs(300);
 
 /// Claims this process remembers at most without Redis (see [`RecentClaims`]).
 const DEDUPE_CAPACITY: usize = 1_000_000;
@@ -344,7 +350,9 @@ impl EventLog {
     /// (whose deadline bounds one try of a batch's claims).
     pub(crate) fn new(signer: Signer, redis: Option<RedisClient>) -> Self {
         EventLog {
-            seen: RecentClaims::new(DEDUPE_CAPACITY, signer.max_age()),
+            // A claim is remembered at least half the window: twice the token's life and the
+            // margin, so time alone never forgets one its token could still repeat.
+            seen: RecentClaims::new(DEDUPE_CAPACITY, 2 * (signer.max_age() + CLAIM_MARGIN)),
             signer,
             redis,
             script: ::redis::Script::new(&format!("{GATHERED_COUNTS}{CLAIM_SCRIPT}")),
@@ -499,7 +507,7 @@ impl EventLog {
             }
         }
         let attempt = format!("~{:016x}", self.attempts.hash_one((Instant::now(), now)));
-        let max_age = self.signer.max_age().as_secs();
+        let claims_for = (self.signer.max_age() + CLAIM_MARGIN).as_secs();
         // One try waits the client's deadline (at most 1 s); a late one is tried again for up
         // to two and a half of them, well inside `server.request_timeout`.
         let deadline = redis.timeout();
@@ -549,7 +557,7 @@ impl EventLog {
                     .arg(seen)
                     .arg(&c.field)
                     .arg(c.event_id.as_deref().unwrap_or(&attempt))
-                    .arg(c.claims.issued_at + max_age)
+                    .arg(c.claims.issued_at + claims_for)
                     .arg(arm)
                     .arg(c.kind.code().to_string())
                     .arg(&c.claims.user)
@@ -683,6 +691,20 @@ mod tests {
             holdout: None,
             user: UserKey::of("42"),
         }
+    }
+
+    /// Without Redis too, time alone never forgets a claim while its token, plus the margin
+    /// for clock skew, could still bring the event back: a generation turns after at least
+    /// that long, and a claim lives one to two generations.
+    #[test]
+    fn claims_here_outlive_their_token_by_the_margin() {
+        let signer = Signer::new("k", Duration::from_secs(3600));
+        let log = EventLog::new(signer, None);
+        assert!(
+            log.seen.max_age >= Duration::from_secs(3600) + CLAIM_MARGIN,
+            "a generation turns after {:?}",
+            log.seen.max_age
+        );
     }
 
     #[test]
