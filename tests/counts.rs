@@ -609,7 +609,80 @@ async fn long_outage_loses_nothing_and_accepts_nothing_uncounted(mut topology: T
 on_one_node_and_a_cluster!(long_outage_loses_nothing_and_accepts_nothing_uncounted);
 
 // ---------------------------------------------------------------------------------------------
-// 5. Counts on a Redis of their own
+// 5. A batch that cannot apply whole applies nothing
+// ---------------------------------------------------------------------------------------------
+
+/// Keys a counting script writes to, taken by values of another type (by hand, or by anything
+/// else sharing the names), stop the script: it must stop before its first write, or the
+/// part already written is written again by every resend (exposures added each second) or
+/// lost (users marked present and never counted). Here the treatment's items sketch is a hash
+/// and its days are strings in every shard, so every flush (exposures, items) and every
+/// users' script (a shard's users of both arms) is refused: nothing of either arm may appear
+/// until the keys are free, and then everything, once.
+async fn a_batch_that_cannot_apply_whole_applies_nothing(topology: Topology) {
+    let demo = DemoCopy::new();
+    let gw = TestGateway::launch_up(&settings(&demo, &topology.url(), "")).await;
+    let items = format!("recgw:results:{{{EXPERIMENT}}}:treatment:items");
+    let _: u64 = topology.query_key(&["HSET", &items, "taken", "1"], &items);
+    let days: Vec<String> = (0..16)
+        .map(|k| format!("recgw:results:{{{EXPERIMENT}:{k}}}:treatment:days"))
+        .collect();
+    for key in &days {
+        let _: String = topology.query_key(&["SET", key, "taken"], key);
+    }
+    let mut ledger = Ledger::default();
+    for user in 30_000..30_060 {
+        let page = gw.page(&user.to_string()).await;
+        ledger.served(&page);
+    }
+    assert_eq!(ledger.arms.len(), 2, "both arms served: {:?}", ledger.arms);
+    let refused = [("client", "counts"), ("result", "error")];
+    eventually(WAIT, "two flushes refused", async || {
+        match gw.metric("redis_commands_total", &refused).await {
+            n if n >= 2.0 => Ok(()),
+            n => Err(format!("{n} refused")),
+        }
+    })
+    .await;
+    let users = |arm: &str| -> u64 {
+        (0..16)
+            .map(|k| {
+                let key = format!("recgw:results:{{{EXPERIMENT}:{k}}}:{arm}");
+                let n: Option<u64> = topology.query_key(&["HGET", &key, "users"], &key);
+                n.unwrap_or(0)
+            })
+            .sum()
+    };
+    for arm in ["control", "treatment"] {
+        assert_eq!(
+            topology.arm_counts(arm)[0],
+            0,
+            "no exposure of {arm} applied from a refused batch"
+        );
+        assert_eq!(users(arm), 0, "no user of {arm} applied from a refused script");
+    }
+    for key in days.iter().chain([&items]) {
+        let _: u64 = topology.query_key(&["DEL", key], key);
+    }
+    gw.settled(&ledger).await;
+    // Each page was a user of its own.
+    eventually(WAIT, "every user counted once", async || {
+        let got = [users("control"), users("treatment")];
+        let want = [ledger.arms["control"][0], ledger.arms["treatment"][0]];
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("users {got:?}, want {want:?}"))
+        }
+    })
+    .await;
+    gw.stop().await;
+}
+
+on_one_node_and_a_cluster!(a_batch_that_cannot_apply_whole_applies_nothing);
+
+// ---------------------------------------------------------------------------------------------
+// 6. Counts on a Redis of their own
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,7 +736,7 @@ impl TestGateway {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. A global list is cached once, not once per user
+// 7. A global list is cached once, not once per user
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,6 +271,25 @@ fn arm_named_default_is_reserved() {
     assert!(problem.message.contains("reserved"), "{problem}");
 }
 
+/// Names the results' own keys take where an arm's name goes: an arm of one would share its
+/// counters with them (an arm `duel` with an interleave experiment's duel totals).
+#[test]
+fn arm_names_the_results_keys_use_are_reserved() {
+    for name in ["applied", "scratch", "inexact", "duel"] {
+        let text = edit(EXPERIMENT, "name = \"treatment\"", &format!("name = {name:?}"));
+        let text = edit(
+            &text,
+            "\"qa-user-1\" = \"treatment\"",
+            &format!("\"qa-user-1\" = {name:?}"),
+        );
+        let problem = reject_experiment(&text, "arms[1].name");
+        assert!(
+            problem.message.contains("reserved") && problem.message.contains(&format!("{name:?}")),
+            "{problem}"
+        );
+    }
+}
+
 #[test]
 fn duplicate_arm_names() {
     let text = edit(EXPERIMENT, "name = \"treatment\"", "name = \"control\"");

@@ -15,6 +15,7 @@ use super::{
     Arm, Catalog, Experiment, Guardrails, HOLDOUT_ARMS, INTERLEAVED, Placement, Problem, Problems, holdout_id,
     is_valid_user_id,
 };
+use crate::feedback::users::RESERVED_KEY_NAMES;
 use crate::store::{CovariateSpec, ModelSpec};
 
 /// The file naming the placements; every other `*.toml` is one experiment.
@@ -612,6 +613,15 @@ fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<
             out.push(
                 field("name"),
                 format!("{:?} is reserved for what the gateway itself serves", spec.name),
+            );
+        } else if RESERVED_KEY_NAMES.contains(&spec.name.as_str()) {
+            out.push(
+                field("name"),
+                format!(
+                    "{:?} is reserved: the results keep keys of their own under it ({})",
+                    spec.name,
+                    RESERVED_KEY_NAMES.join(", ")
+                ),
             );
         } else if arms.iter().any(|a| a.name == spec.name) {
             out.push(field("name"), format!("duplicate arm name {:?}", spec.name));

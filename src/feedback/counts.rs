@@ -71,7 +71,9 @@ use crate::config::ResultsSettings;
 use crate::feedback::cuped::{PrePeriod, PreSums};
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
 use crate::feedback::significance::UserSums;
-use crate::feedback::users::{Day, LocalUsers, UserKey, bucket_key, pre_state, shard_tag};
+use crate::feedback::users::{
+    APPLIED, DUEL, Day, INEXACT, LocalUsers, SCRATCH, UserKey, bucket_key, pre_state, shard_tag,
+};
 use crate::redis::RedisClient;
 use crate::store::CovariateSlot;
 
@@ -112,12 +114,22 @@ const BUFFER_FULL: &str = "new users waited for Redis on one replica past result
 const MEMORY_FULL: &str = "without Redis this process holds at most results.max_buffered_users users: \
      later users are not counted and their events are outside the per-user statistics";
 
-/// The head of the scripts that count into a shard: increments are gathered while the script
-/// runs and applied at its end, one `HINCRBY` per field, so a batch of many events of a few
+/// The head of the scripts that count into a shard: it refuses the whole script, before any
+/// write, when a key is not a hash; increments are gathered while the script runs and applied
+/// at its end, one `HINCRBY` per field, so a batch of many events of a few
 /// users costs a command per field rather than several per event. ARGV[1] is the day counted
 /// (`YYYY-MM-DD`), ARGV[2] the day [`MAX_DAYS`] before it: the first count of a day in a days
 /// hash drops that day's fields, so the days stay bounded.
 pub(crate) const GATHERED_COUNTS: &str = r"
+-- Every key these scripts touch is a hash. One of another type would stop the script halfway,
+-- after some writes, which a resend would then apply again (or never count): so the script
+-- stops before its first write, and the batch waits whole until the key is put right.
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a hash: nothing applied')
+  end
+end
 local day, expired = ARGV[1], ARGV[2]
 local DAY_FIELDS = {'n', 'i', 'c', 'ii', 'cc', 'ci', 'pn', 'pc', 'pi', 'pcc', 'pii', 'pci', 'xcc', 'xci', 'xic', 'xii'}
 local adds, days_keys = {}, {}
@@ -176,6 +188,17 @@ end
 /// its exposures, items sketch, comparisons, and the sums of their Jaccard and RBO in
 /// millionths (integers, so a sum is exact whatever the order of adds).
 const FLUSH_SCRIPT: &str = r"
+-- A key of another type than the script writes (an arm's counters are a hash, the rest
+-- strings) would stop it after part of the batch, which the resend would add again: so it
+-- stops before its first write.
+for i = 1, #KEYS do
+  local want = 'string'
+  if i > 3 and i % 2 == 0 then want = 'hash' end
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= want and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a ' .. want .. ': nothing applied')
+  end
+end
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) <= last then return 0 end
 if #ARGV[3] > 0 then redis.call('SET', KEYS[3], ARGV[3]) end
@@ -284,7 +307,8 @@ pub(crate) struct Counts {
 }
 
 /// `recgw:results:{tag}:{arm}`, the counters hash of an arm under a tag (the experiment's, or
-/// one of its shards'); its days add `:days`, its items `:items`.
+/// one of its shards'); its days add `:days`, its items `:items`. The results' own keys take
+/// a reserved name in the arm's place ([`crate::feedback::users::RESERVED_KEY_NAMES`]).
 pub(crate) fn arm_key(tag: &str, arm: &str) -> String {
     format!("recgw:results:{{{tag}}}:{arm}")
 }
@@ -292,7 +316,7 @@ pub(crate) fn arm_key(tag: &str, arm: &str) -> String {
 /// The duel hashes of an interleave experiment under a tag: clicks per user and team, then the
 /// totals.
 pub(crate) fn duel_keys(tag: &str) -> [String; 2] {
-    let totals = format!("recgw:results:{{{tag}}}:duel");
+    let totals = arm_key(tag, DUEL);
     [format!("{totals}:users"), totals]
 }
 
@@ -830,9 +854,9 @@ impl Tally {
         for (experiment, Batch { seq, arms, inexact }) in waiting {
             let mut invocation = self.script.prepare_invoke();
             invocation
-                .key(format!("recgw:results:{{{experiment}}}:applied:{}", self.replica))
-                .key(format!("recgw:results:{{{experiment}}}:scratch:{}", self.replica))
-                .key(format!("recgw:results:{{{experiment}}}:inexact"))
+                .key(format!("{}:{}", arm_key(&experiment, APPLIED), self.replica))
+                .key(format!("{}:{}", arm_key(&experiment, SCRATCH), self.replica))
+                .key(arm_key(&experiment, INEXACT))
                 .arg(seq)
                 .arg(APPLIED_TTL.as_secs())
                 .arg(inexact.unwrap_or_default());
@@ -973,7 +997,7 @@ impl Tally {
                 }
             }
             if k == 0 {
-                pipe.cmd("GET").arg(format!("recgw:results:{{{experiment}}}:inexact"));
+                pipe.cmd("GET").arg(arm_key(experiment, INEXACT));
             }
             async move { redis.query::<Vec<::redis::Value>>(&pipe).await }
         });
