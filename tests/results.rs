@@ -1061,6 +1061,14 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         "compared",
         "overlap_jaccard",
         "overlap_rbo",
+        "cuped_lift",
+        "cuped_lift_low",
+        "cuped_lift_high",
+        "cuped_p_value",
+        "cuped_sequential_lift_low",
+        "cuped_sequential_lift_high",
+        "cuped_sequential_p_value",
+        "cuped_variance_reduction",
     ];
     let mut differences = Vec::new();
     assert_eq!(rows.len(), 3, "{csv}");
@@ -1070,7 +1078,12 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         assert_eq!(cells.len(), columns.len() + 1, "{row}");
         assert_eq!(cells[0], EXPERIMENT);
         for (column, cell) in columns.iter().zip(&cells[1..]) {
-            let same = match &arm[column] {
+            // The CUPED columns flatten the arm's `cuped` object (absent here: no covariates).
+            let value = match column.strip_prefix("cuped_") {
+                Some(field) => &arm["cuped"][field],
+                None => &arm[column],
+            };
+            let same = match value {
                 Value::Null => cell.is_empty(),
                 Value::String(s) => cell == s,
                 Value::Bool(b) => *cell == b.to_string(),
@@ -1079,10 +1092,7 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
                 other => panic!("{column}: {other}"),
             };
             if !same {
-                differences.push(format!(
-                    "csv {}.{column}: {cell:?}, endpoint {}",
-                    arm["name"], arm[column]
-                ));
+                differences.push(format!("csv {}.{column}: {cell:?}, endpoint {}", arm["name"], value));
             }
         }
     }
