@@ -190,8 +190,11 @@ pub struct ModelSettings {
     /// Store reads in flight at most; more wait their turn, so a burst of cold users cannot
     /// exhaust memory or file handles.
     pub(crate) max_concurrent_reads: usize,
-    /// Where each loaded version's serving snapshot is written and mapped; created at start.
-    /// On local disk of the serving node: the point is to read no remote storage per lookup.
+    /// Where each loaded version's serving snapshot is written and mapped; created at start
+    /// (mode 0700), and used only while this process's user owns it and nobody else may enter
+    /// it (`store::private_dir`). On local disk of the serving node: the point is to read no
+    /// remote storage per lookup. The default is named after the user, so two users of one
+    /// machine do not contend for one folder in the shared temp folder.
     pub snapshot_dir: PathBuf,
     /// A model whose snapshot would be larger is served by page reads instead (per model).
     pub snapshot_max_bytes: u64,
@@ -203,7 +206,7 @@ impl Default for ModelSettings {
             root: "models".into(),
             refresh_interval: Duration::from_secs(60),
             max_concurrent_reads: 64,
-            snapshot_dir: std::env::temp_dir().join("recgw-snapshots"),
+            snapshot_dir: std::env::temp_dir().join(format!("recgw-snapshots-{}", crate::store::process_uid())),
             snapshot_max_bytes: 16 << 30,
         }
     }
@@ -410,6 +413,11 @@ mod tests {
         assert_eq!(settings.cache.ttl, Duration::from_secs(3600));
         assert_eq!(settings.cache.redis_timeout, Duration::from_millis(50));
         assert_eq!(settings.logs.root(), None, "logs are off by default");
+        assert_eq!(
+            settings.models.snapshot_dir,
+            std::env::temp_dir().join(format!("recgw-snapshots-{}", crate::store::process_uid())),
+            "the user's own folder, not one all users of the machine share"
+        );
         assert_eq!(settings.logs.flush_interval, Duration::from_secs(60));
     }
 

@@ -24,7 +24,7 @@ use crate::gateway::{Gateway, Parts};
 use crate::logs::LogWriter;
 use crate::metrics::Metrics;
 use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
-use crate::store::{ModelRegistry, SnapshotSettings, StoreError};
+use crate::store::{ModelRegistry, SnapshotSettings, StoreError, private_dir};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -230,20 +230,14 @@ impl Server {
     }
 }
 
-/// `models.snapshot_dir`, created if missing, when this process can write files in it; else
-/// `None`, and every model is served by page reads (said once, loudly, and in `/ready`).
-fn snapshot_dir(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let usable = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe));
-    match usable {
-        Ok(()) => Some(dir.to_path_buf()),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "models.snapshot_dir is not writable: models are served by page reads");
-            None
-        }
-    }
+/// `models.snapshot_dir` when it is fit for snapshots ([`private_dir`]: created if missing,
+/// this process's alone, writable); else why not, and every model is served by page reads
+/// (said once, loudly, and in `/ready`). The gateway still starts: page reads answer the same
+/// lists, and a folder someone else took in a shared temp folder must not stop a replica.
+fn snapshot_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    private_dir(dir).inspect_err(|why| {
+        tracing::warn!(dir = %dir.display(), problem = %why, "models.snapshot_dir refused: models are served by page reads");
+    })
 }
 
 /// The Redis of the cache and that of the counts and event claims (`results.redis_url`, by

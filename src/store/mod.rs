@@ -24,6 +24,7 @@ pub(crate) use location::{Locator, Place};
 pub use model::LoadedModel;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
+pub(crate) use snapshot::{private_dir, process_uid};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.
