@@ -144,6 +144,22 @@ pub struct ServerSettings {
     /// request logs nothing unless something fails, and costs no span: for replicas whose load
     /// balancer already keeps an access log.
     pub access_log: bool,
+    /// An HTTP/1 request whose headers have not all arrived this long after the connection
+    /// started waiting for them is dropped with its connection: `idle_timeout` restarts at every
+    /// byte, so a client trickling a header byte at a time would otherwise hold its connection
+    /// forever (nginx's `client_header_timeout`, whose default this is). hyper starts the clock
+    /// when a connection waits for a request, so it also closes a kept-alive connection idle
+    /// this long: kept as long as `idle_timeout`'s default, it closes no pooled connection
+    /// sooner than before.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed at once (and counted in
+    /// `http_connections_refused_total`), so a flood of connections cannot take every file
+    /// descriptor, nor the memory of their buffers. Each costs a descriptor and a few KiB.
+    pub max_connections: usize,
+    /// Requests (streams) one HTTP/2 connection may have in flight; a client opening more has
+    /// them refused by the HTTP/2 layer, so one connection cannot queue unbounded work.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -154,6 +170,9 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             access_log: true,
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 128,
         }
     }
 }
@@ -321,6 +340,7 @@ impl Settings {
             ("server.request_timeout", self.server.request_timeout),
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.header_read_timeout", self.server.header_read_timeout),
             ("experiments.reload_interval", self.experiments.reload_interval),
             ("models.refresh_interval", self.models.refresh_interval),
             ("cache.ttl", self.cache.ttl),
@@ -346,6 +366,12 @@ impl Settings {
                  would be cut while their request is still being answered",
                 self.server.idle_timeout, self.server.request_timeout
             ));
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be at least 1".into());
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return invalid("server.http2_max_concurrent_streams must be at least 1".into());
         }
         if !(1..=MAX_SHARDS).contains(&self.results.shards) {
             return invalid(format!(
@@ -460,11 +486,34 @@ mod tests {
     }
 
     #[test]
+    fn connection_bounds_are_read_and_zero_is_refused() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__SERVER__MAX_CONNECTIONS", "3"),
+                ("RECGW__SERVER__HTTP2_MAX_CONCURRENT_STREAMS", "7"),
+                ("RECGW__SERVER__HEADER_READ_TIMEOUT", "250ms"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.server.max_connections, 3);
+        assert_eq!(settings.server.http2_max_concurrent_streams, 7);
+        assert_eq!(settings.server.header_read_timeout, Duration::from_millis(250));
+        for key in ["MAX_CONNECTIONS", "HTTP2_MAX_CONCURRENT_STREAMS"] {
+            let refused = Settings::load_from(None, env(&[(&format!("RECGW__SERVER__{key}"), "0")]))
+                .expect_err("zero is refused");
+            let name = format!("server.{}", key.to_ascii_lowercase());
+            assert!(refused.to_string().contains(&name), "{refused}");
+        }
+    }
+
+    #[test]
     fn zero_and_absurd_durations_are_refused_naming_the_key() {
         for key in [
             "SERVER__REQUEST_TIMEOUT",
             "SERVER__SHUTDOWN_GRACE",
             "SERVER__IDLE_TIMEOUT",
+            "SERVER__HEADER_READ_TIMEOUT",
             "EXPERIMENTS__RELOAD_INTERVAL",
             "MODELS__REFRESH_INTERVAL",
             "CACHE__TTL",
