@@ -263,9 +263,14 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackingSettings {
-    /// HMAC key of tracking tokens; empty draws a random one per process (with a warning):
-    /// replicas that share traffic must share a secret.
-    pub secret: String,
+    /// HMAC keys of tracking tokens: the first signs, every one verifies, so a secret is
+    /// rotated without refusing the tokens of pages already served (`[old, new]` on every
+    /// replica, then `[new, old]`, then `[new]` once `token_max_age` has passed). One string is
+    /// a list of one, as before lists were taken; none (or one empty string) draws a random key
+    /// per process (with a warning): replicas that share traffic must share their secrets.
+    /// See [`secrets`] for the forms.
+    #[serde(deserialize_with = "secrets")]
+    pub secret: Vec<String>,
     /// Events whose token is older than this are rejected as expired.
     #[serde(deserialize_with = "duration")]
     pub token_max_age: Duration,
@@ -277,10 +282,30 @@ pub struct TrackingSettings {
 impl Default for TrackingSettings {
     fn default() -> Self {
         TrackingSettings {
-            secret: String::new(),
+            secret: Vec::new(),
             token_max_age: Duration::from_secs(24 * 3600),
             token_format: crate::feedback::token::TokenFormat::Binary,
         }
+    }
+}
+
+/// `tracking.secret`: a TOML list of strings, or one string, which is one secret unless it is
+/// a JSON list of strings (`["new…", "old…"]`, how an environment variable gives a list; no
+/// secret worth the name starts with `[`). An empty string is no secret.
+fn secrets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Form::deserialize(deserializer)? {
+        Form::Many(secrets) => Ok(secrets),
+        Form::One(text) if text.trim_start().starts_with('[') => serde_json::from_str(&text).map_err(|e| {
+            serde::de::Error::custom(format!("a secret starting with [ must be a JSON list of strings: {e}"))
+        }),
+        Form::One(text) if text.is_empty() => Ok(Vec::new()),
+        Form::One(text) => Ok(vec![text]),
     }
 }
 
@@ -396,19 +421,28 @@ impl Settings {
                 "logs.replica_id {replica:?} must be 1-64 characters from [A-Za-z0-9_-]: it is part of file names"
             ));
         }
+        let secrets = &self.tracking.secret;
+        if let Some(at) = secrets.iter().position(String::is_empty) {
+            return invalid(format!(
+                "tracking.secret lists an empty secret (at {at}): list the secrets that sign or verify, or none"
+            ));
+        }
         let redis = [
             ("cache.redis_url", &self.cache.redis_url),
             ("results.redis_url", &self.results.redis_url),
         ];
+        let shortest = secrets.iter().map(String::len).min();
         if let Some((key, _)) = redis.iter().find(|(_, url)| !url.trim().is_empty())
-            && self.tracking.secret.len() < MIN_SHARED_SECRET_BYTES
+            && shortest.is_none_or(|len| len < MIN_SHARED_SECRET_BYTES)
         {
-            let found = match self.tracking.secret.len() {
-                0 => "it is not set".to_string(),
-                n => format!("it is {n} bytes"),
+            let found = match (shortest, secrets.len()) {
+                (None, _) => "it is not set".to_string(),
+                (Some(n), 1) => format!("it is {n} bytes"),
+                (Some(n), _) => format!("one of its secrets is {n} bytes"),
             };
             return invalid(format!(
-                "tracking.secret must be at least {MIN_SHARED_SECRET_BYTES} bytes when {key} is set ({found}): \
+                "tracking.secret must be at least {MIN_SHARED_SECRET_BYTES} bytes (each of them, when it lists \
+                 several) when {key} is set ({found}): \
                  replicas sharing a Redis share traffic, and one signing with a key of its own rejects the \
                  others' tokens as forged; give every replica the same secret, e.g. \
                  RECGW__TRACKING__SECRET=$(openssl rand -hex 32)"
@@ -569,6 +603,43 @@ mod tests {
         }
         // Without Redis a replica's tokens come back to it: any secret, or none, will do.
         Settings::load_from(None, env(&[("RECGW__TRACKING__SECRET", "k3y")])).expect("no Redis");
+    }
+
+    /// One secret as a string (the form before lists), a list in a file, a JSON list in the
+    /// environment; empty is none; an empty entry of a list, or a short one with Redis, is
+    /// refused.
+    #[test]
+    fn tracking_secrets_are_one_string_or_a_list() {
+        let secret = |env_value: &str| {
+            Settings::load_from(None, env(&[("RECGW__TRACKING__SECRET", env_value)])).map(|s| s.tracking.secret)
+        };
+        assert_eq!(secret("k3y").expect("one"), ["k3y"]);
+        assert_eq!(secret("").expect("none"), Vec::<String>::new());
+        assert_eq!(secret(r#"["new", "old"]"#).expect("a JSON list"), ["new", "old"]);
+        let refused = secret("[not a list").expect_err("refused");
+        assert!(refused.to_string().contains("JSON list"), "{refused}");
+        let refused = secret(r#"["new", ""]"#).expect_err("refused");
+        assert!(refused.to_string().contains("empty secret"), "{refused}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("recgw.toml");
+        let (new, old) = ("n".repeat(32), "o".repeat(32));
+        std::fs::write(&file, format!("[tracking]\nsecret = [\"{new}\", \"{old}\"]\n")).expect("write");
+        let listed = Settings::load_from(
+            Some(&file),
+            env(&[("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001")]),
+        )
+        .expect("a list in a file");
+        assert_eq!(listed.tracking.secret, [new.clone(), old]);
+        let short = format!(r#"["{new}", "short"]"#);
+        let refused = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001"),
+                ("RECGW__TRACKING__SECRET", &short),
+            ]),
+        )
+        .expect_err("every secret has 32 bytes with Redis");
+        assert!(refused.to_string().contains("5 bytes"), "{refused}");
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Server {
                  must come back to this replica; set RECGW__TRACKING__SECRET when replicas share traffic"
             );
         }
-        let signer = Signer::new(&settings.tracking.secret, settings.tracking.token_max_age)
+        let signer = Signer::rotating(&settings.tracking.secret, settings.tracking.token_max_age)
             .with_format(settings.tracking.token_format);
         let timeout = batch_deadline(settings.cache.redis_timeout);
         let events = EventLog::new(signer, results_redis.as_ref().map(|r| r.client("events", timeout)));

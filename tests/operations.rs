@@ -1128,7 +1128,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     let mut settings = settings_over(&repo().join("experiments"));
     settings.server.request_timeout = Duration::from_millis(100);
     settings.cache.redis_url = redis.url();
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
+    settings.tracking.secret = vec![gateway::SHARED_SECRET.to_string()];
     settings.cache.redis_timeout = Duration::from_secs(2);
     settings.cache.local_capacity = 0;
     let gw = TestGateway::launch_ready(&settings).await;
