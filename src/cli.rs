@@ -153,11 +153,25 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// Descriptors kept for everything but client connections: part files of loaded models (Spark
+/// writes 200 a model by default), snapshots, Redis and the log root.
+const FILES_BESIDE_CONNECTIONS: u64 = 1024;
+
 fn serve(settings: &Settings) -> ExitCode {
     // Each loaded part file holds a descriptor (see `store::reader`) and each client a socket:
     // the soft limit (often 1024) goes up to the hard one, as Go's runtime does for its servers.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Ok(limit) => {
+            tracing::debug!(limit, "open file limit");
+            let connections = settings.server.max_connections as u64;
+            if limit < connections.saturating_add(FILES_BESIDE_CONNECTIONS) {
+                tracing::warn!(
+                    limit,
+                    "server.max_connections ({connections}) leaves fewer than {FILES_BESIDE_CONNECTIONS} of the \
+                     open file limit for models and Redis: lower it, or raise the hard limit (ulimit -Hn)"
+                );
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

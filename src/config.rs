@@ -144,6 +144,22 @@ pub struct ServerSettings {
     /// request logs nothing unless something fails, and costs no span: for replicas whose load
     /// balancer already keeps an access log.
     pub access_log: bool,
+    /// An HTTP/1 request whose headers have not all arrived this long after the connection
+    /// started waiting for them is dropped with its connection: `idle_timeout` restarts at every
+    /// byte, so a client trickling a header byte at a time would otherwise hold its connection
+    /// forever (nginx's `client_header_timeout`, whose default this is). hyper starts the clock
+    /// when a connection waits for a request, so it also closes a kept-alive connection idle
+    /// this long: kept as long as `idle_timeout`'s default, it closes no pooled connection
+    /// sooner than before.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed at once (and counted in
+    /// `http_connections_refused_total`), so a flood of connections cannot take every file
+    /// descriptor, nor the memory of their buffers. Each costs a descriptor and a few KiB.
+    pub max_connections: usize,
+    /// Requests (streams) one HTTP/2 connection may have in flight; a client opening more has
+    /// them refused by the HTTP/2 layer, so one connection cannot queue unbounded work.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -154,6 +170,9 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             access_log: true,
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 128,
         }
     }
 }
@@ -190,8 +209,11 @@ pub struct ModelSettings {
     /// Store reads in flight at most; more wait their turn, so a burst of cold users cannot
     /// exhaust memory or file handles.
     pub(crate) max_concurrent_reads: usize,
-    /// Where each loaded version's serving snapshot is written and mapped; created at start.
-    /// On local disk of the serving node: the point is to read no remote storage per lookup.
+    /// Where each loaded version's serving snapshot is written and mapped; created at start
+    /// (mode 0700), and used only while this process's user owns it and nobody else may enter
+    /// it (`store::private_dir`). On local disk of the serving node: the point is to read no
+    /// remote storage per lookup. The default is named after the user, so two users of one
+    /// machine do not contend for one folder in the shared temp folder.
     pub snapshot_dir: PathBuf,
     /// A model whose snapshot would be larger is served by page reads instead (per model).
     pub snapshot_max_bytes: u64,
@@ -203,7 +225,7 @@ impl Default for ModelSettings {
             root: "models".into(),
             refresh_interval: Duration::from_secs(60),
             max_concurrent_reads: 64,
-            snapshot_dir: std::env::temp_dir().join("recgw-snapshots"),
+            snapshot_dir: std::env::temp_dir().join(format!("recgw-snapshots-{}", crate::store::process_uid())),
             snapshot_max_bytes: 16 << 30,
         }
     }
@@ -241,9 +263,14 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackingSettings {
-    /// HMAC key of tracking tokens; empty draws a random one per process (with a warning):
-    /// replicas that share traffic must share a secret.
-    pub secret: String,
+    /// HMAC keys of tracking tokens: the first signs, every one verifies, so a secret is
+    /// rotated without refusing the tokens of pages already served (`[old, new]` on every
+    /// replica, then `[new, old]`, then `[new]` once `token_max_age` has passed). One string is
+    /// a list of one, as before lists were taken; none (or one empty string) draws a random key
+    /// per process (with a warning): replicas that share traffic must share their secrets.
+    /// See [`secrets`] for the forms.
+    #[serde(deserialize_with = "secrets")]
+    pub secret: Vec<String>,
     /// Events whose token is older than this are rejected as expired.
     #[serde(deserialize_with = "duration")]
     pub token_max_age: Duration,
@@ -255,10 +282,30 @@ pub struct TrackingSettings {
 impl Default for TrackingSettings {
     fn default() -> Self {
         TrackingSettings {
-            secret: String::new(),
+            secret: Vec::new(),
             token_max_age: Duration::from_secs(24 * 3600),
             token_format: crate::feedback::token::TokenFormat::Binary,
         }
+    }
+}
+
+/// `tracking.secret`: a TOML list of strings, or one string, which is one secret unless it is
+/// a JSON list of strings (`["new…", "old…"]`, how an environment variable gives a list; no
+/// secret worth the name starts with `[`). An empty string is no secret.
+fn secrets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Form::deserialize(deserializer)? {
+        Form::Many(secrets) => Ok(secrets),
+        Form::One(text) if text.trim_start().starts_with('[') => serde_json::from_str(&text).map_err(|e| {
+            serde::de::Error::custom(format!("a secret starting with [ must be a JSON list of strings: {e}"))
+        }),
+        Form::One(text) if text.is_empty() => Ok(Vec::new()),
+        Form::One(text) => Ok(vec![text]),
     }
 }
 
@@ -318,6 +365,7 @@ impl Settings {
             ("server.request_timeout", self.server.request_timeout),
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.header_read_timeout", self.server.header_read_timeout),
             ("experiments.reload_interval", self.experiments.reload_interval),
             ("models.refresh_interval", self.models.refresh_interval),
             ("cache.ttl", self.cache.ttl),
@@ -344,6 +392,12 @@ impl Settings {
                 self.server.idle_timeout, self.server.request_timeout
             ));
         }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be at least 1".into());
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return invalid("server.http2_max_concurrent_streams must be at least 1".into());
+        }
         if !(1..=MAX_SHARDS).contains(&self.results.shards) {
             return invalid(format!(
                 "results.shards ({}) must be 1-{MAX_SHARDS}: the hash tags an experiment's users are spread over",
@@ -367,19 +421,28 @@ impl Settings {
                 "logs.replica_id {replica:?} must be 1-64 characters from [A-Za-z0-9_-]: it is part of file names"
             ));
         }
+        let secrets = &self.tracking.secret;
+        if let Some(at) = secrets.iter().position(String::is_empty) {
+            return invalid(format!(
+                "tracking.secret lists an empty secret (at {at}): list the secrets that sign or verify, or none"
+            ));
+        }
         let redis = [
             ("cache.redis_url", &self.cache.redis_url),
             ("results.redis_url", &self.results.redis_url),
         ];
+        let shortest = secrets.iter().map(String::len).min();
         if let Some((key, _)) = redis.iter().find(|(_, url)| !url.trim().is_empty())
-            && self.tracking.secret.len() < MIN_SHARED_SECRET_BYTES
+            && shortest.is_none_or(|len| len < MIN_SHARED_SECRET_BYTES)
         {
-            let found = match self.tracking.secret.len() {
-                0 => "it is not set".to_string(),
-                n => format!("it is {n} bytes"),
+            let found = match (shortest, secrets.len()) {
+                (None, _) => "it is not set".to_string(),
+                (Some(n), 1) => format!("it is {n} bytes"),
+                (Some(n), _) => format!("one of its secrets is {n} bytes"),
             };
             return invalid(format!(
-                "tracking.secret must be at least {MIN_SHARED_SECRET_BYTES} bytes when {key} is set ({found}): \
+                "tracking.secret must be at least {MIN_SHARED_SECRET_BYTES} bytes (each of them, when it lists \
+                 several) when {key} is set ({found}): \
                  replicas sharing a Redis share traffic, and one signing with a key of its own rejects the \
                  others' tokens as forged; give every replica the same secret, e.g. \
                  RECGW__TRACKING__SECRET=$(openssl rand -hex 32)"
@@ -410,6 +473,11 @@ mod tests {
         assert_eq!(settings.cache.ttl, Duration::from_secs(3600));
         assert_eq!(settings.cache.redis_timeout, Duration::from_millis(50));
         assert_eq!(settings.logs.root(), None, "logs are off by default");
+        assert_eq!(
+            settings.models.snapshot_dir,
+            std::env::temp_dir().join(format!("recgw-snapshots-{}", crate::store::process_uid())),
+            "the user's own folder, not one all users of the machine share"
+        );
         assert_eq!(settings.logs.flush_interval, Duration::from_secs(60));
     }
 
@@ -452,11 +520,34 @@ mod tests {
     }
 
     #[test]
+    fn connection_bounds_are_read_and_zero_is_refused() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__SERVER__MAX_CONNECTIONS", "3"),
+                ("RECGW__SERVER__HTTP2_MAX_CONCURRENT_STREAMS", "7"),
+                ("RECGW__SERVER__HEADER_READ_TIMEOUT", "250ms"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.server.max_connections, 3);
+        assert_eq!(settings.server.http2_max_concurrent_streams, 7);
+        assert_eq!(settings.server.header_read_timeout, Duration::from_millis(250));
+        for key in ["MAX_CONNECTIONS", "HTTP2_MAX_CONCURRENT_STREAMS"] {
+            let refused = Settings::load_from(None, env(&[(&format!("RECGW__SERVER__{key}"), "0")]))
+                .expect_err("zero is refused");
+            let name = format!("server.{}", key.to_ascii_lowercase());
+            assert!(refused.to_string().contains(&name), "{refused}");
+        }
+    }
+
+    #[test]
     fn zero_and_absurd_durations_are_refused_naming_the_key() {
         for key in [
             "SERVER__REQUEST_TIMEOUT",
             "SERVER__SHUTDOWN_GRACE",
             "SERVER__IDLE_TIMEOUT",
+            "SERVER__HEADER_READ_TIMEOUT",
             "EXPERIMENTS__RELOAD_INTERVAL",
             "MODELS__REFRESH_INTERVAL",
             "CACHE__TTL",
@@ -512,6 +603,43 @@ mod tests {
         }
         // Without Redis a replica's tokens come back to it: any secret, or none, will do.
         Settings::load_from(None, env(&[("RECGW__TRACKING__SECRET", "k3y")])).expect("no Redis");
+    }
+
+    /// One secret as a string (the form before lists), a list in a file, a JSON list in the
+    /// environment; empty is none; an empty entry of a list, or a short one with Redis, is
+    /// refused.
+    #[test]
+    fn tracking_secrets_are_one_string_or_a_list() {
+        let secret = |env_value: &str| {
+            Settings::load_from(None, env(&[("RECGW__TRACKING__SECRET", env_value)])).map(|s| s.tracking.secret)
+        };
+        assert_eq!(secret("k3y").expect("one"), ["k3y"]);
+        assert_eq!(secret("").expect("none"), Vec::<String>::new());
+        assert_eq!(secret(r#"["new", "old"]"#).expect("a JSON list"), ["new", "old"]);
+        let refused = secret("[not a list").expect_err("refused");
+        assert!(refused.to_string().contains("JSON list"), "{refused}");
+        let refused = secret(r#"["new", ""]"#).expect_err("refused");
+        assert!(refused.to_string().contains("empty secret"), "{refused}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("recgw.toml");
+        let (new, old) = ("n".repeat(32), "o".repeat(32));
+        std::fs::write(&file, format!("[tracking]\nsecret = [\"{new}\", \"{old}\"]\n")).expect("write");
+        let listed = Settings::load_from(
+            Some(&file),
+            env(&[("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001")]),
+        )
+        .expect("a list in a file");
+        assert_eq!(listed.tracking.secret, [new.clone(), old]);
+        let short = format!(r#"["{new}", "short"]"#);
+        let refused = Settings::load_from(
+            None,
+            env(&[
+                ("RECGW__CACHE__REDIS_URL", "redis://127.0.0.1:7001"),
+                ("RECGW__TRACKING__SECRET", &short),
+            ]),
+        )
+        .expect_err("every secret has 32 bytes with Redis");
+        assert!(refused.to_string().contains("5 bytes"), "{refused}");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Metrics {
     events_rejected: IntCounterVec,
     /// `config_reload_failures_total`: experiment folders rejected on reload.
     reload_failures: IntCounter,
+    /// `http_connections_refused_total`: connections closed at once because
+    /// `server.max_connections` were being served.
+    pub(crate) connections_refused: IntCounter,
     /// `experiments_info{digest}`: 1 for the experiment set in force, so every replica's set
     /// can be compared in one query.
     experiments_info: IntGaugeVec,
@@ -381,6 +384,14 @@ impl Metrics {
                 r,
                 IntCounter::new("config_reload_failures_total", "Experiment folders rejected on reload.")
                     .expect("valid metric"),
+            ),
+            connections_refused: register(
+                r,
+                IntCounter::new(
+                    "http_connections_refused_total",
+                    "Connections refused because server.max_connections were being served.",
+                )
+                .expect("valid metric"),
             ),
             experiments_info: register(
                 r,

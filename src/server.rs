@@ -2,15 +2,16 @@
 //! problem listed), create the model slots, bind, then serve while models load in the
 //! background so `/health` answers at once and `/ready` tells when serving is complete.
 
+mod connections;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::http::uri::Scheme;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::web::{LocalAddr, RemoteAddr};
-use tokio_io_timeout::TimeoutStream;
+use tokio::net::TcpListener;
+
+use self::connections::Limits;
 
 use crate::api;
 use crate::auth::Keys;
@@ -24,7 +25,7 @@ use crate::gateway::{Gateway, Parts};
 use crate::logs::LogWriter;
 use crate::metrics::Metrics;
 use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
-use crate::store::{ModelRegistry, SnapshotSettings, StoreError};
+use crate::store::{ModelRegistry, SnapshotSettings, StoreError, private_dir};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ pub struct Server {
     /// API keys, for the HTTP layer that checks them; empty when auth is off.
     keys: Arc<Keys>,
     /// The bound socket.
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     /// Where it listens (the real port when `server.listen` asked for port 0).
     local_addr: SocketAddr,
     /// How often models are polled.
@@ -80,8 +81,8 @@ pub struct Server {
     request_timeout: Duration,
     /// `server.access_log`.
     access_log: bool,
-    /// `server.idle_timeout`: a connection silent this long is closed.
-    idle_timeout: Duration,
+    /// The bounds of each connection, and on their number.
+    limits: Limits,
     /// `server.shutdown_grace`: how long in-flight requests get after a shutdown signal.
     shutdown_grace: Duration,
     /// `experiments.reload_interval`: how often the experiments folder is re-read, and cache
@@ -117,7 +118,7 @@ impl Server {
                  must come back to this replica; set RECGW__TRACKING__SECRET when replicas share traffic"
             );
         }
-        let signer = Signer::new(&settings.tracking.secret, settings.tracking.token_max_age)
+        let signer = Signer::rotating(&settings.tracking.secret, settings.tracking.token_max_age)
             .with_format(settings.tracking.token_format);
         let timeout = batch_deadline(settings.cache.redis_timeout);
         let events = EventLog::new(signer, results_redis.as_ref().map(|r| r.client("events", timeout)));
@@ -154,26 +155,27 @@ impl Server {
             },
         ));
         let addr = settings.server.listen;
-        let acceptor = TcpListener::bind(addr)
-            .into_acceptor()
-            .await
+        let bound = TcpListener::bind(addr).await;
+        let (listener, local_addr) = bound
+            .and_then(|listener| listener.local_addr().map(|local| (listener, local)))
             .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(addr);
+        let server = &settings.server;
         Ok(Server {
             gateway,
             keys: Arc::new(keys),
-            acceptor,
+            listener,
             local_addr,
             refresh_interval: settings.models.refresh_interval,
             sync_interval: settings.experiments.reload_interval,
-            shutdown_grace: settings.server.shutdown_grace,
-            request_timeout: settings.server.request_timeout,
-            access_log: settings.server.access_log,
-            idle_timeout: settings.server.idle_timeout,
+            shutdown_grace: server.shutdown_grace,
+            request_timeout: server.request_timeout,
+            access_log: server.access_log,
+            limits: Limits {
+                header_read_timeout: server.header_read_timeout,
+                idle_timeout: server.idle_timeout,
+                max_connections: server.max_connections,
+                http2_max_concurrent_streams: server.http2_max_concurrent_streams,
+            },
         })
     }
 
@@ -203,13 +205,8 @@ impl Server {
         let log_flushing = self.gateway.logs().map(LogWriter::spawn_flushing);
         tracing::info!(addr = %self.local_addr, "recgw listening");
         let app = self.app();
-        let acceptor = IdleClosing {
-            inner: self.acceptor,
-            timeout: self.idle_timeout,
-        };
-        let result = poem::Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_grace))
-            .await;
+        let refused = self.gateway.metrics().connections_refused.clone();
+        let result = connections::serve(self.listener, app, self.limits, refused, shutdown, self.shutdown_grace).await;
         tasks.iter().for_each(|task| task.abort());
         self.gateway.models().stop_polling();
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
@@ -230,20 +227,14 @@ impl Server {
     }
 }
 
-/// `models.snapshot_dir`, created if missing, when this process can write files in it; else
-/// `None`, and every model is served by page reads (said once, loudly, and in `/ready`).
-fn snapshot_dir(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let usable = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe));
-    match usable {
-        Ok(()) => Some(dir.to_path_buf()),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "models.snapshot_dir is not writable: models are served by page reads");
-            None
-        }
-    }
+/// `models.snapshot_dir` when it is fit for snapshots ([`private_dir`]: created if missing,
+/// this process's alone, writable); else why not, and every model is served by page reads
+/// (said once, loudly, and in `/ready`). The gateway still starts: page reads answer the same
+/// lists, and a folder someone else took in a shared temp folder must not stop a replica.
+fn snapshot_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    private_dir(dir).inspect_err(|why| {
+        tracing::warn!(dir = %dir.display(), problem = %why, "models.snapshot_dir refused: models are served by page reads");
+    })
 }
 
 /// The Redis of the cache and that of the counts and event claims (`results.redis_url`, by
@@ -274,32 +265,4 @@ fn redis_connections(
         _ => Some(open(results_url, "results.redis_url")?),
     };
     Ok((Some(health), cache, results))
-}
-
-/// Closes connections that stay silent for `server.idle_timeout`: a read or a write waiting
-/// that long fails, and hyper drops the connection. This bounds a client stalled in its
-/// headers (which poem's own idle timeout lets wait, since a request is under way), one idle
-/// between keep-alive requests, and one that stops reading its answer. Each connection also
-/// gets hyper's own 414 answers rewritten with a JSON body ([`api::JsonUriTooLong`]).
-struct IdleClosing<A> {
-    /// The listening socket.
-    inner: A,
-    /// How long a read or a write may wait.
-    timeout: Duration,
-}
-
-impl<A: Acceptor> Acceptor for IdleClosing<A> {
-    type Io = std::pin::Pin<Box<TimeoutStream<api::JsonUriTooLong<A::Io>>>>;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let (io, local, remote, scheme) = self.inner.accept().await?;
-        let mut io = TimeoutStream::new(api::JsonUriTooLong::new(io));
-        io.set_read_timeout(Some(self.timeout));
-        io.set_write_timeout(Some(self.timeout));
-        Ok((Box::pin(io), local, remote, scheme))
-    }
 }

@@ -161,7 +161,7 @@ impl World {
     fn settings(&self, redis_url: &str) -> Settings {
         let mut settings = gateway::settings(self.experiments.path(), self.models.path(), "100ms");
         settings.cache.redis_url = redis_url.to_string();
-        settings.tracking.secret = gateway::SHARED_SECRET.to_string();
+        settings.tracking.secret = vec![gateway::SHARED_SECRET.to_string()];
         settings.cache.ttl = TTL;
         settings.cache.redis_timeout = Duration::from_millis(500);
         settings.experiments.reload_interval = Duration::from_millis(300);

@@ -45,7 +45,7 @@ fn settings(demo: &DemoCopy, cache_url: &str, results_url: &str) -> Settings {
     settings.cache.redis_url = cache_url.to_string();
     settings.results.redis_url = results_url.to_string();
     settings.cache.redis_timeout = Duration::from_millis(200);
-    settings.tracking.secret = SECRET.to_string();
+    settings.tracking.secret = vec![SECRET.to_string()];
     settings.server.shutdown_grace = Duration::from_secs(5);
     settings
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::gateway::{Reply, TestGateway, demo_settings, item_ids};
+use common::gateway;
+use common::gateway::{Reply, TestGateway, demo_settings, item_ids, repo};
 use common::promtool;
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
@@ -33,7 +34,7 @@ const ARMS: [&str; 2] = ["control", "treatment"];
 /// The demo's settings with a tracking secret.
 fn settings_with_secret(secret: &str) -> Settings {
     let mut settings = demo_settings();
-    settings.tracking.secret = secret.to_string();
+    settings.tracking.secret = vec![secret.to_string()];
     settings
 }
 
@@ -94,11 +95,12 @@ fn assert_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) {
 // Tokens, events and metrics, as a client and Prometheus see them
 // ---------------------------------------------------------------------------------------------
 
-/// The claims of a token, decoded by hand from the layout of ARCHITECTURE.md §5 (version 1,
-/// issued_at, nonce, flags, item count and tags, then placement, experiment when flagged, arm,
-/// model version and user, each after a 2-byte length, the teams of an interleaved page when
-/// flagged, the page's offset when flagged, then a 32-byte HMAC-SHA256), as JSON with the JSON
-/// format's keys (`i`: the tag bytes in base64url), so tests name claims one way.
+/// The claims of a token, decoded by hand from the layout of ARCHITECTURE.md §5 (version 2,
+/// the 4-byte key id, issued_at, nonce, flags, item count and tags, then placement, experiment
+/// when flagged, arm, model version and user, each after a 2-byte length, the teams of an
+/// interleaved page when flagged, the page's offset when flagged, then a 32-byte HMAC-SHA256),
+/// as JSON with the JSON format's keys (`i`: the tag bytes in base64url), so tests name claims
+/// one way.
 fn claims(token: &str) -> Value {
     assert!(
         !token.contains(['+', '/', '=', '.']),
@@ -106,8 +108,9 @@ fn claims(token: &str) -> Value {
     );
     let bytes = URL_SAFE_NO_PAD.decode(token).expect("base64url");
     let end = bytes.len().checked_sub(32).expect("an HMAC-SHA256 tag");
-    let signed = &bytes[..end];
-    assert_eq!(signed[0], 1, "version 1: {token}");
+    assert_eq!(bytes[0], 2, "version 2: {token}");
+    // Without the key id, the claims sit where they do from byte 1 on.
+    let signed = &[&bytes[..1], &bytes[5..end]].concat()[..];
     let u64_at = |at: usize| u64::from_be_bytes(signed[at..at + 8].try_into().expect("8 bytes"));
     let len_at = |at: usize| usize::from(u16::from_be_bytes([signed[at], signed[at + 1]]));
     let flags = signed[17];
@@ -161,8 +164,15 @@ fn claims(token: &str) -> Value {
     claims
 }
 
-/// The signed bytes of `claims` (as [`claims`] gives them) in the layout of ARCHITECTURE.md §5.
-fn layout(claims: &Value) -> Vec<u8> {
+/// The key id of `secret` in a token (ARCHITECTURE.md §5): the first 4 bytes of
+/// HMAC-SHA256(secret, `recgw-tracking-key-id`).
+fn key_id(secret: &str) -> Vec<u8> {
+    hmac(secret, b"recgw-tracking-key-id")[..4].to_vec()
+}
+
+/// The signed bytes of `claims` (as [`claims`] gives them) under the key id `key` in the layout
+/// of ARCHITECTURE.md §5.
+fn layout(claims: &Value, key: &[u8]) -> Vec<u8> {
     let tags = URL_SAFE_NO_PAD
         .decode(claims["i"].as_str().unwrap_or_default())
         .expect("i is base64url");
@@ -170,7 +180,8 @@ fn layout(claims: &Value) -> Vec<u8> {
     let experiment = claims["e"].as_str();
     let offset = claims["o"].as_u64().map(|o| u32::try_from(o).expect("a u32 offset"));
     assert!(claims["x"].is_null(), "the tests sign no interleaved page: {claims}");
-    let mut bytes = vec![1];
+    let mut bytes = vec![2];
+    bytes.extend(key);
     bytes.extend(claims["t"].as_u64().expect("t").to_be_bytes());
     bytes.extend(claims["n"].as_u64().unwrap_or_default().to_be_bytes());
     bytes.push(
@@ -206,7 +217,7 @@ fn hmac(secret: &str, bytes: &[u8]) -> Vec<u8> {
 
 /// A token over `claims` signed with `secret` exactly as the format says.
 fn sign(secret: &str, claims: &Value) -> String {
-    let bytes = layout(claims);
+    let bytes = layout(claims, &key_id(secret));
     URL_SAFE_NO_PAD.encode([bytes.clone(), hmac(secret, &bytes)].concat())
 }
 
@@ -787,6 +798,58 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
     assert_outcome(&outcome, 0, &[(0, None, "bad_signature")]);
 }
 
+/// `tracking.secret` rotated, given as the environment gives a list (a JSON list): a replica
+/// listing `[new, old]` credits the tokens a replica with `old` issued, and signs its own with
+/// `new`, naming it by its key id; a replica left with `new` alone refuses the old tokens as
+/// forged, and credits the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_credits_old_tokens_until_it_is_removed() {
+    let with_secret = |value: &str| {
+        gateway::settings_with_env(
+            &repo().join("experiments"),
+            &repo().join("models"),
+            "100ms",
+            &[("RECGW__TRACKING__SECRET", value)],
+        )
+    };
+    let settings = [
+        with_secret("old-s3cret"),
+        with_secret(r#"["new-s3cret", "old-s3cret"]"#),
+        with_secret("new-s3cret"),
+    ];
+    let (old, rotated, retired) = tokio::join!(
+        TestGateway::launch_ready(&settings[0]),
+        TestGateway::launch_ready(&settings[1]),
+        TestGateway::launch_ready(&settings[2]),
+    );
+    let ([control, treatment], _) = users_of_each_arm(&old).await;
+    let ((ct, ci), (tt, ti)) = (shown(&control), shown(&treatment));
+    let batch = [
+        event("impression", ct, &ci[0]),
+        event("impression", tt, &ti[0]),
+        event("click", tt, &ti[0]),
+    ];
+    assert_outcome(&rotated.post_events(&batch).await, 3, &[]);
+    let m = rotated.scrape().await;
+    assert_eq!(m.arm("impressions_total", "control"), 1.0);
+    assert_eq!(m.arm("impressions_total", "treatment"), 1.0);
+    assert_eq!(m.arm("clicks_total", "treatment"), 1.0);
+    let forged: Vec<(u64, Option<&str>, &str)> = (0..3).map(|i| (i, None, "bad_signature")).collect();
+    assert_outcome(&retired.post_events(&batch).await, 0, &forged);
+
+    let body = rotated.recommend("42", "home").await;
+    let (token, items) = shown(&body);
+    let bytes = URL_SAFE_NO_PAD.decode(token).expect("base64url");
+    assert_eq!(
+        bytes[1..5],
+        key_id("new-s3cret"),
+        "signed with the first secret: {token}"
+    );
+    let fresh = [event("impression", token, &items[0])];
+    assert_outcome(&retired.post_events(&fresh).await, 1, &[]);
+    assert_outcome(&old.post_events(&fresh).await, 0, &[(0, None, "bad_signature")]);
+}
+
 /// Every reason, with the right index and event id, counted in `events_rejected_total`; only
 /// the accepted events count for the arm. Checks run in the documented order (type, item id,
 /// event id, token, item on the page, duplicates), so an event with several faults names the
@@ -810,7 +873,7 @@ async fn invalid_events_are_rejected_one_by_one() {
     // Changed claims re-encoded with the old signature.
     let mut changed = claims(token);
     changed["a"] = json!("treatment");
-    let reencoded = URL_SAFE_NO_PAD.encode([layout(&changed), signature.to_vec()].concat());
+    let reencoded = URL_SAFE_NO_PAD.encode([layout(&changed, &bytes[1..5]), signature.to_vec()].concat());
     // A signature cut short.
     let truncated = &URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() - 3]);
     // Item ids at and over 256 bytes; event ids at and over 64 characters, of every kind of

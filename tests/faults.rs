@@ -498,3 +498,75 @@ async fn a_snapshot_folder_made_unwritable_or_a_corrupt_snapshot_on_restart_cost
     eprintln!("{served} requests through an unwritable snapshot folder and a restart over corrupt snapshots");
     gw.stop().await;
 }
+
+/// Permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A snapshot folder is used only while it is the gateway's alone: created 0700, its files
+/// written read-only. One that others may enter (a shared temp folder), or that another user
+/// owns (who could plant a file passing the unkeyed checksum, or truncate a mapped one), is
+/// refused: the gateway starts, serves every model by page reads without a failed request,
+/// writes nothing there, and `/ready` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_folder_others_may_enter_or_own_is_refused_and_snapshots_are_read_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let demo = DemoCopy::new();
+    let folders = tempfile::tempdir().expect("tempdir");
+    let private = folders.path().join("private");
+    let gw = TestGateway::launch_ready(&gateway::with_snapshots(uncached(&demo, &demo.experiments()), &private)).await;
+    for model in ["als-v1", "als-v2"] {
+        wait_serving(&gw, model, "snapshot").await;
+    }
+    gw.stop().await;
+    assert_eq!(mode(&private), 0o700, "created for the gateway alone");
+    let files: Vec<_> = std::fs::read_dir(&private)
+        .expect("snapshots")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in &files {
+        assert_eq!(mode(file), 0o400, "{} is read-only", file.display());
+    }
+
+    let shared = folders.path().join("shared");
+    let group = folders.path().join("group");
+    let owned = folders.path().join("owned");
+    let mut refused = vec![(shared.clone(), "mode 777"), (group.clone(), "mode 750")];
+    for (dir, bits) in [(&shared, 0o777), (&group, 0o750), (&owned, 0o700)] {
+        std::fs::create_dir(dir).expect("folder");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(bits)).expect("chmod");
+    }
+    // Only root can give a folder away; elsewhere the mode cases stand alone.
+    let uid = std::fs::metadata(folders.path()).expect("tempdir").uid();
+    if uid == 0 {
+        std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).expect("chown");
+        refused.push((owned.clone(), "owned by uid 65534"));
+    } else {
+        eprintln!("not root: the folder owned by another user is not tried");
+    }
+    for (dir, why) in refused {
+        let gw = TestGateway::launch_ready(&gateway::with_snapshots(uncached(&demo, &demo.experiments()), &dir)).await;
+        let load = Load::start(&gw, Arc::new(not_a_fallback));
+        for model in ["als-v1", "als-v2"] {
+            let entry = wait_serving(&gw, model, "pages").await;
+            let note = entry["snapshot"].as_str().unwrap_or_default();
+            assert!(
+                note.contains("snapshots are off") && note.contains(why),
+                "{}: {entry}",
+                dir.display()
+            );
+        }
+        load.overlap(DURING, "a refused snapshot folder").await;
+        load.finish().await;
+        gw.stop().await;
+        let written: Vec<_> = std::fs::read_dir(&dir).expect("folder").collect();
+        assert!(written.is_empty(), "{}: {written:?}", dir.display());
+    }
+}

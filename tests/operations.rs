@@ -288,6 +288,100 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
     assert_eq!(models, ["als-v1", "als-v2"], "{invalidated}");
 }
 
+/// Paths that are not `path` (a concrete path of the route `template`) but that a looser
+/// matcher could still take for it: each parameter empty, each `/` doubled, a `/` added at the
+/// end, a literal segment with its first character percent-encoded. None is a route. (Dot
+/// segments are left out: the client resolves them before sending, as proxies do.)
+fn odd_paths(template: &str, path: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let parameters: Vec<bool> = template
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| s.starts_with('{'))
+        .collect();
+    let owned = || segments.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let join = |segments: Vec<String>| format!("/{}", segments.join("/"));
+    let mut odd = vec![format!("{path}/")];
+    for i in 0..segments.len() {
+        let mut changed = owned();
+        if parameters[i] {
+            changed[i] = String::new();
+        } else {
+            let first = changed[i].remove(0);
+            changed[i] = format!("%{:02X}{}", first as u32, changed[i]);
+        }
+        odd.push(join(changed));
+        let mut doubled = owned();
+        doubled.insert(i, String::new());
+        odd.push(join(doubled));
+    }
+    odd
+}
+
+/// No keyed route is reached without its key through a path the route table does not hold
+/// (an empty, doubled or percent-encoded segment): whoever calls, such a path gets the
+/// 404 of an unknown path, never an answer of the route's handler, so the key check and the
+/// dispatch agree on what the route is. A `/` percent-encoded inside a segment is a segment
+/// of its own, and may make another route of the same prefix; a caller without its key is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_outside_the_route_table_reach_no_handler() {
+    let gw = TestGateway::launch_ready(&keyed_settings()).await;
+    let spec = gw.ok("/openapi.json").await;
+    let unknown = gw.get("/no/such/route").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let callers = [
+        ("no key", None),
+        ("wrong key", Some(WRONG_KEY)),
+        ("client key", Some(CLIENT_KEY)),
+        ("admin key", Some(ADMIN_KEY)),
+    ];
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    // `/docs/*` takes any rest of the path, and needs no key.
+    for route in routes(&spec).into_iter().filter(|r| r.template != "/docs") {
+        let (method, path, body) = route.request();
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path.to_string(), format!("?{query}")),
+            None => (path, String::new()),
+        };
+        let access = access(&route.template);
+        let mut merged = Vec::new();
+        for (i, _) in path.match_indices('/').skip(1) {
+            merged.push(format!("{}%2F{}", &path[..i], &path[i + 1..]));
+        }
+        let odd = odd_paths(&route.template, &path);
+        for (odd_path, routed) in odd.iter().map(|p| (p, false)).chain(merged.iter().map(|p| (p, true))) {
+            let target = format!("{odd_path}{query}");
+            for (caller, key) in callers {
+                let answer = gw.call(method.clone(), &target, key, body.as_ref()).await;
+                let what = format!("{method} {target} ({access:?} route) with {caller}");
+                checked += 1;
+                let unknown_path = answer.status == 404 && answer.body == unknown.body;
+                if !routed {
+                    if !unknown_path {
+                        wrong.push(format!("{what}: {} {}", answer.status, answer.body));
+                    }
+                    continue;
+                }
+                // A merged segment may make another keyed route of the same prefix (an
+                // experiment named `x/results`): refused to a caller without a key, and to a
+                // client key where the prefix is an admin route's.
+                let lacks_key =
+                    matches!(caller, "no key" | "wrong key") || (caller == "client key" && access == Access::Admin);
+                if lacks_key && !(unknown_path || [401, 403].contains(&answer.status)) {
+                    wrong.push(format!("{what}: {} {}", answer.status, answer.body));
+                }
+                if answer.status >= 400 {
+                    error_code(&answer, &what);
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "answered past the route table:\n{}", wrong.join("\n"));
+    assert!(checked >= 300, "{checked} calls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_only() {
     let mut settings = settings_over(&repo().join("experiments"));
@@ -1034,7 +1128,7 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
     let mut settings = settings_over(&repo().join("experiments"));
     settings.server.request_timeout = Duration::from_millis(100);
     settings.cache.redis_url = redis.url();
-    settings.tracking.secret = gateway::SHARED_SECRET.to_string();
+    settings.tracking.secret = vec![gateway::SHARED_SECRET.to_string()];
     settings.cache.redis_timeout = Duration::from_secs(2);
     settings.cache.local_capacity = 0;
     let gw = TestGateway::launch_ready(&settings).await;

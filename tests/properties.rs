@@ -851,6 +851,7 @@ fn token_like() -> impl Strategy<Value = String> {
         "[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_-]{0,50}",
         "[A-Za-z0-9_.+/=-]{0,120}",
         prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| URL_SAFE_NO_PAD.encode([&[1u8][..], &b].concat())),
+        prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| URL_SAFE_NO_PAD.encode([&[2u8][..], &b].concat())),
         (
             prop::collection::vec(any::<u8>(), 0..100),
             prop::collection::vec(any::<u8>(), 0..40)
@@ -860,13 +861,16 @@ fn token_like() -> impl Strategy<Value = String> {
 }
 
 /// Whether a token has the shape of a signed one, so that a wrong one is `bad_signature`
-/// rather than `malformed_token` (ARCHITECTURE.md §5): base64url of the version byte 1, some
-/// claims and a 32-byte HMAC-SHA256; or, in the JSON format still accepted, two base64url
-/// parts around a dot.
+/// rather than `malformed_token` (ARCHITECTURE.md §5): base64url of the version byte 2, a
+/// 4-byte key id and some claims, or of the version byte 1 (no key id) and some claims, then a
+/// 32-byte HMAC-SHA256; or, in the JSON format still accepted, two base64url parts around a
+/// dot.
 fn signed_shape(token: &str) -> bool {
     match token.split_once('.') {
         Some((p, t)) => URL_SAFE_NO_PAD.decode(p).is_ok() && URL_SAFE_NO_PAD.decode(t).is_ok(),
-        None => URL_SAFE_NO_PAD.decode(token).is_ok_and(|b| b.len() > 32 && b[0] == 1),
+        None => URL_SAFE_NO_PAD
+            .decode(token)
+            .is_ok_and(|b| (b.len() > 32 && b[0] == 1) || (b.len() >= 32 + 5 && b[0] == 2)),
     }
 }
 
@@ -899,7 +903,7 @@ proptest! {
         let signer = Signer::new(&secret, Duration::from_secs(max_age));
         let token = signer.sign(claims.view());
         prop_assert!(!token.contains(['+', '/', '=', '.']), "URL-safe, one part: {}", token);
-        prop_assert!(token.starts_with('A'), "the version byte 1: {}", token);
+        prop_assert!(token.starts_with('A'), "the version byte 2: {}", token);
         for token in [token, signer.sign_json(&claims)] {
             // Before issue (a client clock ahead) is fine: only age expires a token.
             prop_assert_eq!(signer.verify(&token, UNIX_EPOCH).map(|(c, _)| c), Ok(claims.clone()));

@@ -1,7 +1,8 @@
 //! HTTP input no client should send (issue 8): huge headers, huge and deeply nested JSON,
-//! invalid UTF-8 in paths, and clients that stall in their headers or their body. Each gets a
-//! bounded, documented answer (README, "Failure behaviour"), the gateway keeps serving, and
-//! once the connections are gone the process holds no more descriptors than before.
+//! invalid UTF-8 in paths, clients that stall or trickle in their headers or their body, more
+//! connections than the gateway serves at once, and HTTP/2 connections. Each gets a bounded,
+//! documented answer (README, "Failure behaviour"), the gateway keeps serving, and once the
+//! connections are gone the process holds no more descriptors than before.
 //!
 //! Requests are written byte by byte on raw TCP sockets, since an HTTP client library would
 //! refuse to send most of them.
@@ -52,9 +53,17 @@ async fn connect(gw: &TestGateway) -> TcpStream {
 
 /// Reads one answer (headers, then a `Content-Length` body) within 10 s.
 async fn read_answer(socket: &mut TcpStream) -> Answer {
+    read_answer_or_close(socket)
+        .await
+        .expect("the connection closed before a whole answer")
+}
+
+/// Reads one answer within 10 s, or `None` when the connection closes (or is reset) before a
+/// whole one came.
+async fn read_answer_or_close(socket: &mut TcpStream) -> Option<Answer> {
     let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
     let read = async {
-        let mut chunk = [0u8; 8192];
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_string();
@@ -69,25 +78,22 @@ async fn read_answer(socket: &mut TcpStream) -> Answer {
                 if buf.len() >= end + 4 + length {
                     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
                     let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
-                    return Answer {
+                    return Some(Answer {
                         status,
                         headers: head,
                         body,
-                    };
+                    });
                 }
             }
-            let n = socket.read(&mut chunk).await.expect("read");
-            assert!(
-                n > 0,
-                "connection closed before a whole answer: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
     };
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .expect("an answer within 10 s")
+        .expect("an answer or a close within 10 s")
 }
 
 /// Whether the server closes `socket` within `within` (reads hit end of file or a reset).
@@ -322,4 +328,181 @@ async fn stalled_clients_get_bounded_answers_and_leave_nothing_open() {
         "{metrics}"
     );
     eprintln!("408s within {answered:?}, silent connections closed within {closed:?}");
+}
+
+/// `server.header_read_timeout` of the slow-client tests: short, so the deadline comes fast.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Settings of the slow-client tests: a short header deadline and request timeout, and an idle
+/// timeout well past the header deadline, so that what closes a connection is told apart.
+fn slow_client_settings() -> recgw::config::Settings {
+    let mut settings = demo_settings();
+    settings.server.request_timeout = REQUEST_TIMEOUT;
+    settings.server.idle_timeout = Duration::from_secs(3);
+    settings.server.header_read_timeout = HEADER_TIMEOUT;
+    settings
+}
+
+/// A client sending one header byte at a time, each well within the idle timeout, is cut at
+/// the header deadline: the idle timeout alone restarts at every byte, and would let it hold
+/// its connection (and its buffers) for as long as it keeps trickling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_headers_is_cut_at_the_header_deadline() {
+    let gw = TestGateway::launch_ready(&slow_client_settings()).await;
+    let (mut reader, mut writer) = connect(&gw).await.into_split();
+    writer
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        // Until the server's close makes a write fail, or long past every timeout.
+        while started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut byte = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match reader.read(&mut byte).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    let closed = closed.expect("the trickling connection is closed");
+    assert!(
+        closed >= HEADER_TIMEOUT.mul_f64(0.9) && closed < Duration::from_secs(3),
+        "closed after {closed:?}: the header deadline is {HEADER_TIMEOUT:?}, the idle timeout 3 s"
+    );
+    still_serves(&gw).await;
+}
+
+/// The answer to `GET /health` on a raw connection, or `None` when it was closed (or reset)
+/// first.
+async fn health_on(socket: &mut TcpStream) -> Option<Answer> {
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .ok()?;
+    read_answer_or_close(socket).await
+}
+
+/// Past `server.max_connections` a connection is refused at once — told 503 JSON when it has
+/// sent nothing yet, closed either way — and counted, exactly, in
+/// `http_connections_refused_total`; the connections being served are served on, and once
+/// some close, new ones are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_are_refused_and_counted() {
+    const MAX: usize = 8;
+    let mut settings = slow_client_settings();
+    settings.server.max_connections = MAX;
+    settings.server.header_read_timeout = Duration::from_secs(30);
+    settings.server.idle_timeout = Duration::from_secs(30);
+    let gw = TestGateway::launch_ready(&settings).await;
+    let before = open_descriptors();
+
+    // In order, one at a time: the first ones fill what the harness's own pooled connection
+    // left, the others are refused.
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3 * MAX {
+        let mut socket = connect(&gw).await;
+        match health_on(&mut socket).await {
+            Some(answer) if answer.status == 200 => served.push(socket),
+            Some(answer) => {
+                answer.assert_json_error(503, "too_many_connections");
+                refused += 1;
+            }
+            None => refused += 1,
+        }
+    }
+    assert!(
+        (2 * MAX..3 * MAX).contains(&refused) && served.len() + refused == 3 * MAX,
+        "{} served, {refused} refused",
+        served.len()
+    );
+    // A connection that sends nothing reads why.
+    let mut silent = connect(&gw).await;
+    let answer = read_answer_or_close(&mut silent).await.expect("an answer");
+    answer.assert_json_error(503, "too_many_connections");
+    assert!(
+        answer.headers.to_ascii_lowercase().contains("retry-after"),
+        "{answer:?}"
+    );
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    refused += 1;
+
+    // The connections being served still are: the harness's, and those of the loop.
+    let at_the_bound = gw.metrics().await;
+    for socket in &mut served {
+        assert_eq!(health_on(socket).await.map(|a| a.status), Some(200));
+    }
+    // Once they close, new connections are served again (counting any refused meanwhile,
+    // before the gateway saw the others close).
+    drop(served);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut socket = connect(&gw).await;
+        match health_on(&mut socket).await {
+            Some(answer) if answer.status == 200 => break,
+            _ if Instant::now() < deadline => refused += 1,
+            other => panic!("no connection served after the others closed: {other:?}"),
+        }
+    }
+    let counted = gateway::sample(&gw.metrics().await, "http_connections_refused_total", &[]);
+    assert_eq!(counted, refused as f64, "at the bound:\n{at_the_bound}");
+    // Refused connections leave no descriptor behind (the harness may have opened one more
+    // pooled connection meanwhile: two sockets of this process).
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_descriptors() > before + 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        open_descriptors() <= before + 2,
+        "descriptors: {before} before, {} after",
+        open_descriptors()
+    );
+}
+
+/// An HTTP/2 connection (cleartext, with prior knowledge) is told at once how many requests
+/// it may have in flight: `server.http2_max_concurrent_streams`, which the HTTP/2 layer then
+/// enforces by refusing the streams past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_told_their_bound_on_streams() {
+    let mut settings = slow_client_settings();
+    settings.server.http2_max_concurrent_streams = 7;
+    let gw = TestGateway::launch_ready(&settings).await;
+    let mut socket = connect(&gw).await;
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("write");
+    let settings = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await.expect("a frame");
+            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            socket.read_exact(&mut payload).await.expect("its payload");
+            // The server's SETTINGS, not the acknowledgement of ours (flag 1).
+            if header[3] == 4 && header[4] & 1 == 0 {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("the server's settings within 10 s");
+    let max_streams = settings
+        .chunks_exact(6)
+        .find(|entry| entry[..2] == [0, 3])
+        .map(|entry| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
+    assert_eq!(max_streams, Some(7), "SETTINGS_MAX_CONCURRENT_STREAMS in {settings:?}");
 }

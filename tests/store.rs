@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::spark::{Id, SparkOutput, commit};
 use recgw::store::{ColumnNames, Item, LoadedModel, ModelRegistry, ModelSpec, ModelStatus, SnapshotSettings};
@@ -67,7 +69,7 @@ fn registry(serving: Serving, root: &Path, specs: &[ModelSpec]) -> ModelRegistry
             let dir = root.join("_snapshots");
             std::fs::create_dir_all(&dir).expect("snapshot folder");
             registry.with_snapshots(SnapshotSettings {
-                dir: Some(dir),
+                dir: Ok(dir),
                 max_bytes: 1 << 30,
             })
         }
@@ -790,6 +792,65 @@ async fn a_corrupt_snapshot_on_restart_is_rebuilt_and_never_served() {
     assert_eq!(lookup(&model, "1").await, want);
 }
 
+/// Opening a snapshot left on disk reads and checksums all of it (up to 16 GiB): on a blocking
+/// thread, so that the runtime's other tasks, requests and timers, go on meanwhile. A named
+/// pipe in the snapshot's place stands for a read that takes long: opening it waits for a
+/// writer, which comes once a timer on this single-threaded runtime has fired (or after 5 s,
+/// when the open held the runtime's only thread).
+#[tokio::test]
+async fn a_snapshot_on_disk_is_checked_off_the_runtime() {
+    let (root, spec, want) = snapshot_fixture();
+    let first = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    load(Serving::Snapshot, &first, &spec).await;
+    drop(first);
+    let file = snapshot_files(root.path()).remove(0);
+    std::fs::remove_file(&file).expect("remove the snapshot");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", file.display());
+
+    let (ticked, heard) = std::sync::mpsc::channel();
+    let pipe = file.clone();
+    let writer = std::thread::spawn(move || {
+        let ticked_first = heard.recv_timeout(Duration::from_secs(5)).is_ok();
+        // Opening the pipe to write, without waiting, works once its reader is opening it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&pipe);
+            match opened {
+                Ok(_) => return ticked_first,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("open the pipe to write: {e}"),
+            }
+        }
+    });
+    let restarted = registry(Serving::Snapshot, root.path(), std::slice::from_ref(&spec));
+    let timer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Late, the writer stopped listening: its answer is already false.
+        let _ = ticked.send(());
+    };
+    tokio::join!(restarted.refresh(), timer);
+    let ticked_first = tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .expect("joined");
+    assert!(
+        ticked_first,
+        "a timer fired while the snapshot on disk was being opened"
+    );
+    // The pipe was no snapshot: deleted, and the snapshot rebuilt from the model.
+    let model = load(Serving::Snapshot, &restarted, &spec).await;
+    assert_eq!(lookup(&model, "1").await, want);
+    assert!(std::fs::symlink_metadata(&file).expect("rebuilt").is_file());
+}
+
 #[tokio::test]
 async fn an_unwritable_snapshot_folder_or_a_size_cap_keeps_page_reads() {
     let (root, spec, want) = snapshot_fixture();
@@ -797,7 +858,7 @@ async fn an_unwritable_snapshot_folder_or_a_size_cap_keeps_page_reads() {
     let blocked = root.path().join("_blocked");
     std::fs::write(&blocked, b"not a folder").expect("file");
     let settings = |dir: &Path, max_bytes| SnapshotSettings {
-        dir: Some(dir.to_path_buf()),
+        dir: Ok(dir.to_path_buf()),
         max_bytes,
     };
     let models = || {

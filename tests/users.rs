@@ -77,7 +77,7 @@ fn settings(demo: &DemoCopy, redis_url: &str, redis_timeout: Duration, env: &[(&
         Settings::load_from(None, vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string()))).expect("settings");
     settings.cache.redis_url = redis_url.to_string();
     settings.cache.redis_timeout = redis_timeout;
-    settings.tracking.secret = SHARED_SECRET.to_string();
+    settings.tracking.secret = vec![SHARED_SECRET.to_string()];
     settings.server.shutdown_grace = Duration::from_secs(5);
     settings
 }

@@ -38,7 +38,7 @@ fn harness() -> &'static Harness {
             ("RECGW__MODELS__ROOT", path("models")),
         ];
         let mut settings = Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v))).expect("settings");
-        settings.tracking.secret = SECRET.to_string();
+        settings.tracking.secret = vec![SECRET.to_string()];
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

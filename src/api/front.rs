@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use poem::error::NotFoundError;
 use poem::http::{StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use prometheus::Histogram;
@@ -77,7 +78,8 @@ impl Front {
 /// The whole application: [`Front`] in front of the API and of its documents.
 pub(crate) struct App<A, D> {
     /// The OpenAPI service, with the gateway as its data: every route of [`ROUTES`] but the
-    /// documents, and the 404s and 405s of unknown paths and methods.
+    /// documents, and the 405s of methods a route does not take. Paths outside [`ROUTES`] never
+    /// reach it (see [`guarded`]).
     pub(crate) api: A,
     /// The gateway, for the recommendation requests answered without the OpenAPI service
     /// ([`recommendations::direct`]).
@@ -136,17 +138,22 @@ async fn front<A: Endpoint, D: Endpoint>(app: &App<A, D>, mut request: Request) 
     Ok(response)
 }
 
-/// The key check, then the size and time limits around the route. A request past its time
-/// gets 504, or 408 when it is still waiting for its own body (a client that stalls mid-body
-/// is the client's fault, not the gateway's); either way hyper then closes the connection,
-/// since the body was not read to its end. Admin routes get the time a reload may wait for new
-/// models on top, so `POST /admin/reload` answers what the reload did.
+/// The key check, then the size and time limits around the route. A path that is no route of
+/// [`ROUTES`] gets its 404 here: the API's router matches more loosely (an empty segment as a
+/// parameter), and must never dispatch a path whose key was not checked. A request past its
+/// time gets 504, or 408 when it is still waiting for its own body (a client that stalls
+/// mid-body is the client's fault, not the gateway's); either way hyper then closes the
+/// connection, since the body was not read to its end. Admin routes get the time a reload may
+/// wait for new models on top, so `POST /admin/reload` answers what the reload did.
 async fn guarded<A: Endpoint, D: Endpoint>(
     app: &App<A, D>,
     mut request: Request,
     route: &RouteInfo,
 ) -> poem::Result<Response> {
     let front = &app.front;
+    if std::ptr::eq(route, &routes::OTHER) {
+        return Err(NotFoundError.into());
+    }
     if let Some(role) = route.role {
         auth::authorize(&request, role, &front.keys)?;
     }

@@ -127,14 +127,23 @@ pub(crate) fn is_document(route: &RouteInfo) -> bool {
     matches!(route.label, "openapi" | "docs")
 }
 
-/// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest.
+/// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest,
+/// and a literal segment only itself, byte for byte (percent-encoded, it is another segment).
+/// Nothing is trimmed or merged: a doubled, leading or trailing `/` makes an empty segment, which
+/// fits no template. The front layer answers 404 to a path that fits none and passes only the
+/// others to the API's router, which dispatches a path with non-empty segments to the one
+/// template it fits (see `no_path_fits_two_routes`); so the route whose key was checked is the
+/// route that runs. (The router alone would give `{name}` an empty value, and dispatch
+/// `/experiments//results` to the results.)
 fn matches(template: &str, path: &str) -> bool {
-    let mut path = path.trim_matches('/').split('/');
+    let Some(path) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut path = path.split('/');
     for expected in template.trim_start_matches('/').split('/') {
         match (expected, path.next()) {
             ("*", _) => return true,
-            (_, None) => return false,
-            (e, Some(got)) if e.starts_with('{') && got.is_empty() => return false,
+            (_, None | Some("")) => return false,
             (e, Some(got)) if !e.starts_with('{') && e != got => return false,
             _ => {}
         }
@@ -155,7 +164,7 @@ mod tests {
     fn paths_resolve_to_their_route() {
         for (path, template) in [
             ("/recommendations/42", "/recommendations/{user_id}"),
-            ("/recommendations/42/", "/recommendations/{user_id}"),
+            ("/recommendations/a%2Fb", "/recommendations/{user_id}"),
             ("/experiments", "/experiments"),
             ("/experiments/x/assignment/7", "/experiments/{id}/assignment/{user_id}"),
             ("/experiments/x/results", "/experiments/{id}/results"),
@@ -167,7 +176,20 @@ mod tests {
                 "/admin/experiments/{id}/arms/{arm}/resume",
             ),
             ("/recommendations", "other"),
+            ("/recommendations/", "other"),
             ("/recommendations//", "other"),
+            ("/recommendations/42/", "other"),
+            ("//recommendations/42", "other"),
+            ("/experiments//results", "other"),
+            ("/experiments/x//results", "other"),
+            ("/experiments/x/assignment/", "other"),
+            ("/admin/experiments/x/arms//resume", "other"),
+            ("/admin//reload", "other"),
+            ("/admin/reload/", "other"),
+            ("/admin/./reload", "other"),
+            ("/%61dmin/reload", "other"),
+            ("/admin%2Freload", "other"),
+            ("*", "other"),
             ("/experiments/x/unknown", "other"),
             ("/admin", "other"),
             ("/", "other"),
@@ -216,6 +238,36 @@ mod tests {
                 let listed = statuses.len();
                 statuses.dedup();
                 assert_eq!(statuses.len(), listed, "{} {}", operation.method, path.path);
+            }
+        }
+    }
+
+    /// No path fits two templates: were there one, the router (literals first) and [`resolve`]
+    /// (first in the table) could pick different routes for it, and the key checked would not
+    /// be the route's. Two templates fit a common path when, up to a `*` of either, they are as
+    /// long and every position holds a parameter or the same literal.
+    #[test]
+    fn no_path_fits_two_routes() {
+        let fit_together = |a: &str, b: &str| {
+            let (a, b): (Vec<_>, Vec<_>) = (a.split('/').collect(), b.split('/').collect());
+            for (x, y) in a.iter().zip(&b) {
+                if *x == "*" || *y == "*" {
+                    return true;
+                }
+                if x != y && !x.starts_with('{') && !y.starts_with('{') {
+                    return false;
+                }
+            }
+            a.len() == b.len()
+        };
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !fit_together(a.template, b.template),
+                    "{} and {} fit a common path",
+                    a.template,
+                    b.template
+                );
             }
         }
     }

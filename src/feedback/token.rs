@@ -7,12 +7,13 @@
 //! can credit only an item the response showed, and its position in the page is what
 //! deduplication keys on (see [`crate::feedback::events`]).
 //!
-//! Format 1, what [`Signer::sign`] writes: `base64url(claims ‖ HMAC-SHA256(secret, claims))`
+//! Format 2, what [`Signer::sign`] writes: `base64url(claims ‖ HMAC-SHA256(secret, claims))`
 //! without padding, the claims in a fixed binary layout (integers big-endian):
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 1 | format version, `1` |
+//! | 1 | format version, `2` |
+//! | 4 | the key id of the secret that signed it: the first 4 bytes of HMAC-SHA256(secret, `recgw-tracking-key-id`) |
 //! | 8 | `issued_at`, Unix seconds |
 //! | 8 | `nonce` |
 //! | 1 | flags: bit 0 `uncounted`, bit 1 an experiment follows, bit 2 teams follow, bit 3 an offset follows; the others 0 |
@@ -26,11 +27,18 @@
 //! | 4 | with flag bit 3: `offset`, the page's offset in the list (absent means 0) |
 //! | 32 | HMAC-SHA256 of every byte before it |
 //!
-//! It replaced format 0, `base64url(JSON claims) "." base64url(HMAC-SHA256(secret, JSON))`:
-//! JSON and two base64 parts per response were a measurable part of the request path. A token
-//! has one accepted spelling in either format (base64url without padding or stray trailing
-//! bits, no byte left over, lengths that match, UTF-8 strings, no unknown flag), so one event
-//! cannot be counted twice under two spellings.
+//! `tracking.secret` may list several secrets, so that it can be rotated without refusing the
+//! tokens of pages already served: the first signs, every one verifies, and the key id picks the
+//! one a token needs, so a token costs one HMAC however many secrets are listed. The id tells
+//! nothing a token's own HMAC does not: both are HMACs under the secret.
+//!
+//! Format 2 replaced format 1, the same layout without the key id (version byte `1`), and
+//! format 1 had replaced format 0, `base64url(JSON claims) "." base64url(HMAC-SHA256(secret,
+//! JSON))`: JSON and two base64 parts per response were a measurable part of the request path.
+//! Both are still verified, with each listed secret in turn (they name none), until the tokens
+//! issued before the switch expire. A token has one accepted spelling in any format (base64url
+//! without padding or stray trailing bits, no byte left over, lengths that match, UTF-8
+//! strings, no unknown flag), so one event cannot be counted twice under two spellings.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -244,16 +252,27 @@ pub enum TokenError {
     Expired,
 }
 
-/// The first byte of a format-1 token. A new layout takes the next number and `verify` keeps
-/// reading this one for `tracking.token_max_age` after the switch, as it does format 0 now.
-const VERSION: u8 = 1;
+/// The first byte of a format-2 token. A new layout takes the next number and `verify` keeps
+/// reading this one for `tracking.token_max_age` after the switch, as it does formats 0 and 1
+/// now.
+const VERSION: u8 = 2;
+
+/// The first byte of a format-1 token: format 2 without the key id.
+const UNKEYED_VERSION: u8 = 1;
+
+/// Bytes of a key id: enough to tell a handful of listed secrets apart (two share an id once
+/// in 2^32 pairs, and then both are tried).
+const KEY_ID_LEN: usize = 4;
+
+/// What a key id is the HMAC of, under its secret.
+const KEY_ID_INPUT: &[u8] = b"recgw-tracking-key-id";
 
 /// Bytes of the HMAC-SHA256 tag: whole, as in format 0. Half would still make forgery hopeless
 /// (2^-128 a try) and hold the 12-byte id, but its 22 characters fewer save no measurable time.
 const TAG_LEN: usize = 32;
 
-/// Bytes before the item tags: version, issued_at, nonce, flags, item count.
-const HEADER_LEN: usize = 1 + 8 + 8 + 1 + 2;
+/// Bytes before the item tags: version, key id, issued_at, nonce, flags, item count.
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + 8 + 8 + 1 + 2;
 
 /// Flag bit: the token's events are not counted in the results.
 const UNCOUNTED: u8 = 1;
@@ -341,11 +360,10 @@ impl<'b> Reader<'b> {
     }
 }
 
-/// The claims of a signed format-1 payload (its version byte already checked), refused unless
-/// `sign` would write exactly these bytes for them.
-fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
-    let mut r = Reader(signed);
-    r.take(1)?;
+/// The claims of a signed binary payload from `issued_at` on (after the version byte and, in
+/// format 2, the key id), refused unless `sign` would write exactly these bytes for them.
+fn decode(claims: &[u8]) -> Result<Claims, TokenError> {
+    let mut r = Reader(claims);
     let issued_at = r.u64()?;
     let nonce = r.u64()?;
     let [flags] = r.array()?;
@@ -412,24 +430,53 @@ fn decode(signed: &[u8]) -> Result<Claims, TokenError> {
 }
 
 /// Which format new tokens are signed in (`tracking.token_format`); [`Signer::verify`] reads
-/// both.
+/// every one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenFormat {
-    /// Format 1, the fixed binary layout.
+    /// Format 2, the fixed binary layout with the key id.
     #[default]
     Binary,
-    /// Format 0, JSON claims, which releases before format 1 read and sign: the first step of
-    /// an upgrade from one, while replicas of both releases serve (and may get each other's
-    /// events); switch to `binary` once every replica runs this release.
+    /// Format 0, JSON claims, which every release reads: the first step of an upgrade from a
+    /// release that reads no later format (before format 2: format 1 or 0), while replicas of
+    /// both releases serve (and may get each other's events); switch to `binary` once every
+    /// replica runs this release.
     Json,
 }
 
-/// Signs and verifies tokens with one secret.
+/// One secret, keyed once.
 #[derive(Clone)]
-pub struct Signer {
+struct Key {
+    /// The key id format-2 tokens carry: the first bytes of HMAC-SHA256(secret, [`KEY_ID_INPUT`]).
+    id: [u8; KEY_ID_LEN],
     /// The keyed MAC, cloned per use so the key schedule runs once.
     mac: Hmac<Sha256>,
+}
+
+impl Key {
+    fn new(secret: &[u8]) -> Key {
+        let mac =
+            Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let digest = mac.clone().chain_update(KEY_ID_INPUT).finalize().into_bytes();
+        let mut id = [0; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        Key { id, mac }
+    }
+
+    /// Whether `tag` is this key's HMAC of `signed`, compared in constant time.
+    fn signed(&self, signed: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(signed);
+        mac.verify_slice(tag).is_ok()
+    }
+}
+
+/// Signs tokens with one secret and verifies them with it and any older ones still listed.
+#[derive(Clone)]
+pub struct Signer {
+    /// The secrets of `tracking.secret`, in its order: the first signs, every one verifies.
+    /// Never empty.
+    keys: Vec<Key>,
     /// Tokens older than this are refused.
     max_age: Duration,
     /// The format [`Signer::sign`] writes.
@@ -439,6 +486,7 @@ pub struct Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signer")
+            .field("secrets", &self.keys.len())
             .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
@@ -461,8 +509,23 @@ impl Signer {
     /// A signer over `secret`; an empty secret draws a random one, so tokens from this process
     /// verify only here (set `tracking.secret` when replicas share traffic).
     pub fn new(secret: &str, max_age: Duration) -> Self {
-        let mut random = [0u8; 32];
-        let key: &[u8] = if secret.is_empty() {
+        Self::rotating(&[secret], max_age)
+    }
+
+    /// A signer over `secrets`: the first signs, every one verifies, so a secret can be
+    /// replaced without refusing the tokens it signed (list `[new, old]` for
+    /// `tracking.token_max_age`, then `[new]`; replicas sharing traffic list `[old, new]`
+    /// first, so that every one verifies the new secret before any signs with it). Empty
+    /// secrets are left out; none at all draws a random one, as [`Signer::new`] does.
+    pub fn rotating<S: AsRef<str>>(secrets: &[S], max_age: Duration) -> Self {
+        let mut keys: Vec<Key> = secrets
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| Key::new(secret.as_bytes()))
+            .collect();
+        if keys.is_empty() {
+            let mut random = [0u8; 32];
             if let Err(e) = getrandom::fill(&mut random) {
                 // Without OS randomness the time is the best seed left; tokens still verify
                 // within this process, which is all a random key promises.
@@ -475,16 +538,19 @@ impl Signer {
                         .to_le_bytes(),
                 );
             }
-            &random
-        } else {
-            secret.as_bytes()
-        };
-        let mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+            keys.push(Key::new(&random));
+        }
         Signer {
-            mac,
+            keys,
             max_age,
             format: TokenFormat::Binary,
         }
+    }
+
+    /// The key new tokens are signed with: the first listed.
+    fn signing(&self) -> &Key {
+        // `rotating` never leaves the list empty.
+        &self.keys[0]
     }
 
     /// This signer, signing new tokens in `format`.
@@ -500,9 +566,9 @@ impl Signer {
         }
     }
 
-    /// The format-1 token for `claims`: laid out in one buffer, on the stack for any real
-    /// page, so the returned string is the only allocation. `items` must report its length
-    /// truly (every slice and map of one does).
+    /// The format-2 token for `claims`, signed with the first secret: laid out in one buffer, on
+    /// the stack for any real page, so the returned string is the only allocation. `items` must
+    /// report its length truly (every slice and map of one does).
     pub fn sign<I: ExactSizeIterator<Item = u32>>(&self, claims: ClaimsRef<'_, I>) -> String {
         if self.format == TokenFormat::Json {
             return self.sign_json(&Claims {
@@ -544,8 +610,10 @@ impl Signer {
             + TAG_LEN;
         with_buffer(len, |raw| {
             let (signed, tag) = raw.split_at_mut(len - TAG_LEN);
+            let key = self.signing();
             let mut w = Writer(signed);
             w.put(&[VERSION]);
+            w.put(&key.id);
             w.put(&claims.issued_at.to_be_bytes());
             w.put(&claims.nonce.to_be_bytes());
             let experiment = if claims.experiment.is_some() { HAS_EXPERIMENT } else { 0 };
@@ -578,7 +646,7 @@ impl Signer {
                 w.put(&claims.offset.to_be_bytes());
             }
             debug_assert!(w.0.is_empty(), "the length of a token is that of its fields");
-            let mut mac = self.mac.clone();
+            let mut mac = key.mac.clone();
             mac.update(signed);
             tag.copy_from_slice(&mac.finalize().into_bytes());
             let mut token = String::with_capacity(base64::encoded_len(len, false).unwrap_or_default());
@@ -587,12 +655,13 @@ impl Signer {
         })
     }
 
-    /// The format-0 token for `claims`, as releases before format 1 wrote it: what `sign`
-    /// writes under `tracking.token_format = "json"`, and what tests, the benchmark and the
-    /// fuzz seeds check `verify` still accepts. It goes with that path (see [`Signer::verify`]).
+    /// The format-0 token for `claims`, as releases before format 1 wrote it, signed with the
+    /// first secret: what `sign` writes under `tracking.token_format = "json"`, and what tests,
+    /// the benchmark and the fuzz seeds check `verify` still accepts. It goes with that path
+    /// (see [`Signer::verify`]).
     pub fn sign_json(&self, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut mac = self.mac.clone();
+        let mut mac = self.signing().mac.clone();
         mac.update(&payload);
         let tag = mac.finalize().into_bytes();
         let mut token = String::with_capacity((payload.len() + tag.len()) * 4 / 3 + 4);
@@ -602,17 +671,20 @@ impl Signer {
         token
     }
 
-    /// The claims and id of a token this secret signed and that is not older than the maximum
-    /// age. The signature is compared in constant time, and checked before any claim is read.
+    /// The claims and id of a token one of the secrets signed and that is not older than the
+    /// maximum age. The signature is compared in constant time, and checked before any claim
+    /// is read.
     ///
-    /// Format 0 (JSON) is accepted too, so events for pages served just before the switch to
-    /// format 1 still count. The two never overlap: only format 0 has a `.`, which base64url
-    /// never writes (it starts `ey`, base64 of `{"`; format 1 starts `A`, its version byte's
-    /// top bits being 0), and neither's signed bytes parse as the other's. Delete the format-0
+    /// Formats 0 (JSON) and 1 (no key id) are accepted too, so events for pages served just
+    /// before the switch to format 2 still count; naming no secret, they are checked with each
+    /// in turn. The formats never overlap: only format 0 has a `.`, which base64url never
+    /// writes (it starts `ey`, base64 of `{"`; formats 1 and 2 start `A`, their version byte's
+    /// top bits being 0), and no format's signed bytes parse as another's. Delete the format-0
     /// path (`verify_json`, `sign_json`, [`TokenFormat::Json`], the serde derives on [`Claims`]
-    /// and `tags`, with the tests, bench cases and `json-` fuzz seeds that use them) once every
-    /// replica has signed format 1 for `tracking.token_max_age` (24 h by default): no format-0
-    /// token verifies after that.
+    /// and `tags`, with the tests, bench cases and `json-` fuzz seeds that use them) and the
+    /// format-1 branch once every replica has signed format 2 for `tracking.token_max_age`
+    /// (24 h by default) and no upgrade needs the JSON format: no older token verifies after
+    /// that.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<(Claims, TokenId), TokenError> {
         let (claims, id) = match token.split_once('.') {
             Some((payload, tag)) => self.verify_json(payload, tag)?,
@@ -624,7 +696,7 @@ impl Signer {
         Ok((claims, id))
     }
 
-    /// The claims and id of a format-1 token, whatever its age.
+    /// The claims and id of a binary token (format 2, or 1), whatever its age.
     fn verify_binary(&self, token: &str) -> Result<(Claims, TokenId), TokenError> {
         with_buffer(base64::decoded_len_estimate(token.len()), |buffer| {
             let len = URL_SAFE_NO_PAD
@@ -632,14 +704,25 @@ impl Signer {
                 .map_err(|_| TokenError::Malformed)?;
             let raw = buffer.get(..len).ok_or(TokenError::Malformed)?;
             let (signed, tag) = raw.split_at(len.checked_sub(TAG_LEN).ok_or(TokenError::Malformed)?);
-            if signed.first() != Some(&VERSION) {
-                return Err(TokenError::Malformed);
+            let (named, claims_at) = match signed.first() {
+                Some(&VERSION) => {
+                    let id = signed.get(1..1 + KEY_ID_LEN).ok_or(TokenError::Malformed)?;
+                    (Some(id), 1 + KEY_ID_LEN)
+                }
+                Some(&UNKEYED_VERSION) => (None, 1),
+                _ => return Err(TokenError::Malformed),
+            };
+            // A format-2 token names its secret; a format-1 one is tried with each.
+            let verified = self
+                .keys
+                .iter()
+                .filter(|key| named.is_none_or(|id| key.id[..] == *id))
+                .any(|key| key.signed(signed, tag));
+            if !verified {
+                return Err(TokenError::BadSignature);
             }
-            let mut mac = self.mac.clone();
-            mac.update(signed);
-            mac.verify_slice(tag).map_err(|_| TokenError::BadSignature)?;
             let id = *tag.first_chunk().ok_or(TokenError::BadSignature)?;
-            Ok((decode(signed)?, id))
+            Ok((decode(&signed[claims_at..])?, id))
         })
     }
 
@@ -647,9 +730,9 @@ impl Signer {
     fn verify_json(&self, payload: &str, tag: &str) -> Result<(Claims, TokenId), TokenError> {
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac.clone();
-        mac.update(&payload);
-        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        if !self.keys.iter().any(|key| key.signed(&payload, &tag)) {
+            return Err(TokenError::BadSignature);
+        }
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let id = *tag.first_chunk().ok_or(TokenError::BadSignature)?;
         Ok((claims, id))
@@ -697,9 +780,9 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    /// A format-1 token over any `signed` bytes, however wrong their layout.
+    /// A binary token over any `signed` bytes, however wrong their layout.
     fn sign_raw(signer: &Signer, signed: &[u8]) -> String {
-        let mut mac = signer.mac.clone();
+        let mut mac = signer.signing().mac.clone();
         mac.update(signed);
         URL_SAFE_NO_PAD.encode([signed, &mac.finalize().into_bytes()].concat())
     }
@@ -716,13 +799,18 @@ mod tests {
         // struct, hmac and base64), not by this code.
         assert_eq!(
             token,
-            "AQAAAAAAAAPoAAAAAAAAAAcCAALvLRJ9ohhV2gAEaG9tZQANaG9tZS1hbHMtcmFuawAJdHJlYXRtZW50AA9hbHMtdjJAMWEtMmItM2MAAjQy\
-             cMQOKi3vNimo4W2qkq8rrJLVKvKyYeIl9tY8uTscNcA"
+            "AsC8im4AAAAAAAAD6AAAAAAAAAAHAgAC7y0SfaIYVdoABGhvbWUADWhvbWUtYWxzLXJhbmsACXRyZWF0bWVudAAPYWxzLXYyQDFhLTJiLTNj\
+             AAI0Mv0FH3ziFzMgSOGPHuPK0cG5yPXiYYKUzTt_KCR8DjN_"
         );
         assert!(token.starts_with('A'), "the version byte: {token}");
         let (verified, id) = signer.verify(&token, at(1_000)).expect("valid");
         assert_eq!(verified, claims(1_000));
         let bytes = raw(&token);
+        assert_eq!(
+            bytes[1..5],
+            [0xc0, 0xbc, 0x8a, 0x6e],
+            "HMAC-SHA256(s3cret, recgw-tracking-key-id)"
+        );
         assert_eq!(id[..], bytes[bytes.len() - TAG_LEN..][..12], "the id is the tag's head");
 
         for claims in [
@@ -810,12 +898,12 @@ mod tests {
     }
 
     #[test]
-    fn a_page_of_10_items_is_194_characters_where_json_took_284() {
+    fn a_page_of_10_items_is_199_characters_where_json_took_284() {
         let signer = Signer::new("s3cret", DAY);
         let claims = page_of_10();
-        // 20 bytes of header, 40 of tags, 53 of strings with their lengths, 32 of tag.
-        assert_eq!(raw(&signer.sign(claims.view())).len(), 145);
-        assert_eq!(signer.sign(claims.view()).len(), 194);
+        // 24 bytes of header, 40 of tags, 53 of strings with their lengths, 32 of tag.
+        assert_eq!(raw(&signer.sign(claims.view())).len(), 149);
+        assert_eq!(signer.sign(claims.view()).len(), 199);
         assert_eq!(signer.sign_json(&claims).len(), 284);
     }
 
@@ -896,13 +984,13 @@ mod tests {
             ("the last byte missing", |b| {
                 b.pop();
             }),
-            ("version 2", |b| b[0] = 2),
+            ("version 3", |b| b[0] = 3),
             ("version 0", |b| b[0] = 0),
-            ("an unknown flag", |b| b[17] |= 4),
+            ("the teams flag without teams", |b| b[21] |= HAS_TEAMS),
             ("no experiment flag, so its string is the arm", |b| {
-                b[17] &= !HAS_EXPERIMENT
+                b[21] &= !HAS_EXPERIMENT
             }),
-            ("one item more than there are", |b| b[19] += 1),
+            ("one item more than there are", |b| b[23] += 1),
             // The claims end with the user "42" after its 2-byte length.
             ("a user length past the end", |b| {
                 let low = b.len() - 3;
@@ -921,7 +1009,7 @@ mod tests {
             Err(TokenError::Malformed),
             "empty"
         );
-        // Format-0 JSON signed as one format-1 part: its first byte `{` is no version.
+        // Format-0 JSON signed as one binary part: its first byte `{` is no version.
         let json = serde_json::to_vec(&page_of_10()).expect("json");
         assert_eq!(
             signer.verify(&sign_raw(&signer, &json), at(0)),
@@ -995,7 +1083,7 @@ mod tests {
         let (payload, _) = before.split_once('.').expect("two parts");
         let flipped = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(flipped));
         assert_eq!(signer.verify(&flipped, at(0)), Err(TokenError::BadSignature));
-        let mut mac = signer.mac.clone();
+        let mut mac = signer.signing().mac.clone();
         mac.update(b"[1,2]");
         let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         assert_eq!(
@@ -1007,5 +1095,66 @@ mod tests {
         let (signed, tag) = token.split_at(token.len() - TAG_LEN);
         let split = format!("{}.{}", URL_SAFE_NO_PAD.encode(signed), URL_SAFE_NO_PAD.encode(tag));
         assert_eq!(signer.verify(&split, at(0)), Err(TokenError::Malformed));
+    }
+
+    /// A secret is rotated by listing `[new, old]`: tokens the old one signed, in every format,
+    /// still verify (as the same claims and id), new ones are signed with the new one and name
+    /// it; once the old one is removed its tokens are forged as far as the gateway can tell.
+    #[test]
+    fn a_rotated_secret_verifies_until_it_is_removed() {
+        let old = Signer::new("old-secret", DAY);
+        let claims = page_of_10();
+        let unkeyed = {
+            let keyed = raw(&old.sign(claims.view()));
+            let signed = [&[UNKEYED_VERSION][..], &keyed[1 + KEY_ID_LEN..keyed.len() - TAG_LEN]].concat();
+            sign_raw(&old, &signed)
+        };
+        let issued = [old.sign(claims.view()), old.sign_json(&claims), unkeyed];
+        let rotated = Signer::rotating(&["new-secret", "old-secret"], DAY);
+        let retired = Signer::rotating(&["new-secret"], DAY);
+        let now = at(claims.issued_at);
+        for token in &issued {
+            let before = old.verify(token, now).expect("the old secret's token");
+            assert_eq!(rotated.verify(token, now), Ok(before), "{token}");
+            assert_eq!(retired.verify(token, now), Err(TokenError::BadSignature), "{token}");
+        }
+        let fresh = rotated.sign(claims.view());
+        assert_eq!(
+            raw(&fresh)[1..5],
+            Key::new(b"new-secret").id,
+            "signed with the first secret"
+        );
+        assert_eq!(retired.verify(&fresh, now).map(|(c, _)| c), Ok(claims.clone()));
+        assert_eq!(old.verify(&fresh, now), Err(TokenError::BadSignature));
+        // Empty secrets are no secrets; none at all is a random one.
+        let blank = Signer::rotating(&["", "old-secret"], DAY);
+        assert_eq!(blank.sign(claims.view()), old.sign(claims.view()));
+        let random = Signer::rotating::<&str>(&[], DAY);
+        assert_eq!(
+            old.verify(&random.sign(claims.view()), now),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    /// Format-1 tokens (no key id), issued before format 2, still verify: with any listed
+    /// secret, as the same claims and id.
+    #[test]
+    fn accepts_format_1_tokens_issued_before_key_ids() {
+        // The format-1 vector written by an independent encoder before format 2.
+        let before = "AQAAAAAAAAPoAAAAAAAAAAcCAALvLRJ9ohhV2gAEaG9tZQANaG9tZS1hbHMtcmFuawAJdHJlYXRtZW50AA9hbHMtdjJAMWEtMmItM2MAAjQy\
+                      cMQOKi3vNimo4W2qkq8rrJLVKvKyYeIl9tY8uTscNcA";
+        let bytes = raw(before);
+        for signer in [
+            Signer::new("s3cret", DAY),
+            Signer::rotating(&["another", "s3cret"], DAY),
+        ] {
+            let (verified, id) = signer.verify(before, at(1_000)).expect("a format-1 token");
+            assert_eq!(verified, claims(1_000));
+            assert_eq!(id[..], bytes[bytes.len() - TAG_LEN..][..12]);
+        }
+        assert_eq!(
+            Signer::new("another", DAY).verify(before, at(1_000)),
+            Err(TokenError::BadSignature)
+        );
     }
 }

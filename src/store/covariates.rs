@@ -18,6 +18,7 @@
 //! and impressions (u32 each), sorted by key.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -374,8 +375,13 @@ pub(crate) fn load(
         return CovariateTable::from_bytes(Rows::Held(bytes), version, None).map_err(unusable);
     };
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Read-only once written, as a model's snapshot (`snapshot::FILE_MODE`).
     let written = std::fs::File::create(&tmp)
-        .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()))
+        .and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            file.set_permissions(std::fs::Permissions::from_mode(super::snapshot::FILE_MODE))
+        })
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);

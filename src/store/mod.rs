@@ -27,6 +27,7 @@ pub use model::LoadedModel;
 pub(crate) use registry::CovariateSlot;
 pub use registry::{ModelRegistry, ModelStatus};
 pub use snapshot::SnapshotSettings;
+pub(crate) use snapshot::{private_dir, process_uid};
 
 /// A model reference as an experiment writes it: where it lives and how its columns are named.
 /// It is the registry's key, so two arms naming the same output share one loaded copy.

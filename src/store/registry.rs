@@ -254,7 +254,7 @@ impl ModelRegistry {
         );
         let started = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || {
-            super::covariates::load(&committed, &for_spec, dir.as_deref(), &runtime)
+            super::covariates::load(&committed, &for_spec, dir.as_deref().ok(), &runtime)
         })
         .await;
         match loaded {
@@ -415,29 +415,34 @@ impl ModelRegistry {
         }
         let version = committed.version.clone();
         let uri = committed.folder.uri_of(&committed.folder.path);
-        let dir = self.snapshots.dir.as_deref().filter(|_| spec.snapshot);
+        let dir = self.snapshots.dir.as_deref().ok().filter(|_| spec.snapshot);
         // A snapshot of this version already on disk (a restart) serves at once, without
-        // reading the model; one that does not check out is rebuilt, never served.
+        // reading the model; one that does not check out is rebuilt, never served. Checking it
+        // reads all of it (up to snapshot_max_bytes), on a blocking thread: a runtime worker
+        // would hold up the requests and timers queued on it meanwhile.
         if let Some(dir) = dir {
             let started = std::time::Instant::now();
             let path = path_for(dir, spec, &version);
-            match Snapshot::open(&path, &version) {
-                Ok(snapshot) if snapshot.file_bytes() as u64 > self.snapshots.max_bytes => {
+            let (on_disk, checked) = (path.clone(), version.clone());
+            let opened = tokio::task::spawn_blocking(move || Snapshot::open_existing(&on_disk, &checked))
+                .await
+                .unwrap_or_else(|e| Err(format!("the check stopped: {e}")));
+            match opened {
+                Ok(Some(snapshot)) if snapshot.file_bytes() as u64 > self.snapshots.max_bytes => {
                     tracing::info!(model = %spec.location, path = %path.display(),
                         "snapshot on disk is over models.snapshot_max_bytes; not used");
                 }
-                Ok(snapshot) => {
+                Ok(Some(snapshot)) => {
                     let model = LoadedModel::from_snapshot(uri, version, Arc::new(snapshot), started.elapsed());
                     tracing::info!(model = %spec.location, version = %model.version(), path = %path.display(),
                         load_ms = model.load_time().as_millis() as u64, "model version mapped from its snapshot");
                     self.swap(spec, slot, current.as_ref(), Arc::new(model));
                     return record(None, None);
                 }
-                Err(_) if !path.exists() => {}
+                Ok(None) => {}
                 Err(problem) => {
                     tracing::warn!(model = %spec.location, path = %path.display(), problem = %problem,
                         "snapshot on disk not usable; rebuilding it from the model");
-                    let _ = std::fs::remove_file(&path);
                 }
             }
         }
@@ -498,9 +503,9 @@ impl ModelRegistry {
             return;
         }
         let Some(dir) = dir else {
-            model.set_snapshot_note(Some(match self.snapshots.dir {
-                None => "snapshots are off (models.snapshot_dir unusable)".to_string(),
-                Some(_) => "snapshot = false on an arm".to_string(),
+            model.set_snapshot_note(Some(match &self.snapshots.dir {
+                Err(why) => format!("snapshots are off: {why}"),
+                Ok(_) => "snapshot = false on an arm".to_string(),
             }));
             return;
         };

@@ -21,12 +21,17 @@
 //! snapshot of the version it serves, checks the header's version and the checksum, and maps it
 //! without reading the model again. A version's file is deleted when a newer version has
 //! replaced it and no request holds it any more.
+//!
+//! The checksum finds damage, not forgery (it is not keyed), and a mapped file that shrinks
+//! under the gateway kills it with SIGBUS at the next lookup past the new end. So the folder
+//! must be this process's alone ([`private_dir`]), and files are written read-only.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,14 +50,69 @@ const USER: usize = 16;
 /// Integer item ids below this are numbered through an array (16 MiB at most).
 const SMALL_IDS: i64 = 1 << 22;
 
-/// Where snapshots go and how large one may be; `dir` is `None` when snapshots are off (the
-/// folder could not be created or written).
-#[derive(Debug, Clone, Default)]
+/// Where snapshots go and how large one may be.
+#[derive(Debug, Clone)]
 pub struct SnapshotSettings {
-    /// The folder of snapshot files (`models.snapshot_dir`).
-    pub dir: Option<PathBuf>,
+    /// The folder of snapshot files (`models.snapshot_dir`), or why snapshots are off (the
+    /// folder could not be created or written, or is not private: see [`private_dir`]), which
+    /// `/ready` shows for every model.
+    pub dir: Result<PathBuf, String>,
     /// A model whose snapshot would be larger is served by page reads (`models.snapshot_max_bytes`).
     pub max_bytes: u64,
+}
+
+impl Default for SnapshotSettings {
+    /// Snapshots off: what a registry built without [`SnapshotSettings`] does.
+    fn default() -> Self {
+        SnapshotSettings {
+            dir: Err("no snapshot folder was given".into()),
+            max_bytes: 0,
+        }
+    }
+}
+
+/// Permission bits of a snapshot file once written: readable by its owner only, and writable by
+/// no one, so no tool of the service's own user replaces a mapped file in place by mistake.
+pub(crate) const FILE_MODE: u32 = 0o400;
+
+/// The effective user id of this process: who must own the snapshot folder.
+pub(crate) fn process_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `dir`, created (mode 0700, as are missing parents) if missing, when it is fit for
+/// snapshots: owned by this process's user, with no permission for group or others, and
+/// writable. Otherwise why not, and snapshots are off: another user who can write there can
+/// plant a file that passes the unkeyed checksum, to be served, or truncate a mapped one,
+/// which kills the gateway with SIGBUS; one who can read there reads every user's lists.
+pub(crate) fn private_dir(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let shown = dir.display();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {shown}: {e}"))?;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let uid = process_uid();
+    if meta.uid() != uid {
+        return Err(format!(
+            "{shown} is owned by uid {}, not by this process's uid {uid}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} has mode {mode:03o}: group and others must have no permission on it (chmod 700)"
+        ));
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write in {shown}: {e}"))?;
+    Ok(dir.to_path_buf())
 }
 
 /// How rows were laid out in the model a snapshot came from, for `/ready`.
@@ -148,9 +208,28 @@ fn padded(n: usize) -> usize {
 }
 
 impl Snapshot {
+    /// The snapshot of `version` left at `path` by an earlier run: `Ok(None)` when there is no
+    /// file, the error when there is one that does not check out, which is deleted (it is never
+    /// served, and is rebuilt). It reads the whole file, up to `models.snapshot_max_bytes`: run
+    /// it on a blocking thread, not a runtime worker.
+    pub(crate) fn open_existing(path: &Path, version: &str) -> Result<Option<Snapshot>, String> {
+        match Snapshot::open(path, version) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(_) if !path.exists() => Ok(None),
+            Err(problem) => {
+                if let Err(e) = std::fs::remove_file(path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an unusable snapshot");
+                }
+                Err(problem)
+            }
+        }
+    }
+
     /// Maps the file at `path` if it is a whole, intact snapshot of `version`; the error says
     /// what is wrong with it otherwise (nothing is served from such a file).
-    pub(crate) fn open(path: &Path, version: &str) -> Result<Snapshot, String> {
+    fn open(path: &Path, version: &str) -> Result<Snapshot, String> {
         let file = File::open(path).map_err(|e| e.to_string())?;
         // SAFETY: the file is only ever written under a temporary name and renamed into
         // place, never modified afterwards; a file truncated or altered by someone else is
@@ -394,7 +473,14 @@ impl SnapshotWriter {
         let tmp = path.with_extension(format!("tmp-{}-{writer}", std::process::id()));
         let out = {
             let io = io_error(&tmp);
-            let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(&io)?);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(&io)?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(&vec![0u8; HEADER + padded(version.len())]).map_err(&io)?;
             out
         };
@@ -530,6 +616,8 @@ impl SnapshotWriter {
         let mut file = body.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(&io)?;
         file.write_all(&header).map_err(&io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .map_err(&io)?;
         drop(file);
         std::fs::rename(&self.tmp, &self.path).map_err(&io)?;
         Snapshot::open(&self.path, &self.version)

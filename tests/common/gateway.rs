@@ -186,6 +186,12 @@ pub async fn send(
 /// Models are served by page reads behind the cache tiers, the path most tests are about:
 /// [`with_snapshots`] turns serving snapshots on, in a folder of the test's own.
 pub fn settings(experiments: &Path, models: &Path, refresh: &str) -> Settings {
+    settings_with_env(experiments, models, refresh, &[])
+}
+
+/// [`settings`] with more environment variables (`RECGW__…`), for settings whose environment
+/// form a test is about.
+pub fn settings_with_env(experiments: &Path, models: &Path, refresh: &str, more: &[(&str, &str)]) -> Settings {
     let env = [
         ("RECGW__SERVER__LISTEN", "127.0.0.1:0"),
         ("RECGW__EXPERIMENTS__DIR", experiments.to_str().expect("utf-8 path")),
@@ -193,7 +199,8 @@ pub fn settings(experiments: &Path, models: &Path, refresh: &str) -> Settings {
         ("RECGW__MODELS__REFRESH_INTERVAL", refresh),
         ("RECGW__MODELS__SNAPSHOT_MAX_BYTES", "0"),
     ];
-    Settings::load_from(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).expect("settings")
+    let env = env.iter().chain(more).map(|(k, v)| (k.to_string(), v.to_string()));
+    Settings::load_from(None, env).expect("settings")
 }
 
 /// [`settings`] of one replica of a test that counts results: models polled every second,
@@ -204,7 +211,7 @@ pub fn replica_settings(experiments: &Path, models: &Path, redis_url: &str) -> S
     let mut settings = settings(experiments, models, "1s");
     settings.cache.redis_url = redis_url.to_string();
     settings.cache.redis_timeout = Duration::from_millis(500);
-    settings.tracking.secret = SHARED_SECRET.to_string();
+    settings.tracking.secret = vec![SHARED_SECRET.to_string()];
     settings.server.shutdown_grace = Duration::from_secs(3);
     settings
 }
