@@ -23,6 +23,7 @@ use arc_swap::ArcSwapOption;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
+use crate::redact::SecretUrl;
 
 /// First and longest pause after a failure before Redis is tried again.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -51,8 +52,9 @@ enum Connection {
 pub(crate) struct Redis {
     /// The connection.
     connection: Connection,
-    /// Node URLs, for the pub/sub subscriber and the logs.
-    nodes: Vec<String>,
+    /// Node URLs, for the pub/sub subscriber and the logs (which print them without their
+    /// credentials).
+    nodes: Vec<SecretUrl>,
     /// Whether the last command on this connection got an answer (and one ever did); shared
     /// with [`Health`].
     up: Arc<AtomicBool>,
@@ -103,11 +105,11 @@ impl Redis {
         health: &Arc<Health>,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, RedisUrlError> {
-        let nodes: Vec<String> = url
+        let nodes: Vec<SecretUrl> = url
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(String::from)
+            .map(SecretUrl::new)
             .collect();
         let connect = timeout.max(Duration::from_millis(250));
         let connection = if nodes.len() > 1 {
@@ -148,7 +150,7 @@ impl Redis {
         let mut backoff = BACKOFF_MIN;
         loop {
             let attempt = async {
-                ClusterClient::builder(self.nodes.clone())
+                ClusterClient::builder(self.nodes.iter().map(SecretUrl::expose))
                     .connection_timeout(connect)
                     .response_timeout(Duration::from_secs(10))
                     .build()?
@@ -194,7 +196,7 @@ impl Redis {
     }
 
     /// The node URLs, for subscribers.
-    pub(crate) fn nodes(&self) -> &[String] {
+    pub(crate) fn nodes(&self) -> &[SecretUrl] {
         &self.nodes
     }
 
