@@ -243,6 +243,13 @@ impl RedisServer {
         }
     }
 
+    /// [`RedisServer::restart`] with `config` from now on, as an operator redeploying it with
+    /// other settings.
+    pub fn restart_with(&mut self, config: &Config) {
+        self.config = config.clone();
+        self.restart();
+    }
+
     /// Starts the server again on the same ports (stopping it first when it runs), empty. Its
     /// clients and cluster know it by its ports, so a port taken meanwhile cannot be replaced:
     /// it is tried again a while, for a process that held it only for a moment.
@@ -374,6 +381,12 @@ impl RedisCluster {
         self.wait_ok();
     }
 
+    /// [`RedisCluster::restart`] with every node given `config` from now on.
+    pub fn restart_with(&mut self, config: &Config) {
+        self.nodes.iter_mut().for_each(|node| node.restart_with(config));
+        self.wait_ok();
+    }
+
     /// The nodes, in start order.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
@@ -491,6 +504,24 @@ impl Redis {
             Redis::None => {}
             Redis::Node(server) => server.restart(),
             Redis::Cluster(cluster) => cluster.restart(),
+        }
+    }
+
+    /// [`Redis::restart`] with every server given `config` from now on.
+    pub fn restart_with(&mut self, config: &Config) {
+        match self {
+            Redis::None => {}
+            Redis::Node(server) => server.restart_with(config),
+            Redis::Cluster(cluster) => cluster.restart_with(config),
+        }
+    }
+
+    /// Keys matching `pattern` on every server, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        match self {
+            Redis::None => Vec::new(),
+            Redis::Node(server) => server.keys(pattern),
+            Redis::Cluster(cluster) => cluster.keys(pattern),
         }
     }
 
