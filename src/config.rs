@@ -131,12 +131,26 @@ impl Default for ResultsSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// `[[auth.keys]]` entries (`sha256`, `role`, `name`); none turns auth off, with a loud
-    /// warning at start and admin routes answering loopback callers only.
+    /// warning at start and admin routes answering loopback callers only, or nobody.
     pub keys: Vec<crate::auth::KeySettings>,
+    /// With auth off, whether admin routes answer loopback callers without a key: the demo's
+    /// convenience (true by default). Every process on the host is such a caller, and behind a
+    /// sidecar or a local reverse proxy so is every request it forwards; false closes admin
+    /// routes until `auth.keys` holds an admin key. Without effect once keys are configured.
+    pub loopback_admin: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            keys: Vec::new(),
+            loopback_admin: true,
+        }
+    }
 }
 
 /// `[server]`

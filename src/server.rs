@@ -140,11 +140,18 @@ impl Server {
             metrics.results_users_uncounted.clone(),
             &settings.results,
         ));
-        let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
+        let keys = Keys::new(&settings.auth).map_err(StartError::Auth)?;
         if keys.is_off() {
+            let admin = if keys.loopback_admin() {
+                "admin routes (reload, cache invalidation) answer every caller on this host without a key: \
+                 every local process, and behind a sidecar or local reverse proxy every request it forwards; \
+                 set auth.loopback_admin = false (or configure auth.keys) unless nothing else runs here"
+            } else {
+                "admin routes answer nobody (auth.loopback_admin = false) until auth.keys holds an admin key"
+            };
             tracing::warn!(
                 "AUTH IS OFF: no auth.keys are configured, so every client route is open to anyone who can \
-                 reach {} and admin routes answer loopback callers only",
+                 reach {}, and {admin}",
                 settings.server.listen
             );
         }

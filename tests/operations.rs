@@ -334,6 +334,45 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
 
 /// Auth comes before input validation: a caller without a valid key learns nothing about the
 /// API's parameters or body schema (issue 6: "Missing key → 401, wrong role → 403").
+/// With auth off and `auth.loopback_admin = false` (a host where other processes, or a sidecar
+/// proxy forwarding everyone's requests, share loopback), every admin route refuses a loopback
+/// caller without a key with 403 JSON naming the setting, while client and open routes stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_and_with_loopback_admin_off_admin_routes_answer_nobody() {
+    let mut settings = settings_over(&repo().join("experiments"));
+    settings.auth.keys.clear();
+    settings.auth.loopback_admin = false;
+    let gw = TestGateway::launch_ready(&settings).await;
+    let spec = gw.ok("/openapi.json").await;
+    let mut wrong = Vec::new();
+    let mut admin_routes = 0;
+    for route in routes(&spec) {
+        let (method, path, body) = route.request();
+        let answer = gw.call(method.clone(), &path, None, body.as_ref()).await;
+        let what = format!("{method} {path} from loopback without a key");
+        let fits = match access(&route.template) {
+            Access::Admin => {
+                admin_routes += 1;
+                answer.status == 403
+                    && error_code(&answer, &what) == "forbidden"
+                    && answer.json()["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("auth.loopback_admin"))
+            }
+            Access::Open | Access::Client => (200..300).contains(&answer.status),
+        };
+        if !fits {
+            wrong.push(format!("{what}: {} {}", answer.status, answer.body));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "with auth off and loopback_admin off:\n{}",
+        wrong.join("\n")
+    );
+    assert!(admin_routes >= 3, "{admin_routes} admin routes tried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_checked_before_bodies_and_parameters_are_validated() {
     let gw = TestGateway::launch_ready(&keyed_settings()).await;

@@ -1,6 +1,7 @@
 //! Secrets and trust (README "Security"): a Redis password given in a URL never reaches a log
 //! line, `/ready` or what the command line prints, through a Redis restart, on one node and on a
-//! 3-node cluster.
+//! 3-node cluster; and with auth off, the start-up warning says what admin access from loopback
+//! trusts and how to close it (the routes themselves are checked in `tests/operations.rs`).
 //!
 //! The gateway runs as the real `recgw serve` process (`common/serve.rs`) at `debug`, so that
 //! every line it writes, stderr and stdout alike, is read; Redis runs with `requirepass` (and
@@ -165,4 +166,44 @@ fn the_command_line_prints_no_password_of_a_url() {
         !printed.contains(PASSWORD),
         "recgw serve printed the password:\n{printed}"
     );
+}
+
+/// With auth off, the start-up warning names what loopback admin access trusts (every local
+/// process, a sidecar's every request) and the setting that closes it, and says when it is
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_off_warning_names_the_loopback_risk_and_its_setting() {
+    for (loopback_admin, says) in [
+        (
+            "true",
+            ["every local process", "sidecar", "auth.loopback_admin = false"],
+        ),
+        (
+            "false",
+            ["admin routes answer nobody", "auth.loopback_admin = false", "admin key"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut process = Process::demo(dir.path(), &[("RECGW__AUTH__LOOPBACK_ADMIN", loopback_admin)]);
+        // Answering, so its SIGTERM handler is in place.
+        assert_eq!(process.get("/health").await.status, 200);
+        let sigterm_at = Instant::now();
+        process.sigterm();
+        let exit = process.exit(sigterm_at).await;
+        let log = process.log();
+        assert_eq!(exit.code(), Some(0), "{log}");
+        let warning = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["level"] == "WARN")
+            .filter_map(|line| line["fields"]["message"].as_str().map(String::from))
+            .find(|message| message.starts_with("AUTH IS OFF"))
+            .unwrap_or_else(|| panic!("no AUTH IS OFF warning:\n{log}"));
+        for said in says {
+            assert!(
+                warning.contains(said),
+                "loopback_admin = {loopback_admin}: {said:?} not in {warning}"
+            );
+        }
+    }
 }
