@@ -6,6 +6,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::AuthSettings;
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,9 +47,14 @@ struct Key {
     name: String,
 }
 
-/// The configured keys.
+/// The configured keys, and who may call admin routes while there are none.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Keys(Vec<Key>);
+pub(crate) struct Keys {
+    /// The keys; none turns auth off.
+    keys: Vec<Key>,
+    /// `auth.loopback_admin`: with auth off, whether admin routes answer loopback callers.
+    loopback_admin: bool,
+}
 
 /// The hex SHA-256 of a key, as settings hold it.
 pub fn hash_key(key: &str) -> String {
@@ -70,8 +77,9 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 impl Keys {
     /// Parses `auth.keys`, naming the first entry whose digest is not 64 hex digits.
-    pub(crate) fn new(settings: &[KeySettings]) -> Result<Self, String> {
+    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, String> {
         settings
+            .keys
             .iter()
             .enumerate()
             .map(|(i, key)| {
@@ -84,12 +92,20 @@ impl Keys {
                 })
             })
             .collect::<Result<Vec<_>, String>>()
-            .map(Keys)
+            .map(|keys| Keys {
+                keys,
+                loopback_admin: settings.loopback_admin,
+            })
     }
 
     /// Whether no key is configured (auth off).
     pub(crate) fn is_off(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
+    }
+
+    /// With auth off, whether admin routes answer loopback callers (`auth.loopback_admin`).
+    pub(crate) fn loopback_admin(&self) -> bool {
+        self.loopback_admin
     }
 
     /// The caller a presented key identifies. Every digest is compared, each in constant time,
@@ -97,7 +113,7 @@ impl Keys {
     pub(crate) fn check(&self, presented: &str) -> Option<Caller<'_>> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for key in &self.0 {
+        for key in &self.keys {
             if bool::from(key.digest[..].ct_eq(&digest[..])) {
                 found = Some(Caller {
                     name: &key.name,
@@ -113,9 +129,16 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn settings(keys: Vec<KeySettings>) -> AuthSettings {
+        AuthSettings {
+            keys,
+            ..AuthSettings::default()
+        }
+    }
+
     #[test]
     fn matches_keys_by_digest_only() {
-        let keys = Keys::new(&[
+        let keys = Keys::new(&settings(vec![
             KeySettings {
                 sha256: hash_key("client-secret"),
                 role: Role::Client,
@@ -126,7 +149,7 @@ mod tests {
                 role: Role::Admin,
                 name: "ops".into(),
             },
-        ])
+        ]))
         .expect("valid");
         assert_eq!(
             keys.check("client-secret"),
@@ -151,11 +174,11 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
             "the SHA-256 test vector"
         );
-        let err = Keys::new(&[KeySettings {
+        let err = Keys::new(&settings(vec![KeySettings {
             sha256: "zz".into(),
             role: Role::Client,
             name: "bad".into(),
-        }]);
+        }]));
         assert!(err.expect_err("rejected").contains("auth.keys[0]"));
     }
 }

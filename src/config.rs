@@ -87,6 +87,10 @@ pub struct ResultsSettings {
     /// cache wants `maxmemory-policy allkeys-lru`, and counts must never be evicted
     /// (`noeviction`), so a large deployment gives them a Redis of their own.
     pub redis_url: String,
+    /// What to do when the counts' Redis may evict them, or its `maxmemory-policy` cannot be
+    /// read: hold the counts (the default), or, for a managed Redis whose provider disables
+    /// `CONFIG`, count into it anyway with a warning ([`crate::eviction`]).
+    pub eviction_check: EvictionCheck,
     /// Hash tags (`{experiment:shard}`) each experiment's per-user state is spread over, so a
     /// large experiment's users fill every node of a Redis Cluster rather than one slot. Fixed
     /// for the life of the counts: a changed value puts users under other keys, where they
@@ -95,6 +99,19 @@ pub struct ResultsSettings {
     /// Users this process holds in memory at most: with Redis, new users waiting out an outage;
     /// without, every user it counts. Past it users are not counted, and the results say so.
     pub(crate) max_buffered_users: u64,
+}
+
+/// `results.eviction_check`: what an evicting counts' Redis, or one whose policy cannot be read,
+/// gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionCheck {
+    /// Nothing is written to it: counts are held in memory, events refused, and `/ready`
+    /// answers 503 with the reason, until every node runs `noeviction`.
+    Refuse,
+    /// Counted into anyway, with a warning in the log and in `/ready`: for a managed Redis that
+    /// disables `CONFIG`, whose policy the operator has checked by other means.
+    Warn,
 }
 
 /// The largest `results.shards`: a cluster has 16,384 slots, and a read sends a pipeline per
@@ -106,6 +123,7 @@ impl Default for ResultsSettings {
         ResultsSettings {
             min_sample_size: 1000,
             redis_url: String::new(),
+            eviction_check: EvictionCheck::Refuse,
             shards: 16,
             max_buffered_users: 1_000_000,
         }
@@ -113,12 +131,26 @@ impl Default for ResultsSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// `[[auth.keys]]` entries (`sha256`, `role`, `name`); none turns auth off, with a loud
-    /// warning at start and admin routes answering loopback callers only.
+    /// warning at start and admin routes answering loopback callers only, or nobody.
     pub keys: Vec<crate::auth::KeySettings>,
+    /// With auth off, whether admin routes answer loopback callers without a key: the demo's
+    /// convenience (true by default). Every process on the host is such a caller, and behind a
+    /// sidecar or a local reverse proxy so is every request it forwards; false closes admin
+    /// routes until `auth.keys` holds an admin key. Without effect once keys are configured.
+    pub loopback_admin: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            keys: Vec::new(),
+            loopback_admin: true,
+        }
+    }
 }
 
 /// `[server]`

@@ -9,7 +9,9 @@
 //! - [`gateway`] answers a recommendation request from all three;
 //! - [`api`] puts it on HTTP, behind [`auth`]'s API keys;
 //! - [`feedback`] takes events back and turns them into results;
-//! - `redis` is the one Redis client all of them share;
+//! - `redis` is the one Redis client all of them share, `eviction` holds the counts while
+//!   their Redis may evict them, and `redact` keeps the credentials of its URLs (and of any
+//!   other URL) out of what is printed;
 //! - [`metrics`] counts what happens, and `logs` writes what was served and clicked as
 //!   Parquet tables for the warehouse;
 //! - [`synthetic`] writes demo and benchmark model outputs in Spark's layout;
@@ -21,11 +23,13 @@ pub mod cache;
 mod calendar;
 pub mod cli;
 pub mod config;
+mod eviction;
 pub mod experiment;
 pub mod feedback;
 pub mod gateway;
 mod logs;
 pub mod metrics;
+mod redact;
 mod redis;
 pub mod report;
 pub mod server;

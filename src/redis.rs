@@ -10,6 +10,10 @@
 //! `redis_commands_total{client,result}` series. A caller whose command is refused (a script
 //! error, a wrong type) does not make Redis look down to the others, and a slow 2 s counts batch
 //! does not open the breaker of the 50 ms cache lookups.
+//!
+//! The clients of the counts (counts, event claims, guardrail pauses) are also held by an
+//! [`EvictionGuard`] while their Redis may evict what they write: their commands are then not
+//! sent, as if the breaker were open.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +22,15 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use ::redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 use arc_swap::ArcSwapOption;
 use prometheus::{IntCounter, IntGauge};
+use tokio::sync::watch;
 
+use crate::eviction::EvictionGuard;
 use crate::metrics::Metrics;
+use crate::redact::SecretUrl;
 
 /// First and longest pause after a failure before Redis is tried again.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -51,11 +59,17 @@ enum Connection {
 pub(crate) struct Redis {
     /// The connection.
     connection: Connection,
-    /// Node URLs, for the pub/sub subscriber and the logs.
-    nodes: Vec<String>,
+    /// Node URLs, for the pub/sub subscriber and the logs (which print them without their
+    /// credentials).
+    nodes: Vec<SecretUrl>,
     /// Whether the last command on this connection got an answer (and one ever did); shared
     /// with [`Health`].
     up: Arc<AtomicBool>,
+    /// How many times a command failed for want of a connection (refused, reset, dropped; not
+    /// a late answer): the Redis answering after that may be another one (restarted with other
+    /// settings, a replica promoted), which the [`EvictionGuard`] checks again before counts go
+    /// to it.
+    losses: watch::Sender<u64>,
     /// `redis_up`, shared by every Redis this process uses.
     health: Arc<Health>,
     /// The metric families callers resolve their handles from.
@@ -103,11 +117,11 @@ impl Redis {
         health: &Arc<Health>,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, RedisUrlError> {
-        let nodes: Vec<String> = url
+        let nodes: Vec<SecretUrl> = url
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(String::from)
+            .map(SecretUrl::new)
             .collect();
         let connect = timeout.max(Duration::from_millis(250));
         let connection = if nodes.len() > 1 {
@@ -129,6 +143,7 @@ impl Redis {
             connection,
             nodes,
             up: Arc::clone(&up),
+            losses: watch::Sender::new(0),
             health: Arc::clone(health),
             metrics: metrics.clone(),
         });
@@ -148,7 +163,7 @@ impl Redis {
         let mut backoff = BACKOFF_MIN;
         loop {
             let attempt = async {
-                ClusterClient::builder(self.nodes.clone())
+                ClusterClient::builder(self.nodes.iter().map(SecretUrl::expose))
                     .connection_timeout(connect)
                     .response_timeout(Duration::from_secs(10))
                     .build()?
@@ -190,12 +205,94 @@ impl Redis {
                     skipped: result("skipped"),
                 }
             },
+            guard: None,
         }
     }
 
     /// The node URLs, for subscribers.
-    pub(crate) fn nodes(&self) -> &[String] {
+    pub(crate) fn nodes(&self) -> &[SecretUrl] {
         &self.nodes
+    }
+
+    /// Whether the last command on this Redis got an answer.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Watches [`Redis::losses`].
+    pub(crate) fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.subscribe()
+    }
+
+    /// Sends `cmd` to every node (of a cluster, to every master and replica it knows of) within
+    /// `deadline`, past any breaker: per node, its address (without credentials) and its answer
+    /// or the error it answered with. `Err` when Redis could not be reached, which marks it down
+    /// as any failed command does.
+    pub(crate) async fn ask_every_node(
+        &self,
+        cmd: &Cmd,
+        deadline: Duration,
+    ) -> Result<Vec<(String, Result<Value, String>)>, Failure> {
+        let answers = async {
+            match &self.connection {
+                Connection::Single(manager) => {
+                    let node = self.nodes.first().map(ToString::to_string).unwrap_or_default();
+                    match cmd.query_async::<Value>(&mut manager.clone()).await {
+                        Ok(value) => Ok(vec![(node, Ok(value))]),
+                        Err(e) if !is_outage(&e) => Ok(vec![(node, Err(e.to_string()))]),
+                        Err(e) => Err(e),
+                    }
+                }
+                Connection::Cluster(slot) => {
+                    let Some(connection) = slot.load_full() else {
+                        return Err(RedisError::from((ErrorKind::Io, "cluster not connected yet")));
+                    };
+                    let every = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+                    // Without a response policy the cluster client answers a map of node → reply.
+                    match (*connection).clone().route_command(cmd.clone(), every).await? {
+                        Value::Map(nodes) => Ok(nodes
+                            .into_iter()
+                            .map(|(node, reply)| {
+                                let node = match node {
+                                    Value::BulkString(address) => String::from_utf8_lossy(&address).into_owned(),
+                                    other => format!("{other:?}"),
+                                };
+                                match reply {
+                                    Value::ServerError(e) => (node, Err(e.to_string())),
+                                    reply => (node, Ok(reply)),
+                                }
+                            })
+                            .collect()),
+                        other => Err(RedisError::from((
+                            ErrorKind::UnexpectedReturnType,
+                            "not a map of the nodes' replies",
+                            format!("{other:?}"),
+                        ))),
+                    }
+                }
+            }
+        };
+        let failure = match tokio::time::timeout(deadline, answers).await {
+            Ok(Ok(answers)) => {
+                self.set_up(true);
+                return Ok(answers);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis did not answer on every node");
+                self.lost(&e);
+                Failure::Error
+            }
+            Err(_) => Failure::Timeout,
+        };
+        self.set_up(false);
+        Err(failure)
+    }
+
+    /// Counts a loss when `e` says the connection failed.
+    fn lost(&self, e: &RedisError) {
+        if !e.is_timeout() && is_outage(e) {
+            self.losses.send_modify(|losses| *losses += 1);
+        }
     }
 
     fn set_up(&self, up: bool) {
@@ -282,6 +379,8 @@ pub(crate) struct RedisClient {
     breaker: Breaker,
     /// This caller's command counts.
     counters: CommandCounters,
+    /// For a client of the counts: what holds its commands while their Redis may evict them.
+    guard: Option<Arc<EvictionGuard>>,
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -314,6 +413,12 @@ fn is_outage(e: &RedisError) -> bool {
 }
 
 impl RedisClient {
+    /// This client, held by `guard` while its Redis may evict what it writes.
+    pub(crate) fn guarded_by(mut self, guard: &Arc<EvictionGuard>) -> Self {
+        self.guard = Some(Arc::clone(guard));
+        self
+    }
+
     /// The Redis this client talks to.
     pub(crate) fn redis(&self) -> &Arc<Redis> {
         &self.redis
@@ -350,6 +455,13 @@ impl RedisClient {
         request: &impl Ask,
         deadline: Duration,
     ) -> Result<T, Failure> {
+        // Held even at shutdown: counts written into a Redis that evicts are lost all the same.
+        if let Some(guard) = &self.guard
+            && !guard.admits(deadline).await
+        {
+            self.counters.skipped.inc();
+            return Err(Failure::Skipped);
+        }
         let answer = tokio::time::timeout(deadline, async {
             match &self.redis.connection {
                 Connection::Single(manager) => request.ask(&mut manager.clone()).await,
@@ -380,6 +492,7 @@ impl RedisClient {
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis command failed");
+                self.redis.lost(&e);
                 Failure::Error
             }
             Err(_) => {

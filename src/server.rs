@@ -17,6 +17,7 @@ use crate::api;
 use crate::auth::Keys;
 use crate::cache::TieredCache;
 use crate::config::{Settings, SettingsError};
+use crate::eviction::EvictionGuard;
 use crate::experiment::{Catalog, Problems};
 use crate::feedback::counts::Tally;
 use crate::feedback::events::EventLog;
@@ -86,7 +87,8 @@ pub struct Server {
     /// `server.shutdown_grace`: how long in-flight requests get after a shutdown signal.
     shutdown_grace: Duration,
     /// `experiments.reload_interval`: how often the experiments folder is re-read, and cache
-    /// generations with it (for replicas that missed an invalidation).
+    /// generations with it (for replicas that missed an invalidation), and the counts' Redis's
+    /// eviction policy (which `CONFIG SET` changes without a reconnection).
     sync_interval: Duration,
 }
 
@@ -121,18 +123,36 @@ impl Server {
         let signer = Signer::rotating(&settings.tracking.secret, settings.tracking.token_max_age)
             .with_format(settings.tracking.token_format);
         let timeout = batch_deadline(settings.cache.redis_timeout);
-        let events = EventLog::new(signer, results_redis.as_ref().map(|r| r.client("events", timeout)));
+        let eviction = results_redis
+            .as_ref()
+            .map(|r| EvictionGuard::new(r, settings.results.eviction_check, timeout));
+        // Every client that writes what the results are made of waits for the guard.
+        let counts_client = |caller, timeout| {
+            results_redis
+                .as_ref()
+                .zip(eviction.as_ref())
+                .map(|(redis, guard)| redis.client(caller, timeout).guarded_by(guard))
+        };
+        let events = EventLog::new(signer, counts_client("events", timeout));
+        let guard_redis = counts_client("guardrails", settings.cache.redis_timeout);
         let tally = Arc::new(Tally::new(
-            results_redis.as_ref().map(|r| r.client("counts", timeout)),
+            counts_client("counts", timeout),
             metrics.results_pending.clone(),
             metrics.results_users_uncounted.clone(),
             &settings.results,
         ));
-        let keys = Keys::new(&settings.auth.keys).map_err(StartError::Auth)?;
+        let keys = Keys::new(&settings.auth).map_err(StartError::Auth)?;
         if keys.is_off() {
+            let admin = if keys.loopback_admin() {
+                "admin routes (reload, cache invalidation) answer every caller on this host without a key: \
+                 every local process, and behind a sidecar or local reverse proxy every request it forwards; \
+                 set auth.loopback_admin = false (or configure auth.keys) unless nothing else runs here"
+            } else {
+                "admin routes answer nobody (auth.loopback_admin = false) until auth.keys holds an admin key"
+            };
             tracing::warn!(
                 "AUTH IS OFF: no auth.keys are configured, so every client route is open to anyone who can \
-                 reach {} and admin routes answer loopback callers only",
+                 reach {}, and {admin}",
                 settings.server.listen
             );
         }
@@ -148,10 +168,9 @@ impl Server {
                 events,
                 tally,
                 redis: health,
+                eviction,
                 logs,
-                guard_redis: results_redis
-                    .as_ref()
-                    .map(|r| r.client("guardrails", settings.cache.redis_timeout)),
+                guard_redis,
             },
         ));
         let addr = settings.server.listen;
@@ -201,6 +220,11 @@ impl Server {
         tasks.push(self.gateway.spawn_reloading(self.sync_interval));
         tasks.push(self.gateway.spawn_guarding());
         tasks.push(self.gateway.tally().spawn_flushing());
+        // Not aborted with the others either: the counts' drain may wait for a check to pass.
+        let eviction_checking = self
+            .gateway
+            .eviction()
+            .map(|eviction| eviction.spawn_checking(self.sync_interval));
         // Not aborted with the others: the drain below waits for a flush under way instead.
         let log_flushing = self.gateway.logs().map(LogWriter::spawn_flushing);
         tracing::info!(addr = %self.local_addr, "recgw listening");
@@ -220,7 +244,7 @@ impl Server {
         if !counts {
             tracing::error!("result counts could not be flushed to Redis before exit");
         }
-        if let Some(task) = log_flushing {
+        for task in [log_flushing, eviction_checking].into_iter().flatten() {
             task.abort();
         }
         result
@@ -261,7 +285,17 @@ fn redis_connections(
         .then(|| open(cache_url, "cache.redis_url"))
         .transpose()?;
     let results = match &cache {
-        Some(cache) if results_url == cache_url => Some(Arc::clone(cache)),
+        Some(cache) if results_url == cache_url => {
+            tracing::warn!(
+                "result counts, event claims and the replicas' sequence numbers share the cache's Redis \
+                 (results.redis_url is not set, or the same as cache.redis_url): a cache is run with an \
+                 evicting maxmemory-policy such as allkeys-lru, which would drop them without a word (counts \
+                 lost, events counted twice), so counts are held while it runs anything but noeviction \
+                 (results.eviction_check), and a noeviction Redis refuses cache writes once it is full; give \
+                 the counts a Redis of their own"
+            );
+            Some(Arc::clone(cache))
+        }
         _ => Some(open(results_url, "results.redis_url")?),
     };
     Ok((Some(health), cache, results))

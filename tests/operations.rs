@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use common::assignment::bucket;
 use common::gateway;
 use common::gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
-use common::process::{run_bounded, try_run_bounded, watch_log};
+use common::process::{run_bounded, try_run_bounded};
 use common::redis::RedisServer;
+use common::serve::Process;
 use recgw::auth::{KeySettings, Role, hash_key};
 use recgw::config::Settings;
 use reqwest::Method;
@@ -427,6 +428,45 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
 
 /// Auth comes before input validation: a caller without a valid key learns nothing about the
 /// API's parameters or body schema (issue 6: "Missing key → 401, wrong role → 403").
+/// With auth off and `auth.loopback_admin = false` (a host where other processes, or a sidecar
+/// proxy forwarding everyone's requests, share loopback), every admin route refuses a loopback
+/// caller without a key with 403 JSON naming the setting, while client and open routes stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_and_with_loopback_admin_off_admin_routes_answer_nobody() {
+    let mut settings = settings_over(&repo().join("experiments"));
+    settings.auth.keys.clear();
+    settings.auth.loopback_admin = false;
+    let gw = TestGateway::launch_ready(&settings).await;
+    let spec = gw.ok("/openapi.json").await;
+    let mut wrong = Vec::new();
+    let mut admin_routes = 0;
+    for route in routes(&spec) {
+        let (method, path, body) = route.request();
+        let answer = gw.call(method.clone(), &path, None, body.as_ref()).await;
+        let what = format!("{method} {path} from loopback without a key");
+        let fits = match access(&route.template) {
+            Access::Admin => {
+                admin_routes += 1;
+                answer.status == 403
+                    && error_code(&answer, &what) == "forbidden"
+                    && answer.json()["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("auth.loopback_admin"))
+            }
+            Access::Open | Access::Client => (200..300).contains(&answer.status),
+        };
+        if !fits {
+            wrong.push(format!("{what}: {} {}", answer.status, answer.body));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "with auth off and loopback_admin off:\n{}",
+        wrong.join("\n")
+    );
+    assert!(admin_routes >= 3, "{admin_routes} admin routes tried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_checked_before_bodies_and_parameters_are_validated() {
     let gw = TestGateway::launch_ready(&keyed_settings()).await;
@@ -1180,82 +1220,6 @@ async fn a_request_past_the_timeout_gets_a_504_json_error() {
 // 5. Graceful shutdown of the binary
 // ---------------------------------------------------------------------------------------------
 
-/// The `recgw serve` child process; killed on drop if still running.
-struct Process {
-    /// The process.
-    child: Child,
-    /// Its JSON log (stderr), which the tests read and failures show.
-    log: PathBuf,
-    /// Where it listens, as its `recgw listening` line says: it is told port 0, so that it picks
-    /// a port no other process can take first.
-    addr: SocketAddr,
-}
-
-impl Process {
-    /// `recgw serve` with JSON logs at `info` into `log`, configured further by `configure`
-    /// (arguments, settings in the environment, which must listen on port 0); returns once it
-    /// listens. Call it on the multi-threaded runtime: it waits in `block_in_place`.
-    fn serve(log: PathBuf, configure: impl FnOnce(&mut Command) -> &mut Command) -> Process {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_recgw"));
-        configure(&mut command)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .env("RUST_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = command.spawn().expect("run recgw serve");
-        let addr = tokio::task::block_in_place(|| {
-            watch_log(&mut child, &log, 0, READY_TIMEOUT, "recgw serve", listening_addr)
-        })
-        .unwrap_or_else(|exited| panic!("recgw exited with {} before listening:\n{}", exited.status, exited.log));
-        Process { child, log, addr }
-    }
-
-    /// `http://addr`.
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// What it logged so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Its exit status, within 15 s of `since` (the SIGTERM).
-    async fn exit(&mut self, since: Instant) -> std::process::ExitStatus {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                since.elapsed() < Duration::from_secs(15),
-                "recgw still running 15 s after SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// The address of the `recgw listening` line of a JSON log, which the gateway writes once it is
-/// bound (to the port it picked, when told port 0).
-fn listening_addr(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "recgw listening")
-        .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let redis = RedisServer::start();
@@ -1322,10 +1286,8 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = process.child.id().to_string();
     let sigterm_at = Instant::now();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-    assert!(kill.success(), "kill -TERM {pid}");
+    process.sigterm();
     // Once the signal is handled, new connections are refused (not queued, not served).
     let refused = eventually(WAIT, "new connections refused after SIGTERM", async || {
         let fresh = reqwest::Client::builder()
@@ -1416,15 +1378,8 @@ async fn without_the_access_log_requests_write_no_line() {
         let answer = send(&client, Method::GET, &url, &[], None).await.expect("served");
         assert_eq!(answer.status, 200, "{}", answer.body);
     }
-    let pid = process.child.id().to_string();
     let sigterm_at = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    process.sigterm();
     let exit = process.exit(sigterm_at).await;
     assert_eq!(exit.code(), Some(0), "{}", process.log());
     let log = process.log();

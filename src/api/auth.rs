@@ -38,13 +38,16 @@ pub(crate) enum Denied {
     /// Auth is off and an admin route was called from another host.
     #[error("auth is off (no auth.keys): admin routes answer loopback callers only")]
     LoopbackOnly,
+    /// Auth is off and admin routes answer nobody (`auth.loopback_admin = false`).
+    #[error("auth is off (no auth.keys) and auth.loopback_admin is false: admin routes need an admin key in auth.keys")]
+    AdminClosed,
 }
 
 impl poem::error::ResponseError for Denied {
     fn status(&self) -> StatusCode {
         match self {
             Denied::Unauthorized => StatusCode::UNAUTHORIZED,
-            Denied::Forbidden(_) | Denied::LoopbackOnly => StatusCode::FORBIDDEN,
+            Denied::Forbidden(_) | Denied::LoopbackOnly | Denied::AdminClosed => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -53,12 +56,17 @@ impl poem::error::ResponseError for Denied {
 /// key's name (never the key) goes into the request's log line.
 pub(crate) fn authorize(request: &Request, role: Role, keys: &Keys) -> Result<(), Denied> {
     let name = if keys.is_off() {
-        let loopback = request
-            .remote_addr()
-            .as_socket_addr()
-            .is_some_and(|a| a.ip().is_loopback());
-        if role == Role::Admin && !loopback {
-            return Err(Denied::LoopbackOnly);
+        if role == Role::Admin {
+            if !keys.loopback_admin() {
+                return Err(Denied::AdminClosed);
+            }
+            let loopback = request
+                .remote_addr()
+                .as_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback());
+            if !loopback {
+                return Err(Denied::LoopbackOnly);
+            }
         }
         "anonymous"
     } else {

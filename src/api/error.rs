@@ -140,7 +140,8 @@ const LAYER_STATUSES: &[(u16, Concerns, &str)] = &[
     (
         403,
         Concerns::Admin,
-        "A client key on an admin route, or, while auth is off, a caller other than loopback.",
+        "A client key on an admin route, or, while auth is off, a caller other than loopback (any \
+         caller with `auth.loopback_admin = false`).",
     ),
     (
         408,

@@ -54,7 +54,8 @@ struct ModelBody {
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
 struct ReadyBody {
-    /// True when every model traffic reaches now has a version (see `required`).
+    /// True when every model traffic reaches now has a version (see `required`) and no
+    /// `counts_error` holds the counts.
     ready: bool,
     /// Digest of the experiment set in force.
     experiments_digest: String,
@@ -68,6 +69,13 @@ struct ReadyBody {
     /// The Redis tier: `up`, `down` (requests go on to the store) or `off` (not configured).
     /// Reported, never required.
     redis: String,
+    /// Why result counts are held rather than written to `results.redis_url`: a node runs a
+    /// `maxmemory-policy` other than `noeviction`, or its policy cannot be read. Makes `/ready`
+    /// 503, so a deploy onto such a Redis stops at its first replica; absent otherwise.
+    counts_error: Option<String>,
+    /// The same finding under `results.eviction_check = "warn"`: counts are written anyway, and
+    /// may be evicted. Not a readiness condition.
+    counts_warning: Option<String>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -75,7 +83,8 @@ enum ReadyResponse {
     /// Ready to serve.
     #[oai(status = 200)]
     Ready(Json<ReadyBody>),
-    /// Not ready yet (a required model has no loaded version); the body says which.
+    /// Not ready yet (a required model has no loaded version, or the counts' Redis may evict
+    /// them); the body says which.
     #[oai(status = 503)]
     NotReady(Json<ReadyBody>),
 }
@@ -90,14 +99,15 @@ impl HealthApi {
         })
     }
 
-    /// Every model traffic reaches now is loaded.
+    /// Every model traffic reaches now is loaded, and the counts have a Redis that keeps them.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self, gateway: Data<&Arc<Gateway>>) -> ReadyResponse {
         let models = gateway.models();
         let catalog = gateway.catalog();
         let required = catalog.serving_models(SystemTime::now());
+        let counts_error = gateway.eviction().and_then(|e| e.holding());
         let body = ReadyBody {
-            ready: required.iter().all(|spec| models.get(spec).is_some()),
+            ready: required.iter().all(|spec| models.get(spec).is_some()) && counts_error.is_none(),
             experiments_digest: catalog.digest().to_string(),
             experiments_error: gateway.rejected().map(|problems| problems.to_string()),
             models: models
@@ -121,6 +131,8 @@ impl HealthApi {
                 Some(false) => "down",
             }
             .to_string(),
+            counts_error,
+            counts_warning: gateway.eviction().and_then(|e| e.warning()),
         };
         if body.ready {
             ReadyResponse::Ready(Json(body))

@@ -580,7 +580,13 @@ impl ResultsApi {
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
         let models = gateway.models();
         let catalogue = |arm: &crate::experiment::Arm| models.get(&arm.model)?.catalogue_items();
-        let unavailable = || ApiError::unavailable("counts_unavailable", "Redis does not answer; retry shortly");
+        let unavailable = || {
+            let held = gateway.eviction().and_then(|e| e.holding());
+            ApiError::unavailable(
+                "counts_unavailable",
+                held.unwrap_or_else(|| "Redis does not answer; retry shortly".to_string()),
+            )
+        };
         let results = results::compute(experiment, gateway.tally(), catalogue)
             .await
             .ok_or_else(unavailable)?;

@@ -27,6 +27,7 @@ use moka::future::Cache as Moka;
 
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
+use crate::redact::SecretUrl;
 use crate::redis::{Failure, Redis, RedisClient};
 use crate::store::{LoadedModel, RankedList, StoreError};
 
@@ -410,11 +411,11 @@ fn generation_key(model: &str) -> String {
 
 /// Listens on the invalidation channel, reconnecting (to the next node, in a cluster) with
 /// backoff; every (re)connection first catches up by polling.
-async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<String>) {
+async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<SecretUrl>) {
     let mut backoff = Duration::from_millis(100);
     for node in nodes.iter().cycle() {
         let connected = async {
-            let mut pubsub = ::redis::Client::open(node.as_str())?.get_async_pubsub().await?;
+            let mut pubsub = ::redis::Client::open(node.expose())?.get_async_pubsub().await?;
             pubsub.subscribe(CHANNEL).await?;
             Ok::<_, ::redis::RedisError>(pubsub)
         };
@@ -433,9 +434,9 @@ async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<String>) {
                         None => tracing::warn!(payload, "ignoring malformed invalidation message"),
                     }
                 }
-                tracing::warn!(node, "invalidation subscription lost; reconnecting");
+                tracing::warn!(node = %node, "invalidation subscription lost; reconnecting");
             }
-            Err(e) => tracing::debug!(node, error = %e, "cannot subscribe to invalidations yet"),
+            Err(e) => tracing::debug!(node = %node, error = %e, "cannot subscribe to invalidations yet"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::cache::{Tier, TieredCache};
+use crate::eviction::EvictionGuard;
 use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Reason, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
@@ -53,6 +54,8 @@ pub(crate) struct Gateway {
     counters: ArcSwap<Counters>,
     /// Whether every configured Redis answers; `None` without Redis.
     redis: Option<Arc<Health>>,
+    /// Whether the counts' Redis keeps what they write; `None` without Redis.
+    eviction: Option<Arc<EvictionGuard>>,
     /// The Parquet exposure and event logs, when `logs.root` is set.
     logs: Option<Arc<LogWriter>>,
     /// The folder the catalog is (re)loaded from.
@@ -83,6 +86,8 @@ pub(crate) struct Parts {
     pub(crate) tally: Arc<Tally>,
     /// The state of the Redis connections, when any is configured.
     pub(crate) redis: Option<Arc<Health>>,
+    /// What holds the counts while their Redis may evict them, when one is configured.
+    pub(crate) eviction: Option<Arc<EvictionGuard>>,
     /// The exposure and event logs, when configured.
     pub(crate) logs: Option<Arc<LogWriter>>,
     /// Where guardrail pauses are shared, with the counts' Redis.
@@ -436,6 +441,7 @@ impl Gateway {
             events,
             tally,
             redis,
+            eviction,
             logs,
             guard_redis,
         } = parts;
@@ -456,6 +462,7 @@ impl Gateway {
             events,
             tally,
             redis,
+            eviction,
             logs,
             experiments_dir,
             reloading: tokio::sync::Mutex::new(()),
@@ -594,6 +601,11 @@ impl Gateway {
     /// Whether every configured Redis answers (`None`: no Redis configured).
     pub(crate) fn redis_up(&self) -> Option<bool> {
         self.redis.as_ref().map(|h| h.up())
+    }
+
+    /// What holds the counts while their Redis may evict them; `None` without Redis.
+    pub(crate) fn eviction(&self) -> Option<&Arc<EvictionGuard>> {
+        self.eviction.as_ref()
     }
 
     /// Every metric family.

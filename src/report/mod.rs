@@ -39,18 +39,15 @@ pub(crate) async fn fetch(url: &str, experiment: &str, key: Option<&str>, by_day
     if let Some(key) = key {
         request = request.header("X-API-Key", key);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| ReportError::Http(format!("{endpoint}: {e}")))?;
+    // What errors name: the gateway's URL may carry credentials for a proxy in front of it.
+    let shown = crate::redact::url(&endpoint);
+    let failed = |e: reqwest::Error| ReportError::Http(format!("{shown}: {}", e.without_url()));
+    let response = request.send().await.map_err(failed)?;
     let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| ReportError::Http(format!("{endpoint}: {e}")))?;
+    let body: Value = response.json().await.map_err(failed)?;
     if !status.is_success() {
         let message = body["message"].as_str().unwrap_or("no message");
-        return Err(ReportError::Http(format!("{endpoint}: {status}: {message}")));
+        return Err(ReportError::Http(format!("{shown}: {status}: {message}")));
     }
     Ok(body)
 }

@@ -18,6 +18,7 @@ pub mod promtool;
 pub mod proxy;
 pub mod redis;
 pub mod rng;
+pub mod serve;
 pub mod spark;
 pub mod stats;
 pub mod traffic;

@@ -28,6 +28,17 @@ const READY: &str = "Ready to accept connections";
 /// bind:", before it exits when one of its ports is taken.
 const ADDRESS_IN_USE: &str = "Address already in use";
 
+/// What a test asks of its `redis-server` beyond the defaults of [`RedisServer::args`].
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `requirepass` (and, on a cluster node, `masterauth`): every client, the harness's own
+    /// too, must send it, so [`RedisServer::url`] carries it.
+    pub password: Option<String>,
+    /// Further directives as `redis-server` arguments, e.g. `["--maxmemory-policy",
+    /// "allkeys-lru"]` or `["--rename-command", "CONFIG", ""]`.
+    pub args: Vec<String>,
+}
+
 /// One `redis-server` process on fixed ports; killed on drop.
 pub struct RedisServer {
     /// The port clients use.
@@ -39,17 +50,24 @@ pub struct RedisServer {
     dir: TempDir,
     /// The running process; `None` once stopped.
     child: Option<Child>,
+    /// Its password and further directives, kept for its restarts.
+    config: Config,
 }
 
 impl RedisServer {
     /// A stand-alone server on a free port, persisting nothing; returns once PING answers.
     pub fn start() -> RedisServer {
-        Self::launch(false)
+        Self::start_with(&Config::default())
+    }
+
+    /// [`RedisServer::start`] with a password or further directives.
+    pub fn start_with(config: &Config) -> RedisServer {
+        Self::launch(false, config)
     }
 
     /// A server, a cluster node when `cluster`, on free ports, in a folder of its own; ports
     /// another process took first are replaced by fresh ones.
-    fn launch(cluster: bool) -> RedisServer {
+    fn launch(cluster: bool, config: &Config) -> RedisServer {
         let what = if cluster {
             "redis-server (cluster node)"
         } else {
@@ -62,14 +80,15 @@ impl RedisServer {
                 bus: ports.get(1).copied(),
                 dir: tempfile::tempdir().expect("tempdir for redis"),
                 child: None,
+                config: config.clone(),
             };
             server.spawn()?;
             Ok(server)
         })
     }
 
-    /// The arguments of `redis-server` beyond its port, folder and log: nothing persisted, and
-    /// cluster mode on the bus port of a cluster node.
+    /// The arguments of `redis-server` beyond its port, folder and log: nothing persisted,
+    /// cluster mode on the bus port of a cluster node, then what its [`Config`] asks.
     fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = [
             "--bind",
@@ -101,6 +120,13 @@ impl RedisServer {
                 .map(String::from),
             );
         }
+        if let Some(password) = &self.config.password {
+            args.extend(["--requirepass".into(), password.clone()]);
+            if self.bus.is_some() {
+                args.extend(["--masterauth".into(), password.clone()]);
+            }
+        }
+        args.extend(self.config.args.iter().cloned());
         args
     }
 
@@ -181,9 +207,12 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:{port}`.
+    /// `redis://127.0.0.1:{port}`, or `redis://:{password}@127.0.0.1:{port}` with a password.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.config.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// `--dir`.
@@ -212,6 +241,13 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// [`RedisServer::restart`] with `config` from now on, as an operator redeploying it with
+    /// other settings.
+    pub fn restart_with(&mut self, config: &Config) {
+        self.config = config.clone();
+        self.restart();
     }
 
     /// Starts the server again on the same ports (stopping it first when it runs), empty. Its
@@ -288,9 +324,19 @@ impl RedisCluster {
     /// Starts `masters` cluster-enabled nodes, joins them with `redis-cli --cluster create` and
     /// waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_with(masters, &Config::default())
+    }
+
+    /// [`RedisCluster::start`] with every node given `config` (a password is also each node's
+    /// `masterauth`).
+    pub fn start_with(masters: usize, config: &Config) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
-        let nodes: Vec<RedisServer> = (0..masters).map(|_| RedisServer::launch(true)).collect();
+        let nodes: Vec<RedisServer> = (0..masters).map(|_| RedisServer::launch(true, config)).collect();
         let mut create = Command::new(REDIS_CLI);
+        if let Some(password) = &config.password {
+            // Rather than `-a`, which redis-cli warns about on every run.
+            create.env("REDISCLI_AUTH", password);
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port()));
@@ -332,6 +378,12 @@ impl RedisCluster {
     /// and waits until the cluster is whole.
     pub fn restart(&mut self) {
         self.nodes.iter_mut().for_each(RedisServer::restart);
+        self.wait_ok();
+    }
+
+    /// [`RedisCluster::restart`] with every node given `config` from now on.
+    pub fn restart_with(&mut self, config: &Config) {
+        self.nodes.iter_mut().for_each(|node| node.restart_with(config));
         self.wait_ok();
     }
 
@@ -415,10 +467,61 @@ pub enum Redis {
 impl Redis {
     /// Starts what `mode` needs (nothing for [`Mode::Memory`]).
     pub fn start(mode: Mode) -> Redis {
+        Self::start_with(mode, &Config::default())
+    }
+
+    /// [`Redis::start`] with every server given `config`.
+    pub fn start_with(mode: Mode, config: &Config) -> Redis {
         match mode {
             Mode::Memory => Redis::None,
-            Mode::Node => Redis::Node(RedisServer::start()),
-            Mode::Cluster => Redis::Cluster(RedisCluster::start(3)),
+            Mode::Node => Redis::Node(RedisServer::start_with(config)),
+            Mode::Cluster => Redis::Cluster(RedisCluster::start_with(3, config)),
+        }
+    }
+
+    /// Its servers: none, the one node, or the cluster's nodes.
+    pub fn servers(&self) -> &[RedisServer] {
+        match self {
+            Redis::None => &[],
+            Redis::Node(server) => std::slice::from_ref(server),
+            Redis::Cluster(cluster) => cluster.nodes(),
+        }
+    }
+
+    /// Kills every server (SIGKILL); see [`RedisServer::stop`].
+    pub fn stop(&mut self) {
+        match self {
+            Redis::None => {}
+            Redis::Node(server) => server.stop(),
+            Redis::Cluster(cluster) => cluster.stop(),
+        }
+    }
+
+    /// Starts every server again on its ports, empty, and waits until a cluster is whole; see
+    /// [`RedisServer::restart`].
+    pub fn restart(&mut self) {
+        match self {
+            Redis::None => {}
+            Redis::Node(server) => server.restart(),
+            Redis::Cluster(cluster) => cluster.restart(),
+        }
+    }
+
+    /// [`Redis::restart`] with every server given `config` from now on.
+    pub fn restart_with(&mut self, config: &Config) {
+        match self {
+            Redis::None => {}
+            Redis::Node(server) => server.restart_with(config),
+            Redis::Cluster(cluster) => cluster.restart_with(config),
+        }
+    }
+
+    /// Keys matching `pattern` on every server, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        match self {
+            Redis::None => Vec::new(),
+            Redis::Node(server) => server.keys(pattern),
+            Redis::Cluster(cluster) => cluster.keys(pattern),
         }
     }
 
