@@ -6,8 +6,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthSettings;
-
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,11 +74,10 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 }
 
 impl Keys {
-    /// Parses `auth.keys`, naming the first entry whose digest is not 64 hex digits.
-    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, String> {
-        settings
-            .keys
-            .iter()
+    /// Parses `auth.keys`, naming the first entry whose digest is not 64 hex digits;
+    /// `loopback_admin` is `auth.loopback_admin`.
+    pub(crate) fn new(keys: &[KeySettings], loopback_admin: bool) -> Result<Self, String> {
+        keys.iter()
             .enumerate()
             .map(|(i, key)| {
                 let digest = parse_digest(&key.sha256)
@@ -92,10 +89,7 @@ impl Keys {
                 })
             })
             .collect::<Result<Vec<_>, String>>()
-            .map(|keys| Keys {
-                keys,
-                loopback_admin: settings.loopback_admin,
-            })
+            .map(|keys| Keys { keys, loopback_admin })
     }
 
     /// Whether no key is configured (auth off).
@@ -129,27 +123,23 @@ impl Keys {
 mod tests {
     use super::*;
 
-    fn settings(keys: Vec<KeySettings>) -> AuthSettings {
-        AuthSettings {
-            keys,
-            ..AuthSettings::default()
-        }
-    }
-
     #[test]
     fn matches_keys_by_digest_only() {
-        let keys = Keys::new(&settings(vec![
-            KeySettings {
-                sha256: hash_key("client-secret"),
-                role: Role::Client,
-                name: "web".into(),
-            },
-            KeySettings {
-                sha256: hash_key("admin-secret").to_uppercase(),
-                role: Role::Admin,
-                name: "ops".into(),
-            },
-        ]))
+        let keys = Keys::new(
+            &[
+                KeySettings {
+                    sha256: hash_key("client-secret"),
+                    role: Role::Client,
+                    name: "web".into(),
+                },
+                KeySettings {
+                    sha256: hash_key("admin-secret").to_uppercase(),
+                    role: Role::Admin,
+                    name: "ops".into(),
+                },
+            ],
+            true,
+        )
         .expect("valid");
         assert_eq!(
             keys.check("client-secret"),
@@ -174,11 +164,14 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
             "the SHA-256 test vector"
         );
-        let err = Keys::new(&settings(vec![KeySettings {
-            sha256: "zz".into(),
-            role: Role::Client,
-            name: "bad".into(),
-        }]));
+        let err = Keys::new(
+            &[KeySettings {
+                sha256: "zz".into(),
+                role: Role::Client,
+                name: "bad".into(),
+            }],
+            true,
+        );
         assert!(err.expect_err("rejected").contains("auth.keys[0]"));
     }
 }

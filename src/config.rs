@@ -89,7 +89,7 @@ pub struct ResultsSettings {
     pub redis_url: String,
     /// What to do when the counts' Redis may evict them, or its `maxmemory-policy` cannot be
     /// read: hold the counts (the default), or, for a managed Redis whose provider disables
-    /// `CONFIG`, count into it anyway with a warning ([`crate::eviction`]).
+    /// `CONFIG`, count into it anyway with a warning ([`crate::redis::eviction`]).
     pub eviction_check: EvictionCheck,
     /// Hash tags (`{experiment:shard}`) each experiment's per-user state is spread over, so a
     /// large experiment's users fill every node of a Redis Cluster rather than one slot. Fixed

@@ -23,7 +23,6 @@ pub mod cache;
 mod calendar;
 pub mod cli;
 pub mod config;
-mod eviction;
 pub mod experiment;
 pub mod feedback;
 pub mod gateway;

@@ -15,6 +15,8 @@
 //! [`EvictionGuard`] while their Redis may evict what they write: their commands are then not
 //! sent, as if the breaker were open.
 
+pub(crate) mod eviction;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,9 +30,9 @@ use arc_swap::ArcSwapOption;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::watch;
 
-use crate::eviction::EvictionGuard;
 use crate::metrics::Metrics;
 use crate::redact::SecretUrl;
+pub(crate) use eviction::EvictionGuard;
 
 /// First and longest pause after a failure before Redis is tried again.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);

@@ -17,7 +17,6 @@ use crate::api;
 use crate::auth::Keys;
 use crate::cache::TieredCache;
 use crate::config::{Settings, SettingsError};
-use crate::eviction::EvictionGuard;
 use crate::experiment::{Catalog, Problems};
 use crate::feedback::counts::Tally;
 use crate::feedback::events::EventLog;
@@ -25,6 +24,7 @@ use crate::feedback::token::Signer;
 use crate::gateway::{Gateway, Parts};
 use crate::logs::LogWriter;
 use crate::metrics::Metrics;
+use crate::redis::EvictionGuard;
 use crate::redis::{Health, Redis, RedisUrlError, batch_deadline};
 use crate::store::{ModelRegistry, SnapshotSettings, StoreError, private_dir};
 
@@ -141,7 +141,7 @@ impl Server {
             metrics.results_users_uncounted.clone(),
             &settings.results,
         ));
-        let keys = Keys::new(&settings.auth).map_err(StartError::Auth)?;
+        let keys = Keys::new(&settings.auth.keys, settings.auth.loopback_admin).map_err(StartError::Auth)?;
         if keys.is_off() {
             let admin = if keys.loopback_admin() {
                 "admin routes (reload, cache invalidation) answer every caller on this host without a key: \

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::cache::{Tier, TieredCache};
-use crate::eviction::EvictionGuard;
 use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Reason, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
@@ -21,6 +20,7 @@ use crate::feedback::lists::overlap;
 use crate::feedback::token::{ClaimsRef, TeamsRef, next_nonce, unix_seconds};
 use crate::logs::{EventRow, Exposure, LogWriter, now_us};
 use crate::metrics::{Metrics, NONE};
+use crate::redis::EvictionGuard;
 use crate::redis::{Health, RedisClient};
 
 use crate::store::{Item, LoadedModel, ModelRegistry, ModelSpec, RankedList};

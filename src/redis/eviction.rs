@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::Redis;
 use crate::config::EvictionCheck;
-use crate::redis::Redis;
 
 /// The one policy that never evicts a key the counts wrote.
 const KEEPS_EVERY_KEY: &str = "noeviction";
