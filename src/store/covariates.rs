@@ -467,11 +467,15 @@ mod tests {
             .expect("loads");
         let (file, version) = (first.path.clone().expect("a file"), first.version().to_string());
         assert!(CovariateTable::open(&file, &version).is_ok(), "mapped again as written");
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, super::super::snapshot::FILE_MODE, "written read-only");
         drop(first);
         // Damage one row: the checksum no longer matches.
         let mut bytes = std::fs::read(&file).expect("file");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
+        // The file is read-only (as the gateway leaves it); another process damages it anyway.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::write(&file, &bytes).expect("damaged");
         assert_eq!(
             CovariateTable::open(&file, &version).map(|_| ()),
