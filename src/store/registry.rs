@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::covariates::{CovariateSpec, CovariateTable};
-use super::layout::committed_at;
+use super::layout::{Committed, committed_at};
 use super::location::Locator;
 use super::snapshot::{Snapshot, SnapshotSettings, path_for};
 use super::{LoadedModel, ModelSpec, StoreError};
@@ -40,6 +40,18 @@ struct SlotState {
     error: Option<String>,
     /// A version that failed to load, not retried until the marker changes again.
     failed_version: Option<String>,
+}
+
+impl SlotState {
+    /// Records the outcome of a check: the problem, if any, and the version that failed to
+    /// load, if one did.
+    fn record(state: &Mutex<SlotState>, error: Option<String>, failed_version: Option<String>) {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state.error = error;
+        if failed_version.is_some() {
+            state.failed_version = failed_version;
+        }
+    }
 }
 
 /// What `/ready` and operators see of one model.
@@ -218,35 +230,13 @@ impl ModelRegistry {
     /// Loads a new committed version of one covariate table, on a blocking thread (it reads
     /// and sorts the whole table); a version that fails keeps the previous one in force.
     async fn refresh_covariate(&self, spec: &CovariateSpec, slot: &CovariateSlot) {
-        let record = |error: Option<String>, failed_version: Option<String>| {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.error = error;
-            if failed_version.is_some() {
-                state.failed_version = failed_version;
-            }
-        };
-        let committed = match committed_at(&self.locator, &spec.location).await {
-            Ok(Ok(committed)) => committed,
-            Ok(Err(message)) => return record(Some(message), None),
-            Err(e) => {
-                tracing::warn!(covariates = %spec.location, error = %e, "cannot check the covariate table's version");
-                return record(Some(e.to_string()), None);
-            }
-        };
+        let record = |error, failed_version| SlotState::record(&slot.state, error, failed_version);
         let current = slot.current.load_full();
-        if current.as_ref().is_some_and(|t| t.version() == committed.version) {
-            return record(None, None);
-        }
-        let version = committed.version.clone();
-        let failed = slot
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed_version
-            .clone();
-        if failed.as_deref() == Some(version.as_str()) {
+        let in_force = current.as_ref().map(|t| t.version());
+        let Some(committed) = self.version_to_load(&spec.location, in_force, &slot.state).await else {
             return;
-        }
+        };
+        let version = committed.version.clone();
         let (dir, for_spec, runtime) = (
             self.snapshots.dir.clone(),
             spec.clone(),
@@ -379,40 +369,46 @@ impl ModelRegistry {
         *slot.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
-    async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
-        let record = |error: Option<String>, failed_version: Option<String>| {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.error = error;
-            if failed_version.is_some() {
-                state.failed_version = failed_version;
-            }
-        };
-        let committed = match committed_at(&self.locator, &spec.location).await {
+    /// The committed version of `location` to load now, if any. `None` when it is `in_force`
+    /// (the last problem cleared), when it failed before (tried again once the marker
+    /// changes), or when nothing is committed or the storage does not answer (the problem
+    /// recorded, and logged while nothing is in force or the storage failed).
+    async fn version_to_load(
+        &self,
+        location: &str,
+        in_force: Option<&str>,
+        state: &Mutex<SlotState>,
+    ) -> Option<Committed> {
+        let committed = match committed_at(&self.locator, location).await {
             Ok(Ok(committed)) => committed,
             Ok(Err(message)) => {
-                if slot.current.load().is_none() {
-                    tracing::warn!(model = %spec.location, "{message}");
+                if in_force.is_none() {
+                    tracing::warn!(location, "{message}");
                 }
-                return record(Some(message), None);
+                SlotState::record(state, Some(message), None);
+                return None;
             }
             Err(e) => {
-                tracing::warn!(model = %spec.location, error = %e, "cannot check model version; serving the loaded one");
-                return record(Some(e.to_string()), None);
+                tracing::warn!(location, error = %e, "cannot check the version; the loaded one stays in force");
+                SlotState::record(state, Some(e.to_string()), None);
+                return None;
             }
         };
+        if in_force == Some(committed.version.as_str()) {
+            SlotState::record(state, None, None);
+            return None;
+        }
+        let failed = state.lock().unwrap_or_else(|p| p.into_inner()).failed_version.clone();
+        (failed.as_deref() != Some(committed.version.as_str())).then_some(committed)
+    }
+
+    async fn refresh_one(&self, spec: &ModelSpec, slot: &Slot) {
+        let record = |error, failed_version| SlotState::record(&slot.state, error, failed_version);
         let current = slot.current.load_full();
-        if current.as_ref().is_some_and(|m| m.version() == committed.version) {
-            return record(None, None);
-        }
-        let failed = slot
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed_version
-            .clone();
-        if failed.as_deref() == Some(committed.version.as_str()) {
+        let in_force = current.as_ref().map(|m| m.version());
+        let Some(committed) = self.version_to_load(&spec.location, in_force, &slot.state).await else {
             return;
-        }
+        };
         let version = committed.version.clone();
         let uri = committed.folder.uri_of(&committed.folder.path);
         let dir = self.snapshots.dir.as_deref().ok().filter(|_| spec.snapshot);
