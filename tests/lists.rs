@@ -527,8 +527,8 @@ async fn launch_with(
     let mut settings = gateway::replica_settings(&env.experiments(), &env.models(), &redis.url());
     tweak(&mut settings);
     if snapshots {
+        // Not created here: the gateway creates it private (0700), as it must be.
         let dir = env.dir.path().join("snapshots");
-        std::fs::create_dir_all(&dir).expect("mkdir snapshots");
         settings = gateway::with_snapshots(settings, &dir);
     }
     let gw = TestGateway::launch_up(&settings).await;
