@@ -74,6 +74,16 @@ enum Rows {
     Held(Vec<u8>),
 }
 
+impl Rows {
+    /// The file's bytes, wherever they are.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Rows::Mapped(map) => map,
+            Rows::Held(bytes) => bytes,
+        }
+    }
+}
+
 /// One loaded version of a covariate table.
 pub(crate) struct CovariateTable {
     /// The version string (folder and marker), as `/ready` shows it.
@@ -108,16 +118,9 @@ impl Drop for CovariateTable {
 }
 
 impl CovariateTable {
-    fn bytes(&self) -> &[u8] {
-        match &self.rows {
-            Rows::Mapped(map) => &map[..],
-            Rows::Held(bytes) => &bytes[..],
-        }
-    }
-
     /// The user's pre-period row, `None` when the table has none for them.
     pub(crate) fn get(&self, user: UserKey) -> Option<PrePeriod> {
-        let rows = &self.bytes()[self.rows_at..];
+        let rows = &self.rows.bytes()[self.rows_at..];
         let key_at = |row: usize| u128::from_le_bytes(word(rows, row * ROW));
         let wanted = user.raw();
         let (mut lo, mut hi) = (0, self.users);
@@ -160,10 +163,7 @@ impl CovariateTable {
 
     /// A table checked and laid out in `bytes` (the file's), or what is wrong with them.
     fn from_bytes(rows: Rows, version: &str, path: Option<PathBuf>) -> Result<Self, String> {
-        let bytes = match &rows {
-            Rows::Mapped(map) => &map[..],
-            Rows::Held(bytes) => &bytes[..],
-        };
+        let bytes = rows.bytes();
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
             return Err("not a covariate table file".into());
         }
