@@ -82,6 +82,31 @@ enum ReloadResponse {
     Rejected(Json<RejectedBody>),
 }
 
+/// Lifts a guardrail's pause of `arm` of experiment `id` on every replica, whether asked through
+/// the API or by the results UI's button; whether the arm was paused.
+pub(super) async fn resume_arm(gateway: &Gateway, id: &str, arm: &str) -> Result<bool, ApiError> {
+    let catalog = gateway.catalog();
+    let experiment = catalog
+        .experiment(id)
+        .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {id:?} is loaded")))?;
+    if !experiment.arms.iter().any(|a| a.name == arm) {
+        return Err(ApiError::not_found(
+            "unknown_arm",
+            format!("experiment {id:?} has no arm {arm:?}"),
+        ));
+    }
+    let was_paused = gateway.guard().resume(id, arm).await.map_err(|_| {
+        ApiError::unavailable(
+            "redis_unavailable",
+            "Redis does not answer, so the other replicas would keep the arm paused; retry shortly",
+        )
+    })?;
+    if was_paused {
+        tracing::info!(experiment = %id, arm = %arm, "guardrail pause lifted by an operator");
+    }
+    Ok(was_paused)
+}
+
 /// The result of a resume.
 #[derive(Debug, Object)]
 struct ResumeBody {
@@ -128,25 +153,7 @@ impl AdminApi {
         arm: Path<String>,
         _auth: Auth,
     ) -> Result<Json<ResumeBody>, ApiError> {
-        let catalog = gateway.catalog();
-        let experiment = catalog
-            .experiment(&id)
-            .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        if !experiment.arms.iter().any(|a| a.name == *arm) {
-            return Err(ApiError::not_found(
-                "unknown_arm",
-                format!("experiment {:?} has no arm {:?}", *id, *arm),
-            ));
-        }
-        let was_paused = gateway.guard().resume(&id, &arm).await.map_err(|_| {
-            ApiError::unavailable(
-                "redis_unavailable",
-                "Redis does not answer, so the other replicas would keep the arm paused; retry shortly",
-            )
-        })?;
-        if was_paused {
-            tracing::info!(experiment = %*id, arm = %*arm, "guardrail pause lifted by an operator");
-        }
+        let was_paused = resume_arm(&gateway, &id, &arm).await?;
         Ok(Json(ResumeBody {
             experiment: id.0,
             arm: arm.0,

@@ -52,32 +52,64 @@ impl poem::error::ResponseError for Denied {
     }
 }
 
-/// Checks the caller's key against the route's `role`, before the route parses anything. The
-/// key's name (never the key) goes into the request's log line.
-pub(crate) fn authorize(request: &Request, role: Role, keys: &Keys) -> Result<(), Denied> {
-    let name = if keys.is_off() {
-        if role == Role::Admin {
-            if !keys.loopback_admin() {
-                return Err(Denied::AdminClosed);
-            }
-            let loopback = request
-                .remote_addr()
-                .as_socket_addr()
-                .is_some_and(|a| a.ip().is_loopback());
-            if !loopback {
-                return Err(Denied::LoopbackOnly);
-            }
+/// The cookie the results UI's sign-in sets: the key, base64url-encoded (a key may hold
+/// characters a cookie value may not). `HttpOnly`, so no script on the page can read it;
+/// `SameSite=Strict`, so no other site's page can make the browser send it; `Path=/ui`, so it
+/// opens the pages only, never the JSON API.
+pub(crate) const SESSION_COOKIE: &str = "recgw_key";
+
+/// The key a browser presents: the sign-in cookie's, decoded.
+pub(crate) fn session_key(request: &Request) -> Option<String> {
+    use base64::Engine;
+    let cookies = request.headers().get_all(poem::http::header::COOKIE);
+    let value = cookies
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The role a request was granted, for handlers that show more to admins (the results UI's
+/// resume button) than to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Granted(pub(crate) Role);
+
+/// Checks the caller's key against the route's `role`, before the route parses anything; a
+/// page of the results UI reads the key from its sign-in cookie, every other route from the
+/// `X-API-Key` header. The key's name (never the key) goes into the request's log line. Returns
+/// the role the caller holds: an admin calling a client route still holds admin.
+pub(crate) fn authorize(request: &Request, role: Role, keys: &Keys, page: bool) -> Result<Granted, Denied> {
+    let (name, held) = if keys.is_off() {
+        let loopback = request
+            .remote_addr()
+            .as_socket_addr()
+            .is_some_and(|a| a.ip().is_loopback());
+        let admin = keys.loopback_admin() && loopback;
+        if role == Role::Admin && !admin {
+            return Err(match keys.loopback_admin() {
+                true => Denied::LoopbackOnly,
+                false => Denied::AdminClosed,
+            });
         }
-        "anonymous"
+        ("anonymous", if admin { Role::Admin } else { Role::Client })
     } else {
-        let presented = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        let cookie;
+        let presented = match page {
+            true => {
+                cookie = session_key(request);
+                cookie.as_deref()
+            }
+            false => request.headers().get("x-api-key").and_then(|v| v.to_str().ok()),
+        };
         let caller = presented.and_then(|key| keys.check(key)).ok_or(Denied::Unauthorized)?;
         tracing::Span::current().record("key", caller.name);
         if caller.role < role {
             return Err(Denied::Forbidden(caller.name.to_string()));
         }
-        caller.name
+        (caller.name, caller.role)
     };
     tracing::Span::current().record("key", name);
-    Ok(())
+    Ok(Granted(held))
 }

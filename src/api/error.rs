@@ -122,9 +122,12 @@ enum Concerns {
     Input,
     /// Operations that take a body.
     Body,
-    /// Operations that need a key.
+    /// Operations that need a key and answer a missing one with 401: all but the results UI's
+    /// pages.
     Keyed,
-    /// Operations that need an admin key.
+    /// The results UI's pages, which send a browser without its cookie to sign in.
+    Page,
+    /// Operations that need an admin key, and the results UI's forms, which refuse other sites.
     Admin,
 }
 
@@ -136,12 +139,22 @@ const LAYER_STATUSES: &[(u16, Concerns, &str)] = &[
         Concerns::Input,
         "A path or query parameter, or the body, does not parse.",
     ),
-    (401, Concerns::Keyed, "No valid `X-API-Key` while auth is on."),
+    (
+        303,
+        Concerns::Page,
+        "Not signed in while auth is on: sent to `/ui/sign-in?next=…`, which comes back here.",
+    ),
+    (
+        401,
+        Concerns::Keyed,
+        "No valid `X-API-Key` (on a form of the results UI: no sign-in cookie) while auth is on.",
+    ),
     (
         403,
         Concerns::Admin,
         "A client key on an admin route, or, while auth is off, a caller other than loopback (any \
-         caller with `auth.loopback_admin = false`).",
+         caller with `auth.loopback_admin = false`); on the results UI, also a form another site's \
+         page sent.",
     ),
     (
         408,
@@ -159,7 +172,11 @@ const LAYER_STATUSES: &[(u16, Concerns, &str)] = &[
         Concerns::All,
         "The request line is longer than the server accepts.",
     ),
-    (415, Concerns::Body, "The body is not `application/json`."),
+    (
+        415,
+        Concerns::Body,
+        "The body is not of the operation's media type (`application/json`; the sign-in form's is `application/x-www-form-urlencoded`).",
+    ),
     (431, Concerns::All, "The request headers are over 16 KiB."),
     (
         500,
@@ -179,9 +196,11 @@ impl<A: OpenApi> OpenApi for Documented<A> {
     fn meta() -> Vec<MetaApi> {
         let mut apis = A::meta();
         for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
-            let role = routes::documented(&path.path).and_then(|r| r.role);
+            let route = routes::documented(&path.path);
             for operation in &mut path.operations {
-                document_layer_statuses(operation, role);
+                let role = route.and_then(|r| r.role);
+                let ui = route.is_some_and(routes::is_page);
+                document_layer_statuses(operation, role, ui);
             }
         }
         apis
@@ -197,14 +216,20 @@ impl<A: OpenApi> OpenApi for Documented<A> {
     }
 }
 
-fn document_layer_statuses(operation: &mut MetaOperation, role: Option<Role>) {
+/// Adds the layer statuses to `operation`, which needs `role` and belongs to the results UI when
+/// `ui`: its pages send a browser to sign in rather than refuse it, and its forms refuse other
+/// sites.
+fn document_layer_statuses(operation: &mut MetaOperation, role: Option<Role>, ui: bool) {
+    let page = ui && operation.method == Method::GET;
+    let form = ui && operation.method != Method::GET;
     for &(status, concerns, description) in LAYER_STATUSES {
         let applies = match concerns {
             Concerns::All => true,
             Concerns::Input => !operation.params.is_empty() || operation.request.is_some(),
             Concerns::Body => operation.request.is_some(),
-            Concerns::Keyed => role.is_some(),
-            Concerns::Admin => role == Some(Role::Admin),
+            Concerns::Keyed => role.is_some() && !page,
+            Concerns::Page => role.is_some() && page,
+            Concerns::Admin => role == Some(Role::Admin) || form,
         };
         let responses = &mut operation.responses.responses;
         if applies && !responses.iter().any(|r| r.status == Some(status)) {
@@ -212,10 +237,14 @@ fn document_layer_statuses(operation: &mut MetaOperation, role: Option<Role>) {
                 description,
                 status: Some(status),
                 status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: Json::<ErrorBody>::CONTENT_TYPE,
-                    schema: Json::<ErrorBody>::schema_ref(),
-                }],
+                // A redirect has no body to describe; every error has the JSON shape.
+                content: match status < 400 {
+                    true => vec![],
+                    false => vec![MetaMediaType {
+                        content_type: Json::<ErrorBody>::CONTENT_TYPE,
+                        schema: Json::<ErrorBody>::schema_ref(),
+                    }],
+                },
                 headers: vec![],
             });
         }

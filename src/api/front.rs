@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::request_id::{REQUEST_ID, RequestId, request_id};
 use super::routes::{self, ROUTES, RouteInfo};
-use super::{auth, error, recommendations};
+use super::{auth, error, recommendations, ui};
 use crate::auth::{Keys, Role};
 use crate::gateway::{Gateway, RELOAD_BUDGET};
 use crate::metrics::{Metrics, NONE};
@@ -104,6 +104,12 @@ impl<A: Endpoint, D: Endpoint> Endpoint for App<A, D> {
 /// handler (parameter errors, timeouts, refused keys) is counted here.
 async fn front<A: Endpoint, D: Endpoint>(app: &App<A, D>, mut request: Request) -> poem::Result<Response> {
     let front = &app.front;
+    if request.uri().path() == routes::UI_HOME {
+        let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        if let Ok(uri) = format!("/ui{query}").parse() {
+            *request.uri_mut() = uri;
+        }
+    }
     let (index, route) = routes::resolve(request.uri().path());
     let id = request_id(&request);
     if front.request_ids {
@@ -154,8 +160,23 @@ async fn guarded<A: Endpoint, D: Endpoint>(
     if std::ptr::eq(route, &routes::OTHER) {
         return Err(NotFoundError.into());
     }
+    let page = routes::is_page(route);
+    if page {
+        if let Some(refused) = ui::refuse_cross_site(&request) {
+            return Err(refused);
+        }
+    }
     if let Some(role) = route.role {
-        auth::authorize(&request, role, &front.keys)?;
+        match auth::authorize(&request, role, &front.keys, page) {
+            Ok(granted) if page => {
+                request.extensions_mut().insert(granted);
+            }
+            Ok(_) => {}
+            Err(auth::Denied::Unauthorized) if page && request.method() == poem::http::Method::GET => {
+                return Ok(ui::to_sign_in(request.uri()));
+            }
+            Err(denied) => return Err(denied.into()),
+        }
     }
     let header_bytes: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if header_bytes > MAX_HEADER_BYTES {

@@ -15,6 +15,7 @@ mod request_id;
 mod results;
 mod routes;
 mod stats;
+mod ui;
 mod uri_limit;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ enum ApiTags {
     Health,
     /// What operators call.
     Admin,
+    /// What analysts open in a browser: the results UI's pages and its sign-in.
+    Ui,
 }
 
 type Apis = Documented<(
@@ -55,6 +58,7 @@ type Apis = Documented<(
     health::HealthApi,
     metrics::MetricsApi,
     admin::AdminApi,
+    ui::UiApi,
 )>;
 
 pub(crate) fn service() -> OpenApiService<Apis, ()> {
@@ -73,13 +77,19 @@ pub(crate) fn spec_yaml() -> String {
 /// line per request.
 pub(crate) fn app(gateway: Arc<Gateway>, keys: Arc<Keys>, timeout: Duration, access_log: bool) -> impl Endpoint {
     let request_ids = gateway.logs().is_some();
-    let front = front::Front::new(gateway.metrics().clone(), keys, timeout, access_log, request_ids);
+    let front = front::Front::new(
+        gateway.metrics().clone(),
+        Arc::clone(&keys),
+        timeout,
+        access_log,
+        request_ids,
+    );
     let service = service();
     let documents = Route::new()
         .nest("/docs", service.swagger_ui())
         .at("/openapi.json", service.spec_endpoint());
     front::App {
-        api: service.data(Arc::clone(&gateway)),
+        api: service.data(Arc::clone(&gateway)).data(keys),
         gateway,
         documents,
         front,

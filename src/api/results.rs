@@ -23,145 +23,145 @@ pub(crate) struct ResultsApi;
 /// reason is in `undefined`.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct ArmResultsBody {
+pub(super) struct ArmResultsBody {
     /// Arm name.
-    name: String,
+    pub(super) name: String,
     /// Configured share, percent (0 in an interleave experiment, whose arms both serve every
     /// covered user).
-    weight: f64,
+    pub(super) weight: f64,
     /// True for the control (the first arm), which the others are compared with.
-    control: bool,
+    pub(super) control: bool,
     /// Distinct users served from the arm, counted exactly (each user once, the first time it
     /// is served from the arm, across replicas, restarts and resends): the unit of analysis.
-    users: u64,
+    pub(super) users: u64,
     /// Responses served to counted users (QA overrides excluded).
-    exposures: u64,
+    pub(super) exposures: u64,
     /// Impressions reported.
-    impressions: u64,
+    pub(super) impressions: u64,
     /// Clicks reported.
-    clicks: u64,
+    pub(super) clicks: u64,
     /// Of `impressions`, those outside the per-user statistics: counted before per-user
     /// counting began (see `per_user_since`), or of users past the memory bound. Absent when 0.
-    impressions_outside_per_user: Option<u64>,
+    pub(super) impressions_outside_per_user: Option<u64>,
     /// Of `clicks`, those outside the per-user statistics. Absent when 0.
-    clicks_outside_per_user: Option<u64>,
+    pub(super) clicks_outside_per_user: Option<u64>,
     /// Distinct users who clicked (exact, since per-user counting began).
-    clicking_users: u64,
+    pub(super) clicking_users: u64,
     /// The sums over the arm's users that its CTR, lift and p-values are computed from.
-    per_user_sums: PerUserSumsBody,
+    pub(super) per_user_sums: PerUserSumsBody,
     /// With `covariates`: the sums of the arm's users' pre-period rows that the CUPED
     /// comparison is computed from.
-    pre_period_sums: Option<PrePeriodSumsBody>,
+    pub(super) pre_period_sums: Option<PrePeriodSumsBody>,
     /// With `covariates`: the comparison with the control adjusted for each user's pre-period
     /// clicks and impressions (CUPED); `decision` then reads it.
-    cuped: Option<CupedBody>,
+    pub(super) cuped: Option<CupedBody>,
     /// Clicks / impressions over the users counted: the ratio of the users' mean clicks to
     /// their mean impressions.
-    ctr: Option<f64>,
+    pub(super) ctr: Option<f64>,
     /// 95% interval of the CTR, low end: users are the unit, its variance by the delta method
     /// from the per-user sums (impressions of one user are not independent).
-    ctr_low: Option<f64>,
+    pub(super) ctr_low: Option<f64>,
     /// 95% interval of the CTR, high end.
-    ctr_high: Option<f64>,
+    pub(super) ctr_high: Option<f64>,
     /// Relative lift of the CTR over the control (`0.05` is +5%).
-    lift: Option<f64>,
+    pub(super) lift: Option<f64>,
     /// 95% interval of the lift (delta method over users, on the log ratio), low end.
-    lift_low: Option<f64>,
+    pub(super) lift_low: Option<f64>,
     /// 95% interval of the lift, high end.
-    lift_high: Option<f64>,
+    pub(super) lift_high: Option<f64>,
     /// Two-sided z-test of the CTR difference against the control, users the unit (delta
     /// method). Fixed-horizon, like `lift_low` and `lift_high`: only valid read once, at a
     /// sample size chosen in advance.
-    p_value: Option<f64>,
+    pub(super) p_value: Option<f64>,
     /// Always-valid 95% interval of the lift (a confidence sequence), low end: valid however
     /// often it is read, so it may be acted on at any look.
-    sequential_lift_low: Option<f64>,
+    pub(super) sequential_lift_low: Option<f64>,
     /// Always-valid 95% interval of the lift, high end.
-    sequential_lift_high: Option<f64>,
+    pub(super) sequential_lift_high: Option<f64>,
     /// Always-valid p-value of no lift: below 0.05 exactly when the always-valid interval
     /// leaves out 0.
-    sequential_p_value: Option<f64>,
+    pub(super) sequential_p_value: Option<f64>,
     /// `p_value` after Holm's adjustment for the arms compared with the control; only when
     /// more than one is.
-    p_value_adjusted: Option<f64>,
+    pub(super) p_value_adjusted: Option<f64>,
     /// `sequential_p_value` after Holm's adjustment; only when more than one arm is compared.
-    sequential_p_value_adjusted: Option<f64>,
+    pub(super) sequential_p_value_adjusted: Option<f64>,
     /// What the always-valid test (Holm-adjusted with several arms; of the CUPED-adjusted
     /// comparison when the experiment names covariates) allows now: `better`, `worse` or
     /// `inconclusive`.
-    decision: Option<String>,
+    pub(super) decision: Option<String>,
     /// Whether the arm has `min_sample_size` impressions.
-    min_sample_reached: bool,
+    pub(super) min_sample_reached: bool,
     /// In an interleave experiment: users who clicked this arm's items more than the other's.
-    wins: Option<u64>,
+    pub(super) wins: Option<u64>,
     /// True for a shadow arm: it serves nobody; its list is compared with the control's.
-    shadow: bool,
+    pub(super) shadow: bool,
     /// `serving`, `shadow`, or `paused_by_guardrail` (its users get the control's list and
     /// are still counted here, as assigned).
-    state: String,
+    pub(super) state: String,
     /// Which guardrail paused the arm, with the figures.
-    paused_reason: Option<String>,
+    pub(super) paused_reason: Option<String>,
     /// Distinct items this arm served (a shadow arm: in the lists compared; HyperLogLog with
     /// Redis, ±0.81%).
-    distinct_items: u64,
+    pub(super) distinct_items: u64,
     /// `distinct_items` / items in the arm's model: how much of the catalogue it reaches.
-    catalogue_coverage: Option<f64>,
+    pub(super) catalogue_coverage: Option<f64>,
     /// A shadow arm's comparisons with the control's list for the same user.
-    compared: Option<u64>,
+    pub(super) compared: Option<u64>,
     /// Their mean Jaccard@k (k = the page size asked for).
-    overlap_jaccard: Option<f64>,
+    pub(super) overlap_jaccard: Option<f64>,
     /// Their mean rank-biased overlap (p = 0.9).
-    overlap_rbo: Option<f64>,
+    pub(super) overlap_rbo: Option<f64>,
     /// Impressions, clicks and CTR by the item's rank in the list.
-    by_position: Vec<PositionBody>,
+    pub(super) by_position: Vec<PositionBody>,
     /// Why a statistic is absent, by field name.
-    undefined: BTreeMap<String, String>,
+    pub(super) undefined: BTreeMap<String, String>,
 }
 
 /// The per-user sums of an arm (STATISTICS.md §1): with `c` a user's clicks and `i` its
 /// impressions in the arm, sums over the arm's users, kept exactly, so that every statistic of
 /// the arm can be computed again from them (delta method: Deng, Knoblich and Lu, KDD 2018).
 #[derive(Debug, Object)]
-struct PerUserSumsBody {
+pub(super) struct PerUserSumsBody {
     /// `n`: users counted in the arm, with or without events.
-    users: u64,
+    pub(super) users: u64,
     /// `Σc`.
-    clicks: u64,
+    pub(super) clicks: u64,
     /// `Σi`.
-    impressions: u64,
+    pub(super) impressions: u64,
     /// `Σc²`.
-    clicks_squared: u64,
+    pub(super) clicks_squared: u64,
     /// `Σi²`.
-    impressions_squared: u64,
+    pub(super) impressions_squared: u64,
     /// `Σc·i`.
-    clicks_times_impressions: u64,
+    pub(super) clicks_times_impressions: u64,
 }
 
 /// The pre-period sums of an arm (STATISTICS.md §5): with `c'`, `i'` a user's clicks and
 /// impressions before the experiment (0 and 0 without a row in the covariate table, frozen
 /// when the user entered the arm) and `c`, `i` the user's in the arm, sums over the arm's users.
 #[derive(Debug, Object)]
-struct PrePeriodSumsBody {
+pub(super) struct PrePeriodSumsBody {
     /// Users with a row in the covariate table.
-    users_with_row: u64,
+    pub(super) users_with_row: u64,
     /// `Σc'`.
-    clicks: u64,
+    pub(super) clicks: u64,
     /// `Σi'`.
-    impressions: u64,
+    pub(super) impressions: u64,
     /// `Σc'²`.
-    clicks_squared: u64,
+    pub(super) clicks_squared: u64,
     /// `Σi'²`.
-    impressions_squared: u64,
+    pub(super) impressions_squared: u64,
     /// `Σc'·i'`.
-    clicks_times_impressions: u64,
+    pub(super) clicks_times_impressions: u64,
     /// `Σc·c'`.
-    clicks_times_pre_clicks: u64,
+    pub(super) clicks_times_pre_clicks: u64,
     /// `Σc·i'`.
-    clicks_times_pre_impressions: u64,
+    pub(super) clicks_times_pre_impressions: u64,
     /// `Σi·c'`.
-    impressions_times_pre_clicks: u64,
+    pub(super) impressions_times_pre_clicks: u64,
     /// `Σi·i'`.
-    impressions_times_pre_impressions: u64,
+    pub(super) impressions_times_pre_impressions: u64,
 }
 
 /// The comparison of an arm with the control adjusted for the users' pre-period (CUPED, Deng,
@@ -171,28 +171,28 @@ struct PrePeriodSumsBody {
 /// `variance_reduction`.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct CupedBody {
+pub(super) struct CupedBody {
     /// Relative lift of the CTR over the control, adjusted.
-    lift: Option<f64>,
+    pub(super) lift: Option<f64>,
     /// Its 95% interval, low end (fixed-horizon).
-    lift_low: Option<f64>,
+    pub(super) lift_low: Option<f64>,
     /// Its 95% interval, high end (fixed-horizon).
-    lift_high: Option<f64>,
+    pub(super) lift_high: Option<f64>,
     /// Two-sided z-test of the adjusted CTR difference (fixed-horizon).
-    p_value: Option<f64>,
+    pub(super) p_value: Option<f64>,
     /// Always-valid 95% interval of the adjusted lift, low end.
-    sequential_lift_low: Option<f64>,
+    pub(super) sequential_lift_low: Option<f64>,
     /// Always-valid 95% interval of the adjusted lift, high end.
-    sequential_lift_high: Option<f64>,
+    pub(super) sequential_lift_high: Option<f64>,
     /// Always-valid p-value of no lift, adjusted.
-    sequential_p_value: Option<f64>,
+    pub(super) sequential_p_value: Option<f64>,
     /// `1 − Var(lift, adjusted) / Var(lift, unadjusted)`: the share of the lift's variance the
     /// pre-period explains (0.5 halves the users needed for the same power).
-    variance_reduction: Option<f64>,
+    pub(super) variance_reduction: Option<f64>,
     /// Users of this arm and the control with a row in the covariate table.
-    users_with_pre_period: Option<u64>,
+    pub(super) users_with_pre_period: Option<u64>,
     /// Why a figure is absent, by field name.
-    undefined: BTreeMap<String, String>,
+    pub(super) undefined: BTreeMap<String, String>,
 }
 
 impl CupedBody {
@@ -229,43 +229,43 @@ impl CupedBody {
 /// One rank bucket of an arm's events.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct PositionBody {
+pub(super) struct PositionBody {
     /// Ranks in the bucket: `1`, `2`, `3`, `4-5`, `6-10`, `11+`.
-    position: String,
+    pub(super) position: String,
     /// Impressions of items at these ranks.
-    impressions: u64,
+    pub(super) impressions: u64,
     /// Clicks on them.
-    clicks: u64,
+    pub(super) clicks: u64,
     /// Clicks / impressions; absent without impressions.
-    ctr: Option<f64>,
+    pub(super) ctr: Option<f64>,
 }
 
 /// What an interleave experiment's users prefer: each user who clicked an interleaved page is
 /// won by the arm whose items they clicked more, or is a tie.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct InterleavingBody {
+pub(super) struct InterleavingBody {
     /// Users compared: wins of either arm plus ties.
-    users_compared: u64,
+    pub(super) users_compared: u64,
     /// Users who clicked both arms' items equally often.
-    ties: u64,
+    pub(super) ties: u64,
     /// `(wins of the first arm + ties / 2) / users_compared − 0.5`: above 0 favours the first
     /// arm, below 0 the second.
-    preference: Option<f64>,
+    pub(super) preference: Option<f64>,
     /// 95% interval of the preference, low end.
-    preference_low: Option<f64>,
+    pub(super) preference_low: Option<f64>,
     /// 95% interval of the preference, high end.
-    preference_high: Option<f64>,
+    pub(super) preference_high: Option<f64>,
     /// Two-sided sign test of the wins (ties left out).
-    p_value: Option<f64>,
+    pub(super) p_value: Option<f64>,
     /// Why a statistic is absent, by field name.
-    undefined: BTreeMap<String, String>,
+    pub(super) undefined: BTreeMap<String, String>,
 }
 
 /// How results may be broken down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
-enum By {
+pub(super) enum By {
     /// Cumulative results at the end of each day (UTC) something was counted.
     Day,
 }
@@ -273,39 +273,39 @@ enum By {
 /// The results as they stood at the end of one day (UTC): counts since the first day kept
 /// (at most 400), so the last day's equal the totals unless older days were dropped.
 #[derive(Debug, Object)]
-struct DayBody {
+pub(super) struct DayBody {
     /// `YYYY-MM-DD`.
-    day: String,
+    pub(super) day: String,
     /// Every arm, control first.
-    arms: Vec<DayArmBody>,
+    pub(super) arms: Vec<DayArmBody>,
 }
 
 /// One arm at the end of a day.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct DayArmBody {
+pub(super) struct DayArmBody {
     /// Arm name.
-    name: String,
+    pub(super) name: String,
     /// Users counted up to the end of the day.
-    users: u64,
+    pub(super) users: u64,
     /// Impressions up to the end of the day.
-    impressions: u64,
+    pub(super) impressions: u64,
     /// Clicks up to the end of the day.
-    clicks: u64,
+    pub(super) clicks: u64,
     /// Clicks / impressions.
-    ctr: Option<f64>,
+    pub(super) ctr: Option<f64>,
     /// Relative lift of the CTR over the control.
-    lift: Option<f64>,
+    pub(super) lift: Option<f64>,
     /// Always-valid 95% interval of the lift, low end: the interval that may be read every day.
-    sequential_lift_low: Option<f64>,
+    pub(super) sequential_lift_low: Option<f64>,
     /// Always-valid 95% interval of the lift, high end.
-    sequential_lift_high: Option<f64>,
+    pub(super) sequential_lift_high: Option<f64>,
     /// Always-valid p-value of no lift.
-    sequential_p_value: Option<f64>,
+    pub(super) sequential_p_value: Option<f64>,
     /// With `covariates`: the comparison adjusted for the pre-period then.
-    cuped: Option<CupedBody>,
+    pub(super) cuped: Option<CupedBody>,
     /// Why a statistic is absent, by field name.
-    undefined: BTreeMap<String, String>,
+    pub(super) undefined: BTreeMap<String, String>,
 }
 
 impl From<&DayResults> for DayBody {
@@ -344,52 +344,52 @@ impl From<&DayResults> for DayBody {
 /// An experiment's results.
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
-struct ResultsBody {
+pub(super) struct ResultsBody {
     /// Experiment id.
-    experiment: String,
+    pub(super) experiment: String,
     /// `split` (users split between arms) or `interleave` (both arms' lists merged).
-    kind: String,
+    pub(super) kind: String,
     /// Lifecycle state.
-    status: String,
+    pub(super) status: String,
     /// Seconds since the schedule started; absent without a start.
-    age_seconds: Option<u64>,
+    pub(super) age_seconds: Option<u64>,
     /// `redis`: counts shared by every replica; `memory`: this process's only.
-    counts: String,
+    pub(super) counts: String,
     /// The unit of analysis: `user`. Users are what is randomized, so every interval and
     /// p-value treats a user as one observation.
-    unit: String,
+    pub(super) unit: String,
     /// False when some users could not be counted (a memory bound was reached during a Redis
     /// outage, or without Redis): `users` is then short, and no sample-ratio verdict is given.
-    users_exact: bool,
+    pub(super) users_exact: bool,
     /// Why `users_exact` is false.
-    users_exact_reason: Option<String>,
+    pub(super) users_exact_reason: Option<String>,
     /// `YYYY-MM-DD`, the first day (UTC) of the per-user statistics, given when some arm also
     /// counted impressions or clicks outside them (before per-user counting began).
-    per_user_since: Option<String>,
+    pub(super) per_user_since: Option<String>,
     /// Chi-square p-value of exact users per arm against the weights.
-    srm_p_value: Option<f64>,
+    pub(super) srm_p_value: Option<f64>,
     /// `srm_p_value < 0.001`: the split is broken; do not trust the comparison.
-    srm_detected: bool,
+    pub(super) srm_detected: bool,
     /// Impressions each arm needs before its comparison is worth reading.
-    min_sample_size: u64,
+    pub(super) min_sample_size: u64,
     /// Arms, control first.
-    arms: Vec<ArmResultsBody>,
+    pub(super) arms: Vec<ArmResultsBody>,
     /// The preference test, for an interleave experiment.
-    interleaving: Option<InterleavingBody>,
+    pub(super) interleaving: Option<InterleavingBody>,
     /// `N*` of the always-valid intervals: the users of a comparison (both arms) at which they
     /// are tightest relative to the fixed-horizon ones.
-    sequential_tuning: f64,
+    pub(super) sequential_tuning: f64,
     /// Arms compared with the control (shadows and the control left out).
-    comparisons: u64,
+    pub(super) comparisons: u64,
     /// `holm` when more than one arm is compared, so the `*_adjusted` p-values are given and
     /// `decision` uses them; else `none`.
-    adjustment: String,
+    pub(super) adjustment: String,
     /// Which figures may be acted on at any look.
-    act_on: String,
+    pub(super) act_on: String,
     /// With `?by=day`: the cumulative results at the end of each day, oldest first.
-    days: Option<Vec<DayBody>>,
+    pub(super) days: Option<Vec<DayBody>>,
     /// Why an experiment-level statistic is absent, by field name.
-    undefined: BTreeMap<String, String>,
+    pub(super) undefined: BTreeMap<String, String>,
 }
 
 /// What `act_on` says.
@@ -558,6 +558,35 @@ impl ResultsBody {
     }
 }
 
+/// The results of experiment `id`, with the days when `by_day`: what the JSON results and the
+/// results UI show alike, so a page can never show other numbers than the API.
+pub(super) async fn load(gateway: &Gateway, id: &str, by_day: bool) -> Result<ResultsBody, ApiError> {
+    let catalog = gateway.catalog();
+    let experiment = catalog
+        .experiment(id)
+        .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {id:?} is loaded")))?;
+    let models = gateway.models();
+    let catalogue = |arm: &crate::experiment::Arm| models.get(&arm.model)?.catalogue_items();
+    let unavailable = || {
+        let held = gateway.eviction().and_then(|e| e.holding());
+        ApiError::unavailable(
+            "counts_unavailable",
+            held.unwrap_or_else(|| "Redis does not answer; retry shortly".to_string()),
+        )
+    };
+    let results = results::compute(experiment, gateway.tally(), catalogue)
+        .await
+        .ok_or_else(unavailable)?;
+    let mut body = ResultsBody::new(&results, |arm| gateway.guard().pause(&experiment.id, arm));
+    if by_day {
+        let days = results::compute_days(experiment, gateway.tally())
+            .await
+            .ok_or_else(unavailable)?;
+        body.days = Some(days.iter().map(DayBody::from).collect());
+    }
+    Ok(body)
+}
+
 #[OpenApi(tag = "ApiTags::Experiments")]
 impl ResultsApi {
     /// Per-arm counts, CTR with its 95% interval, relative lift and p-value against the
@@ -574,29 +603,6 @@ impl ResultsApi {
         by: Query<Option<By>>,
         _auth: Auth,
     ) -> Result<Json<ResultsBody>, ApiError> {
-        let catalog = gateway.catalog();
-        let experiment = catalog
-            .experiment(&id)
-            .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        let models = gateway.models();
-        let catalogue = |arm: &crate::experiment::Arm| models.get(&arm.model)?.catalogue_items();
-        let unavailable = || {
-            let held = gateway.eviction().and_then(|e| e.holding());
-            ApiError::unavailable(
-                "counts_unavailable",
-                held.unwrap_or_else(|| "Redis does not answer; retry shortly".to_string()),
-            )
-        };
-        let results = results::compute(experiment, gateway.tally(), catalogue)
-            .await
-            .ok_or_else(unavailable)?;
-        let mut body = ResultsBody::new(&results, |arm| gateway.guard().pause(&experiment.id, arm));
-        if *by == Some(By::Day) {
-            let days = results::compute_days(experiment, gateway.tally())
-                .await
-                .ok_or_else(unavailable)?;
-            body.days = Some(days.iter().map(DayBody::from).collect());
-        }
-        Ok(Json(body))
+        Ok(Json(load(&gateway, &id, *by == Some(By::Day)).await?))
     }
 }

@@ -88,6 +88,31 @@ pub(crate) static ROUTES: &[RouteInfo] = &[
         role: Some(Role::Admin),
     },
     RouteInfo {
+        template: "/ui",
+        label: "ui",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/ui/experiments/{id}",
+        label: "ui",
+        role: Some(Role::Client),
+    },
+    RouteInfo {
+        template: "/ui/experiments/{id}/arms/{arm}/resume",
+        label: "ui",
+        role: Some(Role::Admin),
+    },
+    RouteInfo {
+        template: "/ui/sign-in",
+        label: "ui",
+        role: None,
+    },
+    RouteInfo {
+        template: "/ui/sign-out",
+        label: "ui",
+        role: None,
+    },
+    RouteInfo {
         template: "/openapi.json",
         label: "openapi",
         role: None,
@@ -127,10 +152,20 @@ pub(crate) fn is_document(route: &RouteInfo) -> bool {
     matches!(route.label, "openapi" | "docs")
 }
 
+/// The results UI's home as browsers are given it: `/ui/`. poem's router keeps no final `/`, so
+/// the front layer reads this path as `/ui`, the route that lists the experiments.
+pub(crate) const UI_HOME: &str = "/ui/";
+
+/// Whether `route` is a page of the results UI, whose callers are browsers: they present their
+/// key in the sign-in cookie, not in `X-API-Key`.
+pub(crate) fn is_page(route: &RouteInfo) -> bool {
+    route.label == "ui"
+}
+
 /// Whether `path` fits `template`: `{name}` takes one non-empty segment, a final `*` any rest,
 /// and a literal segment only itself, byte for byte (percent-encoded, it is another segment).
 /// Nothing is trimmed or merged: a doubled, leading or trailing `/` makes an empty segment, which
-/// fits no template. The front layer answers 404 to a path that fits none and passes only the
+/// fits no template (`/ui/` is read as `/ui` before: see [`UI_HOME`]). The front layer answers 404 to a path that fits none and passes only the
 /// others to the API's router, which dispatches a path with non-empty segments to the one
 /// template it fits (see `no_path_fits_two_routes`); so the route whose key was checked is the
 /// route that runs. (The router alone would give `{name}` an empty value, and dispatch
@@ -193,6 +228,12 @@ mod tests {
             ("/experiments/x/unknown", "other"),
             ("/admin", "other"),
             ("/", "other"),
+            ("/ui", "/ui"),
+            ("/ui//", "other"),
+            ("/ui/experiments/x", "/ui/experiments/{id}"),
+            ("/ui/experiments/x/", "other"),
+            ("/ui/experiments/", "other"),
+            ("/ui/experiments/x/arms/a/resume", "/ui/experiments/{id}/arms/{arm}/resume"),
         ] {
             assert_eq!(route(path).template, template, "{path}");
         }
@@ -213,13 +254,18 @@ mod tests {
                 for status in ["414", "431", "500", "504"] {
                     assert!(statuses.contains_key(status), "{method} {template} documents {status}");
                 }
+                // The results UI's pages send a browser without its cookie to sign in (303)
+                // rather than refuse it; its forms refuse other sites' pages (403).
+                let page = is_page(route) && method == "get";
+                let form = is_page(route) && method != "get";
+                assert_eq!(statuses.contains_key("303"), route.role.is_some() && page, "{method} {template}");
                 assert_eq!(
                     statuses.contains_key("401"),
-                    route.role.is_some(),
+                    route.role.is_some() && !page,
                     "{method} {template}"
                 );
                 let admin = route.role == Some(Role::Admin);
-                assert_eq!(statuses.contains_key("403"), admin, "{method} {template}");
+                assert_eq!(statuses.contains_key("403"), admin || form, "{method} {template}");
             }
         }
         let served = ROUTES.iter().filter(|r| paths.contains_key(r.template)).count();

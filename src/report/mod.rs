@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+pub(crate) use plot::render as plot_svg;
 pub(crate) use plot::write as write_plot;
 
 /// Output formats.

@@ -88,8 +88,8 @@ pub(crate) fn write(results: &Value, path: &Path) -> Result<(), PlotError> {
     std::fs::write(path, svg).map_err(|e| PlotError::Write(shown, e))
 }
 
-/// The SVG text of the plot.
-fn render(results: &Value) -> Result<String, PlotError> {
+/// The SVG text of the plot: what `--plot` writes and the results UI shows.
+pub(crate) fn render(results: &Value) -> Result<String, PlotError> {
     if results["kind"] == "interleave" {
         return Err(PlotError::Empty(
             "an interleave experiment has no lift: read its preference in the report",

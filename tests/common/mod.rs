@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod assignment;
+pub mod browser;
 pub mod cli;
 pub mod edits;
 pub mod events;
