@@ -75,6 +75,36 @@ fn error_code(answer: &Reply, what: &str) -> String {
     code.to_string()
 }
 
+/// Sends `method path` with `body` as a caller holding `key` would: in `X-API-Key`, or, on the
+/// results UI (`ui`), in the sign-in cookie, as a browser does. Redirects are not followed, so
+/// a page's 303 to the sign-in form is seen; the answer is checked against `openapi.yaml`.
+async fn call_as(gw: &TestGateway, method: Method, path: &str, key: Option<&str>, body: &Body, ui: bool) -> Reply {
+    use base64::Engine;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let mut request = client.request(method, gw.url(path));
+    request = match (key, ui) {
+        (Some(key), true) => request.header(
+            "cookie",
+            format!("recgw_key={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)),
+        ),
+        (Some(key), false) => request.header("x-api-key", key),
+        (None, _) => request,
+    };
+    request = match body {
+        Body::Empty => request,
+        Body::Json(value) => request.json(value),
+        Body::Form(form) => request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone()),
+    };
+    gateway::exchange(&client, request).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Auth matrix
 // ---------------------------------------------------------------------------------------------
@@ -110,9 +140,32 @@ struct Route {
     template: String,
 }
 
+/// The body of a request of the matrix.
+#[derive(Debug, Clone)]
+enum Body {
+    /// None.
+    Empty,
+    /// JSON, as the API takes.
+    Json(Value),
+    /// A form of the results UI (`application/x-www-form-urlencoded`).
+    Form(String),
+}
+
 impl Route {
+    /// Whether the route is the results UI's, whose callers are browsers: they present their
+    /// key in the sign-in cookie, and a page sends one without it to the sign-in form (303)
+    /// rather than refuse it, as its forms answer 303 when done.
+    fn is_ui(&self) -> bool {
+        self.template.starts_with("/ui")
+    }
+
+    /// The status of the route's success: 303 for a form of the results UI, else 200.
+    fn done(&self) -> u16 {
+        if self.is_ui() && self.method == "post" { 303 } else { 200 }
+    }
+
     /// A valid concrete request for the route: path with parameters and query, and body.
-    fn request(&self) -> (Method, String, Option<Value>) {
+    fn request(&self) -> (Method, String, Body) {
         let path = self
             .template
             .replace("{user_id}", "42")
@@ -123,12 +176,13 @@ impl Route {
             _ => path,
         };
         let body = match (self.method.as_str(), self.template.as_str()) {
-            ("post", "/events") => Some(json!({ "events": [] })),
-            ("post", "/admin/cache/invalidate") => Some(json!({ "experiment": EXPERIMENT })),
-            ("post", "/admin/reload") => None,
-            ("post", "/admin/experiments/{id}/arms/{arm}/resume") => None,
+            ("post", "/events") => Body::Json(json!({ "events": [] })),
+            ("post", "/admin/cache/invalidate") => Body::Json(json!({ "experiment": EXPERIMENT })),
+            ("post", "/ui/sign-in") => Body::Form(format!("key={CLIENT_KEY}&next=%2Fui%2F")),
+            ("post", "/admin/reload" | "/admin/experiments/{id}/arms/{arm}/resume" | "/ui/sign-out") => Body::Empty,
+            ("post", "/ui/experiments/{id}/arms/{arm}/resume") => Body::Empty,
             ("post", other) => panic!("no valid body known for POST {other}: add one"),
-            _ => None,
+            _ => Body::Empty,
         };
         let method = Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).expect("method");
         (method, path, body)
@@ -147,9 +201,10 @@ fn routes(spec: &Value) -> Vec<Route> {
             if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
                 continue;
             }
+            // A key in `X-API-Key`, or on the results UI in its sign-in cookie.
             let declares_key = operation["security"]
                 .as_array()
-                .is_some_and(|s| s.iter().any(|r| r.get("ApiKey").is_some()));
+                .is_some_and(|s| s.iter().any(|r| r.get("ApiKey").is_some() || r.get("SignInCookie").is_some()));
             let route = Route {
                 method: method.clone(),
                 template: template.clone(),
@@ -157,7 +212,7 @@ fn routes(spec: &Value) -> Vec<Route> {
             assert_eq!(
                 declares_key,
                 access(template) != Access::Open,
-                "{method} {template}: the spec's ApiKey security requirement does not match its access"
+                "{method} {template}: the spec's key requirement does not match its access"
             );
             routes.push(route);
         }
@@ -236,13 +291,15 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
         let (method, path, body) = route.request();
         let access = access(&route.template);
         for (caller, key) in callers {
-            let answer = gw.call(method.clone(), &path, key, body.as_ref()).await;
+            let answer = call_as(&gw, method.clone(), &path, key, &body, route.is_ui()).await;
             let status = answer.status;
             let fits = match (access, caller) {
-                (Access::Open, _) => status == 200,
+                (Access::Open, _) => status == route.done(),
                 (Access::Client, "client key" | "admin key") => (200..300).contains(&status),
+                // A page sends a browser without its cookie to the sign-in form.
+                (Access::Client, _) if route.is_ui() => status == 303,
                 (Access::Client, _) => status == 401,
-                (Access::Admin, "admin key") => status == 200,
+                (Access::Admin, "admin key") => status == route.done(),
                 (Access::Admin, "client key") => status == 403,
                 (Access::Admin, _) => status == 401,
             };
@@ -342,6 +399,7 @@ async fn paths_outside_the_route_table_reach_no_handler() {
     // `/docs/*` takes any rest of the path, and needs no key.
     for route in routes(&spec).into_iter().filter(|r| r.template != "/docs") {
         let (method, path, body) = route.request();
+        let ui = route.is_ui();
         let (path, query) = match path.split_once('?') {
             Some((path, query)) => (path.to_string(), format!("?{query}")),
             None => (path, String::new()),
@@ -351,11 +409,13 @@ async fn paths_outside_the_route_table_reach_no_handler() {
         for (i, _) in path.match_indices('/').skip(1) {
             merged.push(format!("{}%2F{}", &path[..i], &path[i + 1..]));
         }
-        let odd = odd_paths(&route.template, &path);
+        let mut odd = odd_paths(&route.template, &path);
+        // `/ui/` is the list's address to browsers (the gateway reads it as `/ui`).
+        odd.retain(|p| p != "/ui/");
         for (odd_path, routed) in odd.iter().map(|p| (p, false)).chain(merged.iter().map(|p| (p, true))) {
             let target = format!("{odd_path}{query}");
             for (caller, key) in callers {
-                let answer = gw.call(method.clone(), &target, key, body.as_ref()).await;
+                let answer = call_as(&gw, method.clone(), &target, key, &body, ui).await;
                 let what = format!("{method} {target} ({access:?} route) with {caller}");
                 checked += 1;
                 let unknown_path = answer.status == 404 && answer.body == unknown.body;
@@ -370,7 +430,8 @@ async fn paths_outside_the_route_table_reach_no_handler() {
                 // client key where the prefix is an admin route's.
                 let lacks_key =
                     matches!(caller, "no key" | "wrong key") || (caller == "client key" && access == Access::Admin);
-                if lacks_key && !(unknown_path || [401, 403].contains(&answer.status)) {
+                let refused = [401, 403].contains(&answer.status) || (ui && answer.status == 303 && method == Method::GET);
+                if lacks_key && !(unknown_path || refused) {
                     wrong.push(format!("{what}: {} {}", answer.status, answer.body));
                 }
                 if answer.status >= 400 {
@@ -392,8 +453,8 @@ async fn without_keys_client_routes_are_open_and_admin_routes_answer_loopback_on
     let mut wrong = Vec::new();
     for route in routes(&spec) {
         let (method, path, body) = route.request();
-        let answer = gw.call(method.clone(), &path, None, body.as_ref()).await;
-        if !(200..300).contains(&answer.status) {
+        let answer = call_as(&gw, method.clone(), &path, None, &body, route.is_ui()).await;
+        if answer.status != route.done() && !(200..300).contains(&answer.status) {
             wrong.push(format!(
                 "{method} {path} from loopback: {} {}",
                 answer.status, answer.body
@@ -442,7 +503,7 @@ async fn without_keys_and_with_loopback_admin_off_admin_routes_answer_nobody() {
     let mut admin_routes = 0;
     for route in routes(&spec) {
         let (method, path, body) = route.request();
-        let answer = gw.call(method.clone(), &path, None, body.as_ref()).await;
+        let answer = call_as(&gw, method.clone(), &path, None, &body, route.is_ui()).await;
         let what = format!("{method} {path} from loopback without a key");
         let fits = match access(&route.template) {
             Access::Admin => {
@@ -453,7 +514,7 @@ async fn without_keys_and_with_loopback_admin_off_admin_routes_answer_nobody() {
                         .as_str()
                         .is_some_and(|m| m.contains("auth.loopback_admin"))
             }
-            Access::Open | Access::Client => (200..300).contains(&answer.status),
+            Access::Open | Access::Client => answer.status == route.done() || (200..300).contains(&answer.status),
         };
         if !fits {
             wrong.push(format!("{what}: {} {}", answer.status, answer.body));

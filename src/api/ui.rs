@@ -80,6 +80,14 @@ impl<'a> ApiExtractor<'a> for PageAuth {
     }
 }
 
+/// A page of the results UI.
+#[derive(Debug, ApiResponse)]
+enum Page {
+    /// The page: HTML for a browser, readable without scripts.
+    #[oai(status = 200)]
+    Html(Html<String>),
+}
+
 /// Where a form sends the browser next.
 #[derive(Debug, ApiResponse)]
 enum SeeOther {
@@ -195,7 +203,7 @@ impl UiApi {
     /// paused by a guardrail, or the sample is not yet enough. HTML for browsers; a browser
     /// that is not signed in (auth on) is sent to `/ui/sign-in`. Also answered at `/ui/`.
     #[oai(path = "/ui", method = "get")]
-    async fn list(&self, gateway: Data<&Arc<Gateway>>, _auth: PageAuth) -> Html<String> {
+    async fn list(&self, gateway: Data<&Arc<Gateway>>, _auth: PageAuth) -> Page {
         let catalog = gateway.catalog();
         let experiments: Vec<_> = catalog.experiments().cloned().collect();
         let results = join_all(
@@ -204,7 +212,7 @@ impl UiApi {
                 .map(|e| super::results::load(&gateway, &e.id, false)),
         )
         .await;
-        Html(page::list(&experiments, results).into_string())
+        Page::Html(Html(page::list(&experiments, results).into_string()))
     }
 
     /// One experiment's results page: the arms' table (users, exposures, impressions, clicks,
@@ -220,13 +228,13 @@ impl UiApi {
         request: &Request,
         id: Path<String>,
         _auth: PageAuth,
-    ) -> Result<Html<String>, ApiError> {
+    ) -> Result<Page, ApiError> {
         let body = super::results::load(&gateway, &id, true).await?;
         let catalog = gateway.catalog();
         let experiment = catalog
             .experiment(&id)
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        Ok(Html(page::experiment(experiment, &body, is_admin(request)).into_string()))
+        Ok(Page::Html(Html(page::experiment(experiment, &body, is_admin(request)).into_string())))
     }
 
     /// The resume button of a paused arm: lifts the guardrail's pause on every replica, as
@@ -254,9 +262,9 @@ impl UiApi {
         next: Query<Option<String>>,
         /// Set after a key that is not configured was tried.
         failed: Query<Option<bool>>,
-    ) -> Html<String> {
+    ) -> Page {
         let next = next_page(next.as_deref());
-        Html(page::sign_in(&next, failed.unwrap_or(false), keys.is_off()).into_string())
+        Page::Html(Html(page::sign_in(&next, failed.unwrap_or(false), keys.is_off()).into_string()))
     }
 
     /// Signs a browser in: a configured key sets the cookie and goes on to `next`; any other

@@ -27,7 +27,7 @@ th{background:#f4f6f9;font-weight:600}
 .better{color:#1e6b35;font-weight:600}.worse{color:#9b1c1c;font-weight:600}.inconclusive{color:#5b6475}
 .act{background:#eef3fb;border-left:4px solid #3b6fd8;padding:.6rem .9rem}
 .muted{color:#5b6475}dl{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem;margin:.5rem 0}dt{color:#5b6475}dd{margin:0}
-svg{max-width:100%;height:auto}.bar{display:inline-block;height:.6rem;background:#3b6fd8;margin-right:.3rem}
+svg{max-width:100%;height:auto}.wide{overflow-x:auto}#arms{font-size:13px}.bar{display:inline-block;height:.6rem;background:#3b6fd8;margin-right:.3rem}
 details summary{cursor:pointer;color:#3b6fd8}
 ";
 
@@ -140,6 +140,29 @@ fn badges(body: &ResultsBody) -> Markup {
                 "sample not yet enough: " (short.join(", "))
             }
         }
+        @if !body.srm_detected && body.users_exact && short.is_empty() && !body.arms.iter().any(|a| a.state == "paused_by_guardrail") {
+            span.badge.ok data-badge="ok" { "healthy" }
+        }
+    }
+}
+
+/// What an experiment's results say in a line per comparison: each compared arm's decision; an
+/// interleave experiment's preference; a shadow arm's overlap with the control.
+fn verdicts(body: &ResultsBody) -> Markup {
+    html! {
+        @if let Some(preference) = &body.interleaving {
+            div { "preference for " (body.arms[0].name) ": "
+                (figure("preference", preference.preference, signed, preference.undefined.get("preference"))) " "
+                (interval(["preference_low", "preference_high"], preference.preference_low, preference.preference_high, signed, &preference.undefined)) }
+        } @else {
+            @for arm in compared(body) {
+                div data-arm=(arm.name) { (arm.name) ": " (decision(arm)) }
+            }
+        }
+        @for arm in body.arms.iter().filter(|a| a.shadow) {
+            div data-arm=(arm.name) { (arm.name) " (shadow): Jaccard@k "
+                (figure("overlap_jaccard", arm.overlap_jaccard, |v| format!("{v:.3}"), arm.undefined.get("overlap_jaccard"))) }
+        }
     }
 }
 
@@ -159,7 +182,7 @@ pub(super) fn list(experiments: &[Arc<Experiment>], results: Vec<Result<ResultsB
         table #experiments {
             thead { tr {
                 th { "Experiment" } th { "Placement" } th { "Kind" } th { "Status" } th { "Age" }
-                th { "Users" } th { "Decisions" } th { "Health" }
+                th { "Users" } th { "What it says" } th { "Health" }
             } }
             tbody {
                 @for (experiment, body) in experiments.iter().zip(&results) {
@@ -176,11 +199,7 @@ pub(super) fn list(experiments: &[Arc<Experiment>], results: Vec<Result<ResultsB
                             Ok(body) => {
                                 td { (age(body.age_seconds)) }
                                 td { (count("users", body.arms.iter().filter(|a| !a.shadow).map(|a| a.users).sum())) }
-                                td.text {
-                                    @for arm in compared(body) {
-                                        div data-arm=(arm.name) { (arm.name) ": " (decision(arm)) }
-                                    }
-                                }
+                                td.text { (verdicts(body)) }
                                 td.text {
                                     (badges(body))
                                 }
@@ -227,6 +246,7 @@ pub(super) fn experiment(experiment: &Experiment, body: &ResultsBody, admin: boo
             @for arm in compared(body) {
                 br;
                 (arm.name) " against " (body.arms[0].name) ": " (decision(arm))
+                @if let (None, Some(why)) = (&arm.decision, arm.undefined.get("decision")) { " (no decision: " (why) ")" }
                 @if let Some(reason) = &arm.paused_reason { " (paused: " (reason) ")" }
             }
         }
@@ -277,11 +297,11 @@ pub(super) fn experiment(experiment: &Experiment, body: &ResultsBody, admin: boo
 /// The arms' table: counts, CTR, lift with both intervals, decision, CUPED figures.
 fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
     html! {
-        table #arms {
+        div.wide { table #arms {
             thead { tr {
                 th { "Arm" } th { "State" } th { "Users" } th { "Exposures" } th { "Impressions" } th { "Clicks" }
-                th { "CTR [95%]" } th { "Lift" } th { "Lift 95% (fixed)" } th { "p" }
-                th { "Lift 95% (always valid)" } th { "Always-valid p" } th { "Decision" }
+                th { "CTR [95%]" } th { "Lift [95%, fixed horizon]" } th { "p" }
+                th { "Lift 95%, always valid" } th { "Always-valid p" } th { "Decision" }
                 @if cuped { th { "CUPED lift" } th { "CUPED 95% (always valid)" } th { "Variance reduction" } }
             } }
             tbody {
@@ -308,10 +328,12 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
                             (interval(["ctr_low", "ctr_high"], arm.ctr_low, arm.ctr_high, percent, &arm.undefined))
                         }
                         @if arm.control {
-                            td.muted { "baseline" } td {} td {} td {} td {} td {}
+                            td.muted { "baseline" } td {} td {} td {} td {}
                         } @else {
-                            td { (figure("lift", arm.lift, signed, arm.undefined.get("lift"))) }
-                            td { (interval(["lift_low", "lift_high"], arm.lift_low, arm.lift_high, signed, &arm.undefined)) }
+                            td {
+                                (figure("lift", arm.lift, signed, arm.undefined.get("lift"))) " "
+                                (interval(["lift_low", "lift_high"], arm.lift_low, arm.lift_high, signed, &arm.undefined))
+                            }
                             td { (figure("p_value", arm.p_value, p_value, arm.undefined.get("p_value"))) }
                             td { (interval(["sequential_lift_low", "sequential_lift_high"], arm.sequential_lift_low, arm.sequential_lift_high, signed, &arm.undefined)) }
                             td { (figure("sequential_p_value", arm.sequential_p_value, p_value, arm.undefined.get("sequential_p_value"))) }
@@ -323,7 +345,7 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
                     }
                 }
             }
-        }
+        } }
     }
 }
 
@@ -351,7 +373,7 @@ fn lift_chart(body: &ResultsBody) -> Markup {
         }
         @if !days.is_empty() {
             details #days {
-                summary { "The chart's numbers (" (days.len()) " days)" }
+                summary { "The chart's numbers (" (days.len()) @if days.len() == 1 { " day)" } @else { " days)" } }
                 (days_table(body, days))
             }
         }
