@@ -270,7 +270,7 @@ fn validate(dir: &Path, against: Option<&Path>, models_root: &str) -> ExitCode {
 /// impressions makes the always-valid interval tightest far later than meant.
 fn note_sequential_tuning(catalog: &Catalog) {
     for experiment in catalog.experiments() {
-        if experiment.sequential_tuning != crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING {
+        if experiment.sequential_tuning != crate::experiment::DEFAULT_SEQUENTIAL_TUNING {
             eprintln!(
                 "note: {}: sequential_tuning = {} counts users (both arms), not impressions as before results \
                  were per user: a value planned in impressions should be divided by the impressions per user",

@@ -8,7 +8,8 @@
 //! - [`cache`] keeps lists close: a local tier and a Redis tier;
 //! - [`gateway`] answers a recommendation request from all three;
 //! - [`api`] puts it on HTTP, behind [`auth`]'s API keys;
-//! - [`feedback`] takes events back and turns them into results;
+//! - [`feedback`] takes events back and counts them exactly, and `analysis` turns the counts
+//!   into results;
 //! - `redis` is the one Redis client all of them share, `eviction` holds the counts while
 //!   their Redis may evict them, and `redact` keeps the credentials of its URLs (and of any
 //!   other URL) out of what is printed;
@@ -17,6 +18,7 @@
 //! - [`synthetic`] writes demo and benchmark model outputs in Spark's layout;
 //! - [`server`] starts it, [`cli`] and [`report`] are the subcommands.
 
+mod analysis;
 pub mod api;
 pub mod auth;
 pub mod cache;
@@ -26,6 +28,7 @@ pub mod config;
 pub mod experiment;
 pub mod feedback;
 pub mod gateway;
+mod keys;
 mod logs;
 pub mod metrics;
 mod redact;

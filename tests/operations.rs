@@ -90,7 +90,10 @@ async fn call_as(gw: &TestGateway, method: Method, path: &str, key: Option<&str>
     request = match (key, ui) {
         (Some(key), true) => request.header(
             "cookie",
-            format!("recgw_key={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)),
+            format!(
+                "recgw_key={}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+            ),
         ),
         (Some(key), false) => request.header("x-api-key", key),
         (None, _) => request,
@@ -102,7 +105,9 @@ async fn call_as(gw: &TestGateway, method: Method, path: &str, key: Option<&str>
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form.clone()),
     };
-    gateway::exchange(&client, request).await.unwrap_or_else(|e| panic!("{e}"))
+    gateway::exchange(&client, request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,7 +166,11 @@ impl Route {
 
     /// The status of the route's success: 303 for a form of the results UI, else 200.
     fn done(&self) -> u16 {
-        if self.is_ui() && self.method == "post" { 303 } else { 200 }
+        if self.is_ui() && self.method == "post" {
+            303
+        } else {
+            200
+        }
     }
 
     /// A valid concrete request for the route: path with parameters and query, and body.
@@ -202,9 +211,10 @@ fn routes(spec: &Value) -> Vec<Route> {
                 continue;
             }
             // A key in `X-API-Key`, or on the results UI in its sign-in cookie.
-            let declares_key = operation["security"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|r| r.get("ApiKey").is_some() || r.get("SignInCookie").is_some()));
+            let declares_key = operation["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|r| r.get("ApiKey").is_some() || r.get("SignInCookie").is_some())
+            });
             let route = Route {
                 method: method.clone(),
                 template: template.clone(),
@@ -430,7 +440,8 @@ async fn paths_outside_the_route_table_reach_no_handler() {
                 // client key where the prefix is an admin route's.
                 let lacks_key =
                     matches!(caller, "no key" | "wrong key") || (caller == "client key" && access == Access::Admin);
-                let refused = [401, 403].contains(&answer.status) || (ui && answer.status == 303 && method == Method::GET);
+                let refused =
+                    [401, 403].contains(&answer.status) || (ui && answer.status == 303 && method == Method::GET);
                 if lacks_key && !(unknown_path || refused) {
                     wrong.push(format!("{what}: {} {}", answer.status, answer.body));
                 }

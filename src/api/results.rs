@@ -11,8 +11,8 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::ApiTags;
 use super::auth::Auth;
 use super::error::ApiError;
-use crate::feedback::cuped::Cuped;
-use crate::feedback::results::{self, ArmResults, DayResults, ExperimentResults, InterleavingResults};
+use crate::analysis::cuped::Cuped;
+use crate::analysis::results::{self, ArmResults, DayResults, ExperimentResults, InterleavingResults};
 use crate::gateway::{Gateway, Pause};
 
 /// The results endpoint.

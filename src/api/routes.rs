@@ -233,7 +233,10 @@ mod tests {
             ("/ui/experiments/x", "/ui/experiments/{id}"),
             ("/ui/experiments/x/", "other"),
             ("/ui/experiments/", "other"),
-            ("/ui/experiments/x/arms/a/resume", "/ui/experiments/{id}/arms/{arm}/resume"),
+            (
+                "/ui/experiments/x/arms/a/resume",
+                "/ui/experiments/{id}/arms/{arm}/resume",
+            ),
         ] {
             assert_eq!(route(path).template, template, "{path}");
         }

@@ -26,9 +26,9 @@ use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi};
 use serde::Deserialize;
 
-use super::{ApiTags, limit_body};
 use super::auth::{Granted, SESSION_COOKIE};
 use super::error::ApiError;
+use super::{ApiTags, limit_body};
 use crate::auth::{Keys, Role};
 use crate::gateway::Gateway;
 
@@ -206,12 +206,7 @@ impl UiApi {
     async fn list(&self, gateway: Data<&Arc<Gateway>>, _auth: PageAuth) -> Page {
         let catalog = gateway.catalog();
         let experiments: Vec<_> = catalog.experiments().cloned().collect();
-        let results = join_all(
-            experiments
-                .iter()
-                .map(|e| super::results::load(&gateway, &e.id, false)),
-        )
-        .await;
+        let results = join_all(experiments.iter().map(|e| super::results::load(&gateway, &e.id, false))).await;
         Page::Html(Html(page::list(&experiments, results).into_string()))
     }
 
@@ -234,7 +229,9 @@ impl UiApi {
         let experiment = catalog
             .experiment(&id)
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        Ok(Page::Html(Html(page::experiment(experiment, &body, is_admin(request)).into_string())))
+        Ok(Page::Html(Html(
+            page::experiment(experiment, &body, is_admin(request)).into_string(),
+        )))
     }
 
     /// The resume button of a paused arm: lifts the guardrail's pause on every replica, as
@@ -264,7 +261,9 @@ impl UiApi {
         failed: Query<Option<bool>>,
     ) -> Page {
         let next = next_page(next.as_deref());
-        Page::Html(Html(page::sign_in(&next, failed.unwrap_or(false), keys.is_off()).into_string()))
+        Page::Html(Html(
+            page::sign_in(&next, failed.unwrap_or(false), keys.is_off()).into_string(),
+        ))
     }
 
     /// Signs a browser in: a configured key sets the cookie and goes on to `next`; any other
@@ -320,7 +319,9 @@ mod tests {
     #[test]
     fn forms_from_other_sites_are_refused() {
         let post = |headers: &[(&str, &str)]| {
-            let mut request = Request::builder().method(poem::http::Method::POST).uri(Uri::from_static("/ui/sign-out"));
+            let mut request = Request::builder()
+                .method(poem::http::Method::POST)
+                .uri(Uri::from_static("/ui/sign-out"));
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
@@ -328,7 +329,11 @@ mod tests {
         };
         assert!(!post(&[]), "no browser");
         assert!(!post(&[("host", "gw:8080"), ("origin", "http://gw:8080")]));
-        assert!(!post(&[("host", "gw:8080"), ("origin", "http://gw:8080"), ("sec-fetch-site", "same-origin")]));
+        assert!(!post(&[
+            ("host", "gw:8080"),
+            ("origin", "http://gw:8080"),
+            ("sec-fetch-site", "same-origin")
+        ]));
         assert!(post(&[("host", "gw:8080"), ("origin", "http://evil.example")]));
         assert!(post(&[("host", "gw:8080"), ("origin", "null")]));
         assert!(post(&[("origin", "http://gw:8080")]), "no Host to compare with");
@@ -338,6 +343,9 @@ mod tests {
             .uri(Uri::from_static("/ui/"))
             .header("sec-fetch-site", "cross-site")
             .finish();
-        assert!(refuse_cross_site(&get).is_none(), "links from elsewhere may open a page");
+        assert!(
+            refuse_cross_site(&get).is_none(),
+            "links from elsewhere may open a page"
+        );
     }
 }

@@ -26,13 +26,11 @@ use moka::Expiry;
 use moka::future::Cache as Moka;
 
 use crate::config::CacheSettings;
+use crate::keys;
 use crate::metrics::Metrics;
 use crate::redact::SecretUrl;
 use crate::redis::{Failure, Redis, RedisClient};
 use crate::store::{LoadedModel, RankedList, StoreError};
-
-/// The channel invalidations are published on; payload `"{generation} {model}"`.
-const CHANNEL: &str = "recgw:invalidate";
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +165,9 @@ impl TieredCache {
         }
     }
 
-    /// `recgw:{model}:{version}:{generation}:{user}`. No `{…}` hash tags: in a cluster the keys
-    /// of one model spread over every node.
+    /// The Redis key of `user`'s list of `model` at `version`, under the model's generation now.
     fn key(&self, model: &str, version: &str, user: &str) -> String {
-        format!("recgw:{model}:{version}:{}:{user}", self.generations.get(model))
+        keys::list(model, version, self.generations.get(model), user)
     }
 
     /// The local tier's key of the same parts as [`TieredCache::key`]: their 128-bit xxh3, each
@@ -314,7 +311,7 @@ impl TieredCache {
         let local = self.generations.get(model);
         if let Some(redis) = &self.invalidation
             && let Ok(mut generation) = redis
-                .query_now::<u64>(::redis::cmd("INCR").arg(generation_key(model)), redis.timeout())
+                .query_now::<u64>(::redis::cmd("INCR").arg(keys::generation(model)), redis.timeout())
                 .await
         {
             // Redis may be behind this replica (it restarted without persistence, or an
@@ -323,7 +320,7 @@ impl TieredCache {
                 generation = local + 1;
                 let _ = redis
                     .query_now::<()>(
-                        ::redis::cmd("SET").arg(generation_key(model)).arg(generation),
+                        ::redis::cmd("SET").arg(keys::generation(model)).arg(generation),
                         redis.timeout(),
                     )
                     .await;
@@ -331,7 +328,10 @@ impl TieredCache {
             self.apply(model, generation, Forget::Always);
             let message = format!("{generation} {model}");
             let published = redis
-                .query_now::<i64>(::redis::cmd("PUBLISH").arg(CHANNEL).arg(message), redis.timeout())
+                .query_now::<i64>(
+                    ::redis::cmd("PUBLISH").arg(keys::INVALIDATE_CHANNEL).arg(message),
+                    redis.timeout(),
+                )
                 .await
                 .is_ok();
             return (generation, published);
@@ -387,7 +387,7 @@ impl TieredCache {
         // One GET per model rather than MGET: in a cluster the keys live on different slots.
         for model in &self.generations.models() {
             if let Ok(Some(generation)) = redis
-                .query::<Option<u64>>(::redis::cmd("GET").arg(generation_key(model)))
+                .query::<Option<u64>>(::redis::cmd("GET").arg(keys::generation(model)))
                 .await
             {
                 self.apply(model, generation, Forget::IfMoved);
@@ -405,10 +405,6 @@ enum Forget {
     IfMoved,
 }
 
-fn generation_key(model: &str) -> String {
-    format!("recgw:generation:{model}")
-}
-
 /// Listens on the invalidation channel, reconnecting (to the next node, in a cluster) with
 /// backoff; every (re)connection first catches up by polling.
 async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<SecretUrl>) {
@@ -416,7 +412,7 @@ async fn subscribe(cache: Arc<TieredCache>, nodes: Vec<SecretUrl>) {
     for node in nodes.iter().cycle() {
         let connected = async {
             let mut pubsub = ::redis::Client::open(node.expose())?.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
+            pubsub.subscribe(keys::INVALIDATE_CHANNEL).await?;
             Ok::<_, ::redis::RedisError>(pubsub)
         };
         match connected.await {

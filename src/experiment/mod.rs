@@ -63,6 +63,11 @@ pub struct Placement {
     pub(crate) holdout: Option<Arc<Experiment>>,
 }
 
+/// The default `sequential_tuning`, counted in users (both arms together): the users at which
+/// analysts most often decide, where the always-valid interval is the least wider than the
+/// fixed one. 5000 users (GrowthBook's default).
+pub const DEFAULT_SEQUENTIAL_TUNING: f64 = 5000.0;
+
 /// One experiment, with percentages already turned into basis-point ranges.
 #[derive(Debug)]
 pub struct Experiment {

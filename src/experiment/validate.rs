@@ -15,7 +15,7 @@ use super::{
     Arm, Catalog, Experiment, Guardrails, HOLDOUT_ARMS, INTERLEAVED, Placement, Problem, Problems, holdout_id,
     is_valid_user_id,
 };
-use crate::feedback::users::RESERVED_KEY_NAMES;
+use crate::keys::RESERVED_ARM_NAMES;
 use crate::store::{CovariateSpec, ModelSpec};
 
 /// The file naming the placements; every other `*.toml` is one experiment.
@@ -327,9 +327,7 @@ fn build_experiment(
         }
     }
 
-    let sequential_tuning = spec
-        .sequential_tuning
-        .unwrap_or(crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING);
+    let sequential_tuning = spec.sequential_tuning.unwrap_or(super::DEFAULT_SEQUENTIAL_TUNING);
     if !(sequential_tuning.is_finite() && sequential_tuning >= 1.0) {
         out.push(
             "sequential_tuning",
@@ -460,7 +458,7 @@ fn build_holdouts(
             winner: None,
             arms: vec![arm(0, slice.clone()), arm(1, slice.end..slice.end + (BUCKETS - width))],
             overrides: BTreeMap::new(),
-            sequential_tuning: crate::feedback::significance::DEFAULT_SEQUENTIAL_TUNING,
+            sequential_tuning: super::DEFAULT_SEQUENTIAL_TUNING,
             guardrails: None,
             covariates: None,
             file: path.to_path_buf(),
@@ -614,13 +612,13 @@ fn build_arms(specs: &[ArmSpec], kind: Kind, out: &mut FileProblems<'_>) -> Vec<
                 field("name"),
                 format!("{:?} is reserved for what the gateway itself serves", spec.name),
             );
-        } else if RESERVED_KEY_NAMES.contains(&spec.name.as_str()) {
+        } else if RESERVED_ARM_NAMES.contains(&spec.name.as_str()) {
             out.push(
                 field("name"),
                 format!(
                     "{:?} is reserved: the results keep keys of their own under it ({})",
                     spec.name,
-                    RESERVED_KEY_NAMES.join(", ")
+                    RESERVED_ARM_NAMES.join(", ")
                 ),
             );
         } else if arms.iter().any(|a| a.name == spec.name) {

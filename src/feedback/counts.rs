@@ -68,12 +68,10 @@ use hyperloglockless::AtomicHyperLogLog;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::config::ResultsSettings;
-use crate::feedback::cuped::{PrePeriod, PreSums};
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
-use crate::feedback::significance::UserSums;
-use crate::feedback::users::{
-    APPLIED, DUEL, Day, INEXACT, LocalUsers, SCRATCH, UserKey, bucket_key, pre_state, shard_tag,
-};
+use crate::feedback::sums::{PrePeriod, PreSums, UserSums};
+use crate::feedback::users::{Day, LocalUsers, UserKey, pre_state, shard_tag};
+use crate::keys;
 use crate::redis::RedisClient;
 use crate::store::CovariateSlot;
 
@@ -304,20 +302,6 @@ pub(crate) struct Counts {
     pub(crate) arms: Vec<ArmCounts>,
     /// Why users are not exact, when some could not be counted.
     pub(crate) inexact: Option<String>,
-}
-
-/// `recgw:results:{tag}:{arm}`, the counters hash of an arm under a tag (the experiment's, or
-/// one of its shards'); its days add `:days`, its items `:items`. The results' own keys take
-/// a reserved name in the arm's place ([`crate::feedback::users::RESERVED_KEY_NAMES`]).
-pub(crate) fn arm_key(tag: &str, arm: &str) -> String {
-    format!("recgw:results:{{{tag}}}:{arm}")
-}
-
-/// The duel hashes of an interleave experiment under a tag: clicks per user and team, then the
-/// totals.
-pub(crate) fn duel_keys(tag: &str) -> [String; 2] {
-    let totals = arm_key(tag, DUEL);
-    [format!("{totals}:users"), totals]
 }
 
 /// What an interleave experiment's users say: how many each team won, and how many tied.
@@ -739,7 +723,7 @@ impl Tally {
             return Some(duels.get(experiment).map(|d| d.totals).unwrap_or_default());
         };
         let reads = self.tags(experiment).map(|tag| async move {
-            let [_, totals] = duel_keys(&tag);
+            let [_, totals] = keys::duel(&tag);
             let mut command = ::redis::cmd("HMGET");
             command.arg(totals).arg("wins0").arg("wins1").arg("ties");
             redis.query::<[Option<u64>; 3]>(&command).await
@@ -854,17 +838,17 @@ impl Tally {
         for (experiment, Batch { seq, arms, inexact }) in waiting {
             let mut invocation = self.script.prepare_invoke();
             invocation
-                .key(format!("{}:{}", arm_key(&experiment, APPLIED), self.replica))
-                .key(format!("{}:{}", arm_key(&experiment, SCRATCH), self.replica))
-                .key(arm_key(&experiment, INEXACT))
+                .key(keys::applied(&experiment, &self.replica))
+                .key(keys::scratch(&experiment, &self.replica))
+                .key(keys::inexact(&experiment))
                 .arg(seq)
                 .arg(APPLIED_TTL.as_secs())
                 .arg(inexact.unwrap_or_default());
             for sealed in &arms {
-                let key = arm_key(&experiment, &sealed.arm);
+                let key = keys::results(&experiment, &sealed.arm);
                 invocation
                     .key(&key)
-                    .key(format!("{key}:items"))
+                    .key(keys::items(&key))
                     .arg(sealed.exposures)
                     .arg(redis_dense(&sealed.counter.items));
                 for n in sealed.overlap {
@@ -899,9 +883,9 @@ impl Tally {
                 .arg(crate::calendar::date(day - MAX_DAYS));
             let mut keys: HashMap<String, usize> = HashMap::new();
             for (arm, _, user, pre) in &members {
-                let counters = key_index(&mut invocation, &mut keys, arm_key(&tag, arm));
-                key_index(&mut invocation, &mut keys, format!("{}:days", arm_key(&tag, arm)));
-                let bucket = key_index(&mut invocation, &mut keys, bucket_key(&tag, arm, user.bucket()));
+                let counters = key_index(&mut invocation, &mut keys, keys::results(&tag, arm));
+                key_index(&mut invocation, &mut keys, keys::days(&keys::results(&tag, arm)));
+                let bucket = key_index(&mut invocation, &mut keys, keys::user_bucket(&tag, arm, user.bucket()));
                 invocation
                     .arg(counters)
                     .arg(bucket)
@@ -981,7 +965,7 @@ impl Tally {
         let reads = self.tags(experiment).enumerate().map(|(k, tag)| {
             let mut pipe = ::redis::pipe();
             for arm in arms {
-                let key = arm_key(&tag, arm);
+                let key = keys::results(&tag, arm);
                 let hmget = pipe.cmd("HMGET").arg(&key);
                 let fields = if k == 0 { &TAG_FIELDS[..] } else { &SHARD_FIELDS[..] };
                 for field in fields {
@@ -993,11 +977,11 @@ impl Tally {
                     }
                 }
                 if k == 0 {
-                    pipe.cmd("PFCOUNT").arg(format!("{key}:items"));
+                    pipe.cmd("PFCOUNT").arg(keys::items(&key));
                 }
             }
             if k == 0 {
-                pipe.cmd("GET").arg(arm_key(experiment, INEXACT));
+                pipe.cmd("GET").arg(keys::inexact(experiment));
             }
             async move { redis.query::<Vec<::redis::Value>>(&pipe).await }
         });
@@ -1074,7 +1058,7 @@ impl Tally {
         let reads = self.tags(experiment).map(|tag| {
             let mut pipe = ::redis::pipe();
             for arm in arms {
-                pipe.cmd("HGETALL").arg(format!("{}:days", arm_key(&tag, arm)));
+                pipe.cmd("HGETALL").arg(keys::days(&keys::results(&tag, arm)));
             }
             async move { redis.query::<Vec<HashMap<String, u64>>>(&pipe).await }
         });

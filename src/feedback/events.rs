@@ -37,10 +37,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
-use crate::feedback::counts::{Count, GATHERED_COUNTS, MAX_DAYS, Tally, arm_key, duel_keys, key_index};
+use crate::feedback::counts::{Count, GATHERED_COUNTS, MAX_DAYS, Tally, key_index};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
-use crate::feedback::users::{UserKey, bucket_key, pre_state, shard_tag};
+use crate::feedback::users::{UserKey, pre_state, shard_tag};
+use crate::keys;
 use crate::redis::{Failure, RedisClient};
 
 /// How long a claim outlives its token: tokens are verified by each replica's clock and claims
@@ -524,7 +525,7 @@ impl EventLog {
                 let seen = key_index(
                     &mut invocation,
                     &mut keys,
-                    format!("recgw:seen:{{{tag}}}:{}", URL_SAFE_NO_PAD.encode(c.token)),
+                    keys::seen(tag, &URL_SAFE_NO_PAD.encode(c.token)),
                 );
                 let credited = match exposed {
                     true => Some(HOLDOUT_ARMS[1]),
@@ -536,17 +537,17 @@ impl EventLog {
                     _ => None,
                 };
                 let (arm, bucket) = if let Some(credited) = credited {
-                    let key = arm_key(tag, credited);
+                    let key = keys::results(tag, credited);
                     let counters = key_index(&mut invocation, &mut keys, key.clone());
-                    key_index(&mut invocation, &mut keys, format!("{key}:days"));
-                    let bucket = bucket_key(tag, credited, c.user.bucket());
+                    key_index(&mut invocation, &mut keys, keys::days(&key));
+                    let bucket = keys::user_bucket(tag, credited, c.user.bucket());
                     (counters, key_index(&mut invocation, &mut keys, bucket))
                 } else {
                     (0, 0)
                 };
                 let duel = match c.team {
                     Some(_) if c.counted() && !exposed => {
-                        let [users, totals] = duel_keys(tag);
+                        let [users, totals] = keys::duel(tag);
                         let users = key_index(&mut invocation, &mut keys, users);
                         key_index(&mut invocation, &mut keys, totals);
                         users

@@ -1,17 +1,12 @@
-//! The feedback loop, from a served page to an analyst's decision: [`token`] signs what each
+//! Taking the feedback in, from a served page to exact counts: [`token`] signs what each
 //! response served, [`events`] takes impressions and clicks back against it, [`counts`] keeps
-//! per-arm totals exactly once across replicas, [`significance`] holds the statistical tests,
-//! [`cuped`] narrows the CTR comparison with each user's pre-period clicks and impressions,
-//! [`lists`] compares two arms' lists, and [`results`] turns the counts into what an analyst
-//! reads.
+//! per-arm totals exactly once across replicas, [`users`] counts each user once per arm,
+//! [`sums`] are the per-user sums they keep, and [`lists`] compares two arms' lists. What the
+//! counts mean is `crate::analysis`'s.
 
 pub(crate) mod counts;
-pub(crate) mod cuped;
 pub(crate) mod events;
 pub(crate) mod lists;
-pub(crate) mod results;
-pub(crate) mod significance;
-#[cfg(test)]
-pub(crate) mod sim;
+pub(crate) mod sums;
 pub mod token;
 pub(crate) mod users;

@@ -27,9 +27,8 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use crate::feedback::cuped::{PrePeriod, PreSums};
 use crate::feedback::lists::POSITION_BUCKETS;
-use crate::feedback::significance::UserSums;
+use crate::feedback::sums::{PrePeriod, PreSums, UserSums};
 
 /// Buckets of one arm's users: enough that 8 million users per arm stay at 128 a bucket.
 pub(crate) const BUCKETS: u32 = 1 << 16;
@@ -73,25 +72,6 @@ impl UserKey {
 /// shard, a number, is always the last part.
 pub(crate) fn shard_tag(group: &str, shard: u32) -> String {
     format!("{group}:{shard}")
-}
-
-/// The names the results' own keys put where an arm's name goes (`recgw:results:{tag}:{name}`):
-/// the replicas' applied sequences, a flush's scratch sketch, why users are not exact, and an
-/// interleave experiment's duel. An arm of such a name would share its keys with them (its
-/// counters hash would be the duel's totals, or a string), so validation refuses them.
-pub(crate) const RESERVED_KEY_NAMES: [&str; 4] = [APPLIED, SCRATCH, INEXACT, DUEL];
-/// `recgw:results:{e}:applied:{replica}`.
-pub(crate) const APPLIED: &str = "applied";
-/// `recgw:results:{e}:scratch:{replica}`.
-pub(crate) const SCRATCH: &str = "scratch";
-/// `recgw:results:{e}:inexact`.
-pub(crate) const INEXACT: &str = "inexact";
-/// `recgw:results:{e:k}:duel` and `…:duel:users`.
-pub(crate) const DUEL: &str = "duel";
-
-/// `recgw:u:{tag}:{arm}:{bucket}`: a bucket of one arm's users in one shard.
-pub(crate) fn bucket_key(tag: &str, arm: &str, bucket: u32) -> String {
-    format!("recgw:u:{{{tag}}}:{arm}:{bucket}")
 }
 
 /// A pre-period row as the counting scripts take it: `i':c'`, empty without a row.

@@ -29,9 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Gateway;
 use super::arm_metrics::Sample;
+use crate::analysis::results::acted_on;
+use crate::analysis::significance::Sequential;
 use crate::experiment::{Experiment, Guardrails, Status};
-use crate::feedback::results::acted_on;
-use crate::feedback::significance::Sequential;
+use crate::keys;
 use crate::redis::RedisClient;
 
 /// How often arms are judged and pauses read back from Redis.
@@ -64,11 +65,6 @@ pub(crate) struct Guard {
     unwritten: Mutex<Vec<(String, String, Pause)>>,
     /// Per (experiment, arm), its samples over the last window, oldest first.
     windows: Mutex<HashMap<(String, String), Window>>,
-}
-
-/// `recgw:guardrails:{experiment}`.
-fn key(experiment: &str) -> String {
-    format!("recgw:guardrails:{{{experiment}}}")
 }
 
 fn unix_now() -> u64 {
@@ -112,7 +108,7 @@ impl Guard {
         let mut fresh = Pauses::new();
         for experiment in experiments {
             let mut command = ::redis::cmd("HGETALL");
-            command.arg(key(&experiment.id));
+            command.arg(keys::guardrails(&experiment.id));
             let Ok(fields) = redis.query::<HashMap<String, String>>(&command).await else {
                 return Vec::new();
             };
@@ -148,7 +144,7 @@ impl Guard {
         for (experiment, arm, pause) in waiting {
             let mut command = ::redis::cmd("HSETNX");
             command
-                .arg(key(&experiment))
+                .arg(keys::guardrails(&experiment))
                 .arg(&arm)
                 .arg(serde_json::to_string(&pause).unwrap_or_default());
             if redis.query::<u8>(&command).await.is_err() {
@@ -184,7 +180,7 @@ impl Guard {
     pub(crate) async fn resume(&self, experiment: &str, arm: &str) -> Result<bool, crate::redis::Failure> {
         if let Some(redis) = &self.redis {
             let mut command = ::redis::cmd("HDEL");
-            command.arg(key(experiment)).arg(arm);
+            command.arg(keys::guardrails(experiment)).arg(arm);
             redis.query::<u8>(&command).await?;
         }
         self.unwritten
@@ -396,7 +392,8 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feedback::significance::{self, UserSums};
+    use crate::analysis::significance;
+    use crate::feedback::sums::UserSums;
 
     fn limits() -> Guardrails {
         Guardrails {

@@ -36,7 +36,7 @@ use super::StoreError;
 use super::columns::{Ids, UserKey as ColumnKey};
 use super::layout::{Committed, part_files};
 use super::reader::ObjectReader;
-use crate::feedback::cuped::PrePeriod;
+use crate::feedback::sums::PrePeriod;
 use crate::feedback::users::UserKey;
 
 const MAGIC: &[u8; 8] = b"RECGWCV1";

@@ -91,7 +91,7 @@ impl CovariateSlot {
     /// The user's pre-period row. A user entering while no version is loaded has none, as
     /// a user missing from the table: that costs precision (their pre-period explains
     /// nothing), never bias, since the table does not depend on the arm.
-    pub(crate) fn get(&self, user: crate::feedback::users::UserKey) -> Option<crate::feedback::cuped::PrePeriod> {
+    pub(crate) fn get(&self, user: crate::feedback::users::UserKey) -> Option<crate::feedback::sums::PrePeriod> {
         self.current.load().as_ref()?.get(user)
     }
 }

@@ -44,6 +44,8 @@
 
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Normal};
 
+use crate::feedback::sums::UserSums;
+
 /// The 0.975 quantile of the standard normal: two-sided 95%.
 pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
@@ -54,62 +56,6 @@ pub(crate) struct Interval {
     pub(crate) low: f64,
     /// Upper bound.
     pub(crate) high: f64,
-}
-
-/// The per-user sums of one arm (STATISTICS.md §1): with the user as the unit, these six
-/// integers are all the delta method needs, so the counters never keep per-user rows for the
-/// statistics, and sums of shards or days add up exactly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct UserSums {
-    /// `n`, the users counted in the arm, with or without events: each is one observation, and
-    /// a user served but never shown or clicked is still one (with `c = i = 0`).
-    pub(crate) users: u64,
-    /// `Σc`, the arm's clicks: the numerator of its CTR.
-    pub(crate) clicks: u64,
-    /// `Σi`, the arm's impressions: the denominator of its CTR.
-    pub(crate) impressions: u64,
-    /// `Σc²`, for the variance of clicks between users.
-    pub(crate) clicks_sq: u64,
-    /// `Σi²`, for the variance of impressions between users.
-    pub(crate) impressions_sq: u64,
-    /// `Σc·i`, for the covariance of a user's clicks and impressions, which heavy users make
-    /// large and which narrows the ratio's variance.
-    pub(crate) cross: u64,
-}
-
-impl UserSums {
-    /// Counts a user the first time the arm serves them: `n += 1`. Their events add to the
-    /// other sums as they come.
-    pub(crate) fn add_user(&mut self) {
-        self.users += 1;
-    }
-
-    /// One impression of a user who had `clicks` and `impressions` before it: their `i` becomes
-    /// `i + 1`, so `Σi += 1`, `Σi² += 2i + 1` and `Σc·i += c`, exact in integers.
-    pub(crate) fn add_impression(&mut self, clicks: u64, impressions: u64) {
-        self.impressions += 1;
-        self.impressions_sq += 2 * impressions + 1;
-        self.cross += clicks;
-    }
-
-    /// One click of a user who had `clicks` and `impressions` before it: their `c` becomes
-    /// `c + 1`, so `Σc += 1`, `Σc² += 2c + 1` and `Σc·i += i`.
-    pub(crate) fn add_click(&mut self, clicks: u64, impressions: u64) {
-        self.clicks += 1;
-        self.clicks_sq += 2 * clicks + 1;
-        self.cross += impressions;
-    }
-
-    /// Adds `other` field by field: the sums of shards or days that saw disjoint events of the
-    /// same users are the sums of the whole.
-    pub(crate) fn add(&mut self, other: &UserSums) {
-        self.users += other.users;
-        self.clicks += other.clicks;
-        self.impressions += other.impressions;
-        self.clicks_sq += other.clicks_sq;
-        self.impressions_sq += other.impressions_sq;
-        self.cross += other.cross;
-    }
 }
 
 /// Why a statistic comparing two arms is undefined when one of them has not shown anything.
@@ -276,11 +222,6 @@ pub(crate) fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Result<f64, &
 /// The error rate of every test here: two-sided 95%.
 pub(crate) const ALPHA: f64 = 0.05;
 
-/// The default `sequential_tuning`, counted in users (both arms together): the users at which
-/// analysts most often decide, where the always-valid interval is the least wider than the
-/// fixed one. 5000 users (GrowthBook's default).
-pub(crate) const DEFAULT_SEQUENTIAL_TUNING: f64 = 5000.0;
-
 /// The log ratio `μ̂ = ln(R₁/R₀)` and its delta-method standard error `σ̂` (STATISTICS.md §3).
 pub(super) fn log_ratio(arm: &UserSums, control: &UserSums) -> Result<(f64, f64), &'static str> {
     let [a, c] = ratios(arm, control)?;
@@ -398,7 +339,8 @@ pub(crate) fn sign_test_p(wins: [u64; 2]) -> Result<f64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feedback::sim::{Event, SplitMix, near_rate, shuffled_events};
+    use crate::analysis::sim::{Event, SplitMix, near_rate, shuffled_events};
+    use crate::experiment::DEFAULT_SEQUENTIAL_TUNING;
 
     /// Relative closeness, for reference values computed once with scipy/statsmodels.
     fn close(got: f64, want: f64) -> bool {

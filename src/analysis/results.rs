@@ -5,11 +5,12 @@
 
 use std::time::SystemTime;
 
+use crate::analysis::cuped::{self, Cuped};
+use crate::analysis::significance::{self, ALPHA, Interval, Lift, Sequential};
 use crate::experiment::{Experiment, Kind, Status};
 use crate::feedback::counts::{ArmCounts, Counts, DayCounts, DuelCounts, Tally};
-use crate::feedback::cuped::{self, Cuped};
 use crate::feedback::lists::POSITION_BUCKETS;
-use crate::feedback::significance::{self, ALPHA, Interval, Lift, Sequential, UserSums};
+use crate::feedback::sums::UserSums;
 
 /// A sample-ratio mismatch is flagged below this p-value (ARCHITECTURE.md §5).
 pub(crate) const SRM_THRESHOLD: f64 = 0.001;

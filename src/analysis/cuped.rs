@@ -35,89 +35,10 @@
 //!   it adds a relative `O(1/N)`, nothing at the thousands of users a test needs, and the
 //!   simulations below find the A/A false-positive rate at 5% with 400 users an arm.
 
-use crate::feedback::significance::{
-    Lift, Ratio, Sequential, UserSums, centred, confidence_sequence, lift_interval, log_ratio, two_sided_p,
+use crate::analysis::significance::{
+    Lift, Ratio, Sequential, centred, confidence_sequence, lift_interval, log_ratio, two_sided_p,
 };
-
-/// A user's pre-period counts on the placement (a row of the covariates table).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct PrePeriod {
-    /// `c'`, the user's clicks before the experiment.
-    pub(crate) clicks: u64,
-    /// `i'`, the user's impressions before the experiment.
-    pub(crate) impressions: u64,
-}
-
-/// Per-arm pre-period sums (STATISTICS.md §5): with [`UserSums`] of the same arm, all the
-/// adjustment needs. All integers, exact, and added like `UserSums`, so shards and days add up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct PreSums {
-    /// Users with a row in the covariates table; the others count as `c' = i' = 0`.
-    pub(crate) covered: u64,
-    /// `Σc'`, for the arm's mean pre-period clicks.
-    pub(crate) clicks: u64,
-    /// `Σi'`, for the arm's mean pre-period impressions.
-    pub(crate) impressions: u64,
-    /// `Σc'²`, for the variance of pre-period clicks, the denominator of `θ_c`.
-    pub(crate) clicks_sq: u64,
-    /// `Σi'²`, for the variance of pre-period impressions, the denominator of `θ_i`.
-    pub(crate) impressions_sq: u64,
-    /// `Σc'·i'`, for the covariance of the two adjustments within an arm.
-    pub(crate) cross: u64,
-    /// `Σc·c'`, for how clicks follow pre-period clicks: the numerator of `θ_c`.
-    pub(crate) clicks_by_clicks: u64,
-    /// `Σc·i'`, for the covariance of clicks with the impressions' adjustment.
-    pub(crate) clicks_by_impressions: u64,
-    /// `Σi·c'`, for the covariance of impressions with the clicks' adjustment.
-    pub(crate) impressions_by_clicks: u64,
-    /// `Σi·i'`, for how impressions follow pre-period impressions: the numerator of `θ_i`.
-    pub(crate) impressions_by_impressions: u64,
-}
-
-impl PreSums {
-    /// A user entering the arm with `pre` (`None`: no row, which counts as `(0, 0)` and not as
-    /// covered). The cross sums wait for the user's events: their `c` and `i` start at 0.
-    pub(crate) fn add_user(&mut self, pre: Option<PrePeriod>) {
-        let Some(PrePeriod { clicks, impressions }) = pre else {
-            return;
-        };
-        self.covered += 1;
-        self.clicks += clicks;
-        self.impressions += impressions;
-        self.clicks_sq += clicks * clicks;
-        self.impressions_sq += impressions * impressions;
-        self.cross += clicks * impressions;
-    }
-
-    /// An impression of a user whose pre-period is `pre`: their `i` grows by 1, so `Σi·c'`
-    /// grows by `c'` and `Σi·i'` by `i'`, whatever order the events come in.
-    pub(crate) fn add_impression(&mut self, pre: PrePeriod) {
-        self.impressions_by_clicks += pre.clicks;
-        self.impressions_by_impressions += pre.impressions;
-    }
-
-    /// A click of a user whose pre-period is `pre`: their `c` grows by 1, so `Σc·c'` grows by
-    /// `c'` and `Σc·i'` by `i'`.
-    pub(crate) fn add_click(&mut self, pre: PrePeriod) {
-        self.clicks_by_clicks += pre.clicks;
-        self.clicks_by_impressions += pre.impressions;
-    }
-
-    /// Adds `other` field by field: the sums of shards or days that saw disjoint users and
-    /// events are the sums of the whole.
-    pub(crate) fn add(&mut self, other: &PreSums) {
-        self.covered += other.covered;
-        self.clicks += other.clicks;
-        self.impressions += other.impressions;
-        self.clicks_sq += other.clicks_sq;
-        self.impressions_sq += other.impressions_sq;
-        self.cross += other.cross;
-        self.clicks_by_clicks += other.clicks_by_clicks;
-        self.clicks_by_impressions += other.clicks_by_impressions;
-        self.impressions_by_clicks += other.impressions_by_clicks;
-        self.impressions_by_impressions += other.impressions_by_impressions;
-    }
-}
+use crate::feedback::sums::{PreSums, UserSums};
 
 /// The CUPED-adjusted comparison of an arm with the control.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -279,10 +200,10 @@ pub(crate) fn cuped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feedback::significance::{
-        ALPHA, DEFAULT_SEQUENTIAL_TUNING, Interval, Z95, difference_p, relative_lift, sequential_lift,
-    };
-    use crate::feedback::sim::{Event, SplitMix, near_rate, shuffled_events};
+    use crate::analysis::significance::{ALPHA, Interval, Z95, difference_p, relative_lift, sequential_lift};
+    use crate::analysis::sim::{Event, SplitMix, near_rate, shuffled_events};
+    use crate::experiment::DEFAULT_SEQUENTIAL_TUNING;
+    use crate::feedback::sums::PrePeriod;
     use statrs::distribution::{ContinuousCDF, Normal};
 
     /// A user as the tests know them: the in-experiment counts and the pre-period row, if any.
