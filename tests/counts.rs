@@ -616,16 +616,17 @@ on_one_node_and_a_cluster!(long_outage_loses_nothing_and_accepts_nothing_uncount
 /// else sharing the names), stop the script: it must stop before its first write, or the
 /// part already written is written again by every resend (exposures added each second) or
 /// lost (users marked present and never counted). Here the treatment's items sketch is a hash
-/// and its days are strings in every shard, so every flush (exposures, items) and every
-/// users' script (a shard's users of both arms) is refused: nothing of either arm may appear
-/// until the keys are free, and then everything, once.
+/// and both arms' days are strings in every shard, so every flush (exposures and items of both
+/// arms in one script) and every users' script (whichever arms a shard's users of one second
+/// came from: a shard may get users of one arm only) is refused: nothing of either arm may
+/// appear until the keys are free, and then everything, once.
 async fn a_batch_that_cannot_apply_whole_applies_nothing(topology: Topology) {
     let demo = DemoCopy::new();
     let gw = TestGateway::launch_up(&settings(&demo, &topology.url(), "")).await;
     let items = format!("recgw:results:{{{EXPERIMENT}}}:treatment:items");
     let _: u64 = topology.query_key(&["HSET", &items, "taken", "1"], &items);
     let days: Vec<String> = (0..16)
-        .map(|k| format!("recgw:results:{{{EXPERIMENT}:{k}}}:treatment:days"))
+        .flat_map(|k| ["control", "treatment"].map(|arm| format!("recgw:results:{{{EXPERIMENT}:{k}}}:{arm}:days")))
         .collect();
     for key in &days {
         let _: String = topology.query_key(&["SET", key, "taken"], key);

@@ -4,7 +4,8 @@
 //!
 //! - `home-als-rank`'s treatment points at a model that does not exist, under a fallback-rate
 //!   guardrail, so the guardrail pauses it; it is given eight times fewer users than the
-//!   control, so the sample-ratio test flags the split;
+//!   control, so the sample-ratio test flags the split; it names a covariate table, so its page
+//!   shows CUPED figures too;
 //! - `discover-als-shadow`'s description holds a `<script>`, which must show as text;
 //! - `feed-als-interleave` gets interleaved pages and clicks.
 //!
@@ -31,6 +32,7 @@ use common::edits::{edit, with_lines};
 use common::gateway::{DemoCopy, Reply, TestGateway, eventually, exchange, item_ids};
 use common::rng::Rng;
 use recgw::auth::{KeySettings, Role, hash_key};
+use recgw::synthetic::{covariate_row, write_covariates};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -62,6 +64,9 @@ async fn provoked_gateway() -> (DemoCopy, TestGateway) {
         "model = \"als-v2\"",
         "model = \"als-missing\"",
     );
+    with_lines(&experiments, &format!("{SPLIT}.toml"), "covariates = \"pre-period\"");
+    let rows: Vec<_> = (0..USERS as u32).map(|u| covariate_row(7, u)).collect();
+    write_covariates(&demo.models().join("pre-period"), &rows, 2, 7).expect("covariates written");
     edit(
         &experiments,
         &format!("{SHADOW}.toml"),
@@ -82,7 +87,7 @@ async fn provoked_gateway() -> (DemoCopy, TestGateway) {
         },
     ];
     let gw = TestGateway::launch(&settings).await;
-    for model in ["als-v1", "popular"] {
+    for model in ["als-v1", "popular", "pre-period"] {
         gw.wait_model(model, &format!("{model} loaded"), |m| m["version"].is_string())
             .await;
     }
@@ -331,6 +336,10 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
         "state",
     ];
     let comparison = [
+        "cuped.lift",
+        "cuped.sequential_lift_low",
+        "cuped.sequential_lift_high",
+        "cuped.variance_reduction",
         "lift",
         "lift_low",
         "lift_high",

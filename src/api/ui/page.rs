@@ -299,20 +299,19 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
     html! {
         div.wide { table #arms {
             thead { tr {
-                th { "Arm" } th { "State" } th { "Users" } th { "Exposures" } th { "Impressions" } th { "Clicks" }
-                th { "CTR [95%]" } th { "Lift [95%, fixed horizon]" } th { "p" }
-                th { "Lift 95%, always valid" } th { "Always-valid p" } th { "Decision" }
-                @if cuped { th { "CUPED lift" } th { "CUPED 95% (always valid)" } th { "Variance reduction" } }
+                th { "Arm" } th { "Users" } th { "Exposures" } th { "Impressions" } th { "Clicks" }
+                th { "CTR [95%]" } th { "Lift [95%, fixed horizon], p" }
+                th { "Lift [95%, always valid], p" } th { "Decision" }
+                @if cuped { th { "CUPED lift [95%, always valid]" } th { "Variance reduction" } }
             } }
             tbody {
                 @for arm in &body.arms {
                     tr data-arm=(arm.name) {
-                        td {
-                            (arm.name)
-                            @if arm.control { " " span.muted { "(control)" } }
-                        }
                         td.text {
-                            span data-field="state" data-value=(arm.state) { (arm.state.replace('_', " ")) }
+                            strong { (arm.name) }
+                            @if arm.control { " " span.muted { "(control)" } }
+                            br;
+                            span.muted data-field="state" data-value=(arm.state) { (arm.state.replace('_', " ")) }
                             @if admin && arm.state == "paused_by_guardrail" {
                                 form method="post" action={ "/ui/experiments/" (body.experiment) "/arms/" (arm.name) "/resume" } {
                                     button type="submit" data-resume=(arm.name) { "Resume" }
@@ -328,15 +327,17 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
                             (interval(["ctr_low", "ctr_high"], arm.ctr_low, arm.ctr_high, percent, &arm.undefined))
                         }
                         @if arm.control {
-                            td.muted { "baseline" } td {} td {} td {} td {}
+                            td.muted { "baseline" } td {} td {}
                         } @else {
                             td {
                                 (figure("lift", arm.lift, signed, arm.undefined.get("lift"))) " "
                                 (interval(["lift_low", "lift_high"], arm.lift_low, arm.lift_high, signed, &arm.undefined))
+                                br; "p = " (figure("p_value", arm.p_value, p_value, arm.undefined.get("p_value")))
                             }
-                            td { (figure("p_value", arm.p_value, p_value, arm.undefined.get("p_value"))) }
-                            td { (interval(["sequential_lift_low", "sequential_lift_high"], arm.sequential_lift_low, arm.sequential_lift_high, signed, &arm.undefined)) }
-                            td { (figure("sequential_p_value", arm.sequential_p_value, p_value, arm.undefined.get("sequential_p_value"))) }
+                            td {
+                                (interval(["sequential_lift_low", "sequential_lift_high"], arm.sequential_lift_low, arm.sequential_lift_high, signed, &arm.undefined))
+                                br; "p = " (figure("sequential_p_value", arm.sequential_p_value, p_value, arm.undefined.get("sequential_p_value")))
+                            }
                             td { (decision(arm)) }
                         }
                         @if cuped {
@@ -352,10 +353,12 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
 /// The CUPED cells of an arm (empty for the control, which has no comparison of its own).
 fn cuped_cells(cuped: Option<&CupedBody>) -> Markup {
     match cuped {
-        None => html! { td {} td {} td {} },
+        None => html! { td {} td {} },
         Some(c) => html! {
-            td { (figure("cuped.lift", c.lift, signed, c.undefined.get("lift"))) }
-            td { (interval(["cuped.sequential_lift_low", "cuped.sequential_lift_high"], c.sequential_lift_low, c.sequential_lift_high, signed, &c.undefined)) }
+            td {
+                (figure("cuped.lift", c.lift, signed, c.undefined.get("lift"))) " "
+                (interval(["cuped.sequential_lift_low", "cuped.sequential_lift_high"], c.sequential_lift_low, c.sequential_lift_high, signed, &c.undefined))
+            }
             td { (figure("cuped.variance_reduction", c.variance_reduction, percent, c.undefined.get("variance_reduction"))) }
         },
     }
