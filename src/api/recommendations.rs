@@ -15,8 +15,9 @@ use super::auth::Auth;
 use super::error::ApiError;
 use super::fast_json::FastJson;
 use super::request_id::RequestId;
+use crate::cache::Source;
 use crate::experiment::{Arm, Team, is_valid_user_id};
-use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source};
+use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError};
 use crate::metrics::NONE;
 use crate::store::Item;
 
@@ -40,6 +41,9 @@ struct ItemBody {
     team: Option<String>,
 }
 
+// `Source` as the document shows it (this comment stays out of the document): the domain type
+// knows nothing of the API, and the document lists the values in an order of its own, not the
+// lookup order `Source` is declared in. Converted from it in one place, below.
 /// Which tier produced the list.
 #[derive(Debug, Enum, Serialize)]
 #[oai(rename_all = "lowercase")]
@@ -55,6 +59,18 @@ enum SourceBody {
     Store,
     /// The placement default, because the arm's model could not answer for this user.
     Fallback,
+}
+
+impl From<Source> for SourceBody {
+    fn from(source: Source) -> Self {
+        match source {
+            Source::Local => SourceBody::Local,
+            Source::Snapshot => SourceBody::Snapshot,
+            Source::Redis => SourceBody::Redis,
+            Source::Store => SourceBody::Store,
+            Source::Fallback => SourceBody::Fallback,
+        }
+    }
 }
 
 /// A page of a user's recommendations and where they came from: the documented schema. The
@@ -171,6 +187,17 @@ enum FallbackBody {
     /// One arm of an interleave experiment could not answer; the other's list is served alone
     /// and the page is not counted in the results.
     NotInterleaved,
+}
+
+impl From<FallbackReason> for FallbackBody {
+    fn from(reason: FallbackReason) -> Self {
+        match reason {
+            FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
+            FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
+            FallbackReason::StoreError => FallbackBody::StoreError,
+            FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
+        }
+    }
 }
 
 /// Ids `exclude` may name at most: a page holds at most 100 items, so a client excluding more
@@ -436,19 +463,8 @@ async fn serve(
         offset,
         limit,
         next_offset: page.next_offset.map(|n| n as u64),
-        source: match served.source {
-            Source::Local => SourceBody::Local,
-            Source::Redis => SourceBody::Redis,
-            Source::Snapshot => SourceBody::Snapshot,
-            Source::Store => SourceBody::Store,
-            Source::Fallback => SourceBody::Fallback,
-        },
-        fallback_reason: served.fallback.map(|r| match r {
-            FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
-            FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
-            FallbackReason::StoreError => FallbackBody::StoreError,
-            FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
-        }),
+        source: served.source.into(),
+        fallback_reason: served.fallback.map(FallbackBody::from),
         paused_by_guardrail: served.paused,
         tracking_token: &tracking_token,
     };

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::cache::{Tier, TieredCache};
+use crate::cache::{Source, TieredCache};
 use crate::experiment::{Arm, Assignment, Catalog, Experiment, Problems, Reason, Team, merge_seed, team_draft};
 use crate::feedback::counts::{ArmCounter, Tally};
 use crate::feedback::events::{Event, EventKind, EventLog, Rejection};
@@ -118,59 +118,6 @@ pub(crate) enum Reload {
         /// Digest of the new one.
         digest: String,
     },
-}
-
-/// Which tier produced the list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// This replica's memory.
-    Local,
-    /// Redis.
-    Redis,
-    /// The model version's mapped serving snapshot.
-    Snapshot,
-    /// Read from the model store.
-    Store,
-    /// The arm could not answer; the placement default did.
-    Fallback,
-}
-
-impl Source {
-    /// The name used in responses and logs.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Source::Local => "local",
-            Source::Redis => "redis",
-            Source::Snapshot => "snapshot",
-            Source::Store => "store",
-            Source::Fallback => "fallback",
-        }
-    }
-}
-
-impl Source {
-    /// Of two tiers that answered one request, the one further down the lookup order (local,
-    /// snapshot, Redis, store): what an interleaved request waited for.
-    fn slower(self, other: Source) -> Source {
-        let depth = |source| match source {
-            Source::Local => 0,
-            Source::Snapshot => 1,
-            Source::Redis => 2,
-            Source::Store | Source::Fallback => 3,
-        };
-        if depth(other) > depth(self) { other } else { self }
-    }
-}
-
-impl From<Tier> for Source {
-    fn from(tier: Tier) -> Self {
-        match tier {
-            Tier::Local => Source::Local,
-            Tier::Redis => Source::Redis,
-            Tier::Snapshot => Source::Snapshot,
-            Tier::Store => Source::Store,
-        }
-    }
 }
 
 /// Why the arm's model did not answer, for logs now and the `fallbacks_total{reason}` metric.
@@ -878,11 +825,11 @@ impl Gateway {
             _ => {
                 let model = self.loaded(default)?;
                 let (list, tier) = self.read_default(&model, default, user).await?;
-                return Ok(served(&model, default, list, tier.into(), None));
+                return Ok(served(&model, default, list, tier, None));
             }
         };
         let reason = match self.read_arm(arm, user).await {
-            Ok((model, list, tier)) => return Ok(served(&model, spec, list, tier.into(), None)),
+            Ok((model, list, tier)) => return Ok(served(&model, spec, list, tier, None)),
             Err(reason) => reason,
         };
         let model = self.loaded(default)?;
@@ -892,7 +839,7 @@ impl Gateway {
 
     /// An arm's list for `user` through the cache, with the model version that produced it, or
     /// why it has none.
-    async fn read_arm(&self, arm: &Arm, user: &str) -> Result<(Arc<LoadedModel>, RankedList, Tier), FallbackReason> {
+    async fn read_arm(&self, arm: &Arm, user: &str) -> Result<(Arc<LoadedModel>, RankedList, Source), FallbackReason> {
         let spec = &arm.model;
         let model = self.models.get(spec).ok_or(FallbackReason::ModelNotLoaded)?;
         match self.cache.list(&spec.location, &model, user, arm.cache_ttl).await {
@@ -950,21 +897,21 @@ impl Gateway {
                 [list_a, list_b],
                 format!("{},{}", first.model.location, second.model.location),
                 format!("{},{}", model_a.version(), model_b.version()),
-                Source::from(tier_a).slower(tier_b.into()),
+                tier_a.max(tier_b),
                 None,
             ),
             (Ok((model, list, tier)), Err(_)) => recommendation(
                 [list, empty()],
                 first.model.location.clone(),
                 model.version().to_string(),
-                tier.into(),
+                tier,
                 Some(FallbackReason::NotInterleaved),
             ),
             (Err(_), Ok((model, list, tier))) => recommendation(
                 [empty(), list],
                 second.model.location.clone(),
                 model.version().to_string(),
-                tier.into(),
+                tier,
                 Some(FallbackReason::NotInterleaved),
             ),
             (Err(_), Err(reason)) => {
@@ -1004,7 +951,7 @@ impl Gateway {
         model: &LoadedModel,
         spec: &ModelSpec,
         user: &str,
-    ) -> Result<(RankedList, Tier), ServeError> {
+    ) -> Result<(RankedList, Source), ServeError> {
         match self.cache.list(&spec.location, model, user, None).await {
             Ok((list, tier)) => Ok((list.unwrap_or_else(|| Arc::from(Vec::new())), tier)),
             Err(e) => Err(ServeError::ModelUnavailable {
