@@ -8,7 +8,7 @@ mod guardrails;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -175,7 +175,8 @@ pub(crate) struct Recommendation {
     /// The whole ranked list, or the two teams' lists; pages are cut by
     /// [`Recommendation::page`].
     pub(crate) lists: Lists,
-    /// Which tier answered.
+    /// Where the list came from: the tier that answered, or `Fallback` when the placement
+    /// default answered for the arm.
     pub(crate) source: Source,
     /// Why the arm did not answer, when `source` is `Fallback`.
     pub(crate) fallback: Option<FallbackReason>,
@@ -220,24 +221,6 @@ pub(crate) struct Teams {
     counters: Option<[Arc<ArmCounter>; 2]>,
 }
 
-/// An item of a list, equal to another by id: what the merge deduplicates on.
-#[derive(Debug, Clone, Copy)]
-struct ById<'l>(&'l Item);
-
-impl PartialEq for ById<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for ById<'_> {}
-
-impl std::hash::Hash for ById<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state);
-    }
-}
-
 /// Why no list could be served.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
@@ -268,20 +251,22 @@ pub(crate) struct PageRequest<'a> {
     pub(crate) exclude: &'a HashSet<&'a str>,
 }
 
-/// One page of a list.
+/// One page of a list: which of its items show, and where the page sits in the list.
 #[derive(Debug)]
-pub(crate) struct Page<'l> {
-    /// Items on this page, in rank order (merge order when interleaved).
-    pub(crate) items: Vec<&'l Item>,
+pub(crate) struct Page {
+    /// Each item's index in its list (its team's list, when interleaved), in page order (merge
+    /// order when interleaved): indices rather than references, so the page can be kept beside
+    /// the lists it is cut from ([`ServedPage`]).
+    positions: Vec<usize>,
     /// On an interleaved page, the team of each item; empty otherwise.
-    pub(crate) teams: Vec<Team>,
+    teams: Vec<Team>,
     /// Items skipped before this page (`offset`), which its token carries so events know
     /// each item's position in the list.
-    pub(crate) offset: u32,
+    offset: u32,
     /// Items left after filters, across all pages.
-    pub(crate) total: usize,
+    total: usize,
     /// Offset of the next page, `None` on the last one.
-    pub(crate) next_offset: Option<usize>,
+    next_offset: Option<usize>,
 }
 
 impl PageRequest<'_> {
@@ -300,25 +285,55 @@ impl PageRequest<'_> {
         let end = self.offset.saturating_add(self.limit);
         (end < total).then_some(end)
     }
+
+    /// The items of `list` that pass the filters, each with its index in the list.
+    fn kept<'l>(&self, list: &'l [Item]) -> impl Iterator<Item = (usize, &'l Item)> {
+        list.iter().enumerate().filter(|(_, item)| self.keeps(item))
+    }
 }
 
 /// Cuts one page out of `list` after the filters.
-fn page<'l>(list: &'l [Item], request: &PageRequest<'_>) -> Page<'l> {
-    let total = list.iter().filter(|item| request.keeps(item)).count();
+fn page(list: &[Item], request: &PageRequest<'_>) -> Page {
+    let total = request.kept(list).count();
     // Sized from the count, so the page is one allocation whatever its length.
-    let mut items = Vec::with_capacity(total.saturating_sub(request.offset).min(request.limit));
-    items.extend(
-        list.iter()
-            .filter(|item| request.keeps(item))
+    let mut positions = Vec::with_capacity(total.saturating_sub(request.offset).min(request.limit));
+    positions.extend(
+        request
+            .kept(list)
             .skip(request.offset)
-            .take(request.limit),
+            .take(request.limit)
+            .map(|(at, _)| at),
     );
     Page {
-        items,
+        positions,
         teams: Vec::new(),
         offset: request.page_offset(),
         total,
         next_offset: request.next_offset(total),
+    }
+}
+
+/// An item of a list and its index there, equal to another by id: what the merge deduplicates
+/// on.
+#[derive(Debug, Clone, Copy)]
+struct Pick<'l> {
+    /// Its index in its team's list.
+    at: usize,
+    /// The item.
+    item: &'l Item,
+}
+
+impl PartialEq for Pick<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.item.id == other.item.id
+    }
+}
+
+impl Eq for Pick<'_> {}
+
+impl std::hash::Hash for Pick<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.item.id.hash(state);
     }
 }
 
@@ -334,23 +349,23 @@ impl Teams {
 
     /// Filters both lists, merges them by team draft and cuts the page: filters come first so
     /// an excluded item leaves its team one pick short instead of a hole in the page.
-    fn page(&self, request: &PageRequest<'_>) -> Page<'_> {
+    fn page(&self, request: &PageRequest<'_>) -> Page {
         let [a, b] = self.lists.each_ref().map(|list| {
-            list.iter()
-                .filter(|item| request.keeps(item))
-                .map(ById)
+            request
+                .kept(list)
+                .map(|(at, item)| Pick { at, item })
                 .collect::<Vec<_>>()
         });
         let merged = team_draft(&a, &b, self.seed);
-        let (items, teams) = merged
+        let (positions, teams) = merged
             .iter()
             .skip(request.offset)
             .take(request.limit)
             // Teams are 0 and 1, as the token's bits carry them.
-            .map(|(item, team)| (item.0, *team as Team))
+            .map(|(pick, team)| (pick.at, *team as Team))
             .unzip();
         Page {
-            items,
+            positions,
             teams,
             offset: request.page_offset(),
             total: merged.len(),
@@ -360,20 +375,83 @@ impl Teams {
 }
 
 impl Recommendation {
-    /// The arms naming the teams of an interleaved list.
-    pub(crate) fn team_arms(&self) -> Option<&[Arm]> {
-        match &self.lists {
-            Lists::One(_) => None,
-            Lists::Teams(teams) => Some(&teams.experiment.arms),
-        }
-    }
-
     /// The page `request` asks for.
-    pub(crate) fn page(&self, request: &PageRequest<'_>) -> Page<'_> {
+    fn page(&self, request: &PageRequest<'_>) -> Page {
         match &self.lists {
             Lists::One(list) => page(list, request),
             Lists::Teams(teams) => teams.page(request),
         }
+    }
+
+    /// The items `page` shows, in page order, each with its team on an interleaved page.
+    fn items<'a>(&'a self, page: &'a Page) -> impl ExactSizeIterator<Item = (&'a Item, Option<Team>)> {
+        page.positions.iter().enumerate().map(move |(i, &at)| {
+            let team = page.teams.get(i).copied();
+            // Pages are cut only by `Recommendation::page` and kept beside the lists they were
+            // cut from, so every position is in its list, and every item of a `Teams` page has
+            // a team, 0 or 1.
+            let list = match &self.lists {
+                Lists::One(list) => list,
+                Lists::Teams(teams) => &teams.lists[usize::from(team.unwrap_or_default() & 1)],
+            };
+            (&list[at], team)
+        })
+    }
+}
+
+/// A request for one page of a user's recommendations, once read and checked: what
+/// [`Gateway::serve_page`] serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeRequest<'a> {
+    /// The user, a valid id.
+    pub(crate) user: &'a str,
+    /// The placement asked for, which may not exist.
+    pub(crate) placement: &'a str,
+    /// The page and its filters.
+    pub(crate) page: PageRequest<'a>,
+    /// The request's `X-Request-Id`, which the exposure row carries.
+    pub(crate) request_id: &'a str,
+    /// When the request arrived: the response time counted for the arm runs from there.
+    pub(crate) started: Instant,
+}
+
+/// One page served and counted: what the response shows.
+#[derive(Debug)]
+pub(crate) struct ServedPage {
+    /// The list the page was cut from, and what the response says about where it came from.
+    pub(crate) recommendation: Recommendation,
+    /// Which of its items the page shows.
+    page: Page,
+    /// The page's signed claims, which events bring back.
+    pub(crate) tracking_token: String,
+}
+
+impl ServedPage {
+    /// The page's items, in page order, each with the arm of its team on an interleaved page.
+    pub(crate) fn items(&self) -> impl Iterator<Item = (&Item, Option<&str>)> {
+        let arms = match &self.recommendation.lists {
+            Lists::One(_) => None,
+            Lists::Teams(teams) => Some(&teams.experiment.arms),
+        };
+        self.recommendation.items(&self.page).map(move |(item, team)| {
+            let arm = arms.zip(team).and_then(|(arms, team)| arms.get(usize::from(team)));
+            (item, arm.map(|arm| arm.name.as_str()))
+        })
+    }
+
+    /// How many items the page shows.
+    pub(crate) fn len(&self) -> usize {
+        self.page.positions.len()
+    }
+
+    /// Items left after the filters, across all pages.
+    pub(crate) fn total(&self) -> usize {
+        self.page.total
+    }
+
+    /// Offset of the next page, `None` on the last one.
+    pub(crate) fn next_offset(&self) -> Option<usize> {
+        self.page.next_offset
     }
 }
 
@@ -527,21 +605,21 @@ impl Gateway {
     /// Logs a served response as an exposure row, when logs are on: every response
     /// `recommendations_total` counts, the placement default's too (with no experiment), so
     /// the table's rows per arm are that counter's.
-    pub(crate) fn log_exposure(&self, served: &Recommendation, user: &str, placement: &str, request_id: &str) {
+    fn log_exposure(&self, served: &Recommendation, request: &ServeRequest<'_>) {
         let Some(logs) = &self.logs else {
             return;
         };
         logs.exposure(Exposure {
             timestamp_us: now_us(),
-            user_id: user.to_string(),
+            user_id: request.user.to_string(),
             experiment_id: served.experiment.clone(),
             variation_id: served.arm.clone(),
-            placement: placement.to_string(),
+            placement: request.placement.to_string(),
             model: served.model.clone(),
             model_version: served.model_version.clone(),
             source: served.source.as_str(),
             forced: served.forced,
-            request_id: request_id.to_string(),
+            request_id: request.request_id.to_string(),
         });
     }
 
@@ -562,7 +640,7 @@ impl Gateway {
 
     /// Handles of one arm: pre-resolved for the catalog in force, resolved now for arms it no
     /// longer has (an event whose token predates a change of experiments).
-    pub(crate) fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> Arc<ArmMetrics> {
+    fn arm_metrics(&self, placement: &str, experiment: Option<&str>, arm: &str) -> Arc<ArmMetrics> {
         let experiment = experiment.unwrap_or(NONE);
         match self.arms.load().get(placement, experiment, arm) {
             Some(handles) => Arc::clone(handles),
@@ -572,13 +650,7 @@ impl Gateway {
 
     /// The tracking token of a served recommendation, binding the `page` it showed (and, when
     /// interleaved, each item's team and the nonce the merge was seeded with).
-    pub(crate) fn tracking_token(
-        &self,
-        served: &Recommendation,
-        placement: &str,
-        user: &str,
-        page: &Page<'_>,
-    ) -> String {
+    fn tracking_token(&self, served: &Recommendation, request: &ServeRequest<'_>, page: &Page) -> String {
         let (nonce, teams) = match &served.lists {
             Lists::One(_) => (next_nonce(), None),
             Lists::Teams(teams) => {
@@ -589,16 +661,17 @@ impl Gateway {
                 (teams.nonce, teams_ref)
             }
         };
-        self.events.signer().sign(ClaimsRef {
-            placement,
+        let signer = self.events.signer();
+        signer.sign(ClaimsRef {
+            placement: request.placement,
             experiment: served.experiment.as_deref(),
             arm: &served.arm,
             model_version: &served.model_version,
-            user,
+            user: request.user,
             issued_at: unix_seconds(SystemTime::now()),
             nonce,
             uncounted: !served.counted,
-            items: page.items.iter().map(|item| self.events.signer().item_tag(&item.id)),
+            items: served.items(page).map(|(item, _)| signer.item_tag(&item.id)),
             teams,
             offset: page.offset,
         })
@@ -628,33 +701,31 @@ impl Gateway {
     /// What a served page leaves behind once it is cut: its items in the serving arm's
     /// catalogue coverage, and, for a control's page, the comparisons of the experiment's
     /// shadow arms, sampled and in the background, so the response never waits for them.
-    pub(crate) fn after_page(
-        self: &Arc<Self>,
-        served: &Recommendation,
-        placement: &str,
-        user: &str,
-        page: &Page<'_>,
-        limit: usize,
-    ) {
-        match (&served.lists, &served.counter) {
-            (Lists::One(_), Some(counter)) => counter.served_items(page.items.iter().map(|item| &*item.id)),
+    fn after_page(self: &Arc<Self>, served: &ServedPage, request: &ServeRequest<'_>) {
+        let recommendation = &served.recommendation;
+        let items = || recommendation.items(&served.page);
+        match (&recommendation.lists, &recommendation.counter) {
+            (Lists::One(_), Some(counter)) => counter.served_items(items().map(|(item, _)| &*item.id)),
             (Lists::Teams(teams), _) => {
                 if let Some(counters) = &teams.counters {
-                    for (item, team) in page.items.iter().zip(&page.teams) {
-                        counters[usize::from(*team & 1)].served_items([&*item.id]);
+                    for (item, team) in items() {
+                        if let Some(counter) = team.and_then(|team| counters.get(usize::from(team))) {
+                            counter.served_items([&*item.id]);
+                        }
                     }
                 }
             }
             _ => {}
         }
-        let (Some(experiment), Lists::One(control)) = (&served.shadows, &served.lists) else {
+        let (Some(experiment), Lists::One(control)) = (&recommendation.shadows, &recommendation.lists) else {
             return;
         };
+        let limit = request.page.limit;
         for (index, arm) in experiment.arms.iter().enumerate() {
             if !arm.shadow.is_some_and(sampled) {
                 continue;
             }
-            let handles = self.arm_metrics(placement, Some(&experiment.id), &arm.name);
+            let handles = self.arm_metrics(request.placement, Some(&experiment.id), &arm.name);
             let Some(shadow) = handles.shadow() else {
                 continue;
             };
@@ -663,7 +734,7 @@ impl Gateway {
                 continue;
             };
             let (gateway, experiment, control) = (Arc::clone(self), Arc::clone(experiment), Arc::clone(control));
-            let user = user.to_string();
+            let user = request.user.to_string();
             tokio::spawn(async move {
                 let _permit = permit;
                 let (Some(arm), Some(shadow)) = (experiment.arms.get(index), handles.shadow()) else {
@@ -744,8 +815,35 @@ impl Gateway {
         &self.models
     }
 
+    /// Serves one page of `request.user`'s recommendations on `request.placement`: assigns the
+    /// user, reads the list through the cache (the placement default standing in for an arm
+    /// that cannot answer), cuts the page, signs its token, and counts it: in the arm's metrics
+    /// and, with logs on, as an exposure row. All in one call, so a response is never counted
+    /// in `recommendations_total` without its exposure row (ARCHITECTURE.md §9), whatever its
+    /// caller does; the caller renders what it returns.
+    pub(crate) async fn serve_page(self: &Arc<Self>, request: &ServeRequest<'_>) -> Result<ServedPage, ServeError> {
+        let recommendation = self.recommend(request.user, request.placement).await?;
+        let page = recommendation.page(&request.page);
+        let tracking_token = self.tracking_token(&recommendation, request, &page);
+        let served = ServedPage {
+            recommendation,
+            page,
+            tracking_token,
+        };
+        self.after_page(&served, request);
+        let recommendation = &served.recommendation;
+        self.arm_metrics(
+            request.placement,
+            recommendation.experiment.as_deref(),
+            &recommendation.arm,
+        )
+        .served(served.len(), recommendation.fallback, request.started.elapsed());
+        self.log_exposure(recommendation, request);
+        Ok(served)
+    }
+
     /// The whole ranked list for `user` on `placement`, with its provenance.
-    pub(crate) async fn recommend(&self, user: &str, placement: &str) -> Result<Recommendation, ServeError> {
+    async fn recommend(&self, user: &str, placement: &str) -> Result<Recommendation, ServeError> {
         let catalog = self.catalog.load_full();
         let assignment = catalog
             .assign(placement, user, SystemTime::now())
@@ -1038,22 +1136,17 @@ mod tests {
             min_score: Some(2.5),
             exclude: &exclude,
         };
+        let ids = |page: &Page| page.positions.iter().map(|&at| &*items[at].id).collect::<Vec<_>>();
         let first = page(&items, &request);
         assert_eq!(first.total, 6, "i1..i7 score >= 2.5, minus i2");
-        assert_eq!(
-            first.items.iter().map(|i| &*i.id).collect::<Vec<_>>(),
-            ["i1", "i3", "i4"]
-        );
-        assert_eq!(first.items[1].rank, 3);
+        assert_eq!(ids(&first), ["i1", "i3", "i4"]);
+        assert_eq!(items[first.positions[1]].rank, 3);
         assert_eq!(first.next_offset, Some(3));
         let last = page(&items, &PageRequest { offset: 3, ..request });
-        assert_eq!(
-            last.items.iter().map(|i| &*i.id).collect::<Vec<_>>(),
-            ["i5", "i6", "i7"]
-        );
+        assert_eq!(ids(&last), ["i5", "i6", "i7"]);
         assert_eq!(last.next_offset, None);
         let beyond = page(&items, &PageRequest { offset: 50, ..request });
-        assert!(beyond.items.is_empty());
+        assert!(beyond.positions.is_empty());
         assert_eq!(beyond.next_offset, None);
     }
 }
