@@ -1,4 +1,8 @@
-//! `GET /recommendations/{user_id}`: the request client apps make on every page view.
+//! `GET /recommendations/{user_id}`: the request client apps make on every page view. Both ways
+//! in (the OpenAPI operation, and [`direct`] from the front layer) read the parameters, and share
+//! the rest: the checks the extractors leave, one call to the gateway
+//! ([`Gateway::serve_page`]), which serves and counts the page, and the body written from it
+//! (ARCHITECTURE.md §1.1).
 
 use std::collections::HashSet;
 use std::sync::Arc;
