@@ -1,4 +1,8 @@
-//! `GET /recommendations/{user_id}`: the request client apps make on every page view.
+//! `GET /recommendations/{user_id}`: the request client apps make on every page view. Both ways
+//! in (the OpenAPI operation, and [`direct`] from the front layer) read the parameters, and share
+//! the rest: the checks the extractors leave, one call to the gateway
+//! ([`Gateway::serve_page`]), which serves and counts the page, and the body written from it
+//! (ARCHITECTURE.md §1.1).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,10 +19,10 @@ use super::auth::Auth;
 use super::error::ApiError;
 use super::fast_json::FastJson;
 use super::request_id::RequestId;
-use crate::experiment::{Arm, Team, is_valid_user_id};
-use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, Source};
+use crate::cache::Source;
+use crate::experiment::is_valid_user_id;
+use crate::gateway::{FallbackReason, Gateway, PageRequest, ServeError, ServeRequest, ServedPage};
 use crate::metrics::NONE;
-use crate::store::Item;
 
 /// The recommendation endpoints.
 #[derive(Default)]
@@ -40,6 +44,9 @@ struct ItemBody {
     team: Option<String>,
 }
 
+// `Source` as the document shows it (this comment stays out of the document): the domain type
+// knows nothing of the API, and the document lists the values in an order of its own, not the
+// lookup order `Source` is declared in. Converted from it in one place, below.
 /// Which tier produced the list.
 #[derive(Debug, Enum, Serialize)]
 #[oai(rename_all = "lowercase")]
@@ -55,6 +62,18 @@ enum SourceBody {
     Store,
     /// The placement default, because the arm's model could not answer for this user.
     Fallback,
+}
+
+impl From<Source> for SourceBody {
+    fn from(source: Source) -> Self {
+        match source {
+            Source::Local => SourceBody::Local,
+            Source::Snapshot => SourceBody::Snapshot,
+            Source::Redis => SourceBody::Redis,
+            Source::Store => SourceBody::Store,
+            Source::Fallback => SourceBody::Fallback,
+        }
+    }
 }
 
 /// A page of a user's recommendations and where they came from: the documented schema. The
@@ -114,7 +133,7 @@ struct RecommendationsView<'a> {
     model: &'a str,
     model_version: &'a str,
     #[serde(serialize_with = "items")]
-    items: (&'a [&'a Item], &'a [Team], Option<&'a [Arm]>),
+    items: &'a ServedPage,
     total: u64,
     offset: u32,
     limit: u32,
@@ -140,20 +159,12 @@ struct ItemView<'a> {
 }
 
 /// The page's items, each with its team's arm name when the page is interleaved.
-fn items<S: serde::Serializer>(
-    (items, teams, arms): &(&[&Item], &[Team], Option<&[Arm]>),
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(items.iter().enumerate().map(|(i, item)| {
-        ItemView {
-            item_id: &item.id,
-            score: item.score,
-            rank: item.rank,
-            team: arms
-                .zip(teams.get(i))
-                .and_then(|(arms, team)| arms.get(usize::from(*team)))
-                .map(|arm| arm.name.as_str()),
-        }
+fn items<S: serde::Serializer>(served: &&ServedPage, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(served.items().map(|(item, team)| ItemView {
+        item_id: &item.id,
+        score: item.score,
+        rank: item.rank,
+        team,
     }))
 }
 
@@ -171,6 +182,17 @@ enum FallbackBody {
     /// One arm of an interleave experiment could not answer; the other's list is served alone
     /// and the page is not counted in the results.
     NotInterleaved,
+}
+
+impl From<FallbackReason> for FallbackBody {
+    fn from(reason: FallbackReason) -> Self {
+        match reason {
+            FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
+            FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
+            FallbackReason::StoreError => FallbackBody::StoreError,
+            FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
+        }
+    }
 }
 
 /// Ids `exclude` may name at most: a page holds at most 100 items, so a client excluding more
@@ -223,12 +245,15 @@ impl RecommendationsApi {
         _auth: Auth,
         request: &Request,
     ) -> Result<FastJson<RecommendationsBody>, ApiError> {
-        let asked = Asked {
+        let params = Params {
             user_id: &user_id,
             placement: &placement,
-            request_id: RequestId::of(request),
+            limit: *limit,
+            offset: *offset,
+            min_score: *min_score,
+            exclude: exclude.as_deref(),
         };
-        answer(&gateway, asked, (*limit, *offset, *min_score), exclude.as_deref()).await
+        answer(&gateway, &params, RequestId::of(request)).await
     }
 }
 
@@ -241,20 +266,8 @@ impl RecommendationsApi {
 /// operation, which also gives every malformed parameter its documented error, so both paths
 /// answer a request alike and only the cost differs.
 pub(crate) async fn direct(gateway: &Arc<Gateway>, request: &Request) -> Option<poem::Result<poem::Response>> {
-    let plain = Plain::of(request)?;
-    let asked = Asked {
-        user_id: plain.user_id,
-        placement: plain.placement,
-        request_id: RequestId::of(request),
-    };
-    let answered = answer(
-        gateway,
-        asked,
-        (plain.limit, plain.offset, plain.min_score),
-        plain.exclude,
-    )
-    .await;
-    Some(match answered {
+    let params = Params::plain(request)?;
+    Some(match answer(gateway, &params, RequestId::of(request)).await {
         Ok(body) => Ok(body.into_response()),
         // What the operation's `Err` becomes: a response of its own, which the front layer
         // neither counts again nor rewrites.
@@ -262,9 +275,11 @@ pub(crate) async fn direct(gateway: &Arc<Gateway>, request: &Request) -> Option<
     })
 }
 
-/// The parameters of a request [`direct`] takes, borrowed from its URI.
+/// The parameters of a request, borrowed from it: from its URI on the direct path
+/// ([`Params::plain`]), from the operation's extractors otherwise. Both paths share everything
+/// from here on.
 #[derive(Debug, PartialEq)]
-struct Plain<'a> {
+struct Params<'a> {
     /// The path's segment, as the operation's `user_id`.
     user_id: &'a str,
     /// `placement`, or the operation's default.
@@ -279,9 +294,9 @@ struct Plain<'a> {
     exclude: Option<&'a str>,
 }
 
-impl<'a> Plain<'a> {
+impl<'a> Params<'a> {
     /// The parameters of `request`, when it is one the operation would read the same way.
-    fn of(request: &'a Request) -> Option<Self> {
+    fn plain(request: &'a Request) -> Option<Self> {
         if request.method() != poem::http::Method::GET {
             return None;
         }
@@ -291,7 +306,7 @@ impl<'a> Plain<'a> {
     fn parse(path: &'a str, query: Option<&'a str>) -> Option<Self> {
         let plain_value = |v: &str| !v.is_empty() && !v.contains(['%', '+', '/']);
         let user_id = path.strip_prefix("/recommendations/").filter(|id| plain_value(id))?;
-        let mut plain = Plain {
+        let mut plain = Params {
             user_id,
             placement: DEFAULT_PLACEMENT,
             limit: DEFAULT_LIMIT,
@@ -331,147 +346,123 @@ impl<'a> Plain<'a> {
         }
         Some(plain)
     }
+
+    /// The ids `exclude` names, once what the operation's extractors leave unchecked is
+    /// checked: the user id's characters, a finite `min_score`, at most [`MAX_EXCLUDE`] ids.
+    fn excluded(&self) -> Result<HashSet<&'a str>, ApiError> {
+        if !is_valid_user_id(self.user_id) {
+            let message = "user_id must be 1-128 characters from [A-Za-z0-9._:@-]";
+            return Err(ApiError::bad_request("invalid_user_id", message));
+        }
+        if self.min_score.is_some_and(|m| !m.is_finite()) {
+            let message = "min_score must be a finite number";
+            return Err(ApiError::bad_request("invalid_parameter", message));
+        }
+        let given = self.exclude.map_or(0, |ids| ids.split(',').count());
+        if given > MAX_EXCLUDE {
+            let message = format!("exclude holds {given} ids; at most {MAX_EXCLUDE} are accepted");
+            return Err(ApiError::bad_request("invalid_parameter", message));
+        }
+        Ok(self
+            .exclude
+            .map(|ids| ids.split(',').map(str::trim).collect())
+            .unwrap_or_default())
+    }
 }
 
-/// What both paths answer: the page, or the error counted for the placement it is counted under.
+/// What both paths answer: the page, or the error, counted under the placement's label (the
+/// placement when it exists, else `unknown`, so bad input cannot grow the label set); the
+/// gateway counts what it served for the arm.
 async fn answer(
     gateway: &Arc<Gateway>,
-    asked: Asked<'_>,
-    query: (u32, u32, Option<f32>),
-    exclude: Option<&str>,
+    params: &Params<'_>,
+    request_id: &str,
 ) -> Result<FastJson<RecommendationsBody>, ApiError> {
     let started = Instant::now();
-    serve(gateway, asked, query, exclude, started)
-        .await
-        .map_err(|(placement, e)| {
-            gateway
-                .metrics()
-                .request_failed("recommendations", &placement, e.code(), started.elapsed());
-            e
-        })
+    serve(gateway, params, request_id, started).await.inspect_err(|e| {
+        let label = match gateway.catalog().placement(params.placement) {
+            Some(_) => params.placement,
+            None => "unknown",
+        };
+        gateway
+            .metrics()
+            .request_failed("recommendations", label, e.code(), started.elapsed());
+    })
 }
 
-/// Who asked for what, in which request.
-#[derive(Debug, Clone, Copy)]
-struct Asked<'a> {
-    /// The user id of the path.
-    user_id: &'a str,
-    /// The placement asked for.
-    placement: &'a str,
-    /// The request's `X-Request-Id`, for the exposure log.
-    request_id: &'a str,
-}
-
-/// The handler's work, counting what it served for the arm (and logging it as an exposure);
-/// failures carry the placement label they are counted under (the placement when it exists,
-/// else `unknown`, so bad input cannot grow the label set).
+/// Checks the parameters, has the gateway serve the page in one call, and writes the body.
 async fn serve(
     gateway: &Arc<Gateway>,
-    Asked {
-        user_id,
-        placement,
-        request_id,
-    }: Asked<'_>,
-    (limit, offset, min_score): (u32, u32, Option<f32>),
-    exclude: Option<&str>,
+    params: &Params<'_>,
+    request_id: &str,
     started: Instant,
-) -> Result<FastJson<RecommendationsBody>, (String, ApiError)> {
-    let label = || {
-        let known = gateway.catalog().placement(placement).is_some();
-        if known {
-            placement.to_string()
-        } else {
-            "unknown".to_string()
-        }
-    };
-    if !is_valid_user_id(user_id) {
-        let message = "user_id must be 1-128 characters from [A-Za-z0-9._:@-]";
-        return Err((label(), ApiError::bad_request("invalid_user_id", message)));
-    }
-    if min_score.is_some_and(|m| !m.is_finite()) {
-        return Err((
-            label(),
-            ApiError::bad_request("invalid_parameter", "min_score must be a finite number"),
-        ));
-    }
-    let given = exclude.map_or(0, |ids| ids.split(',').count());
-    if given > MAX_EXCLUDE {
-        let message = format!("exclude holds {given} ids; at most {MAX_EXCLUDE} are accepted");
-        return Err((label(), ApiError::bad_request("invalid_parameter", message)));
-    }
-    let excluded: HashSet<&str> = exclude
-        .map(|ids| ids.split(',').map(str::trim).collect())
-        .unwrap_or_default();
-    let served = gateway.recommend(user_id, placement).await.map_err(|e| match e {
-        ServeError::UnknownPlacement(_) => (label(), ApiError::not_found("unknown_placement", e.to_string())),
-        ServeError::ModelUnavailable { .. } => (label(), ApiError::unavailable("model_unavailable", e.to_string())),
-    })?;
-    let request = PageRequest {
-        limit: limit as usize,
-        offset: offset as usize,
-        min_score,
-        exclude: &excluded,
-    };
-    let page = served.page(&request);
-    let tracking_token = gateway.tracking_token(&served, placement, user_id, &page);
-    gateway.after_page(&served, placement, user_id, &page, request.limit);
-    let span = tracing::Span::current();
-    span.record("experiment", served.experiment.as_deref().unwrap_or(NONE));
-    span.record("arm", served.arm.as_str());
-    span.record("source", served.source.as_str());
-    gateway
-        .arm_metrics(placement, served.experiment.as_deref(), &served.arm)
-        .served(page.items.len(), served.fallback, started.elapsed());
-    gateway.log_exposure(&served, user_id, placement, request_id);
-    let view = RecommendationsView {
-        user_id,
-        placement,
-        experiment: served.experiment.as_deref(),
-        arm: &served.arm,
-        forced: served.forced,
-        model: &served.model,
-        model_version: &served.model_version,
-        items: (&page.items, &page.teams, served.team_arms()),
-        total: page.total as u64,
-        offset,
-        limit,
-        next_offset: page.next_offset.map(|n| n as u64),
-        source: match served.source {
-            Source::Local => SourceBody::Local,
-            Source::Redis => SourceBody::Redis,
-            Source::Snapshot => SourceBody::Snapshot,
-            Source::Store => SourceBody::Store,
-            Source::Fallback => SourceBody::Fallback,
+) -> Result<FastJson<RecommendationsBody>, ApiError> {
+    let excluded = params.excluded()?;
+    let request = ServeRequest {
+        user: params.user_id,
+        placement: params.placement,
+        page: PageRequest {
+            limit: params.limit as usize,
+            offset: params.offset as usize,
+            min_score: params.min_score,
+            exclude: &excluded,
         },
-        fallback_reason: served.fallback.map(|r| match r {
-            FallbackReason::ModelNotLoaded => FallbackBody::ModelNotLoaded,
-            FallbackReason::UserNotInModel => FallbackBody::UserNotInModel,
-            FallbackReason::StoreError => FallbackBody::StoreError,
-            FallbackReason::NotInterleaved => FallbackBody::NotInterleaved,
-        }),
-        paused_by_guardrail: served.paused,
-        tracking_token: &tracking_token,
+        request_id,
+        started,
+    };
+    let served = gateway.serve_page(&request).await?;
+    let recommendation = &served.recommendation;
+    let span = tracing::Span::current();
+    span.record("experiment", recommendation.experiment.as_deref().unwrap_or(NONE));
+    span.record("arm", recommendation.arm.as_str());
+    span.record("source", recommendation.source.as_str());
+    let view = RecommendationsView {
+        user_id: params.user_id,
+        placement: params.placement,
+        experiment: recommendation.experiment.as_deref(),
+        arm: &recommendation.arm,
+        forced: recommendation.forced,
+        model: &recommendation.model,
+        model_version: &recommendation.model_version,
+        items: &served,
+        total: served.total() as u64,
+        offset: params.offset,
+        limit: params.limit,
+        next_offset: served.next_offset().map(|n| n as u64),
+        source: recommendation.source.into(),
+        fallback_reason: recommendation.fallback.map(FallbackBody::from),
+        paused_by_guardrail: recommendation.paused,
+        tracking_token: &served.tracking_token,
     };
     // About 60 bytes an item with the fields around them; one buffer for the whole body.
-    Ok(FastJson::write(&view, 512 + 64 * page.items.len()))
+    Ok(FastJson::write(&view, 512 + 64 * served.len()))
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::UnknownPlacement(_) => ApiError::not_found("unknown_placement", e.to_string()),
+            ServeError::ModelUnavailable { .. } => ApiError::unavailable("model_unavailable", e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(uri: &str) -> Option<Plain<'_>> {
+    fn parse(uri: &str) -> Option<Params<'_>> {
         let (path, query) = match uri.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (uri, None),
         };
-        Plain::parse(path, query)
+        Params::parse(path, query)
     }
 
     /// The direct path reads what the operation would read, defaults included.
     #[test]
     fn plain_requests_are_read_as_the_operation_reads_them() {
-        let defaults = Plain {
+        let defaults = Params {
             user_id: "42",
             placement: "default",
             limit: 10,
@@ -483,7 +474,7 @@ mod tests {
         let uri = "/recommendations/u.1:a@b-c?placement=home&limit=100&offset=7&min_score=-0.5&exclude=a,b";
         assert_eq!(
             parse(uri),
-            Some(Plain {
+            Some(Params {
                 user_id: "u.1:a@b-c",
                 placement: "home",
                 limit: 100,

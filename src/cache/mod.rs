@@ -32,17 +32,38 @@ use crate::redact::SecretUrl;
 use crate::redis::{Failure, Redis, RedisClient};
 use crate::store::{LoadedModel, RankedList, StoreError};
 
-/// Which tier answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tier {
-    /// This process's memory.
+/// Where a served list came from: the tier that answered, or the placement default standing in
+/// for an arm that could not. The one name of each, for responses, the exposure log and the
+/// document alike.
+///
+/// The tiers are declared in the order [`TieredCache::list`] tries them, and that order is the
+/// type's `Ord`: of two sources that answered one request (an interleaved page reads two
+/// lists), the greater is the one the request waited for. `Fallback` comes after every tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Source {
+    /// This process's memory (and a global list, held by its loaded version).
     Local,
-    /// Redis.
-    Redis,
     /// The model version's mapped serving snapshot.
     Snapshot,
+    /// Redis.
+    Redis,
     /// The model's Parquet files.
     Store,
+    /// The arm could not answer; the placement default did (never returned by the cache).
+    Fallback,
+}
+
+impl Source {
+    /// The name used in responses and logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Snapshot => "snapshot",
+            Source::Redis => "redis",
+            Source::Store => "store",
+            Source::Fallback => "fallback",
+        }
+    }
 }
 
 /// A cached lookup result: the list (or its absence) and how long to keep it locally.
@@ -56,7 +77,7 @@ struct Cached {
     /// Jittered lifetime of this entry.
     ttl: Duration,
     /// Where it was read from, reported to requests that waited for the same read.
-    origin: Tier,
+    origin: Source,
 }
 
 /// A model location's 64-bit xxh3, held by each local entry: locations are few, so a collision
@@ -201,15 +222,15 @@ impl TieredCache {
         model: &LoadedModel,
         user: &str,
         ttl: Option<Duration>,
-    ) -> Result<(Option<RankedList>, Tier), Arc<StoreError>> {
+    ) -> Result<(Option<RankedList>, Source), Arc<StoreError>> {
         if let Some(list) = model.global_list() {
-            return Ok((Some(list), Tier::Local));
+            return Ok((Some(list), Source::Local));
         }
         let key = self.local_key(location, model.version(), user);
         if self.local_enabled {
             if let Some(hit) = self.local.get(&key).await {
                 self.metrics.cache.local_hit.inc();
-                return Ok((hit.list, Tier::Local));
+                return Ok((hit.list, Source::Local));
             }
             self.metrics.cache.local_miss.inc();
         }
@@ -227,7 +248,7 @@ impl TieredCache {
         model: &LoadedModel,
         user: &str,
         ttl: Option<Duration>,
-    ) -> Result<(Option<RankedList>, Tier), Arc<StoreError>> {
+    ) -> Result<(Option<RankedList>, Source), Arc<StoreError>> {
         let ttl = self.jittered(ttl.unwrap_or(self.default_ttl));
         // A mapped snapshot answers faster than a Redis round trip: Redis is neither read nor
         // written for its lists, only the local tier keeps them (saving the list's assembly).
@@ -238,11 +259,11 @@ impl TieredCache {
                     list: list.clone(),
                     model: model_tag(location),
                     ttl,
-                    origin: Tier::Snapshot,
+                    origin: Source::Snapshot,
                 };
                 self.local.insert(key, cached).await;
             }
-            return Ok((list, Tier::Snapshot));
+            return Ok((list, Source::Snapshot));
         }
         let entry = self
             .local
@@ -268,7 +289,7 @@ impl TieredCache {
                             list,
                             model: model_tag(location),
                             ttl: local_ttl,
-                            origin: Tier::Redis,
+                            origin: Source::Redis,
                         });
                     }
                     None => self.metrics.cache.redis_error.inc(),
@@ -299,7 +320,7 @@ impl TieredCache {
             list,
             model: model_tag(location),
             ttl: local_ttl,
-            origin: Tier::Store,
+            origin: Source::Store,
         })
     }
 
