@@ -87,7 +87,7 @@ def ms(label):
     m = re.search(label + r"\s+([\d.]+)(us|ms|s)\b", text)
     v = float(m.group(1)); return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-print(f"{ms(\"50%\"):.2f} {ms(\"99%\"):.2f} {rps:.1f}")'
+print("{:.2f} {:.2f} {:.1f}".format(ms("50%"), ms("99%"), rps))'
 }
 
 # rps PATH CONNECTIONS -> requests/s

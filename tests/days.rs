@@ -36,7 +36,7 @@
 //! between which days of the test's clock each response and batch happened, so it still checks
 //! every day it can place, and the cumulative counts of any other), and the cumulative sums
 //! over several days, the 400-day limit and the plot of several days are left to the unit
-//! tests of `src/feedback/results.rs` (`days_from_counts`) and `src/report/plot.rs`, which take
+//! tests of `src/analysis/results.rs` (`days_from_counts`) and `src/report/plot.rs`, which take
 //! the per-day counts as input.
 
 mod common;

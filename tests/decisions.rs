@@ -99,7 +99,7 @@ const SEQUENTIAL: [&str; 3] = ["sequential_lift_low", "sequential_lift_high", "s
 /// The Holm-adjusted p-values of an arm.
 const ADJUSTED: [&str; 2] = ["p_value_adjusted", "sequential_p_value_adjusted"];
 
-/// Why a comparison is undefined, as the contract words it (`src/feedback/significance.rs`).
+/// Why a comparison is undefined, as the contract words it (`src/analysis/significance.rs`).
 const NO_IMPRESSIONS: &str = "an arm has no impressions";
 const FEW_USERS: &str = "an arm has fewer than two users: no variance between users yet";
 const CONTROL_WITHOUT_CLICKS: &str = "the control has no clicks";
