@@ -53,10 +53,11 @@ const TREATMENT_USERS: usize = 30;
 async fn provoked_gateway() -> (DemoCopy, TestGateway) {
     let demo = DemoCopy::new();
     let experiments = demo.experiments();
+    // `with_lines` writes the repository's copy with the lines added: one call, before any edit.
     with_lines(
         &experiments,
         &format!("{SPLIT}.toml"),
-        "guardrails = { fallback_rate = 0.2, min_requests = 20 }\nguardrail_window = \"2s\"",
+        "guardrails = { fallback_rate = 0.2, min_requests = 20 }\nguardrail_window = \"2s\"\ncovariates = \"pre-period\"",
     );
     edit(
         &experiments,
@@ -64,7 +65,6 @@ async fn provoked_gateway() -> (DemoCopy, TestGateway) {
         "model = \"als-v2\"",
         "model = \"als-missing\"",
     );
-    with_lines(&experiments, &format!("{SPLIT}.toml"), "covariates = \"pre-period\"");
     let rows: Vec<_> = (0..USERS as u32).map(|u| covariate_row(7, u)).collect();
     write_covariates(&demo.models().join("pre-period"), &rows, 2, 7).expect("covariates written");
     edit(
