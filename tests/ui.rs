@@ -281,7 +281,7 @@ fn save(name: &str, png: &[u8]) {
 async fn the_pages_show_the_json_results_in_a_real_browser() {
     let (_demo, gw) = provoked_gateway().await;
     send_traffic(&gw).await;
-    let browser = Browser::start(1280, 1500).await;
+    let browser = Browser::start(1600, 1400).await;
 
     // Not signed in: the sign-in form, which comes back to the list.
     browser.open(&gw.url("/ui/")).await;

@@ -14,7 +14,7 @@ use crate::experiment::Experiment;
 
 /// The one stylesheet, inline so a page is one request.
 const STYLE: &str = "
-body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 1.5rem 3rem;color:#1d2330}
+body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1440px;padding:0 1.5rem 3rem;color:#1d2330}
 header{display:flex;justify-content:space-between;align-items:center;border-bottom:1px solid #d8dce4;margin-bottom:1rem}
 header form{margin:0}
 h1{font-size:1.5rem;margin:.8rem 0 .2rem}h2{font-size:1.1rem;margin:1.8rem 0 .5rem}
