@@ -529,22 +529,6 @@ async fn assert_last_day(gw: &TestGateway, ledger: &Ledger, want: &stats::Cuped)
     assert_cuped_arms(last, &format!("day {}", last["day"]), want, with_row);
 }
 
-/// Runs the test `$name(mode)` once per mode given: `$name::without_redis`,
-/// `$name::on_one_node`, `$name::on_a_cluster`.
-macro_rules! in_modes {
-    ($name:ident: $($test:ident => $mode:ident),+) => {
-        mod $name {
-            use super::Mode;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$name(Mode::$mode).await;
-                }
-            )+
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Every CUPED figure equals the ledger's computation
 // ---------------------------------------------------------------------------------------------
@@ -607,8 +591,14 @@ async fn every_cuped_figure_equals_the_ledger(mode: Mode) {
     drop(redis);
 }
 
-in_modes!(every_cuped_figure_equals_the_ledger:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod every_cuped_figure_equals_the_ledger {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. A new table version changes nothing already counted
@@ -692,5 +682,11 @@ async fn a_new_table_version_changes_nothing_already_counted(mode: Mode) {
     drop(redis);
 }
 
-in_modes!(a_new_table_version_changes_nothing_already_counted:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod a_new_table_version_changes_nothing_already_counted {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}

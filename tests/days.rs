@@ -655,22 +655,16 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`one_day_equals_the_ledger`] without Redis: the days counted beside the totals in memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_in_memory() {
-    one_day_equals_the_ledger(Mode::Memory).await;
-}
-
-/// [`one_day_equals_the_ledger`] on one Redis node: the days counted by the events' claim script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_on_one_redis_node() {
-    one_day_equals_the_ledger(Mode::Node).await;
-}
-
-/// [`one_day_equals_the_ledger`] on a 3-node Redis Cluster: the days hash in the experiment's slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_on_a_redis_cluster() {
-    one_day_equals_the_ledger(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    one_day_equals_the_ledger {
+        /// [`one_day_equals_the_ledger`] without Redis: the days counted beside the totals in memory.
+        one_day_equals_the_ledger_in_memory => Memory,
+        /// [`one_day_equals_the_ledger`] on one Redis node: the days counted by the events' claim script.
+        one_day_equals_the_ledger_on_one_redis_node => Node,
+        /// [`one_day_equals_the_ledger`] on a 3-node Redis Cluster: the days hash in the experiment's slot.
+        one_day_equals_the_ledger_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -715,16 +709,14 @@ async fn replicas_add_up(mode: Mode) {
     b.stop().await;
 }
 
-/// [`replicas_add_up`] on one Redis node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_add_up_on_one_redis_node() {
-    replicas_add_up(Mode::Node).await;
-}
-
-/// [`replicas_add_up`] on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_add_up_on_a_redis_cluster() {
-    replicas_add_up(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    replicas_add_up {
+        /// [`replicas_add_up`] on one Redis node.
+        replicas_add_up_on_one_redis_node => Node,
+        /// [`replicas_add_up`] on a 3-node Redis Cluster.
+        replicas_add_up_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -888,22 +888,16 @@ async fn three_arms_decide_as_computed(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`three_arms_decide_as_computed`] with the counts in the gateway's memory (no Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_in_memory() {
-    three_arms_decide_as_computed(Mode::Memory).await;
-}
-
-/// [`three_arms_decide_as_computed`] with the counts on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_on_one_redis_node() {
-    three_arms_decide_as_computed(Mode::Node).await;
-}
-
-/// [`three_arms_decide_as_computed`] with the counts on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_on_a_redis_cluster() {
-    three_arms_decide_as_computed(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    three_arms_decide_as_computed {
+        /// [`three_arms_decide_as_computed`] with the counts in the gateway's memory (no Redis).
+        three_arms_decide_as_computed_in_memory => Memory,
+        /// [`three_arms_decide_as_computed`] with the counts on one `redis-server`.
+        three_arms_decide_as_computed_on_one_redis_node => Node,
+        /// [`three_arms_decide_as_computed`] with the counts on a 3-node Redis Cluster.
+        three_arms_decide_as_computed_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// Seed of the order in which [`the_holm_adjustment_can_withhold_a_decision`] clicks the items

@@ -205,14 +205,12 @@ async fn an_evicting_counts_redis_holds_the_counts(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicting_counts_redis_holds_the_counts_on_one_node() {
-    an_evicting_counts_redis_holds_the_counts(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicting_counts_redis_holds_the_counts_on_a_cluster() {
-    an_evicting_counts_redis_holds_the_counts(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_evicting_counts_redis_holds_the_counts {
+        an_evicting_counts_redis_holds_the_counts_on_one_node => Node,
+        an_evicting_counts_redis_holds_the_counts_on_a_cluster => Cluster,
+    }
 }
 
 async fn a_counts_redis_without_config_is_refused_or_warned_about(mode: Mode) {
@@ -266,12 +264,10 @@ async fn a_counts_redis_without_config_is_refused_or_warned_about(mode: Mode) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counts_redis_without_config_is_refused_or_warned_about_on_one_node() {
-    a_counts_redis_without_config_is_refused_or_warned_about(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counts_redis_without_config_is_refused_or_warned_about_on_a_cluster() {
-    a_counts_redis_without_config_is_refused_or_warned_about(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_counts_redis_without_config_is_refused_or_warned_about {
+        a_counts_redis_without_config_is_refused_or_warned_about_on_one_node => Node,
+        a_counts_redis_without_config_is_refused_or_warned_about_on_a_cluster => Cluster,
+    }
 }

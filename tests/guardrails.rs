@@ -486,16 +486,14 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`a_broken_treatment_is_paused`] without Redis: the replica's own pause.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_treatment_is_paused_without_redis() {
-    a_broken_treatment_is_paused(Mode::Memory).await;
-}
-
-/// [`a_broken_treatment_is_paused`] on one `redis-server` (results and pauses in Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_treatment_is_paused_on_one_redis_node() {
-    a_broken_treatment_is_paused(Mode::Node).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_broken_treatment_is_paused {
+        /// [`a_broken_treatment_is_paused`] without Redis: the replica's own pause.
+        a_broken_treatment_is_paused_without_redis => Memory,
+        /// [`a_broken_treatment_is_paused`] on one `redis-server` (results and pauses in Redis).
+        a_broken_treatment_is_paused_on_one_redis_node => Node,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,16 +604,14 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     b.stop().await;
 }
 
-/// [`a_pause_is_shared_and_resumed_through_redis`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_is_shared_and_resumed_on_one_redis_node() {
-    a_pause_is_shared_and_resumed_through_redis(Mode::Node).await;
-}
-
-/// [`a_pause_is_shared_and_resumed_through_redis`] on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_is_shared_and_resumed_on_a_redis_cluster() {
-    a_pause_is_shared_and_resumed_through_redis(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_pause_is_shared_and_resumed_through_redis {
+        /// [`a_pause_is_shared_and_resumed_through_redis`] on one `redis-server`.
+        a_pause_is_shared_and_resumed_on_one_redis_node => Node,
+        /// [`a_pause_is_shared_and_resumed_through_redis`] on a 3-node Redis Cluster.
+        a_pause_is_shared_and_resumed_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -455,23 +455,17 @@ async fn held_out_users_never_see_an_experiment(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`held_out_users_never_see_an_experiment`] without Redis: counts in the gateway's memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_without_redis() {
-    held_out_users_never_see_an_experiment(Mode::Memory).await;
-}
-
-/// [`held_out_users_never_see_an_experiment`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_on_one_redis_node() {
-    held_out_users_never_see_an_experiment(Mode::Node).await;
-}
-
-/// [`held_out_users_never_see_an_experiment`] on a 3-node Redis Cluster, where the holdout's
-/// keys are in another slot than the experiment's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_on_a_redis_cluster() {
-    held_out_users_never_see_an_experiment(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    held_out_users_never_see_an_experiment {
+        /// [`held_out_users_never_see_an_experiment`] without Redis: counts in the gateway's memory.
+        held_out_users_never_see_an_experiment_without_redis => Memory,
+        /// [`held_out_users_never_see_an_experiment`] on one `redis-server`.
+        held_out_users_never_see_an_experiment_on_one_redis_node => Node,
+        /// [`held_out_users_never_see_an_experiment`] on a 3-node Redis Cluster, where the holdout's
+        /// keys are in another slot than the experiment's.
+        held_out_users_never_see_an_experiment_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,17 +518,15 @@ async fn replayed_events_count_once(mode: Mode) {
     b.stop().await;
 }
 
-/// [`replayed_events_count_once`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_events_count_once_on_one_redis_node() {
-    replayed_events_count_once(Mode::Node).await;
-}
-
-/// [`replayed_events_count_once`] on a 3-node Redis Cluster: each event is claimed in two
-/// slots (the experiment's and the holdout's), and a replay must be a retry in both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_events_count_once_on_a_redis_cluster() {
-    replayed_events_count_once(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    replayed_events_count_once {
+        /// [`replayed_events_count_once`] on one `redis-server`.
+        replayed_events_count_once_on_one_redis_node => Node,
+        /// [`replayed_events_count_once`] on a 3-node Redis Cluster: each event is claimed in two
+        /// slots (the experiment's and the holdout's), and a replay must be a retry in both.
+        replayed_events_count_once_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// Without Redis the replay goes to the same (only) gateway: its own claims dedupe it.

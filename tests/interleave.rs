@@ -841,19 +841,13 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_in_memory() {
-    population_prefers_the_better_arm(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_on_one_redis_node() {
-    population_prefers_the_better_arm(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_on_a_redis_cluster() {
-    population_prefers_the_better_arm(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    population_prefers_the_better_arm {
+        population_prefers_the_better_arm_in_memory => Memory,
+        population_prefers_the_better_arm_on_one_redis_node => Node,
+        population_prefers_the_better_arm_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,19 +905,13 @@ async fn aa_interleave_interval_contains_zero(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_in_memory() {
-    aa_interleave_interval_contains_zero(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_on_one_redis_node() {
-    aa_interleave_interval_contains_zero(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_on_a_redis_cluster() {
-    aa_interleave_interval_contains_zero(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    aa_interleave_interval_contains_zero {
+        aa_interleave_interval_contains_zero_in_memory => Memory,
+        aa_interleave_interval_contains_zero_on_one_redis_node => Node,
+        aa_interleave_interval_contains_zero_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,19 +1080,13 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_in_memory() {
-    merged_lists_follow_team_draft(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_on_one_redis_node() {
-    merged_lists_follow_team_draft(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_on_a_redis_cluster() {
-    merged_lists_follow_team_draft(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    merged_lists_follow_team_draft {
+        merged_lists_follow_team_draft_in_memory => Memory,
+        merged_lists_follow_team_draft_on_one_redis_node => Node,
+        merged_lists_follow_team_draft_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1152,19 +1134,13 @@ fn assert_default(page: &Page) {
     assert!(page.shown.iter().all(|s| s.team.is_none()), "no team: {body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_in_memory() {
-    slice_status_and_schedule_apply(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_on_one_redis_node() {
-    slice_status_and_schedule_apply(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_on_a_redis_cluster() {
-    slice_status_and_schedule_apply(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    slice_status_and_schedule_apply {
+        slice_status_and_schedule_apply_in_memory => Memory,
+        slice_status_and_schedule_apply_on_one_redis_node => Node,
+        slice_status_and_schedule_apply_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1247,19 +1223,13 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_in_memory() {
-    pages_not_interleaved_are_not_counted(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_on_one_redis_node() {
-    pages_not_interleaved_are_not_counted(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_on_a_redis_cluster() {
-    pages_not_interleaved_are_not_counted(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    pages_not_interleaved_are_not_counted {
+        pages_not_interleaved_are_not_counted_in_memory => Memory,
+        pages_not_interleaved_are_not_counted_on_one_redis_node => Node,
+        pages_not_interleaved_are_not_counted_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1431,19 +1401,13 @@ async fn events_are_credited_to_the_item_team(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_in_memory() {
-    events_are_credited_to_the_item_team(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_on_one_redis_node() {
-    events_are_credited_to_the_item_team(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_on_a_redis_cluster() {
-    events_are_credited_to_the_item_team(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    events_are_credited_to_the_item_team {
+        events_are_credited_to_the_item_team_in_memory => Memory,
+        events_are_credited_to_the_item_team_on_one_redis_node => Node,
+        events_are_credited_to_the_item_team_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// With `tracking.token_format = "json"` (the format of the previous release, signed during an
@@ -1488,19 +1452,13 @@ async fn json_tokens_credit_the_item_team(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_in_memory() {
-    json_tokens_credit_the_item_team(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_on_one_redis_node() {
-    json_tokens_credit_the_item_team(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_on_a_redis_cluster() {
-    json_tokens_credit_the_item_team(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    json_tokens_credit_the_item_team {
+        json_tokens_credit_the_item_team_in_memory => Memory,
+        json_tokens_credit_the_item_team_on_one_redis_node => Node,
+        json_tokens_credit_the_item_team_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

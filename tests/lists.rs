@@ -995,19 +995,13 @@ async fn shadow_is_never_served_and_overlap_is_exact(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_in_memory() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_on_one_redis_node() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_on_a_redis_cluster() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    shadow_is_never_served_and_overlap_is_exact {
+        shadow_is_never_served_and_overlap_is_exact_in_memory => Memory,
+        shadow_is_never_served_and_overlap_is_exact_on_one_redis_node => Node,
+        shadow_is_never_served_and_overlap_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1218,34 +1212,22 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_in_memory() {
-    ctr_by_position_is_exact(Mode::Memory, false).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    ctr_by_position_is_exact(false) {
+        ctr_by_position_is_exact_in_memory => Memory,
+        ctr_by_position_is_exact_on_one_redis_node => Node,
+        ctr_by_position_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_on_one_redis_node() {
-    ctr_by_position_is_exact(Mode::Node, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_on_a_redis_cluster() {
-    ctr_by_position_is_exact(Mode::Cluster, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_in_memory() {
-    ctr_by_position_is_exact(Mode::Memory, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_on_one_redis_node() {
-    ctr_by_position_is_exact(Mode::Node, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_on_a_redis_cluster() {
-    ctr_by_position_is_exact(Mode::Cluster, true).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    ctr_by_position_is_exact(true) {
+        ctr_by_position_with_json_tokens_is_exact_in_memory => Memory,
+        ctr_by_position_with_json_tokens_is_exact_on_one_redis_node => Node,
+        ctr_by_position_with_json_tokens_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1313,34 +1295,22 @@ async fn coverage_counts_distinct_items(mode: Mode, snapshots: bool) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_in_memory() {
-    coverage_counts_distinct_items(Mode::Memory, true).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    coverage_counts_distinct_items(true) {
+        coverage_with_snapshots_in_memory => Memory,
+        coverage_with_snapshots_on_one_redis_node => Node,
+        coverage_with_snapshots_on_a_redis_cluster => Cluster,
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_on_one_redis_node() {
-    coverage_counts_distinct_items(Mode::Node, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_on_a_redis_cluster() {
-    coverage_counts_distinct_items(Mode::Cluster, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_in_memory() {
-    coverage_counts_distinct_items(Mode::Memory, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_on_one_redis_node() {
-    coverage_counts_distinct_items(Mode::Node, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_on_a_redis_cluster() {
-    coverage_counts_distinct_items(Mode::Cluster, false).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    coverage_counts_distinct_items(false) {
+        coverage_without_snapshots_in_memory => Memory,
+        coverage_without_snapshots_on_one_redis_node => Node,
+        coverage_without_snapshots_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1627,19 +1597,13 @@ async fn comparisons_are_sampled(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_in_memory() {
-    comparisons_are_sampled(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_on_one_redis_node() {
-    comparisons_are_sampled(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_on_a_redis_cluster() {
-    comparisons_are_sampled(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    comparisons_are_sampled {
+        comparisons_are_sampled_in_memory => Memory,
+        comparisons_are_sampled_on_one_redis_node => Node,
+        comparisons_are_sampled_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1753,17 +1717,11 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_in_memory() {
-    shadow_beside_two_arms_follows_the_control(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_on_one_redis_node() {
-    shadow_beside_two_arms_follows_the_control(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_on_a_redis_cluster() {
-    shadow_beside_two_arms_follows_the_control(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    shadow_beside_two_arms_follows_the_control {
+        shadow_beside_two_arms_follows_the_control_in_memory => Memory,
+        shadow_beside_two_arms_follows_the_control_on_one_redis_node => Node,
+        shadow_beside_two_arms_follows_the_control_on_a_redis_cluster => Cluster,
+    }
 }

@@ -564,22 +564,6 @@ fn users(first: u64, n: u64, copies: impl Fn(u64) -> u64) -> Vec<String> {
         .collect()
 }
 
-/// Runs the test `$name(mode)` once per mode given: `$name::without_redis`,
-/// `$name::on_one_node`, `$name::on_a_cluster`.
-macro_rules! in_modes {
-    ($name:ident: $($test:ident => $mode:ident),+) => {
-        mod $name {
-            use super::Mode;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$name(Mode::$mode).await;
-                }
-            )+
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. The per-user sums equal the ledger, through faults
 // ---------------------------------------------------------------------------------------------
@@ -689,8 +673,14 @@ async fn per_user_sums_equal_the_ledger(mode: Mode) {
     gw.stop().await;
 }
 
-in_modes!(per_user_sums_equal_the_ledger:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod per_user_sums_equal_the_ledger {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. Two replicas, the same users
@@ -733,7 +723,13 @@ async fn two_replicas_count_each_user_once(mode: Mode) {
     b.stop().await;
 }
 
-in_modes!(two_replicas_count_each_user_once: on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod two_replicas_count_each_user_once {
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 3. 100,000 distinct users, exactly
@@ -836,7 +832,12 @@ impl TestGateway {
 // On the cluster only, where one experiment's users are spread over every node's slots: the
 // other modes count with the same code at the scale of test 1, and each 100,000-user run costs
 // two to four minutes of CI's two cores in a debug build.
-in_modes!(a_hundred_thousand_users_are_counted_exactly: on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod a_hundred_thousand_users_are_counted_exactly {
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 4. A bounded buffer says users are not exact
