@@ -56,7 +56,12 @@ async fn provoked_gateway() -> (DemoCopy, TestGateway) {
         &format!("{SPLIT}.toml"),
         "guardrails = { fallback_rate = 0.2, min_requests = 20 }\nguardrail_window = \"2s\"",
     );
-    edit(&experiments, &format!("{SPLIT}.toml"), "model = \"als-v2\"", "model = \"als-missing\"");
+    edit(
+        &experiments,
+        &format!("{SPLIT}.toml"),
+        "model = \"als-v2\"",
+        "model = \"als-missing\"",
+    );
     edit(
         &experiments,
         &format!("{SHADOW}.toml"),
@@ -109,7 +114,11 @@ impl TestGateway {
     /// and a click on each with probability `ctr`; all must be accepted.
     async fn visit(&self, rng: &mut Rng, user: &str, placement: &str, seen: usize, ctr: f64) -> Value {
         let reply = self
-            .keyed(Method::GET, &format!("/recommendations/{user}?placement={placement}"), None)
+            .keyed(
+                Method::GET,
+                &format!("/recommendations/{user}?placement={placement}"),
+                None,
+            )
             .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         let page = reply.json();
@@ -122,7 +131,9 @@ impl TestGateway {
             }
         }
         if !events.is_empty() {
-            let sent = self.keyed(Method::POST, "/events", Some(&json!({ "events": events }))).await;
+            let sent = self
+                .keyed(Method::POST, "/events", Some(&json!({ "events": events })))
+                .await;
             assert_eq!(sent.status, 202, "{}", sent.body);
             assert_eq!(sent.json()["accepted"], events.len(), "{}", sent.body);
         }
@@ -309,7 +320,16 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
     let results = gw.results(SPLIT).await;
     let arms = rows(&browser, "#arms tbody tr").await;
     assert_eq!(arms.len(), 2);
-    let counts = ["users", "exposures", "impressions", "clicks", "ctr", "ctr_low", "ctr_high", "state"];
+    let counts = [
+        "users",
+        "exposures",
+        "impressions",
+        "clicks",
+        "ctr",
+        "ctr_low",
+        "ctr_high",
+        "state",
+    ];
     let comparison = [
         "lift",
         "lift_low",
@@ -330,26 +350,42 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
     }
     assert_eq!(arms[1].1["state"].as_deref(), Some("paused_by_guardrail"));
     let page_badges = badges(&browser, "body > p").await;
-    assert!(page_badges.contains(&"srm".to_string()) && page_badges.contains(&"paused".to_string()), "{page_badges:?}");
+    assert!(
+        page_badges.contains(&"srm".to_string()) && page_badges.contains(&"paused".to_string()),
+        "{page_badges:?}"
+    );
     let act_on = browser
         .run("return document.querySelector('#act-on').textContent;", vec![])
         .await;
     assert_eq!(act_on, results["act_on"]);
     for (position, figures) in rows(&browser, "#by-position tbody tr").await {
         for (arm, json) in [("control", &results["arms"][0]), ("treatment", &results["arms"][1])] {
-            let cell = rows(&browser, &format!("#by-position tr[data-position='{position}'] td[data-arm={arm}]")).await;
+            let cell = rows(
+                &browser,
+                &format!("#by-position tr[data-position='{position}'] td[data-arm={arm}]"),
+            )
+            .await;
             let bucket = json["by_position"]
                 .as_array()
                 .expect("by_position")
                 .iter()
                 .find(|p| p["position"] == position.as_str())
                 .expect("the same ranks");
-            same_figures(&format!("{SPLIT}/{arm}/{position}"), &cell[0].1, bucket, &["ctr", "clicks", "impressions"]);
+            same_figures(
+                &format!("{SPLIT}/{arm}/{position}"),
+                &cell[0].1,
+                bucket,
+                &["ctr", "clicks", "impressions"],
+            );
         }
         assert!(!figures.is_empty());
     }
     let days = rows(&browser, "#days tbody tr").await;
-    assert_eq!(days.len(), results["days"].as_array().expect("days").len(), "a row a day");
+    assert_eq!(
+        days.len(),
+        results["days"].as_array().expect("days").len(),
+        "a row a day"
+    );
     let chart = browser
         .run("return document.querySelectorAll('#lift-chart svg').length;", vec![])
         .await;
@@ -368,17 +404,37 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
         INTERLEAVE,
         &preference[0].1,
         &results["interleaving"],
-        &["users_compared", "ties", "preference", "preference_low", "preference_high", "p_value"],
+        &[
+            "users_compared",
+            "ties",
+            "preference",
+            "preference_low",
+            "preference_high",
+            "p_value",
+        ],
     );
     let teams = rows(&browser, "#team-share tbody tr").await;
-    let clicks: u64 = results["arms"].as_array().expect("arms").iter().map(|a| a["clicks"].as_u64().expect("clicks")).sum();
+    let clicks: u64 = results["arms"]
+        .as_array()
+        .expect("arms")
+        .iter()
+        .map(|a| a["clicks"].as_u64().expect("clicks"))
+        .sum();
     assert!(clicks > 0, "clicks on the interleaved pages");
     for ((name, figures), json) in teams.iter().zip(results["arms"].as_array().expect("arms")) {
         assert_eq!(name, json["name"].as_str().expect("name"));
         assert_eq!(figures["clicks"], Some(json["clicks"].to_string()), "{name}");
         assert_eq!(figures["wins"], Some(json["wins"].to_string()), "{name}");
-        let share: f64 = figures["click_share"].as_deref().expect("a share").parse().expect("a number");
-        assert_eq!(share, json["clicks"].as_f64().expect("clicks") / clicks as f64, "{name}");
+        let share: f64 = figures["click_share"]
+            .as_deref()
+            .expect("a share")
+            .parse()
+            .expect("a number");
+        assert_eq!(
+            share,
+            json["clicks"].as_f64().expect("clicks") / clicks as f64,
+            "{name}"
+        );
     }
 
     // The shadow arm: its overlap.
@@ -390,10 +446,19 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
         SHADOW,
         &shadow[0].1,
         &results["arms"][1],
-        &["compared", "overlap_jaccard", "overlap_rbo", "distinct_items", "catalogue_coverage"],
+        &[
+            "compared",
+            "overlap_jaccard",
+            "overlap_rbo",
+            "distinct_items",
+            "catalogue_coverage",
+        ],
     );
     let description = browser
-        .run("return document.querySelector('p[data-field=description]').textContent;", vec![])
+        .run(
+            "return document.querySelector('p[data-field=description]').textContent;",
+            vec![],
+        )
         .await;
     assert_eq!(description, HOSTILE);
 
@@ -417,7 +482,9 @@ async fn signing_in_keeps_the_key_in_a_cookie_for_the_pages_only() {
     let client = no_redirects();
 
     // A page without the cookie goes to the sign-in form, carrying where it came from.
-    let reply = exchange(&client, client.get(gw.url(&format!("/ui/experiments/{SPLIT}?by=x")))).await.expect("answer");
+    let reply = exchange(&client, client.get(gw.url(&format!("/ui/experiments/{SPLIT}?by=x"))))
+        .await
+        .expect("answer");
     assert_eq!(reply.status, 303);
     let asked = client
         .get(gw.url(&format!("/ui/experiments/{SPLIT}")))
@@ -446,22 +513,44 @@ async fn signing_in_keeps_the_key_in_a_cookie_for_the_pages_only() {
     }
     assert!(!cookie.contains(CLIENT_KEY), "the key is encoded: {cookie}");
     let pair = attributes[0];
-    let page = exchange(&client, client.get(gw.url(&format!("/ui/experiments/{SPLIT}"))).header("cookie", pair))
-        .await
-        .expect("answer");
+    let page = exchange(
+        &client,
+        client
+            .get(gw.url(&format!("/ui/experiments/{SPLIT}")))
+            .header("cookie", pair),
+    )
+    .await
+    .expect("answer");
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
-    let json = exchange(&client, client.get(gw.url(&format!("/experiments/{SPLIT}/results"))).header("cookie", pair))
-        .await
-        .expect("answer");
-    assert_eq!((json.status, json.json()["error"].clone()), (401, json!("unauthorized")), "the cookie opens no JSON route");
+    let json = exchange(
+        &client,
+        client
+            .get(gw.url(&format!("/experiments/{SPLIT}/results")))
+            .header("cookie", pair),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (json.status, json.json()["error"].clone()),
+        (401, json!("unauthorized")),
+        "the cookie opens no JSON route"
+    );
 
     // A client's cookie cannot resume an arm; an admin's can.
     let resume = format!("/ui/experiments/{SPLIT}/arms/treatment/resume");
-    let refused = exchange(&client, client.post(gw.url(&resume)).header("cookie", pair)).await.expect("answer");
-    assert_eq!((refused.status, refused.json()["error"].clone()), (403, json!("forbidden")));
+    let refused = exchange(&client, client.post(gw.url(&resume)).header("cookie", pair))
+        .await
+        .expect("answer");
+    assert_eq!(
+        (refused.status, refused.json()["error"].clone()),
+        (403, json!("forbidden"))
+    );
     let anonymous = exchange(&client, client.post(gw.url(&resume))).await.expect("answer");
-    assert_eq!((anonymous.status, anonymous.json()["error"].clone()), (401, json!("unauthorized")));
+    assert_eq!(
+        (anonymous.status, anonymous.json()["error"].clone()),
+        (401, json!("unauthorized"))
+    );
 
     // A key that is not configured goes back to the form, told so; no cookie.
     let wrong = client
@@ -488,7 +577,11 @@ async fn signing_in_keeps_the_key_in_a_cookie_for_the_pages_only() {
             request = request.header(name, value);
         }
         let reply = exchange(&client, request).await.expect("answer");
-        assert_eq!((reply.status, reply.json()["error"].clone()), (403, json!("forbidden")), "{headers:?}");
+        assert_eq!(
+            (reply.status, reply.json()["error"].clone()),
+            (403, json!("forbidden")),
+            "{headers:?}"
+        );
     }
     let own = exchange(
         &client,
@@ -502,8 +595,16 @@ async fn signing_in_keeps_the_key_in_a_cookie_for_the_pages_only() {
     assert_eq!(own.status, 303, "the gateway's own form");
 
     // Errors keep the JSON shape.
-    let unknown = exchange(&client, client.get(gw.url("/ui/experiments/nope")).header("cookie", pair)).await.expect("answer");
-    assert_eq!((unknown.status, unknown.json()["error"].clone()), (404, json!("unknown_experiment")));
+    let unknown = exchange(
+        &client,
+        client.get(gw.url("/ui/experiments/nope")).header("cookie", pair),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (unknown.status, unknown.json()["error"].clone()),
+        (404, json!("unknown_experiment"))
+    );
 }
 
 #[tokio::test]

@@ -233,7 +233,10 @@ mod tests {
             ("/ui/experiments/x", "/ui/experiments/{id}"),
             ("/ui/experiments/x/", "other"),
             ("/ui/experiments/", "other"),
-            ("/ui/experiments/x/arms/a/resume", "/ui/experiments/{id}/arms/{arm}/resume"),
+            (
+                "/ui/experiments/x/arms/a/resume",
+                "/ui/experiments/{id}/arms/{arm}/resume",
+            ),
         ] {
             assert_eq!(route(path).template, template, "{path}");
         }
@@ -258,7 +261,11 @@ mod tests {
                 // rather than refuse it; its forms refuse other sites' pages (403).
                 let page = is_page(route) && method == "get";
                 let form = is_page(route) && method != "get";
-                assert_eq!(statuses.contains_key("303"), route.role.is_some() && page, "{method} {template}");
+                assert_eq!(
+                    statuses.contains_key("303"),
+                    route.role.is_some() && page,
+                    "{method} {template}"
+                );
                 assert_eq!(
                     statuses.contains_key("401"),
                     route.role.is_some() && !page,

@@ -26,9 +26,9 @@ use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi};
 use serde::Deserialize;
 
-use super::{ApiTags, limit_body};
 use super::auth::{Granted, SESSION_COOKIE};
 use super::error::ApiError;
+use super::{ApiTags, limit_body};
 use crate::auth::{Keys, Role};
 use crate::gateway::Gateway;
 
@@ -198,12 +198,7 @@ impl UiApi {
     async fn list(&self, gateway: Data<&Arc<Gateway>>, _auth: PageAuth) -> Html<String> {
         let catalog = gateway.catalog();
         let experiments: Vec<_> = catalog.experiments().cloned().collect();
-        let results = join_all(
-            experiments
-                .iter()
-                .map(|e| super::results::load(&gateway, &e.id, false)),
-        )
-        .await;
+        let results = join_all(experiments.iter().map(|e| super::results::load(&gateway, &e.id, false))).await;
         Html(page::list(&experiments, results).into_string())
     }
 
@@ -226,7 +221,9 @@ impl UiApi {
         let experiment = catalog
             .experiment(&id)
             .ok_or_else(|| ApiError::not_found("unknown_experiment", format!("no experiment {:?} is loaded", *id)))?;
-        Ok(Html(page::experiment(experiment, &body, is_admin(request)).into_string()))
+        Ok(Html(
+            page::experiment(experiment, &body, is_admin(request)).into_string(),
+        ))
     }
 
     /// The resume button of a paused arm: lifts the guardrail's pause on every replica, as
@@ -312,7 +309,9 @@ mod tests {
     #[test]
     fn forms_from_other_sites_are_refused() {
         let post = |headers: &[(&str, &str)]| {
-            let mut request = Request::builder().method(poem::http::Method::POST).uri(Uri::from_static("/ui/sign-out"));
+            let mut request = Request::builder()
+                .method(poem::http::Method::POST)
+                .uri(Uri::from_static("/ui/sign-out"));
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
@@ -320,7 +319,11 @@ mod tests {
         };
         assert!(!post(&[]), "no browser");
         assert!(!post(&[("host", "gw:8080"), ("origin", "http://gw:8080")]));
-        assert!(!post(&[("host", "gw:8080"), ("origin", "http://gw:8080"), ("sec-fetch-site", "same-origin")]));
+        assert!(!post(&[
+            ("host", "gw:8080"),
+            ("origin", "http://gw:8080"),
+            ("sec-fetch-site", "same-origin")
+        ]));
         assert!(post(&[("host", "gw:8080"), ("origin", "http://evil.example")]));
         assert!(post(&[("host", "gw:8080"), ("origin", "null")]));
         assert!(post(&[("origin", "http://gw:8080")]), "no Host to compare with");
@@ -330,6 +333,9 @@ mod tests {
             .uri(Uri::from_static("/ui/"))
             .header("sec-fetch-site", "cross-site")
             .finish();
-        assert!(refuse_cross_site(&get).is_none(), "links from elsewhere may open a page");
+        assert!(
+            refuse_cross_site(&get).is_none(),
+            "links from elsewhere may open a page"
+        );
     }
 }
