@@ -161,10 +161,8 @@ async fn guarded<A: Endpoint, D: Endpoint>(
         return Err(NotFoundError.into());
     }
     let page = routes::is_page(route);
-    if page {
-        if let Some(refused) = ui::refuse_cross_site(&request) {
-            return Err(refused);
-        }
+    if page && let Some(refused) = ui::refuse_cross_site(&request) {
+        return Err(refused);
     }
     if let Some(role) = route.role {
         match auth::authorize(&request, role, &front.keys, page) {
