@@ -379,13 +379,14 @@ pub async fn wait_flushed(gw: &TestGateway, first: Duration, timeout: Duration) 
 }
 
 /// `GET /experiments/{experiment}/results{query}` (`query` with its `?`, or empty): the reply
-/// when it is 200, after checking that it is JSON; `Err` with the status and body otherwise,
-/// for a test that waits until the results are there.
+/// when it is 200, after checking that it is JSON; `Err` otherwise, starting with the status
+/// (then the body and the request), for a test that waits until the results are there or
+/// checks why they are not.
 pub async fn try_results_reply(gw: &TestGateway, experiment: &str, query: &str) -> Result<Reply, String> {
     let path = format!("/experiments/{experiment}/results{query}");
     let reply = gw.get(&path).await;
     if reply.status != 200 {
-        return Err(format!("GET {path}: {} {}", reply.status, reply.body));
+        return Err(format!("{} {} (GET {path})", reply.status, reply.body));
     }
     reply.assert_json(&format!("GET {path}"));
     Ok(reply)
