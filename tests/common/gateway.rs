@@ -4,8 +4,10 @@
 //! with `reqwest`. Every answer is checked against `openapi.yaml` (`common/openapi.rs`), and
 //! every wait is bounded and fails with the last thing the server said.
 //!
-//! The module is part of each test's crate, so a test adds helpers of its own domain
-//! (recommending, posting events, …) with an `impl TestGateway { … }` block of its own.
+//! The requests of the tests' domain are shared too: recommending in `common::page`, posting
+//! events and reading results in `common::events`, error answers checked by [`assert_error`].
+//! The module is part of each test's crate, so a test adds only what it alone does, with an
+//! `impl TestGateway { … }` block of its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
