@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::assignment::bucket;
 use common::gateway;
-use common::gateway::{Reply, TestGateway, eventually, sample, send};
+use common::gateway::{Reply, TestGateway, assert_error, eventually, sample, send};
 use common::redis::{RedisCluster, RedisServer};
 use common::spark::SparkOutput;
 use common::traffic::{Sent, Traffic};
@@ -285,16 +285,6 @@ fn assert_invalidated(models: &[Value], expected: &[(&str, u64)]) {
         .collect();
     let want: Vec<(String, u64, bool)> = expected.iter().map(|(m, g)| (m.to_string(), *g, true)).collect();
     assert_eq!(got, want, "invalidation result");
-}
-
-fn assert_error(reply: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(reply.status, status, "{what}: {}", reply.body);
-    let body = reply.json();
-    assert_eq!(body["error"], code, "{what}: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: {body}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::events;
 use common::gateway;
-use common::gateway::{DemoCopy, TestGateway, eventually};
+use common::gateway::{DemoCopy, TestGateway, assert_error, eventually};
+use common::page::{Page, experiment_pages, recommend};
 use common::proxy::DelayProxy;
 use common::redis::{RedisCluster, RedisServer};
 use recgw::config::Settings;
@@ -35,6 +37,8 @@ const EXPERIMENT: &str = "home-als-rank";
 const SECRET: &str = "counts-tests-shared-secret-of-32-bytes";
 /// The results path.
 const RESULTS: &str = "/experiments/home-als-rank/results";
+/// The query of a page of `home`, which [`EXPERIMENT`] covers.
+const HOME: &str = "placement=home";
 /// How long a flush or a reconnection gets before a test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -50,17 +54,6 @@ fn settings(demo: &DemoCopy, cache_url: &str, results_url: &str) -> Settings {
     settings
 }
 
-/// One response on the `home` placement.
-#[derive(Debug, Clone)]
-struct Page {
-    user: String,
-    arm: String,
-    /// Counted in the results (not a QA override).
-    counted: bool,
-    items: Vec<String>,
-    token: String,
-}
-
 /// What the results must show: per arm exposures, impressions and clicks, and the events the
 /// clients got accepted (each counted once, however often it was sent).
 #[derive(Debug, Default)]
@@ -71,7 +64,7 @@ struct Ledger {
 
 impl Ledger {
     fn served(&mut self, page: &Page) {
-        if page.counted {
+        if page.counted() {
             self.arms.entry(page.arm.clone()).or_default()[0] += 1;
         }
     }
@@ -81,7 +74,7 @@ impl Ledger {
         let new = self
             .accepted
             .insert((page.token.clone(), kind.to_string(), item.to_string()));
-        if new && page.counted {
+        if new && page.counted() {
             let arm = self.arms.entry(page.arm.clone()).or_default();
             arm[if kind == "click" { 2 } else { 1 }] += 1;
         }
@@ -89,46 +82,23 @@ impl Ledger {
 }
 
 impl TestGateway {
-    async fn page(&self, user: &str) -> Page {
-        let path = format!("/recommendations/{user}?placement=home");
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        let body = reply.json();
-        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
-        Page {
-            user: user.to_string(),
-            arm: body["arm"].as_str().expect("arm").to_string(),
-            counted: body["forced"] == false,
-            items: gateway::item_ids(&body),
-            token: body["tracking_token"].as_str().expect("token").to_string(),
+    /// `POST /events` ([`events::try_post_events`]), whatever the answer: the status and per
+    /// event the reason (`None`: accepted), or for a whole batch refused (an error answer) its
+    /// error code for every event, so that a test of outages treats both alike.
+    async fn event_outcomes(&self, events: &[Value]) -> (u16, Vec<Option<String>>) {
+        match events::try_post_events(self, events).await {
+            Ok(outcomes) => (202, outcomes),
+            Err(reply) => {
+                assert_error(&reply, reply.status, None, "POST /events");
+                let error = reply.json()["error"].as_str().map(String::from);
+                (reply.status, vec![error; events.len()])
+            }
         }
-    }
-
-    /// `POST /events`; the status and the reason per event (`None`: accepted), or every event
-    /// `Some(error)` for a non-202 answer.
-    async fn post(&self, events: &[Value]) -> (u16, Vec<Option<String>>) {
-        let reply = self.post_json("/events", &json!({ "events": events })).await;
-        let body = reply.json();
-        if reply.status != 202 {
-            assert!(body["error"].is_string() && body["message"].is_string(), "{body}");
-            let error = body["error"].as_str().map(String::from);
-            return (reply.status, vec![error; events.len()]);
-        }
-        let mut outcome = vec![None; events.len()];
-        for r in body["rejections"].as_array().expect("rejections") {
-            outcome[r["index"].as_u64().expect("index") as usize] =
-                Some(r["reason"].as_str().expect("reason").to_string());
-        }
-        (reply.status, outcome)
     }
 
     /// Per arm `[exposures, impressions, clicks]` from the results endpoint.
     async fn counts(&self) -> Result<BTreeMap<String, [u64; 3]>, String> {
-        let reply = self.get(RESULTS).await;
-        if reply.status != 200 {
-            return Err(format!("{} {}", reply.status, reply.body));
-        }
-        let body = reply.json();
+        let body = events::try_results(self, EXPERIMENT, "").await?;
         Ok(body["arms"]
             .as_array()
             .ok_or_else(|| format!("no arms: {body}"))?
@@ -270,12 +240,9 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
         .expect("after 1970")
         .as_secs();
     let mut ledger = Ledger::default();
-    let mut pages = Vec::new();
-    for user in 100..104 {
-        let page = a.page(&user.to_string()).await;
-        ledger.served(&page);
-        pages.push(page);
-    }
+    let users: Vec<String> = (100..104).map(|u| u.to_string()).collect();
+    let pages = experiment_pages(&a, &users, HOME, EXPERIMENT, 1).await;
+    pages.iter().for_each(|p| ledger.served(p));
     // 40 impressions, 10 of each page, each with its id.
     let events: Vec<Value> = pages
         .iter()
@@ -288,7 +255,7 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
         .collect();
     assert_eq!(events.len(), 40);
     for gw in [&a, &b] {
-        let (status, outcome) = gw.post(&events).await;
+        let (status, outcome) = gw.event_outcomes(&events).await;
         assert_eq!(status, 202);
         assert!(
             outcome.iter().all(Option::is_none),
@@ -303,7 +270,7 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     // Without ids, the same events again are duplicates on either replica.
     let bare: Vec<Value> = pages.iter().map(|p| impression(p, &p.items[0], None)).collect();
     assert_eq!(
-        b.post(&bare).await.1,
+        b.event_outcomes(&bare).await.1,
         vec![Some("duplicate_event_id".to_string()); bare.len()]
     );
     a.settled(&ledger).await;
@@ -335,7 +302,7 @@ async fn events_sent_to_two_replicas_count_once(topology: Topology) {
     // The cache kept working beside the claims: each replica's second read of a user is a
     // hit, and no Redis command of any caller was refused.
     for gw in [&a, &b] {
-        gw.page("100").await;
+        recommend(gw, "100", HOME).await.expect_experiment(EXPERIMENT);
         let metrics = gw.metrics().await;
         for client in ["cache", "events", "counts"] {
             assert_eq!(
@@ -378,7 +345,7 @@ async fn one_token_cannot_forge_clicks(topology: Topology) {
     let demo = DemoCopy::new();
     let gw = TestGateway::launch_up(&settings(&demo, &topology.url(), "")).await;
     let mut ledger = Ledger::default();
-    let page = gw.page("7").await;
+    let page = recommend(&gw, "7", HOME).await.expect_experiment(EXPERIMENT);
     ledger.served(&page);
     let unserved: Vec<Value> = (0..50)
         .map(|i| click(&page, &format!("not-served-{i}"), Some(format!("f-{i}"))))
@@ -386,21 +353,26 @@ async fn one_token_cannot_forge_clicks(topology: Topology) {
     let first: Vec<Value> = (0..50)
         .map(|i| click(&page, &page.items[0], Some(format!("c-{i}"))))
         .collect();
-    let (_, outcome) = gw.post(&unserved).await;
+    let (_, outcome) = gw.event_outcomes(&unserved).await;
     assert_eq!(outcome, vec![Some("item_not_served".to_string()); 50]);
-    let (_, outcome) = gw.post(&first).await;
+    let (_, outcome) = gw.event_outcomes(&first).await;
     assert_eq!(outcome[0], None);
     assert_eq!(outcome[1..], vec![Some("duplicate_event_id".to_string()); 49][..]);
     ledger.accepted(&page, "click", &page.items[0]);
     // Another client's id on its own token is its own event: ids cannot be pre-claimed.
-    let other = gw.page("8").await;
+    let other = recommend(&gw, "8", HOME).await.expect_experiment(EXPERIMENT);
     ledger.served(&other);
-    let (_, outcome) = gw.post(&[click(&other, &other.items[0], Some("c-0".into()))]).await;
+    let (_, outcome) = gw
+        .event_outcomes(&[click(&other, &other.items[0], Some("c-0".into()))])
+        .await;
     assert_eq!(outcome, [None]);
     ledger.accepted(&other, "click", &other.items[0]);
     // Ids are capped: no key of unbounded size reaches Redis.
     let long = click(&other, &other.items[1], Some("x".repeat(65)));
-    assert_eq!(gw.post(&[long]).await.1, [Some("invalid_event_id".to_string())]);
+    assert_eq!(
+        gw.event_outcomes(&[long]).await.1,
+        [Some("invalid_event_id".to_string())]
+    );
     gw.settled(&ledger).await;
     assert_eq!(ledger.arms.values().map(|c| c[2]).sum::<u64>(), 2, "two clicks in all");
     gw.stop().await;
@@ -418,18 +390,15 @@ async fn traffic(gw: &TestGateway, period: Duration, next: &mut u32, ledger: &mu
     let mut refused = Vec::new();
     let started = Instant::now();
     while started.elapsed() < period {
-        let mut pages = Vec::new();
-        for _ in 0..10 {
-            *next += 1;
-            let page = gw.page(&next.to_string()).await;
-            ledger.served(&page);
-            pages.push(page);
-        }
+        let users: Vec<String> = (*next + 1..=*next + 10).map(|u| u.to_string()).collect();
+        *next += 10;
+        let pages = experiment_pages(gw, &users, HOME, EXPERIMENT, 1).await;
+        pages.iter().for_each(|p| ledger.served(p));
         let events: Vec<Value> = pages
             .iter()
             .map(|p| impression(p, &p.items[0], Some(format!("i-{}", p.user))))
             .collect();
-        let (status, outcome) = gw.post(&events).await;
+        let (status, outcome) = gw.event_outcomes(&events).await;
         assert!(status == 202 || status == 503, "{status} {outcome:?}");
         for ((page, event), outcome) in pages.into_iter().zip(events).zip(outcome) {
             match outcome {
@@ -448,7 +417,7 @@ async fn traffic(gw: &TestGateway, period: Duration, next: &mut u32, ledger: &mu
 async fn resend(gw: &TestGateway, refused: Vec<(Page, Value)>, ledger: &mut Ledger) {
     for (page, event) in refused {
         eventually(WAIT, "a refused event accepted once Redis answers", async || {
-            match gw.post(std::slice::from_ref(&event)).await.1[0].clone() {
+            match gw.event_outcomes(std::slice::from_ref(&event)).await.1[0].clone() {
                 None => Ok(()),
                 Some(reason) => Err(reason),
             }
@@ -633,7 +602,9 @@ async fn a_batch_that_cannot_apply_whole_applies_nothing(topology: Topology) {
     }
     let mut ledger = Ledger::default();
     for user in 30_000..30_060 {
-        let page = gw.page(&user.to_string()).await;
+        let page = recommend(&gw, &user.to_string(), HOME)
+            .await
+            .expect_experiment(EXPERIMENT);
         ledger.served(&page);
     }
     assert_eq!(ledger.arms.len(), 2, "both arms served: {:?}", ledger.arms);
@@ -731,8 +702,8 @@ async fn counts_and_claims_live_on_results_redis_url_and_the_cache_apart() {
 impl TestGateway {
     /// One request and one event, so both Redis connections are used.
     async fn traffic_probe(&self) {
-        let page = self.page("probe").await;
-        let _ = self.post(&[impression(&page, &page.items[0], None)]).await;
+        let page = recommend(self, "probe", HOME).await.expect_experiment(EXPERIMENT);
+        let _ = self.event_outcomes(&[impression(&page, &page.items[0], None)]).await;
     }
 }
 
@@ -759,7 +730,7 @@ async fn a_global_list_is_not_cached_per_user() {
         "served from the loaded version"
     );
     // Lists of per-user models are cached per user; the popular list is not, in either tier.
-    gw.page("42").await;
+    recommend(&gw, "42", HOME).await.expect_experiment(EXPERIMENT);
     eventually(WAIT, "the per-user list written back to Redis", async || {
         match redis.keys("recgw:als-*").len() {
             0 => Err("no per-user key yet".to_string()),

@@ -42,23 +42,22 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::edits;
-use common::events::{self as client_events, ArmLedger, ArmWant, Claims, Kind, arm_named};
-use common::gateway::{self, DemoCopy, TestGateway, eventually};
+use common::events::{self as client_events, ArmLedger, ArmWant, Claims, ClientEvent, Kind, arm_named};
+use common::gateway::{DemoCopy, TestGateway, eventually};
+use common::page::{Page, experiment_pages};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::stats::{self, CupedRow, PRE_PERIOD_SUMS, close_value};
-use futures::StreamExt;
 use recgw::synthetic::{CovariateRow, write_covariates};
 use serde_json::Value;
 
 const EXPERIMENT: &str = "home-als-rank";
-const PLACEMENT: &str = "home";
 const CONTROL: &str = "control";
 const TREATMENT: &str = "treatment";
 /// The arms, control first, as the results list them.
 const ARMS: [&str; 2] = [CONTROL, TREATMENT];
-/// The results path.
-const RESULTS: &str = "/experiments/home-als-rank/results";
+/// The query of a page of `home`, which [`EXPERIMENT`] covers.
+const HOME: &str = "placement=home";
 /// How long a flush or a resend gets before a test fails.
 const WAIT: Duration = Duration::from_secs(30);
 /// The experiment's `sequential_tuning`: not set in `home-als-rank.toml`, so the default.
@@ -176,17 +175,6 @@ fn visits(users: &[String]) -> Vec<String> {
 // What the client was served and got accepted
 // ---------------------------------------------------------------------------------------------
 
-/// One response on the `home` placement.
-#[derive(Debug, Clone)]
-struct Page {
-    user: String,
-    arm: String,
-    /// Counted in the results (not a QA override).
-    counted: bool,
-    items: Vec<String>,
-    token: String,
-}
-
 /// One event on a page, as the client sends it (and sends it again).
 #[derive(Debug, Clone)]
 struct Event {
@@ -196,8 +184,7 @@ struct Event {
     id: String,
 }
 
-impl Event {
-    /// As `POST /events` takes it.
+impl ClientEvent for Event {
     fn to_json(&self) -> Value {
         client_events::event(self.kind.name(), &self.page.token, &self.item, Some(&self.id))
     }
@@ -217,7 +204,7 @@ impl Ledger {
     /// Records a response while `table` is the version loaded: a counted one is an exposure,
     /// and a user new to the ledger enters its arm with the row `table` has for it, frozen.
     fn served(&mut self, page: &Page, table: &Table) {
-        if page.counted {
+        if page.counted() {
             self.arms.entry(page.arm.clone()).or_default().served(&page.user);
             self.pre
                 .entry(page.user.clone())
@@ -230,7 +217,7 @@ impl Ledger {
         let first = self
             .claims
             .accept(&event.page.token, event.kind, &event.item, Some(&event.id));
-        if first && event.page.counted {
+        if first && event.page.counted() {
             self.arms
                 .get_mut(&event.page.arm)
                 .expect("an event of a page the ledger served")
@@ -342,88 +329,19 @@ impl TestGateway {
         .await;
     }
 
-    /// `GET /recommendations/{user}?placement=home`, expecting 200 in the experiment.
-    async fn page(&self, user: &str) -> Page {
-        let path = format!("/recommendations/{user}?placement={PLACEMENT}");
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        let body = reply.json();
-        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
-        let items = gateway::item_ids(&body);
-        assert!(!items.is_empty(), "{body}");
-        Page {
-            user: user.to_string(),
-            arm: body["arm"].as_str().expect("arm").to_string(),
-            counted: body["forced"] == false,
-            items,
-            token: body["tracking_token"].as_str().expect("token").to_string(),
-        }
-    }
-
-    /// A page for each of `users`, in order ([`IN_FLIGHT`] requests at a time), each recorded
-    /// in `ledger` with `table` the version loaded.
+    /// A page of the experiment for each of `users`, in order ([`IN_FLIGHT`] requests at a
+    /// time), each recorded in `ledger` with `table` the version loaded.
     async fn pages(&self, users: &[String], ledger: &mut Ledger, table: &Table) -> Vec<Page> {
-        let pages: Vec<Page> = futures::stream::iter(users)
-            .map(|user| self.page(user))
-            .buffered(IN_FLIGHT)
-            .collect()
-            .await;
+        let pages = experiment_pages(self, users, HOME, EXPERIMENT, IN_FLIGHT).await;
         pages.iter().for_each(|p| ledger.served(p, table));
         pages
     }
 
-    /// Posts `events` in batches of [`BATCH`]; every event answered accepted goes into
-    /// `ledger`, and those refused because Redis did not answer (`counts_unavailable`, per
-    /// event in a 202 or the whole batch in a 503) are returned, to be sent again. Any other
-    /// refusal fails the test.
-    async fn post(&self, events: &[Event], ledger: &mut Ledger) -> Vec<Event> {
-        let mut refused = Vec::new();
-        for batch in events.chunks(BATCH) {
-            let json: Vec<Value> = batch.iter().map(Event::to_json).collect();
-            match client_events::try_post_events(self, &json).await {
-                Ok(outcomes) => {
-                    for (event, outcome) in batch.iter().zip(outcomes) {
-                        match outcome.as_deref() {
-                            None => ledger.accepted(event),
-                            Some("counts_unavailable") => refused.push(event.clone()),
-                            Some(other) => panic!("{event:?} refused: {other}"),
-                        }
-                    }
-                }
-                Err(reply) => {
-                    assert_eq!(reply.status, 503, "POST /events: {}", reply.body);
-                    assert_eq!(reply.json()["error"], "counts_unavailable", "{}", reply.body);
-                    refused.extend_from_slice(batch);
-                }
-            }
-        }
-        refused
-    }
-
-    /// Posts `events` and sends those refused again, every 200 ms, until all are accepted
-    /// (each then goes into `ledger`, credited once).
+    /// Posts `events` and sends those refused because Redis did not answer again until all
+    /// are accepted (each then goes into `ledger`, credited once).
     async fn post_all(&self, events: &[Event], ledger: &mut Ledger) {
-        let mut left = self.post(events, ledger).await;
-        let deadline = Instant::now() + WAIT;
-        while !left.is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{} events still refused after {WAIT:?}",
-                left.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            left = self.post(&left, ledger).await;
-        }
-    }
-
-    /// `GET` the results with `query`, `Err` with the answer unless 200.
-    async fn try_results(&self, query: &str) -> Result<Value, String> {
-        let reply = self.get(&format!("{RESULTS}{query}")).await;
-        if reply.status == 200 {
-            Ok(reply.json())
-        } else {
-            Err(format!("{} {}", reply.status, reply.body))
-        }
+        let refused = client_events::post_keeping_refused(self, events, BATCH, |e| ledger.accepted(e)).await;
+        client_events::resend_until_accepted(self, refused, BATCH, WAIT, |e| ledger.accepted(e)).await;
     }
 
     /// Waits (at most [`WAIT`]) until every arm's counts, per-user sums and pre-period sums
@@ -431,7 +349,7 @@ impl TestGateway {
     async fn settled(&self, ledger: &Ledger) -> Value {
         let wants = ledger.wants();
         eventually(WAIT, "results equal the ledger", async || {
-            let body = self.try_results("").await?;
+            let body = client_events::try_results(self, EXPERIMENT, "").await?;
             client_events::arms_match(&body, "", &wants)?;
             let diffs = pre_period_diffs(&body, ledger);
             if diffs.is_empty() {
@@ -522,27 +440,13 @@ fn assert_cuped(body: &Value, ledger: &Ledger) -> stats::Cuped {
 /// Asserts that the last day of `?by=day` (days are cumulative, so it holds the totals) has
 /// the same `cuped` figures as `want`.
 async fn assert_last_day(gw: &TestGateway, ledger: &Ledger, want: &stats::Cuped) {
-    let body = gw.try_results("?by=day").await.expect("results by day");
+    let body = client_events::try_results(gw, EXPERIMENT, "?by=day")
+        .await
+        .expect("results by day");
     let days = body["days"].as_array().unwrap_or_else(|| panic!("no days: {body}"));
     let last = days.last().unwrap_or_else(|| panic!("no day: {body}"));
     let with_row = ARMS.iter().map(|arm| ledger.users_with_row(arm)).sum();
     assert_cuped_arms(last, &format!("day {}", last["day"]), want, with_row);
-}
-
-/// Runs the test `$name(mode)` once per mode given: `$name::without_redis`,
-/// `$name::on_one_node`, `$name::on_a_cluster`.
-macro_rules! in_modes {
-    ($name:ident: $($test:ident => $mode:ident),+) => {
-        mod $name {
-            use super::Mode;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$name(Mode::$mode).await;
-                }
-            )+
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,8 +511,14 @@ async fn every_cuped_figure_equals_the_ledger(mode: Mode) {
     drop(redis);
 }
 
-in_modes!(every_cuped_figure_equals_the_ledger:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod every_cuped_figure_equals_the_ledger {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. A new table version changes nothing already counted
@@ -692,5 +602,11 @@ async fn a_new_table_version_changes_nothing_already_counted(mode: Mode) {
     drop(redis);
 }
 
-in_modes!(a_new_table_version_changes_nothing_already_counted:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod a_new_table_version_changes_nothing_already_counted {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}

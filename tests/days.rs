@@ -46,8 +46,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::cli::report_async as report;
-use common::events::{self, Kind};
-use common::gateway::{self, DemoCopy, TestGateway, eventually};
+use common::events::{self, ClientEvent, Kind};
+use common::gateway::{DemoCopy, TestGateway, eventually};
+use common::page::{Page, recommend};
 use common::redis::{Mode, Redis};
 use common::rng::Rng;
 use common::stats::{self, UserRow, close_value as close};
@@ -66,8 +67,8 @@ const INTERLEAVE_PLACEMENT: &str = "feed";
 const COMPLETED: &str = "side-done";
 const COMPLETED_PLACEMENT: &str = "side";
 const WINNER: &str = "treatment";
-/// The results path of `home-als-rank` with the days.
-const BY_DAY: &str = "/experiments/home-als-rank/results?by=day";
+/// The query of the results with the days.
+const BY_DAY: &str = "?by=day";
 /// `sequential_tuning` when an experiment sets none (the demo's do not).
 const DEFAULT_TUNING: f64 = 5000.0;
 /// Click probability per shown item of each arm, so that the lift is clearly not zero.
@@ -190,34 +191,22 @@ impl Window {
     }
 }
 
-/// One recommendation response.
+/// A recommendation response and the window it was served in, which tells the ledger on
+/// which day its user may have been counted.
 #[derive(Debug, Clone)]
-struct Served {
-    user: String,
-    /// Its arm (`interleaved` in an interleave experiment).
-    arm: String,
-    /// True for a QA override (forced into its arm, never counted).
-    forced: bool,
-    items: Vec<String>,
-    token: String,
-    /// When it was served.
+struct TimedPage {
+    page: Page,
     when: Window,
 }
 
-/// `GET /recommendations/{user}?placement={placement}`, expecting 200 from `experiment`.
-async fn recommend(gw: &TestGateway, user: &str, placement: &str, experiment: &str) -> Served {
+/// A page of `experiment` (which covers the whole placement) with items for `user` on
+/// `placement`, timed.
+async fn timed_page(gw: &TestGateway, user: &str, placement: &str, experiment: &str) -> TimedPage {
     let when = Window::open();
-    let body = gw.ok(&format!("/recommendations/{user}?placement={placement}")).await;
+    let page = recommend(gw, user, &format!("placement={placement}")).await;
     let when = when.close();
-    assert_eq!(body["experiment"], experiment, "covers the whole placement: {body}");
-    let items = gateway::item_ids(&body);
-    assert!(!items.is_empty(), "{body}");
-    Served {
-        user: user.to_string(),
-        arm: body["arm"].as_str().expect("arm").to_string(),
-        forced: body["forced"].as_bool().expect("forced"),
-        items,
-        token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
+    TimedPage {
+        page: page.expect_experiment(experiment).expect_items(),
         when,
     }
 }
@@ -236,11 +225,11 @@ struct Event {
 /// How many items of `s` its user looks at: none for every [`IDLE_EVERY`]-th numeric user
 /// (served, counted, and never shows an event), else 1 to all of them by `rng`, so that users
 /// differ in impressions.
-fn depth(s: &Served, rng: &mut Rng) -> usize {
-    if s.user.parse::<u32>().is_ok_and(|u| u % IDLE_EVERY == 0) {
+fn depth(s: &TimedPage, rng: &mut Rng) -> usize {
+    if s.page.user.parse::<u32>().is_ok_and(|u| u % IDLE_EVERY == 0) {
         0
     } else {
-        1 + rng.below(s.items.len() as u64) as usize
+        1 + rng.below(s.page.items.len() as u64) as usize
     }
 }
 
@@ -248,20 +237,20 @@ fn depth(s: &Served, rng: &mut Rng) -> usize {
 /// click on it with the arm's [`CLICK_P`]; each with an explicit `event_id`
 /// `{prefix}-{response}-{i|c}-{item}`, so a resend is a safe retry. `counted` tells whether a
 /// response's events count in `home-als-rank`.
-fn events_for(served: &[Served], prefix: &str, rng: &mut Rng, counted: impl Fn(&Served) -> bool) -> Vec<Event> {
+fn events_for(served: &[TimedPage], prefix: &str, rng: &mut Rng, counted: impl Fn(&TimedPage) -> bool) -> Vec<Event> {
     let mut events = Vec::new();
     for (n, s) in served.iter().enumerate() {
-        let arm = ARMS.iter().position(|a| *a == s.arm);
+        let arm = ARMS.iter().position(|a| *a == s.page.arm);
         let counts_for = arm.filter(|_| counted(s));
         let shown = depth(s, rng);
-        for item in &s.items[..shown] {
+        for item in &s.page.items[..shown] {
             let mut push = |kind: Kind| {
                 let id = format!("{prefix}-{n}-{}-{item}", kind.tag());
                 events.push(Event {
-                    json: events::event(kind.name(), &s.token, item, Some(&id)),
+                    json: events::event(kind.name(), &s.page.token, item, Some(&id)),
                     counts_for,
                     click: kind == Kind::Click,
-                    user: s.user.clone(),
+                    user: s.page.user.clone(),
                 });
             };
             push(Kind::Impression);
@@ -273,11 +262,10 @@ fn events_for(served: &[Served], prefix: &str, rng: &mut Rng, counted: impl Fn(&
     events
 }
 
-/// `POST /events` of `events` (`common/events.rs` [`events::post_events`]), expecting 202:
-/// per event `None` when accepted, else the reason.
-async fn post_events(gw: &TestGateway, events: &[Event]) -> Vec<Option<String>> {
-    let body: Vec<Value> = events.iter().map(|e| e.json.clone()).collect();
-    events::post_events(gw, &body).await
+impl ClientEvent for Event {
+    fn to_json(&self) -> Value {
+        self.json.clone()
+    }
 }
 
 /// One counted user of an arm as the ledger knows them.
@@ -314,10 +302,13 @@ impl Ledger {
     /// Records the counted responses of `served` (not a QA override, in an arm of
     /// `home-als-rank`): each user is one of its arm's users from then on, `(0, 0)` until
     /// events are accepted for them.
-    fn serve(&mut self, served: &[Served]) {
-        for s in served.iter().filter(|s| !s.forced) {
-            let arm = ARMS.iter().position(|a| *a == s.arm).expect("an arm of home-als-rank");
-            self.users[arm].entry(s.user.clone()).or_insert(UserLedger {
+    fn serve(&mut self, served: &[TimedPage]) {
+        for s in served.iter().filter(|s| !s.page.forced) {
+            let arm = ARMS
+                .iter()
+                .position(|a| *a == s.page.arm)
+                .expect("an arm of home-als-rank");
+            self.users[arm].entry(s.page.user.clone()).or_insert(UserLedger {
                 served: s.when,
                 events: Vec::new(),
             });
@@ -329,7 +320,7 @@ impl Ledger {
     async fn post_fresh(&mut self, gateways: &[&TestGateway], events: &[Event]) {
         for (i, chunk) in events.chunks(BATCH).enumerate() {
             let when = Window::open();
-            let outcomes = post_events(gateways[i % gateways.len()], chunk).await;
+            let outcomes = events::post_events(gateways[i % gateways.len()], chunk).await;
             let when = when.close();
             for (event, outcome) in chunk.iter().zip(&outcomes) {
                 assert_eq!(outcome, &None, "a fresh event is accepted: {}", event.json);
@@ -386,7 +377,7 @@ impl Ledger {
 /// over `gateways`: every one is accepted again, as a safe retry that counts nothing.
 async fn resend(gateways: &[&TestGateway], events: &[Event]) {
     for (i, chunk) in events.chunks(BATCH).enumerate() {
-        let outcomes = post_events(gateways[i % gateways.len()], chunk).await;
+        let outcomes = events::post_events(gateways[i % gateways.len()], chunk).await;
         assert!(
             outcomes.iter().all(Option::is_none),
             "a resend with the same event ids is answered accepted: {outcomes:?}"
@@ -396,22 +387,25 @@ async fn resend(gateways: &[&TestGateway], events: &[Event]) {
 
 /// Users `from..=to` served round-robin over `gateways` on `home`, plus the QA override once;
 /// the counted ones recorded in `ledger`.
-async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32, ledger: &mut Ledger) -> Vec<Served> {
+async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32, ledger: &mut Ledger) -> Vec<TimedPage> {
     let mut served = Vec::new();
     for (i, user) in (from..=to).enumerate() {
-        let s = recommend(gateways[i % gateways.len()], &user.to_string(), PLACEMENT, EXPERIMENT).await;
-        assert!(!s.forced && ARMS.contains(&s.arm.as_str()), "{s:?}");
+        let s = timed_page(gateways[i % gateways.len()], &user.to_string(), PLACEMENT, EXPERIMENT).await;
+        assert!(!s.page.forced && ARMS.contains(&s.page.arm.as_str()), "{s:?}");
         served.push(s);
     }
-    let qa = recommend(gateways[0], QA_USER, PLACEMENT, EXPERIMENT).await;
+    let qa = timed_page(gateways[0], QA_USER, PLACEMENT, EXPERIMENT).await;
     assert_eq!(
-        (qa.arm.as_str(), qa.forced),
+        (qa.page.arm.as_str(), qa.page.forced),
         ("treatment", true),
         "the QA override: {qa:?}"
     );
     served.push(qa);
     for arm in ARMS {
-        assert!(served.iter().any(|s| s.arm == arm && !s.forced), "users in {arm}");
+        assert!(
+            served.iter().any(|s| s.page.arm == arm && !s.page.forced),
+            "users in {arm}"
+        );
     }
     ledger.serve(&served);
     served
@@ -421,17 +415,12 @@ async fn serve_home(gateways: &[&TestGateway], from: u32, to: u32, ledger: &mut 
 // The days as the test expects them
 // ---------------------------------------------------------------------------------------------
 
-/// `GET {path}`, expecting 200 JSON.
-async fn results(gw: &TestGateway, path: &str) -> Value {
-    gw.ok(path).await
-}
-
 /// `?by=day` of `home-als-rank` once every user of the ledger is counted (users served without
 /// events are counted by the gateway in the background, events synchronously).
 async fn settled(gw: &TestGateway, ledger: &Ledger) -> Value {
     let want = ledger.users.each_ref().map(|users| users.len() as u64);
     eventually(WAIT, "every user served is counted", async || {
-        let body = results(gw, BY_DAY).await;
+        let body = events::results(gw, EXPERIMENT, BY_DAY).await;
         let users = [0, 1].map(|i| body["arms"][i]["users"].as_u64().unwrap_or(0));
         if users == want {
             Ok(body)
@@ -617,14 +606,14 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     let mut rng = Rng::new(0xDA15_0001);
     let mut ledger = Ledger::default();
     let served = serve_home(&[&gw], 1, 160, &mut ledger).await;
-    let events = events_for(&served, "one", &mut rng, |s| !s.forced);
+    let events = events_for(&served, "one", &mut rng, |s| !s.page.forced);
     ledger.post_fresh(&[&gw], &events).await;
 
     // The winner of a completed experiment is served and its events accepted, uncounted.
     let mut winner_pages = Vec::new();
     for user in 1..=20 {
-        let s = recommend(&gw, &user.to_string(), COMPLETED_PLACEMENT, COMPLETED).await;
-        assert_eq!(s.arm, WINNER, "{s:?}");
+        let s = timed_page(&gw, &user.to_string(), COMPLETED_PLACEMENT, COMPLETED).await;
+        assert_eq!(s.page.arm, WINNER, "{s:?}");
         winner_pages.push(s);
     }
     let winner_events = events_for(&winner_pages, "won", &mut rng, |_| false);
@@ -639,7 +628,7 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     let last = today();
     assert_eq!(body["counts"], mode.counts(), "{body}");
     check_days(&body, first, last, &ledger);
-    let completed = results(&gw, &format!("/experiments/{COMPLETED}/results?by=day")).await;
+    let completed = events::results(&gw, COMPLETED, BY_DAY).await;
     assert_eq!(
         completed["days"],
         json!([]),
@@ -649,28 +638,22 @@ async fn one_day_equals_the_ledger(mode: Mode) {
     // The client lost the answers and sends everything again: accepted, counted on no day.
     resend(&[&gw], &events).await;
     resend(&[&gw], &winner_events).await;
-    let again = results(&gw, BY_DAY).await;
+    let again = events::results(&gw, EXPERIMENT, BY_DAY).await;
     assert_eq!(again["days"], body["days"], "a retried batch changes no day");
     check_days(&again, first, last, &ledger);
     gw.stop().await;
 }
 
-/// [`one_day_equals_the_ledger`] without Redis: the days counted beside the totals in memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_in_memory() {
-    one_day_equals_the_ledger(Mode::Memory).await;
-}
-
-/// [`one_day_equals_the_ledger`] on one Redis node: the days counted by the events' claim script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_on_one_redis_node() {
-    one_day_equals_the_ledger(Mode::Node).await;
-}
-
-/// [`one_day_equals_the_ledger`] on a 3-node Redis Cluster: the days hash in the experiment's slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_day_equals_the_ledger_on_a_redis_cluster() {
-    one_day_equals_the_ledger(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    one_day_equals_the_ledger {
+        /// [`one_day_equals_the_ledger`] without Redis: the days counted beside the totals in memory.
+        one_day_equals_the_ledger_in_memory => Memory,
+        /// [`one_day_equals_the_ledger`] on one Redis node: the days counted by the events' claim script.
+        one_day_equals_the_ledger_on_one_redis_node => Node,
+        /// [`one_day_equals_the_ledger`] on a 3-node Redis Cluster: the days hash in the experiment's slot.
+        one_day_equals_the_ledger_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,7 +675,7 @@ async fn replicas_add_up(mode: Mode) {
     let mut rng = Rng::new(0xDA15_0002);
     let mut ledger = Ledger::default();
     let served = serve_home(&[&a, &b], 201, 400, &mut ledger).await;
-    let events = events_for(&served, "two", &mut rng, |s| !s.forced);
+    let events = events_for(&served, "two", &mut rng, |s| !s.page.forced);
     ledger.post_fresh(&[&a, &b], &events).await;
     assert!(events.len() > BATCH, "batches went to both replicas: {}", events.len());
 
@@ -706,7 +689,7 @@ async fn replicas_add_up(mode: Mode) {
     resend(&[&b, &a], &events).await;
     for gw in [&a, &b] {
         assert_eq!(
-            results(gw, BY_DAY).await["days"],
+            events::results(gw, EXPERIMENT, BY_DAY).await["days"],
             from_a["days"],
             "a retry on the other replica changes no day"
         );
@@ -715,16 +698,14 @@ async fn replicas_add_up(mode: Mode) {
     b.stop().await;
 }
 
-/// [`replicas_add_up`] on one Redis node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_add_up_on_one_redis_node() {
-    replicas_add_up(Mode::Node).await;
-}
-
-/// [`replicas_add_up`] on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_add_up_on_a_redis_cluster() {
-    replicas_add_up(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    replicas_add_up {
+        /// [`replicas_add_up`] on one Redis node.
+        replicas_add_up_on_one_redis_node => Node,
+        /// [`replicas_add_up`] on a 3-node Redis Cluster.
+        replicas_add_up_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -739,7 +720,7 @@ async fn by_takes_day_only_and_days_only_when_asked() {
     let demo = demo();
     let gw = TestGateway::launch_up(&demo.settings("")).await;
 
-    let empty = results(&gw, BY_DAY).await;
+    let empty = events::results(&gw, EXPERIMENT, BY_DAY).await;
     assert_eq!(empty["days"], json!([]), "nothing counted, no day: {empty}");
 
     let week = gw
@@ -755,16 +736,16 @@ async fn by_takes_day_only_and_days_only_when_asked() {
     let mut ledger = Ledger::default();
     let served = serve_home(&[&gw], 401, 440, &mut ledger).await;
     ledger
-        .post_fresh(&[&gw], &events_for(&served, "by", &mut rng, |s| !s.forced))
+        .post_fresh(&[&gw], &events_for(&served, "by", &mut rng, |s| !s.page.forced))
         .await;
-    let plain = results(&gw, &format!("/experiments/{EXPERIMENT}/results")).await;
+    let plain = events::results(&gw, EXPERIMENT, "").await;
     assert!(plain.get("days").is_none(), "no `by`, no days: {plain}");
     assert_eq!(
         plain["arms"][1]["impressions"].as_u64(),
         Some(stats::sums(&ledger.rows()[1])[2]),
         "the traffic is counted: {plain}"
     );
-    let by_day = results(&gw, BY_DAY).await;
+    let by_day = events::results(&gw, EXPERIMENT, BY_DAY).await;
     assert_eq!(days_of(&by_day).len(), 1, "now a day: {by_day}");
     gw.stop().await;
 }
@@ -850,13 +831,13 @@ async fn report_plots_the_days_of_the_endpoint() {
     let mut ledger = Ledger::default();
     let served = serve_home(&[&gw], 501, 620, &mut ledger).await;
     ledger
-        .post_fresh(&[&gw], &events_for(&served, "plot", &mut rng, |s| !s.forced))
+        .post_fresh(&[&gw], &events_for(&served, "plot", &mut rng, |s| !s.page.forced))
         .await;
     // The interleave experiment gets traffic too, so that its refusal is not for want of days.
     let mut pages = Vec::new();
     for user in 1..=30 {
-        let page = recommend(&gw, &user.to_string(), INTERLEAVE_PLACEMENT, INTERLEAVE).await;
-        assert_eq!(page.arm, "interleaved", "{page:?}");
+        let page = timed_page(&gw, &user.to_string(), INTERLEAVE_PLACEMENT, INTERLEAVE).await;
+        assert_eq!(page.page.arm, "interleaved", "{page:?}");
         pages.push(page);
     }
     let mut ignored = Ledger::default();
@@ -874,7 +855,7 @@ async fn report_plots_the_days_of_the_endpoint() {
         stdout.starts_with("home-als-rank (running, ") && stdout.lines().any(|l| l.starts_with("treatment")),
         "the usual table: {stdout}"
     );
-    let body = results(&gw, BY_DAY).await;
+    let body = events::results(&gw, EXPERIMENT, BY_DAY).await;
     check_days(&body, first, last, &ledger);
     let svg = std::fs::read_to_string(&svg_path).expect("the plot was written");
     assert!(

@@ -42,8 +42,9 @@ use std::time::Duration;
 use common::assignment::bucket;
 use common::cli::{self, report_stdout as report};
 use common::edits::with_lines;
-use common::events::{self, ArmWant, Counts, Kind, arms_match, post_all_accepted};
+use common::events::{self, ArmWant, ClientEvent, Counts, Kind, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
+use common::page::{Page, recommend};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::stats::{self, ALPHA, UserRow, close};
@@ -130,48 +131,41 @@ async fn launch(demo: &DemoCopy, mode: Mode) -> (TestGateway, Redis) {
 // Pages, events and the ledger
 // ---------------------------------------------------------------------------------------------
 
-/// One recommendation response of an experiment arm.
+/// A full page of an experiment arm, not forced and not a fallback, with the index of the
+/// arm that served it, which the ledger counts by.
 #[derive(Debug, Clone)]
-struct Page {
-    user: String,
+struct ArmPage {
+    page: Page,
     /// Index of the arm that served it, in the experiment's arm order.
     arm: usize,
-    items: Vec<String>,
-    token: String,
 }
 
-impl Page {
+impl ArmPage {
     /// The items the user looks at: the first [`MIN_DEPTH`] to [`PAGE`] of the page, how many
     /// by a generator seeded from the user, so that users have different numbers of
     /// impressions (every run, every mode alike).
     fn shown(&self) -> &[String] {
         let spread = (PAGE - MIN_DEPTH + 1) as u64;
-        let depth = MIN_DEPTH + Rng::new(fnv(&self.user) ^ DEPTH_SEED).below(spread) as usize;
-        &self.items[..depth.min(self.items.len())]
+        let depth = MIN_DEPTH + Rng::new(fnv(&self.page.user) ^ DEPTH_SEED).below(spread) as usize;
+        &self.page.items[..depth.min(self.page.items.len())]
     }
 }
 
-/// `GET /recommendations/{user}?placement={placement}&limit=20`, expecting a full page of
-/// `experiment`, not forced, not a fallback, from one of `arms`.
-async fn recommend(gw: &TestGateway, user: &str, placement: &str, experiment: &str, arms: &[&str]) -> Page {
-    let path = format!("/recommendations/{user}?placement={placement}&limit={PAGE}");
-    let body = gw.ok(&path).await;
-    assert_eq!(body["experiment"], experiment, "{path}: {body}");
-    assert_eq!(body["forced"], false, "{path}: {body}");
+/// A page of `limit=20` for `user` on `placement`: a full page of `experiment`, not forced,
+/// not a fallback, from one of `arms`.
+async fn arm_page(gw: &TestGateway, user: &str, placement: &str, experiment: &str, arms: &[&str]) -> ArmPage {
+    let page = recommend(gw, user, &format!("placement={placement}&limit={PAGE}"))
+        .await
+        .expect_experiment(experiment);
+    let body = &page.body;
+    assert!(!page.forced, "{body}");
     assert_ne!(body["source"], "fallback", "the user is in the arm's model: {body}");
-    let arm = body["arm"].as_str().expect("arm is a string");
     let arm = arms
         .iter()
-        .position(|a| *a == arm)
-        .unwrap_or_else(|| panic!("arm {arm:?} is none of {arms:?}: {body}"));
-    let items = gateway::item_ids(&body);
-    assert_eq!(items.len(), PAGE, "a full page: {body}");
-    Page {
-        user: user.to_string(),
-        arm,
-        items,
-        token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
-    }
+        .position(|a| *a == page.arm)
+        .unwrap_or_else(|| panic!("arm {:?} is none of {arms:?}: {body}", page.arm));
+    assert_eq!(page.items.len(), PAGE, "a full page: {body}");
+    ArmPage { page, arm }
 }
 
 /// Serves each of `users` once, each a user of its arm in `ledger` from then on.
@@ -182,10 +176,10 @@ async fn serve(
     experiment: &str,
     arms: &[&str],
     ledger: &mut Ledger,
-) -> Vec<Page> {
+) -> Vec<ArmPage> {
     let mut pages = Vec::with_capacity(users.len());
     for user in users {
-        let page = recommend(gw, user, placement, experiment, arms).await;
+        let page = arm_page(gw, user, placement, experiment, arms).await;
         ledger.served(&page);
         pages.push(page);
     }
@@ -206,19 +200,25 @@ struct Event {
     body: Value,
 }
 
-/// `kind` on `item` of `page`, with the id `{user}-{i|c}-{item}`.
-fn event(page: &Page, kind: Kind, item: &str) -> Event {
-    let id = format!("{}-{}-{item}", page.user, kind.tag());
-    Event {
-        arm: page.arm,
-        user: page.user.clone(),
-        kind,
-        body: events::event(kind.name(), &page.token, item, Some(&id)),
+impl ClientEvent for Event {
+    fn to_json(&self) -> Value {
+        self.body.clone()
     }
 }
 
-/// An impression of every item each user looks at ([`Page::shown`]).
-fn impressions(pages: &[Page]) -> Vec<Event> {
+/// `kind` on `item` of `page`, with the id `{user}-{i|c}-{item}`.
+fn event(page: &ArmPage, kind: Kind, item: &str) -> Event {
+    let id = format!("{}-{}-{item}", page.page.user, kind.tag());
+    Event {
+        arm: page.arm,
+        user: page.page.user.clone(),
+        kind,
+        body: events::event(kind.name(), &page.page.token, item, Some(&id)),
+    }
+}
+
+/// An impression of every item each user looks at ([`ArmPage::shown`]).
+fn impressions(pages: &[ArmPage]) -> Vec<Event> {
     pages
         .iter()
         .flat_map(|p| p.shown().iter().map(move |item| event(p, Kind::Impression, item)))
@@ -234,10 +234,10 @@ fn uniform(rng: &mut Rng) -> f64 {
 /// `[0, 2)` (mean 1), and clicks each item it looks at with that probability; `m` and the
 /// clicks are drawn by a generator seeded from the user and `seed`, so every run (and every
 /// mode) clicks alike.
-fn clicks(pages: &[Page], ctr: &[f64], seed: u64) -> Vec<Event> {
+fn clicks(pages: &[ArmPage], ctr: &[f64], seed: u64) -> Vec<Event> {
     let mut events = Vec::new();
     for page in pages {
-        let mut rng = Rng::new(fnv(&page.user) ^ seed);
+        let mut rng = Rng::new(fnv(&page.page.user) ^ seed);
         let propensity = (ctr[page.arm] * 2.0 * uniform(&mut rng)).min(1.0);
         for item in page.shown() {
             if rng.chance(propensity) {
@@ -285,10 +285,10 @@ impl Ledger {
     }
 
     /// Records a response: an exposure of its arm, and its user one of the arm's users.
-    fn served(&mut self, page: &Page) {
+    fn served(&mut self, page: &ArmPage) {
         let arm = &mut self.arms[page.arm];
         arm.exposures += 1;
-        arm.users.entry(page.user.clone()).or_insert((0, 0));
+        arm.users.entry(page.page.user.clone()).or_insert((0, 0));
     }
 
     /// Credits an event answered accepted (for the first time) to its user.
@@ -353,16 +353,10 @@ impl Ledger {
 /// Posts `events` in batches of 1000 (the most one batch may hold), expecting every one
 /// accepted, and credits them to their users in the ledger.
 async fn post_all(gw: &TestGateway, events: &[Event], ledger: &mut Ledger) {
-    let bodies: Vec<Value> = events.iter().map(|e| e.body.clone()).collect();
-    post_all_accepted(gw, &bodies, 1000).await;
+    post_all_accepted(gw, events, 1000).await;
     for e in events {
         ledger.accepted(e);
     }
-}
-
-/// `GET /experiments/{experiment}/results`, expecting 200 and JSON.
-async fn results(gw: &TestGateway, experiment: &str) -> Value {
-    gw.ok(&format!("/experiments/{experiment}/results")).await
 }
 
 /// Waits (one flush period, then at most [`WAIT`]) until the results of `experiment` show
@@ -370,7 +364,7 @@ async fn results(gw: &TestGateway, experiment: &str) -> Value {
 async fn settled(gw: &TestGateway, experiment: &str, ledger: &Ledger) -> Value {
     tokio::time::sleep(FLUSH).await;
     eventually(WAIT, "results equal what was served and accepted", async || {
-        let body = results(gw, experiment).await;
+        let body = events::results(gw, experiment, "").await;
         ledger.matches(&body).map(|()| body)
     })
     .await
@@ -888,22 +882,16 @@ async fn three_arms_decide_as_computed(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`three_arms_decide_as_computed`] with the counts in the gateway's memory (no Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_in_memory() {
-    three_arms_decide_as_computed(Mode::Memory).await;
-}
-
-/// [`three_arms_decide_as_computed`] with the counts on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_on_one_redis_node() {
-    three_arms_decide_as_computed(Mode::Node).await;
-}
-
-/// [`three_arms_decide_as_computed`] with the counts on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_arms_decide_as_computed_on_a_redis_cluster() {
-    three_arms_decide_as_computed(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    three_arms_decide_as_computed {
+        /// [`three_arms_decide_as_computed`] with the counts in the gateway's memory (no Redis).
+        three_arms_decide_as_computed_in_memory => Memory,
+        /// [`three_arms_decide_as_computed`] with the counts on one `redis-server`.
+        three_arms_decide_as_computed_on_one_redis_node => Node,
+        /// [`three_arms_decide_as_computed`] with the counts on a 3-node Redis Cluster.
+        three_arms_decide_as_computed_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// Seed of the order in which [`the_holm_adjustment_can_withhold_a_decision`] clicks the items
@@ -926,9 +914,9 @@ async fn the_holm_adjustment_can_withhold_a_decision() {
     post_all(&gw, &impressions(&pages), &mut ledger).await;
     let looked = ledger.clone();
     // Per arm, the items its users looked at, in the seeded order its clicks take them.
-    let order: Vec<Vec<(&Page, &String)>> = (0..THREE_ARMS.len())
+    let order: Vec<Vec<(&ArmPage, &String)>> = (0..THREE_ARMS.len())
         .map(|arm| {
-            let mut shown: Vec<(&Page, &String)> = pages
+            let mut shown: Vec<(&ArmPage, &String)> = pages
                 .iter()
                 .filter(|p| p.arm == arm)
                 .flat_map(|p| p.shown().iter().map(move |item| (p, item)))
@@ -941,7 +929,7 @@ async fn the_holm_adjustment_can_withhold_a_decision() {
     let rows_with = |arm: usize, clicks: usize| -> Vec<UserRow> {
         let mut users = looked.arms[arm].users.clone();
         for (page, _) in &order[arm][..clicks] {
-            users.get_mut(&page.user).expect("a user of the arm").0 += 1;
+            users.get_mut(&page.page.user).expect("a user of the arm").0 += 1;
         }
         users.into_values().collect()
     };
@@ -1094,7 +1082,7 @@ async fn undefined_sequential_figures_have_reasons() {
     let mut ledger = Ledger::new(&THREE_ARMS);
 
     // Nothing served yet.
-    let body = results(&gw, THREE).await;
+    let body = events::results(&gw, THREE, "").await;
     ledger.matches(&body).expect("no counts yet");
     let want = expected(&ledger, DEFAULT_TUNING, false);
     assert!(want.iter().all(|w| w.sequential == Err(NO_IMPRESSIONS)), "{want:?}");
@@ -1118,10 +1106,10 @@ async fn undefined_sequential_figures_have_reasons() {
         let events: Vec<Event> = pages
             .iter()
             .flat_map(|page| {
-                let shown = page.items[..10]
+                let shown = page.page.items[..10]
                     .iter()
                     .map(move |item| event(page, Kind::Impression, item));
-                shown.chain([event(page, Kind::Click, &page.items[0])])
+                shown.chain([event(page, Kind::Click, &page.page.items[0])])
             })
             .collect();
         post_all(&gw, &events, &mut two).await;
@@ -1255,7 +1243,7 @@ async fn shadow_and_interleaved_arms_have_no_sequential_figures() {
             }
         }
         post_all_accepted(&gw, &events, 1000).await;
-        let body = results(&gw, experiment).await;
+        let body = events::results(&gw, experiment, "").await;
         assert_eq!(body["comparisons"], 0, "{experiment}: {body}");
         assert_eq!(body["adjustment"], "none", "{experiment}: {body}");
         assert_eq!(body["sequential_tuning"].as_f64(), Some(DEFAULT_TUNING), "{body}");

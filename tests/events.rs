@@ -16,8 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::events::post_outcome;
 use common::gateway;
-use common::gateway::{Reply, TestGateway, demo_settings, item_ids, repo};
+use common::gateway::{TestGateway, assert_error, demo_settings, item_ids, repo};
+use common::page::recommend;
 use common::promtool;
 use hmac::{Hmac, Mac};
 use recgw::config::Settings;
@@ -39,56 +41,10 @@ fn settings_with_secret(secret: &str) -> Settings {
 }
 
 impl TestGateway {
-    /// `POST /events` with `body` as given (a `Content-Length` is always sent).
-    async fn post_events_raw(&self, body: impl Into<Vec<u8>>) -> Reply {
-        self.post_raw("/events", body).await
-    }
-
-    /// `POST /events` with a JSON batch of `events`, expecting 202; returns the outcome.
-    async fn post_events(&self, events: &[Value]) -> Value {
-        let body = serde_json::to_vec(&json!({ "events": events })).expect("json");
-        let reply = self.post_events_raw(body).await;
-        assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-        assert_json(&reply, "POST /events");
-        reply.json()
-    }
-
-    /// A recommendation response for `user` on `placement`.
-    async fn recommend(&self, user: &str, placement: &str) -> Value {
-        self.ok(&format!("/recommendations/{user}?placement={placement}")).await
-    }
-
     /// `/metrics`, parsed.
     async fn scrape(&self) -> Metrics {
         Metrics::parse(&self.metrics().await)
     }
-}
-
-fn assert_json(reply: &Reply, what: &str) {
-    assert!(
-        reply.content_type.starts_with("application/json"),
-        "{what}: content type {:?}, body {}",
-        reply.content_type,
-        reply.body
-    );
-}
-
-/// Asserts an error reply: `status`, JSON `{error, message}` with the given code (any code
-/// when `code` is `None`) and a non-empty message.
-fn assert_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) {
-    assert_eq!(reply.status, status, "{what}: {}", reply.body);
-    assert_json(reply, what);
-    let body = reply.json();
-    let error = body["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no error code: {body}"));
-    if let Some(code) = code {
-        assert_eq!(error, code, "{what}: {body}");
-    }
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: no message: {body}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,7 +335,7 @@ async fn users_of_each_arm(gw: &TestGateway) -> ([Value; 2], [u64; 2]) {
     let mut found: [Option<Value>; 2] = [None, None];
     let mut served = [0u64; 2];
     for user in 1..=200 {
-        let body = gw.recommend(&user.to_string(), "home").await;
+        let body = recommend(gw, &user.to_string(), "placement=home").await.body;
         assert_eq!(body["experiment"], EXPERIMENT, "{body}");
         let arm = ARMS
             .iter()
@@ -429,9 +385,9 @@ async fn tokens_name_what_was_served() {
     let before = unix_now();
     let ([control, treatment], _) = users_of_each_arm(&gw).await;
     let mut bodies = vec![control, treatment];
-    bodies.push(gw.recommend("7", "default").await);
-    bodies.push(gw.recommend("no-such-user-in-any-model", "home").await);
-    bodies.push(gw.recommend("qa-user-1", "home").await);
+    bodies.push(recommend(&gw, "7", "placement=default").await.body);
+    bodies.push(recommend(&gw, "no-such-user-in-any-model", "placement=home").await.body);
+    bodies.push(recommend(&gw, "qa-user-1", "placement=home").await.body);
     bodies.push(
         gw.ok(&format!(
             "/recommendations/{}?placement=home&limit=3&offset=4",
@@ -531,7 +487,7 @@ async fn tokens_name_what_was_served() {
         bodies[5]
     );
     batch.push(event("impression", &tokens[5], first));
-    let outcome = gw.post_events(&batch).await;
+    let outcome = post_outcome(&gw, &batch).await;
     assert_outcome(
         &outcome,
         tokens.len() as u64,
@@ -566,7 +522,7 @@ async fn accepted_events_count_for_the_token_arm() {
         event_with_id("click", tt, &ti[0], "t-click-1"),
         event_with_id("click", tt, &ti[1], "t-click-2"),
     ];
-    assert_outcome(&gw.post_events(&batch).await, 8, &[]);
+    assert_outcome(&post_outcome(&gw, &batch).await, 8, &[]);
 
     let after = gw.scrape().await;
     let expected = [("control", 3.0, 1.0), ("treatment", 2.0, 2.0)];
@@ -587,7 +543,7 @@ async fn accepted_events_count_for_the_token_arm() {
         event("click", ct, &ci[2]),
         event("impression", tt, &ti[2]),
     ];
-    assert_outcome(&gw.post_events(&batch).await, 3, &[]);
+    assert_outcome(&post_outcome(&gw, &batch).await, 3, &[]);
     let after = gw.scrape().await;
     let expected = [("control", 3.0, 3.0), ("treatment", 3.0, 2.0)];
     for (arm, impressions, clicks) in expected {
@@ -601,7 +557,7 @@ async fn accepted_events_count_for_the_token_arm() {
         event_with_id("click", tt, &ti[0], "t-click-1"),
         event_with_id("click", tt, &ti[1], "t-click-2"),
     ];
-    assert_outcome(&gw.post_events(&batch).await, 2, &[]);
+    assert_outcome(&post_outcome(&gw, &batch).await, 2, &[]);
     let after = gw.scrape().await;
     for (arm, impressions, clicks) in expected {
         assert_eq!(after.arm("impressions_total", arm), impressions, "{arm} after retries");
@@ -618,7 +574,7 @@ async fn accepted_events_count_for_the_token_arm() {
         event_with_id("click", ct, &ci[3], "t-click-1"), // 4: another token
     ];
     assert_outcome(
-        &gw.post_events(&batch).await,
+        &post_outcome(&gw, &batch).await,
         3,
         &[
             (0, Some("t-click-3"), "duplicate_event_id"),
@@ -627,7 +583,7 @@ async fn accepted_events_count_for_the_token_arm() {
     );
     // An impression retried: accepted, not counted again.
     let retry = [event_with_id("impression", ct, &ci[3], "c-imp-3")];
-    assert_outcome(&gw.post_events(&retry).await, 1, &[]);
+    assert_outcome(&post_outcome(&gw, &retry).await, 1, &[]);
     let after = gw.scrape().await;
     let expected = [("control", 4.0, 4.0), ("treatment", 3.0, 3.0)];
     for (arm, impressions, clicks) in expected {
@@ -638,7 +594,7 @@ async fn accepted_events_count_for_the_token_arm() {
     // A fresh control token: 50 clicks on its first item under 50 distinct ids count one click;
     // 50 clicks on items of the user's next page (real items, not on this page) count none.
     let cu = control["user_id"].as_str().expect("user");
-    let fresh = gw.recommend(cu, "home").await;
+    let fresh = recommend(&gw, cu, "placement=home").await.body;
     assert_eq!(fresh["arm"], "control", "{fresh}");
     let ft = fresh["tracking_token"].as_str().expect("token");
     assert_ne!(ft, ct, "a new token for a new response");
@@ -650,7 +606,7 @@ async fn accepted_events_count_for_the_token_arm() {
     let duplicates: Vec<(u64, Option<&str>, &str)> = (1..50)
         .map(|i| (i as u64, Some(ids[i].as_str()), "duplicate_event_id"))
         .collect();
-    assert_outcome(&gw.post_events(&burst).await, 1, &duplicates);
+    assert_outcome(&post_outcome(&gw, &burst).await, 1, &duplicates);
     let next = item_ids(&gw.ok(&format!("/recommendations/{cu}?placement=home&offset=10")).await);
     assert!(
         !next.is_empty() && next.iter().all(|item| !fi.contains(item)),
@@ -663,7 +619,7 @@ async fn accepted_events_count_for_the_token_arm() {
     let unserved: Vec<(u64, Option<&str>, &str)> = (0..50)
         .map(|i| (i as u64, Some(ids[i].as_str()), "item_not_served"))
         .collect();
-    assert_outcome(&gw.post_events(&strays).await, 0, &unserved);
+    assert_outcome(&post_outcome(&gw, &strays).await, 0, &unserved);
 
     let after = gw.scrape().await;
     let expected = [("control", 4.0, 5.0), ("treatment", 3.0, 3.0)];
@@ -730,7 +686,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         event("click", tt, &ti[1]),
         event("click", tt, &ti[0]),
     ];
-    assert_outcome(&b.post_events(&batch).await, 6, &[]);
+    assert_outcome(&post_outcome(&b, &batch).await, 6, &[]);
     let on_b = b.scrape().await;
     assert_eq!(on_b.arm("impressions_total", "control"), 1.0);
     assert_eq!(on_b.arm("clicks_total", "control"), 1.0);
@@ -753,7 +709,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         event("impression", &own, "own-1"),
         event("click", &own, &ci[3]),
     ];
-    assert_outcome(&b.post_events(&batch_own).await, 2, &[(2, None, "item_not_served")]);
+    assert_outcome(&post_outcome(&b, &batch_own).await, 2, &[(2, None, "item_not_served")]);
     // Without `i` a validly signed token has no page: it credits nothing.
     let mut unbound = forged.clone();
     unbound
@@ -762,9 +718,11 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         .remove("i")
         .expect("an i claim to remove");
     let unbound = sign("shared-s3cret", &unbound);
-    let outcome = b
-        .post_events(&[event("click", &unbound, "own-2"), event("impression", &unbound, &ci[0])])
-        .await;
+    let outcome = post_outcome(
+        &b,
+        &[event("click", &unbound, "own-2"), event("impression", &unbound, &ci[0])],
+    )
+    .await;
     assert_outcome(
         &outcome,
         0,
@@ -784,7 +742,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
 
     // Another secret, or none configured: every token is forged there.
     for gw in [&other, &random] {
-        let outcome = gw.post_events(&batch).await;
+        let outcome = post_outcome(gw, &batch).await;
         let reasons: Vec<(u64, Option<&str>, &str)> =
             (0..batch.len() as u64).map(|i| (i, None, "bad_signature")).collect();
         assert_outcome(&outcome, 0, &reasons);
@@ -792,9 +750,7 @@ async fn replicas_sharing_a_secret_credit_the_serving_arm() {
         assert_eq!(m.exact("events_rejected_total{reason=\"bad_signature\"}"), 6.0);
         assert_eq!(m.sum("impressions_total", &[]) + m.sum("clicks_total", &[]), 0.0);
     }
-    let outcome = b
-        .post_events(&[event("click", &sign("another-secret", &forged), "9")])
-        .await;
+    let outcome = post_outcome(&b, &[event("click", &sign("another-secret", &forged), "9")]).await;
     assert_outcome(&outcome, 0, &[(0, None, "bad_signature")]);
 }
 
@@ -829,15 +785,15 @@ async fn a_rotated_secret_credits_old_tokens_until_it_is_removed() {
         event("impression", tt, &ti[0]),
         event("click", tt, &ti[0]),
     ];
-    assert_outcome(&rotated.post_events(&batch).await, 3, &[]);
+    assert_outcome(&post_outcome(&rotated, &batch).await, 3, &[]);
     let m = rotated.scrape().await;
     assert_eq!(m.arm("impressions_total", "control"), 1.0);
     assert_eq!(m.arm("impressions_total", "treatment"), 1.0);
     assert_eq!(m.arm("clicks_total", "treatment"), 1.0);
     let forged: Vec<(u64, Option<&str>, &str)> = (0..3).map(|i| (i, None, "bad_signature")).collect();
-    assert_outcome(&retired.post_events(&batch).await, 0, &forged);
+    assert_outcome(&post_outcome(&retired, &batch).await, 0, &forged);
 
-    let body = rotated.recommend("42", "home").await;
+    let body = recommend(&rotated, "42", "placement=home").await.body;
     let (token, items) = shown(&body);
     let bytes = URL_SAFE_NO_PAD.decode(token).expect("base64url");
     assert_eq!(
@@ -846,8 +802,8 @@ async fn a_rotated_secret_credits_old_tokens_until_it_is_removed() {
         "signed with the first secret: {token}"
     );
     let fresh = [event("impression", token, &items[0])];
-    assert_outcome(&retired.post_events(&fresh).await, 1, &[]);
-    assert_outcome(&old.post_events(&fresh).await, 0, &[(0, None, "bad_signature")]);
+    assert_outcome(&post_outcome(&retired, &fresh).await, 1, &[]);
+    assert_outcome(&post_outcome(&old, &fresh).await, 0, &[(0, None, "bad_signature")]);
 }
 
 /// Every reason, with the right index and event id, counted in `events_rejected_total`; only
@@ -911,7 +867,7 @@ async fn invalid_events_are_rejected_one_by_one() {
         event_with_id("click", "not-a-token", "not-on-the-page", "bad id"), // 24
         event("click", &flipped, "not-on-the-page"),         // 25
     ];
-    let outcome = gw.post_events(&batch).await;
+    let outcome = post_outcome(&gw, &batch).await;
     assert_outcome(
         &outcome,
         6,
@@ -942,7 +898,9 @@ async fn invalid_events_are_rejected_one_by_one() {
     // Across batches: a counted event under its id is a retry (accepted, not counted again);
     // another id, no id, or the empty id for a counted position is a duplicate. Positions
     // whose events were refused are still free, and an id is scoped to its token.
-    let again = gw.recommend(control["user_id"].as_str().expect("user"), "home").await;
+    let again = recommend(&gw, control["user_id"].as_str().expect("user"), "placement=home")
+        .await
+        .body;
     let other_token = again["tracking_token"].as_str().expect("token");
     assert_ne!(other_token, token, "a new response, a new token");
     let batch = [
@@ -957,7 +915,7 @@ async fn invalid_events_are_rejected_one_by_one() {
         event_with_id("click", other_token, &item_ids(&again)[1], "e-1"), // 8: new, another token
     ];
     assert_outcome(
-        &gw.post_events(&batch).await,
+        &post_outcome(&gw, &batch).await,
         6,
         &[
             (1, Some("e-9"), "duplicate_event_id"),
@@ -1006,11 +964,15 @@ async fn expired_tokens_are_rejected() {
     let mut settings = settings_with_secret("k3y");
     settings.tracking.token_max_age = Duration::from_secs(1);
     let gw = TestGateway::launch_ready(&settings).await;
-    let body = gw.recommend("42", "home").await;
+    let body = recommend(&gw, "42", "placement=home").await.body;
     let issued = Instant::now();
     let token = body["tracking_token"].as_str().expect("token");
     let items = item_ids(&body);
-    assert_outcome(&gw.post_events(&[event("impression", token, &items[0])]).await, 1, &[]);
+    assert_outcome(
+        &post_outcome(&gw, &[event("impression", token, &items[0])]).await,
+        1,
+        &[],
+    );
     assert!(issued.elapsed() < Duration::from_secs(1), "the fresh check ran in time");
 
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -1020,7 +982,7 @@ async fn expired_tokens_are_rejected() {
         event("click", token, "not-on-the-page"),
     ];
     assert_outcome(
-        &gw.post_events(&batch).await,
+        &post_outcome(&gw, &batch).await,
         0,
         &[
             (0, Some("late-1"), "expired_token"),
@@ -1029,9 +991,9 @@ async fn expired_tokens_are_rejected() {
         ],
     );
     // A fresh token for the same user is fine again.
-    let fresh = gw.recommend("42", "home").await;
+    let fresh = recommend(&gw, "42", "placement=home").await.body;
     let fresh = fresh["tracking_token"].as_str().expect("token");
-    assert_outcome(&gw.post_events(&[event("click", fresh, &items[0])]).await, 1, &[]);
+    assert_outcome(&post_outcome(&gw, &[event("click", fresh, &items[0])]).await, 1, &[]);
 
     let m = gw.scrape().await;
     assert_eq!(m.exact("events_rejected_total{reason=\"expired_token\"}"), 3.0);
@@ -1047,7 +1009,7 @@ async fn expired_tokens_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_of_the_json_format_still_count() {
     let gw = TestGateway::launch_ready(&settings_with_secret("k3y")).await;
-    let body = gw.recommend("42", "home").await;
+    let body = recommend(&gw, "42", "placement=home").await.body;
     let (token, items) = shown(&body);
     // The same page as the release before the binary format would have signed it.
     let mut page = claims(token);
@@ -1061,7 +1023,7 @@ async fn tokens_of_the_json_format_still_count() {
         event("click", &sign_json("another-secret", &page), &items[1]),
     ];
     assert_outcome(
-        &gw.post_events(&batch).await,
+        &post_outcome(&gw, &batch).await,
         3,
         &[(3, None, "item_not_served"), (4, None, "bad_signature")],
     );
@@ -1070,7 +1032,7 @@ async fn tokens_of_the_json_format_still_count() {
         event_with_id("click", &old, &items[0], "c-1"),
         event("click", &old, &items[0]),
     ];
-    assert_outcome(&gw.post_events(&again).await, 1, &[(1, None, "duplicate_event_id")]);
+    assert_outcome(&post_outcome(&gw, &again).await, 1, &[(1, None, "duplicate_event_id")]);
 
     let m = gw.scrape().await;
     let arm = body["arm"].as_str().expect("arm");
@@ -1083,7 +1045,7 @@ async fn tokens_of_the_json_format_still_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_limits_and_malformed_bodies() {
     let gw = TestGateway::demo().await;
-    let body = gw.recommend("42", "home").await;
+    let body = recommend(&gw, "42", "placement=home").await.body;
     let token = body["tracking_token"].as_str().expect("token");
     let arm = body["arm"].as_str().expect("arm");
     let items = item_ids(&body);
@@ -1092,7 +1054,7 @@ async fn batch_limits_and_malformed_bodies() {
     // pages of 10: an impression and a click of every item of each.
     let mut events = Vec::new();
     for _ in 0..50 {
-        let page = gw.recommend("42", "home").await;
+        let page = recommend(&gw, "42", "placement=home").await.body;
         assert_eq!(page["arm"], arm, "one user, one arm: {page}");
         let page_token = page["tracking_token"].as_str().expect("token");
         let page_items = item_ids(&page);
@@ -1109,14 +1071,14 @@ async fn batch_limits_and_malformed_bodies() {
     too_many.push(event("impression", token, &items[0]));
     let bytes = serde_json::to_vec(&json!({ "events": too_many })).expect("json");
     assert!(bytes.len() < 1 << 20, "under the body limit: {}", bytes.len());
-    let reply = gw.post_events_raw(bytes).await;
+    let reply = gw.post_raw("/events", bytes).await;
     assert_error(&reply, 413, Some("batch_too_large"), "1001 events");
     let m = gw.scrape().await;
     assert_eq!(m.arm("impressions_total", arm), 0.0);
     assert_eq!(m.arm("clicks_total", arm), 0.0);
 
     // 1000 events: all counted.
-    assert_outcome(&gw.post_events(&events).await, 1000, &[]);
+    assert_outcome(&post_outcome(&gw, &events).await, 1000, &[]);
     let m = gw.scrape().await;
     assert_eq!(m.arm("impressions_total", arm), 500.0);
     assert_eq!(m.arm("clicks_total", arm), 500.0);
@@ -1131,12 +1093,12 @@ async fn batch_limits_and_malformed_bodies() {
     };
     let exact = sized(1 << 20, &items[0]);
     assert_eq!(exact.len(), 1 << 20);
-    let reply = gw.post_events_raw(exact).await;
+    let reply = gw.post_raw("/events", exact).await;
     assert_eq!(reply.status, 202, "a body of exactly 1 MiB: {}", reply.body);
     assert_outcome(&reply.json(), 1, &[]);
     let over = sized((1 << 20) + 1, &items[1]);
     assert_eq!(over.len(), (1 << 20) + 1);
-    let reply = gw.post_events_raw(over).await;
+    let reply = gw.post_raw("/events", over).await;
     assert_error(&reply, 413, Some("payload_too_large"), "a body of 1 MiB + 1 byte");
     let m = gw.scrape().await;
     assert_eq!(m.arm("clicks_total", arm), 501.0, "the oversized click is not counted");
@@ -1148,12 +1110,12 @@ async fn batch_limits_and_malformed_bodies() {
         r#"{"events":[],"extra":1}"#,
         r#"{"events":{}}"#,
     ] {
-        let reply = gw.post_events_raw(bad).await;
+        let reply = gw.post_raw("/events", bad).await;
         assert_error(&reply, 400, None, bad);
     }
 
     // An empty batch is fine.
-    let empty = gw.post_events(&[]).await;
+    let empty = post_outcome(&gw, &[] as &[Value]).await;
     assert_eq!(empty, json!({ "accepted": 0, "rejected": 0, "rejections": [] }));
 
     let m = gw.scrape().await;
@@ -1179,14 +1141,14 @@ async fn stats_summarise_served_and_failed_requests() {
 
     let ([control, treatment], mut served) = users_of_each_arm(&gw).await;
     for _ in 0..3 {
-        gw.recommend(control["user_id"].as_str().expect("user"), "home").await;
-        gw.recommend(treatment["user_id"].as_str().expect("user"), "home").await;
+        recommend(&gw, control["user_id"].as_str().expect("user"), "placement=home").await;
+        recommend(&gw, treatment["user_id"].as_str().expect("user"), "placement=home").await;
     }
     served[0] += 3;
     served[1] += 3;
     let default_served = 2u64;
     for user in ["7", "8"] {
-        gw.recommend(user, "default").await;
+        recommend(&gw, user, "placement=default").await;
     }
     let failed = 3u64;
     for _ in 0..failed {
@@ -1279,15 +1241,15 @@ async fn metrics_pass_promtool_and_count_exactly() {
     );
     let mut items = [0u64; 2];
     for _ in 0..2 {
-        items[0] += item_ids(&gw.recommend(cu, "home").await).len() as u64;
+        items[0] += item_ids(&recommend(&gw, cu, "placement=home").await.body).len() as u64;
     }
     for _ in 0..4 {
-        items[1] += item_ids(&gw.recommend(tu, "home").await).len() as u64;
+        items[1] += item_ids(&recommend(&gw, tu, "placement=home").await.body).len() as u64;
     }
     served[0] += 2;
     served[1] += 4;
     for _ in 0..3 {
-        gw.recommend("7", "default").await;
+        recommend(&gw, "7", "placement=default").await;
     }
     for _ in 0..2 {
         let reply = gw.get("/recommendations/bad%20user?placement=home").await;
@@ -1304,7 +1266,7 @@ async fn metrics_pass_promtool_and_count_exactly() {
         event("click", tt, "not-on-the-page"),
     ];
     assert_outcome(
-        &gw.post_events(&batch).await,
+        &post_outcome(&gw, &batch).await,
         3,
         &[(3, None, "malformed_token"), (4, None, "item_not_served")],
     );

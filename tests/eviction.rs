@@ -15,7 +15,10 @@ mod common;
 use std::ops::Range;
 use std::time::Duration;
 
-use common::gateway::{DemoCopy, READY_TIMEOUT, Reply, SHARED_SECRET, TestGateway, eventually, http_client, send};
+use common::gateway::{
+    DemoCopy, READY_TIMEOUT, Reply, SHARED_SECRET, TestGateway, assert_error, eventually, http_client, send,
+};
+use common::page::Page;
 use common::redis::{Config, Mode, Redis};
 use common::serve::Process;
 use reqwest::Method;
@@ -38,13 +41,6 @@ fn directives(args: &[&str]) -> Config {
     }
 }
 
-/// A page served on `home`: its tracking token and first item.
-struct Page {
-    user: u32,
-    token: String,
-    item: String,
-}
-
 /// `GET path` of the gateway at `base`.
 async fn get(base: &str, path: &str) -> Reply {
     send(&http_client(), Method::GET, &format!("{base}{path}"), &[], None)
@@ -52,19 +48,15 @@ async fn get(base: &str, path: &str) -> Reply {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Serves `users` on `home` (none of them is the QA override, so each is an exposure counted).
+/// Serves `users` on `home` by the gateway at `base` (in this process or not), none of them
+/// the QA override, so each is an exposure counted.
 async fn serve(base: &str, users: Range<u32>) -> Vec<Page> {
     let mut pages = Vec::new();
     for user in users {
-        let reply = get(base, &format!("/recommendations/{user}?placement=home")).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let body = reply.json();
-        assert_eq!(body["forced"], false, "{body}");
-        pages.push(Page {
-            user,
-            token: body["tracking_token"].as_str().expect("token").to_string(),
-            item: body["items"][0]["item_id"].as_str().expect("an item").to_string(),
-        });
+        let path = format!("/recommendations/{user}?placement=home");
+        let page = Page::read(&user.to_string(), &format!("GET {path}"), &get(base, &path).await).expect_items();
+        assert!(!page.forced, "{}", page.body);
+        pages.push(page);
     }
     pages
 }
@@ -74,7 +66,7 @@ async fn serve(base: &str, users: Range<u32>) -> Vec<Page> {
 async fn post_impressions(base: &str, pages: &[Page]) -> Reply {
     let events: Vec<Value> = pages
         .iter()
-        .map(|p| json!({ "type": "impression", "tracking_token": p.token, "item_id": p.item, "event_id": format!("i-{}", p.user) }))
+        .map(|p| json!({ "type": "impression", "tracking_token": p.token, "item_id": p.items[0], "event_id": format!("i-{}", p.user) }))
         .collect();
     send(
         &http_client(),
@@ -87,12 +79,10 @@ async fn post_impressions(base: &str, pages: &[Page]) -> Reply {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Asserts `reply` is a 503 JSON `counts_unavailable`; returns its message.
+/// Asserts `reply` is a 503 `counts_unavailable` ([`assert_error`]); returns its message.
 fn counts_unavailable(reply: &Reply, what: &str) -> String {
-    assert_eq!(reply.status, 503, "{what}: {}", reply.body);
-    let body = reply.json();
-    assert_eq!(body["error"], "counts_unavailable", "{what}: {body}");
-    body["message"].as_str().expect("a message").to_string()
+    assert_error(reply, 503, "counts_unavailable", what);
+    reply.json()["message"].as_str().expect("a message").to_string()
 }
 
 /// `(exposures, impressions)` of the demo experiment, both arms; `Err` while the results are
@@ -205,14 +195,12 @@ async fn an_evicting_counts_redis_holds_the_counts(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicting_counts_redis_holds_the_counts_on_one_node() {
-    an_evicting_counts_redis_holds_the_counts(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicting_counts_redis_holds_the_counts_on_a_cluster() {
-    an_evicting_counts_redis_holds_the_counts(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_evicting_counts_redis_holds_the_counts {
+        an_evicting_counts_redis_holds_the_counts_on_one_node => Node,
+        an_evicting_counts_redis_holds_the_counts_on_a_cluster => Cluster,
+    }
 }
 
 async fn a_counts_redis_without_config_is_refused_or_warned_about(mode: Mode) {
@@ -266,12 +254,10 @@ async fn a_counts_redis_without_config_is_refused_or_warned_about(mode: Mode) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counts_redis_without_config_is_refused_or_warned_about_on_one_node() {
-    a_counts_redis_without_config_is_refused_or_warned_about(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counts_redis_without_config_is_refused_or_warned_about_on_a_cluster() {
-    a_counts_redis_without_config_is_refused_or_warned_about(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_counts_redis_without_config_is_refused_or_warned_about {
+        a_counts_redis_without_config_is_refused_or_warned_about_on_one_node => Node,
+        a_counts_redis_without_config_is_refused_or_warned_about_on_a_cluster => Cluster,
+    }
 }

@@ -32,6 +32,7 @@ use common::cli;
 use common::edits::{copy_of_experiments, edit, with_lines};
 use common::events::{self, Counts, arm_named, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
+use common::page::{Page, recommend};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::traffic::{Sent, Traffic};
@@ -133,34 +134,23 @@ fn user_of(path: &str) -> &str {
 // What a response of the broken-treatment experiment may be
 // ---------------------------------------------------------------------------------------------
 
-/// One recommendation response of `home-als-rank`, judged.
-#[derive(Debug, Clone)]
-struct Served {
-    /// The assigned arm (the response's `arm`, equal to §3.1's).
-    arm: &'static str,
-    /// Whether it carried `paused_by_guardrail: true` (and so the control's list).
-    paused: bool,
-    items: Vec<String>,
-    token: String,
-}
-
-/// Judges `body`, the 200 answer for `user`, against the contract with the treatment serving
-/// [`BROKEN_MODEL`]: the control always its own list; the treatment either a fallback
+/// Judges `page`, the 200 answer for its user, against the contract with the treatment
+/// serving [`BROKEN_MODEL`]: the control always its own list; the treatment either a fallback
 /// (`model_not_loaded`, the placement default, no flag) or paused (the control's model, not a
-/// fallback, `paused_by_guardrail: true`), `arm` always the assigned one.
-fn judge(user: &str, body: &Value) -> Result<Served, String> {
+/// fallback, `paused_by_guardrail: true`), `arm` always the assigned one (§3.1's); the page when
+/// it holds.
+fn judge(page: Page) -> Result<Page, String> {
+    let (user, body) = (&page.user, &page.body);
     let arm = arm_of(user);
     let fail = |why: &str| Err(format!("user {user} (assigned {arm}): {why}: {body}"));
     if body["experiment"] != EXPERIMENT || body["arm"] != arm || body["forced"] != false {
         return fail("experiment, arm or forced");
     }
-    let flag = &body["paused_by_guardrail"];
-    let paused = match (arm, flag) {
+    match (arm, &body["paused_by_guardrail"]) {
         (CONTROL, Value::Null) => {
             if body["model"] != CONTROL_MODEL || body["source"] == "fallback" {
                 return fail("the control serves its own model");
             }
-            false
         }
         (CONTROL, _) => return fail("the control is never paused"),
         (_, Value::Null) => {
@@ -170,39 +160,32 @@ fn judge(user: &str, body: &Value) -> Result<Served, String> {
             {
                 return fail("an unpaused broken treatment is a model_not_loaded fallback");
             }
-            false
         }
         (_, Value::Bool(true)) => {
             if body["model"] != CONTROL_MODEL || body["source"] == "fallback" {
                 return fail("a paused treatment gets the control's list");
             }
-            true
         }
         _ => return fail("paused_by_guardrail is true or absent"),
-    };
-    let items = gateway::item_ids(body);
-    if items.is_empty() {
+    }
+    if page.items.is_empty() {
         return fail("no items");
     }
-    Ok(Served {
-        arm,
-        paused,
-        items,
-        token: body["tracking_token"]
-            .as_str()
-            .expect("tracking_token is a string")
-            .to_string(),
-    })
+    Ok(page)
+}
+
+/// Whether `page`, judged, carried `paused_by_guardrail: true` (and so the control's list).
+fn is_paused(page: &Page) -> bool {
+    page.body["paused_by_guardrail"] == true
+}
+
+/// The page of `user` on `home` ([`recommend`]), which [`judge`] must accept.
+async fn judged_page(gw: &TestGateway, user: &str) -> Page {
+    let page = recommend(gw, user, &format!("placement={PLACEMENT}")).await;
+    judge(page).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestGateway {
-    /// `GET /recommendations/{user}?placement=home`, expecting 200 and a response [`judge`]
-    /// accepts.
-    async fn recommend(&self, user: &str) -> Served {
-        let body = self.ok(&path_of(user)).await;
-        judge(user, &body).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     /// `GET /experiments/home-als-rank`, the arm named `arm`.
     async fn arm_state(&self, arm: &str) -> Value {
         let body = self.ok(&format!("/experiments/{EXPERIMENT}")).await;
@@ -250,13 +233,7 @@ impl TestGateway {
     async fn resume(&self, experiment: &str, arm: &str) -> (u16, Value) {
         let path = format!("/admin/experiments/{experiment}/arms/{arm}/resume");
         let reply = self.call(Method::POST, &path, None, None).await;
-        assert!(
-            reply.content_type.starts_with("application/json"),
-            "POST {path}: {} {:?} {}",
-            reply.status,
-            reply.content_type,
-            reply.body
-        );
+        reply.assert_json(&format!("POST {path}"));
         (reply.status, reply.json())
     }
 
@@ -286,20 +263,20 @@ fn traffic(gw: &TestGateway, clients: usize) -> Traffic {
 /// Judges every answer of a traffic run: each a 200 that [`judge`] accepts, and per client the
 /// treatment never unpaused again once paused (the pause does not flicker); the judged
 /// answers in order, or every disagreement.
-fn judge_traffic(sent: &[Sent]) -> Result<Vec<(Instant, Served)>, String> {
+fn judge_traffic(sent: &[Sent]) -> Result<Vec<(Instant, Page)>, String> {
     let mut problems = Vec::new();
     let mut served = Vec::new();
     let mut paused_client = BTreeMap::new();
     for s in sent {
         let user = user_of(&s.path);
         let outcome = match &s.answer {
-            Ok(reply) if reply.status == 200 => judge(user, &reply.json()),
+            Ok(reply) if reply.status == 200 => judge(Page::read(user, &s.path, reply)),
             _ => Err(format!("not a 200: {s}")),
         };
         match outcome {
             Ok(one) => {
                 if one.arm == TREATMENT {
-                    if one.paused {
+                    if is_paused(&one) {
                         paused_client.insert(s.client, ());
                     } else if paused_client.contains_key(&s.client) {
                         problems.push(format!("treatment unpaused again after its pause: {s}"));
@@ -386,24 +363,24 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     let paused_after = started.elapsed();
     load.overlap(150, "traffic after the pause").await;
     let sent = load.stop().await;
-    let mut served: Vec<Served> = judge_traffic(&sent)
+    let mut served: Vec<Page> = judge_traffic(&sent)
         .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
         .map(|(_, s)| s)
         .collect();
-    let unpaused = served.iter().filter(|s| s.arm == TREATMENT && !s.paused).count();
+    let unpaused = served.iter().filter(|s| s.arm == TREATMENT && !is_paused(s)).count();
     assert!(unpaused >= 20, "the breach was served first: {unpaused} fallbacks");
 
     // After the pause was seen, every treatment user gets the control's list, flagged.
     for user in (0..200).map(|u| u.to_string()) {
-        let one = gw.recommend(&user).await;
+        let one = judged_page(&gw, &user).await;
         assert_eq!(
-            one.paused,
+            is_paused(&one),
             one.arm == TREATMENT,
             "user {user} ({}) after the pause",
             one.arm
         );
-        if one.paused {
+        if is_paused(&one) {
             let control = gw.ok(&format!("/recommendations/{user}?placement=discover")).await;
             assert_eq!(control["model"], CONTROL_MODEL, "{control}");
             assert_eq!(
@@ -419,7 +396,7 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     assert_paused_state(&gw).await;
     gw.wait_paused_metric(TREATMENT, 1.0).await;
     assert_eq!(gw.paused_metric(CONTROL).await, 0.0, "the control is not paused");
-    let results = gw.ok(&format!("/experiments/{EXPERIMENT}/results")).await;
+    let results = events::results(&gw, EXPERIMENT, "").await;
     let (control, treatment) = (arm_named(&results, CONTROL), arm_named(&results, TREATMENT));
     assert_eq!(control["state"], "serving", "{results}");
     assert!(control["paused_reason"].is_null(), "{results}");
@@ -430,19 +407,19 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     // Events with the tokens of paused responses credit the treatment; the control's its own.
     let mut want = [Counts::default(); 2];
     for s in &served {
-        want[index_of(s.arm)].exposures += 1;
+        want[index_of(&s.arm)].exposures += 1;
     }
     let mut events = Vec::new();
-    let paused: Vec<&Served> = served.iter().filter(|s| s.paused).take(40).collect();
-    let control_pages: Vec<&Served> = served.iter().filter(|s| s.arm == CONTROL).take(30).collect();
+    let paused: Vec<&Page> = served.iter().filter(|s| is_paused(s)).take(40).collect();
+    let control_pages: Vec<&Page> = served.iter().filter(|s| s.arm == CONTROL).take(30).collect();
     assert_eq!((paused.len(), control_pages.len()), (40, 30), "enough of each");
     for (n, s) in paused.iter().chain(&control_pages).enumerate() {
         let item = &s.items[0];
         events.push(events::event("impression", &s.token, item, Some(&format!("g{n}-i"))));
-        want[index_of(s.arm)].impressions += 1;
-        if s.paused {
+        want[index_of(&s.arm)].impressions += 1;
+        if is_paused(s) {
             events.push(events::event("click", &s.token, item, Some(&format!("g{n}-c"))));
-            want[index_of(s.arm)].clicks += 1;
+            want[index_of(&s.arm)].clicks += 1;
         }
     }
     post_all_accepted(&gw, &events, 1000).await;
@@ -452,7 +429,7 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
         WAIT,
         "results count every response under its assigned arm",
         async || {
-            let body = gw.ok(&format!("/experiments/{EXPERIMENT}/results")).await;
+            let body = events::results(&gw, EXPERIMENT, "").await;
             counts_match(&body, &want)
         },
     )
@@ -480,22 +457,20 @@ async fn a_broken_treatment_is_paused(mode: Mode) {
     assert_eq!(gw.arm_state(TREATMENT).await["state"], "serving", "resumed");
     let user = &users_of(TREATMENT, 1)[0];
     assert!(
-        !gw.recommend(user).await.paused,
+        !is_paused(&judged_page(&gw, user).await),
         "user {user} unpaused right after the resume"
     );
     gw.stop().await;
 }
 
-/// [`a_broken_treatment_is_paused`] without Redis: the replica's own pause.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_treatment_is_paused_without_redis() {
-    a_broken_treatment_is_paused(Mode::Memory).await;
-}
-
-/// [`a_broken_treatment_is_paused`] on one `redis-server` (results and pauses in Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_treatment_is_paused_on_one_redis_node() {
-    a_broken_treatment_is_paused(Mode::Node).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_broken_treatment_is_paused {
+        /// [`a_broken_treatment_is_paused`] without Redis: the replica's own pause.
+        a_broken_treatment_is_paused_without_redis => Memory,
+        /// [`a_broken_treatment_is_paused`] on one `redis-server` (results and pauses in Redis).
+        a_broken_treatment_is_paused_on_one_redis_node => Node,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,7 +522,7 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     assert_eq!(b.treatment_fallbacks().await, 0.0, "B served no treatment request");
     assert_eq!(assert_paused_state(&b).await, (reason, since), "B shows A's pause");
     for user in &treatment_users {
-        assert!(b.recommend(user).await.paused, "B pauses user {user}");
+        assert!(is_paused(&judged_page(&b, user).await), "B pauses user {user}");
     }
     b.wait_paused_metric(TREATMENT, 1.0).await;
     assert_eq!(b.paused_metric(CONTROL).await, 0.0);
@@ -576,7 +551,7 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
         );
         for user in &treatment_users[..2] {
             assert!(
-                !gw.recommend(user).await.paused,
+                !is_paused(&judged_page(gw, user).await),
                 "user {user} unpaused right after the resume"
             );
         }
@@ -593,7 +568,7 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     let served = judge_traffic(&sent).unwrap_or_else(|e| panic!("replica A after resume: {e}"));
     let first_paused = served
         .iter()
-        .find(|(_, s)| s.paused)
+        .find(|(_, s)| is_paused(s))
         .map(|(at, _)| at.duration_since(resumed))
         .expect("a paused answer after the second pause");
     assert!(
@@ -606,16 +581,14 @@ async fn a_pause_is_shared_and_resumed_through_redis(mode: Mode) {
     b.stop().await;
 }
 
-/// [`a_pause_is_shared_and_resumed_through_redis`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_is_shared_and_resumed_on_one_redis_node() {
-    a_pause_is_shared_and_resumed_through_redis(Mode::Node).await;
-}
-
-/// [`a_pause_is_shared_and_resumed_through_redis`] on a 3-node Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_is_shared_and_resumed_on_a_redis_cluster() {
-    a_pause_is_shared_and_resumed_through_redis(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_pause_is_shared_and_resumed_through_redis {
+        /// [`a_pause_is_shared_and_resumed_through_redis`] on one `redis-server`.
+        a_pause_is_shared_and_resumed_on_one_redis_node => Node,
+        /// [`a_pause_is_shared_and_resumed_through_redis`] on a 3-node Redis Cluster.
+        a_pause_is_shared_and_resumed_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,13 +645,13 @@ async fn an_a_a_experiment_is_never_paused() {
         round += 1;
     }
     eventually(WAIT, "results equal what was served and accepted", async || {
-        let body = gw.ok(&format!("/experiments/{EXPERIMENT}/results")).await;
+        let body = events::results(&gw, EXPERIMENT, "").await;
         counts_match(&body, &want)
     })
     .await;
     // Two more checks on the final counts, then still nothing paused.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let results = gw.ok(&format!("/experiments/{EXPERIMENT}/results")).await;
+    let results = events::results(&gw, EXPERIMENT, "").await;
     for arm in [CONTROL, TREATMENT] {
         assert_eq!(arm_named(&results, arm)["state"], "serving", "{results}");
         assert_eq!(gw.arm_state(arm).await["state"], "serving");

@@ -29,8 +29,9 @@ use std::time::Duration;
 use common::assignment::bucket;
 use common::cli;
 use common::edits::{copy_of_experiments, edit};
-use common::events::{self, ArmLedger, Claims, Kind, arm_named, arms_match, post_all_accepted};
+use common::events::{self, ArmLedger, Claims, ClientEvent, Kind, arm_named, arms_match, post_all_accepted};
 use common::gateway::{self, DemoCopy, TestGateway, eventually};
+use common::page::{Page, recommend};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use serde_json::{Value, json};
@@ -163,41 +164,32 @@ fn expect(placement: &str, user: &str, holdout_bp: u16) -> Expect {
     }
 }
 
-/// One recommendation response, checked against [`expect`].
+/// A recommendation response checked against [`expect`], with what it was expected to be
+/// (and so credited to).
 #[derive(Debug, Clone)]
-struct Served {
-    user: String,
+struct ExpectedPage {
+    page: Page,
     want: Expect,
-    items: Vec<String>,
-    token: String,
 }
 
-impl TestGateway {
-    /// `GET /recommendations/{user}?placement={placement}`, expecting 200 and exactly what
-    /// [`expect`] says (experiment, arm, forced, model, not a fallback, some items).
-    async fn recommend(&self, placement: &str, user: &str, holdout_bp: u16) -> Served {
-        let body = self.ok(&format!("/recommendations/{user}?placement={placement}")).await;
-        let want = expect(placement, user, holdout_bp);
-        let experiment = want.experiment.as_deref().map_or(Value::Null, |e| json!(e));
-        assert_eq!(
-            (&body["experiment"], &body["arm"], &body["forced"], &body["model"]),
-            (&experiment, &json!(want.arm), &json!(want.forced), &json!(want.model)),
-            "user {user} on {placement} (placement bucket {}): {body}",
-            bucket(&format!("placement:{placement}"), user)
-        );
-        let fallback = want.fallback.map_or(Value::Null, |r| json!(r));
-        assert_eq!(body["fallback_reason"], fallback, "user {user}: {body}");
-        let items = gateway::item_ids(&body);
-        assert!(!items.is_empty(), "user {user}: {body}");
-        Served {
-            user: user.to_string(),
-            want,
-            items,
-            token: body["tracking_token"]
-                .as_str()
-                .expect("tracking_token is a string")
-                .to_string(),
-        }
+/// The page of `user` on `placement` ([`recommend`]), which must be exactly what [`expect`]
+/// says (experiment, arm, forced, model, not a fallback, some items).
+async fn expected_page(gw: &TestGateway, placement: &str, user: &str, holdout_bp: u16) -> ExpectedPage {
+    let page = recommend(gw, user, &format!("placement={placement}")).await;
+    let body = &page.body;
+    let want = expect(placement, user, holdout_bp);
+    let experiment = want.experiment.as_deref().map_or(Value::Null, |e| json!(e));
+    assert_eq!(
+        (&body["experiment"], &body["arm"], &body["forced"], &body["model"]),
+        (&experiment, &json!(want.arm), &json!(want.forced), &json!(want.model)),
+        "user {user} on {placement} (placement bucket {}): {body}",
+        bucket(&format!("placement:{placement}"), user)
+    );
+    let fallback = want.fallback.map_or(Value::Null, |r| json!(r));
+    assert_eq!(body["fallback_reason"], fallback, "user {user}: {body}");
+    ExpectedPage {
+        page: page.expect_items(),
+        want,
     }
 }
 
@@ -211,23 +203,22 @@ struct Event {
     kind: Kind,
     item: String,
     id: String,
-    served: Served,
+    served: ExpectedPage,
 }
 
-impl Event {
-    /// As `POST /events` takes it.
+impl ClientEvent for Event {
     fn to_json(&self) -> Value {
-        events::event(self.kind.name(), &self.served.token, &self.item, Some(&self.id))
+        events::event(self.kind.name(), &self.served.page.token, &self.item, Some(&self.id))
     }
 }
 
 /// Impressions of every item of every response, and a click on each item with the seeded
 /// probability `ctr(served)`; ids `{prefix}-{n}-{i|c}{position}`, unique per event.
-fn events_for(served: &[Served], prefix: &str, seed: u64, ctr: impl Fn(&Served) -> f64) -> Vec<Event> {
+fn events_for(served: &[ExpectedPage], prefix: &str, seed: u64, ctr: impl Fn(&ExpectedPage) -> f64) -> Vec<Event> {
     let mut events = Vec::new();
     for (n, s) in served.iter().enumerate() {
-        let mut rng = Rng::new(fnv(&s.user) ^ seed ^ n as u64);
-        for (i, item) in s.items.iter().enumerate() {
+        let mut rng = Rng::new(fnv(&s.page.user) ^ seed ^ n as u64);
+        for (i, item) in s.page.items.iter().enumerate() {
             let mut push = |kind: Kind| {
                 events.push(Event {
                     kind,
@@ -260,9 +251,9 @@ struct Ledger {
 
 impl Ledger {
     /// Credits a response to every results it counts for.
-    fn served(&mut self, s: &Served) {
+    fn served(&mut self, s: &ExpectedPage) {
         for key in &s.want.credits {
-            self.arms.entry(key.clone()).or_default().served(&s.user);
+            self.arms.entry(key.clone()).or_default().served(&s.page.user);
         }
     }
 
@@ -270,7 +261,7 @@ impl Ledger {
     fn accepted(&mut self, event: &Event) {
         if !self
             .seen
-            .accept(&event.served.token, event.kind, &event.item, Some(&event.id))
+            .accept(&event.served.page.token, event.kind, &event.item, Some(&event.id))
         {
             self.retried += 1;
             return;
@@ -278,7 +269,7 @@ impl Ledger {
         self.accepted += 1;
         for credit in &event.served.want.credits {
             let arm = self.arms.entry(credit.clone()).or_default();
-            arm.event(&event.served.user, event.kind);
+            arm.event(&event.served.page.user, event.kind);
         }
     }
 
@@ -306,12 +297,10 @@ async fn serve_all(
     users: &[String],
     holdout_bp: u16,
     ledger: &mut Ledger,
-) -> Vec<Served> {
+) -> Vec<ExpectedPage> {
     let mut served = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let s = gateways[i % gateways.len()]
-            .recommend(placement, user, holdout_bp)
-            .await;
+        let s = expected_page(gateways[i % gateways.len()], placement, user, holdout_bp).await;
         ledger.served(&s);
         served.push(s);
     }
@@ -321,7 +310,7 @@ async fn serve_all(
 /// Posts `events` in batches of `batch` to `gw`, expecting 202 with every event accepted (each
 /// is valid: a first send or a resend with the same id), crediting the ledger.
 async fn post_all(gw: &TestGateway, events: &[Event], batch: usize, ledger: &mut Ledger) {
-    post_all_accepted(gw, &events.iter().map(Event::to_json).collect::<Vec<_>>(), batch).await;
+    post_all_accepted(gw, events, batch).await;
     for event in events {
         ledger.accepted(event);
     }
@@ -330,8 +319,8 @@ async fn post_all(gw: &TestGateway, events: &[Event], batch: usize, ledger: &mut
 /// Waits until both `holdout:home` and `home-als-rank` results equal the ledger on `gw`.
 async fn assert_home_results(gw: &TestGateway, ledger: &Ledger, what: &str) -> (Value, Value) {
     eventually(WAIT, what, async || {
-        let holdout = gw.ok(&format!("/experiments/{HOLDOUT_HOME}/results")).await;
-        let experiment = gw.ok(&format!("/experiments/{EXPERIMENT}/results")).await;
+        let holdout = events::results(gw, HOLDOUT_HOME, "").await;
+        let experiment = events::results(gw, EXPERIMENT, "").await;
         let a = ledger.matches(&holdout, HOLDOUT_HOME, [HOLDOUT_ARM, EXPOSED_ARM]);
         let b = ledger.matches(&experiment, EXPERIMENT, [CONTROL, TREATMENT]);
         match (a, b) {
@@ -394,7 +383,7 @@ fn home_users(n: usize) -> Vec<String> {
 }
 
 /// Seeded click rates: the holdout's users 4%, the control's 6%, the treatment's 9%.
-fn home_ctr(s: &Served) -> f64 {
+fn home_ctr(s: &ExpectedPage) -> f64 {
     match s.want.arm.as_str() {
         HOLDOUT_ARM => 0.04,
         CONTROL => 0.06,
@@ -417,20 +406,22 @@ async fn held_out_users_never_see_an_experiment(mode: Mode) {
     let holdout_bp = (HOLDOUT_PERCENT * 100.0) as u16;
     let mut ledger = Ledger::default();
     let served = serve_all(&[&gw], HOME, &home_users(1000), holdout_bp, &mut ledger).await;
-    let held: Vec<&Served> = served.iter().filter(|s| s.want.arm == HOLDOUT_ARM).collect();
+    let held: Vec<&ExpectedPage> = served.iter().filter(|s| s.want.arm == HOLDOUT_ARM).collect();
     assert!(
         (70..=130).contains(&held.len()),
         "about 10% of 1000 held out: {}",
         held.len()
     );
     for s in held.iter().take(30) {
-        let plain = gw.ok(&format!("/recommendations/{}?placement=default", s.user)).await;
+        let plain = gw
+            .ok(&format!("/recommendations/{}?placement=default", s.page.user))
+            .await;
         assert_eq!(plain["model"], DEFAULT_MODEL, "{plain}");
         assert_eq!(
-            s.items,
+            s.page.items,
             gateway::item_ids(&plain),
             "user {}: the default's list",
-            s.user
+            s.page.user
         );
     }
 
@@ -455,23 +446,17 @@ async fn held_out_users_never_see_an_experiment(mode: Mode) {
     gw.stop().await;
 }
 
-/// [`held_out_users_never_see_an_experiment`] without Redis: counts in the gateway's memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_without_redis() {
-    held_out_users_never_see_an_experiment(Mode::Memory).await;
-}
-
-/// [`held_out_users_never_see_an_experiment`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_on_one_redis_node() {
-    held_out_users_never_see_an_experiment(Mode::Node).await;
-}
-
-/// [`held_out_users_never_see_an_experiment`] on a 3-node Redis Cluster, where the holdout's
-/// keys are in another slot than the experiment's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_out_users_never_see_an_experiment_on_a_redis_cluster() {
-    held_out_users_never_see_an_experiment(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    held_out_users_never_see_an_experiment {
+        /// [`held_out_users_never_see_an_experiment`] without Redis: counts in the gateway's memory.
+        held_out_users_never_see_an_experiment_without_redis => Memory,
+        /// [`held_out_users_never_see_an_experiment`] on one `redis-server`.
+        held_out_users_never_see_an_experiment_on_one_redis_node => Node,
+        /// [`held_out_users_never_see_an_experiment`] on a 3-node Redis Cluster, where the holdout's
+        /// keys are in another slot than the experiment's.
+        held_out_users_never_see_an_experiment_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,17 +509,15 @@ async fn replayed_events_count_once(mode: Mode) {
     b.stop().await;
 }
 
-/// [`replayed_events_count_once`] on one `redis-server`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_events_count_once_on_one_redis_node() {
-    replayed_events_count_once(Mode::Node).await;
-}
-
-/// [`replayed_events_count_once`] on a 3-node Redis Cluster: each event is claimed in two
-/// slots (the experiment's and the holdout's), and a replay must be a retry in both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_events_count_once_on_a_redis_cluster() {
-    replayed_events_count_once(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    replayed_events_count_once {
+        /// [`replayed_events_count_once`] on one `redis-server`.
+        replayed_events_count_once_on_one_redis_node => Node,
+        /// [`replayed_events_count_once`] on a 3-node Redis Cluster: each event is claimed in two
+        /// slots (the experiment's and the holdout's), and a replay must be a retry in both.
+        replayed_events_count_once_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// Without Redis the replay goes to the same (only) gateway: its own claims dedupe it.
@@ -693,7 +676,7 @@ async fn a_holdout_on_a_placement_without_experiments() {
     });
     post_all(&gw, &events, 500, &mut ledger).await;
     let results = eventually(WAIT, "holdout:default results equal the ledger", async || {
-        let body = gw.ok(&format!("/experiments/{HOLDOUT}/results")).await;
+        let body = events::results(&gw, HOLDOUT, "").await;
         ledger
             .matches(&body, HOLDOUT, [HOLDOUT_ARM, EXPOSED_ARM])
             .map(|()| body)
@@ -723,8 +706,8 @@ async fn a_holdout_on_a_placement_without_experiments() {
             .expect("an exposed user"),
     );
     let explain = async |user: &str| gw.ok(&format!("/experiments/{HOLDOUT}/assignment/{user}")).await;
-    let body = explain(&inside.user).await;
-    let pb = bucket("placement:default", &inside.user);
+    let body = explain(&inside.page.user).await;
+    let pb = bucket("placement:default", &inside.page.user);
     for (field, want) in [
         ("experiment", json!(HOLDOUT)),
         ("in_experiment", json!(true)),
@@ -735,19 +718,19 @@ async fn a_holdout_on_a_placement_without_experiments() {
         ("placement_experiment", json!(HOLDOUT)),
         ("placement_arm", json!(HOLDOUT_ARM)),
     ] {
-        assert_eq!(body[field], want, "held-out user {}: {field}: {body}", inside.user);
+        assert_eq!(body[field], want, "held-out user {}: {field}: {body}", inside.page.user);
     }
     // Someone else on the placement is served the default, outside the holdout's slice, and
     // counted as its `exposed` arm.
-    let body = explain(&outside.user).await;
-    let pb = bucket("placement:default", &outside.user);
+    let body = explain(&outside.page.user).await;
+    let pb = bucket("placement:default", &outside.page.user);
     for (field, want) in [
         ("placement_bucket", json!(pb)),
         ("arm_for_bucket", json!(EXPOSED_ARM)),
         ("placement_experiment", Value::Null),
         ("placement_arm", json!("default")),
     ] {
-        assert_eq!(body[field], want, "exposed user {}: {field}: {body}", outside.user);
+        assert_eq!(body[field], want, "exposed user {}: {field}: {body}", outside.page.user);
     }
     gw.stop().await;
 }

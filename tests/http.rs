@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::assignment::bucket;
-use common::gateway::{READY_TIMEOUT, Reply, TestGateway, eventually, item_ids, model_status};
+use common::gateway::{READY_TIMEOUT, Reply, TestGateway, assert_error, eventually, item_ids, model_status};
 use common::spark::{Id, SparkOutput, commit};
 use common::traffic::{Sent, Traffic};
 use serde_json::Value;
@@ -92,28 +92,6 @@ fn experiment(id: &str, placement: &str, traffic: &str, arms: [(&str, &str, &str
         ));
     }
     text
-}
-
-/// Asserts the `{error, message}` shape, the status and the code.
-fn assert_error(reply: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(reply.status, status, "{what}: {}", reply.body);
-    assert!(
-        reply.content_type.starts_with("application/json"),
-        "{what}: content type {:?}",
-        reply.content_type
-    );
-    let body = reply.json();
-    let object = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: not an object: {body}"));
-    assert_eq!(
-        object.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["error", "message"],
-        "{what}: {body}"
-    );
-    assert_eq!(body["error"], code, "{what}: {body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(!message.trim().is_empty(), "{what}: empty message: {body}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1233,7 +1211,7 @@ async fn errors_are_json_with_fitting_statuses() {
         ("/recommendations".into(), 404, "not_found"),
     ];
     for (path, status, code) in &cases {
-        assert_error(&gw.get(path).await, *status, code, &format!("GET {path}"));
+        assert_error(&gw.get(path).await, *status, *code, &format!("GET {path}"));
     }
     let unknown = gw.get("/recommendations/1?placement=nope").await.json();
     assert!(unknown["message"].as_str().unwrap().contains("nope"), "{unknown}");

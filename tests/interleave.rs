@@ -38,8 +38,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::cli::{self, line_naming};
-use common::events::{event, post_all_accepted, post_events, wait_flushed};
+use common::events::{event, post_all_accepted, post_events, results, wait_flushed};
 use common::gateway::{self, TestGateway};
+use common::page::{Page, recommend};
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
@@ -307,24 +308,50 @@ struct Shown {
     score: f32,
 }
 
-/// One recommendation response.
-#[derive(Debug, Clone)]
-struct Page {
-    user: String,
-    body: Value,
-    shown: Vec<Shown>,
-    token: String,
-}
+/// What an interleave test reads of a page's items beyond their ids: the team each was drawn
+/// from, its rank and its score.
+trait Teams {
+    /// Every item of the page, as served.
+    fn shown(&self) -> Vec<Shown>;
 
-impl Page {
-    fn ids(&self) -> Vec<String> {
-        self.shown.iter().map(|s| s.item.clone()).collect()
-    }
+    /// The item ids, in page order.
+    fn ids(&self) -> Vec<String>;
 
     /// The team index (into `arms`) of each item; panics on an item without a team or with
     /// another name.
+    fn teams(&self, arms: [&str; 2]) -> Vec<usize>;
+
+    /// `(item, team index)` of each item.
+    fn merged(&self, arms: [&str; 2]) -> Vec<(String, usize)> {
+        self.ids().into_iter().zip(self.teams(arms)).collect()
+    }
+}
+
+impl Teams for Page {
+    fn shown(&self) -> Vec<Shown> {
+        self.body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {}", self.body))
+            .iter()
+            .map(|i| Shown {
+                item: i["item_id"].as_str().expect("string item_id").to_string(),
+                team: i.get("team").map(|t| {
+                    t.as_str()
+                        .unwrap_or_else(|| panic!("team is not a string: {i}"))
+                        .to_string()
+                }),
+                rank: i["rank"].as_u64().expect("rank"),
+                score: i["score"].as_f64().expect("score") as f32,
+            })
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.items.clone()
+    }
+
     fn teams(&self, arms: [&str; 2]) -> Vec<usize> {
-        self.shown
+        self.shown()
             .iter()
             .map(|s| {
                 let team = s
@@ -337,39 +364,6 @@ impl Page {
             })
             .collect()
     }
-
-    /// `(item, team index)` of each item.
-    fn merged(&self, arms: [&str; 2]) -> Vec<(String, usize)> {
-        self.ids().into_iter().zip(self.teams(arms)).collect()
-    }
-}
-
-/// `GET /recommendations/{user}?placement={placement}{query}`, expecting 200.
-async fn recommend(gw: &TestGateway, user: &str, placement: &str, query: &str) -> Page {
-    let path = format!("/recommendations/{user}?placement={placement}{query}");
-    let body = gw.ok(&path).await;
-    let shown = body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {body}"))
-        .iter()
-        .map(|i| Shown {
-            item: i["item_id"].as_str().expect("string item_id").to_string(),
-            team: i.get("team").map(|t| {
-                t.as_str()
-                    .unwrap_or_else(|| panic!("team is not a string: {i}"))
-                    .to_string()
-            }),
-            rank: i["rank"].as_u64().expect("rank"),
-            score: i["score"].as_f64().expect("score") as f32,
-        })
-        .collect();
-    let token = body["tracking_token"].as_str().expect("tracking_token").to_string();
-    Page {
-        user: user.to_string(),
-        body,
-        shown,
-        token,
-    }
 }
 
 /// An interleaved page of `home-interleave` (or of `experiment`): arm `interleaved`, not
@@ -380,13 +374,8 @@ fn assert_interleaved(page: &Page, experiment: &str, arms: [&str; 2]) {
     assert_eq!(body["experiment"], experiment, "{body}");
     assert_eq!(body["forced"], false, "{body}");
     assert!(body.get("fallback_reason").is_none(), "not a fallback: {body}");
-    assert!(!page.shown.is_empty(), "{body}");
+    assert!(!page.shown().is_empty(), "{body}");
     page.teams(arms);
-}
-
-/// `GET /experiments/{id}/results`, expecting 200 and JSON.
-async fn results(gw: &TestGateway, id: &str) -> Value {
-    gw.ok(&format!("/experiments/{id}/results")).await
 }
 
 /// `body` without `age_seconds`, which may tick between two reads.
@@ -769,9 +758,9 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     let mut events = Vec::new();
     for u in 1..=POPULATION {
         let user = u.to_string();
-        let page = recommend(&gw, &user, PLACEMENT, "").await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
-        assert_eq!(page.shown.len(), 10, "a full default page: {}", page.body);
+        assert_eq!(page.shown().len(), 10, "a full default page: {}", page.body);
         for (item, team) in page.merged(ARMS) {
             events.push(event(
                 "impression",
@@ -790,7 +779,7 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     post_all_accepted(&gw, &events, 200).await;
 
     // Exact at once: the events were accepted (counted in Redis in the same step, with Redis).
-    let body = results(&gw, EXPERIMENT).await;
+    let body = results(&gw, EXPERIMENT, "").await;
     assert_eq!(body["counts"], mode.counts(), "{body}");
     let want = assert_results(&body, ARMS, &ledger);
     assert!(want.n > 200, "most users clicked something: {want:?}");
@@ -806,7 +795,7 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     // its arm ("responses served to counted users"), once flushed; users within the ±2% of the
     // HyperLogLog sketches.
     wait_flushed(&gw, FLUSH, WAIT).await;
-    let body = results(&gw, EXPERIMENT).await;
+    let body = results(&gw, EXPERIMENT, "").await;
     for arm in body["arms"].as_array().expect("arms") {
         assert_eq!(arm["exposures"], u64::from(POPULATION), "one exposure a page: {arm}");
         let users = arm["users"].as_u64().expect("users");
@@ -841,19 +830,13 @@ async fn population_prefers_the_better_arm(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_in_memory() {
-    population_prefers_the_better_arm(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_on_one_redis_node() {
-    population_prefers_the_better_arm(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn population_prefers_the_better_arm_on_a_redis_cluster() {
-    population_prefers_the_better_arm(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    population_prefers_the_better_arm {
+        population_prefers_the_better_arm_in_memory => Memory,
+        population_prefers_the_better_arm_on_one_redis_node => Node,
+        population_prefers_the_better_arm_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,11 +857,11 @@ async fn aa_interleave_interval_contains_zero(mode: Mode) {
     let mut events = Vec::new();
     for u in 1..=120 {
         let user = u.to_string();
-        let page = recommend(&gw, &user, AA_PLACEMENT, "").await;
+        let page = recommend(&gw, &user, &format!("placement={AA_PLACEMENT}")).await;
         assert_interleaved(&page, AA_EXPERIMENT, AA_ARMS);
         let list = env.ids(0, &user, |_| true);
         assert_eq!(page.ids(), list[..10], "the model's order: {}", page.body);
-        let ranks: Vec<u64> = page.shown.iter().map(|s| s.rank).collect();
+        let ranks: Vec<u64> = page.shown().iter().map(|s| s.rank).collect();
         assert_eq!(ranks, (1..=10).collect::<Vec<u64>>(), "{}", page.body);
         let teams = page.teams(AA_ARMS);
         for pair in teams.chunks(2) {
@@ -898,7 +881,7 @@ async fn aa_interleave_interval_contains_zero(mode: Mode) {
         }
     }
     post_all_accepted(&gw, &events, 200).await;
-    let body = results(&gw, AA_EXPERIMENT).await;
+    let body = results(&gw, AA_EXPERIMENT, "").await;
     let want = assert_results(&body, AA_ARMS, &ledger);
     assert!(want.ties > 50, "{want:?}");
     assert_eq!(want.wins, [0, 0]);
@@ -911,19 +894,13 @@ async fn aa_interleave_interval_contains_zero(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_in_memory() {
-    aa_interleave_interval_contains_zero(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_on_one_redis_node() {
-    aa_interleave_interval_contains_zero(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_interleave_interval_contains_zero_on_a_redis_cluster() {
-    aa_interleave_interval_contains_zero(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    aa_interleave_interval_contains_zero {
+        aa_interleave_interval_contains_zero_in_memory => Memory,
+        aa_interleave_interval_contains_zero_on_one_redis_node => Node,
+        aa_interleave_interval_contains_zero_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -933,7 +910,7 @@ async fn aa_interleave_interval_contains_zero_on_a_redis_cluster() {
 /// Asserts what every item of an interleaved page of `user` carries: `rank` its 1-based rank
 /// in its team's (unfiltered) list, `score` its team's score for it.
 fn assert_ranks_and_scores(env: &Env, page: &Page) {
-    for (shown, team) in page.shown.iter().zip(page.teams(ARMS)) {
+    for (shown, team) in page.shown().iter().zip(page.teams(ARMS)) {
         let list = env.list(team, &page.user);
         let at = list
             .iter()
@@ -984,7 +961,7 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
         let b = env.ids(1, &user, |_| true);
 
         // The whole list.
-        let page = recommend(&gw, &user, PLACEMENT, "&limit=100").await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}&limit=100")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
         assert_eq!(page.body["model"], "alpha,beta", "{}", page.body);
         assert_eq!(page.body["model_version"], versions.as_str(), "{}", page.body);
@@ -1007,7 +984,7 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
             excluded.push(shared.clone());
         }
         let query = format!("&limit=100&exclude={}", excluded.join(","));
-        let page = recommend(&gw, &user, PLACEMENT, &query).await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}{query}")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
         let keep = |(i, _): &(String, f32)| !excluded.contains(i);
         let (fa, fb) = (env.ids(0, &user, keep), env.ids(1, &user, keep));
@@ -1020,14 +997,14 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
         assert_ranks_and_scores(&env, &page);
 
         // `min_score = 7`: alpha keeps scores 9 − r/8 >= 7 (r <= 16), beta 8 − r/4 >= 7 (r <= 4).
-        let page = recommend(&gw, &user, PLACEMENT, "&limit=100&min_score=7").await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}&limit=100&min_score=7")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
         let keep = |(_, s): &(String, f32)| *s >= 7.0;
         let (fa, fb) = (env.ids(0, &user, keep), env.ids(1, &user, keep));
         assert_eq!((fa.len(), fb.len()), (a.len().min(17), 5), "the test's own cut");
         check_draft([&fa, &fb], &page.merged(ARMS), true).unwrap_or_else(|e| panic!("user {user}, min_score 7: {e}"));
         assert_eq!(page.body["total"], union([&fa, &fb]).len() as u64, "{}", page.body);
-        for shown in &page.shown {
+        for shown in &page.shown() {
             assert!(shown.score >= 7.0, "{}", page.body);
         }
         assert_ranks_and_scores(&env, &page);
@@ -1037,11 +1014,11 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
         let mut offset = 0;
         while offset < total {
             let query = format!("&limit=5&offset={offset}");
-            let page = recommend(&gw, &user, PLACEMENT, &query).await;
+            let page = recommend(&gw, &user, &format!("placement={PLACEMENT}{query}")).await;
             assert_interleaved(&page, EXPERIMENT, ARMS);
             assert_eq!(page.body["total"], total as u64, "{}", page.body);
             assert_eq!(page.body["offset"], offset as u64, "{}", page.body);
-            assert_eq!(page.shown.len(), 5.min(total - offset), "{}", page.body);
+            assert_eq!(page.shown().len(), 5.min(total - offset), "{}", page.body);
             if offset + 5 < total {
                 assert_eq!(page.body["next_offset"], offset as u64 + 5, "{}", page.body);
             } else {
@@ -1056,8 +1033,8 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
             offset += 5;
         }
         // Past the end: an empty page with the same total.
-        let page = recommend(&gw, &user, PLACEMENT, &format!("&limit=5&offset={total}")).await;
-        assert!(page.shown.is_empty(), "{}", page.body);
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}&limit=5&offset={total}")).await;
+        assert!(page.shown().is_empty(), "{}", page.body);
         assert_eq!(page.body["total"], total as u64, "{}", page.body);
     }
 
@@ -1065,7 +1042,7 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
     // team has the first pick at least once (a fair coin fails this with probability 2^-39).
     let mut first_picks = BTreeSet::new();
     for _ in 0..40 {
-        let page = recommend(&gw, "1", PLACEMENT, "&limit=1").await;
+        let page = recommend(&gw, "1", &format!("placement={PLACEMENT}&limit=1")).await;
         first_picks.insert(page.teams(ARMS)[0]);
     }
     assert_eq!(first_picks, BTreeSet::from([0, 1]), "the first pick's team varies");
@@ -1073,7 +1050,7 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
     // A split experiment: one arm's list, no team on any item; its results say so.
     for u in 1..=10 {
         let user = u.to_string();
-        let page = recommend(&gw, &user, SPLIT_PLACEMENT, "").await;
+        let page = recommend(&gw, &user, &format!("placement={SPLIT_PLACEMENT}")).await;
         assert_eq!(page.body["experiment"], SPLIT_EXPERIMENT, "{}", page.body);
         let arm = page.body["arm"].as_str().expect("arm");
         let model = ARMS
@@ -1085,26 +1062,20 @@ async fn merged_lists_follow_team_draft(mode: Mode) {
             assert!(item.get("team").is_none(), "no team in a split response: {}", page.body);
         }
     }
-    let split = results(&gw, SPLIT_EXPERIMENT).await;
+    let split = results(&gw, SPLIT_EXPERIMENT, "").await;
     assert_eq!(split["kind"], "split", "{split}");
-    let interleave = results(&gw, EXPERIMENT).await;
+    let interleave = results(&gw, EXPERIMENT, "").await;
     assert_eq!(interleave["kind"], "interleave", "{interleave}");
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_in_memory() {
-    merged_lists_follow_team_draft(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_on_one_redis_node() {
-    merged_lists_follow_team_draft(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_lists_follow_team_draft_on_a_redis_cluster() {
-    merged_lists_follow_team_draft(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    merged_lists_follow_team_draft {
+        merged_lists_follow_team_draft_in_memory => Memory,
+        merged_lists_follow_team_draft_on_one_redis_node => Node,
+        merged_lists_follow_team_draft_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1126,7 +1097,7 @@ async fn slice_status_and_schedule_apply(mode: Mode) {
     for u in 1..=80 {
         let user = u.to_string();
         let inside = common::assignment::bucket("placement:half", &user) < 5_000;
-        let page = recommend(&gw, &user, "half", "&limit=100").await;
+        let page = recommend(&gw, &user, "placement=half&limit=100").await;
         if inside {
             covered += 1;
             assert_interleaved(&page, "half-interleave", ARMS);
@@ -1136,7 +1107,7 @@ async fn slice_status_and_schedule_apply(mode: Mode) {
             assert_default(&page);
         }
         for placement in ["paused", "later"] {
-            assert_default(&recommend(&gw, &user, placement, "").await);
+            assert_default(&recommend(&gw, &user, &format!("placement={placement}")).await);
         }
     }
     assert!((20..=60).contains(&covered), "about half of 80 users: {covered}");
@@ -1149,22 +1120,16 @@ fn assert_default(page: &Page) {
     assert_eq!(body["arm"], "default", "{body}");
     assert!(body.get("experiment").is_none_or(Value::is_null), "{body}");
     assert_eq!(page.ids(), POPULAR, "{body}");
-    assert!(page.shown.iter().all(|s| s.team.is_none()), "no team: {body}");
+    assert!(page.shown().iter().all(|s| s.team.is_none()), "no team: {body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_in_memory() {
-    slice_status_and_schedule_apply(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_on_one_redis_node() {
-    slice_status_and_schedule_apply(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slice_status_and_schedule_apply_on_a_redis_cluster() {
-    slice_status_and_schedule_apply(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    slice_status_and_schedule_apply {
+        slice_status_and_schedule_apply_in_memory => Memory,
+        slice_status_and_schedule_apply_on_one_redis_node => Node,
+        slice_status_and_schedule_apply_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1186,7 +1151,7 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
     let mut events = Vec::new();
     for u in 1..=40 {
         let user = u.to_string();
-        let page = recommend(&gw, &user, PLACEMENT, "").await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
         for (item, team) in page.merged(ARMS) {
             events.push(event("impression", &page.token, &item, None));
@@ -1199,26 +1164,26 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
     }
     post_all_accepted(&gw, &events, 200).await;
     wait_flushed(&gw, FLUSH, WAIT).await;
-    let before = results(&gw, EXPERIMENT).await;
+    let before = results(&gw, EXPERIMENT, "").await;
     assert_results(&before, ARMS, &ledger);
 
     let mut others = Vec::new();
     for (user, team) in [(ONLY_ALPHA, 0), (ONLY_BETA, 1)] {
-        let page = recommend(&gw, user, PLACEMENT, "").await;
+        let page = recommend(&gw, user, &format!("placement={PLACEMENT}")).await;
         let body = &page.body;
         assert_eq!(body["fallback_reason"], "not_interleaved", "{body}");
         assert_eq!(body["experiment"], EXPERIMENT, "{body}");
         assert_eq!(page.ids(), env.ids(team, user, |_| true)[..10], "{body}");
         assert_eq!(page.teams(ARMS), vec![team; 10], "every item {}'s: {body}", ARMS[team]);
-        let ranks: Vec<u64> = page.shown.iter().map(|s| s.rank).collect();
+        let ranks: Vec<u64> = page.shown().iter().map(|s| s.rank).collect();
         assert_eq!(ranks, (1..=10).collect::<Vec<u64>>(), "{body}");
         others.push(page);
     }
     // Neither model knows the user: the placement default.
-    let nobody = recommend(&gw, "nobody-1", PLACEMENT, "").await;
+    let nobody = recommend(&gw, "nobody-1", &format!("placement={PLACEMENT}")).await;
     assert_eq!(nobody.ids(), POPULAR, "the placement default: {}", nobody.body);
-    assert!(nobody.shown.iter().all(|s| s.team.is_none()), "{}", nobody.body);
-    let qa = recommend(&gw, QA_USER, PLACEMENT, "").await;
+    assert!(nobody.shown().iter().all(|s| s.team.is_none()), "{}", nobody.body);
+    let qa = recommend(&gw, QA_USER, &format!("placement={PLACEMENT}")).await;
     assert_eq!(qa.body["forced"], true, "{}", qa.body);
     assert_eq!(qa.body["arm"], "beta", "{}", qa.body);
     assert_eq!(
@@ -1238,7 +1203,7 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
     }
     post_all_accepted(&gw, &uncounted, 200).await;
     wait_flushed(&gw, FLUSH, WAIT).await;
-    let after = results(&gw, EXPERIMENT).await;
+    let after = results(&gw, EXPERIMENT, "").await;
     assert_eq!(
         ageless(after),
         ageless(before),
@@ -1247,19 +1212,13 @@ async fn pages_not_interleaved_are_not_counted(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_in_memory() {
-    pages_not_interleaved_are_not_counted(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_on_one_redis_node() {
-    pages_not_interleaved_are_not_counted(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_not_interleaved_are_not_counted_on_a_redis_cluster() {
-    pages_not_interleaved_are_not_counted(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    pages_not_interleaved_are_not_counted {
+        pages_not_interleaved_are_not_counted_in_memory => Memory,
+        pages_not_interleaved_are_not_counted_on_one_redis_node => Node,
+        pages_not_interleaved_are_not_counted_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1288,9 +1247,9 @@ fn flip(token: &str, at: usize) -> String {
 async fn events_are_credited_to_the_item_team(mode: Mode) {
     let env = Env::new();
     let (gw, _redis) = launch(&env, mode).await;
-    let page = recommend(&gw, "7", PLACEMENT, "&limit=4").await;
+    let page = recommend(&gw, "7", &format!("placement={PLACEMENT}&limit=4")).await;
     assert_interleaved(&page, EXPERIMENT, ARMS);
-    assert_eq!(page.shown.len(), 4, "{}", page.body);
+    assert_eq!(page.shown().len(), 4, "{}", page.body);
     let merged = page.merged(ARMS);
     let (a, b) = (env.ids(0, "7", |_| true), env.ids(1, "7", |_| true));
     check_draft([&a, &b], &merged, false).unwrap_or_else(|e| panic!("{e}"));
@@ -1400,12 +1359,12 @@ async fn events_are_credited_to_the_item_team(mode: Mode) {
     }
     // Two picks each in the first four positions (both lists are longer): a tie, the only
     // user compared, so no interval (n = 1) and no p-value (no win).
-    let body = results(&gw, EXPERIMENT).await;
+    let body = results(&gw, EXPERIMENT, "").await;
     let first = assert_results(&body, ARMS, &ledger);
     assert_eq!((first.n, first.ties), (1, 1), "{first:?}");
 
     // User 8 clicks its first item only: that item's team wins the user.
-    let page8 = recommend(&gw, "8", PLACEMENT, "").await;
+    let page8 = recommend(&gw, "8", &format!("placement={PLACEMENT}")).await;
     assert_interleaved(&page8, EXPERIMENT, ARMS);
     let (item, team) = page8.merged(ARMS)[0].clone();
     let outcomes = post_events(
@@ -1419,7 +1378,7 @@ async fn events_are_credited_to_the_item_team(mode: Mode) {
     assert_eq!(outcomes, [None, None]);
     ledger.impression(team);
     ledger.click("8", team);
-    let body = results(&gw, EXPERIMENT).await;
+    let body = results(&gw, EXPERIMENT, "").await;
     let second = assert_results(&body, ARMS, &ledger);
     assert_eq!((second.n, second.ties, second.wins[team]), (2, 1, 1), "{second:?}");
     assert_eq!(second.p_value, Some(1.0));
@@ -1431,19 +1390,13 @@ async fn events_are_credited_to_the_item_team(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_in_memory() {
-    events_are_credited_to_the_item_team(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_on_one_redis_node() {
-    events_are_credited_to_the_item_team(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_credited_to_the_item_team_on_a_redis_cluster() {
-    events_are_credited_to_the_item_team(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    events_are_credited_to_the_item_team {
+        events_are_credited_to_the_item_team_in_memory => Memory,
+        events_are_credited_to_the_item_team_on_one_redis_node => Node,
+        events_are_credited_to_the_item_team_on_a_redis_cluster => Cluster,
+    }
 }
 
 /// With `tracking.token_format = "json"` (the format of the previous release, signed during an
@@ -1462,7 +1415,7 @@ async fn json_tokens_credit_the_item_team(mode: Mode) {
     let mut events = Vec::new();
     for u in 1..=30 {
         let user = u.to_string();
-        let page = recommend(&gw, &user, PLACEMENT, "").await;
+        let page = recommend(&gw, &user, &format!("placement={PLACEMENT}")).await;
         assert_interleaved(&page, EXPERIMENT, ARMS);
         assert_eq!(page.token.matches('.').count(), 1, "a JSON token: {}", page.token);
         for (item, team) in page.merged(ARMS) {
@@ -1475,7 +1428,7 @@ async fn json_tokens_credit_the_item_team(mode: Mode) {
         }
     }
     post_all_accepted(&gw, &events, 200).await;
-    let body = results(&gw, EXPERIMENT).await;
+    let body = results(&gw, EXPERIMENT, "").await;
     assert_results(&body, ARMS, &ledger);
     let text = gw.metrics().await;
     for (i, arm) in ARMS.iter().enumerate() {
@@ -1488,19 +1441,13 @@ async fn json_tokens_credit_the_item_team(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_in_memory() {
-    json_tokens_credit_the_item_team(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_on_one_redis_node() {
-    json_tokens_credit_the_item_team(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_tokens_credit_the_item_team_on_a_redis_cluster() {
-    json_tokens_credit_the_item_team(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    json_tokens_credit_the_item_team {
+        json_tokens_credit_the_item_team_in_memory => Memory,
+        json_tokens_credit_the_item_team_on_one_redis_node => Node,
+        json_tokens_credit_the_item_team_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,8 +41,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::events::{arm_named as arm, event, post_all_accepted, wait_flushed};
+use common::events::{arm_named as arm, event, post_all_accepted, results, wait_flushed};
 use common::gateway::{self, TestGateway, eventually};
+use common::page::recommend;
 use common::redis::{Mode, Redis};
 use common::rng::{Rng, fnv};
 use common::spark::{Id, SparkOutput};
@@ -585,9 +586,9 @@ impl Ask {
         self.limit.unwrap_or(DEFAULT_LIMIT)
     }
 
-    /// `/recommendations/{user}?placement=…&…`.
-    fn path(&self, placement: &str) -> String {
-        let mut path = format!("/recommendations/{}?placement={placement}", self.user);
+    /// Its query string on `placement`: `placement=…&…`.
+    fn query(&self, placement: &str) -> String {
+        let mut path = format!("placement={placement}");
         if let Some(limit) = self.limit {
             path.push_str(&format!("&limit={limit}"));
         }
@@ -613,27 +614,6 @@ impl Ask {
             .map(|(i, _)| i.clone())
             .collect()
     }
-}
-
-/// One recommendation response.
-#[derive(Debug, Clone)]
-struct Page {
-    body: Value,
-    ids: Vec<String>,
-    token: String,
-}
-
-/// `GET` the page `ask` asks for on `placement`, expecting 200.
-async fn recommend(gw: &TestGateway, placement: &str, ask: &Ask) -> Page {
-    let body = gw.ok(&ask.path(placement)).await;
-    let ids = gateway::item_ids(&body);
-    let token = body["tracking_token"].as_str().expect("tracking_token").to_string();
-    Page { body, ids, token }
-}
-
-/// `GET /experiments/{id}/results`, expecting 200 and JSON.
-async fn results(gw: &TestGateway, id: &str) -> Value {
-    gw.ok(&format!("/experiments/{id}/results")).await
 }
 
 /// `shadow_comparisons_total{outcome}` of a shadow arm in `/metrics` text.
@@ -787,7 +767,7 @@ impl ShadowLedger {
 async fn serve_shadow_traffic(gw: &TestGateway, env: &Env, asks: &[Ask]) -> ShadowLedger {
     let mut ledger = ShadowLedger::default();
     for ask in asks {
-        let page = recommend(gw, PLACEMENT, ask).await;
+        let page = recommend(gw, &ask.user, &ask.query(PLACEMENT)).await;
         let body = &page.body;
         assert_eq!(body["experiment"], EXPERIMENT, "{body}");
         assert_eq!(body["arm"], CONTROL, "never the shadow arm: {body}");
@@ -799,11 +779,11 @@ async fn serve_shadow_traffic(gw: &TestGateway, env: &Env, asks: &[Ask]) -> Shad
             Some(list) => (ask.page_of(list), false),
             None => (ask.page_of(&env.popular), true),
         };
-        assert_eq!(page.ids, want, "the control's page ({ask:?}): {body}");
+        assert_eq!(page.items, want, "the control's page ({ask:?}): {body}");
         if let Some(shadow_page) = &shadow_page
             && *shadow_page != want
         {
-            assert_ne!(&page.ids, shadow_page, "not the shadow's page: {body}");
+            assert_ne!(&page.items, shadow_page, "not the shadow's page: {body}");
         }
         assert_eq!(body["source"] == "fallback", fallback, "{body}");
         if fallback {
@@ -819,7 +799,7 @@ async fn serve_shadow_traffic(gw: &TestGateway, env: &Env, asks: &[Ask]) -> Shad
             continue;
         }
         ledger.to_compare += 1;
-        ledger.control_items.extend(page.ids.iter().cloned());
+        ledger.control_items.extend(page.items.iter().cloned());
         let control = env.control_ids(&ask.user).expect("in ctl");
         match env.shadow_ids(&ask.user) {
             None => ledger.no_list += 1,
@@ -856,7 +836,7 @@ async fn wait_compared(gw: &TestGateway, ledger: &ShadowLedger) -> (Value, Strin
     wait_flushed(gw, FLUSH, WAIT).await;
     let want = (ledger.comparisons.len() as u64, ledger.exposures);
     eventually(WAIT, "results: compared and exposures", async || {
-        let body = results(gw, EXPERIMENT).await;
+        let body = results(gw, EXPERIMENT, "").await;
         let got = (
             arm(&body, SHADOW)["compared"].as_u64().unwrap_or(u64::MAX),
             arm(&body, CONTROL)["exposures"].as_u64().unwrap_or(u64::MAX),
@@ -868,7 +848,7 @@ async fn wait_compared(gw: &TestGateway, ledger: &ShadowLedger) -> (Value, Strin
         }
     })
     .await;
-    (results(gw, EXPERIMENT).await, gw.metrics().await)
+    (results(gw, EXPERIMENT, "").await, gw.metrics().await)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -995,19 +975,13 @@ async fn shadow_is_never_served_and_overlap_is_exact(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_in_memory() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_on_one_redis_node() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_is_never_served_and_overlap_is_exact_on_a_redis_cluster() {
-    shadow_is_never_served_and_overlap_is_exact(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    shadow_is_never_served_and_overlap_is_exact {
+        shadow_is_never_served_and_overlap_is_exact_in_memory => Memory,
+        shadow_is_never_served_and_overlap_is_exact_on_one_redis_node => Node,
+        shadow_is_never_served_and_overlap_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1113,7 +1087,7 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
     let mut events = Vec::new();
     let mut pages = 0usize;
     let mut serve = async |placement: &str, ask: Ask, rng: &mut Rng, ledger: &mut Positions| {
-        let page = recommend(&gw, placement, &ask).await;
+        let page = recommend(&gw, &ask.user, &ask.query(placement)).await;
         let body = &page.body;
         assert_eq!(body["forced"], false, "{body}");
         assert_ne!(body["source"], "fallback", "{body}");
@@ -1128,7 +1102,7 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
         let entry = ledger.entry((experiment, arm)).or_default();
         pages += 1;
         let mut sent = Vec::new();
-        for (index, item) in page.ids.iter().enumerate() {
+        for (index, item) in page.items.iter().enumerate() {
             let b = bucket(ask.offset + index + 1);
             sent.push(event(
                 "impression",
@@ -1180,10 +1154,10 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
     post_all_accepted(&gw, &events[..30], 200).await;
 
     // Events are counted before they are answered: exact at once.
-    let split = results(&gw, SPLIT_EXPERIMENT).await;
+    let split = results(&gw, SPLIT_EXPERIMENT, "").await;
     assert_eq!(split["counts"], mode.counts(), "{split}");
     assert_by_position(&split, SPLIT_EXPERIMENT, &SPLIT_ARMS, &ledger);
-    let shadow = results(&gw, EXPERIMENT).await;
+    let shadow = results(&gw, EXPERIMENT, "").await;
     assert_by_position(&shadow, EXPERIMENT, &[CONTROL, SHADOW], &ledger);
     let text = gw.metrics().await;
     assert_position_counters(&text, SPLIT_PLACEMENT, SPLIT_EXPERIMENT, &SPLIT_ARMS, &ledger);
@@ -1193,9 +1167,9 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
     let mut qa_events = Vec::new();
     for (placement, user) in [(SPLIT_PLACEMENT, SPLIT_QA_USER), (PLACEMENT, QA_USER)] {
         for ask in [Ask::new(user), Ask::new(user).limit(5).offset(10)] {
-            let page = recommend(&gw, placement, &ask).await;
+            let page = recommend(&gw, &ask.user, &ask.query(placement)).await;
             assert_eq!(page.body["forced"], true, "{}", page.body);
-            for (index, item) in page.ids.iter().enumerate() {
+            for (index, item) in page.items.iter().enumerate() {
                 for kind in ["impression", "click"] {
                     qa_events.push(event(
                         kind,
@@ -1209,43 +1183,36 @@ async fn ctr_by_position_is_exact(mode: Mode, json: bool) {
     }
     post_all_accepted(&gw, &qa_events, 200).await;
     assert_by_position(
-        &results(&gw, SPLIT_EXPERIMENT).await,
+        &results(&gw, SPLIT_EXPERIMENT, "").await,
         SPLIT_EXPERIMENT,
         &SPLIT_ARMS,
         &ledger,
     );
-    assert_by_position(&results(&gw, EXPERIMENT).await, EXPERIMENT, &[CONTROL, SHADOW], &ledger);
+    assert_by_position(
+        &results(&gw, EXPERIMENT, "").await,
+        EXPERIMENT,
+        &[CONTROL, SHADOW],
+        &ledger,
+    );
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_in_memory() {
-    ctr_by_position_is_exact(Mode::Memory, false).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    ctr_by_position_is_exact(false) {
+        ctr_by_position_is_exact_in_memory => Memory,
+        ctr_by_position_is_exact_on_one_redis_node => Node,
+        ctr_by_position_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_on_one_redis_node() {
-    ctr_by_position_is_exact(Mode::Node, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_is_exact_on_a_redis_cluster() {
-    ctr_by_position_is_exact(Mode::Cluster, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_in_memory() {
-    ctr_by_position_is_exact(Mode::Memory, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_on_one_redis_node() {
-    ctr_by_position_is_exact(Mode::Node, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctr_by_position_with_json_tokens_is_exact_on_a_redis_cluster() {
-    ctr_by_position_is_exact(Mode::Cluster, true).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    ctr_by_position_is_exact(true) {
+        ctr_by_position_with_json_tokens_is_exact_in_memory => Memory,
+        ctr_by_position_with_json_tokens_is_exact_on_one_redis_node => Node,
+        ctr_by_position_with_json_tokens_is_exact_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1313,34 +1280,22 @@ async fn coverage_counts_distinct_items(mode: Mode, snapshots: bool) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_in_memory() {
-    coverage_counts_distinct_items(Mode::Memory, true).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    coverage_counts_distinct_items(true) {
+        coverage_with_snapshots_in_memory => Memory,
+        coverage_with_snapshots_on_one_redis_node => Node,
+        coverage_with_snapshots_on_a_redis_cluster => Cluster,
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_on_one_redis_node() {
-    coverage_counts_distinct_items(Mode::Node, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_with_snapshots_on_a_redis_cluster() {
-    coverage_counts_distinct_items(Mode::Cluster, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_in_memory() {
-    coverage_counts_distinct_items(Mode::Memory, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_on_one_redis_node() {
-    coverage_counts_distinct_items(Mode::Node, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coverage_without_snapshots_on_a_redis_cluster() {
-    coverage_counts_distinct_items(Mode::Cluster, false).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    coverage_counts_distinct_items(false) {
+        coverage_without_snapshots_in_memory => Memory,
+        coverage_without_snapshots_on_one_redis_node => Node,
+        coverage_without_snapshots_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1581,7 +1536,7 @@ async fn comparisons_are_sampled(mode: Mode) {
     let rounds = 10;
     for _ in 0..rounds {
         for n in 1..=REGULAR {
-            let page = recommend(&gw, SAMPLED_PLACEMENT, &Ask::new(&n.to_string())).await;
+            let page = recommend(&gw, &n.to_string(), &format!("placement={SAMPLED_PLACEMENT}")).await;
             assert_eq!(page.body["experiment"], SAMPLED_EXPERIMENT, "{}", page.body);
             assert_eq!(page.body["arm"], CONTROL, "never a shadow arm: {}", page.body);
             assert_ne!(page.body["source"], "fallback", "{}", page.body);
@@ -1592,7 +1547,7 @@ async fn comparisons_are_sampled(mode: Mode) {
     wait_flushed(&gw, FLUSH, WAIT).await;
     let (body, text) = eventually(WAIT, "results agree with Prometheus", async || {
         let text = gw.metrics().await;
-        let body = results(&gw, SAMPLED_EXPERIMENT).await;
+        let body = results(&gw, SAMPLED_EXPERIMENT, "").await;
         let exposures = arm(&body, CONTROL)["exposures"].as_u64();
         let mut differ = Vec::new();
         for name in [HALF, TENTH] {
@@ -1627,19 +1582,13 @@ async fn comparisons_are_sampled(mode: Mode) {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_in_memory() {
-    comparisons_are_sampled(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_on_one_redis_node() {
-    comparisons_are_sampled(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comparisons_are_sampled_on_a_redis_cluster() {
-    comparisons_are_sampled(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    comparisons_are_sampled {
+        comparisons_are_sampled_in_memory => Memory,
+        comparisons_are_sampled_on_one_redis_node => Node,
+        comparisons_are_sampled_on_a_redis_cluster => Cluster,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1659,10 +1608,10 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
     let (gw, _redis) = launch(&env, mode, false).await;
     for n in 1..=10 {
         let ask = Ask::new(&n.to_string());
-        let page = recommend(&gw, DONE_PLACEMENT, &ask).await;
+        let page = recommend(&gw, &ask.user, &ask.query(DONE_PLACEMENT)).await;
         assert_eq!(page.body["experiment"], DONE_EXPERIMENT, "{}", page.body);
         assert_eq!(page.body["arm"], CONTROL, "the winner: {}", page.body);
-        assert_eq!(page.ids, ask.page_of(&env.control[&ask.user]), "{}", page.body);
+        assert_eq!(page.items, ask.page_of(&env.control[&ask.user]), "{}", page.body);
     }
     let mut comparisons = Vec::new();
     let mut arms_seen = BTreeSet::new();
@@ -1673,7 +1622,7 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
                 Some(limit) => Ask::new(&user).limit(limit),
                 None => Ask::new(&user),
             };
-            let page = recommend(&gw, TRIO_PLACEMENT, &ask).await;
+            let page = recommend(&gw, &ask.user, &ask.query(TRIO_PLACEMENT)).await;
             let want = if common::assignment::bucket(TRIO_EXPERIMENT, &user) < 5_000 {
                 CONTROL
             } else {
@@ -1682,7 +1631,7 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
             assert_eq!(page.body["experiment"], TRIO_EXPERIMENT, "{}", page.body);
             assert_eq!(page.body["arm"], want, "B(salt, {user}): {}", page.body);
             let control = env.control_ids(&user).expect("in ctl");
-            assert_eq!(page.ids, ask.page_of(&env.control[&user]), "{}", page.body);
+            assert_eq!(page.items, ask.page_of(&env.control[&user]), "{}", page.body);
             arms_seen.insert(want);
             if want == CONTROL {
                 let shadow = env.shadow_ids(&user).expect("in shd");
@@ -1711,7 +1660,7 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
     .await;
     wait_flushed(&gw, FLUSH, WAIT).await;
     let body = eventually(WAIT, "results: compared", async || {
-        let body = results(&gw, TRIO_EXPERIMENT).await;
+        let body = results(&gw, TRIO_EXPERIMENT, "").await;
         if arm(&body, SHADOW)["compared"].as_f64() == Some(n) {
             Ok(body)
         } else {
@@ -1747,23 +1696,17 @@ async fn shadow_beside_two_arms_follows_the_control(mode: Mode) {
             "{DONE_EXPERIMENT}: outcome {o}"
         );
     }
-    let done = results(&gw, DONE_EXPERIMENT).await;
+    let done = results(&gw, DONE_EXPERIMENT, "").await;
     assert_eq!(arm(&done, SHADOW)["compared"], 0, "{done}");
     assert_eq!(arm(&done, CONTROL)["exposures"], 0, "{done}");
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_in_memory() {
-    shadow_beside_two_arms_follows_the_control(Mode::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_on_one_redis_node() {
-    shadow_beside_two_arms_follows_the_control(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_beside_two_arms_follows_the_control_on_a_redis_cluster() {
-    shadow_beside_two_arms_follows_the_control(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    shadow_beside_two_arms_follows_the_control {
+        shadow_beside_two_arms_follows_the_control_in_memory => Memory,
+        shadow_beside_two_arms_follows_the_control_on_one_redis_node => Node,
+        shadow_beside_two_arms_follows_the_control_on_a_redis_cluster => Cluster,
+    }
 }

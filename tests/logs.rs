@@ -1,8 +1,9 @@
 //! Exposure and event logs (README, "Exposure logs"): a real gateway with `logs.root` on a local
 //! folder (or an `hdfs://` name node nobody answers for) under traffic; every file it wrote is
-//! read back with the `parquet` crate (and with pyarrow when `python3 -c 'import pyarrow'`
-//! works, or `RECGW_TEST_PYTHON` names a Python that has it) and compared with what the
-//! gateway's own counters say it served and accepted.
+//! read back with the `parquet` crate and with pyarrow (the Python `RECGW_TEST_PYTHON` names,
+//! which `scripts/test` makes, else `python3`; the test fails when it has no pyarrow unless
+//! `RECGW_SKIP_PYARROW=1`) and compared with what the gateway's own counters say it served and
+//! accepted.
 
 mod common;
 
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, BooleanArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, TimeUnit};
+use common::events::post_all_accepted;
 use common::gateway::{TestGateway, demo_settings, eventually, sample};
+use common::page::{Page, recommend};
 use futures::StreamExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recgw::config::Settings;
@@ -288,38 +291,9 @@ fn assert_unique(rows: &[Logged], column: &str) -> BTreeSet<String> {
     seen.into_keys().collect()
 }
 
-/// What one recommendation request served.
-#[derive(Debug, Clone)]
-struct Served {
-    request_id: String,
-    token: String,
-    items: Vec<String>,
-}
-
-/// `GET /recommendations/{user}?placement=…` (no placement: the `default` one), expecting 200.
-async fn recommend(gw: &TestGateway, user: &str, placement: Option<&str>) -> Served {
-    let path = match placement {
-        Some(p) => format!("/recommendations/{user}?placement={p}&limit=5"),
-        None => format!("/recommendations/{user}?limit=5"),
-    };
-    let reply = gw.get(&path).await;
-    assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-    let body = reply.json();
-    Served {
-        request_id: reply.request_id.clone().expect("X-Request-Id"),
-        token: body["tracking_token"].as_str().expect("token").to_string(),
-        items: body["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|i| i["item_id"].as_str().expect("item_id").to_string())
-            .collect(),
-    }
-}
-
 /// One round of mixed traffic for users `from..from + n`: the `home` experiment (known and cold
 /// users, a QA override), the `feed` interleave experiment and the `default` placement.
-async fn requests(gw: &TestGateway, from: usize, n: usize) -> Vec<Served> {
+async fn requests(gw: &TestGateway, from: usize, n: usize) -> Vec<Page> {
     let mut asked: Vec<(String, Option<&'static str>)> = Vec::new();
     for i in from..from + n {
         let placement = match i % 4 {
@@ -334,7 +308,16 @@ async fn requests(gw: &TestGateway, from: usize, n: usize) -> Vec<Served> {
     }
     asked.push(("qa-user-1".into(), Some("home")));
     futures::stream::iter(asked)
-        .map(|(user, placement)| async move { recommend(gw, &user, placement).await })
+        .map(|(user, placement)| async move {
+            // No placement: the `default` one.
+            let query = match placement {
+                Some(p) => format!("placement={p}&limit=5"),
+                None => "limit=5".to_string(),
+            };
+            let page = recommend(gw, &user, &query).await;
+            assert!(page.request_id.is_some(), "X-Request-Id: {}", page.body);
+            page
+        })
         .buffer_unordered(8)
         .collect()
         .await
@@ -343,7 +326,7 @@ async fn requests(gw: &TestGateway, from: usize, n: usize) -> Vec<Served> {
 /// Impressions of every item of every page and a click on each page's first item, in batches;
 /// returns how many were accepted. Each click is also sent twice more with its `event_id`: once
 /// in a later batch (a retry: accepted, not counted again) — those are returned apart.
-async fn events(gw: &TestGateway, served: &[Served]) -> (u64, u64) {
+async fn events(gw: &TestGateway, served: &[Page]) -> (u64, u64) {
     let mut batch = Vec::new();
     let mut retries = Vec::new();
     for (n, s) in served.iter().enumerate() {
@@ -359,27 +342,18 @@ async fn events(gw: &TestGateway, served: &[Served]) -> (u64, u64) {
             }
         }
     }
-    let mut accepted = 0;
-    for chunk in batch.chunks(200) {
-        accepted += post(gw, chunk).await;
-    }
-    let mut retried = 0;
-    for chunk in retries.chunks(200) {
-        retried += post(gw, chunk).await;
-    }
-    (accepted, retried)
+    post_all_accepted(gw, &batch, 200).await;
+    post_all_accepted(gw, &retries, 200).await;
+    (batch.len() as u64, retries.len() as u64)
 }
 
-async fn post(gw: &TestGateway, events: &[Value]) -> u64 {
-    let reply = gw.post_json("/events", &json!({ "events": events })).await;
-    assert_eq!(reply.status, 202, "POST /events: {}", reply.body);
-    let body = reply.json();
-    assert_eq!(body["rejected"], 0, "{body}");
-    body["accepted"].as_u64().expect("accepted")
-}
+/// Set to `1` to skip the pyarrow check on a machine without pyarrow; the test fails otherwise
+/// rather than pass unseen (`scripts/test` makes a Python with it).
+const SKIP_PYARROW: &str = "RECGW_SKIP_PYARROW";
 
-/// What a Python with pyarrow reads of the tables under `root`, or `None` (said on stderr)
-/// when there is no such Python.
+/// What a Python with pyarrow (`RECGW_TEST_PYTHON`, else `python3`) reads of the tables under
+/// `root`, or `None` (said on stderr) when it has no pyarrow and [`SKIP_PYARROW`] is `1`; panics
+/// when it has none otherwise.
 fn pyarrow_counts(root: &Path) -> Option<Value> {
     let python = std::env::var("RECGW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let has = std::process::Command::new(&python)
@@ -387,9 +361,13 @@ fn pyarrow_counts(root: &Path) -> Option<Value> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has {
-        eprintln!(
-            "pyarrow check skipped: `{python} -c 'import pyarrow'` fails (set RECGW_TEST_PYTHON to a Python that has it)"
+        let why = format!("`{python} -c 'import pyarrow'` fails");
+        assert!(
+            std::env::var(SKIP_PYARROW).is_ok_and(|v| v == "1"),
+            "{why}: run scripts/test, which makes a Python with pyarrow, or set RECGW_TEST_PYTHON to one, \
+             or set {SKIP_PYARROW}=1 to skip the pyarrow check"
         );
+        eprintln!("{why}: the pyarrow check is SKIPPED ({SKIP_PYARROW}=1)");
         return None;
     }
     let script = r#"
@@ -521,7 +499,10 @@ async fn exposure_rows_equal_recommendations_per_arm_and_event_rows_equal_accept
         "event rows per arm and type"
     );
     let request_ids = assert_unique(&exposures, "request_id");
-    let asked: BTreeSet<String> = served.iter().map(|s| s.request_id.clone()).collect();
+    let asked: BTreeSet<String> = served
+        .iter()
+        .map(|s| s.request_id.clone().expect("X-Request-Id"))
+        .collect();
     assert_eq!(request_ids, asked, "one exposure row per response, by its X-Request-Id");
     assert_unique(&logged_events, "event_id");
 
@@ -689,7 +670,7 @@ async fn rows_past_the_bound_are_dropped_and_counted_and_requests_never_fail() {
     settings.logs.max_buffered_rows = 10;
     let gw = TestGateway::launch_ready(&settings).await;
     for user in 0..25 {
-        recommend(&gw, &user.to_string(), Some("home")).await;
+        recommend(&gw, &user.to_string(), "placement=home&limit=5").await;
     }
     let text = gw.metrics().await;
     assert_eq!(sample(&text, "logs_pending_rows", &[("table", "exposures")]), 10.0);

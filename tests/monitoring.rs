@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::{TestGateway, http_client, item_ids, repo};
+use common::events::post_outcome;
+use common::gateway::{TestGateway, http_client, repo};
+use common::page::{Page, recommend};
 use common::process::watch_log;
 use common::promtool;
 use futures::StreamExt;
@@ -307,36 +309,6 @@ fn value(series: &Value) -> f64 {
 // Traffic
 // ---------------------------------------------------------------------------------------------
 
-/// One served response: arm, tracking token and the items shown.
-struct Served {
-    arm: String,
-    token: String,
-    items: Vec<String>,
-}
-
-async fn recommend(gw: &TestGateway, user: &str) -> Served {
-    recommend_on(gw, user, PLACEMENT, EXPERIMENT).await
-}
-
-async fn recommend_on(gw: &TestGateway, user: &str, placement: &str, experiment: &str) -> Served {
-    let body = gw
-        .ok(&format!("/recommendations/{user}?placement={placement}&limit=5"))
-        .await;
-    assert_eq!(body["experiment"], experiment, "{body}");
-    Served {
-        arm: body["arm"].as_str().expect("arm").to_string(),
-        token: body["tracking_token"].as_str().expect("tracking_token").to_string(),
-        items: item_ids(&body),
-    }
-}
-
-async fn post_events(gw: &TestGateway, events: &[Value]) -> Value {
-    let reply = gw.post_json("/events", &json!({ "events": events })).await;
-    let body = reply.json();
-    assert_eq!(reply.status, 202, "POST /events: {body}");
-    body
-}
-
 /// One round of traffic: requests for 100 users new to the gateway (90 known to the models, 10
 /// cold ones), 30 repeats answered by the local cache tier, impressions and clicks on what they
 /// were shown, rejected events and 4xx requests. Returns the responses served per arm.
@@ -345,8 +317,12 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
     let mut users: Vec<String> = (first..first + 90).map(|i| i.to_string()).collect();
     users.extend((1..=10).map(|i| format!("cold-user-{round}-{i}")));
     users.extend((first..first + 30).map(|i| i.to_string()));
-    let served: Vec<Served> = futures::stream::iter(&users)
-        .map(|user| recommend(gw, user))
+    let served: Vec<Page> = futures::stream::iter(&users)
+        .map(|user| async move {
+            recommend(gw, user, &format!("placement={PLACEMENT}&limit=5"))
+                .await
+                .expect_experiment(EXPERIMENT)
+        })
         .buffer_unordered(8)
         .collect()
         .await;
@@ -370,7 +346,13 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
     // The interleave experiment: 40 users of the feed, an impression of every item and a click
     // on the first two items (the coin gives the first pick to either team, so both get clicks).
     for (n, user) in (first..first + 40).enumerate() {
-        let s = recommend_on(gw, &user.to_string(), INTERLEAVE_PLACEMENT, INTERLEAVE_EXPERIMENT).await;
+        let s = recommend(
+            gw,
+            &user.to_string(),
+            &format!("placement={INTERLEAVE_PLACEMENT}&limit=5"),
+        )
+        .await
+        .expect_experiment(INTERLEAVE_EXPERIMENT);
         assert_eq!(s.arm, "interleaved");
         for (i, item) in s.items.iter().enumerate() {
             events.push(json!({"type": "impression", "tracking_token": s.token, "item_id": item,
@@ -384,11 +366,13 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
     // The shadow experiment: 40 users of the discover page, about half of whose responses the
     // shadow arm is compared on.
     for user in first..first + 40 {
-        let s = recommend_on(gw, &user.to_string(), SHADOW_PLACEMENT, SHADOW_EXPERIMENT).await;
+        let s = recommend(gw, &user.to_string(), &format!("placement={SHADOW_PLACEMENT}&limit=5"))
+            .await
+            .expect_experiment(SHADOW_EXPERIMENT);
         assert_eq!(s.arm, "control", "the shadow arm serves nobody");
     }
     for batch in events.chunks(500) {
-        let outcome = post_events(gw, batch).await;
+        let outcome = post_outcome(gw, batch).await;
         assert_eq!(outcome["rejected"], 0, "{outcome}");
         assert_eq!(outcome["accepted"], batch.len(), "{outcome}");
     }
@@ -402,7 +386,7 @@ async fn drive_traffic(gw: &TestGateway, round: usize) -> BTreeMap<String, usize
         json!({"type": "click", "tracking_token": tampered, "item_id": "1", "event_id": format!("bad-{round}-1")}),
         json!({"type": "purchase", "tracking_token": token, "item_id": "1", "event_id": format!("bad-{round}-2")}),
     ];
-    let outcome = post_events(gw, &bad).await;
+    let outcome = post_outcome(gw, &bad).await;
     assert_eq!(outcome["rejected"], 2, "{outcome}");
 
     // Failed requests: a bad user id, an unknown placement, a limit out of range.

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::assignment::bucket;
 use common::gateway;
-use common::gateway::{READY_TIMEOUT, Reply, TestGateway, copy_dir, eventually, http_client, repo, sample, send};
+use common::gateway::{
+    READY_TIMEOUT, Reply, TestGateway, assert_error, copy_dir, eventually, http_client, repo, sample, send,
+};
 use common::process::{run_bounded, try_run_bounded};
 use common::redis::RedisServer;
 use common::serve::Process;
@@ -55,24 +57,11 @@ impl TestGateway {
     }
 }
 
-/// Asserts `answer` is a JSON error `{error, message}` and returns the code.
+/// The error code of `answer`, which must be an error of the gateway's one shape
+/// ([`assert_error`]), whatever its status and code.
 fn error_code(answer: &Reply, what: &str) -> String {
-    assert!(
-        answer.content_type.starts_with("application/json"),
-        "{what}: {} with content type {:?}: {}",
-        answer.status,
-        answer.content_type,
-        answer.body
-    );
-    let body = answer.json();
-    let code = body["error"].as_str().unwrap_or_default();
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(
-        !code.is_empty() && !message.is_empty(),
-        "{what}: {} body is not {{error, message}}: {body}",
-        answer.status
-    );
-    code.to_string()
+    assert_error(answer, answer.status, None, what);
+    answer.json()["error"].as_str().expect("an error code").to_string()
 }
 
 /// Sends `method path` with `body` as a caller holding `key` would: in `X-API-Key`, or, on the

@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::cli::report_stdout;
-use common::events::{self, ArmLedger, Claims, Kind, arms_match};
-use common::gateway::{self, DemoCopy, Reply, TestGateway, eventually};
+use common::events::{self, ArmLedger, Claims, ClientEvent, Kind, arms_match};
+use common::gateway::{self, DemoCopy, TestGateway, assert_error, eventually};
+use common::page::{Page, recommend};
 use common::redis::RedisServer;
 use common::stats::{self, UserRow, close_value as close};
 use serde_json::{Value, json};
@@ -50,95 +51,42 @@ const RESULTS: &str = "/experiments/home-als-rank/results";
 // Replicas over a copy of the demo, and what the tests ask them
 // ---------------------------------------------------------------------------------------------
 
-impl TestGateway {
-    /// `GET /recommendations/{user}?placement=home`, expecting 200.
-    async fn recommend(&self, user: &str, serial: usize, first: bool) -> Served {
-        let path = format!("/recommendations/{user}?placement={PLACEMENT}");
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        let body = reply.json();
-        let items: Vec<String> = body["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no items: {body}"))
-            .iter()
-            .map(|i| i["item_id"].as_str().expect("string item_id").to_string())
-            .collect();
-        assert!(!items.is_empty(), "{body}");
-        assert_eq!(
-            body["experiment"], EXPERIMENT,
-            "the experiment covers the whole placement: {body}"
-        );
-        let forced = body["forced"].as_bool().expect("forced");
-        Served {
-            user: user.to_string(),
-            arm: body["arm"].as_str().expect("arm").to_string(),
-            counted: !forced,
-            items,
-            token: body["tracking_token"].as_str().expect("token").to_string(),
-            serial,
-            first,
-        }
-    }
+/// A page of the experiment with items for `user` on `home` ([`recommend`]), numbered
+/// `serial` among the test's responses, the user's `first` in this test or not.
+async fn numbered_page(gw: &TestGateway, user: &str, serial: usize, first: bool) -> NumberedPage {
+    let page = recommend(gw, user, &format!("placement={PLACEMENT}"))
+        .await
+        .expect_experiment(EXPERIMENT)
+        .expect_items();
+    NumberedPage { page, serial, first }
+}
 
-    /// `POST /events` of `events` (`common/events.rs` [`events::try_post_events`]).
-    async fn try_post_events(&self, events: &[Event]) -> Result<Vec<Option<String>>, Reply> {
-        events::try_post_events(self, &events.iter().map(Event::to_json).collect::<Vec<_>>()).await
+/// `POST /events`, expecting the whole batch refused because the counts' Redis does not
+/// answer: 503 JSON `{"error": "counts_unavailable", "message": …}`.
+async fn post_expecting_unavailable(gw: &TestGateway, events: &[Event]) {
+    match events::try_post_events(gw, events).await {
+        Ok(outcomes) => panic!("POST /events answered 202 while Redis is down: {outcomes:?}"),
+        Err(reply) => assert_error(&reply, 503, "counts_unavailable", "POST /events"),
     }
+}
 
-    /// `POST /events`, expecting 202: per event `None` when accepted, else the reason.
-    async fn post_events(&self, events: &[Event]) -> Vec<Option<String>> {
-        self.try_post_events(events)
-            .await
-            .unwrap_or_else(|reply| panic!("POST /events: {} {}", reply.status, reply.body))
-    }
-
-    /// `POST /events`, expecting the whole batch refused because the counts' Redis does not
-    /// answer: 503 JSON `{"error": "counts_unavailable", "message": …}`.
-    async fn post_events_unavailable(&self, events: &[Event]) {
-        let reply = match self.try_post_events(events).await {
-            Ok(outcomes) => panic!("POST /events answered 202 while Redis is down: {outcomes:?}"),
-            Err(reply) => reply,
-        };
-        assert_eq!(reply.status, 503, "POST /events: {}", reply.body);
-        assert!(
-            reply.content_type.starts_with("application/json"),
-            "{}",
-            reply.content_type
-        );
-        let body = reply.json();
-        assert_eq!(body["error"], "counts_unavailable", "{body}");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "a message: {body}"
-        );
-    }
-
-    /// `GET /experiments/home-als-rank/results`, expecting 200 and JSON.
-    async fn results(&self) -> Value {
-        let reply = self.get(RESULTS).await;
-        assert_eq!(reply.status, 200, "GET {RESULTS}: {}", reply.body);
-        assert!(
-            reply.content_type.starts_with("application/json"),
-            "{}",
-            reply.content_type
-        );
-        parse_exact(&reply.body)
-    }
+/// The results of the experiment ([`events::try_results_reply`], which must be there) with
+/// every number parsed exactly ([`parse_exact`]).
+async fn exact_results(gw: &TestGateway) -> Value {
+    let reply = events::try_results_reply(gw, EXPERIMENT, "")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    parse_exact(&reply.body)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The ledger: what was served and accepted, per arm
 // ---------------------------------------------------------------------------------------------
 
-/// One recommendation response.
+/// One recommendation response, numbered among the test's.
 #[derive(Debug, Clone)]
-struct Served {
-    user: String,
-    arm: String,
-    /// False for the QA override (forced): neither it nor its events are counted.
-    counted: bool,
-    items: Vec<String>,
-    token: String,
+struct NumberedPage {
+    page: Page,
     /// Position among the test's responses, for unique event ids.
     serial: usize,
     /// The user's first response in this test.
@@ -160,8 +108,7 @@ struct Event {
     id: Option<String>,
 }
 
-impl Event {
-    /// As `POST /events` takes it.
+impl ClientEvent for Event {
     fn to_json(&self) -> Value {
         events::event(self.kind.name(), &self.token, &self.item, self.id.as_deref())
     }
@@ -171,7 +118,7 @@ impl Event {
 /// the i-th response. When `anonymous` allows it, the events of a user's first response with
 /// an even serial carry no `event_id` (the gateway dedupes them on token, type and position
 /// alone); all others carry explicit `{prefix}-…` ids, unique per event.
-fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, anonymous: bool) -> Vec<Event> {
+fn events_for(served: &[NumberedPage], prefix: &str, clicks: impl Fn(usize) -> usize, anonymous: bool) -> Vec<Event> {
     let mut events = Vec::new();
     for (i, s) in served.iter().enumerate() {
         let explicit = !(anonymous && s.first && s.serial % 2 == 0);
@@ -179,18 +126,18 @@ fn events_for(served: &[Served], prefix: &str, clicks: impl Fn(usize) -> usize, 
             let tag = kind.tag();
             events.push(Event {
                 kind,
-                arm: s.arm.clone(),
-                counted: s.counted,
-                user: s.user.clone(),
+                arm: s.page.arm.clone(),
+                counted: s.page.counted(),
+                user: s.page.user.clone(),
                 item: item.clone(),
-                token: s.token.clone(),
+                token: s.page.token.clone(),
                 id: explicit.then(|| format!("{prefix}-{}-{tag}-{item}", s.serial)),
             });
         };
-        for item in &s.items {
+        for item in &s.page.items {
             push(Kind::Impression, item);
         }
-        for item in s.items.iter().take(clicks(i)) {
+        for item in s.page.items.iter().take(clicks(i)) {
             push(Kind::Click, item);
         }
     }
@@ -215,10 +162,10 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn served(&mut self, s: &Served) {
+    fn served(&mut self, s: &NumberedPage) {
         self.responses += 1;
-        if s.counted {
-            self.arms.entry(s.arm.clone()).or_default().served(&s.user);
+        if s.page.counted() {
+            self.arms.entry(s.page.arm.clone()).or_default().served(&s.page.user);
         }
     }
 
@@ -270,12 +217,10 @@ impl Ledger {
 }
 
 /// Serves `users` round-robin over `gateways`, crediting the ledger.
-async fn serve_all(gateways: &[&TestGateway], users: &[String], first: bool, ledger: &mut Ledger) -> Vec<Served> {
+async fn serve_all(gateways: &[&TestGateway], users: &[String], first: bool, ledger: &mut Ledger) -> Vec<NumberedPage> {
     let mut served = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let s = gateways[i % gateways.len()]
-            .recommend(user, ledger.responses as usize, first)
-            .await;
+        let s = numbered_page(gateways[i % gateways.len()], user, ledger.responses as usize, first).await;
         ledger.served(&s);
         served.push(s);
     }
@@ -286,7 +231,7 @@ async fn serve_all(gateways: &[&TestGateway], users: &[String], first: bool, led
 /// with what each 202 says was accepted (a retry of an event it has seen counts nothing).
 async fn post_all(gateways: &[&TestGateway], events: &[Event], batch: usize, ledger: &mut Ledger) {
     for (i, chunk) in events.chunks(batch).enumerate() {
-        let outcomes = gateways[i % gateways.len()].post_events(chunk).await;
+        let outcomes = events::post_events(gateways[i % gateways.len()], chunk).await;
         for (event, outcome) in chunk.iter().zip(&outcomes) {
             ledger.outcome(event, outcome);
         }
@@ -311,11 +256,7 @@ fn clicks(i: usize) -> usize {
 async fn settled(gw: &TestGateway, ledger: &Ledger) -> Value {
     tokio::time::sleep(FLUSH).await;
     eventually(WAIT, "results equal what was accepted", async || {
-        let reply = gw.get(RESULTS).await;
-        if reply.status != 200 {
-            return Err(format!("{} {}", reply.status, reply.body));
-        }
-        let body = parse_exact(&reply.body);
+        let body = parse_exact(&events::try_results_reply(gw, EXPERIMENT, "").await?.body);
         ledger.matches(&body).map(|()| body)
     })
     .await
@@ -625,8 +566,12 @@ async fn two_replicas_share_exact_counts_and_agree() {
     // of it is counted.
     let mut qa = Vec::new();
     for gw in [&a, &b] {
-        let s = gw.recommend(QA_USER, ledger.responses as usize, false).await;
-        assert_eq!((s.arm.as_str(), s.counted), (TREATMENT, false), "forced: {s:?}");
+        let s = numbered_page(gw, QA_USER, ledger.responses as usize, false).await;
+        assert_eq!(
+            (s.page.arm.as_str(), s.page.counted()),
+            (TREATMENT, false),
+            "forced: {s:?}"
+        );
         ledger.served(&s);
         qa.push(s);
     }
@@ -642,7 +587,7 @@ async fn two_replicas_share_exact_counts_and_agree() {
     for gw in [&a, &b] {
         events::wait_flushed(gw, Duration::ZERO, WAIT).await;
         assert_eq!(
-            ageless(gw.results().await),
+            ageless(exact_results(gw).await),
             ageless(from_a.clone()),
             "the QA override changes nothing"
         );
@@ -679,7 +624,7 @@ async fn retried_batch_is_counted_once_across_replicas() {
     assert!(batch.iter().any(|e| e.id.is_none()) && batch.iter().any(|e| e.id.is_some()));
     assert!(batch.len() <= 1000, "one batch");
 
-    let first = a.post_events(&batch).await;
+    let first = events::post_events(&a, &batch).await;
     assert!(first.iter().all(Option::is_none), "first delivery accepted: {first:?}");
     for (event, outcome) in batch.iter().zip(&first) {
         assert!(ledger.outcome(event, outcome), "new: {event:?}");
@@ -691,7 +636,7 @@ async fn retried_batch_is_counted_once_across_replicas() {
     let accepted = ledger.accepted;
 
     for (gw, name) in [(&b, "B"), (&a, "A")] {
-        let again = gw.post_events(&batch).await;
+        let again = events::post_events(gw, &batch).await;
         assert_eq!(
             again,
             resent(&batch),
@@ -701,7 +646,11 @@ async fn retried_batch_is_counted_once_across_replicas() {
             assert!(!ledger.outcome(event, outcome), "not new: {event:?}");
         }
         for gw in [&a, &b] {
-            assert_eq!(ageless(gw.results().await), before, "a resend to {name} counts nothing");
+            assert_eq!(
+                ageless(exact_results(gw).await),
+                before,
+                "a resend to {name} counts nothing"
+            );
         }
     }
     assert_eq!(ledger.accepted, accepted);
@@ -730,7 +679,7 @@ async fn retried_batch_is_counted_once_across_replicas() {
         })
         .collect();
     let mixed: Vec<Event> = resends.iter().chain(&renamed).chain(&fresh).cloned().collect();
-    let outcomes = b.post_events(&mixed).await;
+    let outcomes = events::post_events(&b, &mixed).await;
     let (n, m) = (resends.len(), resends.len() + renamed.len());
     assert_eq!(outcomes[..n], resent(&resends)[..], "resent part");
     assert_eq!(
@@ -794,7 +743,7 @@ async fn replica_restart_loses_nothing() {
     assert!(!late.is_empty() && !clicked.is_empty());
     post_all(&[&a], &late, 100, &mut ledger).await;
     assert_eq!(ledger.rejected, 0, "every click on an item not clicked yet is counted");
-    let outcomes = a.post_events(&clicked).await;
+    let outcomes = events::post_events(&a, &clicked).await;
     assert!(
         outcomes.iter().all(|r| r.as_deref() == Some("duplicate_event_id")),
         "a second click on an item of a page, under a new id: {outcomes:?}"
@@ -827,7 +776,7 @@ async fn burst(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger) -> Ve
 /// to be sent again.
 async fn burst_while_down(gw: &TestGateway, next_user: &mut u32, ledger: &mut Ledger, refused: &mut Vec<Event>) {
     let events = burst(gw, next_user, ledger).await;
-    gw.post_events_unavailable(&events).await;
+    post_expecting_unavailable(gw, &events).await;
     refused.extend(events);
 }
 
@@ -836,14 +785,19 @@ async fn burst_while_down(gw: &TestGateway, next_user: &mut u32, ledger: &mut Le
 /// credits the ledger: every one must be accepted and, never counted before, new.
 async fn resend_refused(gw: &TestGateway, events: &[Event], ledger: &mut Ledger) {
     for chunk in events.chunks(100) {
-        let outcomes = eventually(WAIT, "the refused events accepted when sent again", async || {
-            match gw.try_post_events(chunk).await {
-                Ok(outcomes) => Ok(outcomes),
-                Err(reply) if reply.status == 503 && reply.json()["error"] == "counts_unavailable" => Err(reply.body),
-                Err(reply) => panic!("POST /events: {} {}", reply.status, reply.body),
-            }
-        })
-        .await;
+        let outcomes =
+            eventually(
+                WAIT,
+                "the refused events accepted when sent again",
+                async || match events::try_post_events(gw, chunk).await {
+                    Ok(outcomes) => Ok(outcomes),
+                    Err(reply) if reply.status == 503 && reply.json()["error"] == "counts_unavailable" => {
+                        Err(reply.body)
+                    }
+                    Err(reply) => panic!("POST /events: {} {}", reply.status, reply.body),
+                },
+            )
+            .await;
         assert!(outcomes.iter().all(Option::is_none), "sent again: {outcomes:?}");
         for (event, outcome) in chunk.iter().zip(&outcomes) {
             assert!(ledger.outcome(event, outcome), "refused before, so new: {event:?}");
@@ -866,7 +820,7 @@ async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
     let mut redis = RedisServer::start();
     let a = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     let mut ledger = Ledger::default();
-    assert!(ledger.matches(&a.results().await).is_ok(), "nothing counted yet");
+    assert!(ledger.matches(&exact_results(&a).await).is_ok(), "nothing counted yet");
 
     redis.stop();
     let mut next_user = 3001;
@@ -918,7 +872,7 @@ async fn redis_outage_holds_exposures_and_refuses_events_until_recovery() {
     events::wait_flushed(&a, Duration::ZERO, WAIT).await;
     // And nothing is flushed twice later on.
     tokio::time::sleep(FLUSH * 2).await;
-    ledger.matches(&a.results().await).expect("stable");
+    ledger.matches(&exact_results(&a).await).expect("stable");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,7 +891,7 @@ async fn without_redis_counts_each_event_once_in_memory() {
     let mut served = serve_all(&[&gw], &all, true, &mut ledger).await;
     let again: Vec<String> = all.iter().step_by(3).cloned().collect();
     served.extend(serve_all(&[&gw], &again, false, &mut ledger).await);
-    served.push(gw.recommend(QA_USER, ledger.responses as usize, false).await);
+    served.push(numbered_page(&gw, QA_USER, ledger.responses as usize, false).await);
     ledger.served(served.last().expect("qa"));
     let events = events_for(&served, "mem", clicks, true);
     post_all(&[&gw], &events, 100, &mut ledger).await;
@@ -946,7 +900,7 @@ async fn without_redis_counts_each_event_once_in_memory() {
         (events.len() as u64, 0),
         "fresh events are all accepted"
     );
-    let before = gw.results().await;
+    let before = exact_results(&gw).await;
     ledger
         .matches(&before)
         .unwrap_or_else(|diff| panic!("{diff}: {before}"));
@@ -955,7 +909,7 @@ async fn without_redis_counts_each_event_once_in_memory() {
     // count for the events with ids, refused for those without.
     let first = &events[..100];
     assert!(first.iter().any(|e| e.id.is_none()) && first.iter().any(|e| e.id.is_some()));
-    let retry = gw.post_events(first).await;
+    let retry = events::post_events(&gw, first).await;
     assert_eq!(retry, resent(first), "ids accepted again, no ids duplicate_event_id");
     for (event, outcome) in first.iter().zip(&retry) {
         assert!(!ledger.outcome(event, outcome), "not new: {event:?}");
@@ -963,7 +917,7 @@ async fn without_redis_counts_each_event_once_in_memory() {
     assert_eq!(ledger.accepted, events.len() as u64, "the resend counted nothing");
 
     // No flush in memory: the counts are exact at once.
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     ledger.matches(&body).unwrap_or_else(|diff| panic!("{diff}: {body}"));
     assert_eq!(ageless(body.clone()), ageless(before), "the resend changed nothing");
     assert_eq!(body["counts"], "memory");
@@ -991,7 +945,7 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
     let mut ledger = Ledger::default();
     let served = serve_all(&[&gw], &users(5001, 5080), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "rep", clicks, true), 200, &mut ledger).await;
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     ledger.matches(&body).expect("counted");
     let url = format!("http://{}", gw.addr);
     let arms = body["arms"].as_array().expect("arms").clone();
@@ -1211,7 +1165,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     let unknown = gw.get("/experiments/no-such-experiment/results").await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
     assert_eq!(unknown.json()["error"], "unknown_experiment");
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     assert_eq!(body["srm_p_value"], Value::Null, "{body}");
     assert_eq!(body["srm_detected"], false);
     assert_eq!(body["undefined"], json!({ "srm_p_value": "no users yet" }), "{body}");
@@ -1242,7 +1196,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     let control_users = in_arm(&gw, CONTROL, 6001..6200, 20).await;
     let served = serve_all(&[&gw], &control_users, true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "one", clicks, true), 200, &mut ledger).await;
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     ledger.matches(&body).expect("counted");
     check_statistics(&body, &ledger);
     let (control, treatment) = (&body["arms"][0], &body["arms"][1]);
@@ -1272,7 +1226,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     let mut ledger = Ledger::default();
     let served = serve_all(&[&gw], &users(7001, 7040), true, &mut ledger).await;
     post_all(&[&gw], &events_for(&served, "zero", |_| 0, true), 500, &mut ledger).await;
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     ledger.matches(&body).expect("counted");
     check_statistics(&body, &ledger);
     let treatment = &body["arms"][1];
@@ -1290,7 +1244,7 @@ async fn undefined_statistics_are_null_with_reasons() {
     );
 
     // Then clicks in the treatment only: a p-value, still no lift over a control without clicks.
-    let treated: Vec<Served> = served.into_iter().filter(|s| s.arm == TREATMENT).collect();
+    let treated: Vec<NumberedPage> = served.into_iter().filter(|s| s.page.arm == TREATMENT).collect();
     // One click for some users, two for others: their CTRs differ, so the difference has a
     // variance between users.
     let clicks_only: Vec<Event> = events_for(&treated, "zero-click", |i| 1 + i % 2, false)
@@ -1299,7 +1253,7 @@ async fn undefined_statistics_are_null_with_reasons() {
         .collect();
     post_all(&[&gw], &clicks_only, 500, &mut ledger).await;
     assert_eq!(ledger.rejected, 0);
-    let body = gw.results().await;
+    let body = exact_results(&gw).await;
     ledger.matches(&body).expect("counted");
     check_statistics(&body, &ledger);
     let treatment = &body["arms"][1];
@@ -1381,7 +1335,7 @@ async fn graceful_shutdown_after_redis_recovered_flushes_held_exposures() {
     // refused during the outage.
     let b = TestGateway::launch_up(&demo.settings(&redis.url())).await;
     resend_refused(&b, &refused, &mut ledger).await;
-    let body = b.results().await;
+    let body = exact_results(&b).await;
     if let Err(diff) = ledger.matches(&body) {
         panic!(
             "a graceful shutdown just after Redis came back lost the {pending} held exposures and new users: {diff}; \

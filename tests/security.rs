@@ -121,14 +121,12 @@ async fn a_redis_password_is_never_printed(mode: Mode) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_password_is_never_printed_on_one_node() {
-    a_redis_password_is_never_printed(Mode::Node).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_password_is_never_printed_on_a_cluster() {
-    a_redis_password_is_never_printed(Mode::Cluster).await;
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_redis_password_is_never_printed {
+        a_redis_password_is_never_printed_on_one_node => Node,
+        a_redis_password_is_never_printed_on_a_cluster => Cluster,
+    }
 }
 
 /// What the command line prints about a URL with credentials leaves them out: `recgw report`

@@ -29,11 +29,12 @@ use std::time::Duration;
 use common::assignment::bucket;
 use common::browser::Browser;
 use common::edits::{edit, with_lines};
-use common::gateway::{DemoCopy, Reply, TestGateway, eventually, exchange, item_ids};
+use common::events::{self, event, post_all_accepted};
+use common::gateway::{DemoCopy, TestGateway, eventually, exchange};
+use common::page::recommend;
 use common::rng::Rng;
 use recgw::auth::{KeySettings, Role, hash_key};
 use recgw::synthetic::{covariate_row, write_covariates};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 const CLIENT_KEY: &str = "ui-client-key-0123456789";
@@ -86,7 +87,8 @@ async fn provoked_gateway() -> (DemoCopy, TestGateway) {
             name: "ops".into(),
         },
     ];
-    let gw = TestGateway::launch(&settings).await;
+    // Every request of the harness is a client's.
+    let gw = TestGateway::launch(&settings).await.with_key(CLIENT_KEY);
     for model in ["als-v1", "popular", "pre-period"] {
         gw.wait_model(model, &format!("{model} loaded"), |m| m["version"].is_string())
             .await;
@@ -109,49 +111,19 @@ fn no_redirects() -> reqwest::Client {
         .expect("http client")
 }
 
-impl TestGateway {
-    /// `method path` with `key` (and a JSON body), checked against `openapi.yaml`.
-    async fn keyed(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
-        self.call(method, path, Some(CLIENT_KEY), body).await
-    }
-
-    /// Serves `user` on `placement` and reports impressions of the page's first `seen` items
-    /// and a click on each with probability `ctr`; all must be accepted.
-    async fn visit(&self, rng: &mut Rng, user: &str, placement: &str, seen: usize, ctr: f64) -> Value {
-        let reply = self
-            .keyed(
-                Method::GET,
-                &format!("/recommendations/{user}?placement={placement}"),
-                None,
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let page = reply.json();
-        let token = page["tracking_token"].as_str().expect("a tracking token").to_string();
-        let mut events = Vec::new();
-        for item in item_ids(&page).into_iter().take(seen) {
-            events.push(json!({"type": "impression", "tracking_token": token, "item_id": item}));
-            if rng.chance(ctr) {
-                events.push(json!({"type": "click", "tracking_token": token, "item_id": item}));
-            }
+/// Serves `user` on `placement` and reports impressions of the page's first `seen` items
+/// and a click on each with probability `ctr`; all must be accepted.
+async fn visit(gw: &TestGateway, rng: &mut Rng, user: &str, placement: &str, seen: usize, ctr: f64) {
+    let page = recommend(gw, user, &format!("placement={placement}")).await;
+    let mut events = Vec::new();
+    for item in page.items.iter().take(seen) {
+        events.push(event("impression", &page.token, item, None));
+        if rng.chance(ctr) {
+            events.push(event("click", &page.token, item, None));
         }
-        if !events.is_empty() {
-            let sent = self
-                .keyed(Method::POST, "/events", Some(&json!({ "events": events })))
-                .await;
-            assert_eq!(sent.status, 202, "{}", sent.body);
-            assert_eq!(sent.json()["accepted"], events.len(), "{}", sent.body);
-        }
-        page
     }
-
-    /// The JSON results of `id` (with the days).
-    async fn results(&self, id: &str) -> Value {
-        let reply = self
-            .keyed(Method::GET, &format!("/experiments/{id}/results?by=day"), None)
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.json()
+    if !events.is_empty() {
+        post_all_accepted(gw, &events, 1000).await;
     }
 }
 
@@ -167,18 +139,17 @@ async fn send_traffic(gw: &TestGateway) {
             .collect()
     };
     for user in of_arm(true, CONTROL_USERS) {
-        gw.visit(&mut rng, &user, "home", 5, 0.08).await;
+        visit(gw, &mut rng, &user, "home", 5, 0.08).await;
     }
     let treatment = of_arm(false, TREATMENT_USERS);
     for user in &treatment {
-        gw.visit(&mut rng, user, "home", 5, 0.12).await;
+        visit(gw, &mut rng, user, "home", 5, 0.12).await;
     }
     eventually(Duration::from_secs(30), "the broken treatment paused", async || {
         for user in &treatment {
-            gw.keyed(Method::GET, &format!("/recommendations/{user}?placement=home"), None)
-                .await;
+            gw.get(&format!("/recommendations/{user}?placement=home")).await;
         }
-        let results = gw.results(SPLIT).await;
+        let results = events::results(gw, SPLIT, "?by=day").await;
         match results["arms"][1]["state"].as_str() {
             Some("paused_by_guardrail") => Ok(()),
             state => Err(format!("treatment {state:?}")),
@@ -186,11 +157,11 @@ async fn send_traffic(gw: &TestGateway) {
     })
     .await;
     for user in (0..150).map(|u| (u * 7).to_string()) {
-        gw.visit(&mut rng, &user, "feed", 6, 0.1).await;
-        gw.visit(&mut rng, &user, "discover", 4, 0.06).await;
+        visit(gw, &mut rng, &user, "feed", 6, 0.1).await;
+        visit(gw, &mut rng, &user, "discover", 4, 0.06).await;
     }
     eventually(Duration::from_secs(10), "every user counted", async || {
-        let results = gw.results(SPLIT).await;
+        let results = events::results(gw, SPLIT, "?by=day").await;
         let users: Vec<u64> = results["arms"]
             .as_array()
             .expect("arms")
@@ -294,7 +265,7 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
     let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, [SHADOW, INTERLEAVE, SPLIT], "every experiment, by id");
     for (id, figures) in &listed {
-        let results = gw.results(id).await;
+        let results = events::results(&gw, id, "?by=day").await;
         let users: u64 = results["arms"]
             .as_array()
             .expect("arms")
@@ -322,7 +293,7 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
 
     // The split: every arm's row holds the JSON's figures.
     browser.open(&gw.url(&format!("/ui/experiments/{SPLIT}"))).await;
-    let results = gw.results(SPLIT).await;
+    let results = events::results(&gw, SPLIT, "?by=day").await;
     let arms = rows(&browser, "#arms tbody tr").await;
     assert_eq!(arms.len(), 2);
     let counts = [
@@ -407,7 +378,7 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
 
     // The interleave experiment: its preference and team click share.
     browser.open(&gw.url(&format!("/ui/experiments/{INTERLEAVE}"))).await;
-    let results = gw.results(INTERLEAVE).await;
+    let results = events::results(&gw, INTERLEAVE, "?by=day").await;
     let preference = rows(&browser, "#interleaving tbody tr").await;
     same_figures(
         INTERLEAVE,
@@ -448,7 +419,7 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
 
     // The shadow arm: its overlap.
     browser.open(&gw.url(&format!("/ui/experiments/{SHADOW}"))).await;
-    let results = gw.results(SHADOW).await;
+    let results = events::results(&gw, SHADOW, "?by=day").await;
     let shadow = rows(&browser, "#shadow tbody tr").await;
     assert_eq!(shadow.len(), 1);
     same_figures(
@@ -481,7 +452,10 @@ async fn the_pages_show_the_json_results_in_a_real_browser() {
     assert_eq!(browser.url().await, gw.url(&format!("/ui/experiments/{SPLIT}")));
     let arms = rows(&browser, "#arms tbody tr").await;
     assert_eq!(arms[1].1["state"].as_deref(), Some("serving"), "resumed");
-    assert_eq!(gw.results(SPLIT).await["arms"][1]["state"], "serving");
+    assert_eq!(
+        events::results(&gw, SPLIT, "?by=day").await["arms"][1]["state"],
+        "serving"
+    );
     browser.client.clone().close().await.expect("the browser closes");
 }
 

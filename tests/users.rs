@@ -32,8 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::events::{self as client_events, Claims, Kind};
-use common::gateway::{self, DemoCopy, SHARED_SECRET, TestGateway, eventually};
+use common::events::{self as client_events, Claims, ClientEvent, Kind};
+use common::gateway::{DemoCopy, SHARED_SECRET, TestGateway, eventually};
+use common::page::{Page, experiment_pages, recommend};
 use common::proxy::DelayProxy;
 use common::redis::{Mode, RedisCluster, RedisServer};
 use common::rng::{Rng, fnv};
@@ -43,11 +44,10 @@ use recgw::config::Settings;
 use serde_json::{Value, json};
 
 const EXPERIMENT: &str = "home-als-rank";
-const PLACEMENT: &str = "home";
 const CONTROL: &str = "control";
 const TREATMENT: &str = "treatment";
-/// The results path.
-const RESULTS: &str = "/experiments/home-als-rank/results";
+/// The query of a page of `home`, which [`EXPERIMENT`] covers.
+const HOME: &str = "placement=home";
 /// How long a flush, a reconnection or a resend gets before a test fails.
 const WAIT: Duration = Duration::from_secs(30);
 /// The experiment's `sequential_tuning`: not set in `home-als-rank.toml`, so the default.
@@ -195,17 +195,6 @@ impl Store {
 // What the client was served and got accepted
 // ---------------------------------------------------------------------------------------------
 
-/// One response on the `home` placement.
-#[derive(Debug, Clone)]
-struct Page {
-    user: String,
-    arm: String,
-    /// Counted in the results (not a QA override).
-    counted: bool,
-    items: Vec<String>,
-    token: String,
-}
-
 /// One event on a page, as the client sends it (and sends it again).
 #[derive(Debug, Clone)]
 struct Event {
@@ -215,8 +204,7 @@ struct Event {
     id: Option<String>,
 }
 
-impl Event {
-    /// As `POST /events` takes it.
+impl ClientEvent for Event {
     fn to_json(&self) -> Value {
         client_events::event(self.kind.name(), &self.page.token, &self.item, self.id.as_deref())
     }
@@ -236,7 +224,7 @@ impl Ledger {
     /// Records a response: a counted one is an exposure, and its user (0, 0) in its arm unless
     /// there already.
     fn served(&mut self, page: &Page) {
-        if page.counted {
+        if page.counted() {
             *self.exposures.entry(page.arm.clone()).or_default() += 1;
             self.users
                 .entry(page.arm.clone())
@@ -251,7 +239,7 @@ impl Ledger {
         let first = self
             .claims
             .accept(&event.page.token, event.kind, &event.item, event.id.as_deref());
-        if first && event.page.counted {
+        if first && event.page.counted() {
             let row = self
                 .users
                 .get_mut(&event.page.arm)
@@ -366,97 +354,31 @@ fn srm_p_value(users: &[u64], weights: &[f64]) -> f64 {
 }
 
 impl TestGateway {
-    /// `GET /recommendations/{user}?placement=home`, expecting 200 in the experiment.
-    async fn page(&self, user: &str) -> Page {
-        let path = format!("/recommendations/{user}?placement={PLACEMENT}");
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        let body = reply.json();
-        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
-        let items = gateway::item_ids(&body);
-        assert!(!items.is_empty(), "{body}");
-        Page {
-            user: user.to_string(),
-            arm: body["arm"].as_str().expect("arm").to_string(),
-            counted: body["forced"] == false,
-            items,
-            token: body["tracking_token"].as_str().expect("token").to_string(),
-        }
-    }
-
-    /// A page for each of `users`, in order (`in_flight` requests at a time), each recorded
-    /// in `ledger`.
+    /// A page of the experiment for each of `users`, in order (`in_flight` requests at a
+    /// time), each recorded in `ledger`.
     async fn pages(&self, users: &[String], in_flight: usize, ledger: &mut Ledger) -> Vec<Page> {
-        let pages: Vec<Page> = futures::stream::iter(users)
-            .map(|user| self.page(user))
-            .buffered(in_flight)
-            .collect()
-            .await;
+        let pages = experiment_pages(self, users, HOME, EXPERIMENT, in_flight).await;
         pages.iter().for_each(|p| ledger.served(p));
         pages
     }
 
-    /// Posts `events` in batches of [`BATCH`]; every event answered accepted goes into
-    /// `ledger`, and those refused because Redis did not answer (`counts_unavailable`, per
-    /// event in a 202 or the whole batch in a 503) are returned, to be sent again. Any other
-    /// refusal fails the test.
+    /// Posts `events`; every event answered accepted goes into `ledger`, and those refused
+    /// because Redis did not answer are returned, to be sent again ([`TestGateway::resend`]).
     async fn post(&self, events: &[Event], ledger: &mut Ledger) -> Vec<Event> {
-        let mut refused = Vec::new();
-        for batch in events.chunks(BATCH) {
-            let json: Vec<Value> = batch.iter().map(Event::to_json).collect();
-            match client_events::try_post_events(self, &json).await {
-                Ok(outcomes) => {
-                    for (event, outcome) in batch.iter().zip(outcomes) {
-                        match outcome.as_deref() {
-                            None => ledger.accepted(event),
-                            Some("counts_unavailable") => refused.push(event.clone()),
-                            Some(other) => panic!("{event:?} refused: {other}"),
-                        }
-                    }
-                }
-                Err(reply) => {
-                    assert_eq!(reply.status, 503, "POST /events: {}", reply.body);
-                    assert_eq!(reply.json()["error"], "counts_unavailable", "{}", reply.body);
-                    refused.extend_from_slice(batch);
-                }
-            }
-        }
-        refused
+        client_events::post_keeping_refused(self, events, BATCH, |e| ledger.accepted(e)).await
     }
 
-    /// Sends `refused` again, the not-yet-accepted ones every 200 ms, until all are accepted
-    /// (each then goes into `ledger`, credited once).
+    /// Sends `refused` again until all are accepted (each then goes into `ledger`, credited
+    /// once).
     async fn resend(&self, refused: Vec<Event>, ledger: &mut Ledger) {
-        let mut left = refused;
-        let deadline = Instant::now() + WAIT;
-        while !left.is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{} events still refused {WAIT:?} after Redis came back",
-                left.len()
-            );
-            left = self.post(&left, ledger).await;
-            if !left.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-
-    /// `GET` the results, `Err` with the answer unless 200.
-    async fn try_results(&self, query: &str) -> Result<Value, String> {
-        let reply = self.get(&format!("{RESULTS}{query}")).await;
-        if reply.status == 200 {
-            Ok(reply.json())
-        } else {
-            Err(format!("{} {}", reply.status, reply.body))
-        }
+        client_events::resend_until_accepted(self, refused, BATCH, WAIT, |e| ledger.accepted(e)).await;
     }
 
     /// Waits (at most `timeout`) until the exact figures of the results equal `want`, and
     /// returns that body.
     async fn settled(&self, want: &BTreeMap<String, Counts>, timeout: Duration) -> Value {
         eventually(timeout, "results equal the ledger", async || {
-            let body = self.try_results("").await?;
+            let body = client_events::try_results(self, EXPERIMENT, "").await?;
             let got = counts_of(&body);
             if &got == want {
                 Ok(body)
@@ -510,7 +432,9 @@ fn assert_statistics(body: &Value, ledger: &Ledger, mode: Mode) {
 
 /// Asserts that the last day of `?by=day` holds the totals (the days are cumulative).
 async fn assert_last_day(gw: &TestGateway, want: &BTreeMap<String, Counts>) {
-    let body = gw.try_results("?by=day").await.expect("results by day");
+    let body = client_events::try_results(gw, EXPERIMENT, "?by=day")
+        .await
+        .expect("results by day");
     let days = body["days"].as_array().unwrap_or_else(|| panic!("no days: {body}"));
     let last = days.last().unwrap_or_else(|| panic!("no day: {body}"));
     for (name, counts) in want {
@@ -564,22 +488,6 @@ fn users(first: u64, n: u64, copies: impl Fn(u64) -> u64) -> Vec<String> {
         .collect()
 }
 
-/// Runs the test `$name(mode)` once per mode given: `$name::without_redis`,
-/// `$name::on_one_node`, `$name::on_a_cluster`.
-macro_rules! in_modes {
-    ($name:ident: $($test:ident => $mode:ident),+) => {
-        mod $name {
-            use super::Mode;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$name(Mode::$mode).await;
-                }
-            )+
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. The per-user sums equal the ledger, through faults
 // ---------------------------------------------------------------------------------------------
@@ -604,7 +512,7 @@ async fn per_user_sums_equal_the_ledger(mode: Mode) {
         let events = events_for(&pages, "away", &mut rng);
         let refused = gw.post(&events, &mut ledger).await;
         assert_eq!(refused.len(), events.len(), "every event refused while Redis is away");
-        let results = gw.try_results("").await;
+        let results = client_events::try_results(&gw, EXPERIMENT, "").await;
         assert!(results.as_ref().is_err_and(|e| e.starts_with("503")), "{results:?}");
         store.restart();
         gw.resend(refused, &mut ledger).await;
@@ -624,7 +532,7 @@ async fn per_user_sums_equal_the_ledger(mode: Mode) {
     let (page, item) = pages
         .iter()
         .flat_map(|p| p.items.iter().map(move |item| (p, item)))
-        .find(|(p, item)| p.counted && !ledger.claims.contains(&p.token, Kind::Click, item))
+        .find(|(p, item)| p.counted() && !ledger.claims.contains(&p.token, Kind::Click, item))
         .expect("an item not clicked yet");
     let bare = Event {
         page: page.clone(),
@@ -689,8 +597,14 @@ async fn per_user_sums_equal_the_ledger(mode: Mode) {
     gw.stop().await;
 }
 
-in_modes!(per_user_sums_equal_the_ledger:
-    without_redis => Memory, on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod per_user_sums_equal_the_ledger {
+        without_redis => Memory,
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. Two replicas, the same users
@@ -733,7 +647,13 @@ async fn two_replicas_count_each_user_once(mode: Mode) {
     b.stop().await;
 }
 
-in_modes!(two_replicas_count_each_user_once: on_one_node => Node, on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod two_replicas_count_each_user_once {
+        on_one_node => Node,
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 3. 100,000 distinct users, exactly
@@ -762,14 +682,14 @@ async fn a_hundred_thousand_users_are_counted_exactly(mode: Mode) {
     let mut per_arm: BTreeMap<String, u64> = BTreeMap::new();
     let mut distinct = BTreeSet::new();
     for page in &served {
-        assert!(page.counted, "{page:?}");
+        assert!(page.counted(), "{page:?}");
         assert!(distinct.insert(page.user.clone()), "{} served twice", page.user);
         *per_arm.entry(page.arm.clone()).or_default() += 1;
     }
     let users = [CONTROL, TREATMENT].map(|a| per_arm.get(a).copied().unwrap_or(0));
     assert_eq!(users.iter().sum::<u64>(), MANY);
     let body = eventually(WAIT, "users per arm equal those served", async || {
-        let body = gw.try_results("").await?;
+        let body = client_events::try_results(&gw, EXPERIMENT, "").await?;
         let got = [CONTROL, TREATMENT].map(|name| arm(&body, name)["users"].as_u64());
         if got == users.map(Some) {
             Ok(body)
@@ -816,19 +736,18 @@ fn both_arms_serve_popular(demo: &DemoCopy) {
 
 impl TestGateway {
     /// The arm user `u` was served (a recommendation of one item on `home`, the cheapest
-    /// answer), with nothing else the large test does not need (no items, no token).
+    /// answer), keeping nothing else the large test does not need (no body, items or token),
+    /// so that 100,000 pages stay small.
     async fn page_lean(&self, u: u64) -> Page {
-        let path = format!("/recommendations/{u}?placement={PLACEMENT}&limit=1");
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
-        let body: Value = reply.json();
-        assert_eq!(body["experiment"], EXPERIMENT, "{body}");
+        let page = recommend(self, &u.to_string(), &format!("{HOME}&limit=1"))
+            .await
+            .expect_experiment(EXPERIMENT);
         Page {
-            user: u.to_string(),
-            arm: body["arm"].as_str().expect("arm").to_string(),
-            counted: body["forced"] == false,
             items: Vec::new(),
             token: String::new(),
+            request_id: None,
+            body: Value::Null,
+            ..page
         }
     }
 }
@@ -836,7 +755,12 @@ impl TestGateway {
 // On the cluster only, where one experiment's users are spread over every node's slots: the
 // other modes count with the same code at the scale of test 1, and each 100,000-user run costs
 // two to four minutes of CI's two cores in a debug build.
-in_modes!(a_hundred_thousand_users_are_counted_exactly: on_a_cluster => Cluster);
+redis_modes! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    mod a_hundred_thousand_users_are_counted_exactly {
+        on_a_cluster => Cluster,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 4. A bounded buffer says users are not exact
@@ -860,7 +784,7 @@ async fn a_full_buffer_makes_users_inexact_and_withholds_the_srm_verdict() {
     assert_eq!(ledger.users_per_arm().iter().sum::<u64>(), 80);
     // Every one of the 80 is either counted or known uncounted.
     eventually(WAIT, "80 users counted or known uncounted", async || {
-        let body = gw.try_results("").await?;
+        let body = client_events::try_results(&gw, EXPERIMENT, "").await?;
         let counted: u64 = counts_of(&body).values().map(|c| c.users).sum();
         let uncounted = gw.metric("results_users_uncounted_total", &[]).await;
         if counted as f64 + uncounted == 80.0 {
@@ -870,7 +794,7 @@ async fn a_full_buffer_makes_users_inexact_and_withholds_the_srm_verdict() {
         }
     })
     .await;
-    let body = gw.try_results("").await.expect("results");
+    let body = client_events::try_results(&gw, EXPERIMENT, "").await.expect("results");
     let counted: u64 = counts_of(&body).values().map(|c| c.users).sum();
     assert_eq!(counted, 50, "the bound's worth of users: {body}");
     assert_eq!(gw.metric("results_users_uncounted_total", &[]).await, 30.0);

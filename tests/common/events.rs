@@ -2,14 +2,16 @@
 //! what a test keeps of them to compare the results endpoint with: every file that counts
 //! impressions and clicks posts them the same way, checks `POST /events`' answer the same way
 //! (the counts and the rejections agree, a rejection names the event), and credits an event
-//! accepted a second time only as a safe retry (the same `event_id`).
+//! accepted a second time only as a safe retry (the same `event_id`); and every file that
+//! compares reads the results endpoint the same way ([`results`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::gateway::{Reply, TestGateway, eventually};
+use super::gateway::{Reply, TestGateway, assert_error, eventually};
 use super::stats::UserRow;
 
 /// The type of an event.
@@ -44,33 +46,70 @@ pub fn event(kind: &str, token: &str, item: &str, id: Option<&str>) -> Value {
     event
 }
 
-/// `POST /events` of `events`: for a 202, per event `None` when accepted, else the reason
-/// (checking that the counts and the rejections agree, and that each rejection names the
-/// event's `event_id`); any other reply as it came.
-pub async fn try_post_events(gw: &TestGateway, events: &[Value]) -> Result<Vec<Option<String>>, Reply> {
+/// An event as a test keeps it (with what its ledger needs to credit it), which it sends as
+/// `POST /events` takes it: the helpers below post any of them.
+pub trait ClientEvent {
+    /// The event in `POST /events`' batch.
+    fn to_json(&self) -> Value;
+}
+
+impl ClientEvent for Value {
+    fn to_json(&self) -> Value {
+        self.clone()
+    }
+}
+
+/// `POST /events` of `events`: for a 202, the outcome as it came, after checking that it is
+/// JSON and that its counts and rejections agree with the batch (each rejection at an index of
+/// it, naming that event's `event_id`); any other reply as it came.
+pub async fn try_post_outcome(gw: &TestGateway, events: &[impl ClientEvent]) -> Result<Value, Reply> {
+    let events: Vec<Value> = events.iter().map(ClientEvent::to_json).collect();
     let reply = gw.post_json("/events", &json!({ "events": events })).await;
     if reply.status != 202 {
         return Err(reply);
     }
+    reply.assert_json("POST /events");
     let outcome = reply.json();
-    let mut results = vec![None; events.len()];
-    for rejection in outcome["rejections"].as_array().expect("rejections") {
+    let rejections = outcome["rejections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rejections: {outcome}"));
+    for rejection in rejections {
         let index = rejection["index"].as_u64().expect("index") as usize;
+        assert!(index < events.len(), "a rejection of an event of the batch: {outcome}");
         assert_eq!(
             rejection["event_id"].as_str(),
             events[index]["event_id"].as_str(),
             "the rejection names the event: {outcome}"
         );
-        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
     }
-    let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
+    let rejected = rejections.len() as u64;
     assert_eq!(outcome["rejected"], rejected, "{outcome}");
     assert_eq!(outcome["accepted"], events.len() as u64 - rejected, "{outcome}");
+    Ok(outcome)
+}
+
+/// [`try_post_outcome`], expecting 202: the outcome (`accepted`, `rejected`, `rejections`).
+pub async fn post_outcome(gw: &TestGateway, events: &[impl ClientEvent]) -> Value {
+    try_post_outcome(gw, events)
+        .await
+        .unwrap_or_else(|reply| panic!("POST /events: {} {}", reply.status, reply.body))
+}
+
+/// `POST /events` of `events` ([`try_post_outcome`]): for a 202, per event `None` when
+/// accepted, else the reason; any other reply as it came.
+pub async fn try_post_events(gw: &TestGateway, events: &[impl ClientEvent]) -> Result<Vec<Option<String>>, Reply> {
+    let outcome = try_post_outcome(gw, events).await?;
+    let mut results = vec![None; events.len()];
+    for rejection in outcome["rejections"].as_array().expect("rejections") {
+        let index = rejection["index"].as_u64().expect("index") as usize;
+        assert!(results[index].is_none(), "one rejection an event: {outcome}");
+        results[index] = Some(rejection["reason"].as_str().expect("reason").to_string());
+    }
     Ok(results)
 }
 
 /// [`try_post_events`], expecting 202: per event `None` when accepted, else the reason.
-pub async fn post_events(gw: &TestGateway, events: &[Value]) -> Vec<Option<String>> {
+pub async fn post_events(gw: &TestGateway, events: &[impl ClientEvent]) -> Vec<Option<String>> {
     try_post_events(gw, events)
         .await
         .unwrap_or_else(|reply| panic!("POST /events: {} {}", reply.status, reply.body))
@@ -78,11 +117,71 @@ pub async fn post_events(gw: &TestGateway, events: &[Value]) -> Vec<Option<Strin
 
 /// [`post_events`] in batches of `batch` (at most 1000, the most one batch may hold),
 /// expecting every event accepted.
-pub async fn post_all_accepted(gw: &TestGateway, events: &[Value], batch: usize) {
+pub async fn post_all_accepted(gw: &TestGateway, events: &[impl ClientEvent], batch: usize) {
     for chunk in events.chunks(batch) {
         let outcomes = post_events(gw, chunk).await;
         for (event, outcome) in chunk.iter().zip(&outcomes) {
-            assert_eq!(outcome, &None, "every event is valid, and accepted: {event}");
+            assert_eq!(
+                outcome,
+                &None,
+                "every event is valid, and accepted: {}",
+                event.to_json()
+            );
+        }
+    }
+}
+
+/// Posts `events` in batches of `batch` (at most 1000); hands each event answered accepted to
+/// `accepted` and returns those refused because the counts' Redis did not answer
+/// (`counts_unavailable`, per event in a 202 or the whole batch in a 503), to be sent again.
+/// Any other refusal fails the test.
+pub async fn post_keeping_refused<E: ClientEvent + Clone + Debug>(
+    gw: &TestGateway,
+    events: &[E],
+    batch: usize,
+    mut accepted: impl FnMut(&E),
+) -> Vec<E> {
+    let mut refused = Vec::new();
+    for chunk in events.chunks(batch) {
+        match try_post_events(gw, chunk).await {
+            Ok(outcomes) => {
+                for (event, outcome) in chunk.iter().zip(outcomes) {
+                    match outcome.as_deref() {
+                        None => accepted(event),
+                        Some("counts_unavailable") => refused.push(event.clone()),
+                        Some(other) => panic!("{event:?} refused: {other}"),
+                    }
+                }
+            }
+            Err(reply) => {
+                assert_error(&reply, 503, "counts_unavailable", "POST /events");
+                refused.extend_from_slice(chunk);
+            }
+        }
+    }
+    refused
+}
+
+/// Sends `refused` again ([`post_keeping_refused`]), what is still refused every 200 ms, until
+/// every event was accepted (each handed to `accepted`); fails after `within`.
+pub async fn resend_until_accepted<E: ClientEvent + Clone + Debug>(
+    gw: &TestGateway,
+    refused: Vec<E>,
+    batch: usize,
+    within: Duration,
+    mut accepted: impl FnMut(&E),
+) {
+    let mut left = refused;
+    let deadline = Instant::now() + within;
+    while !left.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} events still refused after {within:?}",
+            left.len()
+        );
+        left = post_keeping_refused(gw, &left, batch, &mut accepted).await;
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -277,4 +376,30 @@ pub async fn wait_flushed(gw: &TestGateway, first: Duration, timeout: Duration) 
         }
     })
     .await;
+}
+
+/// `GET /experiments/{experiment}/results{query}` (`query` with its `?`, or empty): the reply
+/// when it is 200, after checking that it is JSON; `Err` otherwise, starting with the status
+/// (then the body and the request), for a test that waits until the results are there or
+/// checks why they are not.
+pub async fn try_results_reply(gw: &TestGateway, experiment: &str, query: &str) -> Result<Reply, String> {
+    let path = format!("/experiments/{experiment}/results{query}");
+    let reply = gw.get(&path).await;
+    if reply.status != 200 {
+        return Err(format!("{} {} (GET {path})", reply.status, reply.body));
+    }
+    reply.assert_json(&format!("GET {path}"));
+    Ok(reply)
+}
+
+/// [`try_results_reply`], the body.
+pub async fn try_results(gw: &TestGateway, experiment: &str, query: &str) -> Result<Value, String> {
+    try_results_reply(gw, experiment, query).await.map(|reply| reply.json())
+}
+
+/// The results of `experiment` ([`try_results`]), expecting 200 and JSON.
+pub async fn results(gw: &TestGateway, experiment: &str, query: &str) -> Value {
+    try_results(gw, experiment, query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -4,8 +4,10 @@
 //! with `reqwest`. Every answer is checked against `openapi.yaml` (`common/openapi.rs`), and
 //! every wait is bounded and fails with the last thing the server said.
 //!
-//! The module is part of each test's crate, so a test adds helpers of its own domain
-//! (recommending, posting events, …) with an `impl TestGateway { … }` block of its own.
+//! The requests of the tests' domain are shared too: recommending in `common::page`, posting
+//! events and reading results in `common::events`, error answers checked by [`assert_error`].
+//! The module is part of each test's crate, so a test adds only what it alone does, with an
+//! `impl TestGateway { … }` block of its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -123,6 +125,18 @@ impl Reply {
             .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.body))
     }
 
+    /// Checks that the body is declared JSON (`what` names the request in a failure): every
+    /// answer a test reads as JSON is checked so.
+    pub fn assert_json(&self, what: &str) {
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{what}: {} content type {:?}, body {}",
+            self.status,
+            self.content_type,
+            self.body
+        );
+    }
+
     /// Reads `response` whole; `what` names the request in errors.
     async fn read(what: &str, response: reqwest::Response) -> Result<Reply, String> {
         let header = |name: &str| {
@@ -143,6 +157,32 @@ impl Reply {
             body,
         })
     }
+}
+
+/// Asserts that `reply` is an error answer as the gateway gives every one: `status`, JSON of
+/// exactly `{error, message}`, the error code `code` (any code for `None`) and a message that
+/// says something; `what` names the request in a failure. Tests of refusals check them all
+/// this one way.
+pub fn assert_error<'a>(reply: &Reply, status: u16, code: impl Into<Option<&'a str>>, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.body);
+    reply.assert_json(what);
+    let body = reply.json();
+    let object = body
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {body}"));
+    assert_eq!(
+        object.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["error", "message"],
+        "{what}: {body}"
+    );
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error code: {body}"));
+    if let Some(code) = code.into() {
+        assert_eq!(error, code, "{what}: {body}");
+    }
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(!message.trim().is_empty(), "{what}: empty message: {body}");
 }
 
 /// Sends `request` with `client`, reads the whole answer and checks it against `openapi.yaml`
@@ -274,6 +314,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// HTTP client of [`http_client`].
     pub client: reqwest::Client,
+    /// The `X-API-Key` every request of the harness carries, if any ([`TestGateway::with_key`]).
+    key: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -293,6 +335,7 @@ impl TestGateway {
         TestGateway {
             addr,
             client: http_client(),
+            key: None,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -349,6 +392,15 @@ impl TestGateway {
         started.elapsed()
     }
 
+    /// The gateway spoken to as one client of a deployment with keys: every request of the
+    /// harness ([`TestGateway::send`] and what is built on it, the shared helpers of
+    /// `common::page` and `common::events` among them) then carries `X-API-Key: key`, except
+    /// one that names a key itself ([`TestGateway::call`], a header of its own).
+    pub fn with_key(mut self, key: &str) -> TestGateway {
+        self.key = Some(key.to_string());
+        self
+    }
+
     /// `http://addr`.
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
@@ -359,17 +411,26 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Sends `method path` with `headers` and an optional JSON `body`; reads the whole answer.
+    /// Sends `method path` with `headers` (and the key of [`TestGateway::with_key`] unless they
+    /// name one) and an optional JSON `body`; reads the whole answer.
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
-        send(&self.client, method, &self.url(path), headers, body)
+        let mut headers = headers.to_vec();
+        let keyed = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("x-api-key"));
+        if let (Some(key), false) = (&self.key, keyed) {
+            headers.push(("X-API-Key", key));
+        }
+        send(&self.client, method, &self.url(path), &headers, body)
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `method path` with an optional `X-API-Key` and JSON body.
+    /// `method path` with the `X-API-Key` given (none for `None`, whatever
+    /// [`TestGateway::with_key`] said) and an optional JSON body.
     pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
         let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
-        self.send(method, path, &headers, body).await
+        send(&self.client, method, &self.url(path), &headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Sends `method path` and reads the whole answer.
@@ -405,6 +466,9 @@ impl TestGateway {
         if let Some(content_type) = content_type {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type);
         }
+        if let Some(key) = &self.key {
+            request = request.header("X-API-Key", key);
+        }
         exchange(&self.client, request).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -412,11 +476,7 @@ impl TestGateway {
     pub async fn get_json(&self, path: &str, status: u16) -> Value {
         let reply = self.get(path).await;
         assert_eq!(reply.status, status, "GET {path}: {}", reply.body);
-        assert!(
-            reply.content_type.starts_with("application/json"),
-            "GET {path}: content type {:?}",
-            reply.content_type
-        );
+        reply.assert_json(&format!("GET {path}"));
         reply.json()
     }
 

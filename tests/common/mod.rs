@@ -13,6 +13,7 @@ pub mod events;
 pub mod examples;
 pub mod gateway;
 pub mod openapi;
+pub mod page;
 pub mod ports;
 pub mod process;
 pub mod promtool;

@@ -443,6 +443,49 @@ impl RedisCluster {
     }
 }
 
+/// Runs an async test once per [`Mode`] it is named for, so that a test of anything that
+/// talks to Redis states its modes in one place instead of a wrapper function each:
+///
+/// ```ignore
+/// redis_modes! {
+///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///     replicas_add_up {
+///         /// Docs of this one.
+///         replicas_add_up_on_one_redis_node => Node,
+///         replicas_add_up_on_a_redis_cluster => Cluster,
+///     }
+/// }
+/// ```
+///
+/// makes each `name => Mode` an `async fn name()` with the attributes given first (each with
+/// its own docs) that runs `replicas_add_up(Mode::…).await`. The test names are spelled out,
+/// not derived, so that a name quoted in a note is found by a search. `test(args, …)` passes
+/// `args` after the mode; `mod test { … }` puts the functions in a module `test` (named
+/// `test::name`), calling `super::test`.
+#[macro_export]
+macro_rules! redis_modes {
+    ($(#[$($attr:tt)*])* mod $test:ident $(($($arg:expr),* $(,)?))? { $($tests:tt)* }) => {
+        mod $test {
+            $crate::redis_modes!(@each [$(#[$($attr)*])*] [super::$test] [$($($arg),*)?] $($tests)*);
+        }
+    };
+    ($(#[$($attr:tt)*])* $test:ident $(($($arg:expr),* $(,)?))? { $($tests:tt)* }) => {
+        $crate::redis_modes!(@each [$(#[$($attr)*])*] [$test] [$($($arg),*)?] $($tests)*);
+    };
+    (@each $attrs:tt $test:tt $args:tt) => {};
+    (
+        @each [$($attrs:tt)*] [$($test:tt)+] [$($arg:expr),*]
+        $(#[$($doc:tt)*])* $name:ident => $mode:ident $(, $($rest:tt)*)?
+    ) => {
+        $($attrs)*
+        $(#[$($doc)*])*
+        async fn $name() {
+            $($test)+($crate::common::redis::Mode::$mode $(, $arg)*).await;
+        }
+        $crate::redis_modes!(@each [$($attrs)*] [$($test)+] [$($arg),*] $($($rest)*)?);
+    };
+}
+
 /// Where a test's counts live: in the gateway's memory, on one Redis node, or on a 3-node
 /// Redis Cluster. Tests of anything that talks to Redis run in every mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
