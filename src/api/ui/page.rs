@@ -21,7 +21,7 @@ h1{font-size:1.5rem;margin:.8rem 0 .2rem}h2{font-size:1.1rem;margin:1.8rem 0 .5r
 table{border-collapse:collapse;width:100%;margin:.4rem 0}
 th,td{padding:.3rem .55rem;border-bottom:1px solid #e6e9ef;text-align:right;white-space:nowrap;vertical-align:top}
 th:first-child,td:first-child{text-align:left}td.text{text-align:left;white-space:normal}
-th{background:#f4f6f9;font-weight:600}
+th{background:#f4f6f9;font-weight:600;white-space:normal}
 .badge{display:inline-block;border-radius:3px;padding:0 .4rem;margin:0 .25rem .15rem 0;font-size:.8rem;font-weight:600}
 .srm,.paused,.unavailable{background:#fde2e1;color:#9b1c1c}.sample,.inexact{background:#fdf3d7;color:#7a5400}.ok{background:#dff3e4;color:#1e6b35}
 .better{color:#1e6b35;font-weight:600}.worse{color:#9b1c1c;font-weight:600}.inconclusive{color:#5b6475}
@@ -341,7 +341,7 @@ fn arms_table(body: &ResultsBody, admin: bool, cuped: bool) -> Markup {
                             td { (decision(arm)) }
                         }
                         @if cuped {
-                            (cuped_cells(arm.cuped.as_ref()))
+                            (cuped_cells(arm.cuped.as_ref().filter(|_| !arm.control)))
                         }
                     }
                 }
