@@ -14,6 +14,8 @@ use tempfile::TempDir;
 
 /// How long ChromeDriver gets to report its port.
 const DRIVER_START: Duration = Duration::from_secs(20);
+/// How long a click's page gets to load.
+const NAVIGATION: Duration = Duration::from_secs(20);
 
 /// A ChromeDriver process and one headless Chromium session on it; both end when dropped.
 pub struct Browser {
@@ -124,14 +126,37 @@ impl Browser {
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
-    /// Clicks the element `css` picks and waits for the page it leads to.
+    /// Clicks the element `css` picks (a link or a form's button) and waits until the page it
+    /// leads to has loaded: WebDriver's click returns once the click is dispatched, before a
+    /// form's answer has arrived, so the old page is marked first and the new one is the page
+    /// without the mark (a form may lead back to the same address).
     pub async fn click(&self, css: &str) {
+        self.run("window.recgwOldPage = true; return null;", vec![]).await;
         let element = self
             .client
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"));
         element.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let started = Instant::now();
+        loop {
+            let loaded = self
+                .client
+                .execute(
+                    "return window.recgwOldPage === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            // A script may fail while the old page is being replaced: that is not loaded yet.
+            if loaded.is_ok_and(|v| v == Value::Bool(true)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < NAVIGATION,
+                "clicking {css} led to no new page within {NAVIGATION:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A PNG of the whole page as the browser draws it.
