@@ -108,7 +108,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             print!("{}", render(&results, format));
-            match plot.map(|path| crate::report::write_plot(&results, &path)) {
+            match plot.map(|path| crate::report::write_plot(&results.body, &path)) {
                 Some(Err(e)) => fail(e),
                 _ => ExitCode::SUCCESS,
             }

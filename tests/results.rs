@@ -987,14 +987,43 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
     // CSV: a header and one row per arm, with the endpoint's numbers.
     let csv = report_async(url.clone(), Some("csv")).await;
     let rows: Vec<&str> = csv.lines().collect();
+    // Every field of an arm holding one value, nested objects' after their name.
     let columns = [
         "name",
         "weight",
+        "control",
         "users",
         "exposures",
         "impressions",
         "clicks",
+        "impressions_outside_per_user",
+        "clicks_outside_per_user",
         "clicking_users",
+        "per_user_sums_users",
+        "per_user_sums_clicks",
+        "per_user_sums_impressions",
+        "per_user_sums_clicks_squared",
+        "per_user_sums_impressions_squared",
+        "per_user_sums_clicks_times_impressions",
+        "pre_period_sums_users_with_row",
+        "pre_period_sums_clicks",
+        "pre_period_sums_impressions",
+        "pre_period_sums_clicks_squared",
+        "pre_period_sums_impressions_squared",
+        "pre_period_sums_clicks_times_impressions",
+        "pre_period_sums_clicks_times_pre_clicks",
+        "pre_period_sums_clicks_times_pre_impressions",
+        "pre_period_sums_impressions_times_pre_clicks",
+        "pre_period_sums_impressions_times_pre_impressions",
+        "cuped_lift",
+        "cuped_lift_low",
+        "cuped_lift_high",
+        "cuped_p_value",
+        "cuped_sequential_lift_low",
+        "cuped_sequential_lift_high",
+        "cuped_sequential_p_value",
+        "cuped_variance_reduction",
+        "cuped_users_with_pre_period",
         "ctr",
         "ctr_low",
         "ctr_high",
@@ -1010,19 +1039,14 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         "decision",
         "min_sample_reached",
         "wins",
+        "shadow",
+        "state",
+        "paused_reason",
         "distinct_items",
         "catalogue_coverage",
         "compared",
         "overlap_jaccard",
         "overlap_rbo",
-        "cuped_lift",
-        "cuped_lift_low",
-        "cuped_lift_high",
-        "cuped_p_value",
-        "cuped_sequential_lift_low",
-        "cuped_sequential_lift_high",
-        "cuped_sequential_p_value",
-        "cuped_variance_reduction",
     ];
     let mut differences = Vec::new();
     assert_eq!(rows.len(), 3, "{csv}");
@@ -1032,9 +1056,12 @@ async fn report_prints_table_csv_and_json_of_the_endpoint() {
         assert_eq!(cells.len(), columns.len() + 1, "{row}");
         assert_eq!(cells[0], EXPERIMENT);
         for (column, cell) in columns.iter().zip(&cells[1..]) {
-            // The CUPED columns flatten the arm's `cuped` object (absent here: no covariates).
-            let value = match column.strip_prefix("cuped_") {
-                Some(field) => &arm["cuped"][field],
+            // Nested objects' columns are after their name (`cuped` is absent here: no covariates).
+            let nested = ["per_user_sums", "pre_period_sums", "cuped"]
+                .into_iter()
+                .find_map(|object| Some((object, column.strip_prefix(object)?.strip_prefix('_')?)));
+            let value = match nested {
+                Some((object, field)) => &arm[object][field],
                 None => &arm[column],
             };
             let same = match value {

@@ -12,7 +12,7 @@ mod health;
 mod metrics;
 mod recommendations;
 mod request_id;
-mod results;
+pub(crate) mod results;
 mod routes;
 mod stats;
 mod ui;

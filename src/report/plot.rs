@@ -12,6 +12,8 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
+use crate::api::results::body::ResultsBody;
+
 /// The picture's size in pixels.
 const SIZE: (u32, u32) = (960, 540);
 
@@ -43,43 +45,36 @@ pub(crate) enum PlotError {
 type Series = (String, Vec<(i64, f64, f64, f64)>);
 
 /// The compared arms' cumulative lift and always-valid interval per day (CUPED-adjusted when
-/// the experiment names covariates), from `?by=day` results; a day where an arm's interval is undefined (no clicks yet) is left out of its
-/// series.
-fn series(results: &Value) -> Vec<Series> {
-    let days = results["days"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let names: Vec<&str> = results["arms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["control"] != true && a["shadow"] != true)
-        .filter_map(|a| a["name"].as_str())
-        .collect();
-    names
-        .into_iter()
-        .map(|name| {
+/// the experiment names covariates), from `?by=day` results; a day where an arm's interval is
+/// undefined (no clicks yet) is left out of its series.
+fn series(results: &ResultsBody) -> Vec<Series> {
+    let days = results.days.as_deref().unwrap_or_default();
+    results
+        .arms
+        .iter()
+        .filter(|a| !a.control && !a.shadow)
+        .map(|compared| {
             let points = days
                 .iter()
                 .filter_map(|d| {
-                    let day = crate::calendar::parse_date(d["day"].as_str()?)?;
-                    let arm = d["arms"].as_array()?.iter().find(|a| a["name"] == name)?;
+                    let day = crate::calendar::parse_date(&d.day)?;
+                    let arm = d.arms.iter().find(|a| a.name == compared.name)?;
                     // With covariates, the adjusted figures: the ones decisions read.
-                    let shown = if arm["cuped"].is_object() { &arm["cuped"] } else { arm };
-                    Some((
-                        day,
-                        shown["lift"].as_f64()?,
-                        shown["sequential_lift_low"].as_f64()?,
-                        shown["sequential_lift_high"].as_f64()?,
-                    ))
+                    let (lift, low, high) = match &arm.cuped {
+                        Some(c) => (c.lift, c.sequential_lift_low, c.sequential_lift_high),
+                        None => (arm.lift, arm.sequential_lift_low, arm.sequential_lift_high),
+                    };
+                    Some((day, lift?, low?, high?))
                 })
                 .collect();
-            (name.to_string(), points)
+            (compared.name.clone(), points)
         })
         .filter(|(_, points): &Series| !points.is_empty())
         .collect()
 }
 
 /// Writes the plot of `results` (fetched with `?by=day`) to `path`.
-pub(crate) fn write(results: &Value, path: &Path) -> Result<(), PlotError> {
+pub(crate) fn write(results: &ResultsBody, path: &Path) -> Result<(), PlotError> {
     let shown = path.display().to_string();
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(PlotError::Format(shown));
@@ -89,8 +84,8 @@ pub(crate) fn write(results: &Value, path: &Path) -> Result<(), PlotError> {
 }
 
 /// The SVG text of the plot: what `--plot` writes and the results UI shows.
-pub(crate) fn render(results: &Value) -> Result<String, PlotError> {
-    if results["kind"] == "interleave" {
+pub(crate) fn render(results: &ResultsBody) -> Result<String, PlotError> {
+    if results.kind == "interleave" {
         return Err(PlotError::Empty(
             "an interleave experiment has no lift: read its preference in the report",
         ));
@@ -111,13 +106,11 @@ pub(crate) fn render(results: &Value) -> Result<String, PlotError> {
     let margin = ((high - low) * 0.05).max(0.01);
     let x = (first as f64 - 0.5)..(last as f64 + 0.5);
     let y = (low - margin)..(high + margin);
-    let adjusted = results["arms"]
-        .as_array()
-        .is_some_and(|arms| arms.iter().any(|a| a["cuped"].is_object()));
+    let adjusted = results.arms.iter().any(|a| a.cuped.is_some());
     let title = format!(
         "{}: cumulative CTR lift over {}{}, always-valid 95% interval",
-        results["experiment"].as_str().unwrap_or("?"),
-        results["arms"][0]["name"].as_str().unwrap_or("the control"),
+        results.experiment,
+        results.arms.first().map_or("the control", |a| a.name.as_str()),
         if adjusted { " (CUPED-adjusted)" } else { "" }
     );
 
@@ -225,6 +218,7 @@ fn with_description(svg: &str, series: &[Series]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::results::body::with_defaults;
 
     fn results() -> Value {
         let day = |date: &str, lift: Value, low: Value, high: Value| {
@@ -249,7 +243,7 @@ mod tests {
     /// the days with an interval, as the results gave them.
     #[test]
     fn draws_the_days_with_an_interval_and_describes_them() {
-        let svg = render(&results()).expect("plot");
+        let svg = render(&with_defaults(results())).expect("plot");
         assert!(svg.starts_with("<svg") || svg.contains("<svg"), "{svg}");
         let desc = svg
             .split_once("<desc>")
@@ -279,7 +273,7 @@ mod tests {
         results["arms"][1]["cuped"] = json!({"lift": 0.25});
         results["days"][2]["arms"][1]["cuped"] =
             json!({"lift": 0.25, "sequential_lift_low": 0.1, "sequential_lift_high": 0.45});
-        let svg = render(&results).expect("plot");
+        let svg = render(&with_defaults(results)).expect("plot");
         let desc = svg
             .split_once("<desc>")
             .and_then(|(_, rest)| rest.split_once("</desc>"))
@@ -300,12 +294,12 @@ mod tests {
     fn refuses_what_it_cannot_draw() {
         let mut empty = results();
         empty["days"] = json!([]);
-        assert!(matches!(render(&empty), Err(PlotError::Empty(_))));
+        assert!(matches!(render(&with_defaults(empty)), Err(PlotError::Empty(_))));
         let mut interleaved = results();
         interleaved["kind"] = "interleave".into();
-        assert!(matches!(render(&interleaved), Err(PlotError::Empty(_))));
+        assert!(matches!(render(&with_defaults(interleaved)), Err(PlotError::Empty(_))));
         assert!(matches!(
-            write(&results(), Path::new("out.png")),
+            write(&with_defaults(results()), Path::new("out.png")),
             Err(PlotError::Format(_))
         ));
     }

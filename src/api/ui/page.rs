@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use poem_openapi::types::ToJSON;
 
 use crate::api::error::ApiError;
-use crate::api::results::{ArmResultsBody, CupedBody, DayBody, ResultsBody};
+use crate::api::results::body::{ArmResultsBody, CupedBody, DayBody, ResultsBody};
 use crate::experiment::Experiment;
 
 /// The one stylesheet, inline so a page is one request.
@@ -367,7 +366,7 @@ fn cuped_cells(cuped: Option<&CupedBody>) -> Markup {
 /// The cumulative lift per day inside its always-valid band (the chart `recgw report --plot`
 /// writes), and its numbers.
 fn lift_chart(body: &ResultsBody) -> Markup {
-    let chart = crate::report::plot_svg(&body.to_json().unwrap_or_default());
+    let chart = crate::report::plot_svg(body);
     let days = body.days.as_deref().unwrap_or_default();
     html! {
         @match chart {
