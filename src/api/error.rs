@@ -50,11 +50,21 @@ fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
 }
 
 impl ApiError {
+    /// The body every status carries.
+    fn body(&self) -> &ErrorBody {
+        match self {
+            ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => body,
+        }
+    }
+
     /// The error code, for metrics.
     pub(crate) fn code(&self) -> &str {
-        match self {
-            ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => &body.error,
-        }
+        &self.body().error
+    }
+
+    /// What went wrong, for a person: what the results UI shows in place of a figure.
+    pub(crate) fn message(&self) -> &str {
+        &self.body().message
     }
 
     /// 400 with a code and message.

@@ -205,7 +205,7 @@ pub(super) fn list(experiments: &[Arc<Experiment>], results: Vec<Result<ResultsB
                             }
                             Err(e) => {
                                 td {} td {} td {}
-                                td.text { span.badge.unavailable data-badge="unavailable" { (error_text(e)) } }
+                                td.text { span.badge.unavailable data-badge="unavailable" { (e.message()) } }
                             }
                         }
                     }
@@ -214,13 +214,6 @@ pub(super) fn list(experiments: &[Arc<Experiment>], results: Vec<Result<ResultsB
         }
     };
     layout("Experiments", content)
-}
-
-/// The message of an error, for a page.
-fn error_text(error: &ApiError) -> String {
-    match error {
-        ApiError::BadRequest(body) | ApiError::NotFound(body) | ApiError::Unavailable(body) => body.message.clone(),
-    }
 }
 
 /// One experiment's page.
