@@ -46,12 +46,12 @@
 //! overlap sums), `…:items` (a HyperLogLog), `recgw:results:{e}:applied:{replica}` (the last
 //! sequence applied from one replica process, expiring 7 days after its last flush) and
 //! `recgw:results:{e}:inexact` (why users are not exact, once they are not). Under each shard's
-//! tag `{e:k}`: `recgw:results:{e:k}:{arm}` (a hash of `users`, `impressions`, `clicks`,
-//! `cc`, `ii`, `ci`, `clickers`, and `i@{bucket}`/`c@{bucket}` per rank bucket),
-//! `…:{arm}:days` (`YYYY-MM-DD:{n,i,c,ii,cc,ci}` and, with covariates, the pre-period sums'
-//! `pn`, `pc`, `pi`, `pcc`, `pii`, `pci`, `xcc`, `xci`, `xic`, `xii`), the users' buckets, and for an interleave
-//! experiment `recgw:results:{e:k}:duel` (`wins0`, `wins1`, `ties`) and `…:duel:users`
-//! (`{user}:{team}` → clicks). Reading adds the shards.
+//! tag `{e:k}`: `recgw:results:{e:k}:{arm}` (the per-user sums, the clicking users and the rank
+//! buckets), `…:{arm}:days` (what each day added to the sums; with covariates, the pre-period
+//! sums too), the users' buckets, and for an interleave experiment `recgw:results:{e:k}:duel`
+//! (the outcomes' totals) and `…:duel:users` (clicks per user and team). Reading adds the
+//! shards. The fields of these hashes are named in [`crate::keys::field`]: the scripts get them
+//! from a prelude of their source ([`script`]) and the readers here use the same constants.
 //!
 //! **Counts from before per-user counting.** Impressions, clicks and days an experiment
 //! counted under `recgw:results:{e}:{arm}` before the shards existed carry no per-user sums:
@@ -71,7 +71,7 @@ use crate::config::ResultsSettings;
 use crate::feedback::lists::{Overlap, POSITION_BUCKETS};
 use crate::feedback::sums::{PrePeriod, PreSums, UserSums};
 use crate::feedback::users::{Day, LocalUsers, UserKey, pre_state, shard_tag};
-use crate::keys;
+use crate::keys::{self, field};
 use crate::redis::RedisClient;
 use crate::store::CovariateSlot;
 
@@ -112,6 +112,13 @@ const BUFFER_FULL: &str = "new users waited for Redis on one replica past result
 const MEMORY_FULL: &str = "without Redis this process holds at most results.max_buffered_users users: \
      later users are not counted and their events are outside the per-user statistics";
 
+/// A counting script of `parts`, after the prelude naming the hashes' fields
+/// ([`keys::field::lua`]): the scripts spell no field, so the layout is the one `keys` gives and
+/// the readers here use.
+pub(crate) fn script(parts: &[&str]) -> ::redis::Script {
+    ::redis::Script::new(&format!("{}{}", keys::field::lua(), parts.concat()))
+}
+
 /// The head of the scripts that count into a shard: it refuses the whole script, before any
 /// write, when a key is not a hash; increments are gathered while the script runs and applied
 /// at its end, one `HINCRBY` per field, so a batch of many events of a few
@@ -129,7 +136,6 @@ for i = 1, #KEYS do
   end
 end
 local day, expired = ARGV[1], ARGV[2]
-local DAY_FIELDS = {'n', 'i', 'c', 'ii', 'cc', 'ci', 'pn', 'pc', 'pi', 'pcc', 'pii', 'pci', 'xcc', 'xci', 'xic', 'xii'}
 local adds, days_keys = {}, {}
 local function add(key, field, n)
   if n ~= 0 then
@@ -141,10 +147,11 @@ local function add(key, field, n)
     fields[field] = (fields[field] or 0) + n
   end
 end
-local function count(counters, days, total, short, n)
-  add(counters, total, n)
+-- A sum (`F.USERS`, …) moves in the arm's totals and in today's field alike.
+local function count(counters, days, sum, n)
+  add(counters, sum.total, n)
   days_keys[days] = true
-  add(days, day .. ':' .. short, n)
+  add(days, day .. ':' .. sum.day, n)
 end
 -- A user's state in a bucket: `i:c`, with the pre-period `i':c'` appended when the user
 -- entered with a covariate row (CUPED); empty for a user served without events.
@@ -155,15 +162,15 @@ local function parse(kept)
 end
 -- Counts a user new to an arm, with its pre-period `i':c'` (`pre`, empty without a row).
 local function enter(counters, days, pre)
-  count(counters, days, 'users', 'n', 1)
+  count(counters, days, F.USERS, 1)
   if #pre == 0 then return nil, nil end
   local _, _, pi, pc = parse('0:0:' .. pre)
-  count(counters, days, 'p_users', 'pn', 1)
-  count(counters, days, 'p_i', 'pi', pi)
-  count(counters, days, 'p_c', 'pc', pc)
-  count(counters, days, 'p_ii', 'pii', pi * pi)
-  count(counters, days, 'p_cc', 'pcc', pc * pc)
-  count(counters, days, 'p_ci', 'pci', pc * pi)
+  count(counters, days, F.PRE_USERS, 1)
+  count(counters, days, F.PRE_IMPRESSIONS, pi)
+  count(counters, days, F.PRE_CLICKS, pc)
+  count(counters, days, F.PRE_IMPRESSIONS_SQ, pi * pi)
+  count(counters, days, F.PRE_CLICKS_SQ, pc * pc)
+  count(counters, days, F.PRE_CROSS, pc * pi)
   return pi, pc
 end
 local function apply()
@@ -171,7 +178,7 @@ local function apply()
     for field, n in pairs(fields) do
       if redis.call('HINCRBY', key, field, n) == n and days_keys[key] then
         local gone = {}
-        for _, short in ipairs(DAY_FIELDS) do gone[#gone + 1] = expired .. ':' .. short end
+        for _, sum in ipairs(F.SUMS) do gone[#gone + 1] = expired .. ':' .. sum.day end
         redis.call('HDEL', key, unpack(gone))
       end
     end
@@ -203,7 +210,7 @@ if #ARGV[3] > 0 then redis.call('SET', KEYS[3], ARGV[3]) end
 for arm = 0, (#KEYS - 3) / 2 - 1 do
   local k = 4 + arm * 2
   local a = 4 + arm * 5
-  local fields = {'exposures', nil, 'compared', 'jaccard_micro', 'rbo_micro'}
+  local fields = {F.EXPOSURES, nil, F.COMPARED, F.JACCARD_MICRO, F.RBO_MICRO}
   for _, f in ipairs({1, 3, 4, 5}) do
     local n = tonumber(ARGV[a + f - 1])
     if n > 0 then redis.call('HINCRBY', KEYS[k], fields[f], n) end
@@ -572,8 +579,8 @@ impl Tally {
             duels: Mutex::default(),
             next_seq: AtomicU64::new(1),
             flushing: tokio::sync::Mutex::new(()),
-            script: ::redis::Script::new(FLUSH_SCRIPT),
-            users_script: ::redis::Script::new(&format!("{GATHERED_COUNTS}{USERS_SCRIPT}")),
+            script: script(&[FLUSH_SCRIPT]),
+            users_script: script(&[GATHERED_COUNTS, USERS_SCRIPT]),
             depth,
             uncounted,
             min_sample_size: settings.min_sample_size,
@@ -725,7 +732,11 @@ impl Tally {
         let reads = self.tags(experiment).map(|tag| async move {
             let [_, totals] = keys::duel(&tag);
             let mut command = ::redis::cmd("HMGET");
-            command.arg(totals).arg("wins0").arg("wins1").arg("ties");
+            command
+                .arg(totals)
+                .arg(field::WINS[0])
+                .arg(field::WINS[1])
+                .arg(field::TIES);
             redis.query::<[Option<u64>; 3]>(&command).await
         });
         let mut duel = DuelCounts::default();
@@ -967,13 +978,12 @@ impl Tally {
             for arm in arms {
                 let key = keys::results(&tag, arm);
                 let hmget = pipe.cmd("HMGET").arg(&key);
-                let fields = if k == 0 { &TAG_FIELDS[..] } else { &SHARD_FIELDS[..] };
-                for field in fields {
-                    hmget.arg(field);
+                for name in counter_fields(k) {
+                    hmget.arg(name);
                 }
-                for kind in ["i", "c"] {
+                for at in [field::IMPRESSIONS_AT, field::CLICKS_AT] {
                     for bucket in POSITION_BUCKETS {
-                        hmget.arg(format!("{kind}@{bucket}"));
+                        hmget.arg(format!("{at}{bucket}"));
                     }
                 }
                 if k == 0 {
@@ -995,7 +1005,7 @@ impl Tally {
             for arm in &mut counts.arms {
                 let fields: Vec<Option<u64>> = ::redis::from_redis_value(reply.next()?).ok()?;
                 let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
-                let n = if k == 0 { TAG_FIELDS.len() } else { SHARD_FIELDS.len() };
+                let n = counter_fields(k).len();
                 let buckets = POSITION_BUCKETS.len();
                 for b in 0..buckets {
                     arm.impressions_by_position[b] += field(n + b);
@@ -1009,27 +1019,10 @@ impl Tally {
                     arm.outside = [field(4), field(5)];
                     arm.items = ::redis::from_redis_value(reply.next()?).ok()?;
                 } else {
-                    arm.sums.add(&UserSums {
-                        users: field(0),
-                        impressions: field(1),
-                        clicks: field(2),
-                        clicks_sq: field(3),
-                        impressions_sq: field(4),
-                        cross: field(5),
-                    });
-                    arm.clickers += field(6);
-                    arm.pre.add(&PreSums {
-                        covered: field(7),
-                        clicks: field(8),
-                        impressions: field(9),
-                        clicks_sq: field(10),
-                        impressions_sq: field(11),
-                        cross: field(12),
-                        clicks_by_clicks: field(13),
-                        clicks_by_impressions: field(14),
-                        impressions_by_clicks: field(15),
-                        impressions_by_impressions: field(16),
-                    });
+                    for (i, (_, slot)) in SUM_SLOTS.iter().enumerate() {
+                        *slot(&mut arm.sums, &mut arm.pre) += field(i);
+                    }
+                    arm.clickers += field(SUM_SLOTS.len());
                 }
             }
             if k == 0 {
@@ -1074,27 +1067,16 @@ impl Tally {
                         continue;
                     };
                     let entry: &mut Day = arm.entry(day).or_default();
-                    let slot = match (k, kind) {
-                        (0, "i") => &mut entry.outside[0],
-                        (0, "c") => &mut entry.outside[1],
-                        (0, _) => continue,
-                        (_, "n") => &mut entry.sums.users,
-                        (_, "i") => &mut entry.sums.impressions,
-                        (_, "c") => &mut entry.sums.clicks,
-                        (_, "ii") => &mut entry.sums.impressions_sq,
-                        (_, "cc") => &mut entry.sums.clicks_sq,
-                        (_, "ci") => &mut entry.sums.cross,
-                        (_, "pn") => &mut entry.pre.covered,
-                        (_, "pc") => &mut entry.pre.clicks,
-                        (_, "pi") => &mut entry.pre.impressions,
-                        (_, "pcc") => &mut entry.pre.clicks_sq,
-                        (_, "pii") => &mut entry.pre.impressions_sq,
-                        (_, "pci") => &mut entry.pre.cross,
-                        (_, "xcc") => &mut entry.pre.clicks_by_clicks,
-                        (_, "xci") => &mut entry.pre.clicks_by_impressions,
-                        (_, "xic") => &mut entry.pre.impressions_by_clicks,
-                        (_, "xii") => &mut entry.pre.impressions_by_impressions,
-                        _ => continue,
+                    let slot = if k == 0 {
+                        let Some(j) = OUTSIDE.iter().position(|sum| sum.day == kind) else {
+                            continue;
+                        };
+                        &mut entry.outside[j]
+                    } else {
+                        let Some((_, slot)) = SUM_SLOTS.iter().find(|(sum, _)| sum.day == kind) else {
+                            continue;
+                        };
+                        slot(&mut entry.sums, &mut entry.pre)
                     };
                     *slot += n;
                 }
@@ -1122,44 +1104,210 @@ pub(crate) fn key_index(
     })
 }
 
+/// What an arm's hash under the experiment's own tag counted before the shards existed, read as
+/// outside the per-user sums: impressions, then clicks, as [`ArmCounts::outside`] holds them.
+const OUTSIDE: [field::Sum; 2] = [field::IMPRESSIONS, field::CLICKS];
+
 /// The fields of an arm's hash under the experiment's own tag that [`Tally::read`] reads first:
-/// what the flush counts, then the impressions and clicks counted before the shards; the rank
-/// buckets' `i@{bucket}` and `c@{bucket}` follow.
+/// what the flush counts, then [`OUTSIDE`]; the rank buckets follow.
 const TAG_FIELDS: [&str; 6] = [
-    "exposures",
-    "compared",
-    "jaccard_micro",
-    "rbo_micro",
-    "impressions",
-    "clicks",
+    field::EXPOSURES,
+    field::COMPARED,
+    field::JACCARD_MICRO,
+    field::RBO_MICRO,
+    OUTSIDE[0].total,
+    OUTSIDE[1].total,
 ];
 
-/// The fields of an arm's hash under a shard's tag: the per-user sums, clicking users, then the
-/// pre-period sums (users with a row, `Σc'`, `Σi'`, `Σc'²`, `Σi'²`, `Σc'·i'`) and the cross sums
-/// `Σc·c'`, `Σc·i'`, `Σi·c'`, `Σi·i'`; the rank buckets follow.
-const SHARD_FIELDS: [&str; 17] = [
-    "users",
-    "impressions",
-    "clicks",
-    "cc",
-    "ii",
-    "ci",
-    "clickers",
-    "p_users",
-    "p_c",
-    "p_i",
-    "p_cc",
-    "p_ii",
-    "p_ci",
-    "x_cc",
-    "x_ci",
-    "x_ic",
-    "x_ii",
+/// Where a sum of [`keys::field::SUMS`] is read into, of an arm's totals or a day's.
+type Slot = for<'a> fn(&'a mut UserSums, &'a mut PreSums) -> &'a mut u64;
+
+/// Every sum a shard keeps, with where reading adds it (a test holds it to
+/// [`keys::field::SUMS`]).
+const SUM_SLOTS: [(field::Sum, Slot); 16] = [
+    (field::USERS, |sums, _| &mut sums.users),
+    (field::IMPRESSIONS, |sums, _| &mut sums.impressions),
+    (field::CLICKS, |sums, _| &mut sums.clicks),
+    (field::IMPRESSIONS_SQ, |sums, _| &mut sums.impressions_sq),
+    (field::CLICKS_SQ, |sums, _| &mut sums.clicks_sq),
+    (field::CROSS, |sums, _| &mut sums.cross),
+    (field::PRE_USERS, |_, pre| &mut pre.covered),
+    (field::PRE_CLICKS, |_, pre| &mut pre.clicks),
+    (field::PRE_IMPRESSIONS, |_, pre| &mut pre.impressions),
+    (field::PRE_CLICKS_SQ, |_, pre| &mut pre.clicks_sq),
+    (field::PRE_IMPRESSIONS_SQ, |_, pre| &mut pre.impressions_sq),
+    (field::PRE_CROSS, |_, pre| &mut pre.cross),
+    (field::CLICKS_BY_CLICKS, |_, pre| &mut pre.clicks_by_clicks),
+    (field::CLICKS_BY_IMPRESSIONS, |_, pre| &mut pre.clicks_by_impressions),
+    (field::IMPRESSIONS_BY_CLICKS, |_, pre| &mut pre.impressions_by_clicks),
+    (field::IMPRESSIONS_BY_IMPRESSIONS, |_, pre| {
+        &mut pre.impressions_by_impressions
+    }),
 ];
+
+/// The fields [`Tally::read`] reads first from an arm's hash under the `k`th tag (0: the
+/// experiment's own, then its shards'): [`TAG_FIELDS`], or every sum and the clicking users.
+fn counter_fields(k: usize) -> Vec<&'static str> {
+    match k {
+        0 => TAG_FIELDS.to_vec(),
+        _ => SUM_SLOTS
+            .iter()
+            .map(|(sum, _)| sum.total)
+            .chain([field::CLICKERS])
+            .collect(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::feedback::events::CLAIM_SCRIPT;
+
+    /// Every script's source but the prelude.
+    const SCRIPTS: [&str; 4] = [GATHERED_COUNTS, FLUSH_SCRIPT, USERS_SCRIPT, CLAIM_SCRIPT];
+
+    /// The prelude's table: each name and the Lua of its value.
+    fn prelude() -> BTreeMap<String, String> {
+        let lua = keys::field::lua();
+        let table = lua
+            .strip_prefix("local F = {\n")
+            .and_then(|rest| rest.strip_suffix("}\n"))
+            .unwrap_or_else(|| panic!("one table F: {lua}"));
+        table
+            .lines()
+            .map(|line| {
+                let entry = line.trim().strip_suffix(',').unwrap_or_else(|| panic!("{line}"));
+                let (name, value) = entry.split_once(" = ").unwrap_or_else(|| panic!("{line}"));
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    /// The names a script reads as `F.NAME` (comments left out), in order, repeats kept, each
+    /// with what precedes it on its line.
+    fn reads(script: &str) -> Vec<(&str, &str)> {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut reads = Vec::new();
+        for line in script.lines() {
+            let code = line.split("--").next().unwrap_or_default();
+            for (at, _) in code.match_indices("F.") {
+                if code[..at].ends_with(name_char) {
+                    continue;
+                }
+                let rest = &code[at + 2..];
+                let name = &rest[..rest.find(|c: char| !name_char(c)).unwrap_or(rest.len())];
+                reads.push((name, code[..at].trim_start()));
+            }
+        }
+        reads
+    }
+
+    /// Lua reads a name the prelude lacks as nil, which fails only when the script runs (and a
+    /// `count` of a name that is not a sum fails only at its `.total`): every name the scripts
+    /// read is one the prelude defines, each `count` is given a sum, each `add` a field, and the
+    /// prelude defines nothing they do not read.
+    #[test]
+    fn the_scripts_read_every_name_of_the_prelude_and_no_other() {
+        let defined = prelude();
+        let reads: Vec<(&str, &str)> = SCRIPTS.iter().flat_map(|script| reads(script)).collect();
+        assert!(defined.len() > field::SUMS.len(), "every sum and more: {defined:?}");
+        for (name, before) in &reads {
+            let value = defined
+                .get(*name)
+                .unwrap_or_else(|| panic!("F.{name} is not in the prelude: {defined:?}"));
+            if before.ends_with("count(counters, days, ") {
+                assert!(value.starts_with("{total = "), "count(…, F.{name}) of {value}");
+            }
+            if before.ends_with("add(counters, ") {
+                assert!(value.starts_with('\''), "add(…, F.{name}) of {value}");
+            }
+        }
+        let read: BTreeSet<&str> = reads.iter().map(|(name, _)| *name).collect();
+        let names: BTreeSet<&str> = defined.keys().map(String::as_str).collect();
+        assert_eq!(read, names, "the prelude's names, as the scripts read them");
+    }
+
+    /// A sum missing from [`keys::field::SUMS`] would never have its old days dropped nor be
+    /// read back; one read into the wrong place, or two into one, would report another sum.
+    #[test]
+    fn every_sum_is_dropped_and_read_into_a_place_of_its_own() {
+        let defined = prelude();
+        for (name, value) in &defined {
+            if value.starts_with("{total = ") {
+                assert!(defined["SUMS"].contains(value.as_str()), "{name} is not in SUMS");
+            }
+        }
+        let sums: Vec<field::Sum> = SUM_SLOTS.iter().map(|(sum, _)| *sum).collect();
+        assert_eq!(sums, field::SUMS, "every sum read, in SUMS's order");
+        let (mut user, mut pre) = (UserSums::default(), PreSums::default());
+        for (n, (_, slot)) in (1..).zip(SUM_SLOTS) {
+            *slot(&mut user, &mut pre) = n;
+        }
+        let mut placed = [
+            user.users,
+            user.clicks,
+            user.impressions,
+            user.clicks_sq,
+            user.impressions_sq,
+            user.cross,
+            pre.covered,
+            pre.clicks,
+            pre.impressions,
+            pre.clicks_sq,
+            pre.impressions_sq,
+            pre.cross,
+            pre.clicks_by_clicks,
+            pre.clicks_by_impressions,
+            pre.impressions_by_clicks,
+            pre.impressions_by_impressions,
+        ];
+        placed.sort_unstable();
+        assert_eq!(
+            placed,
+            std::array::from_fn(|i| i as u64 + 1),
+            "each sum in a place of its own"
+        );
+    }
+
+    /// Two fields of one name in one hash would add their counts together; and a name is put in
+    /// the scripts between quotes, so it holds none.
+    #[test]
+    fn no_two_fields_of_a_hash_share_a_name() {
+        let ranks: Vec<String> = [field::IMPRESSIONS_AT, field::CLICKS_AT]
+            .iter()
+            .flat_map(|at| POSITION_BUCKETS.map(|bucket| format!("{at}{bucket}")))
+            .collect();
+        let owned = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<String>>();
+        let hashes = [
+            (
+                "an arm's counters under the experiment's tag",
+                [owned(&TAG_FIELDS), ranks.clone()].concat(),
+            ),
+            (
+                "an arm's counters under a shard's tag",
+                [owned(&counter_fields(1)), ranks].concat(),
+            ),
+            ("an arm's days", owned(&field::SUMS.map(|sum| sum.day))),
+            ("a duel's totals", owned(&[field::WINS[0], field::WINS[1], field::TIES])),
+        ];
+        for (hash, names) in &hashes {
+            let distinct: BTreeSet<&String> = names.iter().collect();
+            assert_eq!(distinct.len(), names.len(), "{hash}: {names:?}");
+            for name in names {
+                let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_@-+".contains(c);
+                assert!(!name.is_empty() && name.chars().all(plain), "{hash}: {name:?}");
+            }
+        }
+        assert_eq!(counter_fields(1).len(), field::SUMS.len() + 1);
+        for sum in OUTSIDE {
+            assert!(
+                field::SUMS.contains(&sum),
+                "the days before the shards kept {sum:?} as a shard does"
+            );
+        }
+    }
 
     fn tally(max_buffered_users: u64) -> Tally {
         let settings = ResultsSettings {

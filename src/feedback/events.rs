@@ -37,7 +37,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::experiment::HOLDOUT_ARMS;
 use crate::experiment::Team;
-use crate::feedback::counts::{Count, GATHERED_COUNTS, MAX_DAYS, Tally, key_index};
+use crate::feedback::counts::{self, Count, GATHERED_COUNTS, MAX_DAYS, Tally, key_index};
 use crate::feedback::lists::{POSITION_BUCKETS, position_bucket};
 use crate::feedback::token::{Claims, Signer, TokenError, TokenId, item_tag_in};
 use crate::feedback::users::{UserKey, pre_state, shard_tag};
@@ -64,29 +64,32 @@ const MAX_ITEM_ID: usize = 256;
 /// UTC), the day whose counts are dropped once today's are first counted ([`MAX_DAYS`] back),
 /// then 13 per event: claim key index, field, value (the event id, or this request's attempt
 /// id), expiry (unix seconds), counters key index (0: not counted; the days hash follows it),
-/// `i`/`c`, user, duel key index (0: not interleaved), the item's team (`0`/`1`), the item's
-/// rank bucket (`3`, `4-5`: its impressions and clicks are also counted in the arm's
-/// `i@{bucket}` and `c@{bucket}`), the user's bucket key index, the user's field in it and
+/// `1` for a click (`0`: an impression), user, duel key index (0: not interleaved), the item's
+/// team (`0`/`1`), the item's rank bucket (`3`, `4-5`: its impressions and clicks are also
+/// counted in the arm's [`keys::field::IMPRESSIONS_AT`] and [`keys::field::CLICKS_AT`] of the
+/// bucket), the user's bucket key index, the user's field in it and
 /// the user's pre-period row (`i':c'`, empty without one: used only if the event enters the
 /// user). Returns per event 1 (counted now), 2 (counted before with this value: a retry) or 0 (a
 /// duplicate).
 ///
 /// A counted event moves the user's `(c, i)` (kept as `"{i}:{c}"` in the bucket; a user not
-/// there yet is counted in the arm's `users` first) and the arm's per-user sums by the
-/// increments of STATISTICS.md §1, in the totals and in today's fields alike; a user who
+/// there yet is counted in the arm's [`keys::field::USERS`] first) and the arm's per-user sums
+/// by the increments of STATISTICS.md §1, in the totals and in today's fields alike; a user who
 /// entered with a pre-period row (kept as `"{i}:{c}:{i'}:{c'}"`) also moves the cross sums of
-/// STATISTICS.md §5 (`x_cc`, `x_ci`, `x_ic`, `x_ii`). Each user's state
-/// is read once and written once per script, however many of its events the batch holds.
+/// STATISTICS.md §5 ([`keys::field::CLICKS_BY_CLICKS`] and the three after it). Each user's
+/// state is read once and written once per script, however many of its events the batch holds.
+/// The fields' names come from the prelude [`counts::script`] puts before it.
 ///
 /// A click on an interleaved page adds one to the user's clicks for the item's team; the user's
 /// outcome (which team has more clicks, or a tie) is compared before and after, and the totals
 /// move the user from the old outcome to the new, so they always hold each clicking user once.
-const CLAIM_SCRIPT: &str = r"
+pub(super) const CLAIM_SCRIPT: &str = r"
+-- F.WINS counts from 1, as Lua does: team 0's wins, then team 1's.
 local function outcome(mine, theirs, team)
   if mine == 0 and theirs == 0 then return nil end
-  if mine == theirs then return 'ties' end
-  if mine > theirs then return 'wins' .. team end
-  return 'wins' .. (1 - team)
+  if mine == theirs then return F.TIES end
+  if mine > theirs then return F.WINS[team + 1] end
+  return F.WINS[2 - team]
 end
 local out = {}
 local states = {}
@@ -99,7 +102,7 @@ for e = 0, (#ARGV - 2) / 13 - 1 do
     redis.call('EXPIREAT', seen, ARGV[a + 4])
     local arm = tonumber(ARGV[a + 5])
     if arm > 0 then
-      local counters, days, kind = KEYS[arm], KEYS[arm + 1], ARGV[a + 6]
+      local counters, days, click = KEYS[arm], KEYS[arm + 1], ARGV[a + 6] == '1'
       local bucket, field = KEYS[tonumber(ARGV[a + 11])], ARGV[a + 12]
       local id = bucket .. '/' .. field
       local state = states[id]
@@ -114,16 +117,16 @@ for e = 0, (#ARGV - 2) / 13 - 1 do
         states[id] = state
       end
       local i, c, pi, pc = state[3], state[4], state[5], state[6]
-      add(counters, kind .. '@' .. ARGV[a + 10], 1)
-      if kind == 'c' then
-        count(counters, days, 'clicks', 'c', 1)
-        count(counters, days, 'cc', 'cc', 2 * c + 1)
-        count(counters, days, 'ci', 'ci', i)
+      if click then
+        add(counters, F.CLICKS_AT .. ARGV[a + 10], 1)
+        count(counters, days, F.CLICKS, 1)
+        count(counters, days, F.CLICKS_SQ, 2 * c + 1)
+        count(counters, days, F.CROSS, i)
         if pi then
-          count(counters, days, 'x_cc', 'xcc', pc)
-          count(counters, days, 'x_ci', 'xci', pi)
+          count(counters, days, F.CLICKS_BY_CLICKS, pc)
+          count(counters, days, F.CLICKS_BY_IMPRESSIONS, pi)
         end
-        if c == 0 then add(counters, 'clickers', 1) end
+        if c == 0 then add(counters, F.CLICKERS, 1) end
         state[4] = c + 1
         local duel = tonumber(ARGV[a + 8])
         if duel > 0 then
@@ -139,12 +142,13 @@ for e = 0, (#ARGV - 2) / 13 - 1 do
           end
         end
       else
-        count(counters, days, 'impressions', 'i', 1)
-        count(counters, days, 'ii', 'ii', 2 * i + 1)
-        count(counters, days, 'ci', 'ci', c)
+        add(counters, F.IMPRESSIONS_AT .. ARGV[a + 10], 1)
+        count(counters, days, F.IMPRESSIONS, 1)
+        count(counters, days, F.IMPRESSIONS_SQ, 2 * i + 1)
+        count(counters, days, F.CROSS, c)
         if pi then
-          count(counters, days, 'x_ic', 'xic', pc)
-          count(counters, days, 'x_ii', 'xii', pi)
+          count(counters, days, F.IMPRESSIONS_BY_CLICKS, pc)
+          count(counters, days, F.IMPRESSIONS_BY_IMPRESSIONS, pi)
         end
         state[3] = i + 1
       end
@@ -356,7 +360,7 @@ impl EventLog {
             seen: RecentClaims::new(DEDUPE_CAPACITY, 2 * (signer.max_age() + CLAIM_MARGIN)),
             signer,
             redis,
-            script: ::redis::Script::new(&format!("{GATHERED_COUNTS}{CLAIM_SCRIPT}")),
+            script: counts::script(&[GATHERED_COUNTS, CLAIM_SCRIPT]),
             attempts: RandomState::new(),
         }
     }
@@ -560,7 +564,7 @@ impl EventLog {
                     .arg(c.event_id.as_deref().unwrap_or(&attempt))
                     .arg(c.claims.issued_at + claims_for)
                     .arg(arm)
-                    .arg(c.kind.code().to_string())
+                    .arg(u8::from(c.kind == EventKind::Click))
                     .arg(&c.claims.user)
                     .arg(duel)
                     .arg(c.team.unwrap_or(0))
