@@ -10,7 +10,7 @@
 #   bench/experiment.sh [--before OLD_RECGW_BINARY] [--rounds 3] [--duration 5s]
 #
 # With --before, the same scenario also runs on another build (e.g. the parent commit's
-# `target/release/recgw`) for a before/after figure in one run. Prints the rounds and writes
+# `target/release/recgw`) for a before/after figure in one run, the two taking turns to go first. Prints the rounds and writes
 # them to bench/EXPERIMENT.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +67,11 @@ for round in $(seq "$ROUNDS"); do
   base=$(rps "$BPORT")
   kill "$BPID"; wait "$BPID" 2>/dev/null || true
   line="round $round: baseline $base"
-  for name in ${BEFORE:+before} after; do
+  # The second gateway of a round runs on a Redis the first filled and measured a few percent
+  # slower even when both are the same binary, so the order alternates between rounds.
+  order="${BEFORE:+before} after"
+  [ -n "$BEFORE" ] && [ $((round % 2)) -eq 0 ] && order="after before"
+  for name in $order; do
     bin=$BIN; [ "$name" = before ] && bin=$BEFORE
     start "$bin"
     got=$(rps "$PORT")
