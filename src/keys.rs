@@ -121,9 +121,17 @@ pub(crate) mod field {
         pub(crate) day: &'static str,
     }
 
-    /// A sum of its `total` and `day`: one line a sum, so the list below reads as the layout.
-    const fn sum(total: &'static str, day: &'static str) -> Sum {
-        Sum { total, day }
+    /// Defines each per-user sum's constant, [`SUMS`] in the same order and their names for
+    /// the prelude, from one list: a sum added is counted, read and named at once.
+    macro_rules! sums {
+        ($($(#[$doc:meta])* $name:ident = ($total:literal, $day:literal),)*) => {
+            $($(#[$doc])* pub(crate) const $name: Sum = Sum { total: $total, day: $day };)*
+            /// Every sum a shard keeps: what reading adds up, and the fields of a day the scripts
+            /// drop once it is older than the days kept.
+            pub(crate) const SUMS: [Sum; SUM_NAMES.len()] = [$($name),*];
+            /// The constants' names, in [`SUMS`]' order: the prelude's names for them.
+            const SUM_NAMES: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+        };
     }
 
     /// Responses served from the arm: counted in memory on the request path, and added here by
@@ -137,61 +145,43 @@ pub(crate) mod field {
     /// The sum of the comparisons' rank-biased overlap, in millionths, for the same reason.
     pub(crate) const RBO_MICRO: &str = "rbo_micro";
 
-    /// `n`, the users counted in the arm: each once, by its first serving or event, with or
-    /// without events; users are the unit of analysis, each one observation.
-    pub(crate) const USERS: Sum = sum("users", "n");
-    /// `Σi`, the arm's impressions: the denominator of its CTR.
-    pub(crate) const IMPRESSIONS: Sum = sum("impressions", "i");
-    /// `Σc`, the arm's clicks: the numerator of its CTR.
-    pub(crate) const CLICKS: Sum = sum("clicks", "c");
-    /// `Σi²`, for the variance of impressions between users.
-    pub(crate) const IMPRESSIONS_SQ: Sum = sum("ii", "ii");
-    /// `Σc²`, for the variance of clicks between users.
-    pub(crate) const CLICKS_SQ: Sum = sum("cc", "cc");
-    /// `Σc·i`, for the covariance of a user's clicks and impressions.
-    pub(crate) const CROSS: Sum = sum("ci", "ci");
-    /// Users who entered the arm with a row in the experiment's covariates table (CUPED); the
-    /// others count as `c' = i' = 0`.
-    pub(crate) const PRE_USERS: Sum = sum("p_users", "pn");
-    /// `Σc'`, the users' pre-period clicks, frozen when each entered the arm.
-    pub(crate) const PRE_CLICKS: Sum = sum("p_c", "pc");
-    /// `Σi'`, the users' pre-period impressions.
-    pub(crate) const PRE_IMPRESSIONS: Sum = sum("p_i", "pi");
-    /// `Σc'²`, for the variance of pre-period clicks, the denominator of `θ_c`.
-    pub(crate) const PRE_CLICKS_SQ: Sum = sum("p_cc", "pcc");
-    /// `Σi'²`, for the variance of pre-period impressions, the denominator of `θ_i`.
-    pub(crate) const PRE_IMPRESSIONS_SQ: Sum = sum("p_ii", "pii");
-    /// `Σc'·i'`, for the covariance of the two adjustments within an arm.
-    pub(crate) const PRE_CROSS: Sum = sum("p_ci", "pci");
-    /// `Σc·c'`, how clicks follow pre-period clicks: the numerator of `θ_c`. A click of a user
-    /// with a row adds the user's `c'`.
-    pub(crate) const CLICKS_BY_CLICKS: Sum = sum("x_cc", "xcc");
-    /// `Σc·i'`, for the covariance of clicks with the impressions' adjustment.
-    pub(crate) const CLICKS_BY_IMPRESSIONS: Sum = sum("x_ci", "xci");
-    /// `Σi·c'`, for the covariance of impressions with the clicks' adjustment.
-    pub(crate) const IMPRESSIONS_BY_CLICKS: Sum = sum("x_ic", "xic");
-    /// `Σi·i'`, how impressions follow pre-period impressions: the numerator of `θ_i`.
-    pub(crate) const IMPRESSIONS_BY_IMPRESSIONS: Sum = sum("x_ii", "xii");
-    /// Every sum a shard keeps: what reading adds up, and the fields of a day the scripts drop
-    /// once it is older than the days kept.
-    pub(crate) const SUMS: [Sum; 16] = [
-        USERS,
-        IMPRESSIONS,
-        CLICKS,
-        IMPRESSIONS_SQ,
-        CLICKS_SQ,
-        CROSS,
-        PRE_USERS,
-        PRE_CLICKS,
-        PRE_IMPRESSIONS,
-        PRE_CLICKS_SQ,
-        PRE_IMPRESSIONS_SQ,
-        PRE_CROSS,
-        CLICKS_BY_CLICKS,
-        CLICKS_BY_IMPRESSIONS,
-        IMPRESSIONS_BY_CLICKS,
-        IMPRESSIONS_BY_IMPRESSIONS,
-    ];
+    sums! {
+        /// `n`, the users counted in the arm: each once, by its first serving or event, with or
+        /// without events; users are the unit of analysis, each one observation.
+        USERS = ("users", "n"),
+        /// `Σi`, the arm's impressions: the denominator of its CTR.
+        IMPRESSIONS = ("impressions", "i"),
+        /// `Σc`, the arm's clicks: the numerator of its CTR.
+        CLICKS = ("clicks", "c"),
+        /// `Σi²`, for the variance of impressions between users.
+        IMPRESSIONS_SQ = ("ii", "ii"),
+        /// `Σc²`, for the variance of clicks between users.
+        CLICKS_SQ = ("cc", "cc"),
+        /// `Σc·i`, for the covariance of a user's clicks and impressions.
+        CROSS = ("ci", "ci"),
+        /// Users who entered the arm with a row in the experiment's covariates table (CUPED); the
+        /// others count as `c' = i' = 0`.
+        PRE_USERS = ("p_users", "pn"),
+        /// `Σc'`, the users' pre-period clicks, frozen when each entered the arm.
+        PRE_CLICKS = ("p_c", "pc"),
+        /// `Σi'`, the users' pre-period impressions.
+        PRE_IMPRESSIONS = ("p_i", "pi"),
+        /// `Σc'²`, for the variance of pre-period clicks, the denominator of `θ_c`.
+        PRE_CLICKS_SQ = ("p_cc", "pcc"),
+        /// `Σi'²`, for the variance of pre-period impressions, the denominator of `θ_i`.
+        PRE_IMPRESSIONS_SQ = ("p_ii", "pii"),
+        /// `Σc'·i'`, for the covariance of the two adjustments within an arm.
+        PRE_CROSS = ("p_ci", "pci"),
+        /// `Σc·c'`, how clicks follow pre-period clicks: the numerator of `θ_c`. A click of a user
+        /// with a row adds the user's `c'`.
+        CLICKS_BY_CLICKS = ("x_cc", "xcc"),
+        /// `Σc·i'`, for the covariance of clicks with the impressions' adjustment.
+        CLICKS_BY_IMPRESSIONS = ("x_ci", "xci"),
+        /// `Σi·c'`, for the covariance of impressions with the clicks' adjustment.
+        IMPRESSIONS_BY_CLICKS = ("x_ic", "xic"),
+        /// `Σi·i'`, how impressions follow pre-period impressions: the numerator of `θ_i`.
+        IMPRESSIONS_BY_IMPRESSIONS = ("x_ii", "xii"),
+    }
 
     /// Distinct users who clicked, since per-user counting began: a user's first click in the
     /// arm counts them. Not a sum of the estimator, so it has no days.
@@ -227,22 +217,6 @@ pub(crate) mod field {
             COMPARED,
             JACCARD_MICRO,
             RBO_MICRO,
-            USERS,
-            IMPRESSIONS,
-            CLICKS,
-            IMPRESSIONS_SQ,
-            CLICKS_SQ,
-            CROSS,
-            PRE_USERS,
-            PRE_CLICKS,
-            PRE_IMPRESSIONS,
-            PRE_CLICKS_SQ,
-            PRE_IMPRESSIONS_SQ,
-            PRE_CROSS,
-            CLICKS_BY_CLICKS,
-            CLICKS_BY_IMPRESSIONS,
-            IMPRESSIONS_BY_CLICKS,
-            IMPRESSIONS_BY_IMPRESSIONS,
             SUMS,
             CLICKERS,
             IMPRESSIONS_AT,
@@ -250,6 +224,9 @@ pub(crate) mod field {
             WINS,
             TIES,
         );
+        for (name, sum) in SUM_NAMES.iter().zip(SUMS) {
+            lua.push_str(&format!("  {name} = {},\n", sum.lua()));
+        }
         lua.push_str("}\n");
         lua
     }
